@@ -1,0 +1,27 @@
+//! The laboratory domain of LIS Ledger.
+//!
+//! Three event-sourced aggregates — [`order::Order`], [`sample::Sample`] (the specimen) and
+//! [`result::LabResult`] — with their commands, events and typed errors, plus the pure
+//! logic they share: the versioned test catalogue, result values and flagging.
+//!
+//! This crate is pure: it performs no I/O and starts no runtime. What an aggregate needs
+//! to know about the rest of the lab (the catalogue in force, another aggregate's state,
+//! a patient's previous result) it asks through [`services::LabLookup`], which the
+//! `commands` crate implements against the event store.
+
+pub mod actor;
+pub mod catalogue;
+pub mod flags;
+pub mod ids;
+pub mod order;
+pub mod patient;
+pub mod result;
+pub mod sample;
+pub mod services;
+pub mod text;
+pub mod upcast;
+pub mod validation;
+pub mod value;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,248 @@
+//! The patient as an order names them: one identity value, plus the clinical facts
+//! (sex, age at collection) that flagging needs.
+//!
+//! [`PatientIdentity`] is kept as a single value so that a later change can encrypt it as
+//! a whole; nothing else in the domain reads the name, MRN or ABHA number.
+
+use crate::text::PersonName;
+use crate::validation::{FieldError, FieldErrors};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Sex as recorded for reference-interval selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sex {
+    Male,
+    Female,
+    Other,
+    Unknown,
+}
+
+impl Sex {
+    pub fn parse(input: &str) -> Result<Self, FieldError> {
+        match input.trim().to_ascii_lowercase().as_str() {
+            "male" | "m" => Ok(Sex::Male),
+            "female" | "f" => Ok(Sex::Female),
+            "other" | "o" => Ok(Sex::Other),
+            "unknown" | "u" => Ok(Sex::Unknown),
+            _ => Err(FieldError::new(
+                "",
+                format!("sex `{input}` must be one of male, female, other, unknown"),
+            )),
+        }
+    }
+}
+
+/// Medical record number: the hospital's patient identifier.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Mrn(String);
+
+impl Mrn {
+    pub fn parse(input: &str) -> Result<Self, FieldError> {
+        let v = input.trim().to_ascii_uppercase();
+        if v.is_empty() || v.len() > 32 {
+            return Err(FieldError::new("", "MRN must be 1 to 32 characters"));
+        }
+        if !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '/' | '.'))
+        {
+            return Err(FieldError::new(
+                "",
+                "MRN may hold only letters, digits and - / .",
+            ));
+        }
+        Ok(Self(v))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Mrn {
+    type Error = FieldError;
+    fn try_from(v: String) -> Result<Self, Self::Error> {
+        Self::parse(&v)
+    }
+}
+impl From<Mrn> for String {
+    fn from(v: Mrn) -> Self {
+        v.0
+    }
+}
+
+/// ABHA number (Ayushman Bharat Health Account): 14 digits, kept as `NN-NNNN-NNNN-NNNN`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AbhaNumber(String);
+
+impl AbhaNumber {
+    pub fn parse(input: &str) -> Result<Self, FieldError> {
+        let digits: String = input.chars().filter(|c| !matches!(c, '-' | ' ')).collect();
+        if digits.len() != 14 || !digits.chars().all(|c| c.is_ascii_digit()) {
+            return Err(FieldError::new(
+                "",
+                format!("ABHA number `{input}` must be 14 digits (NN-NNNN-NNNN-NNNN)"),
+            ));
+        }
+        Ok(Self(format!(
+            "{}-{}-{}-{}",
+            &digits[0..2],
+            &digits[2..6],
+            &digits[6..10],
+            &digits[10..14]
+        )))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for AbhaNumber {
+    type Error = FieldError;
+    fn try_from(v: String) -> Result<Self, Self::Error> {
+        Self::parse(&v)
+    }
+}
+impl From<AbhaNumber> for String {
+    fn from(v: AbhaNumber) -> Self {
+        v.0
+    }
+}
+
+/// Who the patient is, as written on the order. One value, so it can be protected whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatientIdentity {
+    pub mrn: Mrn,
+    pub abha_number: Option<AbhaNumber>,
+    pub name: PersonName,
+    pub sex: Sex,
+    pub date_of_birth: NaiveDate,
+}
+
+impl PatientIdentity {
+    /// Builds an identity from raw fields, collecting every field error.
+    pub fn parse(
+        mrn: &str,
+        abha_number: Option<&str>,
+        name: &str,
+        sex: &str,
+        date_of_birth: &str,
+        today: NaiveDate,
+    ) -> Result<Self, FieldErrors> {
+        let mut errors = Vec::new();
+        let mrn = Mrn::parse(mrn)
+            .map_err(|e| errors.push(e.under("mrn")))
+            .ok();
+        let abha = match abha_number {
+            Some(a) if !a.trim().is_empty() => AbhaNumber::parse(a)
+                .map(Some)
+                .map_err(|e| errors.push(e.under("abha_number")))
+                .ok()
+                .flatten(),
+            _ => None,
+        };
+        let name = PersonName::parse(name)
+            .map_err(|e| errors.push(e.under("name")))
+            .ok();
+        let sex = Sex::parse(sex)
+            .map_err(|e| errors.push(e.under("sex")))
+            .ok();
+        let dob = match NaiveDate::parse_from_str(date_of_birth.trim(), "%Y-%m-%d") {
+            Ok(d) if d > today => {
+                errors.push(FieldError::new(
+                    "date_of_birth",
+                    "date of birth is in the future",
+                ));
+                None
+            }
+            Ok(d) if today.years_since(d).unwrap_or(0) > 130 => {
+                errors.push(FieldError::new(
+                    "date_of_birth",
+                    "date of birth is more than 130 years ago",
+                ));
+                None
+            }
+            Ok(d) => Some(d),
+            Err(_) => {
+                errors.push(FieldError::new(
+                    "date_of_birth",
+                    format!("`{date_of_birth}` is not a date (YYYY-MM-DD)"),
+                ));
+                None
+            }
+        };
+        match (mrn, name, sex, dob) {
+            (Some(mrn), Some(name), Some(sex), Some(date_of_birth)) if errors.is_empty() => {
+                Ok(Self {
+                    mrn,
+                    abha_number: abha,
+                    name,
+                    sex,
+                    date_of_birth,
+                })
+            }
+            _ => Err(FieldErrors(errors)),
+        }
+    }
+}
+
+/// Age in completed years and days at an instant (both are used: intervals by years,
+/// neonatal rules by days).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Age {
+    pub years: u32,
+    pub days: u32,
+}
+
+impl Age {
+    /// Age at `at` of someone born on `date_of_birth`; zero if `at` precedes the birth date.
+    pub fn at(date_of_birth: NaiveDate, at: DateTime<Utc>) -> Self {
+        let day = at.date_naive();
+        let years = day.years_since(date_of_birth).unwrap_or(0);
+        let days = (day - date_of_birth).num_days().max(0) as u32;
+        Self { years, days }
+    }
+
+    pub fn is_adult(&self) -> bool {
+        self.years >= 18
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn abha_is_normalised() {
+        assert_eq!(
+            AbhaNumber::parse("12 3456 7890 1234").unwrap().as_str(),
+            "12-3456-7890-1234"
+        );
+        assert!(AbhaNumber::parse("1234").is_err());
+    }
+
+    #[test]
+    fn identity_reports_every_bad_field() {
+        let today = NaiveDate::from_ymd_opt(2026, 11, 26).unwrap();
+        let err =
+            PatientIdentity::parse("", Some("12"), " ", "x", "2030-01-01", today).unwrap_err();
+        let fields: Vec<&str> = err.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["mrn", "abha_number", "name", "sex", "date_of_birth"]
+        );
+    }
+
+    #[test]
+    fn age_counts_completed_years() {
+        let dob = NaiveDate::from_ymd_opt(2000, 3, 3).unwrap();
+        let before = Utc.with_ymd_and_hms(2026, 3, 2, 23, 0, 0).unwrap();
+        let on = Utc.with_ymd_and_hms(2026, 3, 3, 0, 0, 0).unwrap();
+        assert_eq!(Age::at(dob, before).years, 25);
+        assert_eq!(Age::at(dob, on).years, 26);
+    }
+}

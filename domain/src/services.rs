@@ -1,0 +1,77 @@
+//! What the aggregates may ask of the rest of the lab, and the policies they follow.
+//!
+//! An aggregate decides from its own events plus the answers of [`LabLookup`]: the
+//! catalogue in force, another aggregate's current facts, a patient's previous released
+//! result. The `commands` crate answers from the event store; tests answer from memory.
+
+use crate::catalogue::Catalogue;
+use crate::flags::PreviousResult;
+use crate::ids::{AccessionNumber, OrderId, PatientId, SampleId, TestCode};
+use crate::order::OrderFacts;
+use crate::sample::SampleFacts;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// A lookup could not be answered (the store is down, a row is unreadable).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("lookup failed: {0}")]
+pub struct LookupError(pub String);
+
+/// Per-lab rules that a lab may configure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabPolicy {
+    /// The same person may not both verify and authorise a result (on by default).
+    pub four_eyes: bool,
+}
+
+impl Default for LabPolicy {
+    fn default() -> Self {
+        Self { four_eyes: true }
+    }
+}
+
+/// The questions an aggregate may ask while deciding a command.
+#[async_trait]
+pub trait LabLookup: Send + Sync {
+    /// The catalogue version in force now.
+    async fn catalogue(&self) -> Result<Arc<Catalogue>, LookupError>;
+    async fn order(&self, id: OrderId) -> Result<Option<OrderFacts>, LookupError>;
+    async fn sample(&self, id: SampleId) -> Result<Option<SampleFacts>, LookupError>;
+    /// Whether an accession number is already on a sample of this lab.
+    async fn accession_in_use(&self, accession: &AccessionNumber) -> Result<bool, LookupError>;
+    /// The patient's most recent released numeric result of `test` collected before `before`.
+    async fn previous_released(
+        &self,
+        patient: PatientId,
+        test: &TestCode,
+        before: DateTime<Utc>,
+    ) -> Result<Option<PreviousResult>, LookupError>;
+    /// Tests of an order that have (or had) a released result.
+    async fn released_tests(&self, order: OrderId) -> Result<BTreeSet<TestCode>, LookupError>;
+    fn policy(&self) -> LabPolicy;
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The services every aggregate of this crate receives.
+#[derive(Clone)]
+pub struct LabServices(pub Arc<dyn LabLookup>);
+
+impl LabServices {
+    pub fn new(lookup: Arc<dyn LabLookup>) -> Self {
+        Self(lookup)
+    }
+}
+
+impl std::ops::Deref for LabServices {
+    type Target = dyn LabLookup;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref()
+    }
+}
+
+/// How far in the future a stated time (collection, receipt, call) may be: clock skew
+/// between a ward PC and the server, nothing more.
+pub const CLOCK_SKEW: chrono::Duration = chrono::Duration::minutes(5);

@@ -1,0 +1,6 @@
+//! Given/when/then tests of the aggregates (cqrs-es TestFramework), with an in-memory lab.
+
+mod kit;
+mod order;
+mod result;
+mod sample;
