@@ -1,1 +1,31 @@
-fn main() {}
+//! `lisledger`: the LIS Ledger binary.
+//!
+//! Subcommands: `db init` (roles and database, as a superuser), `migrate` (as the owner
+//! role), `catalogue import FILE.csv`, `audit verify`. Configuration: [`config::Config`].
+
+mod cli;
+mod config;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    let config = match config::Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lisledger: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    cli::init_tracing(config.log_format);
+    match cli::run(args, config).await {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "lisledger failed");
+            eprintln!("lisledger: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,22 @@
-//! placeholder
+//! Command handling for LIS Ledger: the cqrs-es framework wired to the PostgreSQL event
+//! store (postgres-es), the look-ups the aggregates make, the catalogue import and the
+//! audit-trail verifier.
+//!
+//! - [`ledger`]: the entry point; runs a command for an actor and says where it landed.
+//! - [`context`]: who is acting, and the audit metadata every event carries.
+//! - [`lookup`]: [`lis_domain::services::LabLookup`] answered from the event store.
+//! - [`catalogue`]: versioned catalogue import and loading.
+//! - [`audit`]: recomputes every hash chain and reports the first broken link.
+//! - [`error`]: the one error type of this boundary.
+
+pub mod audit;
+pub mod catalogue;
+pub mod context;
+pub mod error;
+pub mod ledger;
+pub mod lookup;
+pub mod patients;
+
+pub use context::CommandContext;
+pub use error::CommandError;
+pub use ledger::{CommandOutcome, Ledger, LedgerConfig};

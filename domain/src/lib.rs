@@ -11,6 +11,7 @@
 
 pub mod actor;
 pub mod catalogue;
+pub mod error;
 pub mod flags;
 pub mod ids;
 pub mod order;

@@ -47,6 +47,28 @@ pub enum OrderCommand {
     Cancel { reason: Reason },
 }
 
+impl OrderCommand {
+    /// The reason the command gives, for the event's audit metadata.
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            OrderCommand::CancelTest { reason, .. } | OrderCommand::Cancel { reason } => {
+                Some(reason.to_string())
+            }
+            OrderCommand::Place(_) | OrderCommand::AddTests { .. } => None,
+        }
+    }
+
+    /// A short name of the command (logs, metrics).
+    pub fn name(&self) -> &'static str {
+        match self {
+            OrderCommand::Place(_) => "order.place",
+            OrderCommand::AddTests { .. } => "order.add-tests",
+            OrderCommand::CancelTest { .. } => "order.cancel-test",
+            OrderCommand::Cancel { .. } => "order.cancel",
+        }
+    }
+}
+
 /// A test as ordered, with the catalogue version it was ordered under.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrderedTest {
@@ -96,7 +118,10 @@ impl DomainEvent for OrderEvent {
     }
 }
 
+crate::error::domain_error!(OrderError);
+
 /// Why an order command was refused.
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum OrderError {
     #[error("invalid order: {0}")]
@@ -118,8 +143,7 @@ pub enum OrderError {
 }
 
 impl OrderError {
-    /// A stable name of the rule that refused the command (for API problem types).
-    pub fn rule(&self) -> &'static str {
+    fn rule_name(&self) -> &'static str {
         match self {
             OrderError::Invalid(_) => "order.invalid",
             OrderError::NotPlaced => "order.not-placed",

@@ -99,6 +99,34 @@ pub enum ResultCommand {
     },
 }
 
+impl ResultCommand {
+    /// The reason the command gives, for the event's audit metadata.
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            ResultCommand::Correct { reason, .. }
+            | ResultCommand::Amend { reason, .. }
+            | ResultCommand::Retract { reason }
+            | ResultCommand::RequestRerun { reason } => Some(reason.to_string()),
+            _ => None,
+        }
+    }
+
+    /// A short name of the command (logs, metrics).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ResultCommand::Record(_) => "result.record",
+            ResultCommand::Correct { .. } => "result.correct",
+            ResultCommand::Verify { .. } => "result.verify",
+            ResultCommand::Authorise { .. } => "result.authorise",
+            ResultCommand::Amend { .. } => "result.amend",
+            ResultCommand::Retract { .. } => "result.retract",
+            ResultCommand::RequestRerun { .. } => "result.rerun",
+            ResultCommand::RecordCriticalNotification { .. } => "result.critical-notification",
+            ResultCommand::Acknowledge { .. } => "result.acknowledge",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ResultEvent {
     ResultRecorded {
@@ -200,6 +228,8 @@ pub enum ResultStatus {
     Retracted,
 }
 
+crate::error::domain_error!(ResultError);
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ResultError {
     #[error("invalid result: {0}")]
@@ -241,7 +271,7 @@ pub enum ResultError {
 }
 
 impl ResultError {
-    pub fn rule(&self) -> &'static str {
+    fn rule_name(&self) -> &'static str {
         match self {
             ResultError::Invalid(_) => "result.invalid",
             ResultError::NotRecorded => "result.not-recorded",

@@ -112,6 +112,33 @@ pub enum SampleCommand {
     },
 }
 
+impl SampleCommand {
+    /// The reason the command gives, for the event's audit metadata.
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            SampleCommand::Reject { reason, detail } => Some(match detail {
+                Some(d) => format!("{reason:?}: {d}"),
+                None => format!("{reason:?}"),
+            }),
+            _ => None,
+        }
+    }
+
+    /// A short name of the command (logs, metrics).
+    pub fn name(&self) -> &'static str {
+        match self {
+            SampleCommand::Collect(_) => "sample.collect",
+            SampleCommand::HandOver(_) => "sample.hand-over",
+            SampleCommand::Receive { .. } => "sample.receive",
+            SampleCommand::Reject { .. } => "sample.reject",
+            SampleCommand::Aliquot { .. } => "sample.aliquot",
+            SampleCommand::CreateAliquot { .. } => "sample.create-aliquot",
+            SampleCommand::Store { .. } => "sample.store",
+            SampleCommand::Dispose { .. } => "sample.dispose",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SampleEvent {
     SampleCollected {
@@ -193,6 +220,8 @@ pub enum SampleStatus {
     Disposed,
 }
 
+crate::error::domain_error!(SampleError);
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SampleError {
     #[error("invalid sample command: {0}")]
@@ -216,7 +245,7 @@ pub enum SampleError {
 }
 
 impl SampleError {
-    pub fn rule(&self) -> &'static str {
+    fn rule_name(&self) -> &'static str {
         match self {
             SampleError::Invalid(_) => "sample.invalid",
             SampleError::NotCollected => "sample.not-collected",

@@ -1,1 +1,121 @@
-//! placeholder
+//! Versioned SQL migrations of the event store and catalogue, and the database bootstrap.
+//!
+//! Two roles keep the audit trail honest: the owner role (`lisledger_owner`) owns every
+//! table and runs the migrations; the application role (`lisledger_app`) that the ledger
+//! connects as may only INSERT and SELECT the events. [`bootstrap`] creates both roles and
+//! the database (as a superuser, once per cluster or per test database); [`migrate`] then
+//! applies `migrations/*.sql` in order, as the owner.
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions, Connection, PgPool};
+use std::str::FromStr;
+
+/// The embedded migrations, in version order.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Owns the schema; runs migrations.
+pub const OWNER_ROLE: &str = "lisledger_owner";
+/// What the ledger connects as: INSERT and SELECT on the events, nothing more.
+pub const APP_ROLE: &str = "lisledger_app";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    #[error("database name `{0}` must be 1 to 63 lower-case letters, digits or underscores")]
+    BadDatabaseName(String),
+    #[error("invalid database URL: {0}")]
+    BadUrl(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+fn check_name(name: &str) -> Result<(), MigrationError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(MigrationError::BadDatabaseName(name.to_string()))
+    }
+}
+
+async fn admin_connection(admin_url: &str) -> Result<PgConnection, MigrationError> {
+    let options = PgConnectOptions::from_str(admin_url)
+        .map_err(|e| MigrationError::BadUrl(e.to_string()))?
+        .log_statements(tracing::log::LevelFilter::Debug);
+    Ok(options.connect().await?)
+}
+
+/// Creates the owner and application roles (if missing) and the database `database`
+/// owned by the owner role (if missing). Needs a superuser (or CREATEROLE + CREATEDB)
+/// connection. Safe to run concurrently and repeatedly.
+pub async fn bootstrap(admin_url: &str, database: &str) -> Result<(), MigrationError> {
+    check_name(database)?;
+    let mut conn = admin_connection(admin_url).await?;
+    // Serialise concurrent bootstraps (parallel tests) on one cluster-wide lock.
+    sqlx::query("SELECT pg_advisory_lock(7302415)")
+        .execute(&mut conn)
+        .await?;
+    let result = async {
+        for role in [OWNER_ROLE, APP_ROLE] {
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+                    .bind(role)
+                    .fetch_one(&mut conn)
+                    .await?;
+            if !exists {
+                sqlx::query(&format!("CREATE ROLE {role} LOGIN"))
+                    .execute(&mut conn)
+                    .await?;
+            }
+        }
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(database)
+                .fetch_one(&mut conn)
+                .await?;
+        if !exists {
+            sqlx::query(&format!(
+                "CREATE DATABASE {database} OWNER {OWNER_ROLE} ENCODING 'UTF8'"
+            ))
+            .execute(&mut conn)
+            .await?;
+            sqlx::query(&format!("REVOKE ALL ON DATABASE {database} FROM PUBLIC"))
+                .execute(&mut conn)
+                .await?;
+            sqlx::query(&format!(
+                "GRANT CONNECT, TEMPORARY ON DATABASE {database} TO {APP_ROLE}"
+            ))
+            .execute(&mut conn)
+            .await?;
+        }
+        Ok::<(), MigrationError>(())
+    }
+    .await;
+    sqlx::query("SELECT pg_advisory_unlock(7302415)")
+        .execute(&mut conn)
+        .await?;
+    result
+}
+
+/// Drops a database (used by tests to clean up their own databases).
+pub async fn drop_database(admin_url: &str, database: &str) -> Result<(), MigrationError> {
+    check_name(database)?;
+    let mut conn = admin_connection(admin_url).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok(())
+}
+
+/// Applies every pending migration. Run as the owner role.
+pub async fn migrate(owner_pool: &PgPool) -> Result<(), MigrationError> {
+    MIGRATOR.run(owner_pool).await?;
+    Ok(())
+}

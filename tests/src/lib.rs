@@ -1,1 +1,237 @@
-//! placeholder
+//! Test support: a fresh PostgreSQL database per test, migrated and seeded, plus the
+//! small builders the integration tests share.
+//!
+//! The cluster comes from `LIS_ADMIN_DATABASE_URL` (default: the local cluster started by
+//! `deploy/postgres.sh`). Each [`TestDb`] creates `lis_test_<uuid>` owned by the owner
+//! role, runs the migrations as the owner, imports the seed catalogue and connects as the
+//! application role — the same privileges as production.
+
+use chrono::{Duration, Utc};
+use lis_commands::ledger::{NewOrder, PlacedOrder};
+use lis_commands::{CommandContext, Ledger, LedgerConfig};
+use lis_domain::actor::{Actor, ActorId, Role};
+use lis_domain::ids::{AccessionNumber, OrderId, ResultId, SampleId, TestCode};
+use lis_domain::order::Priority;
+use lis_domain::patient::PatientIdentity;
+use lis_domain::result::{RecordResult, ResultCommand};
+use lis_domain::sample::{CollectSample, SampleCommand, SpecimenCondition};
+use lis_domain::text::{PersonName, Place};
+use lis_domain::value::ResultValue;
+use lis_eventstore_migrations::{APP_ROLE, OWNER_ROLE};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use std::str::FromStr;
+
+/// The seed catalogue shipped with the product.
+pub const SEED_CATALOGUE: &str = include_str!("../../deploy/seed/test-catalogue.csv");
+
+pub fn admin_url() -> String {
+    std::env::var("LIS_ADMIN_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/postgres".to_string())
+}
+
+/// A database of one test.
+pub struct TestDb {
+    pub name: String,
+    /// Connected as the application role (INSERT and SELECT on events).
+    pub app: PgPool,
+    /// Connected as the owner role (owns the tables; triggers still apply).
+    pub owner: PgPool,
+}
+
+impl TestDb {
+    /// A migrated database with the seed catalogue imported as version 1.
+    pub async fn new() -> Self {
+        let db = Self::empty().await;
+        lis_commands::catalogue::import(&db.app, SEED_CATALOGUE, "seed", "test")
+            .await
+            .expect("seed catalogue imports");
+        db
+    }
+
+    /// A migrated database with no catalogue.
+    pub async fn empty() -> Self {
+        let name = format!("lis_test_{}", uuid::Uuid::new_v4().simple());
+        lis_eventstore_migrations::bootstrap(&admin_url(), &name)
+            .await
+            .expect("bootstrap test database (is PostgreSQL running? deploy/postgres.sh)");
+        let owner = Self::pool_as(OWNER_ROLE, &name).await;
+        lis_eventstore_migrations::migrate(&owner)
+            .await
+            .expect("migrations apply");
+        let app = Self::pool_as(APP_ROLE, &name).await;
+        Self { name, app, owner }
+    }
+
+    pub fn options_as(user: &str, database: &str) -> PgConnectOptions {
+        PgConnectOptions::from_str(&admin_url())
+            .expect("admin URL")
+            .username(user)
+            .database(database)
+    }
+
+    pub async fn pool_as(user: &str, database: &str) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(Self::options_as(user, database))
+            .await
+            .expect("connect to test database")
+    }
+
+    /// A superuser connection pool to this database (to play the attacker who can
+    /// switch triggers off).
+    pub async fn superuser(&self) -> PgPool {
+        let admin = PgConnectOptions::from_str(&admin_url()).expect("admin URL");
+        let user = admin.get_username().to_string();
+        Self::pool_as(&user, &self.name).await
+    }
+
+    pub fn ledger(&self) -> Ledger {
+        Ledger::new(self.app.clone(), LedgerConfig::default())
+    }
+
+    pub fn url_as(&self, user: &str) -> String {
+        let admin = PgConnectOptions::from_str(&admin_url()).expect("admin URL");
+        format!(
+            "postgres://{user}@{}:{}/{}",
+            admin.get_host(),
+            admin.get_port(),
+            self.name
+        )
+    }
+
+    /// Drops the database (call at the end of a passing test).
+    pub async fn drop(self) {
+        self.app.close().await;
+        self.owner.close().await;
+        lis_eventstore_migrations::drop_database(&admin_url(), &self.name)
+            .await
+            .expect("drop test database");
+    }
+}
+
+pub fn actor(id: &str, role: Role) -> CommandContext {
+    let mut ctx = CommandContext::new(Actor::new(ActorId::parse(id).unwrap(), role));
+    ctx.client_addr = Some("127.0.0.1".into());
+    ctx
+}
+
+pub fn code(c: &str) -> TestCode {
+    TestCode::parse(c).unwrap()
+}
+
+pub fn patient(mrn: &str, sex: &str) -> PatientIdentity {
+    PatientIdentity::parse(
+        mrn,
+        None,
+        "Asha Verma",
+        sex,
+        "1980-05-17",
+        Utc::now().date_naive(),
+    )
+    .unwrap()
+}
+
+pub async fn place(ledger: &Ledger, mrn: &str, tests: &[&str]) -> PlacedOrder {
+    ledger
+        .place_order(
+            NewOrder {
+                patient: patient(mrn, "female"),
+                ordering_clinician: PersonName::parse("Dr Rao").unwrap(),
+                priority: Priority::Routine,
+                collection_site: Place::parse("OPD 2").unwrap(),
+                clinical_notes: None,
+                tests: tests.iter().map(|t| code(t)).collect(),
+            },
+            &actor("reception.1", Role::Reception),
+        )
+        .await
+        .expect("order placed")
+}
+
+/// Collects and receives a serum sample for `tests` of `order`.
+pub async fn received_serum(
+    ledger: &Ledger,
+    order: OrderId,
+    accession: &str,
+    tests: &[&str],
+) -> SampleId {
+    let sample_id = SampleId::new();
+    ledger
+        .execute_sample(
+            sample_id,
+            SampleCommand::Collect(CollectSample {
+                sample_id,
+                order_id: order,
+                accession_number: AccessionNumber::parse(accession).unwrap(),
+                specimen_type: "serum".into(),
+                container: "red/SST".into(),
+                tests: tests.iter().map(|t| code(t)).collect(),
+                collected_by: ActorId::parse("phleb.1").unwrap(),
+                collected_at: Utc::now() - Duration::minutes(30),
+            }),
+            &actor("phleb.1", Role::Phlebotomist),
+        )
+        .await
+        .expect("collected");
+    ledger
+        .execute_sample(
+            sample_id,
+            SampleCommand::Receive {
+                received_by: ActorId::parse("tech.1").unwrap(),
+                received_at: Utc::now() - Duration::minutes(5),
+                condition: SpecimenCondition::Satisfactory,
+            },
+            &actor("tech.1", Role::Technologist),
+        )
+        .await
+        .expect("received");
+    sample_id
+}
+
+pub fn record_k(sample: SampleId, value: f64) -> (ResultId, ResultCommand) {
+    let id = ResultId::for_test(sample, &code("K"));
+    (
+        id,
+        ResultCommand::Record(RecordResult {
+            result_id: id,
+            sample_id: sample,
+            test_code: code("K"),
+            value: ResultValue::Numeric {
+                value,
+                unit: "mmol/L".into(),
+            },
+            method: None,
+            instrument: None,
+            raw_message: Some("R|1|^^^K|4.1|mmol/L||N||F\r".into()),
+        }),
+    )
+}
+
+/// Records, verifies and authorises a potassium result.
+pub async fn released_k(ledger: &Ledger, sample: SampleId, value: f64) -> ResultId {
+    let (id, record) = record_k(sample, value);
+    ledger
+        .execute_result(id, record, &actor("tech.1", Role::Technologist))
+        .await
+        .expect("recorded");
+    let by = ActorId::parse("tech.1").unwrap();
+    ledger
+        .execute_result(
+            id,
+            ResultCommand::Verify { by },
+            &actor("tech.1", Role::Technologist),
+        )
+        .await
+        .expect("verified");
+    let by = ActorId::parse("path.1").unwrap();
+    ledger
+        .execute_result(
+            id,
+            ResultCommand::Authorise { by },
+            &actor("path.1", Role::Pathologist),
+        )
+        .await
+        .expect("authorised");
+    id
+}

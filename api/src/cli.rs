@@ -1,0 +1,199 @@
+//! The subcommands of `lisledger` and what each prints for its operator.
+
+use crate::config::{Config, LogFormat};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use lis_commands::{audit, catalogue};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Instant;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lisledger",
+    version,
+    about = "LIS Ledger: the laboratory's audit trail"
+)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Database set-up (needs LIS_ADMIN_DATABASE_URL, a superuser).
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+    /// Apply pending migrations (as the owner role, LIS_MIGRATION_DATABASE_URL).
+    Migrate,
+    /// The versioned test catalogue.
+    Catalogue {
+        #[command(subcommand)]
+        command: CatalogueCommand,
+    },
+    /// Audit-trail checks.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DbCommand {
+    /// Create the owner and application roles and the ledger's database, if missing.
+    Init,
+}
+
+#[derive(Debug, Subcommand)]
+enum CatalogueCommand {
+    /// Import a catalogue CSV as a new version (nothing is imported if any row is bad).
+    Import {
+        file: PathBuf,
+        /// Who authorised this catalogue change (recorded with the version).
+        #[arg(long, env = "USER", default_value = "operator")]
+        imported_by: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Recompute every hash chain; exit 1 and name the first broken link of each damaged aggregate.
+    Verify,
+}
+
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn pool(url: &str, max: u32) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(url).context("invalid database URL")?;
+    PgPoolOptions::new()
+        .max_connections(max)
+        .connect_with(options)
+        .await
+        .with_context(|| format!("cannot connect to {}", redact(url)))
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}@{}", &url[..s + 3], user, &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Command::Db {
+            command: DbCommand::Init,
+        } => {
+            let options = PgConnectOptions::from_str(&config.database_url)
+                .context("invalid LIS_DATABASE_URL")?;
+            let database = options
+                .get_database()
+                .context("LIS_DATABASE_URL names no database")?
+                .to_string();
+            lis_eventstore_migrations::bootstrap(&config.admin_database_url, &database).await?;
+            println!("roles and database `{database}` are ready");
+        }
+        Command::Migrate => {
+            let pool = pool(&config.migration_database_url, 2).await?;
+            lis_eventstore_migrations::migrate(&pool).await?;
+            println!("migrations applied");
+        }
+        Command::Catalogue {
+            command: CatalogueCommand::Import { file, imported_by },
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let pool = pool(&config.database_url, 2).await?;
+            match catalogue::import(&pool, &text, &file.display().to_string(), &imported_by).await {
+                Ok(report) => println!(
+                    "imported {} tests as catalogue {}",
+                    report.tests, report.version
+                ),
+                Err(catalogue::CatalogueError::File(errors)) => {
+                    eprintln!(
+                        "{}: nothing imported; {} problem(s):",
+                        file.display(),
+                        errors.0.len()
+                    );
+                    for e in &errors.0 {
+                        eprintln!("  {e}");
+                    }
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => return verify(&config).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn verify(config: &Config) -> anyhow::Result<ExitCode> {
+    let pool = pool(&config.database_url, 2).await?;
+    let total = audit::count_events(&pool).await?;
+    let bar = ProgressBar::new(total.max(0) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} events ({per_sec}, eta {eta})")
+            .expect("static progress template"),
+    );
+    let started = Instant::now();
+    let report = audit::verify_chains(&pool, &mut |n| bar.set_position(n)).await?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let rate = if secs > 0.0 {
+        report.events as f64 / secs
+    } else {
+        0.0
+    };
+    println!(
+        "checked {} events in {} aggregates in {:.2} s ({:.0} events/s)",
+        report.events, report.aggregates, secs, rate
+    );
+    if report.is_intact() {
+        println!("every hash chain is intact");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{} damaged chain(s):", report.broken.len());
+        for b in &report.broken {
+            println!("  {b}");
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/lis"),
+            "postgres://app@db:5432/lis"
+        );
+        assert_eq!(redact("postgres://app@db/lis"), "postgres://app@db/lis");
+    }
+}

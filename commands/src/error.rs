@@ -1,0 +1,94 @@
+//! The one error type of the command boundary.
+//!
+//! It sorts every failure into what the caller should do about it: fix the input
+//! ([`CommandError::Invalid`], HTTP 422), respect a rule of the lab
+//! ([`CommandError::Rejected`], 409), retry on fresh state ([`CommandError::Conflict`],
+//! 409), wait for a dependency ([`CommandError::Unavailable`], 503), or report a defect
+//! ([`CommandError::Internal`], 500).
+
+use cqrs_es::AggregateError;
+use lis_domain::error::DomainError;
+use lis_domain::validation::FieldErrors;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("{rule}: {errors}")]
+    Invalid {
+        rule: &'static str,
+        errors: FieldErrors,
+    },
+    #[error("{rule}: {message}")]
+    Rejected { rule: &'static str, message: String },
+    #[error("concurrent change to {aggregate_type} {aggregate_id}: reload and retry")]
+    Conflict {
+        aggregate_type: &'static str,
+        aggregate_id: String,
+    },
+    #[error("a dependency is unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl CommandError {
+    pub(crate) fn from_aggregate<E: DomainError>(
+        err: AggregateError<E>,
+        aggregate_type: &'static str,
+        aggregate_id: &str,
+    ) -> Self {
+        match err {
+            AggregateError::UserError(e) => {
+                if let Some(errors) = e.field_errors() {
+                    CommandError::Invalid {
+                        rule: e.rule(),
+                        errors: errors.clone(),
+                    }
+                } else if let Some(l) = e.lookup_failure() {
+                    CommandError::Unavailable(l.to_string())
+                } else {
+                    CommandError::Rejected {
+                        rule: e.rule(),
+                        message: e.to_string(),
+                    }
+                }
+            }
+            AggregateError::AggregateConflict => CommandError::Conflict {
+                aggregate_type,
+                aggregate_id: aggregate_id.to_string(),
+            },
+            AggregateError::DatabaseConnectionError(e) => CommandError::Unavailable(e.to_string()),
+            AggregateError::DeserializationError(e) => {
+                CommandError::Internal(format!("unreadable event: {e}"))
+            }
+            AggregateError::UnexpectedError(e) => classify_unexpected(e.to_string()),
+        }
+    }
+}
+
+/// postgres-es reports a pool time-out or a refused connection as "unexpected": those
+/// are the database being unavailable, not a defect.
+fn classify_unexpected(message: String) -> CommandError {
+    let unavailable = [
+        "pool timed out",
+        "connection refused",
+        "Connection refused",
+        "PoolClosed",
+        "closed",
+    ];
+    if unavailable.iter().any(|s| message.contains(s)) {
+        CommandError::Unavailable(message)
+    } else {
+        CommandError::Internal(message)
+    }
+}
+
+impl From<sqlx::Error> for CommandError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                CommandError::Unavailable(e.to_string())
+            }
+            other => CommandError::Internal(other.to_string()),
+        }
+    }
+}

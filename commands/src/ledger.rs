@@ -1,0 +1,319 @@
+//! The ledger: runs a command on an aggregate for an actor, and says where it landed.
+//!
+//! Each aggregate type has its own cqrs-es framework over the shared `events` table
+//! (postgres-es), with snapshots for long histories and the domain's upcasters. A command
+//! is loaded, decided and appended in one go; two concurrent commands on one aggregate
+//! collide on the (type, id, sequence) primary key and the loser gets
+//! [`CommandError::Conflict`] — never last-writer-wins.
+
+use crate::context::CommandContext;
+use crate::error::CommandError;
+use crate::lookup::PgLabLookup;
+use crate::patients::patient_id_for;
+use chrono::Utc;
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{Aggregate, AggregateContext, CqrsFramework, EventStore};
+use lis_domain::error::DomainError;
+use lis_domain::ids::{OrderId, OrderNumber, ResultId, SampleId, TestCode};
+use lis_domain::order::{Order, OrderCommand, PlaceOrder, Priority};
+use lis_domain::patient::PatientIdentity;
+use lis_domain::result::{LabResult, ResultCommand};
+use lis_domain::sample::{AliquotSpec, Sample, SampleCommand};
+use lis_domain::services::{LabPolicy, LabServices};
+use lis_domain::text::{Note, PersonName, Place};
+use lis_domain::upcast::upcasters;
+use postgres_es::PostgresEventRepository;
+use sqlx::{PgPool, Row};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// The event store of one aggregate type.
+pub type EventStoreOf<A> = PersistedEventStore<PostgresEventRepository, A>;
+type Framework<A> = CqrsFramework<A, EventStoreOf<A>>;
+
+/// How the ledger runs.
+#[derive(Debug, Clone, Copy)]
+pub struct LedgerConfig {
+    /// Take a snapshot of an aggregate every this many events.
+    pub snapshot_every: usize,
+    pub policy: LabPolicy,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            snapshot_every: 20,
+            policy: LabPolicy::default(),
+        }
+    }
+}
+
+/// Where a command's last event landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutcome {
+    pub aggregate_type: &'static str,
+    pub aggregate_id: String,
+    /// The aggregate's version (sequence of its last event).
+    pub version: i64,
+    /// The global position of that event.
+    pub position: i64,
+}
+
+/// A new order as a user gives it; the ledger assigns ids and the order number.
+#[derive(Debug, Clone)]
+pub struct NewOrder {
+    pub patient: PatientIdentity,
+    pub ordering_clinician: PersonName,
+    pub priority: Priority,
+    pub collection_site: Place,
+    pub clinical_notes: Option<Note>,
+    pub tests: Vec<TestCode>,
+}
+
+/// A placed order: its ids and where its event landed.
+#[derive(Debug, Clone)]
+pub struct PlacedOrder {
+    pub order_id: OrderId,
+    pub order_number: OrderNumber,
+    pub outcome: CommandOutcome,
+}
+
+fn event_store<A: Aggregate>(pool: &PgPool, snapshot_every: usize) -> EventStoreOf<A> {
+    PersistedEventStore::new_snapshot_store(
+        PostgresEventRepository::new(pool.clone()),
+        snapshot_every,
+    )
+    .with_upcasters(upcasters())
+}
+
+pub struct Ledger {
+    pool: PgPool,
+    orders: Framework<Order>,
+    samples: Framework<Sample>,
+    results: Framework<LabResult>,
+    readers: (
+        EventStoreOf<Order>,
+        EventStoreOf<Sample>,
+        EventStoreOf<LabResult>,
+    ),
+}
+
+impl Ledger {
+    pub fn new(pool: PgPool, config: LedgerConfig) -> Self {
+        let n = config.snapshot_every.max(1);
+        let lookup = Arc::new(PgLabLookup::new(
+            pool.clone(),
+            event_store(&pool, n),
+            event_store(&pool, n),
+            event_store(&pool, n),
+            config.policy,
+        ));
+        let services = LabServices::new(lookup);
+        Self {
+            orders: CqrsFramework::new(event_store(&pool, n), vec![], services.clone()),
+            samples: CqrsFramework::new(event_store(&pool, n), vec![], services.clone()),
+            results: CqrsFramework::new(event_store(&pool, n), vec![], services),
+            readers: (
+                event_store(&pool, n),
+                event_store(&pool, n),
+                event_store(&pool, n),
+            ),
+            pool,
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Places a new order: assigns the order id, the order number and the patient id.
+    pub async fn place_order(
+        &self,
+        order: NewOrder,
+        ctx: &CommandContext,
+    ) -> Result<PlacedOrder, CommandError> {
+        let order_id = OrderId::new();
+        let n: i64 = sqlx::query_scalar("SELECT nextval('order_number_seq')")
+            .fetch_one(&self.pool)
+            .await?;
+        let order_number =
+            OrderNumber::parse(&format!("ORD-{}-{n:06}", Utc::now().format("%Y%m%d")))
+                .map_err(|e| CommandError::Internal(format!("order number: {e}")))?;
+        let patient_id = patient_id_for(&self.pool, &order.patient.mrn).await?;
+        let command = OrderCommand::Place(PlaceOrder {
+            order_id,
+            order_number: order_number.clone(),
+            patient_id,
+            patient: order.patient,
+            ordering_clinician: order.ordering_clinician,
+            priority: order.priority,
+            collection_site: order.collection_site,
+            clinical_notes: order.clinical_notes,
+            tests: order.tests,
+        });
+        let outcome = self.execute_order(order_id, command, ctx).await?;
+        Ok(PlacedOrder {
+            order_id,
+            order_number,
+            outcome,
+        })
+    }
+
+    pub async fn execute_order(
+        &self,
+        id: OrderId,
+        command: OrderCommand,
+        ctx: &CommandContext,
+    ) -> Result<CommandOutcome, CommandError> {
+        let (name, reason) = (command.name(), command.reason());
+        execute(
+            &self.pool,
+            &self.orders,
+            &id.to_string(),
+            command,
+            name,
+            reason,
+            ctx,
+        )
+        .await
+    }
+
+    pub async fn execute_sample(
+        &self,
+        id: SampleId,
+        command: SampleCommand,
+        ctx: &CommandContext,
+    ) -> Result<CommandOutcome, CommandError> {
+        let (name, reason) = (command.name(), command.reason());
+        execute(
+            &self.pool,
+            &self.samples,
+            &id.to_string(),
+            command,
+            name,
+            reason,
+            ctx,
+        )
+        .await
+    }
+
+    pub async fn execute_result(
+        &self,
+        id: ResultId,
+        command: ResultCommand,
+        ctx: &CommandContext,
+    ) -> Result<CommandOutcome, CommandError> {
+        let (name, reason) = (command.name(), command.reason());
+        execute(
+            &self.pool,
+            &self.results,
+            &id.to_string(),
+            command,
+            name,
+            reason,
+            ctx,
+        )
+        .await
+    }
+
+    /// Splits aliquots off a received sample: the parent records its children first
+    /// (the authoritative lineage), then each child is created from that record. A retry
+    /// after a crash in between finishes the children that are missing.
+    pub async fn aliquot(
+        &self,
+        parent: SampleId,
+        children: Vec<AliquotSpec>,
+        ctx: &CommandContext,
+    ) -> Result<Vec<CommandOutcome>, CommandError> {
+        let ids: Vec<SampleId> = children.iter().map(|c| c.sample_id).collect();
+        let mut outcomes = vec![
+            self.execute_sample(parent, SampleCommand::Aliquot { children }, ctx)
+                .await?,
+        ];
+        for sample_id in ids {
+            let command = SampleCommand::CreateAliquot {
+                sample_id,
+                parent_id: parent,
+            };
+            outcomes.push(self.execute_sample(sample_id, command, ctx).await?);
+        }
+        Ok(outcomes)
+    }
+
+    /// The current state of an order (for queries and tests).
+    pub async fn order(&self, id: OrderId) -> Result<Order, CommandError> {
+        load(&self.readers.0, &id.to_string()).await
+    }
+
+    pub async fn sample(&self, id: SampleId) -> Result<Sample, CommandError> {
+        load(&self.readers.1, &id.to_string()).await
+    }
+
+    pub async fn result(&self, id: ResultId) -> Result<LabResult, CommandError> {
+        load(&self.readers.2, &id.to_string()).await
+    }
+}
+
+async fn load<A>(store: &EventStoreOf<A>, id: &str) -> Result<A, CommandError>
+where
+    A: Aggregate + Clone,
+    A::Error: DomainError,
+{
+    let mut ctx = store
+        .load_aggregate(id)
+        .await
+        .map_err(|e| CommandError::from_aggregate(e, A::TYPE, id))?;
+    Ok(ctx.aggregate().clone())
+}
+
+#[tracing::instrument(
+    name = "command",
+    skip_all,
+    fields(command = name, aggregate_id = id, actor = %ctx.actor.id, role = %ctx.actor.role,
+           correlation_id = %ctx.correlation_id, outcome)
+)]
+async fn execute<A>(
+    pool: &PgPool,
+    framework: &Framework<A>,
+    id: &str,
+    command: A::Command,
+    name: &'static str,
+    reason: Option<String>,
+    ctx: &CommandContext,
+) -> Result<CommandOutcome, CommandError>
+where
+    A: Aggregate,
+    A::Error: DomainError,
+{
+    let command_id = Uuid::new_v4();
+    let metadata = ctx.metadata(command_id, name, reason);
+    let result = framework.execute_with_metadata(id, command, metadata).await;
+    if let Err(e) = result {
+        let err = CommandError::from_aggregate(e, A::TYPE, id);
+        tracing::Span::current().record("outcome", tracing::field::display(&err));
+        return Err(err);
+    }
+    let row = sqlx::query(
+        "SELECT sequence, position FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = $2 AND metadata ->> 'command_id' = $3
+          ORDER BY sequence DESC LIMIT 1",
+    )
+    .bind(A::TYPE)
+    .bind(id)
+    .bind(command_id.to_string())
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| {
+        CommandError::Internal(format!(
+            "command {command_id} committed but its event is not found"
+        ))
+    })?;
+    let outcome = CommandOutcome {
+        aggregate_type: A::TYPE,
+        aggregate_id: id.to_string(),
+        version: row.get("sequence"),
+        position: row.get("position"),
+    };
+    tracing::Span::current().record("outcome", "ok");
+    Ok(outcome)
+}

@@ -1,0 +1,181 @@
+//! The aggregates' look-ups, answered from the event store.
+//!
+//! Another aggregate's facts come from loading that aggregate through the same event
+//! store (snapshots and upcasters included), so they are exactly what its own commands
+//! see. Accession numbers and released results are found through partial expression
+//! indexes on the `events` table (migration 0001), so no side table can drift from the
+//! trail. The catalogue is cached per version and reloaded when a new version appears.
+
+use crate::catalogue;
+use crate::ledger::EventStoreOf;
+use chrono::{DateTime, Utc};
+use cqrs_es::{AggregateContext, EventStore};
+use lis_domain::catalogue::{Catalogue, CatalogueVersion};
+use lis_domain::flags::PreviousResult;
+use lis_domain::ids::{AccessionNumber, OrderId, PatientId, ResultId, SampleId, TestCode};
+use lis_domain::order::{Order, OrderFacts};
+use lis_domain::result::LabResult;
+use lis_domain::sample::{Sample, SampleFacts};
+use lis_domain::services::{LabLookup, LabPolicy, LookupError};
+use sqlx::PgPool;
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+use uuid::Uuid;
+
+pub struct PgLabLookup {
+    pool: PgPool,
+    orders: EventStoreOf<Order>,
+    samples: EventStoreOf<Sample>,
+    results: EventStoreOf<LabResult>,
+    policy: LabPolicy,
+    cached: RwLock<Option<Arc<Catalogue>>>,
+}
+
+fn failed(what: &str, e: impl std::fmt::Display) -> LookupError {
+    LookupError(format!("{what}: {e}"))
+}
+
+impl PgLabLookup {
+    pub(crate) fn new(
+        pool: PgPool,
+        orders: EventStoreOf<Order>,
+        samples: EventStoreOf<Sample>,
+        results: EventStoreOf<LabResult>,
+        policy: LabPolicy,
+    ) -> Self {
+        Self {
+            pool,
+            orders,
+            samples,
+            results,
+            policy,
+            cached: RwLock::new(None),
+        }
+    }
+
+    fn cached(&self, version: CatalogueVersion) -> Option<Arc<Catalogue>> {
+        let guard = self.cached.read().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().filter(|c| c.version == version).cloned()
+    }
+}
+
+#[async_trait::async_trait]
+impl LabLookup for PgLabLookup {
+    async fn catalogue(&self) -> Result<Arc<Catalogue>, LookupError> {
+        let version = catalogue::current_version(&self.pool)
+            .await
+            .map_err(|e| failed("catalogue version", e))?
+            .ok_or_else(|| {
+                LookupError(
+                    "no catalogue has been imported (run `lisledger catalogue import`)".into(),
+                )
+            })?;
+        if let Some(c) = self.cached(version) {
+            return Ok(c);
+        }
+        let loaded = Arc::new(
+            catalogue::load(&self.pool, version)
+                .await
+                .map_err(|e| failed("catalogue", e))?,
+        );
+        *self.cached.write().unwrap_or_else(|p| p.into_inner()) = Some(loaded.clone());
+        Ok(loaded)
+    }
+
+    async fn order(&self, id: OrderId) -> Result<Option<OrderFacts>, LookupError> {
+        let mut ctx = self
+            .orders
+            .load_aggregate(&id.to_string())
+            .await
+            .map_err(|e| failed("order", e))?;
+        Ok(ctx.aggregate().facts())
+    }
+
+    async fn sample(&self, id: SampleId) -> Result<Option<SampleFacts>, LookupError> {
+        let mut ctx = self
+            .samples
+            .load_aggregate(&id.to_string())
+            .await
+            .map_err(|e| failed("sample", e))?;
+        Ok(ctx.aggregate().facts().cloned())
+    }
+
+    async fn accession_in_use(&self, accession: &AccessionNumber) -> Result<bool, LookupError> {
+        // The expression must match the unique index events_accession_unique.
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM events
+               WHERE event_type IN ('SampleCollected', 'AliquotCreated')
+                 AND coalesce(payload -> 'SampleCollected' ->> 'accession_number',
+                              payload -> 'AliquotCreated' ->> 'accession_number') = $1)",
+        )
+        .bind(accession.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| failed("accession number", e))
+    }
+
+    async fn previous_released(
+        &self,
+        patient: PatientId,
+        test: &TestCode,
+        before: DateTime<Utc>,
+    ) -> Result<Option<PreviousResult>, LookupError> {
+        // Newest first; the first one still released (not retracted since) is the one.
+        let candidates: Vec<String> = sqlx::query_scalar(
+            "SELECT aggregate_id FROM events
+              WHERE event_type = 'ResultAuthorised' AND aggregate_type = 'Result'
+                AND payload -> 'ResultAuthorised' ->> 'patient_id' = $1
+                AND payload -> 'ResultAuthorised' ->> 'test_code' = $2
+                AND (payload -> 'ResultAuthorised' ->> 'collected_at')::timestamptz < $3
+              ORDER BY (payload -> 'ResultAuthorised' ->> 'collected_at')::timestamptz DESC",
+        )
+        .bind(patient.to_string())
+        .bind(test.as_str())
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| failed("previous results", e))?;
+        for id in candidates {
+            let mut ctx = self
+                .results
+                .load_aggregate(&id)
+                .await
+                .map_err(|e| failed("previous result", e))?;
+            if let Some((value, collected_at)) = ctx.aggregate().released_value() {
+                if let Some(v) = value.numeric() {
+                    let uuid = Uuid::parse_str(&id).map_err(|e| failed("result id", e))?;
+                    return Ok(Some(PreviousResult {
+                        result_id: ResultId::from_uuid(uuid),
+                        value: v,
+                        collected_at,
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn released_tests(&self, order: OrderId) -> Result<BTreeSet<TestCode>, LookupError> {
+        let codes: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT payload -> 'ResultAuthorised' ->> 'test_code' FROM events
+              WHERE event_type = 'ResultAuthorised' AND aggregate_type = 'Result'
+                AND payload -> 'ResultAuthorised' ->> 'order_id' = $1",
+        )
+        .bind(order.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| failed("released tests", e))?;
+        codes
+            .iter()
+            .map(|c| TestCode::parse(c).map_err(|e| failed("stored test code", e)))
+            .collect()
+    }
+
+    fn policy(&self) -> LabPolicy {
+        self.policy
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}

@@ -1,0 +1,357 @@
+//! Append and load through the ledger, the audit columns of every row, and optimistic
+//! concurrency against the real PostgreSQL event store.
+
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{AggregateContext, AggregateError, EventStore};
+use lis_commands::CommandError;
+use lis_domain::actor::{ActorId, Role};
+use lis_domain::catalogue::CatalogueVersion;
+use lis_domain::flags::Flag;
+use lis_domain::ids::TestCode;
+use lis_domain::order::{Order, OrderCommand, OrderEvent, OrderedTest, TestLine};
+use lis_domain::result::{ResultCommand, ResultStatus};
+use lis_domain::text::Reason;
+use lis_tests::{actor, code, place, received_serum, record_k, released_k, TestDb};
+use postgres_es::PostgresEventRepository;
+use sqlx::Row;
+use std::collections::HashMap;
+
+#[tokio::test]
+async fn a_lab_workflow_is_appended_and_loads_back_with_audit_columns() {
+    let db = TestDb::new().await;
+    let ledger = db.ledger();
+    let order = place(&ledger, "MRN-100", &["K", "NA"]).await;
+    assert_eq!(order.outcome.version, 1);
+    let sample = received_serum(&ledger, order.order_id, "ACC-100", &["K", "NA"]).await;
+    let result = released_k(&ledger, sample, 4.2).await;
+
+    let loaded = ledger.result(result).await.unwrap();
+    assert_eq!(loaded.status(), Some(ResultStatus::Released));
+    let order_state = ledger.order(order.order_id).await.unwrap();
+    let facts = order_state.facts().unwrap();
+    assert_eq!(facts.order_number, order.order_number);
+    assert!(matches!(facts.tests[&code("K")], TestLine::Active { .. }));
+
+    let rows = sqlx::query(
+        "SELECT aggregate_type, sequence, event_type, position, tx_id::text AS tx, recorded_at,
+                metadata ->> 'actor_id' AS actor, metadata ->> 'actor_role' AS role,
+                metadata ->> 'correlation_id' AS correlation, metadata ->> 'client_addr' AS addr
+           FROM events ORDER BY position",
+    )
+    .fetch_all(&db.app)
+    .await
+    .unwrap();
+    let types: Vec<String> = rows.iter().map(|r| r.get("event_type")).collect();
+    assert_eq!(
+        types,
+        [
+            "OrderPlaced",
+            "SampleCollected",
+            "SampleReceived",
+            "ResultRecorded",
+            "ResultVerified",
+            "ResultAuthorised"
+        ]
+    );
+    let actors: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r.get("actor"), r.get("role")))
+        .collect();
+    assert_eq!(actors[0], ("reception.1".into(), "reception".into()));
+    assert_eq!(actors[5], ("path.1".into(), "pathologist".into()));
+    for pair in rows.windows(2) {
+        let (a, b): (i64, i64) = (pair[0].get("position"), pair[1].get("position"));
+        assert!(a < b, "positions increase in commit order here");
+        let (ta, tb): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+            (pair[0].get("recorded_at"), pair[1].get("recorded_at"));
+        assert!(ta <= tb);
+    }
+    for r in &rows {
+        assert!(r.get::<Option<String>, _>("correlation").is_some());
+        assert_eq!(
+            r.get::<Option<String>, _>("addr").as_deref(),
+            Some("127.0.0.1")
+        );
+        assert!(!r.get::<String, _>("tx").is_empty());
+    }
+    // The outcome of the last command names its event's global position.
+    let last: i64 = rows.last().unwrap().get("position");
+    let (id, _) = record_k(sample, 0.0);
+    assert_eq!(id, result);
+    let ack = ledger
+        .execute_result(
+            result,
+            ResultCommand::Acknowledge {
+                by: ActorId::parse("dr.rao").unwrap(),
+            },
+            &actor("dr.rao", Role::Clinician),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ack.version, 4);
+    assert!(ack.position > last);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_reason_given_with_a_command_is_kept_in_the_event_metadata() {
+    let db = TestDb::new().await;
+    let ledger = db.ledger();
+    let order = place(&ledger, "MRN-101", &["K", "NA"]).await;
+    ledger
+        .execute_order(
+            order.order_id,
+            OrderCommand::CancelTest {
+                test: code("NA"),
+                reason: Reason::parse("requested twice").unwrap(),
+            },
+            &actor("reception.1", Role::Reception),
+        )
+        .await
+        .unwrap();
+    let reason: Option<String> = sqlx::query_scalar(
+        "SELECT metadata ->> 'reason' FROM events WHERE event_type = 'TestCancelled'",
+    )
+    .fetch_one(&db.app)
+    .await
+    .unwrap();
+    assert_eq!(reason.as_deref(), Some("requested twice"));
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn two_writers_from_the_same_version_one_wins_one_conflicts() {
+    let db = TestDb::new().await;
+    let ledger = db.ledger();
+    let order = place(&ledger, "MRN-102", &["K"]).await;
+    let id = order.order_id.to_string();
+
+    // Both writers load version 1, then both commit an event as version 2.
+    let store: PersistedEventStore<PostgresEventRepository, Order> =
+        PersistedEventStore::new_event_store(PostgresEventRepository::new(db.app.clone()));
+    let first = store.load_aggregate(&id).await.unwrap();
+    let second = store.load_aggregate(&id).await.unwrap();
+    let add = |c: &str| OrderEvent::TestsAdded {
+        tests: vec![OrderedTest {
+            code: TestCode::parse(c).unwrap(),
+            catalogue_version: CatalogueVersion(1),
+        }],
+    };
+    let meta = HashMap::from([
+        ("actor_id".to_string(), "a".to_string()),
+        ("actor_role".to_string(), "reception".to_string()),
+    ]);
+    let (a, b) = tokio::join!(
+        store.commit(vec![add("NA")], first, meta.clone()),
+        store.commit(vec![add("CL")], second, meta)
+    );
+    let conflicts = [&a, &b]
+        .iter()
+        .filter(|r| matches!(r, Err(AggregateError::AggregateConflict)))
+        .count();
+    assert_eq!(conflicts, 1, "exactly one writer conflicts: {a:?} {b:?}");
+    assert_eq!([&a, &b].iter().filter(|r| r.is_ok()).count(), 1);
+
+    // Nothing lost and nothing doubled: the winner's event is version 2, and only it.
+    let mut ctx = store.load_aggregate(&id).await.unwrap();
+    let facts = ctx.aggregate().facts().unwrap();
+    let winner = if a.is_ok() { "NA" } else { "CL" };
+    let loser = if a.is_ok() { "CL" } else { "NA" };
+    assert!(facts.tests.contains_key(&code(winner)));
+    assert!(!facts.tests.contains_key(&code(loser)));
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = $1")
+        .bind(&id)
+        .fetch_one(&db.app)
+        .await
+        .unwrap();
+    assert_eq!(count, 2);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn racing_commands_through_the_ledger_lose_no_update() {
+    let db = TestDb::new().await;
+    let ledger = std::sync::Arc::new(db.ledger());
+    let order = place(&ledger, "MRN-103", &["K"]).await;
+    let tests = [
+        "NA", "CL", "CO2", "CA", "MG", "PHOS", "ALB", "TP", "CREA", "URIC",
+    ];
+    let mut handles = Vec::new();
+    for t in tests {
+        let ledger = ledger.clone();
+        handles.push(tokio::spawn(async move {
+            let r = ledger
+                .execute_order(
+                    order.order_id,
+                    OrderCommand::AddTests {
+                        tests: vec![code(t)],
+                    },
+                    &actor("reception.1", Role::Reception),
+                )
+                .await;
+            (t, r)
+        }));
+    }
+    let mut won = Vec::new();
+    for h in handles {
+        let (t, r) = h.await.unwrap();
+        match r {
+            Ok(_) => won.push(t),
+            Err(CommandError::Conflict { .. }) => {}
+            Err(e) => panic!("unexpected error for {t}: {e}"),
+        }
+    }
+    assert!(!won.is_empty());
+    let facts = ledger.order(order.order_id).await.unwrap().facts().unwrap();
+    // Every acknowledged change is there; every refused one is absent.
+    for t in tests {
+        assert_eq!(
+            facts.tests.contains_key(&code(t)),
+            won.contains(&t),
+            "test {t}"
+        );
+    }
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_refused_command_writes_nothing_and_says_why() {
+    let db = TestDb::new().await;
+    let ledger = db.ledger();
+    let order = place(&ledger, "MRN-104", &["K"]).await;
+    let sample = received_serum(&ledger, order.order_id, "ACC-104", &["K"]).await;
+    let (id, _) = record_k(sample, 0.0);
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.app)
+        .await
+        .unwrap();
+
+    let (_, wrong_unit) = {
+        let (id, cmd) = record_k(sample, 4.0);
+        let cmd = match cmd {
+            ResultCommand::Record(mut r) => {
+                r.value = lis_domain::value::ResultValue::Numeric {
+                    value: 4.0,
+                    unit: "mg/dL".into(),
+                };
+                ResultCommand::Record(r)
+            }
+            other => other,
+        };
+        (id, cmd)
+    };
+    match ledger
+        .execute_result(id, wrong_unit, &actor("tech.1", Role::Technologist))
+        .await
+    {
+        Err(CommandError::Invalid { rule, errors }) => {
+            assert_eq!(rule, "result.invalid");
+            assert_eq!(errors.0[0].field, "value/unit");
+        }
+        other => panic!("expected invalid, got {other:?}"),
+    }
+    match ledger
+        .execute_result(
+            id,
+            ResultCommand::Verify {
+                by: ActorId::parse("tech.1").unwrap(),
+            },
+            &actor("tech.1", Role::Technologist),
+        )
+        .await
+    {
+        Err(CommandError::Rejected { rule, .. }) => assert_eq!(rule, "result.not-recorded"),
+        other => panic!("expected rejection, got {other:?}"),
+    }
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.app)
+        .await
+        .unwrap();
+    assert_eq!(before, after);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn flags_use_the_patients_previous_released_result_and_released_tests_cannot_be_cancelled() {
+    let db = TestDb::new().await;
+    let ledger = db.ledger();
+    let first = place(&ledger, "MRN-105", &["K"]).await;
+    let s1 = received_serum(&ledger, first.order_id, "ACC-105-1", &["K"]).await;
+    released_k(&ledger, s1, 3.0).await;
+
+    // Released: the test can no longer be cancelled, nor the order.
+    let refused = ledger
+        .execute_order(
+            first.order_id,
+            OrderCommand::CancelTest {
+                test: code("K"),
+                reason: Reason::parse("not needed").unwrap(),
+            },
+            &actor("reception.1", Role::Reception),
+        )
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(CommandError::Rejected {
+                rule: "order.test-released",
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+
+    // A later sample of the same patient: delta check against 3.0.
+    let second = place(&ledger, "MRN-105", &["K"]).await;
+    let s2 = received_serum(&ledger, second.order_id, "ACC-105-2", &["K"]).await;
+    let (id, record) = record_k(s2, 5.0);
+    ledger
+        .execute_result(id, record, &actor("tech.1", Role::Technologist))
+        .await
+        .unwrap();
+    let flags: serde_json::Value = sqlx::query_scalar(
+        "SELECT payload -> 'ResultRecorded' -> 'flags' FROM events WHERE aggregate_id = $1 AND sequence = 1",
+    )
+    .bind(id.to_string())
+    .fetch_one(&db.app)
+    .await
+    .unwrap();
+    assert_eq!(flags, serde_json::json!([Flag::D]));
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn accession_numbers_are_unique_in_the_lab() {
+    let db = TestDb::new().await;
+    let ledger = db.ledger();
+    let order = place(&ledger, "MRN-106", &["K", "NA"]).await;
+    received_serum(&ledger, order.order_id, "ACC-106", &["K"]).await;
+    let again = lis_domain::ids::SampleId::new();
+    let r = ledger
+        .execute_sample(
+            again,
+            lis_domain::sample::SampleCommand::Collect(lis_domain::sample::CollectSample {
+                sample_id: again,
+                order_id: order.order_id,
+                accession_number: lis_domain::ids::AccessionNumber::parse("ACC-106").unwrap(),
+                specimen_type: "serum".into(),
+                container: "red/SST".into(),
+                tests: vec![code("NA")],
+                collected_by: ActorId::parse("phleb.1").unwrap(),
+                collected_at: chrono::Utc::now(),
+            }),
+            &actor("phleb.1", Role::Phlebotomist),
+        )
+        .await;
+    assert!(
+        matches!(
+            r,
+            Err(CommandError::Rejected {
+                rule: "sample.accession-in-use",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    db.drop().await;
+}
