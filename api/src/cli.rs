@@ -55,6 +55,9 @@ enum CatalogueCommand {
     /// Import a catalogue CSV as a new version (nothing is imported if any row is bad).
     Import {
         file: PathBuf,
+        /// Import only if no catalogue has been imported yet (first set-up).
+        #[arg(long)]
+        if_empty: bool,
         /// Who authorised this catalogue change (recorded with the version).
         #[arg(long, env = "USER", default_value = "operator")]
         imported_by: String,
@@ -120,11 +123,22 @@ pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
             println!("migrations applied");
         }
         Command::Catalogue {
-            command: CatalogueCommand::Import { file, imported_by },
+            command:
+                CatalogueCommand::Import {
+                    file,
+                    if_empty,
+                    imported_by,
+                },
         } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let pool = pool(&config.database_url, 2).await?;
+            if if_empty {
+                if let Some(version) = catalogue::current_version(&pool).await? {
+                    println!("catalogue {version} is already imported; nothing to do");
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
             match catalogue::import(&pool, &text, &file.display().to_string(), &imported_by).await {
                 Ok(report) => println!(
                     "imported {} tests as catalogue {}",

@@ -10,8 +10,8 @@ use crate::context::CommandContext;
 use crate::error::CommandError;
 use crate::lookup::PgLabLookup;
 use crate::patients::patient_id_for;
+use crate::store::SnapshotEventStore;
 use chrono::Utc;
-use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateContext, CqrsFramework, EventStore};
 use lis_domain::error::DomainError;
 use lis_domain::ids::{OrderId, OrderNumber, ResultId, SampleId, TestCode};
@@ -28,7 +28,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 /// The event store of one aggregate type.
-pub type EventStoreOf<A> = PersistedEventStore<PostgresEventRepository, A>;
+pub type EventStoreOf<A> = SnapshotEventStore<A>;
 type Framework<A> = CqrsFramework<A, EventStoreOf<A>>;
 
 /// How the ledger runs.
@@ -79,11 +79,11 @@ pub struct PlacedOrder {
 }
 
 fn event_store<A: Aggregate>(pool: &PgPool, snapshot_every: usize) -> EventStoreOf<A> {
-    PersistedEventStore::new_snapshot_store(
+    SnapshotEventStore::new(
         PostgresEventRepository::new(pool.clone()),
         snapshot_every,
+        upcasters(),
     )
-    .with_upcasters(upcasters())
 }
 
 pub struct Ledger {

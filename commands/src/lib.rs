@@ -6,6 +6,7 @@
 //! - [`context`]: who is acting, and the audit metadata every event carries.
 //! - [`lookup`]: [`lis_domain::services::LabLookup`] answered from the event store.
 //! - [`catalogue`]: versioned catalogue import and loading.
+//! - [`store`]: postgres-es with snapshots and upcasters.
 //! - [`audit`]: recomputes every hash chain and reports the first broken link.
 //! - [`error`]: the one error type of this boundary.
 
@@ -16,6 +17,7 @@ pub mod error;
 pub mod ledger;
 pub mod lookup;
 pub mod patients;
+pub mod store;
 
 pub use context::CommandContext;
 pub use error::CommandError;

@@ -108,7 +108,7 @@ macro_rules! code_text {
             pub fn parse(input: &str) -> Result<Self, FieldError> {
                 let value = input.trim().to_ascii_uppercase();
                 let len = value.chars().count();
-                if len < $min || len > $max {
+                if !($min..=$max).contains(&len) {
                     return Err(FieldError::new(
                         "",
                         format!("{} must be {} to {} characters, got {}", $what, $min, $max, len),

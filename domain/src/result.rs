@@ -127,6 +127,9 @@ impl ResultCommand {
     }
 }
 
+// Events are data written once and read as a whole; boxing the large variant would only
+// add indirection to every match.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ResultEvent {
     ResultRecorded {

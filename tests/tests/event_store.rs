@@ -1,8 +1,8 @@
 //! Append and load through the ledger, the audit columns of every row, and optimistic
 //! concurrency against the real PostgreSQL event store.
 
-use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{AggregateContext, AggregateError, EventStore};
+use lis_commands::store::SnapshotEventStore;
 use lis_commands::CommandError;
 use lis_domain::actor::{ActorId, Role};
 use lis_domain::catalogue::CatalogueVersion;
@@ -127,8 +127,8 @@ async fn two_writers_from_the_same_version_one_wins_one_conflicts() {
     let id = order.order_id.to_string();
 
     // Both writers load version 1, then both commit an event as version 2.
-    let store: PersistedEventStore<PostgresEventRepository, Order> =
-        PersistedEventStore::new_event_store(PostgresEventRepository::new(db.app.clone()));
+    let store: SnapshotEventStore<Order> =
+        SnapshotEventStore::new(PostgresEventRepository::new(db.app.clone()), 20, vec![]);
     let first = store.load_aggregate(&id).await.unwrap();
     let second = store.load_aggregate(&id).await.unwrap();
     let add = |c: &str| OrderEvent::TestsAdded {

@@ -1,0 +1,110 @@
+//! The `lisledger` binary against a real database: audit verify's exit codes and report,
+//! and a refused catalogue import.
+
+use lis_domain::actor::Role;
+use lis_eventstore_migrations::APP_ROLE;
+use lis_tests::{actor, code, place, TestDb};
+use std::process::{Command, Output};
+
+fn lisledger(db: &TestDb, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lisledger"))
+        .args(args)
+        .env("LIS_DATABASE_URL", db.url_as(APP_ROLE))
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run lisledger")
+}
+
+#[tokio::test]
+async fn audit_verify_passes_then_fails_naming_the_tampered_event() {
+    let db = TestDb::new().await;
+    let ledger = db.ledger();
+    let order = place(&ledger, "MRN-500", &["K"]).await;
+    ledger
+        .execute_order(
+            order.order_id,
+            lis_domain::order::OrderCommand::AddTests {
+                tests: vec![code("NA")],
+            },
+            &actor("reception.1", Role::Reception),
+        )
+        .await
+        .unwrap();
+
+    let ok = lisledger(&db, &["audit", "verify"]);
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("checked 2 events in 1 aggregates"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("events/s"), "{stdout}");
+
+    let su = db.superuser().await;
+    let mut conn = su.acquire().await.unwrap();
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE events SET metadata = replace(metadata::text, 'reception.1', 'someone.else')::json WHERE sequence = 2")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    su.close().await;
+
+    let bad = lisledger(&db, &["audit", "verify"]);
+    let stdout = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!("Order {} broken at sequence 2", order.order_id)),
+        "{stdout}"
+    );
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_bad_catalogue_file_is_refused_whole_with_line_and_column() {
+    let db = TestDb::empty().await;
+    let dir = std::env::temp_dir().join(format!("lis-cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.csv");
+    std::fs::write(
+        &file,
+        lis_tests::SEED_CATALOGUE.replacen(",numeric,13.5,", ",numeric,x13.5,", 1),
+    )
+    .unwrap();
+    let out = lisledger(&db, &["catalogue", "import", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nothing imported"), "{stderr}");
+    assert!(
+        stderr.contains("line 2, column `ref_low_male`: `x13.5` is not a finite number"),
+        "{stderr}"
+    );
+    let versions: i64 = sqlx::query_scalar("SELECT count(*) FROM catalogue_versions")
+        .fetch_one(&db.app)
+        .await
+        .unwrap();
+    assert_eq!(versions, 0);
+
+    std::fs::write(&file, lis_tests::SEED_CATALOGUE).unwrap();
+    let out = lisledger(
+        &db,
+        &[
+            "catalogue",
+            "import",
+            file.to_str().unwrap(),
+            "--imported-by",
+            "qm.1",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("imported 48 tests as catalogue v1"));
+    std::fs::remove_dir_all(&dir).unwrap();
+    db.drop().await;
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: starts (installing if needed) the local
+# PostgreSQL, then formatting, lints and every test against the real database.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+# shellcheck source=deploy/lib.sh
+. deploy/lib.sh
+
+command -v cargo >/dev/null || { log "cargo not found: install Rust (rustup) first"; exit 1; }
+deploy/postgres.sh
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+log "cargo test"
+cargo test --workspace --locked
