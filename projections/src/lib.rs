@@ -2,7 +2,17 @@
 //!
 //! - [`feed`]: the event store's gap-free ordered feed (what the relay and single-node
 //!   projections read).
-//! - [`merkle`]: RFC 6962 Merkle trees for the audit seals.
+//! - [`envelope`]: the JSON envelope events travel in.
+//! - [`merkle`]: RFC 6962 Merkle trees; [`seal`]: signed checkpoints of the log.
+//! - [`relay`]: publishes the feed to Kafka in order and seals it.
+//! - [`projection`]: the exactly-once engine; [`models`]: the read models;
+//!   [`worker`]: runs projections from the feed or from Kafka, and rebuilds them.
 
+pub mod envelope;
 pub mod feed;
 pub mod merkle;
+pub mod models;
+pub mod projection;
+pub mod relay;
+pub mod seal;
+pub mod worker;

@@ -235,3 +235,33 @@ pub async fn released_k(ledger: &Ledger, sample: SampleId, value: f64) -> Result
         .expect("authorised");
     id
 }
+
+/// Collects a sample of `tests` in the given specimen type and container.
+pub async fn collect(
+    ledger: &Ledger,
+    order: OrderId,
+    accession: &str,
+    specimen: &str,
+    container: &str,
+    tests: &[&str],
+) -> SampleId {
+    let sample_id = SampleId::new();
+    ledger
+        .execute_sample(
+            sample_id,
+            SampleCommand::Collect(CollectSample {
+                sample_id,
+                order_id: order,
+                accession_number: AccessionNumber::parse(accession).unwrap(),
+                specimen_type: specimen.into(),
+                container: container.into(),
+                tests: tests.iter().map(|t| code(t)).collect(),
+                collected_by: ActorId::parse("phleb.1").unwrap(),
+                collected_at: Utc::now() - Duration::minutes(20),
+            }),
+            &actor("phleb.1", Role::Phlebotomist),
+        )
+        .await
+        .expect("collected");
+    sample_id
+}

@@ -1,0 +1,73 @@
+//! The envelope an event travels in on Kafka (and on the API's event stream).
+//!
+//! Documented by `docs/events/envelope.schema.json`. The payload is the stored JSON text,
+//! byte for byte, and the envelope carries the chain hashes, so a consumer can check an
+//! event against the audit trail without database access.
+
+use crate::feed::{hex_bytes, StoredEvent};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+/// Envelope schema version.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x3b8e_55a1_0c4f_4d2b_a6e1_92f4_7c0d_18e5);
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EnvelopeActor {
+    pub id: String,
+    pub role: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    pub envelope_version: u32,
+    /// Stable id of the event: UUID v5 of (aggregate type, aggregate id, sequence).
+    pub event_id: Uuid,
+    pub position: i64,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub recorded_at: DateTime<Utc>,
+    pub actor: EnvelopeActor,
+    pub correlation_id: Option<String>,
+    pub payload: Box<RawValue>,
+    #[serde(with = "hex_bytes")]
+    pub prev_hash: Vec<u8>,
+    #[serde(with = "hex_bytes")]
+    pub hash: Vec<u8>,
+}
+
+/// The stable id of an event.
+pub fn event_id(aggregate_type: &str, aggregate_id: &str, sequence: i64) -> Uuid {
+    let name = format!("{aggregate_type}\u{1f}{aggregate_id}\u{1f}{sequence}");
+    Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes())
+}
+
+impl From<&StoredEvent> for Envelope {
+    fn from(e: &StoredEvent) -> Self {
+        Self {
+            envelope_version: ENVELOPE_VERSION,
+            event_id: event_id(&e.aggregate_type, &e.aggregate_id, e.sequence),
+            position: e.position,
+            aggregate_type: e.aggregate_type.clone(),
+            aggregate_id: e.aggregate_id.clone(),
+            sequence: e.sequence,
+            event_type: e.event_type.clone(),
+            event_version: e.event_version.clone(),
+            recorded_at: e.recorded_at,
+            actor: EnvelopeActor {
+                id: e.meta("actor_id").unwrap_or_default(),
+                role: e.meta("actor_role").unwrap_or_default(),
+            },
+            correlation_id: e.meta("correlation_id"),
+            payload: e.payload.clone(),
+            prev_hash: e.prev_hash.clone(),
+            hash: e.hash.clone(),
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Projections: how a read model is built from events, exactly once in effect.
+//!
+//! Each projection owns one PostgreSQL schema (`proj_<name>`) holding its tables plus two
+//! of the engine's: `offsets` (last sequence applied per aggregate) and `feed_position`
+//! (how far it has read the ordered feed, in single-node mode). A batch of events and the
+//! offsets it advances commit in one transaction; an event at or below its aggregate's
+//! offset is a redelivery and is skipped; an event beyond offset + 1 is a gap, which is
+//! reported and stops the batch — never applied past the hole.
+
+use crate::envelope::Envelope;
+use crate::feed::FeedPosition;
+use cqrs_es::persist::SerializedEvent;
+use lis_domain::order::OrderEvent;
+use lis_domain::result::ResultEvent;
+use lis_domain::sample::SampleEvent;
+use lis_domain::upcast::upcasters;
+use sqlx::{Connection, PgConnection, PgPool, Row};
+
+/// An event of any aggregate, decoded (and upcast) from its envelope.
+#[derive(Debug, Clone)]
+pub enum LabEvent {
+    Order(OrderEvent),
+    Sample(SampleEvent),
+    Result(ResultEvent),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("event {aggregate_type} {aggregate_id} #{sequence} cannot be decoded: {message}")]
+    Undecodable {
+        aggregate_type: String,
+        aggregate_id: String,
+        sequence: i64,
+        message: String,
+    },
+    #[error("gap in {aggregate_type} {aggregate_id}: expected sequence {expected}, got {got}; not applied")]
+    Gap {
+        aggregate_type: String,
+        aggregate_id: String,
+        expected: i64,
+        got: i64,
+    },
+    #[error("unknown projection `{0}` (known: orders, specimens, results)")]
+    Unknown(String),
+}
+
+/// Decodes an envelope's payload into the domain event, through the upcasters.
+pub fn decode(env: &Envelope) -> Result<LabEvent, ProjectionError> {
+    let undecodable = |message: String| ProjectionError::Undecodable {
+        aggregate_type: env.aggregate_type.clone(),
+        aggregate_id: env.aggregate_id.clone(),
+        sequence: env.sequence,
+        message,
+    };
+    let payload: serde_json::Value =
+        serde_json::from_str(env.payload.get()).map_err(|e| undecodable(e.to_string()))?;
+    let mut event = SerializedEvent::new(
+        env.aggregate_id.clone(),
+        env.sequence as usize,
+        env.aggregate_type.clone(),
+        env.event_type.clone(),
+        env.event_version.clone(),
+        payload,
+        serde_json::Value::Null,
+    );
+    for u in upcasters() {
+        if u.can_upcast(&event.event_type, &event.event_version) {
+            event = u.upcast(event);
+        }
+    }
+    let decoded = match env.aggregate_type.as_str() {
+        "Order" => serde_json::from_value(event.payload).map(LabEvent::Order),
+        "Sample" => serde_json::from_value(event.payload).map(LabEvent::Sample),
+        "Result" => serde_json::from_value(event.payload).map(LabEvent::Result),
+        other => return Err(undecodable(format!("unknown aggregate type {other}"))),
+    };
+    decoded.map_err(|e| undecodable(e.to_string()))
+}
+
+/// A read model.
+#[async_trait::async_trait]
+pub trait Projection: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// `CREATE TABLE IF NOT EXISTS …` statements, unqualified (run in the projection's schema).
+    fn ddl(&self) -> &'static str;
+    /// Applies one event inside the batch's transaction (search_path is the schema).
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        env: &Envelope,
+        event: &LabEvent,
+    ) -> Result<(), ProjectionError>;
+}
+
+const ENGINE_DDL: &str = "
+CREATE TABLE IF NOT EXISTS offsets (
+    aggregate_type text NOT NULL,
+    aggregate_id   text NOT NULL,
+    last_sequence  bigint NOT NULL,
+    PRIMARY KEY (aggregate_type, aggregate_id));
+CREATE TABLE IF NOT EXISTS feed_position (
+    singleton bool PRIMARY KEY DEFAULT true CHECK (singleton),
+    tx_id     text   NOT NULL,
+    position  bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS progress (
+    singleton      bool PRIMARY KEY DEFAULT true CHECK (singleton),
+    events_applied bigint NOT NULL,
+    max_position   bigint NOT NULL,
+    updated_at     timestamptz NOT NULL);";
+
+/// The schema of a projection.
+pub fn schema_of(name: &str) -> String {
+    format!("proj_{name}")
+}
+
+/// Creates the schema and tables if missing.
+pub async fn ensure_schema(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    schema: &str,
+) -> Result<(), ProjectionError> {
+    let mut tx = conn.begin().await?;
+    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(ENGINE_DDL).execute(&mut *tx).await?;
+    sqlx::raw_sql(projection.ddl()).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// What a batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub applied: usize,
+    pub skipped: usize,
+}
+
+/// Applies `events` to the projection's tables in `schema`, on `conn`, inside the caller's
+/// transaction, and (in feed mode) records the feed position reached.
+pub async fn apply_in(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    schema: &str,
+    events: &[Envelope],
+    feed_at: Option<FeedPosition>,
+) -> Result<BatchOutcome, ProjectionError> {
+    sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
+        .execute(&mut *conn)
+        .await?;
+    let mut outcome = BatchOutcome::default();
+    let mut max_position = 0i64;
+    for env in events {
+        let last: Option<i64> = sqlx::query_scalar(
+            "SELECT last_sequence FROM offsets WHERE aggregate_type = $1 AND aggregate_id = $2 FOR UPDATE",
+        )
+        .bind(&env.aggregate_type)
+        .bind(&env.aggregate_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let last = last.unwrap_or(0);
+        if env.sequence <= last {
+            outcome.skipped += 1;
+            continue;
+        }
+        if env.sequence > last + 1 {
+            return Err(ProjectionError::Gap {
+                aggregate_type: env.aggregate_type.clone(),
+                aggregate_id: env.aggregate_id.clone(),
+                expected: last + 1,
+                got: env.sequence,
+            });
+        }
+        let event = decode(env)?;
+        projection.apply(conn, env, &event).await?;
+        sqlx::query(
+            "INSERT INTO offsets (aggregate_type, aggregate_id, last_sequence) VALUES ($1, $2, $3)
+             ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET last_sequence = excluded.last_sequence",
+        )
+        .bind(&env.aggregate_type)
+        .bind(&env.aggregate_id)
+        .bind(env.sequence)
+        .execute(&mut *conn)
+        .await?;
+        outcome.applied += 1;
+        max_position = max_position.max(env.position);
+    }
+    if outcome.applied > 0 {
+        sqlx::query(
+            "INSERT INTO progress (events_applied, max_position, updated_at) VALUES ($1, $2, clock_timestamp())
+             ON CONFLICT (singleton) DO UPDATE SET events_applied = progress.events_applied + excluded.events_applied,
+                 max_position = greatest(progress.max_position, excluded.max_position), updated_at = clock_timestamp()",
+        )
+        .bind(outcome.applied as i64)
+        .bind(max_position)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if let Some(at) = feed_at {
+        sqlx::query(
+            "INSERT INTO feed_position (tx_id, position) VALUES ($1, $2)
+             ON CONFLICT (singleton) DO UPDATE SET tx_id = excluded.tx_id, position = excluded.position",
+        )
+        .bind(at.tx_id.to_string())
+        .bind(at.position)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(outcome)
+}
+
+/// Applies a batch in its own transaction.
+pub async fn apply_batch(
+    pool: &PgPool,
+    projection: &dyn Projection,
+    events: &[Envelope],
+    feed_at: Option<FeedPosition>,
+) -> Result<BatchOutcome, ProjectionError> {
+    let schema = schema_of(projection.name());
+    let mut tx = pool.begin().await?;
+    let outcome = apply_in(&mut tx, projection, &schema, events, feed_at).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// The feed position a projection's schema has reached (single-node mode).
+pub async fn feed_position(
+    conn: &mut PgConnection,
+    schema: &str,
+) -> Result<FeedPosition, ProjectionError> {
+    let row = sqlx::query(&format!(
+        "SELECT tx_id, position FROM {schema}.feed_position"
+    ))
+    .fetch_optional(conn)
+    .await?;
+    Ok(match row {
+        Some(r) => FeedPosition {
+            tx_id: r.get::<String, _>("tx_id").parse().unwrap_or(0),
+            position: r.get("position"),
+        },
+        None => FeedPosition::default(),
+    })
+}

@@ -1,0 +1,366 @@
+//! The relay: publishes the ordered feed to Kafka, in commit order and without loss, and
+//! seals it into the Merkle log.
+//!
+//! One relay leads at a time (a PostgreSQL advisory lock held on a dedicated connection);
+//! others wait as standbys and take over when the leader's connection dies. Each batch is
+//! sent with the idempotent producer (acks=all), keyed by aggregate id, and the feed
+//! checkpoint — together with the batch's Merkle leaves and any new signed checkpoint —
+//! is committed only after every delivery report is in. A crash therefore means
+//! publishing a batch again, never losing one; consumers deduplicate on
+//! (aggregate id, sequence). Without Kafka configured the relay only seals.
+
+use crate::envelope::Envelope;
+use crate::feed::{
+    load_checkpoint, read_after, save_checkpoint, FeedError, FeedPosition, FeedWaker, StoredEvent,
+};
+use crate::merkle::CompactRange;
+use crate::seal::{event_leaf, Checkpoint, Sealer};
+use futures::TryStreamExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use sqlx::{Connection, PgConnection, PgPool, Row};
+use std::time::{Duration, Instant};
+
+/// The advisory lock that makes one relay the leader.
+const LEADER_LOCK: i64 = 7_302_417;
+
+/// Kafka topic names, one per aggregate type, plus the seals.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub orders: String,
+    pub samples: String,
+    pub results: String,
+    pub seals: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Self {
+            orders: "lis.orders".into(),
+            samples: "lis.samples".into(),
+            results: "lis.results".into(),
+            seals: "lis.audit-seals".into(),
+        }
+    }
+}
+
+impl Topics {
+    pub fn for_aggregate(&self, aggregate_type: &str) -> Option<&str> {
+        match aggregate_type {
+            "Order" => Some(&self.orders),
+            "Sample" => Some(&self.samples),
+            "Result" => Some(&self.results),
+            _ => None,
+        }
+    }
+
+    pub fn event_topics(&self) -> [&str; 3] {
+        [&self.orders, &self.samples, &self.results]
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topics: Topics,
+    /// Partitions of topics the relay creates.
+    pub partitions: i32,
+}
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Name of the relay's feed checkpoint.
+    pub consumer: String,
+    pub kafka: Option<KafkaConfig>,
+    pub batch_size: i64,
+    /// Poll interval when no notification arrives.
+    pub poll: Duration,
+    /// The log's origin line in signed checkpoints (e.g. `lisledger/<lab>`).
+    pub origin: String,
+    /// Seal after this many new events…
+    pub seal_every_events: u64,
+    /// …or after this long, if anything new was logged.
+    pub seal_every: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            consumer: "relay".into(),
+            kafka: None,
+            batch_size: 500,
+            poll: Duration::from_millis(500),
+            origin: "lisledger/local".into(),
+            seal_every_events: 1000,
+            seal_every: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Feed(#[from] FeedError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("kafka error: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("event {position} has aggregate type {aggregate_type}, which has no topic")]
+    NoTopic {
+        position: i64,
+        aggregate_type: String,
+    },
+    #[error("the leader lock connection was lost")]
+    LostLeadership,
+}
+
+/// What the leader keeps between batches (rebuilt from the database on every takeover).
+struct State {
+    at: FeedPosition,
+    log: CompactRange,
+    sealed_size: u64,
+    sealed_at: Instant,
+}
+
+pub struct Relay {
+    pool: PgPool,
+    config: RelayConfig,
+    producer: Option<FutureProducer>,
+    sealer: Sealer,
+}
+
+impl Relay {
+    pub fn new(pool: PgPool, config: RelayConfig, sealer: Sealer) -> Result<Self, RelayError> {
+        let producer = match &config.kafka {
+            Some(k) => Some(
+                ClientConfig::new()
+                    .set("bootstrap.servers", &k.brokers)
+                    .set("enable.idempotence", "true")
+                    .set("acks", "all")
+                    .set("max.in.flight.requests.per.connection", "5")
+                    .set("message.timeout.ms", "30000")
+                    .set("linger.ms", "2")
+                    .create()?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            pool,
+            config,
+            producer,
+            sealer,
+        })
+    }
+
+    /// Creates the topics if they are missing.
+    pub async fn ensure_topics(&self) -> Result<(), RelayError> {
+        let Some(k) = &self.config.kafka else {
+            return Ok(());
+        };
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &k.brokers)
+            .create()?;
+        let mut names: Vec<&str> = k.topics.event_topics().to_vec();
+        names.push(&k.topics.seals);
+        let topics: Vec<NewTopic> = names
+            .iter()
+            .map(|n| NewTopic::new(n, k.partitions, TopicReplication::Fixed(1)))
+            .collect();
+        for result in admin.create_topics(&topics, &AdminOptions::new()).await? {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(RelayError::Kafka(KafkaError::AdminOp(code))).inspect_err(|_| {
+                        tracing::error!(%topic, "cannot create topic");
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs until `stop` resolves: waits as a standby until it holds the leader lock,
+    /// then relays; on any error it backs off, gives up the lead and starts over.
+    pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                r = self.lead_once() => {
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "relay stopped leading; retrying");
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    async fn lead_once(&self) -> Result<(), RelayError> {
+        let mut lock = self.pool.acquire().await?.detach();
+        loop {
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(LEADER_LOCK)
+                .fetch_one(&mut lock)
+                .await?;
+            if got {
+                break;
+            }
+            tracing::debug!("relay standby: another relay leads");
+            tokio::time::sleep(self.config.poll.max(Duration::from_millis(200))).await;
+        }
+        tracing::info!("relay is the leader");
+        if let Err(e) = self.ensure_topics().await {
+            tracing::warn!(error = %e, "could not ensure topics (auto-creation may still work)");
+        }
+        let result = self.lead(&mut lock).await;
+        let _ = lock.close().await;
+        result
+    }
+
+    async fn lead(&self, lock: &mut PgConnection) -> Result<(), RelayError> {
+        let mut state = self.load_state().await?;
+        let mut waker = FeedWaker::new(&self.pool, self.config.poll).await;
+        let mut checked = Instant::now();
+        loop {
+            let n = self.step(&mut state).await?;
+            if n == 0 || checked.elapsed() > Duration::from_secs(5) {
+                sqlx::query("SELECT 1")
+                    .execute(&mut *lock)
+                    .await
+                    .map_err(|_| RelayError::LostLeadership)?;
+                checked = Instant::now();
+            }
+            if n == 0 {
+                waker.wait().await;
+            }
+        }
+    }
+
+    async fn load_state(&self) -> Result<State, RelayError> {
+        let at = load_checkpoint(&self.pool, &self.config.consumer).await?;
+        let mut log = CompactRange::default();
+        let mut leaves = sqlx::query("SELECT leaf_hash FROM audit_log_leaves ORDER BY leaf_index")
+            .fetch(&self.pool);
+        while let Some(row) = leaves.try_next().await? {
+            let leaf: Vec<u8> = row.get("leaf_hash");
+            let leaf: [u8; 32] = leaf.try_into().map_err(|_| FeedError::Corrupt {
+                position: -1,
+                message: "a Merkle leaf is not 32 bytes".into(),
+            })?;
+            log.append(leaf);
+        }
+        drop(leaves);
+        let sealed: Option<i64> =
+            sqlx::query_scalar("SELECT max(tree_size) FROM audit_checkpoints")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(State {
+            at,
+            log,
+            sealed_size: sealed.unwrap_or(0) as u64,
+            sealed_at: Instant::now(),
+        })
+    }
+
+    async fn publish(&self, batch: &[StoredEvent]) -> Result<(), RelayError> {
+        let (Some(producer), Some(k)) = (&self.producer, &self.config.kafka) else {
+            return Ok(());
+        };
+        let mut deliveries = Vec::with_capacity(batch.len());
+        for event in batch {
+            let topic = k
+                .topics
+                .for_aggregate(&event.aggregate_type)
+                .ok_or_else(|| RelayError::NoTopic {
+                    position: event.position,
+                    aggregate_type: event.aggregate_type.clone(),
+                })?;
+            let body =
+                serde_json::to_vec(&Envelope::from(event)).expect("an envelope always serialises");
+            let record = FutureRecord::to(topic)
+                .key(&event.aggregate_id)
+                .payload(&body);
+            deliveries.push(producer.send_result(record).map_err(|(e, _)| e)?);
+        }
+        for d in deliveries {
+            match d.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(e.into()),
+                Err(_) => return Err(KafkaError::Canceled.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Relays one batch; returns how many events it carried (0 when the feed is idle).
+    async fn step(&self, state: &mut State) -> Result<usize, RelayError> {
+        let batch = read_after(&self.pool, state.at, self.config.batch_size).await?;
+        let seal_due_by_time = state.log.size() > state.sealed_size
+            && state.sealed_at.elapsed() >= self.config.seal_every;
+        if batch.is_empty() && !seal_due_by_time {
+            return Ok(0);
+        }
+        self.publish(&batch).await?;
+
+        let mut log = state.log.clone();
+        let mut tx = self.pool.begin().await?;
+        for event in &batch {
+            let leaf = event_leaf(event.position, &event.hash);
+            sqlx::query("INSERT INTO audit_log_leaves (leaf_index, position, leaf_hash) VALUES ($1, $2, $3)")
+                .bind(log.size() as i64)
+                .bind(event.position)
+                .bind(leaf.as_slice())
+                .execute(&mut *tx)
+                .await?;
+            log.append(leaf);
+        }
+        let at = batch.last().map_or(state.at, StoredEvent::feed_position);
+        save_checkpoint(&mut *tx, &self.config.consumer, at).await?;
+        let new_leaves = log.size() - state.sealed_size;
+        let seal = new_leaves > 0
+            && (new_leaves >= self.config.seal_every_events
+                || state.sealed_at.elapsed() >= self.config.seal_every);
+        if seal {
+            let checkpoint = Checkpoint {
+                origin: self.config.origin.clone(),
+                tree_size: log.size(),
+                root: log.root(),
+            };
+            let note = self.sealer.sign(&checkpoint);
+            sqlx::query("INSERT INTO audit_checkpoints (tree_size, root_hash, signed_note) VALUES ($1, $2, $3)")
+                .bind(checkpoint.tree_size as i64)
+                .bind(checkpoint.root.as_slice())
+                .bind(&note)
+                .execute(&mut *tx)
+                .await?;
+            self.publish_seal(checkpoint.tree_size, &note).await?;
+        }
+        tx.commit().await?;
+        state.at = at;
+        state.log = log;
+        if seal {
+            state.sealed_size = state.log.size();
+            state.sealed_at = Instant::now();
+            tracing::info!(tree_size = state.sealed_size, "audit log sealed");
+        }
+        Ok(batch.len())
+    }
+
+    async fn publish_seal(&self, tree_size: u64, note: &str) -> Result<(), RelayError> {
+        let (Some(producer), Some(k)) = (&self.producer, &self.config.kafka) else {
+            return Ok(());
+        };
+        let key = tree_size.to_string();
+        let record = FutureRecord::to(&k.topics.seals).key(&key).payload(note);
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| RelayError::Kafka(e))?;
+        Ok(())
+    }
+}
