@@ -15,4 +15,5 @@ pub mod models;
 pub mod projection;
 pub mod relay;
 pub mod seal;
+pub mod seal_audit;
 pub mod worker;

@@ -400,3 +400,18 @@ mod tests {
         ));
     }
 }
+
+/// Serde helpers: hashes as lower-case hex.
+pub mod hex_hash {
+    use serde::Serializer;
+    pub fn serialize<S: Serializer>(h: &super::Hash, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(h))
+    }
+}
+
+pub mod hex_hashes {
+    use serde::Serializer;
+    pub fn serialize<S: Serializer>(hs: &[super::Hash], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(hs.iter().map(hex::encode))
+    }
+}

@@ -241,6 +241,20 @@ impl Relay {
         }
     }
 
+    /// Relays everything the feed offers now, then returns how many events it carried.
+    /// (For tests and one-shot runs; `run` is the long-lived loop.)
+    pub async fn drain(&self) -> Result<usize, RelayError> {
+        let mut state = self.load_state().await?;
+        let mut total = 0;
+        loop {
+            let n = self.step(&mut state).await?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n;
+        }
+    }
+
     async fn load_state(&self) -> Result<State, RelayError> {
         let at = load_checkpoint(&self.pool, &self.config.consumer).await?;
         let mut log = CompactRange::default();
