@@ -1,6 +1,7 @@
 //! The subcommands of `lisledger` and what each prints for its operator.
 
 use crate::config::{Config, LogFormat};
+use crate::ops;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -42,6 +43,37 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Publish the event store to Kafka in order, and seal it (one leader; others stand by).
+    Relay,
+    /// Run projection workers (all if none named): from Kafka if LIS_KAFKA_BROKERS is set,
+    /// else straight from the event store's ordered feed.
+    Project { names: Vec<String> },
+    /// Read-model maintenance.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
+    /// Audit-seal keys.
+    Seal {
+        #[command(subcommand)]
+        command: SealCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectionsCommand {
+    /// Replay the event store into a fresh copy of a read model and swap it in live.
+    Rebuild { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum SealCommand {
+    /// Make a new Ed25519 seal key; prints the public key for auditors.
+    Keygen {
+        /// Write the private seed to this file (mode 600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,8 +98,18 @@ enum CatalogueCommand {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Recompute every hash chain; exit 1 and name the first broken link of each damaged aggregate.
-    Verify,
+    /// Recompute every hash chain and check the audit seals; exit 1 and name the first
+    /// broken link of each damaged aggregate and every unsound seal.
+    Verify {
+        /// Also show that the log extends this signed checkpoint (kept outside the database).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Print and check the inclusion proof of the event at a global position.
+    Prove {
+        #[arg(long)]
+        position: i64,
+    },
 }
 
 pub fn init_tracing(format: LogFormat) {
@@ -159,13 +201,36 @@ pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Audit {
-            command: AuditCommand::Verify,
-        } => return verify(&config).await,
+            command: AuditCommand::Verify { checkpoint },
+        } => return verify(&config, checkpoint.as_deref()).await,
+        Command::Audit {
+            command: AuditCommand::Prove { position },
+        } => {
+            let pool = pool(&config.database_url, 2).await?;
+            return ops::prove(&config, &pool, position).await;
+        }
+        Command::Relay => {
+            let pool = pool(&config.database_url, 4).await?;
+            return ops::relay(&config, pool).await;
+        }
+        Command::Project { names } => {
+            let pool = pool(&config.database_url, config.db_max_connections).await?;
+            return ops::project(&config, pool, names).await;
+        }
+        Command::Projections {
+            command: ProjectionsCommand::Rebuild { name },
+        } => {
+            let pool = pool(&config.database_url, 4).await?;
+            return ops::rebuild(pool, &name).await;
+        }
+        Command::Seal {
+            command: SealCommand::Keygen { out },
+        } => return ops::keygen(&config, out.as_deref()),
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn verify(config: &Config) -> anyhow::Result<ExitCode> {
+async fn verify(config: &Config, checkpoint: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     let pool = pool(&config.database_url, 2).await?;
     let total = audit::count_events(&pool).await?;
     let bar = ProgressBar::new(total.max(0) as u64);
@@ -188,14 +253,18 @@ async fn verify(config: &Config) -> anyhow::Result<ExitCode> {
     );
     if report.is_intact() {
         println!("every hash chain is intact");
-        Ok(ExitCode::SUCCESS)
     } else {
         println!("{} damaged chain(s):", report.broken.len());
         for b in &report.broken {
             println!("  {b}");
         }
-        Ok(ExitCode::FAILURE)
     }
+    let seals = ops::verify_seals(config, &pool, checkpoint).await?;
+    Ok(if report.is_intact() && seals {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 #[cfg(test)]

@@ -10,6 +10,16 @@
 //! | `LIS_SNAPSHOT_EVERY` | `20` | snapshot an aggregate every N events |
 //! | `LIS_FOUR_EYES` | `true` | the verifier of a result may not authorise it |
 //! | `LIS_LOG_FORMAT` | `text` | `text` or `json` (one JSON object per line) |
+//! | `LIS_KAFKA_BROKERS` | unset | Kafka bootstrap servers; unset = single-node mode (projections read the event store's feed) |
+//! | `LIS_TOPIC_ORDERS`, `LIS_TOPIC_SAMPLES`, `LIS_TOPIC_RESULTS` | `lis.orders`, `lis.samples`, `lis.results` | one topic per aggregate type |
+//! | `LIS_TOPIC_SEALS` | `lis.audit-seals` | where signed checkpoints are published |
+//! | `LIS_KAFKA_PARTITIONS` | `3` | partitions of topics the relay creates |
+//! | `LIS_SEAL_KEY` | unset | base64 Ed25519 seed (32 bytes) that signs checkpoints; else read from `LIS_SEAL_KEY_FILE` |
+//! | `LIS_SEAL_KEY_FILE` | `deploy/.local/seal.key` | file holding the seed (`lisledger seal keygen` writes one) |
+//! | `LIS_SEAL_PUBLIC_KEY` | derived from the key | base64 public key to verify checkpoints with (auditors need only this) |
+//! | `LIS_SEAL_KEY_NAME` | `lisledger` | key name in signed notes |
+//! | `LIS_SEAL_ORIGIN` | `lisledger/local` | log origin line in signed notes (name the lab) |
+//! | `LIS_SEAL_EVERY_EVENTS` / `LIS_SEAL_EVERY_SECS` | `1000` / `60` | seal after this many events or seconds |
 //! | `RUST_LOG` | `info` | log filter (tracing-subscriber syntax) |
 
 use std::collections::HashMap;
@@ -30,6 +40,25 @@ pub struct Config {
     pub snapshot_every: usize,
     pub four_eyes: bool,
     pub log_format: LogFormat,
+    pub kafka_brokers: Option<String>,
+    pub topics: Topics,
+    pub kafka_partitions: u32,
+    pub seal_key: Option<String>,
+    pub seal_key_file: String,
+    pub seal_public_key: Option<String>,
+    pub seal_key_name: String,
+    pub seal_origin: String,
+    pub seal_every_events: u64,
+    pub seal_every_secs: u64,
+}
+
+/// Kafka topic names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    pub orders: String,
+    pub samples: String,
+    pub results: String,
+    pub seals: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +134,30 @@ impl Config {
             snapshot_every: number("LIS_SNAPSHOT_EVERY", "20")? as usize,
             four_eyes,
             log_format,
+            kafka_brokers: vars
+                .get("LIS_KAFKA_BROKERS")
+                .filter(|b| !b.trim().is_empty())
+                .cloned(),
+            topics: Topics {
+                orders: get("LIS_TOPIC_ORDERS", "lis.orders"),
+                samples: get("LIS_TOPIC_SAMPLES", "lis.samples"),
+                results: get("LIS_TOPIC_RESULTS", "lis.results"),
+                seals: get("LIS_TOPIC_SEALS", "lis.audit-seals"),
+            },
+            kafka_partitions: number("LIS_KAFKA_PARTITIONS", "3")? as u32,
+            seal_key: vars
+                .get("LIS_SEAL_KEY")
+                .filter(|k| !k.trim().is_empty())
+                .cloned(),
+            seal_key_file: get("LIS_SEAL_KEY_FILE", "deploy/.local/seal.key"),
+            seal_public_key: vars
+                .get("LIS_SEAL_PUBLIC_KEY")
+                .filter(|k| !k.trim().is_empty())
+                .cloned(),
+            seal_key_name: get("LIS_SEAL_KEY_NAME", "lisledger"),
+            seal_origin: get("LIS_SEAL_ORIGIN", "lisledger/local"),
+            seal_every_events: number("LIS_SEAL_EVERY_EVENTS", "1000")?,
+            seal_every_secs: number("LIS_SEAL_EVERY_SECS", "60")?,
         })
     }
 }

@@ -1,10 +1,13 @@
 //! `lisledger`: the LIS Ledger binary.
 //!
 //! Subcommands: `db init` (roles and database, as a superuser), `migrate` (as the owner
-//! role), `catalogue import FILE.csv`, `audit verify`. Configuration: [`config::Config`].
+//! role), `catalogue import FILE.csv`, `audit verify` / `audit prove`, `relay`,
+//! `project [NAME…]`, `projections rebuild NAME`, `seal keygen`.
+//! Configuration: [`config::Config`].
 
 mod cli;
 mod config;
+mod ops;
 
 use clap::Parser;
 use std::process::ExitCode;

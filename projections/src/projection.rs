@@ -16,7 +16,9 @@ use lis_domain::sample::SampleEvent;
 use lis_domain::upcast::upcasters;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 
-/// An event of any aggregate, decoded (and upcast) from its envelope.
+/// An event of any aggregate, decoded (and upcast) from its envelope. (Short-lived, one
+/// at a time: the size difference between variants does not matter.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum LabEvent {
     Order(OrderEvent),
@@ -128,8 +130,12 @@ pub async fn ensure_schema(
     sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
         .execute(&mut *tx)
         .await?;
-    sqlx::raw_sql(ENGINE_DDL).execute(&mut *tx).await?;
-    sqlx::raw_sql(projection.ddl()).execute(&mut *tx).await?;
+    // One statement at a time (the DDL holds no `;` inside a statement).
+    for statement in ENGINE_DDL.split(';').chain(projection.ddl().split(';')) {
+        if !statement.trim().is_empty() {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+    }
     tx.commit().await?;
     Ok(())
 }

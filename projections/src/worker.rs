@@ -213,3 +213,18 @@ async fn replay_batch(
     *at = last;
     Ok(events.len())
 }
+
+/// Compile-time check: the workers can run on tokio's multi-threaded runtime (sqlx's
+/// executors make it easy to lose `Send` without noticing).
+#[allow(dead_code)]
+fn assert_workers_are_send(pool: PgPool, p: Arc<dyn Projection>) {
+    fn is_send<T: Send>(_: T) {}
+    is_send(run_from_feed(
+        pool.clone(),
+        p.clone(),
+        1,
+        Duration::from_secs(1),
+    ));
+    is_send(run_from_kafka(pool.clone(), p.clone(), "", &[]));
+    is_send(rebuild(&pool, p.as_ref(), &mut |_| {}));
+}

@@ -172,12 +172,10 @@ async fn catch_up(pool: &PgPool, p: &dyn lis_projections::projection::Projection
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         feed_step(pool, p, 7).await.unwrap();
-        let at = lis_projections::projection::feed_position(
-            &mut *pool.acquire().await.unwrap(),
-            &schema,
-        )
-        .await
-        .unwrap();
+        let at =
+            lis_projections::projection::feed_position(&mut pool.acquire().await.unwrap(), &schema)
+                .await
+                .unwrap();
         let behind: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM events WHERE (tx_id, position) > ($1::text::xid8, $2)",
         )
@@ -201,7 +199,7 @@ async fn catch_up(pool: &PgPool, p: &dyn lis_projections::projection::Projection
 async fn project_all(pool: &PgPool) {
     for p in models::all() {
         ensure_schema(
-            &mut *pool.acquire().await.unwrap(),
+            &mut pool.acquire().await.unwrap(),
             p.as_ref(),
             &schema_of(p.name()),
         )

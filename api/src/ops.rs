@@ -1,0 +1,271 @@
+//! The long-running roles and the audit-seal commands: `relay`, `project`,
+//! `projections rebuild`, `seal keygen`, `audit prove`, and the seal half of
+//! `audit verify`.
+
+use crate::config::Config;
+use anyhow::{bail, Context};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use indicatif::{ProgressBar, ProgressStyle};
+use lis_projections::models;
+use lis_projections::relay::{KafkaConfig, Relay, RelayConfig, Topics};
+use lis_projections::seal::{NoteVerifier, Sealer};
+use lis_projections::seal_audit;
+use lis_projections::worker::{self, WorkerError};
+use sqlx::PgPool;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+fn topics(config: &Config) -> Topics {
+    Topics {
+        orders: config.topics.orders.clone(),
+        samples: config.topics.samples.clone(),
+        results: config.topics.results.clone(),
+        seals: config.topics.seals.clone(),
+    }
+}
+
+/// The signing seed: `LIS_SEAL_KEY`, else the key file.
+fn seal_seed(config: &Config) -> anyhow::Result<String> {
+    if let Some(k) = &config.seal_key {
+        return Ok(k.clone());
+    }
+    std::fs::read_to_string(&config.seal_key_file).with_context(|| {
+        format!(
+            "no seal key: set LIS_SEAL_KEY or create {} with `lisledger seal keygen --out {}`",
+            config.seal_key_file, config.seal_key_file
+        )
+    })
+}
+
+pub fn sealer(config: &Config) -> anyhow::Result<Sealer> {
+    Ok(Sealer::from_base64_seed(
+        &config.seal_key_name,
+        &seal_seed(config)?,
+    )?)
+}
+
+/// The key checkpoints are verified with: the public key if given, else the signing key's.
+pub fn verifier(config: &Config) -> anyhow::Result<NoteVerifier> {
+    match &config.seal_public_key {
+        Some(p) => Ok(NoteVerifier::from_base64(&config.seal_key_name, p)?),
+        None => Ok(sealer(config)?.verifier()),
+    }
+}
+
+/// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested");
+}
+
+pub async fn relay(config: &Config, pool: PgPool) -> anyhow::Result<ExitCode> {
+    let relay_config = RelayConfig {
+        kafka: config.kafka_brokers.as_ref().map(|b| KafkaConfig {
+            brokers: b.clone(),
+            topics: topics(config),
+            partitions: config.kafka_partitions as i32,
+        }),
+        origin: config.seal_origin.clone(),
+        seal_every_events: config.seal_every_events,
+        seal_every: Duration::from_secs(config.seal_every_secs),
+        ..RelayConfig::default()
+    };
+    if relay_config.kafka.is_none() {
+        tracing::info!("LIS_KAFKA_BROKERS is not set: the relay only seals (single-node mode)");
+    }
+    let relay = Relay::new(pool, relay_config, sealer(config)?)?;
+    relay.run(shutdown_signal()).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn project(
+    config: &Config,
+    pool: PgPool,
+    names: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let projections = if names.is_empty() {
+        models::all()
+    } else {
+        names
+            .iter()
+            .map(|n| models::by_name(n))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in projections {
+        let pool = pool.clone();
+        let brokers = config.kafka_brokers.clone();
+        let t = topics(config);
+        tasks.spawn(async move {
+            let name = p.name();
+            loop {
+                let result = match &brokers {
+                    Some(b) => worker::run_from_kafka(pool.clone(), p.clone(), b, &[&t.orders, &t.samples, &t.results]).await,
+                    None => worker::run_from_feed(pool.clone(), p.clone(), 500, Duration::from_millis(500)).await,
+                };
+                match result {
+                    Ok(()) => return Ok::<(), WorkerError>(()),
+                    Err(e) if e.is_fatal() => {
+                        tracing::error!(projection = name, error = %e, "projection stopped: needs attention");
+                        return Err(e);
+                    }
+                    Err(e) => {
+                        tracing::warn!(projection = name, error = %e, "projection failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+    }
+    tokio::select! {
+        _ = shutdown_signal() => Ok(ExitCode::SUCCESS),
+        Some(done) = tasks.join_next() => {
+            match done {
+                Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+                Ok(Err(e)) => bail!("projection stopped: {e}"),
+                Err(e) => bail!("projection task failed: {e}"),
+            }
+        }
+    }
+}
+
+pub async fn rebuild(pool: PgPool, name: &str) -> anyhow::Result<ExitCode> {
+    let projection = models::by_name(name)?;
+    let total = lis_commands::audit::count_events(&pool).await?;
+    let bar = ProgressBar::new(total.max(0) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} events ({per_sec}, eta {eta})")
+            .expect("static template"),
+    );
+    let started = Instant::now();
+    let report = worker::rebuild(&pool, projection.as_ref(), &mut |n| bar.set_position(n)).await?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "rebuilt {name} from {} events in {secs:.2} s ({:.0} events/s); the new model is live",
+        report.events,
+        if secs > 0.0 {
+            report.events as f64 / secs
+        } else {
+            0.0
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn keygen(config: &Config, out: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let seed: [u8; 32] = rand::random();
+    let seed = B64.encode(seed);
+    let public = Sealer::from_base64_seed(&config.seal_key_name, &seed)?
+        .verifier()
+        .public_key_base64();
+    match out {
+        Some(path) => {
+            if path.exists() {
+                bail!(
+                    "{} exists; refusing to overwrite a seal key",
+                    path.display()
+                );
+            }
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            write_private(path, &seed)?;
+            println!("seal key written to {}", path.display());
+        }
+        None => println!("LIS_SEAL_KEY={seed}"),
+    }
+    println!("LIS_SEAL_PUBLIC_KEY={public}");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    Ok(std::fs::write(path, contents)?)
+}
+
+/// The seal half of `audit verify`. Returns whether the seals are sound.
+pub async fn verify_seals(
+    config: &Config,
+    pool: &PgPool,
+    external: Option<&Path>,
+) -> anyhow::Result<bool> {
+    let checkpoints: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_checkpoints")
+        .fetch_one(pool)
+        .await?;
+    if checkpoints == 0 && external.is_none() {
+        println!("no audit seals yet (run `lisledger relay` to seal the log)");
+        return Ok(true);
+    }
+    let verifier = verifier(config).context("cannot check the audit seals")?;
+    let report = seal_audit::verify_seals(pool, &verifier).await?;
+    println!(
+        "checked {} sealed events and {} signed checkpoints",
+        report.leaves, report.checkpoints
+    );
+    let mut sound = report.problems.is_empty();
+    for p in &report.problems {
+        println!("  {p}");
+    }
+    if let Some(path) = external {
+        let note = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        match seal_audit::verify_external(pool, &verifier, &note).await {
+            Ok(cp) => println!(
+                "the log extends the checkpoint in {} (size {})",
+                path.display(),
+                cp.tree_size
+            ),
+            Err(e) => {
+                println!("  {}: {e}", path.display());
+                sound = false;
+            }
+        }
+    }
+    if sound {
+        println!("every audit seal is sound");
+    }
+    Ok(sound)
+}
+
+pub async fn prove(config: &Config, pool: &PgPool, position: i64) -> anyhow::Result<ExitCode> {
+    let proof = seal_audit::prove(pool, &verifier(config)?, position).await?;
+    println!("{}", serde_json::to_string_pretty(&proof)?);
+    Ok(if proof.verified {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
