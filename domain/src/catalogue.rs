@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 /// A catalogue version: 1 for the first import, then one more per import.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct CatalogueVersion(pub i32);
 
@@ -23,7 +23,7 @@ impl fmt::Display for CatalogueVersion {
 }
 
 /// A closed interval with optional ends (an empty end means "no limit on that side").
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Interval {
     pub low: Option<f64>,
     pub high: Option<f64>,
@@ -36,7 +36,7 @@ impl Interval {
 }
 
 /// How the delta check compares a result with the patient's previous released one.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "threshold")]
 pub enum DeltaRule {
     /// Flag when the change exceeds this percentage of the previous value.
@@ -49,7 +49,7 @@ pub enum DeltaRule {
 pub const DEFAULT_DELTA_RULE: DeltaRule = DeltaRule::Percent(50.0);
 
 /// What a result of a test looks like.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum ResultKind {
     /// A number in one UCUM unit, shown with `decimals` places.
@@ -59,7 +59,7 @@ pub enum ResultKind {
 }
 
 /// One test of the catalogue.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TestDefinition {
     pub code: TestCode,
     pub loinc: String,
@@ -81,7 +81,7 @@ pub struct TestDefinition {
 }
 
 /// One version of the catalogue.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Catalogue {
     pub version: CatalogueVersion,
     pub tests: BTreeMap<TestCode, TestDefinition>,

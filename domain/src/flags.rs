@@ -12,7 +12,7 @@ use crate::value::ResultValue;
 use serde::{Deserialize, Serialize};
 
 /// A flag on a result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum Flag {
     /// Below the reference interval.
     L,
@@ -33,7 +33,7 @@ impl Flag {
 }
 
 /// The reference interval that was applied, and for whom.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AppliedInterval {
     pub interval: Option<Interval>,
     /// Why this interval (or none) applied: `adult male`, `no interval for age 7 y`…
@@ -74,7 +74,7 @@ pub fn reference_interval(def: &TestDefinition, sex: Sex, age: Age) -> AppliedIn
 }
 
 /// The patient's previous released result of the same test.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PreviousResult {
     pub result_id: ResultId,
     pub value: f64,
@@ -82,7 +82,7 @@ pub struct PreviousResult {
 }
 
 /// The delta check as performed: what was compared and whether it flagged.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeltaCheck {
     pub previous: PreviousResult,
     pub rule: DeltaRule,

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// How urgently the tests are wanted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     Routine,
@@ -26,7 +26,7 @@ pub enum Priority {
 }
 
 /// Place a new order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PlaceOrder {
     pub order_id: OrderId,
     pub order_number: OrderNumber,
@@ -39,7 +39,7 @@ pub struct PlaceOrder {
     pub tests: Vec<TestCode>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum OrderCommand {
     Place(PlaceOrder),
     AddTests { tests: Vec<TestCode> },
@@ -70,13 +70,13 @@ impl OrderCommand {
 }
 
 /// A test as ordered, with the catalogue version it was ordered under.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OrderedTest {
     pub code: TestCode,
     pub catalogue_version: CatalogueVersion,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum OrderEvent {
     OrderPlaced {
         order_id: OrderId,
@@ -158,14 +158,14 @@ impl OrderError {
 }
 
 /// The state of one test line of an order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum TestLine {
     Active { catalogue_version: CatalogueVersion },
     Cancelled { reason: Reason },
 }
 
 /// What other aggregates need to know about an order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OrderFacts {
     pub order_id: OrderId,
     pub order_number: OrderNumber,
@@ -183,7 +183,7 @@ impl OrderFacts {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 struct Placed {
     order_id: OrderId,
     order_number: OrderNumber,
@@ -195,7 +195,7 @@ struct Placed {
 }
 
 /// The Order aggregate.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Order {
     placed: Option<Placed>,
 }

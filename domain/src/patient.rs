@@ -10,7 +10,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Sex as recorded for reference-interval selection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Sex {
     Male,
@@ -35,7 +35,7 @@ impl Sex {
 }
 
 /// Medical record number: the hospital's patient identifier.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(try_from = "String", into = "String")]
 pub struct Mrn(String);
 
@@ -74,7 +74,7 @@ impl From<Mrn> for String {
 }
 
 /// ABHA number (Ayushman Bharat Health Account): 14 digits, kept as `NN-NNNN-NNNN-NNNN`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(try_from = "String", into = "String")]
 pub struct AbhaNumber(String);
 
@@ -113,7 +113,7 @@ impl From<AbhaNumber> for String {
 }
 
 /// Who the patient is, as written on the order. One value, so it can be protected whole.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PatientIdentity {
     pub mrn: Mrn,
     pub abha_number: Option<AbhaNumber>,
@@ -191,7 +191,7 @@ impl PatientIdentity {
 
 /// Age in completed years and days at an instant (both are used: intervals by years,
 /// neonatal rules by days).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Age {
     pub years: u32,
     pub days: u32,

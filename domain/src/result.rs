@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 /// Largest raw instrument message kept verbatim (bytes).
 pub const MAX_RAW_MESSAGE: usize = 64 * 1024;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RecordResult {
     pub result_id: ResultId,
     pub sample_id: SampleId,
@@ -48,7 +48,7 @@ pub struct RecordResult {
 }
 
 /// How a critical value was conveyed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NotificationMethod {
     Phone,
@@ -56,7 +56,7 @@ pub enum NotificationMethod {
     SecureMessage,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CriticalNotification {
     /// The responsible clinician or nurse who took the call.
     pub notified_person: PersonName,
@@ -67,7 +67,7 @@ pub struct CriticalNotification {
     pub notified_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum ResultCommand {
     Record(RecordResult),
     Correct {
@@ -130,7 +130,7 @@ impl ResultCommand {
 // Events are data written once and read as a whole; boxing the large variant would only
 // add indirection to every match.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum ResultEvent {
     ResultRecorded {
         result_id: ResultId,
@@ -221,7 +221,7 @@ impl DomainEvent for ResultEvent {
 }
 
 /// Where a result is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ResultStatus {
     Recorded,
@@ -297,7 +297,7 @@ impl ResultError {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 struct Current {
     result_id: ResultId,
     sample_id: SampleId,
@@ -351,7 +351,7 @@ impl Current {
 }
 
 /// The Result aggregate.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LabResult {
     current: Option<Current>,
 }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
 /// Why a specimen is rejected (the lab's fixed list).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RejectionReason {
     Haemolysed,
@@ -33,7 +33,7 @@ pub enum RejectionReason {
 }
 
 /// The specimen's condition as found on receipt.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", tag = "status")]
 pub enum SpecimenCondition {
     Satisfactory,
@@ -45,7 +45,7 @@ pub enum SpecimenCondition {
 }
 
 /// Where a specimen is stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StorageLocation {
     pub room: Place,
     pub device: Option<Label>,
@@ -53,7 +53,7 @@ pub struct StorageLocation {
     pub position: Option<Label>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CollectSample {
     pub sample_id: SampleId,
     pub order_id: OrderId,
@@ -65,7 +65,7 @@ pub struct CollectSample {
     pub collected_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HandOver {
     pub from: PersonName,
     pub to: PersonName,
@@ -75,14 +75,14 @@ pub struct HandOver {
 }
 
 /// A child aliquot to be split off a parent specimen.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AliquotSpec {
     pub sample_id: SampleId,
     pub accession_number: AccessionNumber,
     pub tests: Vec<TestCode>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum SampleCommand {
     Collect(CollectSample),
     HandOver(HandOver),
@@ -139,7 +139,7 @@ impl SampleCommand {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum SampleEvent {
     SampleCollected {
         sample_id: SampleId,
@@ -211,7 +211,7 @@ impl DomainEvent for SampleEvent {
 }
 
 /// Where a specimen is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SampleStatus {
     Collected,
@@ -261,7 +261,7 @@ impl SampleError {
 }
 
 /// What other aggregates need to know about a sample.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SampleFacts {
     pub sample_id: SampleId,
     pub order_id: OrderId,
@@ -278,7 +278,7 @@ pub struct SampleFacts {
 }
 
 /// The Sample aggregate.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Sample {
     facts: Option<SampleFacts>,
     custody: Vec<HandOver>,

@@ -21,7 +21,7 @@ use std::sync::Arc;
 pub struct LookupError(pub String);
 
 /// Per-lab rules that a lab may configure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LabPolicy {
     /// The same person may not both verify and authorise a result (on by default).
     pub four_eyes: bool,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// One offending field and why it was refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FieldError {
     /// Path of the field, `/`-separated (e.g. `value/unit`).
     pub field: String,
@@ -42,7 +42,7 @@ impl fmt::Display for FieldError {
 }
 
 /// Every field error found in one input (never empty when returned as an error).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FieldErrors(pub Vec<FieldError>);
 
 impl fmt::Display for FieldErrors {
