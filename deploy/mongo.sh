@@ -48,20 +48,22 @@ sys.exit(0 if version("secantusdb") == sys.argv[1] else 1)
 PY
 }
 
+venv_ok() { [ -x "$venv/bin/python" ] && "$venv/bin/python" -m pip --version >/dev/null 2>&1; }
+
 install() {
   mkdir -p "$LIS_MONGO_DIR"
-  if [ -x "$venv/bin/python" ] || "$LIS_MONGO_PYTHON" -m venv "$venv" >/dev/null 2>&1; then
+  if [ -x "$venv/bin/python" ]; then use_venv; installed && return 0; fi
+  if [ -d "$site/secantus" ]; then use_site; installed && return 0; fi
+  if venv_ok || { rm -rf "$venv"; "$LIS_MONGO_PYTHON" -m venv "$venv" >/dev/null 2>&1 && venv_ok; }; then
     use_venv
-    installed && return 0
     log "installing secantusdb==${SECANTUS_VERSION} and pymongo into $venv"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check "secantusdb==${SECANTUS_VERSION}" pymongo >&2
   else
     rm -rf "$venv"
     log "'$LIS_MONGO_PYTHON -m venv' is unavailable: falling back to 'pip install --target $site'"
     use_site
-    installed && return 0
-    "$LIS_MONGO_PYTHON" -m pip install -q --disable-pip-version-check --upgrade --target "$site" \
-      "secantusdb==${SECANTUS_VERSION}" pymongo >&2
+    PIP_ROOT_USER_ACTION=ignore "$LIS_MONGO_PYTHON" -m pip install -q --disable-pip-version-check \
+      --no-warn-conflicts --upgrade --target "$site" "secantusdb==${SECANTUS_VERSION}" pymongo >&2
   fi
   installed || { log "secantusdb==${SECANTUS_VERSION} is still not importable after install"; exit 1; }
 }

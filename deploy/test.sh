@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: starts (installing if needed) the local
-# PostgreSQL, then formatting, lints and every test against the real database.
+# PostgreSQL and MongoDB-wire server, then formatting, lints and every test against them.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -9,6 +9,8 @@ cd "$root"
 
 command -v cargo >/dev/null || { log "cargo not found: install Rust (rustup) first"; exit 1; }
 deploy/postgres.sh
+deploy/mongo.sh
+export LIS_MONGO_URL="${LIS_MONGO_URL:-mongodb://127.0.0.1:${LIS_MONGO_PORT:-27017}/?directConnection=true}"
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

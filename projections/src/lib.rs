@@ -8,6 +8,7 @@
 //! - [`projection`]: the exactly-once engine; [`models`]: the read models;
 //!   [`worker`]: runs projections from the feed or from Kafka, and rebuilds them.
 
+pub mod analytics_queries;
 pub mod envelope;
 pub mod feed;
 pub mod merkle;

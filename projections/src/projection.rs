@@ -44,8 +44,10 @@ pub enum ProjectionError {
         expected: i64,
         got: i64,
     },
-    #[error("unknown projection `{0}` (known: orders, specimens, results)")]
+    #[error("unknown projection `{0}` (known: orders, specimens, results, analytics)")]
     Unknown(String),
+    #[error("read-model store error: {0}")]
+    Sink(String),
 }
 
 /// Decodes an envelope's payload into the domain event, through the upcasters.

@@ -13,11 +13,15 @@ use lis_domain::actor::{Actor, ActorId, Role};
 use lis_domain::ids::{AccessionNumber, OrderId, ResultId, SampleId, TestCode};
 use lis_domain::order::Priority;
 use lis_domain::patient::PatientIdentity;
-use lis_domain::result::{RecordResult, ResultCommand};
-use lis_domain::sample::{CollectSample, SampleCommand, SpecimenCondition};
-use lis_domain::text::{PersonName, Place};
+use lis_domain::result::{CriticalNotification, NotificationMethod, RecordResult, ResultCommand};
+use lis_domain::sample::{
+    CollectSample, HandOver, RejectionReason, SampleCommand, SpecimenCondition, StorageLocation,
+};
+use lis_domain::text::{Label, PersonName, Place, Reason};
 use lis_domain::value::ResultValue;
 use lis_eventstore_migrations::{APP_ROLE, OWNER_ROLE};
+use lis_projections::projection::schema_of;
+use lis_projections::worker::feed_step;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use std::str::FromStr;
@@ -264,4 +268,188 @@ pub async fn collect(
         .await
         .expect("collected");
     sample_id
+}
+
+fn by(id: &str) -> ActorId {
+    ActorId::parse(id).unwrap()
+}
+
+/// A small lab day touching every kind of event the read models use: an order of K, NA
+/// and HB; a serum tube received; an EDTA tube rejected (haemolysed) and recollected; a
+/// critical K notified, verified and released; NA released then amended; the serum tube
+/// handed over and stored. Returns the order id and the serum sample id.
+pub async fn lab_day(db: &TestDb) -> (uuid::Uuid, uuid::Uuid) {
+    let ledger = db.ledger();
+    let tech = actor("tech.1", Role::Technologist);
+    let path = actor("path.1", Role::Pathologist);
+    let order = place(&ledger, "MRN-600", &["K", "NA", "HB"]).await;
+    let serum = received_serum(&ledger, order.order_id, "ACC-600", &["K", "NA"]).await;
+
+    // HB: the first tube is haemolysed and rejected; a second one is collected.
+    let edta = collect(
+        &ledger,
+        order.order_id,
+        "ACC-601",
+        "whole_blood_edta",
+        "lavender EDTA",
+        &["HB"],
+    )
+    .await;
+    ledger
+        .execute_sample(
+            edta,
+            SampleCommand::Reject {
+                reason: RejectionReason::Haemolysed,
+                detail: None,
+            },
+            &tech,
+        )
+        .await
+        .unwrap();
+    collect(
+        &ledger,
+        order.order_id,
+        "ACC-602",
+        "whole_blood_edta",
+        "lavender EDTA",
+        &["HB"],
+    )
+    .await;
+
+    // K is critical: notified with read-back, then verified and released.
+    let (k, record) = record_k(serum, 7.1);
+    ledger.execute_result(k, record, &tech).await.unwrap();
+    ledger
+        .execute_result(
+            k,
+            ResultCommand::RecordCriticalNotification {
+                by: by("tech.1"),
+                notification: CriticalNotification {
+                    notified_person: PersonName::parse("Dr Rao").unwrap(),
+                    method: NotificationMethod::Phone,
+                    value_conveyed: "K 7.1".into(),
+                    read_back_confirmed: true,
+                    notified_at: Utc::now(),
+                },
+            },
+            &tech,
+        )
+        .await
+        .unwrap();
+    ledger
+        .execute_result(k, ResultCommand::Verify { by: by("tech.1") }, &tech)
+        .await
+        .unwrap();
+    ledger
+        .execute_result(k, ResultCommand::Authorise { by: by("path.1") }, &path)
+        .await
+        .unwrap();
+
+    // NA is released, then amended.
+    let na = lis_domain::ids::ResultId::for_test(serum, &code("NA"));
+    ledger
+        .execute_result(
+            na,
+            ResultCommand::Record(lis_domain::result::RecordResult {
+                result_id: na,
+                sample_id: serum,
+                test_code: code("NA"),
+                value: ResultValue::Numeric {
+                    value: 140.0,
+                    unit: "mmol/L".into(),
+                },
+                method: None,
+                instrument: None,
+                raw_message: None,
+            }),
+            &tech,
+        )
+        .await
+        .unwrap();
+    ledger
+        .execute_result(na, ResultCommand::Verify { by: by("tech.1") }, &tech)
+        .await
+        .unwrap();
+    ledger
+        .execute_result(na, ResultCommand::Authorise { by: by("path.1") }, &path)
+        .await
+        .unwrap();
+    ledger
+        .execute_result(
+            na,
+            ResultCommand::Amend {
+                value: ResultValue::Numeric {
+                    value: 134.0,
+                    unit: "mmol/L".into(),
+                },
+                reason: Reason::parse("dilution error corrected").unwrap(),
+            },
+            &path,
+        )
+        .await
+        .unwrap();
+
+    // The serum tube goes to the cold room.
+    ledger
+        .execute_sample(
+            serum,
+            SampleCommand::HandOver(HandOver {
+                from: PersonName::parse("Bench 2").unwrap(),
+                to: PersonName::parse("Cold room").unwrap(),
+                location: Place::parse("Lab basement").unwrap(),
+                at: Utc::now(),
+                temperature_celsius: Some(4.0),
+            }),
+            &tech,
+        )
+        .await
+        .unwrap();
+    ledger
+        .execute_sample(
+            serum,
+            SampleCommand::Store {
+                location: StorageLocation {
+                    room: Place::parse("Cold room").unwrap(),
+                    device: None,
+                    rack: Some(Label::parse("R7").unwrap()),
+                    position: Some(Label::parse("C3").unwrap()),
+                },
+            },
+            &tech,
+        )
+        .await
+        .unwrap();
+    (order.order_id.as_uuid(), serum.as_uuid())
+}
+
+/// Runs a projection from the feed until it has read every event in the store. (The
+/// feed may hold events back while any transaction of the cluster — another test's —
+/// is open, so "nothing read this time" is not "caught up".)
+pub async fn catch_up(pool: &PgPool, p: &dyn lis_projections::projection::Projection) {
+    let schema = schema_of(p.name());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        feed_step(pool, p, 7).await.unwrap();
+        let at =
+            lis_projections::projection::feed_position(&mut pool.acquire().await.unwrap(), &schema)
+                .await
+                .unwrap();
+        let behind: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE (tx_id, position) > ($1::text::xid8, $2)",
+        )
+        .bind(at.tx_id.to_string())
+        .bind(at.position)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if behind == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} did not catch up",
+            p.name()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

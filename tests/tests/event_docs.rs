@@ -11,9 +11,18 @@ use std::path::PathBuf;
 
 fn schemas() -> Vec<(&'static str, serde_json::Value)> {
     vec![
-        ("order-events.schema.json", serde_json::to_value(schemars::schema_for!(OrderEvent)).unwrap()),
-        ("sample-events.schema.json", serde_json::to_value(schemars::schema_for!(SampleEvent)).unwrap()),
-        ("result-events.schema.json", serde_json::to_value(schemars::schema_for!(ResultEvent)).unwrap()),
+        (
+            "order-events.schema.json",
+            serde_json::to_value(schemars::schema_for!(OrderEvent)).unwrap(),
+        ),
+        (
+            "sample-events.schema.json",
+            serde_json::to_value(schemars::schema_for!(SampleEvent)).unwrap(),
+        ),
+        (
+            "result-events.schema.json",
+            serde_json::to_value(schemars::schema_for!(ResultEvent)).unwrap(),
+        ),
     ]
 }
 
@@ -39,7 +48,15 @@ fn event_schemas_in_docs_match_the_code() {
 #[test]
 fn every_event_type_is_documented_in_its_schema() {
     let names = [
-        ("order-events.schema.json", vec!["OrderPlaced", "TestsAdded", "TestCancelled", "OrderCancelled"]),
+        (
+            "order-events.schema.json",
+            vec![
+                "OrderPlaced",
+                "TestsAdded",
+                "TestCancelled",
+                "OrderCancelled",
+            ],
+        ),
         (
             "sample-events.schema.json",
             vec![

@@ -1,200 +1,13 @@
 //! Read models built from the ordered feed: a lab day reaches every model; redelivery is
 //! a no-op; a gap is refused; a rebuild equals the incrementally built model.
 
-use chrono::Utc;
-use lis_domain::actor::{ActorId, Role};
-use lis_domain::result::{CriticalNotification, NotificationMethod, ResultCommand};
-use lis_domain::sample::{HandOver, RejectionReason, SampleCommand, StorageLocation};
-use lis_domain::text::{PersonName, Place, Reason};
-use lis_domain::value::ResultValue;
 use lis_projections::envelope::Envelope;
 use lis_projections::feed::{read_after, FeedPosition};
 use lis_projections::models;
 use lis_projections::projection::{apply_batch, ensure_schema, schema_of, ProjectionError};
-use lis_projections::worker::{feed_step, rebuild};
-use lis_tests::{actor, code, collect, place, received_serum, record_k, released_k, TestDb};
+use lis_projections::worker::rebuild;
+use lis_tests::{lab_day, place, received_serum, released_k, TestDb};
 use sqlx::PgPool;
-
-fn by(id: &str) -> ActorId {
-    ActorId::parse(id).unwrap()
-}
-
-/// A small lab day touching every kind of event the models read.
-async fn lab_day(db: &TestDb) -> (uuid::Uuid, uuid::Uuid) {
-    let ledger = db.ledger();
-    let tech = actor("tech.1", Role::Technologist);
-    let path = actor("path.1", Role::Pathologist);
-    let order = place(&ledger, "MRN-600", &["K", "NA", "HB"]).await;
-    let serum = received_serum(&ledger, order.order_id, "ACC-600", &["K", "NA"]).await;
-
-    // HB: the first tube is haemolysed and rejected; a second one is collected.
-    let edta = collect(
-        &ledger,
-        order.order_id,
-        "ACC-601",
-        "whole_blood_edta",
-        "lavender EDTA",
-        &["HB"],
-    )
-    .await;
-    ledger
-        .execute_sample(
-            edta,
-            SampleCommand::Reject {
-                reason: RejectionReason::Haemolysed,
-                detail: None,
-            },
-            &tech,
-        )
-        .await
-        .unwrap();
-    collect(
-        &ledger,
-        order.order_id,
-        "ACC-602",
-        "whole_blood_edta",
-        "lavender EDTA",
-        &["HB"],
-    )
-    .await;
-
-    // K is critical: notified with read-back, then verified and released.
-    let (k, record) = record_k(serum, 7.1);
-    ledger.execute_result(k, record, &tech).await.unwrap();
-    ledger
-        .execute_result(
-            k,
-            ResultCommand::RecordCriticalNotification {
-                by: by("tech.1"),
-                notification: CriticalNotification {
-                    notified_person: PersonName::parse("Dr Rao").unwrap(),
-                    method: NotificationMethod::Phone,
-                    value_conveyed: "K 7.1".into(),
-                    read_back_confirmed: true,
-                    notified_at: Utc::now(),
-                },
-            },
-            &tech,
-        )
-        .await
-        .unwrap();
-    ledger
-        .execute_result(k, ResultCommand::Verify { by: by("tech.1") }, &tech)
-        .await
-        .unwrap();
-    ledger
-        .execute_result(k, ResultCommand::Authorise { by: by("path.1") }, &path)
-        .await
-        .unwrap();
-
-    // NA is released, then amended.
-    let na = lis_domain::ids::ResultId::for_test(serum, &code("NA"));
-    ledger
-        .execute_result(
-            na,
-            ResultCommand::Record(lis_domain::result::RecordResult {
-                result_id: na,
-                sample_id: serum,
-                test_code: code("NA"),
-                value: ResultValue::Numeric {
-                    value: 140.0,
-                    unit: "mmol/L".into(),
-                },
-                method: None,
-                instrument: None,
-                raw_message: None,
-            }),
-            &tech,
-        )
-        .await
-        .unwrap();
-    ledger
-        .execute_result(na, ResultCommand::Verify { by: by("tech.1") }, &tech)
-        .await
-        .unwrap();
-    ledger
-        .execute_result(na, ResultCommand::Authorise { by: by("path.1") }, &path)
-        .await
-        .unwrap();
-    ledger
-        .execute_result(
-            na,
-            ResultCommand::Amend {
-                value: ResultValue::Numeric {
-                    value: 134.0,
-                    unit: "mmol/L".into(),
-                },
-                reason: Reason::parse("dilution error corrected").unwrap(),
-            },
-            &path,
-        )
-        .await
-        .unwrap();
-
-    // The serum tube goes to the cold room.
-    ledger
-        .execute_sample(
-            serum,
-            SampleCommand::HandOver(HandOver {
-                from: PersonName::parse("Bench 2").unwrap(),
-                to: PersonName::parse("Cold room").unwrap(),
-                location: Place::parse("Lab basement").unwrap(),
-                at: Utc::now(),
-                temperature_celsius: Some(4.0),
-            }),
-            &tech,
-        )
-        .await
-        .unwrap();
-    ledger
-        .execute_sample(
-            serum,
-            SampleCommand::Store {
-                location: StorageLocation {
-                    room: Place::parse("Cold room").unwrap(),
-                    device: None,
-                    rack: Some(lis_domain::text::Label::parse("R7").unwrap()),
-                    position: Some(lis_domain::text::Label::parse("C3").unwrap()),
-                },
-            },
-            &tech,
-        )
-        .await
-        .unwrap();
-    (order.order_id.as_uuid(), serum.as_uuid())
-}
-
-/// Runs a projection from the feed until it has read every event in the store. (The
-/// feed may hold events back while any transaction of the cluster — another test's —
-/// is open, so "nothing read this time" is not "caught up".)
-async fn catch_up(pool: &PgPool, p: &dyn lis_projections::projection::Projection) {
-    let schema = schema_of(p.name());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        feed_step(pool, p, 7).await.unwrap();
-        let at =
-            lis_projections::projection::feed_position(&mut pool.acquire().await.unwrap(), &schema)
-                .await
-                .unwrap();
-        let behind: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM events WHERE (tx_id, position) > ($1::text::xid8, $2)",
-        )
-        .bind(at.tx_id.to_string())
-        .bind(at.position)
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if behind == 0 {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} did not catch up",
-            p.name()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
 
 async fn project_all(pool: &PgPool) {
     for p in models::all() {
@@ -205,7 +18,7 @@ async fn project_all(pool: &PgPool) {
         )
         .await
         .unwrap();
-        catch_up(pool, p.as_ref()).await;
+        lis_tests::catch_up(pool, p.as_ref()).await;
     }
 }
 
@@ -393,7 +206,7 @@ async fn a_rebuilt_model_equals_the_incrementally_built_one() {
     let ledger = db.ledger();
     place(&ledger, "MRN-602", &["K"]).await;
     let orders = models::by_name("orders").unwrap();
-    catch_up(&db.app, orders.as_ref()).await;
+    lis_tests::catch_up(&db.app, orders.as_ref()).await;
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM proj_orders.orders")
         .fetch_one(&db.app)
         .await

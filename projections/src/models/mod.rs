@@ -5,8 +5,11 @@
 //! - [`specimens`]: specimen tracking by accession number — status, holder, custody chain,
 //!   rejection;
 //! - [`results`]: every result's current state — a patient's cumulative released results
-//!   and the critical results awaiting notification or acknowledgement are queries over it.
+//!   and the critical results awaiting notification or acknowledgement are queries over it;
+//! - [`analytics`]: MongoDB fact documents for dashboards (needs a MongoDB URL, so it is
+//!   not among [`all`]).
 
+pub mod analytics;
 pub mod orders;
 pub mod results;
 pub mod specimens;
