@@ -20,6 +20,7 @@
 //! | `LIS_SEAL_KEY_NAME` | `lisledger` | key name in signed notes |
 //! | `LIS_SEAL_ORIGIN` | `lisledger/local` | log origin line in signed notes (name the lab) |
 //! | `LIS_SEAL_EVERY_EVENTS` / `LIS_SEAL_EVERY_SECS` | `1000` / `60` | seal after this many events or seconds |
+//! | `LIS_MONGO_URL` | unset | MongoDB for the analytics projection (e.g. `mongodb://127.0.0.1:27017/?directConnection=true`); unset = no analytics |
 //! | `RUST_LOG` | `info` | log filter (tracing-subscriber syntax) |
 
 use std::collections::HashMap;
@@ -50,6 +51,7 @@ pub struct Config {
     pub seal_origin: String,
     pub seal_every_events: u64,
     pub seal_every_secs: u64,
+    pub mongo_url: Option<String>,
 }
 
 /// Kafka topic names.
@@ -158,6 +160,7 @@ impl Config {
             seal_origin: get("LIS_SEAL_ORIGIN", "lisledger/local"),
             seal_every_events: number("LIS_SEAL_EVERY_EVENTS", "1000")?,
             seal_every_secs: number("LIS_SEAL_EVERY_SECS", "60")?,
+            mongo_url: vars.get("LIS_MONGO_URL").filter(|u| !u.trim().is_empty()).cloned(),
         })
     }
 }

@@ -8,6 +8,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use indicatif::{ProgressBar, ProgressStyle};
 use lis_projections::models;
+use lis_projections::models::analytics::Analytics;
 use lis_projections::relay::{KafkaConfig, Relay, RelayConfig, Topics};
 use lis_projections::seal::{NoteVerifier, Sealer};
 use lis_projections::seal_audit;
@@ -102,14 +103,27 @@ pub async fn project(
     pool: PgPool,
     names: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
-    let projections = if names.is_empty() {
+    let wants_analytics =
+        names.is_empty() && config.mongo_url.is_some() || names.iter().any(|n| n == "analytics");
+    let mut projections = if names.is_empty() {
         models::all()
     } else {
         names
             .iter()
+            .filter(|n| *n != "analytics")
             .map(|n| models::by_name(n))
             .collect::<Result<Vec<_>, _>>()?
     };
+    if wants_analytics {
+        let url = config
+            .mongo_url
+            .as_deref()
+            .context("the analytics projection needs LIS_MONGO_URL")?;
+        let analytics = Analytics::connect(url)
+            .await
+            .context("cannot reach MongoDB")?;
+        projections.push(std::sync::Arc::new(analytics));
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for p in projections {
         let pool = pool.clone();
