@@ -20,6 +20,8 @@
 //! | `LIS_SEAL_KEY_NAME` | `lisledger` | key name in signed notes |
 //! | `LIS_SEAL_ORIGIN` | `lisledger/local` | log origin line in signed notes (name the lab) |
 //! | `LIS_SEAL_EVERY_EVENTS` / `LIS_SEAL_EVERY_SECS` | `1000` / `60` | seal after this many events or seconds |
+//! | `LIS_KAFKA_GROUP_PREFIX` | `lis-projection` | consumer group of projection NAME: `<prefix>-NAME` |
+//! | `LIS_MONGO_DATABASE` | `lis_analytics` | the analytics database |
 //! | `LIS_MONGO_URL` | unset | MongoDB for the analytics projection (e.g. `mongodb://127.0.0.1:27017/?directConnection=true`); unset = no analytics |
 //! | `RUST_LOG` | `info` | log filter (tracing-subscriber syntax) |
 
@@ -52,6 +54,8 @@ pub struct Config {
     pub seal_every_events: u64,
     pub seal_every_secs: u64,
     pub mongo_url: Option<String>,
+    pub mongo_database: String,
+    pub kafka_group_prefix: String,
 }
 
 /// Kafka topic names.
@@ -160,7 +164,12 @@ impl Config {
             seal_origin: get("LIS_SEAL_ORIGIN", "lisledger/local"),
             seal_every_events: number("LIS_SEAL_EVERY_EVENTS", "1000")?,
             seal_every_secs: number("LIS_SEAL_EVERY_SECS", "60")?,
-            mongo_url: vars.get("LIS_MONGO_URL").filter(|u| !u.trim().is_empty()).cloned(),
+            mongo_url: vars
+                .get("LIS_MONGO_URL")
+                .filter(|u| !u.trim().is_empty())
+                .cloned(),
+            mongo_database: get("LIS_MONGO_DATABASE", "lis_analytics"),
+            kafka_group_prefix: get("LIS_KAFKA_GROUP_PREFIX", "lis-projection"),
         })
     }
 }

@@ -119,7 +119,7 @@ pub async fn project(
             .mongo_url
             .as_deref()
             .context("the analytics projection needs LIS_MONGO_URL")?;
-        let analytics = Analytics::connect(url)
+        let analytics = Analytics::connect(url, &config.mongo_database)
             .await
             .context("cannot reach MongoDB")?;
         projections.push(std::sync::Arc::new(analytics));
@@ -129,11 +129,12 @@ pub async fn project(
         let pool = pool.clone();
         let brokers = config.kafka_brokers.clone();
         let t = topics(config);
+        let group = format!("{}-{}", config.kafka_group_prefix, p.name());
         tasks.spawn(async move {
             let name = p.name();
             loop {
                 let result = match &brokers {
-                    Some(b) => worker::run_from_kafka(pool.clone(), p.clone(), b, &[&t.orders, &t.samples, &t.results]).await,
+                    Some(b) => worker::run_from_kafka(pool.clone(), p.clone(), b, &group, &[&t.orders, &t.samples, &t.results]).await,
                     None => worker::run_from_feed(pool.clone(), p.clone(), 500, Duration::from_millis(500)).await,
                 };
                 match result {

@@ -12,7 +12,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 /// A catalogue version: 1 for the first import, then one more per import.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(transparent)]
 pub struct CatalogueVersion(pub i32);
 

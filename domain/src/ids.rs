@@ -63,7 +63,19 @@ uuid_id!(
 
 /// A result: one per test per sample, so its id is derived from both (UUID v5), and
 /// recording the same test on the same sample twice lands on the same aggregate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(transparent)]
 pub struct ResultId(Uuid);
 

@@ -89,13 +89,14 @@ pub async fn run_from_kafka(
     pool: PgPool,
     projection: Arc<dyn Projection>,
     brokers: &str,
+    group: &str,
     topics: &[&str],
 ) -> Result<(), WorkerError> {
     let schema = schema_of(projection.name());
     ensure_schema(&mut *pool.acquire().await?, projection.as_ref(), &schema).await?;
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", format!("lis-projection-{}", projection.name()))
+        .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
@@ -225,6 +226,6 @@ fn assert_workers_are_send(pool: PgPool, p: Arc<dyn Projection>) {
         1,
         Duration::from_secs(1),
     ));
-    is_send(run_from_kafka(pool.clone(), p.clone(), "", &[]));
+    is_send(run_from_kafka(pool.clone(), p.clone(), "", "", &[]));
     is_send(rebuild(&pool, p.as_ref(), &mut |_| {}));
 }

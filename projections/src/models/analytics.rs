@@ -32,10 +32,11 @@ impl Analytics {
         Self { db }
     }
 
-    /// Connects to `url` (e.g. `mongodb://127.0.0.1:27017/?directConnection=true`).
-    pub async fn connect(url: &str) -> Result<Self, mongodb::error::Error> {
+    /// Connects to `url` (e.g. `mongodb://127.0.0.1:27017/?directConnection=true`) and
+    /// uses `database` (normally [`DATABASE`]).
+    pub async fn connect(url: &str, database: &str) -> Result<Self, mongodb::error::Error> {
         let client = mongodb::Client::with_uri_str(url).await?;
-        Ok(Self::new(client.database(DATABASE)))
+        Ok(Self::new(client.database(database)))
     }
 
     pub fn database(&self) -> &Database {

@@ -1,10 +1,17 @@
-//! Order status: every test of every order and the stage it is at, with the time it
-//! entered each stage. Stages follow the lab's worklists: `to_collect`, `to_receive`,
-//! `to_result`, `to_verify`, `to_authorise`, then `released`, `cancelled` or `retracted`.
+//! Order status: every test of every order and the stage it is at — `to_collect`,
+//! `to_receive`, `to_result`, `to_verify`, `to_authorise`, then `released`, `cancelled`
+//! or `retracted` — with the time it reached each stage.
+//!
+//! Events of different aggregates travel on different Kafka partitions, so a specimen's
+//! receipt may be projected before the order that asked for it. Each table here is
+//! therefore written by the events of one aggregate type only (orders by order events,
+//! specimens' tests by sample events, results by result events), each in its own
+//! aggregate's order, and the stage is derived when read, by the `order_test_status`
+//! view. The model is the same whatever order the aggregates' streams interleave in.
 
 use crate::envelope::Envelope;
 use crate::projection::{LabEvent, Projection, ProjectionError};
-use lis_domain::order::{OrderEvent, Priority};
+use lis_domain::order::{OrderEvent, OrderedTest, Priority};
 use lis_domain::result::ResultEvent;
 use lis_domain::sample::SampleEvent;
 use sqlx::PgConnection;
@@ -32,14 +39,15 @@ fn priority(p: Priority) -> &'static str {
 async fn add_tests(
     conn: &mut PgConnection,
     order_id: Uuid,
-    tests: &[lis_domain::order::OrderedTest],
+    tests: &[OrderedTest],
     at: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), ProjectionError> {
     for t in tests {
         sqlx::query(
-            "INSERT INTO order_tests (order_id, test_code, department, stage, ordered_at, stage_since)
-             VALUES ($1, $2, (SELECT department FROM catalogue_tests WHERE version = $3 AND code = $2), 'to_collect', $4, $4)
-             ON CONFLICT (order_id, test_code) DO UPDATE SET stage = 'to_collect', stage_since = $4, cancelled_reason = NULL",
+            "INSERT INTO order_tests (order_id, test_code, department, ordered_at)
+             VALUES ($1, $2, (SELECT department FROM catalogue_tests WHERE version = $3 AND code = $2), $4)
+             ON CONFLICT (order_id, test_code) DO UPDATE
+                SET ordered_at = excluded.ordered_at, cancelled_at = NULL, cancelled_reason = NULL",
         )
         .bind(order_id)
         .bind(t.code.as_str())
@@ -51,52 +59,58 @@ async fn add_tests(
     Ok(())
 }
 
-/// Moves the tests of a sample to `stage`, from the stages it may come from.
-async fn move_sample_tests(
+async fn cancel_tests(
     conn: &mut PgConnection,
-    sample_id: Uuid,
-    from: &[&str],
-    stage: &str,
-    time_column: Option<&str>,
+    order_id: Uuid,
+    tests: &[&str],
+    reason: &str,
     at: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), ProjectionError> {
-    let set_time = time_column
-        .map(|c| format!(", {c} = $3"))
-        .unwrap_or_default();
-    sqlx::query(&format!(
-        "UPDATE order_tests t SET stage = $2, stage_since = $3{set_time}
-           FROM sample_tests s
-          WHERE s.sample_id = $1 AND t.order_id = s.order_id AND t.test_code = ANY (s.tests)
-            AND t.sample_id = $1 AND t.stage = ANY ($4)"
-    ))
-    .bind(sample_id)
-    .bind(stage)
+    sqlx::query(
+        "UPDATE order_tests SET cancelled_at = $3, cancelled_reason = $4 WHERE order_id = $1 AND test_code = ANY ($2)",
+    )
+    .bind(order_id)
+    .bind(tests)
     .bind(at)
-    .bind(from)
+    .bind(reason)
     .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
-/// Moves the test of a result to `stage`.
-async fn move_result_test(
+/// Sets a time column of a sample's test rows.
+async fn sample_time(
     conn: &mut PgConnection,
-    result_id: Uuid,
-    stage: &str,
-    time_column: Option<&str>,
+    sample_id: Uuid,
+    column: &str,
     at: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), ProjectionError> {
-    let set_time = time_column
-        .map(|c| format!(", {c} = coalesce(t.{c}, $3)"))
+    sqlx::query(&format!(
+        "UPDATE specimen_tests SET {column} = $2 WHERE sample_id = $1"
+    ))
+    .bind(sample_id)
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Moves a result to `status`; `first` names a time column kept at its first value.
+async fn result_status(
+    conn: &mut PgConnection,
+    result_id: Uuid,
+    status: &str,
+    first: Option<&str>,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<(), ProjectionError> {
+    let set_first = first
+        .map(|c| format!(", {c} = coalesce({c}, $3)"))
         .unwrap_or_default();
     sqlx::query(&format!(
-        "UPDATE order_tests t SET stage = $2, stage_since = $3{set_time}, result_id = r.result_id
-           FROM result_tests r
-          WHERE r.result_id = $1 AND t.order_id = r.order_id AND t.test_code = r.test_code
-            AND t.stage <> 'cancelled'"
+        "UPDATE result_tests SET status = $2, status_since = $3{set_first} WHERE result_id = $1"
     ))
     .bind(result_id)
-    .bind(stage)
+    .bind(status)
     .bind(at)
     .execute(&mut *conn)
     .await?;
@@ -126,28 +140,61 @@ CREATE TABLE IF NOT EXISTS order_tests (
     order_id         uuid NOT NULL,
     test_code        text NOT NULL,
     department       text,
-    stage            text NOT NULL,
-    sample_id        uuid,
-    result_id        uuid,
-    cancelled_reason text,
-    recollection     bool NOT NULL DEFAULT false,
     ordered_at       timestamptz NOT NULL,
-    collected_at     timestamptz,
-    received_at      timestamptz,
-    resulted_at      timestamptz,
-    verified_at      timestamptz,
-    released_at      timestamptz,
-    stage_since      timestamptz NOT NULL,
+    cancelled_at     timestamptz,
+    cancelled_reason text,
     PRIMARY KEY (order_id, test_code));
-CREATE INDEX IF NOT EXISTS order_tests_worklist ON order_tests (department, stage, stage_since);
-CREATE TABLE IF NOT EXISTS sample_tests (
-    sample_id uuid PRIMARY KEY,
-    order_id  uuid NOT NULL,
-    tests     text[] NOT NULL);
+CREATE TABLE IF NOT EXISTS specimen_tests (
+    sample_id    uuid NOT NULL,
+    test_code    text NOT NULL,
+    order_id     uuid NOT NULL,
+    collected_at timestamptz NOT NULL,
+    received_at  timestamptz,
+    rejected_at  timestamptz,
+    PRIMARY KEY (sample_id, test_code));
+CREATE INDEX IF NOT EXISTS specimen_tests_by_order ON specimen_tests (order_id, test_code);
 CREATE TABLE IF NOT EXISTS result_tests (
-    result_id uuid PRIMARY KEY,
-    order_id  uuid NOT NULL,
-    test_code text NOT NULL);"
+    result_id    uuid PRIMARY KEY,
+    order_id     uuid NOT NULL,
+    test_code    text NOT NULL,
+    status       text NOT NULL,
+    resulted_at  timestamptz NOT NULL,
+    verified_at  timestamptz,
+    released_at  timestamptz,
+    status_since timestamptz NOT NULL);
+CREATE INDEX IF NOT EXISTS result_tests_by_order ON result_tests (order_id, test_code);
+CREATE OR REPLACE VIEW order_test_status AS
+SELECT t.order_id, t.test_code, t.department, o.priority, o.order_number, o.patient_id,
+       CASE
+         WHEN t.cancelled_at IS NOT NULL THEN 'cancelled'
+         WHEN r.status = 'recorded' THEN 'to_verify'
+         WHEN r.status = 'verified' THEN 'to_authorise'
+         WHEN r.status = 'released' THEN 'released'
+         WHEN r.status = 'retracted' THEN 'retracted'
+         WHEN r.status = 'rerun_requested' THEN 'to_result'
+         WHEN s.sample_id IS NULL OR s.rejected_at IS NOT NULL THEN 'to_collect'
+         WHEN s.received_at IS NULL THEN 'to_receive'
+         ELSE 'to_result'
+       END AS stage,
+       CASE
+         WHEN t.cancelled_at IS NOT NULL THEN t.cancelled_at
+         WHEN r.result_id IS NOT NULL THEN r.status_since
+         WHEN s.sample_id IS NULL THEN t.ordered_at
+         WHEN s.rejected_at IS NOT NULL THEN s.rejected_at
+         ELSE coalesce(s.received_at, s.collected_at)
+       END AS stage_since,
+       EXISTS (SELECT 1 FROM specimen_tests x
+                WHERE x.order_id = t.order_id AND x.test_code = t.test_code AND x.rejected_at IS NOT NULL) AS recollection,
+       t.cancelled_reason, s.sample_id, r.result_id,
+       t.ordered_at, s.collected_at, s.received_at, r.resulted_at, r.verified_at, r.released_at
+  FROM order_tests t
+  JOIN orders o ON o.order_id = t.order_id
+  LEFT JOIN LATERAL (SELECT * FROM specimen_tests x
+                      WHERE x.order_id = t.order_id AND x.test_code = t.test_code
+                      ORDER BY (x.rejected_at IS NULL) DESC, x.collected_at DESC LIMIT 1) s ON true
+  LEFT JOIN LATERAL (SELECT * FROM result_tests y
+                      WHERE y.order_id = t.order_id AND y.test_code = t.test_code
+                      ORDER BY (y.status <> 'retracted') DESC, y.resulted_at DESC LIMIT 1) r ON true"
     }
 
     async fn apply(
@@ -188,29 +235,11 @@ CREATE TABLE IF NOT EXISTS result_tests (
                 add_tests(conn, id, tests, at).await?
             }
             LabEvent::Order(OrderEvent::TestCancelled { test, reason }) => {
-                sqlx::query(
-                    "UPDATE order_tests SET stage = 'cancelled', stage_since = $3, cancelled_reason = $4
-                      WHERE order_id = $1 AND test_code = $2",
-                )
-                .bind(id)
-                .bind(test.as_str())
-                .bind(at)
-                .bind(reason.as_str())
-                .execute(&mut *conn)
-                .await?;
+                cancel_tests(conn, id, &[test.as_str()], reason.as_str(), at).await?
             }
             LabEvent::Order(OrderEvent::OrderCancelled { reason, tests }) => {
                 let codes: Vec<&str> = tests.iter().map(|t| t.as_str()).collect();
-                sqlx::query(
-                    "UPDATE order_tests SET stage = 'cancelled', stage_since = $3, cancelled_reason = $4
-                      WHERE order_id = $1 AND test_code = ANY ($2)",
-                )
-                .bind(id)
-                .bind(&codes)
-                .bind(at)
-                .bind(reason.as_str())
-                .execute(&mut *conn)
-                .await?;
+                cancel_tests(conn, id, &codes, reason.as_str(), at).await?;
                 sqlx::query(
                     "UPDATE orders SET status = 'cancelled', updated_at = $2 WHERE order_id = $1",
                 )
@@ -225,68 +254,23 @@ CREATE TABLE IF NOT EXISTS result_tests (
                 collected_at,
                 ..
             }) => {
-                let codes: Vec<&str> = tests.iter().map(|t| t.as_str()).collect();
-                sqlx::query(
-                    "INSERT INTO sample_tests (sample_id, order_id, tests) VALUES ($1, $2, $3)",
-                )
-                .bind(id)
-                .bind(order_id.as_uuid())
-                .bind(&codes)
-                .execute(&mut *conn)
-                .await?;
-                sqlx::query(
-                    "UPDATE order_tests SET stage = 'to_receive', stage_since = $4, collected_at = $4, sample_id = $3
-                      WHERE order_id = $1 AND test_code = ANY ($2) AND stage = 'to_collect'",
-                )
-                .bind(order_id.as_uuid())
-                .bind(&codes)
-                .bind(id)
-                .bind(collected_at)
-                .execute(&mut *conn)
-                .await?;
-            }
-            LabEvent::Sample(SampleEvent::AliquotCreated {
-                order_id, tests, ..
-            }) => {
-                let codes: Vec<&str> = tests.iter().map(|t| t.as_str()).collect();
-                sqlx::query(
-                    "INSERT INTO sample_tests (sample_id, order_id, tests) VALUES ($1, $2, $3)",
-                )
-                .bind(id)
-                .bind(order_id.as_uuid())
-                .bind(&codes)
-                .execute(&mut *conn)
-                .await?;
+                for t in tests {
+                    sqlx::query(
+                        "INSERT INTO specimen_tests (sample_id, test_code, order_id, collected_at) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(id)
+                    .bind(t.as_str())
+                    .bind(order_id.as_uuid())
+                    .bind(collected_at)
+                    .execute(&mut *conn)
+                    .await?;
+                }
             }
             LabEvent::Sample(SampleEvent::SampleReceived { received_at, .. }) => {
-                move_sample_tests(
-                    conn,
-                    id,
-                    &["to_receive"],
-                    "to_result",
-                    Some("received_at"),
-                    *received_at,
-                )
-                .await?;
+                sample_time(conn, id, "received_at", *received_at).await?
             }
             LabEvent::Sample(SampleEvent::SampleRejected { .. }) => {
-                move_sample_tests(
-                    conn,
-                    id,
-                    &["to_receive", "to_result"],
-                    "to_collect",
-                    None,
-                    at,
-                )
-                .await?;
-                sqlx::query(
-                    "UPDATE order_tests t SET recollection = true, sample_id = NULL FROM sample_tests s
-                      WHERE s.sample_id = $1 AND t.order_id = s.order_id AND t.test_code = ANY (s.tests)
-                        AND t.sample_id = $1",
-                )
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
+                sample_time(conn, id, "rejected_at", at).await?
             }
             LabEvent::Result(ResultEvent::ResultRecorded {
                 order_id,
@@ -294,30 +278,31 @@ CREATE TABLE IF NOT EXISTS result_tests (
                 ..
             }) => {
                 sqlx::query(
-                    "INSERT INTO result_tests (result_id, order_id, test_code) VALUES ($1, $2, $3)
-                     ON CONFLICT (result_id) DO NOTHING",
+                    "INSERT INTO result_tests (result_id, order_id, test_code, status, resulted_at, status_since)
+                     VALUES ($1, $2, $3, 'recorded', $4, $4)
+                     ON CONFLICT (result_id) DO UPDATE SET status = 'recorded', status_since = excluded.status_since",
                 )
                 .bind(id)
                 .bind(order_id.as_uuid())
                 .bind(test_code.as_str())
+                .bind(at)
                 .execute(&mut *conn)
                 .await?;
-                move_result_test(conn, id, "to_verify", Some("resulted_at"), at).await?;
             }
             LabEvent::Result(ResultEvent::ResultCorrected { .. }) => {
-                move_result_test(conn, id, "to_verify", None, at).await?
+                result_status(conn, id, "recorded", None, at).await?
             }
             LabEvent::Result(ResultEvent::RerunRequested { .. }) => {
-                move_result_test(conn, id, "to_result", None, at).await?
+                result_status(conn, id, "rerun_requested", None, at).await?
             }
             LabEvent::Result(ResultEvent::ResultVerified { .. }) => {
-                move_result_test(conn, id, "to_authorise", Some("verified_at"), at).await?
+                result_status(conn, id, "verified", Some("verified_at"), at).await?
             }
             LabEvent::Result(ResultEvent::ResultAuthorised { .. }) => {
-                move_result_test(conn, id, "released", Some("released_at"), at).await?
+                result_status(conn, id, "released", Some("released_at"), at).await?
             }
             LabEvent::Result(ResultEvent::ResultRetracted { .. }) => {
-                move_result_test(conn, id, "retracted", None, at).await?
+                result_status(conn, id, "retracted", None, at).await?
             }
             _ => {}
         }
