@@ -99,7 +99,7 @@ pub async fn run_from_kafka(
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
+        .set("session.timeout.ms", "6000")
         .create()?;
     consumer.subscribe(topics)?;
     tracing::info!(

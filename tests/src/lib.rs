@@ -279,17 +279,22 @@ fn by(id: &str) -> ActorId {
 /// critical K notified, verified and released; NA released then amended; the serum tube
 /// handed over and stored. Returns the order id and the serum sample id.
 pub async fn lab_day(db: &TestDb) -> (uuid::Uuid, uuid::Uuid) {
-    let ledger = db.ledger();
+    lab_day_numbered(&db.ledger(), 600).await
+}
+
+/// [`lab_day`] for patient `MRN-<n>` with accession numbers `ACC-<n>`, `-R` and `-E`, so
+/// that many lab days can run against one database.
+pub async fn lab_day_numbered(ledger: &Ledger, n: u32) -> (uuid::Uuid, uuid::Uuid) {
     let tech = actor("tech.1", Role::Technologist);
     let path = actor("path.1", Role::Pathologist);
-    let order = place(&ledger, "MRN-600", &["K", "NA", "HB"]).await;
-    let serum = received_serum(&ledger, order.order_id, "ACC-600", &["K", "NA"]).await;
+    let order = place(ledger, &format!("MRN-{n}"), &["K", "NA", "HB"]).await;
+    let serum = received_serum(ledger, order.order_id, &format!("ACC-{n}"), &["K", "NA"]).await;
 
     // HB: the first tube is haemolysed and rejected; a second one is collected.
     let edta = collect(
-        &ledger,
+        ledger,
         order.order_id,
-        "ACC-601",
+        &format!("ACC-{n}-R"),
         "whole_blood_edta",
         "lavender EDTA",
         &["HB"],
@@ -307,9 +312,9 @@ pub async fn lab_day(db: &TestDb) -> (uuid::Uuid, uuid::Uuid) {
         .await
         .unwrap();
     collect(
-        &ledger,
+        ledger,
         order.order_id,
-        "ACC-602",
+        &format!("ACC-{n}-E"),
         "whole_blood_edta",
         "lavender EDTA",
         &["HB"],

@@ -84,7 +84,7 @@ async fn a_lab_day_reaches_every_read_model() {
         ("received", Some("storage"), Some("Cold room"))
     );
     let rejected: (String, String, bool) = sqlx::query_as(
-        "SELECT status, rejection_reason, recollection_requested FROM proj_specimens.specimens WHERE accession_number = 'ACC-601'",
+        "SELECT status, rejection_reason, recollection_requested FROM proj_specimens.specimens WHERE accession_number = 'ACC-600-R'",
     )
     .fetch_one(&db.app)
     .await
@@ -149,14 +149,26 @@ async fn redelivered_events_change_nothing_and_a_gap_is_refused() {
     let order = place(&ledger, "MRN-601", &["K"]).await;
     let sample = received_serum(&ledger, order.order_id, "ACC-610", &["K"]).await;
     let id = released_k(&ledger, sample, 4.0).await;
-    let fresh = read_after(&db.app, events.last().unwrap().feed_position(), 100)
-        .await
-        .unwrap();
-    let second: Vec<Envelope> = fresh
-        .iter()
-        .filter(|e| e.aggregate_id == id.to_string() && e.sequence == 2)
-        .map(Envelope::from)
-        .collect();
+    // The new events may be held back a moment while another test's transaction is open.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let second: Vec<Envelope> = loop {
+        let fresh = read_after(&db.app, events.last().unwrap().feed_position(), 100)
+            .await
+            .unwrap();
+        let found: Vec<Envelope> = fresh
+            .iter()
+            .filter(|e| e.aggregate_id == id.to_string() && e.sequence == 2)
+            .map(Envelope::from)
+            .collect();
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the result's events never reached the feed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     let err = apply_batch(&db.app, results.as_ref(), &second, None)
         .await
         .unwrap_err();
