@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: starts (installing if needed) the local
-# PostgreSQL and MongoDB-wire server, then formatting, lints and every test against them.
+# PostgreSQL, MongoDB-wire server and Kafka broker, then formatting, lints and every
+# test against them.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -10,6 +11,8 @@ cd "$root"
 command -v cargo >/dev/null || { log "cargo not found: install Rust (rustup) first"; exit 1; }
 deploy/postgres.sh
 deploy/mongo.sh
+deploy/kafka.sh
+export LIS_KAFKA_BROKERS="127.0.0.1:${LIS_KAFKA_PORT:-9092}"
 export LIS_MONGO_URL="${LIS_MONGO_URL:-mongodb://127.0.0.1:${LIS_MONGO_PORT:-27017}/?directConnection=true}"
 
 log "cargo fmt --check"
