@@ -9,6 +9,22 @@ use lis_domain::result::ResultEvent;
 use lis_domain::sample::SampleEvent;
 use std::path::PathBuf;
 
+/// The value with every object's keys in sorted order, whatever serde_json's
+/// `preserve_order` feature (which feature unification may switch on) does.
+fn canonical(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => {
+            let sorted: std::collections::BTreeMap<String, serde_json::Value> =
+                m.into_iter().map(|(k, v)| (k, canonical(v))).collect();
+            serde_json::Value::Object(sorted.into_iter().collect())
+        }
+        serde_json::Value::Array(a) => {
+            serde_json::Value::Array(a.into_iter().map(canonical).collect())
+        }
+        other => other,
+    }
+}
+
 fn schemas() -> Vec<(&'static str, serde_json::Value)> {
     vec![
         (
@@ -31,7 +47,7 @@ fn event_schemas_in_docs_match_the_code() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/events");
     let write = std::env::var("LIS_WRITE_DOCS").is_ok();
     for (file, schema) in schemas() {
-        let text = serde_json::to_string_pretty(&schema).unwrap() + "\n";
+        let text = serde_json::to_string_pretty(&canonical(schema)).unwrap() + "\n";
         let path = dir.join(file);
         if write {
             std::fs::write(&path, &text).unwrap();

@@ -25,7 +25,7 @@ async fn project_all(pool: &PgPool) {
 /// Every table of a projection, as JSON, in primary-key order.
 async fn dump(pool: &PgPool, schema: &str) -> serde_json::Value {
     let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 AND table_name <> 'progress' ORDER BY 1",
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 AND table_type = 'BASE TABLE' AND table_name <> 'progress' ORDER BY 1",
     )
     .bind(schema)
     .fetch_all(pool)
@@ -98,7 +98,44 @@ async fn a_lab_day_reaches_every_read_model() {
             .unwrap();
     assert_eq!(custody, 1);
 
+    // The haematology worklist: HB waits for its recollected tube, not overdue yet.
+    let worklist: Vec<(String, String, String, bool, bool)> = sqlx::query_as(
+        "SELECT department, stage, test_code, recollection, overdue FROM proj_orders.worklist WHERE order_id = $1",
+    )
+    .bind(order)
+    .fetch_all(&db.app)
+    .await
+    .unwrap();
+    assert_eq!(
+        worklist,
+        [(
+            "HAEMATOLOGY".into(),
+            "to_receive".into(),
+            "HB".into(),
+            true,
+            false
+        )]
+    );
+    let tat: Vec<(String, i64, f64)> = sqlx::query_as(
+        "SELECT test_code, released, order_to_release_p50_min FROM proj_orders.turnaround ORDER BY test_code",
+    )
+    .fetch_all(&db.app)
+    .await
+    .unwrap();
+    assert_eq!(
+        tat.iter().map(|t| (t.0.as_str(), t.1)).collect::<Vec<_>>(),
+        [("K", 1), ("NA", 1)]
+    );
+    assert!(tat.iter().all(|t| t.2 >= 0.0 && t.2 < 5.0), "{tat:?}");
+
     // The clinician's cumulative view: released results, the amendment marked.
+    let amended: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT test_code, amended FROM proj_results.cumulative_results ORDER BY test_code",
+    )
+    .fetch_all(&db.app)
+    .await
+    .unwrap();
+    assert_eq!(amended, [("K".into(), false), ("NA".into(), true)]);
     let cumulative: Vec<(String, f64, Vec<String>, i32)> = sqlx::query_as(
         "SELECT test_code, numeric_value, flags, amendments FROM proj_results.results
           WHERE status = 'released' ORDER BY test_code",
@@ -114,13 +151,12 @@ async fn a_lab_day_reaches_every_read_model() {
         ]
     );
     // The critical K is notified but not yet acknowledged by the clinician.
-    let pending: Vec<(String, bool, bool)> = sqlx::query_as(
-        "SELECT test_code, notified, acknowledged FROM proj_results.results WHERE critical AND status <> 'retracted'",
-    )
-    .fetch_all(&db.app)
-    .await
-    .unwrap();
-    assert_eq!(pending, [("K".into(), true, false)]);
+    let pending: Vec<(String, bool, String)> =
+        sqlx::query_as("SELECT test_code, notified, awaiting FROM proj_results.critical_pending")
+            .fetch_all(&db.app)
+            .await
+            .unwrap();
+    assert_eq!(pending, [("K".into(), true, "acknowledgement".into())]);
     db.drop().await;
 }
 

@@ -157,7 +157,8 @@ pub async fn wait_projected(db: &TestDb, names: &[&str], timeout: Duration, role
 pub async fn dump(db: &TestDb, schema: &str) -> serde_json::Value {
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT table_name::text FROM information_schema.tables
-          WHERE table_schema = $1 AND table_name NOT IN ('progress', 'feed_position') ORDER BY 1",
+          WHERE table_schema = $1 AND table_type = 'BASE TABLE'
+            AND table_name NOT IN ('progress', 'feed_position') ORDER BY 1",
     )
     .bind(schema)
     .fetch_all(&db.app)

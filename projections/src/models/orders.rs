@@ -44,10 +44,11 @@ async fn add_tests(
 ) -> Result<(), ProjectionError> {
     for t in tests {
         sqlx::query(
-            "INSERT INTO order_tests (order_id, test_code, department, ordered_at)
-             VALUES ($1, $2, (SELECT department FROM catalogue_tests WHERE version = $3 AND code = $2), $4)
+            "INSERT INTO order_tests (order_id, test_code, department, catalogue_version, ordered_at)
+             VALUES ($1, $2, (SELECT department FROM catalogue_tests WHERE version = $3 AND code = $2), $3, $4)
              ON CONFLICT (order_id, test_code) DO UPDATE
-                SET ordered_at = excluded.ordered_at, cancelled_at = NULL, cancelled_reason = NULL",
+                SET ordered_at = excluded.ordered_at, catalogue_version = excluded.catalogue_version,
+                    cancelled_at = NULL, cancelled_reason = NULL",
         )
         .bind(order_id)
         .bind(t.code.as_str())
@@ -140,6 +141,7 @@ CREATE TABLE IF NOT EXISTS order_tests (
     order_id         uuid NOT NULL,
     test_code        text NOT NULL,
     department       text,
+    catalogue_version integer NOT NULL,
     ordered_at       timestamptz NOT NULL,
     cancelled_at     timestamptz,
     cancelled_reason text,
@@ -164,7 +166,7 @@ CREATE TABLE IF NOT EXISTS result_tests (
     status_since timestamptz NOT NULL);
 CREATE INDEX IF NOT EXISTS result_tests_by_order ON result_tests (order_id, test_code);
 CREATE OR REPLACE VIEW order_test_status AS
-SELECT t.order_id, t.test_code, t.department, o.priority, o.order_number, o.patient_id,
+SELECT t.order_id, t.test_code, t.department, t.catalogue_version, o.priority, o.order_number, o.patient_id,
        CASE
          WHEN t.cancelled_at IS NOT NULL THEN 'cancelled'
          WHEN r.status = 'recorded' THEN 'to_verify'
@@ -194,7 +196,31 @@ SELECT t.order_id, t.test_code, t.department, o.priority, o.order_number, o.pati
                       ORDER BY (x.rejected_at IS NULL) DESC, x.collected_at DESC LIMIT 1) s ON true
   LEFT JOIN LATERAL (SELECT * FROM result_tests y
                       WHERE y.order_id = t.order_id AND y.test_code = t.test_code
-                      ORDER BY (y.status <> 'retracted') DESC, y.resulted_at DESC LIMIT 1) r ON true"
+                      ORDER BY (y.status <> 'retracted') DESC, y.resulted_at DESC LIMIT 1) r ON true;
+CREATE OR REPLACE VIEW worklist AS
+SELECT s.department, s.stage, s.order_id, s.order_number, s.patient_id, s.test_code, s.priority,
+       s.sample_id, s.result_id, s.recollection, s.ordered_at, s.stage_since,
+       now() - s.stage_since AS age,
+       make_interval(mins => CASE WHEN s.priority = 'routine' THEN c.tat_routine ELSE c.tat_stat END) AS target,
+       now() - s.ordered_at > make_interval(mins => CASE WHEN s.priority = 'routine' THEN c.tat_routine ELSE c.tat_stat END)
+           AS overdue
+  FROM order_test_status s
+  LEFT JOIN LATERAL (SELECT (definition ->> 'tat_routine_min')::int AS tat_routine,
+                            (definition ->> 'tat_stat_min')::int AS tat_stat
+                       FROM catalogue_tests k WHERE k.version = s.catalogue_version AND k.code = s.test_code) c ON true
+ WHERE s.stage IN ('to_collect', 'to_receive', 'to_result', 'to_verify', 'to_authorise');
+CREATE OR REPLACE VIEW turnaround AS
+SELECT test_code, priority, count(*) AS released,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM collected_at - ordered_at) / 60) AS order_to_collect_p50_min,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM received_at - collected_at) / 60) AS collect_to_receive_p50_min,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM resulted_at - received_at) / 60) AS receive_to_result_p50_min,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM verified_at - resulted_at) / 60) AS result_to_verify_p50_min,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM released_at - verified_at) / 60) AS verify_to_release_p50_min,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM released_at - ordered_at) / 60) AS order_to_release_p50_min,
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM released_at - ordered_at) / 60) AS order_to_release_p90_min
+  FROM order_test_status
+ WHERE stage = 'released'
+ GROUP BY test_code, priority"
     }
 
     async fn apply(

@@ -110,7 +110,19 @@ CREATE TABLE IF NOT EXISTS results (
     retraction_reason text,
     updated_at        timestamptz NOT NULL);
 CREATE INDEX IF NOT EXISTS results_cumulative ON results (patient_id, test_code, collected_at) WHERE status = 'released';
-CREATE INDEX IF NOT EXISTS results_critical ON results (recorded_at) WHERE critical AND status <> 'retracted';"
+CREATE INDEX IF NOT EXISTS results_critical ON results (recorded_at) WHERE critical AND status <> 'retracted';
+CREATE OR REPLACE VIEW cumulative_results AS
+SELECT result_id, patient_id, order_id, sample_id, test_code, loinc, collected_at, value, numeric_value, unit,
+       flags, reference_low, reference_high, reference_basis, catalogue_version, specimen_note,
+       amendments, amendments > 0 AS amended, verified_by, released_by, released_at
+  FROM results
+ WHERE status = 'released';
+CREATE OR REPLACE VIEW critical_pending AS
+SELECT result_id, patient_id, order_id, test_code, value, unit, flags, status, notified, acknowledged,
+       recorded_at, released_at,
+       CASE WHEN NOT notified THEN 'notification' ELSE 'acknowledgement' END AS awaiting
+  FROM results
+ WHERE critical AND status <> 'retracted' AND (NOT notified OR (status = 'released' AND NOT acknowledged));"
     }
 
     async fn apply(
