@@ -149,3 +149,67 @@ async fn transactions_that_commit_out_of_order_are_both_published() {
     relay.kill9();
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_lab_runs_on_postgresql_alone() {
+    // No LIS_KAFKA_BROKERS: the workers read the event store's ordered feed and the
+    // relay only seals.
+    let db = TestDb::new().await;
+    let stack = Stack::new(&db, false);
+    let mut relay = stack.spawn("relay", &["relay"]);
+    let mut workers = stack.spawn("project", &["project", "orders", "specimens", "results"]);
+    let ledger = db.ledger();
+    lab_day_numbered(&ledger, 950).await;
+    workers.kill9();
+    workers = stack.spawn("project", &["project", "orders", "specimens", "results"]);
+    lab_day_numbered(&ledger, 951).await;
+    wait_projected(
+        &db,
+        &["orders", "specimens", "results"],
+        Duration::from_secs(60),
+        &[&relay, &workers],
+    )
+    .await;
+    for p in models::all() {
+        let schema = format!("proj_{}", p.name());
+        let incremental = dump(&db, &schema).await;
+        rebuild(&db.app, p.as_ref(), &mut |_| {}).await.unwrap();
+        assert_eq!(
+            dump(&db, &schema).await,
+            incremental,
+            "projection {}",
+            p.name()
+        );
+    }
+    // Seals are written within a second (LIS_SEAL_EVERY_SECS=1) of the last event.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sealed: Option<i64> =
+            sqlx::query_scalar("SELECT max(tree_size) FROM audit_checkpoints")
+                .fetch_one(&db.app)
+                .await
+                .unwrap();
+        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&db.app)
+            .await
+            .unwrap();
+        if sealed == Some(events) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sealed {sealed:?} of {events}\n{}",
+            relay.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    relay.kill9();
+    workers.kill9();
+    let verify = stack.run(&["audit", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    db.drop().await;
+}
