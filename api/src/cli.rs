@@ -1,10 +1,10 @@
 //! The subcommands of `lisledger` and what each prints for its operator.
 
-use crate::config::{Config, LogFormat};
 use crate::ops;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use lis_api::config::{Config, LogFormat};
 use lis_commands::{audit, catalogue};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
@@ -53,6 +53,13 @@ enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+    /// Serve the HTTP API (LIS_HTTP_ADDR).
+    Serve,
+    /// API users.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
     /// Audit-seal keys.
     Seal {
         #[command(subcommand)]
@@ -64,6 +71,16 @@ enum Command {
 enum ProjectionsCommand {
     /// Replay the event store into a fresh copy of a read model and swap it in live.
     Rebuild { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Add a user; the password (12+ characters) is read from standard input.
+    Add {
+        username: String,
+        #[arg(long)]
+        role: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,6 +243,16 @@ pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
         Command::Seal {
             command: SealCommand::Keygen { out },
         } => return ops::keygen(&config, out.as_deref()),
+        Command::Serve => {
+            let pool = pool(&config.database_url, config.db_max_connections).await?;
+            return ops::serve(&config, pool).await;
+        }
+        Command::Users {
+            command: UsersCommand::Add { username, role },
+        } => {
+            let pool = pool(&config.database_url, 2).await?;
+            return ops::add_user(&pool, &username, &role).await;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

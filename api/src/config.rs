@@ -22,6 +22,11 @@
 //! | `LIS_SEAL_EVERY_EVENTS` / `LIS_SEAL_EVERY_SECS` | `1000` / `60` | seal after this many events or seconds |
 //! | `LIS_KAFKA_GROUP_PREFIX` | `lis-projection` | consumer group of projection NAME: `<prefix>-NAME` |
 //! | `LIS_MONGO_DATABASE` | `lis_analytics` | the analytics database |
+//! | `LIS_HTTP_ADDR` | `127.0.0.1:8080` | where `lisledger serve` listens |
+//! | `LIS_JWT_SECRET` | unset | HMAC key of access tokens (32+ bytes); else read from `LIS_JWT_SECRET_FILE` |
+//! | `LIS_JWT_SECRET_FILE` | `deploy/.local/jwt.secret` | file holding the token key (`deploy/run.sh` makes one) |
+//! | `LIS_JWT_ISSUER` / `LIS_JWT_AUDIENCE` | `lisledger` / `lisledger-api` | token issuer and audience |
+//! | `LIS_TOKEN_TTL_SECS` | `900` | access-token lifetime |
 //! | `LIS_MONGO_URL` | unset | MongoDB for the analytics projection (e.g. `mongodb://127.0.0.1:27017/?directConnection=true`); unset = no analytics |
 //! | `RUST_LOG` | `info` | log filter (tracing-subscriber syntax) |
 
@@ -56,6 +61,12 @@ pub struct Config {
     pub mongo_url: Option<String>,
     pub mongo_database: String,
     pub kafka_group_prefix: String,
+    pub http_addr: String,
+    pub jwt_secret: Option<String>,
+    pub jwt_secret_file: String,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    pub token_ttl_secs: u64,
 }
 
 /// Kafka topic names.
@@ -170,6 +181,15 @@ impl Config {
                 .cloned(),
             mongo_database: get("LIS_MONGO_DATABASE", "lis_analytics"),
             kafka_group_prefix: get("LIS_KAFKA_GROUP_PREFIX", "lis-projection"),
+            http_addr: get("LIS_HTTP_ADDR", "127.0.0.1:8080"),
+            jwt_secret: vars
+                .get("LIS_JWT_SECRET")
+                .filter(|s| !s.trim().is_empty())
+                .cloned(),
+            jwt_secret_file: get("LIS_JWT_SECRET_FILE", "deploy/.local/jwt.secret"),
+            jwt_issuer: get("LIS_JWT_ISSUER", "lisledger"),
+            jwt_audience: get("LIS_JWT_AUDIENCE", "lisledger-api"),
+            token_ttl_secs: number("LIS_TOKEN_TTL_SECS", "900")?,
         })
     }
 }

@@ -1,1 +1,5 @@
-//! placeholder
+//! LIS Ledger's application edge: configuration and the HTTP API. The `lisledger`
+//! binary (src/main.rs) wires them to the command line.
+
+pub mod config;
+pub mod http;

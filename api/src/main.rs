@@ -6,8 +6,9 @@
 //! Configuration: [`config::Config`].
 
 mod cli;
-mod config;
 mod ops;
+
+use lis_api::config;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -2,11 +2,11 @@
 //! `projections rebuild`, `seal keygen`, `audit prove`, and the seal half of
 //! `audit verify`.
 
-use crate::config::Config;
 use anyhow::{bail, Context};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use indicatif::{ProgressBar, ProgressStyle};
+use lis_api::config::Config;
 use lis_projections::models;
 use lis_projections::models::analytics::Analytics;
 use lis_projections::relay::{KafkaConfig, Relay, RelayConfig, Topics};
@@ -283,4 +283,72 @@ pub async fn prove(config: &Config, pool: &PgPool, position: i64) -> anyhow::Res
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The token key: `LIS_JWT_SECRET`, else the secret file. At least 32 bytes.
+fn jwt_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
+    let secret = match &config.jwt_secret {
+        Some(s) => s.clone(),
+        None => std::fs::read_to_string(&config.jwt_secret_file).with_context(|| {
+            format!(
+                "no token key: set LIS_JWT_SECRET or write 32+ random bytes to {}",
+                config.jwt_secret_file
+            )
+        })?,
+    };
+    let secret = secret.trim().as_bytes().to_vec();
+    if secret.len() < 32 {
+        bail!("the token key must be at least 32 bytes");
+    }
+    Ok(secret)
+}
+
+pub async fn serve(config: &Config, pool: PgPool) -> anyhow::Result<ExitCode> {
+    use lis_api::http::{self, auth::AuthConfig, AppState};
+    let auth = AuthConfig {
+        secret: jwt_secret(config)?,
+        issuer: config.jwt_issuer.clone(),
+        audience: config.jwt_audience.clone(),
+        ttl_secs: config.token_ttl_secs,
+    };
+    let ledger = lis_commands::Ledger::new(
+        pool.clone(),
+        lis_commands::LedgerConfig {
+            snapshot_every: config.snapshot_every,
+            policy: lis_domain::services::LabPolicy {
+                four_eyes: config.four_eyes,
+            },
+        },
+    );
+    let state = AppState {
+        pool,
+        ledger: std::sync::Arc::new(ledger),
+        auth: std::sync::Arc::new(auth),
+    };
+    http::prepare_read_models(&state.pool).await?;
+    let listener = tokio::net::TcpListener::bind(&config.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving the LIS Ledger API");
+    axum::serve(
+        listener,
+        http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn add_user(pool: &PgPool, username: &str, role: &str) -> anyhow::Result<ExitCode> {
+    use lis_domain::actor::{ActorId, Role};
+    let user = ActorId::parse(username).map_err(|e| anyhow::anyhow!("user name: {}", e.message))?;
+    let role = Role::parse(role).map_err(|e| anyhow::anyhow!("role: {}", e.message))?;
+    let mut password = String::new();
+    std::io::stdin()
+        .read_line(&mut password)
+        .context("reading the password from standard input")?;
+    let password = password.trim_end_matches(['\n', '\r']);
+    lis_api::http::auth::add_user(pool, &user, role, password).await?;
+    println!("user {user} added with role {role}");
+    Ok(ExitCode::SUCCESS)
 }

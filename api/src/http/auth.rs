@@ -1,0 +1,290 @@
+//! Who is calling: users with Argon2id password hashes, short-lived JWT bearer tokens,
+//! and the permission matrix (docs/security.md).
+//!
+//! The actor written into every event's metadata comes from the verified token — never
+//! from a request body.
+
+use super::problem::Problem;
+use super::AppState;
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
+use argon2::Argon2;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use lis_commands::CommandContext;
+use lis_domain::actor::{Actor, ActorId, Role};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use std::net::SocketAddr;
+use uuid::Uuid;
+
+/// Token settings.
+#[derive(Clone)]
+pub struct AuthConfig {
+    pub secret: Vec<u8>,
+    pub issuer: String,
+    pub audience: String,
+    pub ttl_secs: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    role: Role,
+    iss: String,
+    aud: String,
+    iat: u64,
+    exp: u64,
+    jti: String,
+}
+
+/// Issues a token for a user; returns it and its lifetime in seconds.
+pub fn issue(config: &AuthConfig, user: &ActorId, role: Role) -> Result<(String, u64), Problem> {
+    let now = chrono::Utc::now().timestamp() as u64;
+    let claims = Claims {
+        sub: user.to_string(),
+        role,
+        iss: config.issuer.clone(),
+        aud: config.audience.clone(),
+        iat: now,
+        exp: now + config.ttl_secs,
+        jti: Uuid::new_v4().to_string(),
+    };
+    let token = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(&config.secret),
+    )
+    .map_err(|e| {
+        tracing::error!(error = %e, "cannot sign token");
+        Problem::internal()
+    })?;
+    Ok((token, config.ttl_secs))
+}
+
+fn verify(config: &AuthConfig, token: &str) -> Result<Claims, Problem> {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.set_issuer(&[&config.issuer]);
+    validation.set_audience(&[&config.audience]);
+    validation.leeway = 5;
+    decode::<Claims>(
+        token,
+        &DecodingKey::from_secret(&config.secret),
+        &validation,
+    )
+    .map(|d| d.claims)
+    .map_err(|e| Problem::unauthorized(format!("invalid token: {e}")))
+}
+
+/// The authenticated caller of a request, with the audit context of its commands.
+pub struct Caller {
+    pub actor: Actor,
+    pub context: CommandContext,
+}
+
+impl Caller {
+    /// Refuses the request unless the caller's role may do `action`.
+    pub fn require(&self, action: Action) -> Result<(), Problem> {
+        if allowed(self.actor.role, action) {
+            Ok(())
+        } else {
+            Err(Problem::forbidden(format!(
+                "role {} may not {}",
+                self.actor.role,
+                action.describe()
+            )))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                Problem::unauthorized("send `Authorization: Bearer <token>` (POST /auth/login)")
+            })?;
+        let token = header.strip_prefix("Bearer ").ok_or_else(|| {
+            Problem::unauthorized("the Authorization header must be a Bearer token")
+        })?;
+        let claims = verify(&state.auth, token.trim())?;
+        let id = ActorId::parse(&claims.sub)
+            .map_err(|_| Problem::unauthorized("the token names no valid user"))?;
+        let actor = Actor::new(id, claims.role);
+        let mut context = CommandContext::new(actor.clone());
+        if let Some(c) = parts
+            .headers
+            .get("x-correlation-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Uuid::parse_str(v).ok())
+        {
+            context.correlation_id = c;
+        }
+        context.client_addr = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string());
+        Ok(Self { actor, context })
+    }
+}
+
+/// What a caller may want to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    ManageOrders,
+    Collect,
+    HandOver,
+    HandleSpecimens,
+    EnterResults,
+    Verify,
+    Release,
+    NotifyCritical,
+    Acknowledge,
+    ReadOrders,
+    ReadSamples,
+    ReadResults,
+    ReadWorklists,
+    ReadAudit,
+}
+
+impl Action {
+    fn describe(&self) -> &'static str {
+        match self {
+            Action::ManageOrders => "place or change orders",
+            Action::Collect => "collect specimens",
+            Action::HandOver => "hand specimens over",
+            Action::HandleSpecimens => "receive, reject, aliquot, store or dispose of specimens",
+            Action::EnterResults => "record, correct or rerun results",
+            Action::Verify => "verify results",
+            Action::Release => "authorise, amend or retract results",
+            Action::NotifyCritical => "record critical-value notifications",
+            Action::Acknowledge => "acknowledge results",
+            Action::ReadOrders => "read orders",
+            Action::ReadSamples => "read specimens",
+            Action::ReadResults => "read results",
+            Action::ReadWorklists => "read worklists",
+            Action::ReadAudit => "read the audit trail",
+        }
+    }
+}
+
+/// The permission matrix (docs/security.md). Auditors read everything and change nothing;
+/// clinicians see released results only (the result queries serve released rows to them).
+pub fn allowed(role: Role, action: Action) -> bool {
+    use Action::*;
+    use Role::*;
+    match action {
+        ManageOrders => matches!(role, Reception | Clinician | Admin),
+        Collect => matches!(role, Phlebotomist | Technologist),
+        HandOver => matches!(role, Phlebotomist | Technologist | Reception),
+        HandleSpecimens => matches!(role, Technologist | Pathologist),
+        EnterResults => matches!(role, Technologist | Pathologist),
+        Verify => matches!(role, Technologist | Pathologist),
+        Release => matches!(role, Pathologist),
+        NotifyCritical => matches!(role, Technologist | Pathologist),
+        Acknowledge => matches!(role, Clinician),
+        ReadOrders | ReadSamples => {
+            matches!(
+                role,
+                Reception | Phlebotomist | Technologist | Pathologist | Clinician | Auditor | Admin
+            )
+        }
+        ReadResults => matches!(role, Technologist | Pathologist | Clinician | Auditor),
+        ReadWorklists => matches!(
+            role,
+            Reception | Phlebotomist | Technologist | Pathologist | Auditor
+        ),
+        ReadAudit => matches!(role, Auditor),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("password must be at least 12 characters")]
+    WeakPassword,
+    #[error("user {0} already exists")]
+    Exists(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("hashing failed: {0}")]
+    Hash(String),
+}
+
+/// Adds a user with an Argon2id hash of `password`.
+pub async fn add_user(
+    pool: &PgPool,
+    user: &ActorId,
+    role: Role,
+    password: &str,
+) -> Result<(), UserError> {
+    if password.chars().count() < 12 {
+        return Err(UserError::WeakPassword);
+    }
+    let password = password.to_string();
+    let hash = tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+    })
+    .await
+    .map_err(|e| UserError::Hash(e.to_string()))?
+    .map_err(|e| UserError::Hash(e.to_string()))?;
+    let inserted = sqlx::query(
+        "INSERT INTO users (username, role, password_hash) VALUES ($1, $2, $3) ON CONFLICT (username) DO NOTHING",
+    )
+    .bind(user.as_str())
+    .bind(role.as_str())
+    .bind(hash)
+    .execute(pool)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(UserError::Exists(user.to_string()));
+    }
+    Ok(())
+}
+
+/// The user and role if `password` is theirs. Always spends the hashing time, so that a
+/// wrong user name cannot be told from a wrong password by timing.
+pub async fn check_password(
+    pool: &PgPool,
+    user: &str,
+    password: &str,
+) -> Result<Option<(ActorId, Role)>, sqlx::Error> {
+    let row: Option<(String, String, String)> = sqlx::query_as(
+        "SELECT username, role, password_hash FROM users WHERE username = $1 AND NOT disabled",
+    )
+    .bind(user)
+    .fetch_optional(pool)
+    .await?;
+    const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$1xXAh2oZ6GBvQFQa9kHppUxiYpnqBwcxyL9M+Kp7dQs";
+    let stored = row.as_ref().map_or(DUMMY.to_string(), |r| r.2.clone());
+    let password = password.to_string();
+    let ok = tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&stored)
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false);
+    Ok(match (ok, row) {
+        (true, Some((name, role, _))) => match (ActorId::parse(&name), Role::parse(&role)) {
+            (Ok(id), Ok(role)) => Some((id, role)),
+            _ => None,
+        },
+        _ => None,
+    })
+}

@@ -1,0 +1,67 @@
+//! Reading request bodies: malformed JSON is a 400; JSON of the wrong shape or with an
+//! invalid value is a 422 naming the field by JSON pointer.
+
+use super::problem::{pointer, FieldProblem, Problem};
+use serde::de::DeserializeOwned;
+
+/// Parses `bytes` as `T`.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| Problem::bad_request(e.to_string()))?;
+    if !value.is_object() {
+        return Err(Problem::bad_request("the body must be a JSON object"));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        Problem::invalid(vec![FieldProblem {
+            pointer: pointer(&path),
+            detail: clean(&e.into_inner().to_string()),
+        }])
+    })
+}
+
+/// serde's messages, without the Rust type names a lab user cannot act on.
+fn clean(message: &str) -> String {
+    message
+        .replace("invalid type: ", "wrong type: ")
+        .split(" at line ")
+        .next()
+        .unwrap_or(message)
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lis_domain::text::Reason;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Amend {
+        reason: Reason,
+        value: Inner,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Inner {
+        unit: String,
+    }
+
+    #[test]
+    fn malformed_json_is_a_bad_request_and_bad_fields_are_named() {
+        assert_eq!(parse::<Amend>(b"{not json").unwrap_err().status, 400);
+        assert_eq!(parse::<Amend>(b"[1]").unwrap_err().status, 400);
+        let p = parse::<Amend>(br#"{"reason": " ", "value": {"unit": "g/L"}}"#).unwrap_err();
+        assert_eq!(p.status, 422);
+        assert_eq!(p.errors[0].pointer, "/reason");
+        assert!(
+            p.errors[0].detail.contains("reason must not be empty"),
+            "{:?}",
+            p.errors
+        );
+        let p = parse::<Amend>(br#"{"reason": "typo", "value": {"unit": 5}}"#).unwrap_err();
+        assert_eq!(p.errors[0].pointer, "/value/unit");
+    }
+}

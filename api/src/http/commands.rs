@@ -1,0 +1,722 @@
+//! Command endpoints (POST): one per lab action. Each checks the caller's role, reads
+//! the body (400 / 422 with field pointers), runs the command for the caller — the actor
+//! in the event comes from the token — and answers with the aggregate id, its new
+//! version and the event's global position. All honour `Idempotency-Key`.
+
+use super::auth::{Action, Caller};
+use super::body::parse;
+use super::idempotency::{claim, finish, Claim};
+use super::problem::{FieldProblem, Problem};
+use super::AppState;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use lis_commands::ledger::NewOrder;
+use lis_commands::CommandOutcome;
+use lis_domain::ids::{AccessionNumber, OrderId, ResultId, SampleId, TestCode};
+use lis_domain::order::{OrderCommand, Priority};
+use lis_domain::patient::PatientIdentity;
+use lis_domain::result::{CriticalNotification, RecordResult, ResultCommand};
+use lis_domain::sample::{
+    AliquotSpec, CollectSample, HandOver, RejectionReason, SampleCommand, SpecimenCondition,
+    StorageLocation,
+};
+use lis_domain::text::{Label, Note, PersonName, Place, Reason};
+use lis_domain::value::ResultValue;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::future::Future;
+
+/// Runs `work` at most once per Idempotency-Key and answers with its JSON or problem.
+async fn idempotent<F>(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: &Bytes,
+    ok: StatusCode,
+    work: F,
+) -> Response
+where
+    F: Future<Output = Result<Value, Problem>>,
+{
+    let actor = caller.actor.id.to_string();
+    let key = match claim(&state.pool, headers, &actor, body).await {
+        Ok(Claim::Replay(status, body)) => return (status, Json(body)).into_response(),
+        Ok(Claim::Run(key)) => key,
+        Err(p) => return p.into_response(),
+    };
+    let (status, value) = match work.await {
+        Ok(v) => (ok, v),
+        Err(p) => (
+            StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            serde_json::to_value(&p).unwrap_or_default(),
+        ),
+    };
+    if let Some(key) = key {
+        if let Err(e) = finish(&state.pool, &actor, &key, status, &value).await {
+            tracing::warn!(error = %e, "could not store the idempotent response");
+        }
+    }
+    let mut response = (status, Json(value)).into_response();
+    if status.is_client_error() || status.is_server_error() {
+        response.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/problem+json"),
+        );
+    }
+    response
+}
+
+fn outcome(o: &CommandOutcome) -> Value {
+    json!({ "id": o.aggregate_id, "version": o.version, "position": o.position })
+}
+
+fn id<T>(
+    raw: &str,
+    parse: fn(&str) -> Result<T, lis_domain::validation::FieldError>,
+    what: &str,
+) -> Result<T, Problem> {
+    parse(raw).map_err(|_| Problem::not_found(format!("no {what} {raw}")))
+}
+
+// --- orders ---------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct PatientBody {
+    mrn: String,
+    abha_number: Option<String>,
+    name: String,
+    sex: String,
+    date_of_birth: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlaceOrderBody {
+    patient: PatientBody,
+    ordering_clinician: PersonName,
+    priority: Priority,
+    collection_site: Place,
+    clinical_notes: Option<Note>,
+    tests: Vec<TestCode>,
+}
+
+pub async fn place_order(
+    State(s): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    caller.require(Action::ManageOrders)?;
+    Ok(
+        idempotent(&s, &caller, &headers, &body, StatusCode::CREATED, async {
+            let b: PlaceOrderBody = parse(&body)?;
+            let p = b.patient;
+            let patient = PatientIdentity::parse(
+                &p.mrn,
+                p.abha_number.as_deref(),
+                &p.name,
+                &p.sex,
+                &p.date_of_birth,
+                Utc::now().date_naive(),
+            )
+            .map_err(|e| {
+                Problem::invalid(
+                    e.0.iter()
+                        .map(|f| FieldProblem::from(&f.clone().under("patient")))
+                        .collect(),
+                )
+            })?;
+            let placed = s
+                .ledger
+                .place_order(
+                    NewOrder {
+                        patient,
+                        ordering_clinician: b.ordering_clinician,
+                        priority: b.priority,
+                        collection_site: b.collection_site,
+                        clinical_notes: b.clinical_notes,
+                        tests: b.tests,
+                    },
+                    &caller.context,
+                )
+                .await?;
+            let mut v = outcome(&placed.outcome);
+            v["order_number"] = json!(placed.order_number);
+            Ok(v)
+        })
+        .await,
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestsBody {
+    tests: Vec<TestCode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    reason: Reason,
+}
+
+async fn order_command(
+    s: AppState,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+    raw: String,
+    make: impl FnOnce(&Bytes) -> Result<OrderCommand, Problem>,
+) -> Result<Response, Problem> {
+    caller.require(Action::ManageOrders)?;
+    let order = id(&raw, OrderId::parse, "order")?;
+    Ok(
+        idempotent(&s, &caller, &headers, &body, StatusCode::OK, async {
+            let command = make(&body)?;
+            Ok(outcome(
+                &s.ledger
+                    .execute_order(order, command, &caller.context)
+                    .await?,
+            ))
+        })
+        .await,
+    )
+}
+
+pub async fn add_tests(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    order_command(s, caller, headers, body, raw, |b| {
+        Ok(OrderCommand::AddTests {
+            tests: parse::<TestsBody>(b)?.tests,
+        })
+    })
+    .await
+}
+
+pub async fn cancel_test(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path((raw, code)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let test = TestCode::parse(&code)
+        .map_err(|_| Problem::not_found(format!("no test {code} on this order")))?;
+    order_command(s, caller, headers, body, raw, |b| {
+        Ok(OrderCommand::CancelTest {
+            test,
+            reason: parse::<ReasonBody>(b)?.reason,
+        })
+    })
+    .await
+}
+
+pub async fn cancel_order(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    order_command(s, caller, headers, body, raw, |b| {
+        Ok(OrderCommand::Cancel {
+            reason: parse::<ReasonBody>(b)?.reason,
+        })
+    })
+    .await
+}
+
+// --- samples --------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CollectBody {
+    order_id: OrderId,
+    accession_number: AccessionNumber,
+    specimen_type: String,
+    container: String,
+    tests: Vec<TestCode>,
+    collected_at: Option<DateTime<Utc>>,
+}
+
+pub async fn collect(
+    State(s): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    caller.require(Action::Collect)?;
+    Ok(
+        idempotent(&s, &caller, &headers, &body, StatusCode::CREATED, async {
+            let b: CollectBody = parse(&body)?;
+            let sample_id = SampleId::new();
+            let command = SampleCommand::Collect(CollectSample {
+                sample_id,
+                order_id: b.order_id,
+                accession_number: b.accession_number,
+                specimen_type: b.specimen_type,
+                container: b.container,
+                tests: b.tests,
+                collected_by: caller.actor.id.clone(),
+                collected_at: b.collected_at.unwrap_or_else(Utc::now),
+            });
+            Ok(outcome(
+                &s.ledger
+                    .execute_sample(sample_id, command, &caller.context)
+                    .await?,
+            ))
+        })
+        .await,
+    )
+}
+
+async fn sample_command(
+    s: AppState,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+    raw: String,
+    action: Action,
+    make: impl FnOnce(&Bytes, &Caller) -> Result<SampleCommand, Problem>,
+) -> Result<Response, Problem> {
+    caller.require(action)?;
+    let sample = id(&raw, SampleId::parse, "sample")?;
+    Ok(
+        idempotent(&s, &caller, &headers, &body, StatusCode::OK, async {
+            let command = make(&body, &caller)?;
+            Ok(outcome(
+                &s.ledger
+                    .execute_sample(sample, command, &caller.context)
+                    .await?,
+            ))
+        })
+        .await,
+    )
+}
+
+pub async fn hand_over(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    sample_command(s, caller, headers, body, raw, Action::HandOver, |b, _| {
+        Ok(SampleCommand::HandOver(parse::<HandOver>(b)?))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReceiveBody {
+    received_at: Option<DateTime<Utc>>,
+    condition: Option<SpecimenCondition>,
+}
+
+pub async fn receive(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    sample_command(
+        s,
+        caller,
+        headers,
+        body,
+        raw,
+        Action::HandleSpecimens,
+        |b, c| {
+            let r: ReceiveBody = parse(b)?;
+            Ok(SampleCommand::Receive {
+                received_by: c.actor.id.clone(),
+                received_at: r.received_at.unwrap_or_else(Utc::now),
+                condition: r.condition.unwrap_or(SpecimenCondition::Satisfactory),
+            })
+        },
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RejectBody {
+    reason: RejectionReason,
+    detail: Option<Note>,
+}
+
+pub async fn reject(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    sample_command(
+        s,
+        caller,
+        headers,
+        body,
+        raw,
+        Action::HandleSpecimens,
+        |b, _| {
+            let r: RejectBody = parse(b)?;
+            Ok(SampleCommand::Reject {
+                reason: r.reason,
+                detail: r.detail,
+            })
+        },
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AliquotBody {
+    accession_number: AccessionNumber,
+    tests: Vec<TestCode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AliquotsBody {
+    children: Vec<AliquotBody>,
+}
+
+pub async fn aliquots(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    caller.require(Action::HandleSpecimens)?;
+    let parent = id(&raw, SampleId::parse, "sample")?;
+    Ok(idempotent(&s, &caller, &headers, &body, StatusCode::CREATED, async {
+        let b: AliquotsBody = parse(&body)?;
+        let children: Vec<AliquotSpec> = b
+            .children
+            .into_iter()
+            .map(|c| AliquotSpec { sample_id: SampleId::new(), accession_number: c.accession_number, tests: c.tests })
+            .collect();
+        let outcomes = s.ledger.aliquot(parent, children, &caller.context).await?;
+        Ok(json!({ "parent": outcome(&outcomes[0]), "children": outcomes[1..].iter().map(outcome).collect::<Vec<_>>() }))
+    })
+    .await)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreBody {
+    location: StorageLocation,
+}
+
+pub async fn store(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    sample_command(
+        s,
+        caller,
+        headers,
+        body,
+        raw,
+        Action::HandleSpecimens,
+        |b, _| {
+            Ok(SampleCommand::Store {
+                location: parse::<StoreBody>(b)?.location,
+            })
+        },
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisposeBody {
+    method: Option<Note>,
+}
+
+pub async fn dispose(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    sample_command(
+        s,
+        caller,
+        headers,
+        body,
+        raw,
+        Action::HandleSpecimens,
+        |b, _| {
+            Ok(SampleCommand::Dispose {
+                method: parse::<DisposeBody>(b)?.method,
+            })
+        },
+    )
+    .await
+}
+
+// --- results --------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordBody {
+    sample_id: SampleId,
+    test_code: TestCode,
+    value: ResultValue,
+    method: Option<Label>,
+    instrument: Option<Label>,
+    raw_message: Option<String>,
+}
+
+pub async fn record(
+    State(s): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    caller.require(Action::EnterResults)?;
+    Ok(
+        idempotent(&s, &caller, &headers, &body, StatusCode::CREATED, async {
+            let b: RecordBody = parse(&body)?;
+            let result_id = ResultId::for_test(b.sample_id, &b.test_code);
+            let command = ResultCommand::Record(RecordResult {
+                result_id,
+                sample_id: b.sample_id,
+                test_code: b.test_code,
+                value: b.value,
+                method: b.method,
+                instrument: b.instrument,
+                raw_message: b.raw_message,
+            });
+            Ok(outcome(
+                &s.ledger
+                    .execute_result(result_id, command, &caller.context)
+                    .await?,
+            ))
+        })
+        .await,
+    )
+}
+
+async fn result_command(
+    s: AppState,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+    raw: String,
+    action: Action,
+    make: impl FnOnce(&Bytes, &Caller) -> Result<ResultCommand, Problem>,
+) -> Result<Response, Problem> {
+    caller.require(action)?;
+    let result = id(&raw, ResultId::parse, "result")?;
+    Ok(
+        idempotent(&s, &caller, &headers, &body, StatusCode::OK, async {
+            let command = make(&body, &caller)?;
+            Ok(outcome(
+                &s.ledger
+                    .execute_result(result, command, &caller.context)
+                    .await?,
+            ))
+        })
+        .await,
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValueBody {
+    value: ResultValue,
+    reason: Reason,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+/// An empty body is allowed where the command takes no input.
+fn empty(b: &Bytes) -> Result<(), Problem> {
+    if b.iter().all(u8::is_ascii_whitespace) {
+        Ok(())
+    } else {
+        parse::<Empty>(b).map(|_| ())
+    }
+}
+
+pub async fn correct(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    result_command(
+        s,
+        caller,
+        headers,
+        body,
+        raw,
+        Action::EnterResults,
+        |b, _| {
+            let v: ValueBody = parse(b)?;
+            Ok(ResultCommand::Correct {
+                value: v.value,
+                reason: v.reason,
+            })
+        },
+    )
+    .await
+}
+
+pub async fn verify(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    result_command(s, caller, headers, body, raw, Action::Verify, |b, c| {
+        empty(b)?;
+        Ok(ResultCommand::Verify {
+            by: c.actor.id.clone(),
+        })
+    })
+    .await
+}
+
+pub async fn authorise(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    result_command(s, caller, headers, body, raw, Action::Release, |b, c| {
+        empty(b)?;
+        Ok(ResultCommand::Authorise {
+            by: c.actor.id.clone(),
+        })
+    })
+    .await
+}
+
+pub async fn amend(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    result_command(s, caller, headers, body, raw, Action::Release, |b, _| {
+        let v: ValueBody = parse(b)?;
+        Ok(ResultCommand::Amend {
+            value: v.value,
+            reason: v.reason,
+        })
+    })
+    .await
+}
+
+pub async fn retract(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    result_command(s, caller, headers, body, raw, Action::Release, |b, _| {
+        Ok(ResultCommand::Retract {
+            reason: parse::<ReasonBody>(b)?.reason,
+        })
+    })
+    .await
+}
+
+pub async fn rerun(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    result_command(
+        s,
+        caller,
+        headers,
+        body,
+        raw,
+        Action::EnterResults,
+        |b, _| {
+            Ok(ResultCommand::RequestRerun {
+                reason: parse::<ReasonBody>(b)?.reason,
+            })
+        },
+    )
+    .await
+}
+
+pub async fn critical_notification(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    result_command(
+        s,
+        caller,
+        headers,
+        body,
+        raw,
+        Action::NotifyCritical,
+        |b, c| {
+            Ok(ResultCommand::RecordCriticalNotification {
+                by: c.actor.id.clone(),
+                notification: parse::<CriticalNotification>(b)?,
+            })
+        },
+    )
+    .await
+}
+
+pub async fn acknowledge(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    result_command(
+        s,
+        caller,
+        headers,
+        body,
+        raw,
+        Action::Acknowledge,
+        |b, c| {
+            empty(b)?;
+            Ok(ResultCommand::Acknowledge {
+                by: c.actor.id.clone(),
+            })
+        },
+    )
+    .await
+}

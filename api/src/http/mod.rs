@@ -1,0 +1,219 @@
+//! The HTTP API (axum): commands, clinicians' queries, auditors' history, health.
+//!
+//! - [`commands`]: POST endpoints, one per lab action, with `Idempotency-Key`;
+//! - [`queries`]: GET endpoints over the read models, with `min_position`;
+//! - [`audit`]: history, field-level diffs and state as of an instant;
+//! - [`auth`]: users, tokens and the permission matrix; [`problem`]: RFC 9457 errors.
+//!
+//! Every error leaves as `application/problem+json`, including the framework's own
+//! (unknown route, wrong method, body too large): [`problem_for_plain_errors`] rewrites
+//! any error response that is not one already.
+
+pub mod audit;
+pub mod auth;
+pub mod body;
+pub mod commands;
+pub mod idempotency;
+pub mod openapi;
+pub mod problem;
+pub mod queries;
+
+use auth::AuthConfig;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use lis_commands::Ledger;
+use problem::Problem;
+use serde::Deserialize;
+use sqlx::PgPool;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Largest request body accepted (bytes).
+pub const MAX_BODY: usize = 256 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub ledger: Arc<Ledger>,
+    pub auth: Arc<AuthConfig>,
+}
+
+/// Creates the read models' schemas if no worker has yet, so that queries answer "not
+/// found" rather than fail before the first event is projected.
+pub async fn prepare_read_models(
+    pool: &PgPool,
+) -> Result<(), lis_projections::projection::ProjectionError> {
+    let mut conn = pool.acquire().await?;
+    for p in lis_projections::models::all() {
+        lis_projections::projection::ensure_schema(
+            &mut conn,
+            p.as_ref(),
+            &lis_projections::projection::schema_of(p.name()),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+pub fn router(state: AppState) -> Router {
+    use commands as c;
+    use queries as q;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi::document))
+        .route("/auth/login", post(login))
+        .route("/orders", post(c::place_order))
+        .route("/orders/{id}", get(q::order))
+        .route("/orders/{id}/tests", post(c::add_tests))
+        .route("/orders/{id}/tests/{code}/cancel", post(c::cancel_test))
+        .route("/orders/{id}/cancel", post(c::cancel_order))
+        .route("/patients/{id}/orders", get(q::patient_orders))
+        .route("/patients/{id}/results", get(q::cumulative))
+        .route("/samples", post(c::collect))
+        .route("/samples/{id}", get(q::sample))
+        .route(
+            "/samples/by-accession/{accession}",
+            get(q::sample_by_accession),
+        )
+        .route("/samples/{id}/handover", post(c::hand_over))
+        .route("/samples/{id}/receive", post(c::receive))
+        .route("/samples/{id}/reject", post(c::reject))
+        .route("/samples/{id}/aliquots", post(c::aliquots))
+        .route("/samples/{id}/store", post(c::store))
+        .route("/samples/{id}/dispose", post(c::dispose))
+        .route("/results", post(c::record))
+        .route("/results/{id}", get(q::result))
+        .route("/results/{id}/correct", post(c::correct))
+        .route("/results/{id}/verify", post(c::verify))
+        .route("/results/{id}/authorise", post(c::authorise))
+        .route("/results/{id}/amend", post(c::amend))
+        .route("/results/{id}/retract", post(c::retract))
+        .route("/results/{id}/rerun", post(c::rerun))
+        .route(
+            "/results/{id}/critical-notifications",
+            post(c::critical_notification),
+        )
+        .route("/results/{id}/acknowledge", post(c::acknowledge))
+        .route("/worklists", get(q::worklist))
+        .route("/critical-results", get(q::critical))
+        .route("/turnaround", get(q::turnaround))
+        .route("/audit/{kind}/{id}", get(audit::history))
+        .fallback(|| async {
+            Problem::not_found("no such endpoint (GET /openapi.json lists them)")
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(problem_for_plain_errors))
+        .layer(middleware::from_fn(request_context))
+        .with_state(state)
+}
+
+/// Gives every request an id (`x-request-id`, kept if the client sent a UUID), a tracing
+/// span, security headers, and a log line with its outcome.
+async fn request_context(request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Uuid::parse_str(v).ok())
+        .unwrap_or_else(Uuid::new_v4);
+    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    let _guard = span.enter();
+    let started = std::time::Instant::now();
+    drop(_guard);
+    let mut response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    let h = response.headers_mut();
+    h.insert(
+        "x-request-id",
+        HeaderValue::from_str(&id.to_string()).expect("a UUID is a header value"),
+    );
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    span.in_scope(|| {
+        tracing::info!(
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "request"
+        );
+    });
+    response
+}
+
+/// Rewrites the framework's plain-text errors (404, 405, 413, 415…) as problem JSON.
+async fn problem_for_plain_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let problem = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            Problem::new(status, "method-not-allowed", "Method not allowed")
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            Problem::new(status, "too-large", "Request body too large")
+                .detail(format!("the limit is {MAX_BODY} bytes"))
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            Problem::new(status, "unsupported-media-type", "Send application/json")
+        }
+        StatusCode::NOT_FOUND => Problem::not_found("no such resource"),
+        s if s.is_server_error() => Problem::internal(),
+        s => Problem::new(
+            s,
+            "client-error",
+            s.canonical_reason().unwrap_or("Client error"),
+        ),
+    };
+    problem.into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, Problem> {
+    sqlx::query("SELECT 1")
+        .execute(&s.pool)
+        .await
+        .map_err(|_| Problem::unavailable("PostgreSQL is not answering"))?;
+    Ok(Json(serde_json::json!({ "postgresql": "ok" })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    username: String,
+    password: String,
+}
+
+async fn login(State(s): State<AppState>, body: Bytes) -> Result<Json<serde_json::Value>, Problem> {
+    let login: Login = body::parse(&body)?;
+    match auth::check_password(&s.pool, login.username.trim(), &login.password).await? {
+        Some((user, role)) => {
+            let (token, ttl) = auth::issue(&s.auth, &user, role)?;
+            tracing::info!(user = %user, role = %role, "login");
+            Ok(Json(serde_json::json!({
+                "access_token": token, "token_type": "Bearer", "expires_in": ttl, "role": role
+            })))
+        }
+        None => {
+            tracing::warn!(user = %login.username, "failed login");
+            Err(Problem::unauthorized("wrong user name or password"))
+        }
+    }
+}

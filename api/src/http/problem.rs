@@ -1,0 +1,208 @@
+//! RFC 9457 problem details: every error the API returns.
+//!
+//! One type says what went wrong and where: `type` is a stable URI per kind of problem
+//! (`…/problems/domain-rule`), `rule` names the lab rule that refused a command
+//! (`result.four-eyes`), and `errors` lists every offending field by JSON-pointer path.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use lis_commands::CommandError;
+use lis_domain::validation::FieldError;
+use serde::Serialize;
+
+const BASE: &str = "https://lisledger.example/problems/";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// The problem type's slug; serialised as the full type URI.
+    #[serde(rename = "type", serialize_with = "type_uri")]
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldProblem>,
+    #[serde(skip)]
+    pub retry_after: Option<u16>,
+}
+
+fn type_uri<S: serde::Serializer>(kind: &&'static str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{BASE}{kind}"))
+}
+
+/// One offending field: a JSON pointer (`/patient/mrn`) and what is wrong with it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FieldProblem {
+    pub pointer: String,
+    pub detail: String,
+}
+
+impl From<&FieldError> for FieldProblem {
+    fn from(e: &FieldError) -> Self {
+        Self {
+            pointer: pointer(&e.field),
+            detail: e.message.clone(),
+        }
+    }
+}
+
+/// `patient/mrn` or `patient.mrn` → `/patient/mrn`.
+pub fn pointer(path: &str) -> String {
+    let p = path.replace('.', "/");
+    if p.is_empty() {
+        String::new()
+    } else if p.starts_with('/') {
+        p
+    } else {
+        format!("/{p}")
+    }
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, kind: &'static str, title: &'static str) -> Self {
+        Self {
+            kind,
+            title,
+            status: status.as_u16(),
+            detail: None,
+            rule: None,
+            errors: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-request",
+            "The request body is not valid JSON",
+        )
+        .detail(detail)
+    }
+
+    pub fn invalid(errors: Vec<FieldProblem>) -> Self {
+        let mut p = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            "The request has invalid fields",
+        );
+        p.errors = errors;
+        p
+    }
+
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Authentication is required",
+        )
+        .detail(detail)
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Your role may not do this",
+        )
+        .detail(detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "No such resource").detail(detail)
+    }
+
+    pub fn conflict(kind: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, kind, title).detail(detail)
+    }
+
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        let mut p = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "A dependency is unavailable; retry shortly",
+        )
+        .detail(detail);
+        p.retry_after = Some(2);
+        p
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+        )
+        .detail("the error was logged; quote the request id when reporting it")
+    }
+}
+
+impl From<CommandError> for Problem {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::Invalid { rule, errors } => {
+                let mut p = Problem::invalid(errors.0.iter().map(FieldProblem::from).collect());
+                p.rule = Some(rule);
+                p
+            }
+            CommandError::Rejected { rule, message } => {
+                let mut p = Problem::conflict(
+                    "domain-rule",
+                    "A rule of the lab refuses this command",
+                    message,
+                );
+                p.rule = Some(rule);
+                p
+            }
+            CommandError::Conflict { .. } => {
+                let mut p = Problem::conflict(
+                    "concurrent-change",
+                    "Someone changed this record at the same time",
+                    format!("{e}"),
+                );
+                p.rule = Some("concurrency");
+                p
+            }
+            CommandError::Unavailable(m) => {
+                tracing::warn!(error = %m, "dependency unavailable");
+                Problem::unavailable("the database is unavailable")
+            }
+            CommandError::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                Problem::internal()
+            }
+        }
+    }
+}
+
+impl From<sqlx::Error> for Problem {
+    fn from(e: sqlx::Error) -> Self {
+        Problem::from(CommandError::from(e))
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let retry = self.retry_after;
+        let mut response = (status, axum::Json(&self)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(s) = retry {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        response
+    }
+}

@@ -1,0 +1,307 @@
+//! Query endpoints (GET), served from the read models. `min_position=N` gives
+//! read-your-writes: the query waits (up to 5 s) until the event at position N is in the
+//! read model, else answers 503 with Retry-After.
+
+use super::auth::{Action, Caller};
+use super::problem::Problem;
+use super::AppState;
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use chrono::NaiveDate;
+use lis_domain::actor::Role;
+use lis_domain::ids::{AccessionNumber, OrderId, PatientId, ResultId, SampleId};
+use serde::Deserialize;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Deserialize, Default)]
+pub struct Consistency {
+    pub min_position: Option<i64>,
+}
+
+/// Waits until the event at `position` has been applied by `projection`.
+async fn wait_for(
+    state: &AppState,
+    projection: &str,
+    position: Option<i64>,
+) -> Result<(), Problem> {
+    let Some(position) = position else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let applied: Option<bool> = sqlx::query_scalar(&format!(
+            "SELECT o.last_sequence >= e.sequence FROM events e
+               LEFT JOIN proj_{projection}.offsets o
+                 ON o.aggregate_type = e.aggregate_type AND o.aggregate_id = e.aggregate_id
+              WHERE e.position = $1"
+        ))
+        .bind(position)
+        .fetch_optional(&state.pool)
+        .await?
+        .flatten();
+        match applied {
+            Some(true) => return Ok(()),
+            None if sqlx::query_scalar::<_, bool>(
+                "SELECT NOT EXISTS (SELECT 1 FROM events WHERE position = $1)",
+            )
+            .bind(position)
+            .fetch_one(&state.pool)
+            .await? =>
+            {
+                return Err(Problem::not_found(format!(
+                    "no event at position {position}"
+                )))
+            }
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            return Err(Problem::unavailable(format!(
+                "the {projection} read model has not reached position {position} yet"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs a query that returns one JSON value (`json_agg` or `row_to_json`).
+async fn json(state: &AppState, sql: &str, binds: &[&dyn ToBind]) -> Result<Value, Problem> {
+    let mut q = sqlx::query_scalar::<_, Option<Value>>(sql);
+    for b in binds {
+        q = b.bind(q);
+    }
+    Ok(q.fetch_optional(&state.pool)
+        .await?
+        .flatten()
+        .unwrap_or(Value::Null))
+}
+
+type Q<'q> =
+    sqlx::query::QueryScalar<'q, sqlx::Postgres, Option<Value>, sqlx::postgres::PgArguments>;
+
+trait ToBind: Sync {
+    fn bind<'q>(&'q self, q: Q<'q>) -> Q<'q>;
+}
+impl ToBind for uuid::Uuid {
+    fn bind<'q>(&'q self, q: Q<'q>) -> Q<'q> {
+        q.bind(*self)
+    }
+}
+impl ToBind for String {
+    fn bind<'q>(&'q self, q: Q<'q>) -> Q<'q> {
+        q.bind(self.as_str())
+    }
+}
+impl ToBind for Option<String> {
+    fn bind<'q>(&'q self, q: Q<'q>) -> Q<'q> {
+        q.bind(self.as_deref())
+    }
+}
+impl ToBind for Option<NaiveDate> {
+    fn bind<'q>(&'q self, q: Q<'q>) -> Q<'q> {
+        q.bind(*self)
+    }
+}
+
+fn found(v: Value, what: String) -> Result<Json<Value>, Problem> {
+    if v.is_null() {
+        Err(Problem::not_found(what))
+    } else {
+        Ok(Json(v))
+    }
+}
+
+pub async fn order(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    Query(c): Query<Consistency>,
+) -> Result<Json<Value>, Problem> {
+    caller.require(Action::ReadOrders)?;
+    let id = OrderId::parse(&raw).map_err(|_| Problem::not_found(format!("no order {raw}")))?;
+    wait_for(&s, "orders", c.min_position).await?;
+    let v = json(
+        &s,
+        "SELECT row_to_json(x) FROM (
+           SELECT o.*, (SELECT coalesce(json_agg(t ORDER BY t.test_code), '[]')
+                          FROM proj_orders.order_test_status t WHERE t.order_id = o.order_id) AS tests
+             FROM proj_orders.orders o WHERE o.order_id = $1) x",
+        &[&id.as_uuid()],
+    )
+    .await?;
+    found(v, format!("no order {raw}"))
+}
+
+pub async fn patient_orders(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    Query(c): Query<Consistency>,
+) -> Result<Json<Value>, Problem> {
+    caller.require(Action::ReadOrders)?;
+    let id = PatientId::parse(&raw).map_err(|_| Problem::not_found(format!("no patient {raw}")))?;
+    wait_for(&s, "orders", c.min_position).await?;
+    Ok(Json(
+        json(
+            &s,
+            "SELECT coalesce(json_agg(o ORDER BY o.placed_at DESC), '[]') FROM proj_orders.orders o WHERE o.patient_id = $1",
+            &[&id.as_uuid()],
+        )
+        .await?,
+    ))
+}
+
+const SAMPLE: &str = "SELECT row_to_json(x) FROM (
+   SELECT s.*, (SELECT coalesce(json_agg(c ORDER BY c.sequence), '[]') FROM proj_specimens.custody c
+                 WHERE c.sample_id = s.sample_id) AS custody
+     FROM proj_specimens.specimens s WHERE ";
+
+pub async fn sample(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    Query(c): Query<Consistency>,
+) -> Result<Json<Value>, Problem> {
+    caller.require(Action::ReadSamples)?;
+    let id = SampleId::parse(&raw).map_err(|_| Problem::not_found(format!("no sample {raw}")))?;
+    wait_for(&s, "specimens", c.min_position).await?;
+    let v = json(
+        &s,
+        &format!("{SAMPLE} s.sample_id = $1) x"),
+        &[&id.as_uuid()],
+    )
+    .await?;
+    found(v, format!("no sample {raw}"))
+}
+
+pub async fn sample_by_accession(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    Query(c): Query<Consistency>,
+) -> Result<Json<Value>, Problem> {
+    caller.require(Action::ReadSamples)?;
+    let acc = AccessionNumber::parse(&raw)
+        .map_err(|_| Problem::not_found(format!("no sample with accession number {raw}")))?;
+    wait_for(&s, "specimens", c.min_position).await?;
+    let v = json(
+        &s,
+        &format!("{SAMPLE} s.accession_number = $1) x"),
+        &[&acc.as_str().to_string()],
+    )
+    .await?;
+    found(v, format!("no sample with accession number {raw}"))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CumulativeQuery {
+    pub test: Option<String>,
+    pub from: Option<NaiveDate>,
+    pub to: Option<NaiveDate>,
+    pub min_position: Option<i64>,
+}
+
+/// A patient's released results, per test over time (amendments marked).
+pub async fn cumulative(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    Query(q): Query<CumulativeQuery>,
+) -> Result<Json<Value>, Problem> {
+    caller.require(Action::ReadResults)?;
+    let id = PatientId::parse(&raw).map_err(|_| Problem::not_found(format!("no patient {raw}")))?;
+    wait_for(&s, "results", q.min_position).await?;
+    let test = q.test.map(|t| t.trim().to_ascii_uppercase());
+    Ok(Json(
+        json(
+            &s,
+            "SELECT coalesce(json_agg(r ORDER BY r.test_code, r.collected_at), '[]') FROM proj_results.cumulative_results r
+              WHERE r.patient_id = $1 AND ($2::text IS NULL OR r.test_code = $2)
+                AND ($3::date IS NULL OR r.collected_at >= $3::date)
+                AND ($4::date IS NULL OR r.collected_at < $4::date + 1)",
+            &[&id.as_uuid(), &test, &q.from, &q.to],
+        )
+        .await?,
+    ))
+}
+
+/// One result. Clinicians see released results only.
+pub async fn result(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    Query(c): Query<Consistency>,
+) -> Result<Json<Value>, Problem> {
+    caller.require(Action::ReadResults)?;
+    let id = ResultId::parse(&raw).map_err(|_| Problem::not_found(format!("no result {raw}")))?;
+    wait_for(&s, "results", c.min_position).await?;
+    let released_only = caller.actor.role == Role::Clinician;
+    let v = json(
+        &s,
+        "SELECT row_to_json(r) FROM proj_results.results r
+          WHERE r.result_id = $1 AND ($2::text IS NULL OR r.status = 'released')",
+        &[
+            &id.as_uuid(),
+            &released_only.then(|| "released".to_string()),
+        ],
+    )
+    .await?;
+    found(v, format!("no result {raw}"))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WorklistQuery {
+    pub department: Option<String>,
+    pub stage: Option<String>,
+}
+
+pub async fn worklist(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(q): Query<WorklistQuery>,
+) -> Result<Json<Value>, Problem> {
+    caller.require(Action::ReadWorklists)?;
+    const STAGES: [&str; 5] = [
+        "to_collect",
+        "to_receive",
+        "to_result",
+        "to_verify",
+        "to_authorise",
+    ];
+    if let Some(stage) = &q.stage {
+        if !STAGES.contains(&stage.as_str()) {
+            return Err(Problem::invalid(vec![super::problem::FieldProblem {
+                pointer: "/stage".into(),
+                detail: format!("stage must be one of {}", STAGES.join(", ")),
+            }]));
+        }
+    }
+    let department = q.department.map(|d| d.trim().to_ascii_uppercase());
+    Ok(Json(
+        json(
+            &s,
+            "SELECT coalesce(json_agg(w ORDER BY w.overdue DESC, w.ordered_at), '[]') FROM (
+               SELECT department, stage, order_id, order_number, test_code, priority, sample_id, result_id,
+                      recollection, ordered_at, stage_since, extract(epoch FROM age)::bigint / 60 AS age_minutes,
+                      extract(epoch FROM target)::bigint / 60 AS target_minutes, overdue
+                 FROM proj_orders.worklist
+                WHERE ($1::text IS NULL OR department = $1) AND ($2::text IS NULL OR stage = $2)) w",
+            &[&department, &q.stage],
+        )
+        .await?,
+    ))
+}
+
+pub async fn critical(State(s): State<AppState>, caller: Caller) -> Result<Json<Value>, Problem> {
+    caller.require(Action::ReadResults)?;
+    Ok(Json(
+        json(&s, "SELECT coalesce(json_agg(c ORDER BY c.recorded_at), '[]') FROM proj_results.critical_pending c", &[]).await?,
+    ))
+}
+
+pub async fn turnaround(State(s): State<AppState>, caller: Caller) -> Result<Json<Value>, Problem> {
+    caller.require(Action::ReadWorklists)?;
+    Ok(Json(
+        json(&s, "SELECT coalesce(json_agg(t ORDER BY t.test_code, t.priority), '[]') FROM proj_orders.turnaround t", &[]).await?,
+    ))
+}

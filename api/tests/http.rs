@@ -1,0 +1,501 @@
+//! The HTTP API end to end against real PostgreSQL: a lab day through the API, each
+//! role's allowed and forbidden calls, every error class, idempotent retries, the
+//! auditor's history, and the OpenAPI document matching the routes.
+
+use lis_api::http::{self, auth, AppState};
+use lis_domain::actor::{ActorId, Role};
+use lis_projections::models;
+use lis_projections::projection::{ensure_schema, schema_of};
+use lis_tests::{catch_up, TestDb};
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+const SECRET: &[u8] = b"a-test-only-token-key-of-32-bytes-or-more";
+
+struct Api {
+    base: String,
+    client: Client,
+    db: TestDb,
+}
+
+impl Api {
+    async fn start() -> Self {
+        let db = TestDb::new().await;
+        for (user, role) in [
+            ("reception.1", Role::Reception),
+            ("phleb.1", Role::Phlebotomist),
+            ("tech.1", Role::Technologist),
+            ("path.1", Role::Pathologist),
+            ("dr.rao", Role::Clinician),
+            ("audit.1", Role::Auditor),
+        ] {
+            auth::add_user(
+                &db.app,
+                &ActorId::parse(user).unwrap(),
+                role,
+                "correct horse battery",
+            )
+            .await
+            .unwrap();
+        }
+        let state = AppState {
+            pool: db.app.clone(),
+            ledger: Arc::new(db.ledger()),
+            auth: Arc::new(auth::AuthConfig {
+                secret: SECRET.to_vec(),
+                issuer: "lisledger".into(),
+                audience: "lisledger-api".into(),
+                ttl_secs: 300,
+            }),
+        };
+        http::prepare_read_models(&db.app).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await
+            .unwrap();
+        });
+        Self {
+            base,
+            client: Client::new(),
+            db,
+        }
+    }
+
+    async fn token(&self, user: &str) -> String {
+        let r = self
+            .client
+            .post(format!("{}/auth/login", self.base))
+            .json(&json!({"username": user, "password": "correct horse battery"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json::<Value>().await.unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    async fn post(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn project(&self) {
+        for p in models::all() {
+            ensure_schema(
+                &mut self.db.app.acquire().await.unwrap(),
+                p.as_ref(),
+                &schema_of(p.name()),
+            )
+            .await
+            .unwrap();
+            catch_up(&self.db.app, p.as_ref()).await;
+        }
+    }
+}
+
+fn order_body(mrn: &str) -> Value {
+    json!({
+        "patient": {"mrn": mrn, "name": "Asha Verma", "sex": "female", "date_of_birth": "1980-05-17"},
+        "ordering_clinician": "Dr Rao", "priority": "routine", "collection_site": "OPD 2", "tests": ["K", "NA"]
+    })
+}
+
+#[tokio::test]
+async fn a_lab_day_through_the_api() {
+    let api = Api::start().await;
+    let reception = api.token("reception.1").await;
+    let phleb = api.token("phleb.1").await;
+    let tech = api.token("tech.1").await;
+    let path = api.token("path.1").await;
+    let clinician = api.token("dr.rao").await;
+    let auditor = api.token("audit.1").await;
+
+    let (s, order) = api.post(&reception, "/orders", order_body("MRN-1")).await;
+    assert_eq!(s, StatusCode::CREATED, "{order}");
+    assert_eq!(order["version"], 1);
+    let order_id = order["id"].as_str().unwrap().to_string();
+    assert!(order["order_number"].as_str().unwrap().starts_with("ORD-"));
+
+    let (s, sample) = api
+        .post(
+            &phleb,
+            "/samples",
+            json!({"order_id": order_id, "accession_number": "ACC-H1", "specimen_type": "serum",
+                                        "container": "red/SST", "tests": ["K", "NA"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{sample}");
+    let sample_id = sample["id"].as_str().unwrap().to_string();
+    let (s, _) = api
+        .post(&tech, &format!("/samples/{sample_id}/receive"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+
+    let (s, result) = api
+        .post(&tech, "/results", json!({"sample_id": sample_id, "test_code": "K",
+                                       "value": {"kind": "numeric", "value": 4.1, "unit": "mmol/L"}}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{result}");
+    let result_id = result["id"].as_str().unwrap().to_string();
+    let (s, _) = api
+        .post(&tech, &format!("/results/{result_id}/verify"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    // Four-eyes: the verifier is a technologist; a pathologist authorises.
+    let (s, released) = api
+        .post(&path, &format!("/results/{result_id}/authorise"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{released}");
+    let (s, amended) = api
+        .post(&path, &format!("/results/{result_id}/amend"),
+              json!({"value": {"kind": "numeric", "value": 5.5, "unit": "mmol/L"}, "reason": "instrument recalibrated"}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{amended}");
+    assert_eq!(amended["version"], 4);
+
+    api.project().await;
+    let (s, o) = api
+        .get(
+            &reception,
+            &format!("/orders/{order_id}?min_position={}", amended["position"]),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{o}");
+    let stages: Vec<(&str, &str)> = o["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["test_code"].as_str().unwrap(),
+                t["stage"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(stages, [("K", "released"), ("NA", "to_result")]);
+    let patient = o["patient_id"].as_str().unwrap();
+    let (s, cumulative) = api
+        .get(&clinician, &format!("/patients/{patient}/results?test=K"))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(cumulative[0]["numeric_value"], 5.5);
+    assert_eq!(cumulative[0]["amended"], true);
+    let (s, by_acc) = api.get(&tech, "/samples/by-accession/acc-h1").await;
+    assert_eq!(
+        (s, by_acc["status"].as_str()),
+        (StatusCode::OK, Some("received"))
+    );
+
+    // The auditor sees every event with who, role, why and what changed.
+    let (s, history) = api
+        .get(&auditor, &format!("/audit/results/{result_id}"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{history}");
+    let events = history["events"].as_array().unwrap();
+    let who: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e["actor"].as_str().unwrap(), e["role"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        who,
+        [
+            ("tech.1", "technologist"),
+            ("tech.1", "technologist"),
+            ("path.1", "pathologist"),
+            ("path.1", "pathologist")
+        ]
+    );
+    assert_eq!(events[3]["reason"], "instrument recalibrated");
+    assert!(events[3]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["pointer"] == "/current/value/value"
+            && c["before"] == 4.1
+            && c["after"] == 5.5));
+    // …and the state as it was before the amendment.
+    let before = events[2]["recorded_at"].as_str().unwrap();
+    let (_, then) = api
+        .get(
+            &auditor,
+            &format!(
+                "/audit/results/{result_id}?as_of={}",
+                before.replace('+', "%2B")
+            ),
+        )
+        .await;
+    assert_eq!(then["state"]["current"]["value"]["value"], 4.1);
+    assert_eq!(then["events"].as_array().unwrap().len(), 3);
+    api.db.drop().await;
+}
+
+#[tokio::test]
+async fn roles_and_errors_are_answered_with_problems() {
+    let api = Api::start().await;
+    let reception = api.token("reception.1").await;
+    let phleb = api.token("phleb.1").await;
+    let tech = api.token("tech.1").await;
+    let clinician = api.token("dr.rao").await;
+    let auditor = api.token("audit.1").await;
+    let url = |p: &str| format!("{}{p}", api.base);
+
+    // 401: no token, a forged token, a token of another issuer.
+    let r = api
+        .client
+        .post(url("/orders"))
+        .json(&order_body("MRN-2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let forged = format!("{}x", &reception[..reception.len() - 1]);
+    assert_eq!(
+        api.post(&forged, "/orders", order_body("MRN-2")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let other = auth::issue(
+        &auth::AuthConfig {
+            secret: SECRET.to_vec(),
+            issuer: "someone-else".into(),
+            audience: "lisledger-api".into(),
+            ttl_secs: 60,
+        },
+        &ActorId::parse("reception.1").unwrap(),
+        Role::Admin,
+    )
+    .unwrap()
+    .0;
+    assert_eq!(
+        api.post(&other, "/orders", order_body("MRN-2")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let r = api
+        .client
+        .post(url("/auth/login"))
+        .json(&json!({"username": "reception.1", "password": "wrong password!"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // 403: each role only does its own work; auditors change nothing.
+    for (token, path) in [
+        (&phleb, "/orders"),
+        (&auditor, "/orders"),
+        (&clinician, "/results"),
+    ] {
+        let (s, p) = api.post(token, path, json!({})).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{path}: {p}");
+    }
+    let (s, _) = api.get(&reception, "/audit/orders/x").await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // 400 malformed; 422 with every offending field.
+    let r = api
+        .client
+        .post(url("/orders"))
+        .bearer_auth(&reception)
+        .header("content-type", "application/json")
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let mut bad = order_body("");
+    bad["patient"]["date_of_birth"] = json!("17/05/1980");
+    bad["patient"]["sex"] = json!("x");
+    let (s, p) = api.post(&reception, "/orders", bad).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let pointers: Vec<&str> = p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        pointers,
+        ["/patient/mrn", "/patient/sex", "/patient/date_of_birth"]
+    );
+    let mut unknown = order_body("MRN-3");
+    unknown["tests"] = json!(["K", "NOPE"]);
+    let (s, p) = api.post(&reception, "/orders", unknown).await;
+    assert_eq!(
+        (s, p["errors"][0]["pointer"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("/tests/1"))
+    );
+    let (s, p) = api.post(&reception, "/orders", json!({"patient": 5})).await;
+    assert_eq!(
+        (s, p["errors"][0]["pointer"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("/patient"))
+    );
+
+    // 404s.
+    let (s, _) = api
+        .get(&reception, &format!("/orders/{}", uuid::Uuid::new_v4()))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = api.get(&reception, "/orders/not-a-uuid").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let r = api.client.get(url("/nowhere")).send().await.unwrap();
+    assert_eq!(
+        (r.status(), r.headers()["content-type"].to_str().unwrap()),
+        (StatusCode::NOT_FOUND, "application/problem+json")
+    );
+    let r = api.client.delete(url("/orders")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+
+    // 409 names the rule.
+    let (_, order) = api.post(&reception, "/orders", order_body("MRN-4")).await;
+    let id = order["id"].as_str().unwrap();
+    let (s, p) = api
+        .post(
+            &reception,
+            &format!("/orders/{id}/tests"),
+            json!({"tests": ["K"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    let (_, _) = api
+        .post(
+            &reception,
+            &format!("/orders/{id}/cancel"),
+            json!({"reason": "patient left"}),
+        )
+        .await;
+    let (s, p) = api
+        .post(
+            &reception,
+            &format!("/orders/{id}/cancel"),
+            json!({"reason": "again"}),
+        )
+        .await;
+    assert_eq!(
+        (s, p["rule"].as_str()),
+        (StatusCode::CONFLICT, Some("order.cancelled"))
+    );
+    let (s, p) = api
+        .post(
+            &tech,
+            &format!("/results/{}/verify", uuid::Uuid::new_v4()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (s, p["rule"].as_str()),
+        (StatusCode::CONFLICT, Some("result.not-recorded"))
+    );
+
+    // 413.
+    let huge = json!({"reason": "x".repeat(http::MAX_BODY)});
+    let (s, _) = api
+        .post(&reception, &format!("/orders/{id}/cancel"), huge)
+        .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    api.db.drop().await;
+}
+
+#[tokio::test]
+async fn a_retried_command_with_the_same_idempotency_key_writes_once() {
+    let api = Api::start().await;
+    let reception = api.token("reception.1").await;
+    let send = |key: &str, body: Value| {
+        api.client
+            .post(format!("{}/orders", api.base))
+            .bearer_auth(&reception)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+    };
+    let first = send("k-1", order_body("MRN-5")).await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+    let again = send("k-1", order_body("MRN-5")).await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&api.db.app)
+        .await
+        .unwrap();
+    assert_eq!(events, 1);
+    let other = send("k-1", order_body("MRN-6")).await.unwrap();
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    api.db.drop().await;
+}
+
+#[tokio::test]
+async fn every_documented_endpoint_exists() {
+    let api = Api::start().await;
+    let spec: Value = api
+        .client
+        .get(format!("{}/openapi.json", api.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(spec["openapi"], "3.1.0");
+    let paths = spec["paths"].as_object().unwrap();
+    assert_eq!(
+        paths
+            .values()
+            .map(|p| p.as_object().unwrap().len())
+            .sum::<usize>(),
+        http::openapi::ENDPOINTS.len()
+    );
+    for (path, methods) in paths {
+        let concrete = path
+            .replace("{id}", &uuid::Uuid::new_v4().to_string())
+            .replace("{code}", "K")
+            .replace("{accession}", "ACC-1")
+            .replace("{kind}", "orders");
+        for method in methods.as_object().unwrap().keys() {
+            let r = match method.as_str() {
+                "get" => api.client.get(format!("{}{concrete}", api.base)),
+                _ => api
+                    .client
+                    .post(format!("{}{concrete}", api.base))
+                    .json(&json!({})),
+            }
+            .send()
+            .await
+            .unwrap();
+            let expected = match path.as_str() {
+                "/healthz" | "/readyz" => StatusCode::OK,
+                "/auth/login" => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::UNAUTHORIZED,
+            };
+            assert_eq!(r.status(), expected, "{method} {path}");
+        }
+    }
+    api.db.drop().await;
+}
