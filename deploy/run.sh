@@ -14,6 +14,7 @@ cd "$root"
 state="$root/deploy/.local"
 mkdir -p "$state"
 export LIS_SEAL_KEY_FILE="${LIS_SEAL_KEY_FILE:-$state/seal.key}"
+export LIS_JWT_SECRET_FILE="${LIS_JWT_SECRET_FILE:-$state/jwt.secret}"
 bin="$root/target/release/lisledger"
 
 stop_role() {
@@ -37,6 +38,7 @@ start_role() {
 }
 
 if [ "${1:-start}" = "stop" ]; then
+  stop_role serve
   stop_role relay
   stop_role project
   exit 0
@@ -54,15 +56,24 @@ cargo build --release --locked -p lis-api
 if [ ! -f "$LIS_SEAL_KEY_FILE" ]; then
   "$bin" seal keygen --out "$LIS_SEAL_KEY_FILE"
 fi
+if [ ! -f "$LIS_JWT_SECRET_FILE" ]; then
+  (umask 077 && head -c 48 /dev/urandom | base64 -w0 >"$LIS_JWT_SECRET_FILE")
+  log "made a token key in $LIS_JWT_SECRET_FILE"
+fi
 "$bin" audit verify
 
 start_role relay relay
 start_role project project
+start_role serve serve
 
 cat <<MSG
 
 LIS Ledger is running on PostgreSQL at 127.0.0.1:${LIS_PG_PORT} (database ${LIS_DB_NAME}),
 $( [ -n "${LIS_KAFKA_BROKERS:-}" ] && echo "publishing to Kafka at ${LIS_KAFKA_BROKERS}" || echo "in single-node mode (no Kafka)").
+  API:           http://${LIS_HTTP_ADDR:-127.0.0.1:8080}  (GET /openapi.json)
+  first user:    echo 'a long passphrase' | $bin users add admin.1 --role admin
+  log in:        curl -s -X POST http://${LIS_HTTP_ADDR:-127.0.0.1:8080}/auth/login -H 'content-type: application/json' \\
+                   -d '{"username":"admin.1","password":"a long passphrase"}'
   read models:   psql ${LIS_DATABASE_URL} -c 'SELECT * FROM proj_orders.worklist'
   audit check:   LIS_SEAL_KEY_FILE=$LIS_SEAL_KEY_FILE $bin audit verify
   stop:          deploy/run.sh stop
