@@ -320,10 +320,19 @@ pub async fn serve(config: &Config, pool: PgPool) -> anyhow::Result<ExitCode> {
             },
         },
     );
+    let analytics = match &config.mongo_url {
+        Some(url) => Some(std::sync::Arc::new(
+            Analytics::connect(url, &config.mongo_database)
+                .await
+                .context("cannot reach MongoDB")?,
+        )),
+        None => None,
+    };
     let state = AppState {
         pool,
         ledger: std::sync::Arc::new(ledger),
         auth: std::sync::Arc::new(auth),
+        analytics,
     };
     http::prepare_read_models(&state.pool).await?;
     let listener = tokio::net::TcpListener::bind(&config.http_addr)

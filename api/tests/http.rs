@@ -29,6 +29,7 @@ impl Api {
             ("path.1", Role::Pathologist),
             ("dr.rao", Role::Clinician),
             ("audit.1", Role::Auditor),
+            ("analyst.1", Role::Analyst),
         ] {
             auth::add_user(
                 &db.app,
@@ -48,6 +49,7 @@ impl Api {
                 audience: "lisledger-api".into(),
                 ttl_secs: 300,
             }),
+            analytics: None,
         };
         http::prepare_read_models(&db.app).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -497,5 +499,121 @@ async fn every_documented_endpoint_exists() {
             assert_eq!(r.status(), expected, "{method} {path}");
         }
     }
+    api.db.drop().await;
+}
+
+/// Reads SSE frames until `n` events have arrived; returns (id, data) pairs.
+async fn read_events(resp: &mut reqwest::Response, n: usize) -> Vec<(String, Value)> {
+    let mut buffer = String::new();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while out.len() < n {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .expect("events in time")
+            .unwrap()
+            .expect("open stream");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let frame: String = buffer.drain(..end + 2).collect();
+            let id = frame
+                .lines()
+                .find_map(|l| l.strip_prefix("id: "))
+                .map(str::to_string);
+            let data = frame
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .map(str::to_string);
+            if let (Some(id), Some(data)) = (id, data) {
+                out.push((id, serde_json::from_str(&data).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_event_stream_resumes_after_a_disconnect_and_hides_identity_from_analysts() {
+    let api = Api::start().await;
+    let reception = api.token("reception.1").await;
+    let analyst = api.token("analyst.1").await;
+    let auditor = api.token("audit.1").await;
+    for mrn in ["MRN-S1", "MRN-S2", "MRN-S3"] {
+        let (s, _) = api.post(&reception, "/orders", order_body(mrn)).await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let url = format!("{}/events/stream?aggregate_type=Order", api.base);
+    let mut first = api
+        .client
+        .get(&url)
+        .bearer_auth(&analyst)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let got = read_events(&mut first, 2).await;
+    drop(first); // the client disconnects after two events
+    assert!(
+        got.iter()
+            .all(|(_, e)| e["payload"]["OrderPlaced"].get("patient").is_none()),
+        "{got:?}"
+    );
+    assert!(got
+        .iter()
+        .all(|(_, e)| e["payload"]["OrderPlaced"]["patient_id"].is_string()));
+
+    // Resume: only the third order, then live events as they are written.
+    let mut resumed = api
+        .client
+        .get(&url)
+        .bearer_auth(&analyst)
+        .header("Last-Event-ID", &got[1].0)
+        .send()
+        .await
+        .unwrap();
+    let (s, fourth) = api.post(&reception, "/orders", order_body("MRN-S4")).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let rest = read_events(&mut resumed, 2).await;
+    let ids: Vec<&str> = got
+        .iter()
+        .chain(rest.iter())
+        .map(|(_, e)| e["aggregate_id"].as_str().unwrap())
+        .collect();
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 4, "no event twice: {ids:?}");
+    assert_eq!(rest[1].1["aggregate_id"], fourth["id"]);
+
+    // Auditors see identity; other roles may not read the stream; a bad cursor is a 422.
+    let mut whole = api
+        .client
+        .get(&url)
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .unwrap();
+    let events = read_events(&mut whole, 1).await;
+    assert_eq!(
+        events[0].1["payload"]["OrderPlaced"]["patient"]["name"],
+        "Asha Verma"
+    );
+    let r = api
+        .client
+        .get(&url)
+        .bearer_auth(&reception)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = api
+        .client
+        .get(&url)
+        .bearer_auth(&analyst)
+        .header("Last-Event-ID", "nonsense")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     api.db.drop().await;
 }

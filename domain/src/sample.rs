@@ -116,10 +116,16 @@ impl SampleCommand {
     /// The reason the command gives, for the event's audit metadata.
     pub fn reason(&self) -> Option<String> {
         match self {
-            SampleCommand::Reject { reason, detail } => Some(match detail {
-                Some(d) => format!("{reason:?}: {d}"),
-                None => format!("{reason:?}"),
-            }),
+            SampleCommand::Reject { reason, detail } => {
+                let code = serde_json::to_value(reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                Some(match detail {
+                    Some(d) => format!("{code}: {d}"),
+                    None => code,
+                })
+            }
             _ => None,
         }
     }

@@ -174,9 +174,8 @@ impl Relay {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) => {
-                    return Err(RelayError::Kafka(KafkaError::AdminOp(code))).inspect_err(|_| {
-                        tracing::error!(%topic, "cannot create topic");
-                    })
+                    tracing::error!(%topic, %code, "cannot create topic");
+                    return Err(RelayError::Kafka(KafkaError::AdminOp(code)));
                 }
             }
         }

@@ -154,6 +154,8 @@ pub enum Action {
     ReadResults,
     ReadWorklists,
     ReadAudit,
+    ReadStream,
+    ReadAnalytics,
 }
 
 impl Action {
@@ -173,6 +175,8 @@ impl Action {
             Action::ReadResults => "read results",
             Action::ReadWorklists => "read worklists",
             Action::ReadAudit => "read the audit trail",
+            Action::ReadStream => "read the event stream",
+            Action::ReadAnalytics => "read analytics",
         }
     }
 }
@@ -204,6 +208,8 @@ pub fn allowed(role: Role, action: Action) -> bool {
             Reception | Phlebotomist | Technologist | Pathologist | Auditor
         ),
         ReadAudit => matches!(role, Auditor),
+        ReadStream => matches!(role, Analyst | Auditor),
+        ReadAnalytics => matches!(role, Analyst | Auditor | Pathologist | Admin),
     }
 }
 

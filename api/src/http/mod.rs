@@ -3,12 +3,14 @@
 //! - [`commands`]: POST endpoints, one per lab action, with `Idempotency-Key`;
 //! - [`queries`]: GET endpoints over the read models, with `min_position`;
 //! - [`audit`]: history, field-level diffs and state as of an instant;
+//! - [`stream`]: the event store as Server-Sent Events; [`analytics`]: dashboard rollups;
 //! - [`auth`]: users, tokens and the permission matrix; [`problem`]: RFC 9457 errors.
 //!
 //! Every error leaves as `application/problem+json`, including the framework's own
 //! (unknown route, wrong method, body too large): [`problem_for_plain_errors`] rewrites
 //! any error response that is not one already.
 
+pub mod analytics;
 pub mod audit;
 pub mod auth;
 pub mod body;
@@ -17,6 +19,7 @@ pub mod idempotency;
 pub mod openapi;
 pub mod problem;
 pub mod queries;
+pub mod stream;
 
 use auth::AuthConfig;
 use axum::body::Bytes;
@@ -41,6 +44,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub ledger: Arc<Ledger>,
     pub auth: Arc<AuthConfig>,
+    /// The MongoDB analytics, when configured.
+    pub analytics: Option<Arc<lis_projections::models::analytics::Analytics>>,
 }
 
 /// Creates the read models' schemas if no worker has yet, so that queries answer "not
@@ -104,6 +109,8 @@ pub fn router(state: AppState) -> Router {
         .route("/critical-results", get(q::critical))
         .route("/turnaround", get(q::turnaround))
         .route("/audit/{kind}/{id}", get(audit::history))
+        .route("/events/stream", get(stream::events))
+        .route("/analytics/{report}", get(analytics::report))
         .fallback(|| async {
             Problem::not_found("no such endpoint (GET /openapi.json lists them)")
         })

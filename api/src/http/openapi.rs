@@ -174,6 +174,8 @@ pub const ENDPOINTS: &[(&str, &str, &str, &str)] = &[
         "Full history with actors, reasons and field diffs; as_of for the state at an instant",
         "audit",
     ),
+    ("get", "/events/stream", "Server-Sent Events from a cursor (Last-Event-ID), filterable by aggregate_type and event_type", "streams"),
+    ("get", "/analytics/{report}", "Dashboard rollups over from..to: volumes, turnaround, rejections, rates", "analytics"),
     ("get", "/healthz", "Liveness", "operations"),
     ("get", "/readyz", "Readiness (PostgreSQL)", "operations"),
 ];
@@ -198,7 +200,12 @@ fn operation(method: &str, path: &str, summary: &str, tag: &str) -> Value {
         op["requestBody"] = json!({ "required": false, "content": { "application/json": { "schema": { "type": "object" } } } });
         op["responses"]["201"] = json!({ "description": "Created", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/CommandOutcome" } } } });
     }
-    if method == "get" && !matches!(path, "/healthz" | "/readyz") {
+    if method == "get"
+        && !matches!(
+            path,
+            "/healthz" | "/readyz" | "/events/stream" | "/analytics/{report}"
+        )
+    {
         params.push(json!({ "name": "min_position", "in": "query", "required": false, "schema": { "type": "integer" } }));
     }
     if path == "/auth/login" {

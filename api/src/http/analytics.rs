@@ -1,0 +1,63 @@
+//! `GET /analytics/{report}?from=YYYY-MM-DD&to=YYYY-MM-DD`: the MongoDB dashboards'
+//! rollups (volumes, turnaround, rejections, rates) over a range of days.
+
+use super::auth::{Action, Caller};
+use super::problem::{FieldProblem, Problem};
+use super::AppState;
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use chrono::NaiveDate;
+use lis_projections::analytics_queries as q;
+use serde::Deserialize;
+use serde_json::Value;
+
+fn unavailable(e: impl std::fmt::Display) -> Problem {
+    tracing::warn!(error = %e, "analytics query failed");
+    Problem::unavailable("MongoDB is not answering")
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Range {
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+}
+
+pub async fn report(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(report): Path<String>,
+    Query(r): Query<Range>,
+) -> Result<Json<Value>, Problem> {
+    caller.require(Action::ReadAnalytics)?;
+    if r.from > r.to {
+        return Err(Problem::invalid(vec![FieldProblem {
+            pointer: "/from".into(),
+            detail: "from is after to".into(),
+        }]));
+    }
+    let a = s
+        .analytics
+        .as_ref()
+        .ok_or_else(|| Problem::unavailable("analytics are not configured (LIS_MONGO_URL)"))?;
+    let (from, to) = (r.from.to_string(), r.to.to_string());
+    let value = match report.as_str() {
+        "volumes" => serde_json::to_value(q::volumes(a, &from, &to).await.map_err(unavailable)?),
+        "turnaround" => {
+            serde_json::to_value(q::turnaround(a, &from, &to).await.map_err(unavailable)?)
+        }
+        "rejections" => {
+            serde_json::to_value(q::rejections(a, &from, &to).await.map_err(unavailable)?)
+        }
+        "rates" => serde_json::to_value(
+            q::abnormal_rates(a, &from, &to)
+                .await
+                .map_err(unavailable)?,
+        ),
+        other => {
+            return Err(Problem::not_found(format!(
+                "no report `{other}` (volumes, turnaround, rejections, rates)"
+            )))
+        }
+    };
+    Ok(Json(value.unwrap_or_default()))
+}
