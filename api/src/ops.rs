@@ -333,6 +333,7 @@ pub async fn serve(config: &Config, pool: PgPool) -> anyhow::Result<ExitCode> {
         ledger: std::sync::Arc::new(ledger),
         auth: std::sync::Arc::new(auth),
         analytics,
+        metrics: Default::default(),
     };
     http::prepare_read_models(&state.pool).await?;
     let listener = tokio::net::TcpListener::bind(&config.http_addr)

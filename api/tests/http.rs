@@ -50,6 +50,7 @@ impl Api {
                 ttl_secs: 300,
             }),
             analytics: None,
+            metrics: Default::default(),
         };
         http::prepare_read_models(&db.app).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -416,6 +417,25 @@ async fn roles_and_errors_are_answered_with_problems() {
         (StatusCode::CONFLICT, Some("result.not-recorded"))
     );
 
+    // Every outcome is counted.
+    let metrics = api
+        .client
+        .get(url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"lis_commands_total{outcome="rejected",route="/orders/{id}/cancel"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"lis_commands_total{outcome="invalid",route="/orders"}"#),
+        "{metrics}"
+    );
+
     // 413.
     let huge = json!({"reason": "x".repeat(http::MAX_BODY)});
     let (s, _) = api
@@ -492,7 +512,7 @@ async fn every_documented_endpoint_exists() {
             .await
             .unwrap();
             let expected = match path.as_str() {
-                "/healthz" | "/readyz" => StatusCode::OK,
+                "/healthz" | "/readyz" | "/metrics" => StatusCode::OK,
                 "/auth/login" => StatusCode::UNPROCESSABLE_ENTITY,
                 _ => StatusCode::UNAUTHORIZED,
             };

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod body;
 pub mod commands;
 pub mod idempotency;
+pub mod metrics;
 pub mod openapi;
 pub mod problem;
 pub mod queries;
@@ -46,6 +47,7 @@ pub struct AppState {
     pub auth: Arc<AuthConfig>,
     /// The MongoDB analytics, when configured.
     pub analytics: Option<Arc<lis_projections::models::analytics::Analytics>>,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// Creates the read models' schemas if no worker has yet, so that queries answer "not
@@ -72,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi::document))
+        .route("/metrics", get(metrics::scrape))
         .route("/auth/login", post(login))
         .route("/orders", post(c::place_order))
         .route("/orders/{id}", get(q::order))
@@ -116,19 +119,28 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(problem_for_plain_errors))
-        .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_context,
+        ))
         .with_state(state)
 }
 
 /// Gives every request an id (`x-request-id`, kept if the client sent a UUID), a tracing
 /// span, security headers, and a log line with its outcome.
-async fn request_context(request: Request, next: Next) -> Response {
+async fn request_context(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let id = request
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| Uuid::parse_str(v).ok())
         .unwrap_or_else(Uuid::new_v4);
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_string();
+    let method = request.method().to_string();
     let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
     let _guard = span.enter();
     let started = std::time::Instant::now();
@@ -146,10 +158,17 @@ async fn request_context(request: Request, next: Next) -> Response {
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let elapsed = started.elapsed();
+    state.metrics.observe(
+        &method,
+        &route,
+        response.status().as_u16(),
+        elapsed.as_secs_f64(),
+    );
     span.in_scope(|| {
         tracing::info!(
             status = response.status().as_u16(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms = elapsed.as_millis() as u64,
             "request"
         );
     });

@@ -176,6 +176,7 @@ pub const ENDPOINTS: &[(&str, &str, &str, &str)] = &[
     ),
     ("get", "/events/stream", "Server-Sent Events from a cursor (Last-Event-ID), filterable by aggregate_type and event_type", "streams"),
     ("get", "/analytics/{report}", "Dashboard rollups over from..to: volumes, turnaround, rejections, rates", "analytics"),
+    ("get", "/metrics", "Prometheus metrics (latency, commands, relay and projection lag)", "operations"),
     ("get", "/healthz", "Liveness", "operations"),
     ("get", "/readyz", "Readiness (PostgreSQL)", "operations"),
 ];
@@ -212,7 +213,7 @@ fn operation(method: &str, path: &str, summary: &str, tag: &str) -> Value {
         op["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": {
             "type": "object", "required": ["username", "password"],
             "properties": { "username": { "type": "string" }, "password": { "type": "string" } } } } } });
-    } else if !matches!(path, "/healthz" | "/readyz") {
+    } else if !matches!(path, "/healthz" | "/readyz" | "/metrics") {
         op["security"] = json!([{ "bearer": [] }]);
     }
     if !params.is_empty() {
