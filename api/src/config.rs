@@ -27,6 +27,7 @@
 //! | `LIS_JWT_SECRET_FILE` | `deploy/.local/jwt.secret` | file holding the token key (`deploy/run.sh` makes one) |
 //! | `LIS_JWT_ISSUER` / `LIS_JWT_AUDIENCE` | `lisledger` / `lisledger-api` | token issuer and audience |
 //! | `LIS_TOKEN_TTL_SECS` | `900` | access-token lifetime |
+//! | `LIS_RATE_PER_ADDRESS` / `LIS_RATE_PER_USER` | `1200` / `600` | requests a minute per client address / per user (0 = off) |
 //! | `LIS_MONGO_URL` | unset | MongoDB for the analytics projection (e.g. `mongodb://127.0.0.1:27017/?directConnection=true`); unset = no analytics |
 //! | `RUST_LOG` | `info` | log filter (tracing-subscriber syntax) |
 
@@ -67,6 +68,8 @@ pub struct Config {
     pub jwt_issuer: String,
     pub jwt_audience: String,
     pub token_ttl_secs: u64,
+    pub rate_per_address: u32,
+    pub rate_per_user: u32,
 }
 
 /// Kafka topic names.
@@ -190,6 +193,20 @@ impl Config {
             jwt_issuer: get("LIS_JWT_ISSUER", "lisledger"),
             jwt_audience: get("LIS_JWT_AUDIENCE", "lisledger-api"),
             token_ttl_secs: number("LIS_TOKEN_TTL_SECS", "900")?,
+            rate_per_address: get("LIS_RATE_PER_ADDRESS", "1200")
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError {
+                    variable: "LIS_RATE_PER_ADDRESS",
+                    message: "not a whole number".into(),
+                })?,
+            rate_per_user: get("LIS_RATE_PER_USER", "600")
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError {
+                    variable: "LIS_RATE_PER_USER",
+                    message: "not a whole number".into(),
+                })?,
         })
     }
 }

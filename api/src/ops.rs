@@ -334,6 +334,8 @@ pub async fn serve(config: &Config, pool: PgPool) -> anyhow::Result<ExitCode> {
         auth: std::sync::Arc::new(auth),
         analytics,
         metrics: Default::default(),
+        per_address: std::sync::Arc::new(http::limits::RateLimiter::new(config.rate_per_address)),
+        per_user: std::sync::Arc::new(http::limits::RateLimiter::new(config.rate_per_user)),
     };
     http::prepare_read_models(&state.pool).await?;
     let listener = tokio::net::TcpListener::bind(&config.http_addr)

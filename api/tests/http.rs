@@ -21,6 +21,11 @@ struct Api {
 
 impl Api {
     async fn start() -> Self {
+        Self::start_limited(0).await
+    }
+
+    /// A server allowing `per_user` requests a minute per user (0 = unlimited).
+    async fn start_limited(per_user: u32) -> Self {
         let db = TestDb::new().await;
         for (user, role) in [
             ("reception.1", Role::Reception),
@@ -51,6 +56,8 @@ impl Api {
             }),
             analytics: None,
             metrics: Default::default(),
+            per_address: Arc::new(http::limits::RateLimiter::new(0)),
+            per_user: Arc::new(http::limits::RateLimiter::new(per_user)),
         };
         http::prepare_read_models(&db.app).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -635,5 +642,34 @@ async fn the_event_stream_resumes_after_a_disconnect_and_hides_identity_from_ana
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    api.db.drop().await;
+}
+
+#[tokio::test]
+async fn a_user_over_the_rate_limit_gets_429_with_retry_after() {
+    let api = Api::start_limited(3).await;
+    let reception = api.token("reception.1").await;
+    for _ in 0..3 {
+        let (s, _) = api
+            .get(&reception, &format!("/orders/{}", uuid::Uuid::new_v4()))
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+    let r = api
+        .client
+        .get(format!("{}/orders/{}", api.base, uuid::Uuid::new_v4()))
+        .bearer_auth(&reception)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    // Another user is not affected.
+    let tech = api.token("tech.1").await;
+    let (s, _) = api
+        .get(&tech, &format!("/orders/{}", uuid::Uuid::new_v4()))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
     api.db.drop().await;
 }

@@ -119,6 +119,7 @@ impl FromRequestParts<AppState> for Caller {
         let claims = verify(&state.auth, token.trim())?;
         let id = ActorId::parse(&claims.sub)
             .map_err(|_| Problem::unauthorized("the token names no valid user"))?;
+        state.per_user.check(&format!("user:{id}"))?;
         let actor = Actor::new(id, claims.role);
         let mut context = CommandContext::new(actor.clone());
         if let Some(c) = parts

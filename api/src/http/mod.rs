@@ -16,6 +16,7 @@ pub mod auth;
 pub mod body;
 pub mod commands;
 pub mod idempotency;
+pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod problem;
@@ -48,6 +49,9 @@ pub struct AppState {
     /// The MongoDB analytics, when configured.
     pub analytics: Option<Arc<lis_projections::models::analytics::Analytics>>,
     pub metrics: Arc<metrics::Metrics>,
+    /// Requests per minute per client address, and per user.
+    pub per_address: Arc<limits::RateLimiter>,
+    pub per_user: Arc<limits::RateLimiter>,
 }
 
 /// Creates the read models' schemas if no worker has yet, so that queries answer "not
@@ -141,6 +145,15 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
         .map_or("unmatched", |m| m.as_str())
         .to_string();
     let method = request.method().to_string();
+    let address = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    if let Some(a) = &address {
+        if let Err(p) = state.per_address.check(a) {
+            return p.into_response();
+        }
+    }
     let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
     let _guard = span.enter();
     let started = std::time::Instant::now();
