@@ -27,6 +27,7 @@
 //! | `LIS_JWT_SECRET_FILE` | `deploy/.local/jwt.secret` | file holding the token key (`deploy/run.sh` makes one) |
 //! | `LIS_JWT_ISSUER` / `LIS_JWT_AUDIENCE` | `lisledger` / `lisledger-api` | token issuer and audience |
 //! | `LIS_TOKEN_TTL_SECS` | `900` | access-token lifetime |
+//! | `LIS_CORS_ORIGINS` | unset | comma-separated browser origins allowed to call the API |
 //! | `LIS_RATE_PER_ADDRESS` / `LIS_RATE_PER_USER` | `1200` / `600` | requests a minute per client address / per user (0 = off) |
 //! | `LIS_MONGO_URL` | unset | MongoDB for the analytics projection (e.g. `mongodb://127.0.0.1:27017/?directConnection=true`); unset = no analytics |
 //! | `RUST_LOG` | `info` | log filter (tracing-subscriber syntax) |
@@ -70,6 +71,7 @@ pub struct Config {
     pub token_ttl_secs: u64,
     pub rate_per_address: u32,
     pub rate_per_user: u32,
+    pub cors_origins: Vec<String>,
 }
 
 /// Kafka topic names.
@@ -200,6 +202,11 @@ impl Config {
                     variable: "LIS_RATE_PER_ADDRESS",
                     message: "not a whole number".into(),
                 })?,
+            cors_origins: get("LIS_CORS_ORIGINS", "")
+                .split(',')
+                .map(|o| o.trim().to_string())
+                .filter(|o| !o.is_empty())
+                .collect(),
             rate_per_user: get("LIS_RATE_PER_USER", "600")
                 .trim()
                 .parse()

@@ -336,6 +336,14 @@ pub async fn serve(config: &Config, pool: PgPool) -> anyhow::Result<ExitCode> {
         metrics: Default::default(),
         per_address: std::sync::Arc::new(http::limits::RateLimiter::new(config.rate_per_address)),
         per_user: std::sync::Arc::new(http::limits::RateLimiter::new(config.rate_per_user)),
+        cors_origins: config
+            .cors_origins
+            .iter()
+            .map(|o| {
+                o.parse()
+                    .with_context(|| format!("LIS_CORS_ORIGINS: `{o}` is not a header value"))
+            })
+            .collect::<anyhow::Result<_>>()?,
     };
     http::prepare_read_models(&state.pool).await?;
     let listener = tokio::net::TcpListener::bind(&config.http_addr)

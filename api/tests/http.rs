@@ -58,6 +58,7 @@ impl Api {
             metrics: Default::default(),
             per_address: Arc::new(http::limits::RateLimiter::new(0)),
             per_user: Arc::new(http::limits::RateLimiter::new(per_user)),
+            cors_origins: vec!["https://ward.example".parse().unwrap()],
         };
         http::prepare_read_models(&db.app).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -423,6 +424,29 @@ async fn roles_and_errors_are_answered_with_problems() {
         (s, p["rule"].as_str()),
         (StatusCode::CONFLICT, Some("result.not-recorded"))
     );
+
+    // CORS: the configured origin is allowed, another is not.
+    let pre = api
+        .client
+        .request(reqwest::Method::OPTIONS, url("/orders"))
+        .header("origin", "https://ward.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        pre.headers()["access-control-allow-origin"],
+        "https://ward.example"
+    );
+    let pre = api
+        .client
+        .request(reqwest::Method::OPTIONS, url("/orders"))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(!pre.headers().contains_key("access-control-allow-origin"));
 
     // Every outcome is counted.
     let metrics = api

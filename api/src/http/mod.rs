@@ -52,6 +52,22 @@ pub struct AppState {
     /// Requests per minute per client address, and per user.
     pub per_address: Arc<limits::RateLimiter>,
     pub per_user: Arc<limits::RateLimiter>,
+    /// Browser origins allowed to call the API (CORS); empty = none.
+    pub cors_origins: Vec<HeaderValue>,
+}
+
+fn cors(origins: &[HeaderValue]) -> tower_http::cors::CorsLayer {
+    use axum::http::Method;
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(origins.to_vec())
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            axum::http::HeaderName::from_static("idempotency-key"),
+            axum::http::HeaderName::from_static("last-event-id"),
+            axum::http::HeaderName::from_static("x-correlation-id"),
+        ])
 }
 
 /// Creates the read models' schemas if no worker has yet, so that queries answer "not
@@ -127,6 +143,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             request_context,
         ))
+        .layer(cors(&state.cors_origins))
         .with_state(state)
 }
 
