@@ -265,6 +265,49 @@ async fn a_lab_day_through_the_api() {
         .await;
     assert_eq!(then["state"]["current"]["value"]["value"], 4.1);
     assert_eq!(then["events"].as_array().unwrap().len(), 3);
+    // The same history as CSV, and everything the technologist did today.
+    let csv = api
+        .client
+        .get(format!("{}/audit/results/{result_id}?format=csv", api.base))
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
+    let csv = csv.text().await.unwrap();
+    assert!(csv.starts_with(
+        "sequence,position,recorded_at,event_type,actor,role,reason,field,before,after\n"
+    ));
+    assert!(
+        csv.lines().any(|l| l.contains("ResultAmended")
+            && l.contains("instrument recalibrated")
+            && l.ends_with(",/current/value/value,4.1,5.5")),
+        "{csv}"
+    );
+    let day = chrono::Utc::now();
+    let from = (day - chrono::Duration::hours(1))
+        .to_rfc3339()
+        .replace('+', "%2B");
+    let to = (day + chrono::Duration::hours(1))
+        .to_rfc3339()
+        .replace('+', "%2B");
+    let (s, did) = api
+        .get(
+            &auditor,
+            &format!("/audit/actors/tech.1?from={from}&to={to}"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{did}");
+    let kinds: Vec<&str> = did["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["SampleReceived", "ResultRecorded", "ResultVerified"]
+    );
     api.db.drop().await;
 }
 

@@ -22,6 +22,8 @@ use sqlx::Row;
 #[derive(Debug, Deserialize)]
 pub struct HistoryQuery {
     pub as_of: Option<DateTime<Utc>>,
+    /// `json` (default) or `csv`.
+    pub format: Option<String>,
 }
 
 /// Field-level differences between two states, as JSON pointers.
@@ -102,9 +104,48 @@ pub async fn history(
     caller: Caller,
     Path((kind, id)): Path<(String, String)>,
     Query(q): Query<HistoryQuery>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<axum::response::Response, Problem> {
+    use axum::response::IntoResponse;
+    let csv = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(Problem::invalid(vec![super::problem::FieldProblem {
+                pointer: "/format".into(),
+                detail: format!("format `{other}` must be json or csv"),
+            }]))
+        }
+    };
+    let history = history_json(&s, &caller, &kind, &id, q.as_of).await?;
+    Ok(if csv {
+        (
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    "text/csv; charset=utf-8".to_string(),
+                ),
+                (
+                    axum::http::header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"{kind}-{id}.csv\""),
+                ),
+            ],
+            history_csv(&history),
+        )
+            .into_response()
+    } else {
+        Json(history).into_response()
+    })
+}
+
+async fn history_json(
+    s: &AppState,
+    caller: &Caller,
+    kind: &str,
+    id: &str,
+    as_of: Option<DateTime<Utc>>,
+) -> Result<Value, Problem> {
     caller.require(Action::ReadAudit)?;
-    let aggregate_type = match kind.as_str() {
+    let aggregate_type = match kind {
         "orders" => "Order",
         "samples" => "Sample",
         "results" => "Result",
@@ -122,11 +163,11 @@ pub async fn history(
           ORDER BY sequence",
     )
     .bind(aggregate_type)
-    .bind(&id)
-    .bind(q.as_of)
+    .bind(id)
+    .bind(as_of)
     .fetch_all(&s.pool)
     .await?;
-    if rows.is_empty() && q.as_of.is_none() {
+    if rows.is_empty() && as_of.is_none() {
         return Err(Problem::not_found(format!("no {kind} {id}")));
     }
     let (events, state) = match aggregate_type {
@@ -134,13 +175,13 @@ pub async fn history(
         "Sample" => replay::<Sample>(rows)?,
         _ => replay::<LabResult>(rows)?,
     };
-    Ok(Json(json!({
+    Ok(json!({
         "aggregate_type": aggregate_type,
         "aggregate_id": id,
-        "as_of": q.as_of,
+        "as_of": as_of,
         "state": state,
         "events": events,
-    })))
+    }))
 }
 
 #[cfg(test)]
@@ -157,4 +198,94 @@ mod tests {
         assert_eq!(pointers, ["/gone", "/new~1key", "/status"]);
         assert_eq!(out[2]["before"], "recorded");
     }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ActivityQuery {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
+/// Everything one user did in a time range, oldest first.
+pub async fn activity(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(user): Path<String>,
+    Query(q): Query<ActivityQuery>,
+) -> Result<Json<Value>, Problem> {
+    caller.require(Action::ReadAudit)?;
+    if q.from > q.to {
+        return Err(Problem::invalid(vec![super::problem::FieldProblem {
+            pointer: "/from".into(),
+            detail: "from is after to".into(),
+        }]));
+    }
+    let events: Option<Value> = sqlx::query_scalar(
+        "SELECT json_agg(json_build_object(
+                   'position', position, 'aggregate_type', aggregate_type, 'aggregate_id', aggregate_id,
+                   'sequence', sequence, 'event_type', event_type, 'recorded_at', recorded_at,
+                   'role', metadata ->> 'actor_role', 'reason', metadata ->> 'reason',
+                   'client_addr', metadata ->> 'client_addr', 'correlation_id', metadata ->> 'correlation_id')
+                 ORDER BY recorded_at, position)
+           FROM events
+          WHERE metadata ->> 'actor_id' = $1 AND recorded_at >= $2 AND recorded_at < $3",
+    )
+    .bind(&user)
+    .bind(q.from)
+    .bind(q.to)
+    .fetch_one(&s.pool)
+    .await?;
+    Ok(Json(
+        json!({ "actor": user, "from": q.from, "to": q.to, "events": events.unwrap_or(json!([])) }),
+    ))
+}
+
+/// One CSV field, quoted when it needs to be.
+fn csv_field(v: &Value) -> String {
+    let text = match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
+}
+
+/// The history as CSV: one line per changed field of each event (or one line for an
+/// event that changed nothing), for spreadsheets and assessors.
+pub fn history_csv(history: &Value) -> String {
+    let mut out = String::from(
+        "sequence,position,recorded_at,event_type,actor,role,reason,field,before,after\n",
+    );
+    for e in history["events"].as_array().into_iter().flatten() {
+        let head: Vec<String> = [
+            "sequence",
+            "position",
+            "recorded_at",
+            "event_type",
+            "actor",
+            "role",
+            "reason",
+        ]
+        .iter()
+        .map(|k| csv_field(&e[*k]))
+        .collect();
+        let changes = e["changes"].as_array().cloned().unwrap_or_default();
+        if changes.is_empty() {
+            out.push_str(&format!("{},,,\n", head.join(",")));
+        }
+        for c in changes {
+            out.push_str(&format!(
+                "{},{},{},{}\n",
+                head.join(","),
+                csv_field(&c["pointer"]),
+                csv_field(&c["before"]),
+                csv_field(&c["after"])
+            ));
+        }
+    }
+    out
 }

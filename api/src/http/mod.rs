@@ -131,6 +131,7 @@ pub fn router(state: AppState) -> Router {
         .route("/worklists", get(q::worklist))
         .route("/critical-results", get(q::critical))
         .route("/turnaround", get(q::turnaround))
+        .route("/audit/actors/{user}", get(audit::activity))
         .route("/audit/{kind}/{id}", get(audit::history))
         .route("/events/stream", get(stream::events))
         .route("/analytics/{report}", get(analytics::report))
