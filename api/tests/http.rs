@@ -58,6 +58,7 @@ impl Api {
             metrics: Default::default(),
             per_address: Arc::new(http::limits::RateLimiter::new(0)),
             per_user: Arc::new(http::limits::RateLimiter::new(per_user)),
+            seal_verifier: None,
             cors_origins: vec!["https://ward.example".parse().unwrap()],
         };
         http::prepare_read_models(&db.app).await.unwrap();
@@ -265,6 +266,18 @@ async fn a_lab_day_through_the_api() {
         .await;
     assert_eq!(then["state"]["current"]["value"]["value"], 4.1);
     assert_eq!(then["events"].as_array().unwrap().len(), 3);
+    // Verification on demand: every chain intact (no seals configured here).
+    let (s, v) = api.get(&auditor, "/audit/verification").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (
+            v["chains"]["intact"].as_bool(),
+            v["chains"]["events"].as_i64()
+        ),
+        (Some(true), Some(7))
+    );
+    assert_eq!(v["seals"]["checked"], false);
+
     // The same history as CSV, and everything the technologist did today.
     let csv = api
         .client

@@ -52,6 +52,8 @@ pub struct AppState {
     /// Requests per minute per client address, and per user.
     pub per_address: Arc<limits::RateLimiter>,
     pub per_user: Arc<limits::RateLimiter>,
+    /// Verifies audit seals for `GET /audit/verification`, when the key is configured.
+    pub seal_verifier: Option<lis_projections::seal::NoteVerifier>,
     /// Browser origins allowed to call the API (CORS); empty = none.
     pub cors_origins: Vec<HeaderValue>,
 }
@@ -132,6 +134,7 @@ pub fn router(state: AppState) -> Router {
         .route("/critical-results", get(q::critical))
         .route("/turnaround", get(q::turnaround))
         .route("/audit/actors/{user}", get(audit::activity))
+        .route("/audit/verification", get(audit::verification))
         .route("/audit/{kind}/{id}", get(audit::history))
         .route("/events/stream", get(stream::events))
         .route("/analytics/{report}", get(analytics::report))

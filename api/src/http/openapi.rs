@@ -174,6 +174,7 @@ pub const ENDPOINTS: &[(&str, &str, &str, &str)] = &[
         "Full history with actors, reasons and field diffs; as_of for the state at an instant; format=csv",
         "audit",
     ),
+    ("get", "/audit/verification", "Recompute every hash chain and check the audit seals now", "audit"),
     ("get", "/audit/actors/{user}", "Everything one user did between from and to", "audit"),
     ("get", "/events/stream", "Server-Sent Events from a cursor (Last-Event-ID), filterable by aggregate_type and event_type", "streams"),
     ("get", "/analytics/{report}", "Dashboard rollups over from..to: volumes, turnaround, rejections, rates", "analytics"),
