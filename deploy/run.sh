@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up and runs the ledger locally: starts (installing if needed) PostgreSQL, builds
 # lisledger, creates the roles and database, applies migrations, imports the seed
-# catalogue once, makes a seal key once, verifies the audit trail, and starts the relay
+# catalogue and a synthetic demo lab day once, makes a seal key once, verifies the
+# audit trail, and starts the relay
 # (sealing) and the projection workers in the background. Single-node mode (PostgreSQL
 # alone) unless LIS_KAFKA_BROKERS is set. Idempotent: safe to run again.
 # `deploy/run.sh stop` stops the background roles.
@@ -60,6 +61,7 @@ if [ ! -f "$LIS_JWT_SECRET_FILE" ]; then
   (umask 077 && head -c 48 /dev/urandom | base64 -w0 >"$LIS_JWT_SECRET_FILE")
   log "made a token key in $LIS_JWT_SECRET_FILE"
 fi
+"$bin" demo --if-empty --orders "${LIS_DEMO_ORDERS:-200}"
 "$bin" audit verify
 
 start_role relay relay
@@ -71,9 +73,12 @@ cat <<MSG
 LIS Ledger is running on PostgreSQL at 127.0.0.1:${LIS_PG_PORT} (database ${LIS_DB_NAME}),
 $( [ -n "${LIS_KAFKA_BROKERS:-}" ] && echo "publishing to Kafka at ${LIS_KAFKA_BROKERS}" || echo "in single-node mode (no Kafka)").
   API:           http://${LIS_HTTP_ADDR:-127.0.0.1:8080}  (GET /openapi.json)
+  demo users:    printed above on the first run (one per role)
   first user:    echo 'a long passphrase' | $bin users add admin.1 --role admin
   log in:        curl -s -X POST http://${LIS_HTTP_ADDR:-127.0.0.1:8080}/auth/login -H 'content-type: application/json' \\
                    -d '{"username":"admin.1","password":"a long passphrase"}'
+  what to query: GET /worklists?department=BIOCHEMISTRY, GET /critical-results, GET /turnaround,
+                 GET /audit/results/{id} (auditor), GET /events/stream (analyst)
   read models:   psql ${LIS_DATABASE_URL} -c 'SELECT * FROM proj_orders.worklist'
   audit check:   LIS_SEAL_KEY_FILE=$LIS_SEAL_KEY_FILE $bin audit verify
   stop:          deploy/run.sh stop

@@ -55,6 +55,18 @@ enum Command {
     },
     /// Serve the HTTP API (LIS_HTTP_ADDR).
     Serve,
+    /// Load a synthetic lab day through the real command path (and demo users).
+    Demo {
+        /// How many orders.
+        #[arg(long, default_value_t = 200)]
+        orders: usize,
+        /// Random seed, for a reproducible day.
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+        /// Only if the ledger holds no events yet (first run).
+        #[arg(long)]
+        if_empty: bool,
+    },
     /// API users.
     Users {
         #[command(subcommand)]
@@ -243,6 +255,14 @@ pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
         Command::Seal {
             command: SealCommand::Keygen { out },
         } => return ops::keygen(&config, out.as_deref()),
+        Command::Demo {
+            orders,
+            seed,
+            if_empty,
+        } => {
+            let pool = pool(&config.database_url, 4).await?;
+            return ops::demo(&config, &pool, orders, seed, if_empty).await;
+        }
         Command::Serve => {
             let pool = pool(&config.database_url, config.db_max_connections).await?;
             return ops::serve(&config, pool).await;

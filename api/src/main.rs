@@ -6,6 +6,7 @@
 //! Configuration: [`config::Config`].
 
 mod cli;
+mod demo;
 mod ops;
 
 use lis_api::config;

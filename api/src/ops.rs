@@ -373,3 +373,66 @@ pub async fn add_user(pool: &PgPool, username: &str, role: &str) -> anyhow::Resu
     println!("user {user} added with role {role}");
     Ok(ExitCode::SUCCESS)
 }
+
+pub async fn demo(
+    config: &Config,
+    pool: &PgPool,
+    orders: usize,
+    seed: u64,
+    if_empty: bool,
+) -> anyhow::Result<ExitCode> {
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await?;
+    if if_empty && events > 0 {
+        println!("the ledger already holds {events} events; no demo loaded");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let version = lis_commands::catalogue::current_version(pool)
+        .await?
+        .context("import a catalogue first (lisledger catalogue import)")?;
+    let catalogue = lis_commands::catalogue::load(pool, version).await?;
+    let ledger = lis_commands::Ledger::new(
+        pool.clone(),
+        lis_commands::LedgerConfig {
+            snapshot_every: config.snapshot_every,
+            policy: lis_domain::services::LabPolicy {
+                four_eyes: config.four_eyes,
+            },
+        },
+    );
+    let started = std::time::Instant::now();
+    let report = crate::demo::run(&ledger, &catalogue, orders, seed).await?;
+    println!(
+        "demo lab day: {} orders, {} tubes ({} rejected and recollected), {} results ({} critical, {} amended) in {:.1} s",
+        report.orders, report.samples, report.rejected, report.results, report.critical, report.amended,
+        started.elapsed().as_secs_f64()
+    );
+    // Demo users, one per role, with passwords made now and shown once.
+    use lis_domain::actor::{ActorId, Role};
+    for (name, role) in [
+        ("reception.demo", Role::Reception),
+        ("tech.demo", Role::Technologist),
+        ("path.demo", Role::Pathologist),
+        ("clinician.demo", Role::Clinician),
+        ("auditor.demo", Role::Auditor),
+        ("analyst.demo", Role::Analyst),
+    ] {
+        let password = B64.encode(rand::random::<[u8; 12]>());
+        match lis_api::http::auth::add_user(
+            pool,
+            &ActorId::parse(name).expect("static"),
+            role,
+            &password,
+        )
+        .await
+        {
+            Ok(()) => println!("  user {name:<15} role {role:<13} password {password}"),
+            Err(lis_api::http::auth::UserError::Exists(_)) => {
+                println!("  user {name:<15} exists (password unchanged)")
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -108,3 +108,38 @@ async fn a_bad_catalogue_file_is_refused_whole_with_line_and_column() {
     std::fs::remove_dir_all(&dir).unwrap();
     db.drop().await;
 }
+
+#[tokio::test]
+async fn the_demo_loads_a_lab_day_that_verifies() {
+    let db = TestDb::new().await;
+    let out = lisledger(&db, &["demo", "--orders", "30", "--seed", "7"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("demo lab day: 30 orders"), "{stdout}");
+    assert!(stdout.contains("user auditor.demo"), "{stdout}");
+    let (orders, released): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE event_type = 'OrderPlaced'), count(*) FILTER (WHERE event_type = 'ResultAuthorised') FROM events",
+    )
+    .fetch_one(&db.app)
+    .await
+    .unwrap();
+    assert_eq!(orders, 30);
+    assert!(
+        released >= 30,
+        "every order's results are released: {released}"
+    );
+    let verify = lisledger(&db, &["audit", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    // Loaded once: a second run with --if-empty does nothing.
+    let again = lisledger(&db, &["demo", "--if-empty"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("no demo loaded"));
+    db.drop().await;
+}

@@ -365,6 +365,11 @@ impl LabResult {
         self.current.as_ref().map(|c| &c.value)
     }
 
+    /// Whether the current value is critical (LL or HH).
+    pub fn is_critical(&self) -> bool {
+        self.current.as_ref().is_some_and(Current::is_critical)
+    }
+
     /// The value clinicians see now: the released (possibly amended) value, if any.
     pub fn released_value(&self) -> Option<(&ResultValue, DateTime<Utc>)> {
         let c = self.current.as_ref()?;

@@ -1,0 +1,306 @@
+//! `lisledger demo`: a realistic synthetic lab day, through the real command path.
+//!
+//! Orders follow the catalogue's test mix; each order's tests go into one tube per
+//! specimen type; about 5% of tubes are rejected (and recollected), about 3% of numeric
+//! results are critical (notified with read-back before release), about 1% of released
+//! results are amended. Values are drawn around each test's reference interval. The same
+//! generator serves the benchmarks: `--orders` scales it.
+
+use anyhow::Context;
+use chrono::{Duration, Utc};
+use lis_commands::ledger::NewOrder;
+use lis_commands::{CommandContext, Ledger};
+use lis_domain::actor::{Actor, ActorId, Role};
+use lis_domain::catalogue::{Catalogue, ResultKind, TestDefinition};
+use lis_domain::ids::{AccessionNumber, ResultId, SampleId, TestCode};
+use lis_domain::order::Priority;
+use lis_domain::patient::PatientIdentity;
+use lis_domain::result::{CriticalNotification, NotificationMethod, RecordResult, ResultCommand};
+use lis_domain::sample::{CollectSample, RejectionReason, SampleCommand, SpecimenCondition};
+use lis_domain::text::{Label, PersonName, Place, Reason};
+use lis_domain::value::ResultValue;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+
+const SITES: [&str; 5] = ["OPD", "Ward 3", "ICU", "Emergency", "Home collection"];
+const NAMES: [&str; 8] = [
+    "Asha Verma",
+    "Rahul Iyer",
+    "Meena Das",
+    "Arjun Nair",
+    "Fatima Khan",
+    "Vikram Rao",
+    "Lakshmi Pillai",
+    "Sanjay Gupta",
+];
+const REJECTIONS: [RejectionReason; 4] = [
+    RejectionReason::Haemolysed,
+    RejectionReason::Clotted,
+    RejectionReason::InsufficientVolume,
+    RejectionReason::Mislabelled,
+];
+
+fn ctx(id: &str, role: Role) -> CommandContext {
+    let mut c = CommandContext::new(Actor::new(ActorId::parse(id).expect("static id"), role));
+    c.client_addr = Some("demo".into());
+    c
+}
+
+#[derive(Debug, Default)]
+pub struct DemoReport {
+    pub orders: usize,
+    pub samples: usize,
+    pub rejected: usize,
+    pub results: usize,
+    pub critical: usize,
+    pub amended: usize,
+}
+
+/// A value for `def`: critical with probability `p_critical`, else around the interval.
+fn value_for(def: &TestDefinition, rng: &mut StdRng, p_critical: f64) -> (ResultValue, bool) {
+    match &def.kind {
+        ResultKind::Coded { allowed } => {
+            let answer = if rng.gen_bool(0.85) {
+                allowed[0].clone()
+            } else {
+                allowed[rng.gen_range(0..allowed.len())].clone()
+            };
+            (ResultValue::Coded { answer }, false)
+        }
+        ResultKind::Numeric { unit, decimals } => {
+            let r = def.reference_female;
+            let (low, high) = (
+                r.low.unwrap_or(0.0),
+                r.high.unwrap_or(r.low.unwrap_or(1.0) * 2.0),
+            );
+            let critical = rng.gen_bool(p_critical)
+                && (def.critical.low.is_some() || def.critical.high.is_some());
+            let v = if critical {
+                match (def.critical.low, def.critical.high) {
+                    (Some(l), _) if rng.gen_bool(0.5) || def.critical.high.is_none() => l * 0.8,
+                    (_, Some(h)) => h * 1.2,
+                    _ => high,
+                }
+            } else {
+                let span = (high - low).max(0.1);
+                (low + rng.gen_range(-0.15..1.15) * span).max(0.0)
+            };
+            let factor = 10f64.powi(i32::from(*decimals));
+            let mut v = (v * factor).round() / factor;
+            if let Some(max) = def.physical.high {
+                v = v.min(max);
+            }
+            (
+                ResultValue::Numeric {
+                    value: v,
+                    unit: unit.clone(),
+                },
+                critical,
+            )
+        }
+    }
+}
+
+pub async fn run(
+    ledger: &Ledger,
+    catalogue: &Catalogue,
+    orders: usize,
+    seed: u64,
+) -> anyhow::Result<DemoReport> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let tests: Vec<&TestDefinition> = catalogue.tests.values().collect();
+    let (reception, phleb, tech, path) = (
+        ctx("reception.demo", Role::Reception),
+        ctx("phleb.demo", Role::Phlebotomist),
+        ctx("tech.demo", Role::Technologist),
+        ctx("path.demo", Role::Pathologist),
+    );
+    let mut report = DemoReport::default();
+    let run_id: u32 = rng.gen_range(10_000..99_999);
+    for i in 0..orders {
+        let patient_no = rng.gen_range(0..(orders / 2).max(1));
+        let female = patient_no % 2 == 0;
+        let patient = PatientIdentity::parse(
+            &format!("DEMO-{run_id}-{patient_no}"),
+            None,
+            NAMES[patient_no % NAMES.len()],
+            if female { "female" } else { "male" },
+            &format!(
+                "{}-0{}-1{}",
+                1950 + patient_no % 50,
+                1 + patient_no % 9,
+                patient_no % 9
+            ),
+            Utc::now().date_naive(),
+        )
+        .map_err(|e| anyhow::anyhow!("demo patient: {e}"))?;
+        let n = rng.gen_range(1..=4);
+        let mut chosen: Vec<&TestDefinition> = Vec::new();
+        while chosen.len() < n {
+            let t = tests[rng.gen_range(0..tests.len())];
+            if !chosen.iter().any(|c| c.code == t.code) {
+                chosen.push(t);
+            }
+        }
+        let priority = match rng.gen_range(0..100) {
+            0..=79 => Priority::Routine,
+            80..=94 => Priority::Urgent,
+            _ => Priority::Stat,
+        };
+        let placed = ledger
+            .place_order(
+                NewOrder {
+                    patient,
+                    ordering_clinician: PersonName::parse("Dr Rao")?,
+                    priority,
+                    collection_site: Place::parse(SITES[rng.gen_range(0..SITES.len())])?,
+                    clinical_notes: None,
+                    tests: chosen.iter().map(|t| t.code.clone()).collect(),
+                },
+                &reception,
+            )
+            .await
+            .context("placing a demo order")?;
+        report.orders += 1;
+        // One tube per specimen type and container.
+        let mut tubes: BTreeMap<(String, String), Vec<&TestDefinition>> = BTreeMap::new();
+        for t in &chosen {
+            tubes
+                .entry((t.specimen.clone(), t.container.clone()))
+                .or_default()
+                .push(t);
+        }
+        for (j, ((specimen, container), tube_tests)) in tubes.into_iter().enumerate() {
+            let codes: Vec<TestCode> = tube_tests.iter().map(|t| t.code.clone()).collect();
+            let mut attempt = 0;
+            let sample = loop {
+                let sample_id = SampleId::new();
+                let accession = AccessionNumber::parse(&format!("D{run_id}-{i}-{j}-{attempt}"))?;
+                ledger
+                    .execute_sample(
+                        sample_id,
+                        SampleCommand::Collect(CollectSample {
+                            sample_id,
+                            order_id: placed.order_id,
+                            accession_number: accession,
+                            specimen_type: specimen.clone(),
+                            container: container.clone(),
+                            tests: codes.clone(),
+                            collected_by: phleb.actor.id.clone(),
+                            collected_at: Utc::now() - Duration::minutes(30),
+                        }),
+                        &phleb,
+                    )
+                    .await?;
+                report.samples += 1;
+                if attempt == 0 && rng.gen_bool(0.05) {
+                    let reason = REJECTIONS[rng.gen_range(0..REJECTIONS.len())];
+                    ledger
+                        .execute_sample(
+                            sample_id,
+                            SampleCommand::Reject {
+                                reason,
+                                detail: None,
+                            },
+                            &tech,
+                        )
+                        .await?;
+                    report.rejected += 1;
+                    attempt += 1;
+                    continue;
+                }
+                ledger
+                    .execute_sample(
+                        sample_id,
+                        SampleCommand::Receive {
+                            received_by: tech.actor.id.clone(),
+                            received_at: Utc::now(),
+                            condition: SpecimenCondition::Satisfactory,
+                        },
+                        &tech,
+                    )
+                    .await?;
+                break sample_id;
+            };
+            for def in tube_tests {
+                let result_id = ResultId::for_test(sample, &def.code);
+                let (value, critical) = value_for(def, &mut rng, 0.03);
+                ledger
+                    .execute_result(
+                        result_id,
+                        ResultCommand::Record(RecordResult {
+                            result_id,
+                            sample_id: sample,
+                            test_code: def.code.clone(),
+                            value: value.clone(),
+                            method: None,
+                            instrument: Some(Label::parse("Analyser 1")?),
+                            raw_message: None,
+                        }),
+                        &tech,
+                    )
+                    .await?;
+                report.results += 1;
+                // The value drawn may be critical by chance too: ask the result.
+                if critical || ledger.result(result_id).await?.is_critical() {
+                    ledger
+                        .execute_result(
+                            result_id,
+                            ResultCommand::RecordCriticalNotification {
+                                by: tech.actor.id.clone(),
+                                notification: CriticalNotification {
+                                    notified_person: PersonName::parse("Dr Rao")?,
+                                    method: NotificationMethod::Phone,
+                                    value_conveyed: value.to_string(),
+                                    read_back_confirmed: true,
+                                    notified_at: Utc::now(),
+                                },
+                            },
+                            &tech,
+                        )
+                        .await?;
+                    report.critical += 1;
+                }
+                ledger
+                    .execute_result(
+                        result_id,
+                        ResultCommand::Verify {
+                            by: tech.actor.id.clone(),
+                        },
+                        &tech,
+                    )
+                    .await?;
+                ledger
+                    .execute_result(
+                        result_id,
+                        ResultCommand::Authorise {
+                            by: path.actor.id.clone(),
+                        },
+                        &path,
+                    )
+                    .await?;
+                if rng.gen_bool(0.01) {
+                    if let ResultValue::Numeric { value: v, unit } = &value {
+                        let amended = ResultValue::Numeric {
+                            value: v + 1.0,
+                            unit: unit.clone(),
+                        };
+                        ledger
+                            .execute_result(
+                                result_id,
+                                ResultCommand::Amend {
+                                    value: amended,
+                                    reason: Reason::parse("dilution factor corrected")?,
+                                },
+                                &path,
+                            )
+                            .await?;
+                        report.amended += 1;
+                    }
+                }
+            }
+        }
+    }
+    Ok(report)
+}
