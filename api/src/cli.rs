@@ -107,7 +107,8 @@ enum SealCommand {
 
 #[derive(Debug, Subcommand)]
 enum DbCommand {
-    /// Create the owner and application roles and the ledger's database, if missing.
+    /// Create the owner and application roles and the ledger's database, if missing; set
+    /// their passwords from LIS_OWNER_PASSWORD / LIS_APP_PASSWORD when given.
     Init,
 }
 
@@ -186,6 +187,17 @@ pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
                 .context("LIS_DATABASE_URL names no database")?
                 .to_string();
             lis_eventstore_migrations::bootstrap(&config.admin_database_url, &database).await?;
+            let owner = std::env::var("LIS_OWNER_PASSWORD").ok();
+            let app = std::env::var("LIS_APP_PASSWORD").ok();
+            if owner.is_some() || app.is_some() {
+                lis_eventstore_migrations::set_passwords(
+                    &config.admin_database_url,
+                    owner.as_deref(),
+                    app.as_deref(),
+                )
+                .await?;
+                println!("role passwords set from LIS_OWNER_PASSWORD / LIS_APP_PASSWORD");
+            }
             println!("roles and database `{database}` are ready");
         }
         Command::Migrate => {

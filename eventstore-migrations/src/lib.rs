@@ -103,6 +103,30 @@ pub async fn bootstrap(admin_url: &str, database: &str) -> Result<(), MigrationE
     result
 }
 
+/// Sets the login passwords of the owner and application roles (for deployments that
+/// authenticate by password; the local cluster trusts loopback and needs none).
+pub async fn set_passwords(
+    admin_url: &str,
+    owner: Option<&str>,
+    app: Option<&str>,
+) -> Result<(), MigrationError> {
+    let mut conn = admin_connection(admin_url).await?;
+    for (role, password) in [(OWNER_ROLE, owner), (APP_ROLE, app)] {
+        if let Some(p) = password {
+            let statement: String = sqlx::query_scalar(
+                "SELECT format('ALTER ROLE %I PASSWORD %L', $1::text, $2::text)",
+            )
+            .bind(role)
+            .bind(p)
+            .fetch_one(&mut conn)
+            .await?;
+            sqlx::query(&statement).execute(&mut conn).await?;
+        }
+    }
+    conn.close().await?;
+    Ok(())
+}
+
 /// Drops a database (used by tests to clean up their own databases).
 pub async fn drop_database(admin_url: &str, database: &str) -> Result<(), MigrationError> {
     check_name(database)?;
