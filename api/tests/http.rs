@@ -21,11 +21,18 @@ struct Api {
 
 impl Api {
     async fn start() -> Self {
-        Self::start_limited(0).await
+        Self::start_with(0, None).await
     }
 
     /// A server allowing `per_user` requests a minute per user (0 = unlimited).
     async fn start_limited(per_user: u32) -> Self {
+        Self::start_with(per_user, None).await
+    }
+
+    async fn start_with(
+        per_user: u32,
+        analytics: Option<Arc<lis_projections::models::analytics::Analytics>>,
+    ) -> Self {
         let db = TestDb::new().await;
         for (user, role) in [
             ("reception.1", Role::Reception),
@@ -54,7 +61,7 @@ impl Api {
                 audience: "lisledger-api".into(),
                 ttl_secs: 300,
             }),
-            analytics: None,
+            analytics,
             metrics: Default::default(),
             per_address: Arc::new(http::limits::RateLimiter::new(0)),
             per_user: Arc::new(http::limits::RateLimiter::new(per_user)),
@@ -751,5 +758,64 @@ async fn a_user_over_the_rate_limit_gets_429_with_retry_after() {
         .get(&tech, &format!("/orders/{}", uuid::Uuid::new_v4()))
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+    api.db.drop().await;
+}
+
+#[tokio::test]
+async fn analytics_are_served_over_a_date_range() {
+    use lis_projections::models::analytics::Analytics;
+    use lis_projections::projection::Projection;
+    let url = std::env::var("LIS_MONGO_URL")
+        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".into());
+    let database = format!("lis_analytics_http_{}", uuid::Uuid::new_v4().simple());
+    let analytics = Arc::new(Analytics::connect(&url, &database).await.unwrap());
+    let api = Api::start_with(0, Some(analytics.clone())).await;
+    lis_tests::lab_day(&api.db).await;
+    ensure_schema(
+        &mut api.db.app.acquire().await.unwrap(),
+        analytics.as_ref(),
+        &schema_of(analytics.name()),
+    )
+    .await
+    .unwrap();
+    catch_up(&api.db.app, analytics.as_ref()).await;
+
+    let analyst = api.token("analyst.1").await;
+    let today = chrono::Utc::now().date_naive();
+    let range = format!("from={}&to={}", today - chrono::Duration::days(1), today);
+    let (s, volumes) = api
+        .get(&analyst, &format!("/analytics/volumes?{range}"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{volumes}");
+    assert_eq!(volumes.as_array().unwrap().len(), 3);
+    let (_, rejections) = api
+        .get(&analyst, &format!("/analytics/rejections?{range}"))
+        .await;
+    assert_eq!(rejections[0]["reason"], "haemolysed");
+    let (s, _) = api
+        .get(&analyst, &format!("/analytics/nonsense?{range}"))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, p) = api
+        .get(
+            &analyst,
+            &format!(
+                "/analytics/volumes?from={today}&to={}",
+                today - chrono::Duration::days(2)
+            ),
+        )
+        .await;
+    assert_eq!(
+        (s, p["errors"][0]["pointer"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("/from"))
+    );
+    let (s, ready) = api.get(&analyst, "/readyz").await;
+    assert_eq!((s, ready["mongodb"].as_str()), (StatusCode::OK, Some("ok")));
+    let reception = api.token("reception.1").await;
+    let (s, _) = api
+        .get(&reception, &format!("/analytics/volumes?{range}"))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    analytics.database().drop().await.unwrap();
     api.db.drop().await;
 }

@@ -175,7 +175,21 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
             return p.into_response();
         }
     }
-    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    let correlation = request
+        .headers()
+        .get("x-correlation-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Uuid::parse_str(v).ok());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        correlation_id = tracing::field::Empty,
+        method = %request.method(),
+        path = %request.uri().path()
+    );
+    if let Some(c) = correlation {
+        span.record("correlation_id", tracing::field::display(c));
+    }
     let _guard = span.enter();
     let started = std::time::Instant::now();
     drop(_guard);
@@ -246,12 +260,21 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Ready when PostgreSQL answers, and MongoDB too when analytics are configured.
 async fn readyz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, Problem> {
     sqlx::query("SELECT 1")
         .execute(&s.pool)
         .await
         .map_err(|_| Problem::unavailable("PostgreSQL is not answering"))?;
-    Ok(Json(serde_json::json!({ "postgresql": "ok" })))
+    let mut status = serde_json::json!({ "postgresql": "ok" });
+    if let Some(a) = &s.analytics {
+        let ping = a.database().run_command(mongodb::bson::doc! { "ping": 1 });
+        match tokio::time::timeout(std::time::Duration::from_secs(2), ping).await {
+            Ok(Ok(_)) => status["mongodb"] = "ok".into(),
+            _ => return Err(Problem::unavailable("MongoDB is not answering")),
+        }
+    }
+    Ok(Json(status))
 }
 
 #[derive(Deserialize)]
