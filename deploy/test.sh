@@ -21,3 +21,5 @@ log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
 cargo test --workspace --locked
+log "schemathesis against /openapi.json"
+deploy/schemathesis.sh

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs schemathesis (PyPI, pinned) against the API's own OpenAPI document, with a real
+# database holding a demo lab day: no response may be a server error. Needs PostgreSQL
+# (deploy/postgres.sh) and a built `target/debug/lisledger`.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+# shellcheck source=deploy/lib.sh
+. deploy/lib.sh
+
+venv="${LIS_ST_DIR:-/var/tmp/lisledger-st}"
+if ! "$venv/bin/st" --version 2>/dev/null | grep -q "4.32.5"; then
+  log "installing schemathesis 4.32.5"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "schemathesis==4.32.5"
+fi
+
+db=lisledger_schemathesis
+port="${LIS_ST_PORT:-18080}"
+export LIS_DATABASE_URL="postgres://lisledger_app@127.0.0.1:${LIS_PG_PORT}/${db}"
+export LIS_MIGRATION_DATABASE_URL="postgres://lisledger_owner@127.0.0.1:${LIS_PG_PORT}/${db}"
+export LIS_HTTP_ADDR="127.0.0.1:${port}"
+export LIS_JWT_SECRET="schemathesis-run-$(head -c 24 /dev/urandom | base64 -w0)"
+export LIS_RATE_PER_USER=0 LIS_RATE_PER_ADDRESS=0 RUST_LOG=warn
+unset LIS_KAFKA_BROKERS LIS_MONGO_URL
+bin="$root/target/debug/lisledger"
+
+psql "$LIS_ADMIN_DATABASE_URL" -qc "DROP DATABASE IF EXISTS ${db} WITH (FORCE)"
+"$bin" db init >/dev/null
+"$bin" migrate >/dev/null
+"$bin" catalogue import --imported-by schemathesis deploy/seed/test-catalogue.csv >/dev/null
+"$bin" demo --orders 10 >/dev/null
+password="$(head -c 18 /dev/urandom | base64 -w0)"
+echo "$password" | "$bin" users add st.pathologist --role pathologist >/dev/null
+
+"$bin" serve >"$venv/serve.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  curl -fs "http://127.0.0.1:${port}/healthz" >/dev/null && break
+  sleep 0.1
+done
+token="$(curl -fs -X POST "http://127.0.0.1:${port}/auth/login" -H 'content-type: application/json' \
+  -d "{\"username\":\"st.pathologist\",\"password\":\"${password}\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')"
+
+log "schemathesis: every operation, checking that no response is a server error"
+"$venv/bin/st" run "http://127.0.0.1:${port}/openapi.json" \
+  --header "Authorization: Bearer ${token}" \
+  --checks not_a_server_error \
+  --exclude-path /events/stream \
+  --max-examples "${LIS_ST_EXAMPLES:-25}" \
+  --request-timeout 10
