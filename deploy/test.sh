@@ -20,6 +20,12 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
-cargo test --workspace --locked
+results="$(mktemp)"
+cargo test --workspace --locked 2>&1 | tee "$results"
 log "schemathesis against /openapi.json"
 deploy/schemathesis.sh
+
+# One closing line for the whole run: the sum of every test binary's results.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$results"
+rm -f "$results"
