@@ -819,3 +819,74 @@ async fn analytics_are_served_over_a_date_range() {
     analytics.database().drop().await.unwrap();
     api.db.drop().await;
 }
+
+#[tokio::test]
+async fn with_postgresql_down_the_api_answers_503_never_500() {
+    // A pool pointing where nothing listens: every query is refused.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(std::time::Duration::from_millis(500))
+        .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+        .unwrap();
+    let auth_config = auth::AuthConfig {
+        secret: SECRET.to_vec(),
+        issuer: "lisledger".into(),
+        audience: "lisledger-api".into(),
+        ttl_secs: 300,
+    };
+    let token = auth::issue(
+        &auth_config,
+        &ActorId::parse("reception.1").unwrap(),
+        Role::Reception,
+    )
+    .unwrap()
+    .0;
+    let state = AppState {
+        pool: pool.clone(),
+        ledger: Arc::new(lis_commands::Ledger::new(
+            pool,
+            lis_commands::LedgerConfig::default(),
+        )),
+        auth: Arc::new(auth_config),
+        analytics: None,
+        metrics: Default::default(),
+        per_address: Arc::new(http::limits::RateLimiter::new(0)),
+        per_user: Arc::new(http::limits::RateLimiter::new(0)),
+        seal_verifier: None,
+        cors_origins: vec![],
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    let client = Client::new();
+    let calls = [
+        client.get(format!("{base}/readyz")),
+        client
+            .post(format!("{base}/orders"))
+            .bearer_auth(&token)
+            .json(&order_body("MRN-9")),
+        client
+            .get(format!("{base}/orders/{}", uuid::Uuid::new_v4()))
+            .bearer_auth(&token),
+        client
+            .post(format!("{base}/auth/login"))
+            .json(&json!({"username": "a", "password": "b"})),
+    ];
+    for call in calls {
+        let r = call.send().await.unwrap();
+        let url = r.url().to_string();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{url}");
+        assert!(r.headers().contains_key("retry-after"), "{url}");
+        assert_eq!(
+            r.headers()["content-type"],
+            "application/problem+json",
+            "{url}"
+        );
+    }
+}

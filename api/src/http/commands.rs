@@ -44,30 +44,49 @@ where
 {
     let actor = caller.actor.id.to_string();
     let key = match claim(&state.pool, headers, &actor, body).await {
-        Ok(Claim::Replay(status, body)) => return (status, Json(body)).into_response(),
+        Ok(Claim::Replay(status, body)) => {
+            let mut response = (status, Json(body)).into_response();
+            if status.is_client_error() {
+                response.headers_mut().insert(
+                    axum::http::header::CONTENT_TYPE,
+                    axum::http::HeaderValue::from_static("application/problem+json"),
+                );
+            }
+            return response;
+        }
         Ok(Claim::Run(key)) => key,
         Err(p) => return p.into_response(),
     };
-    let (status, value) = match work.await {
-        Ok(v) => (ok, v),
-        Err(p) => (
-            StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            serde_json::to_value(&p).unwrap_or_default(),
-        ),
-    };
-    if let Some(key) = key {
-        if let Err(e) = finish(&state.pool, &actor, &key, status, &value).await {
-            tracing::warn!(error = %e, "could not store the idempotent response");
+    match work.await {
+        Ok(value) => {
+            if let Some(key) = key {
+                remember(state, &actor, &key, ok, &value).await;
+            }
+            (ok, Json(value)).into_response()
+        }
+        Err(problem) => {
+            if let Some(key) = key {
+                let status = StatusCode::from_u16(problem.status)
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                remember(
+                    state,
+                    &actor,
+                    &key,
+                    status,
+                    &serde_json::to_value(&problem).unwrap_or_default(),
+                )
+                .await;
+            }
+            problem.into_response()
         }
     }
-    let mut response = (status, Json(value)).into_response();
-    if status.is_client_error() || status.is_server_error() {
-        response.headers_mut().insert(
-            axum::http::header::CONTENT_TYPE,
-            axum::http::HeaderValue::from_static("application/problem+json"),
-        );
+}
+
+/// Stores a response under its Idempotency-Key (a failure to store only costs a replay).
+async fn remember(state: &AppState, actor: &str, key: &str, status: StatusCode, value: &Value) {
+    if let Err(e) = finish(&state.pool, actor, key, status, value).await {
+        tracing::warn!(error = %e, "could not store the idempotent response");
     }
-    response
 }
 
 fn outcome(o: &CommandOutcome) -> Value {
