@@ -196,14 +196,14 @@ pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
                     app.as_deref(),
                 )
                 .await?;
-                println!("role passwords set from LIS_OWNER_PASSWORD / LIS_APP_PASSWORD");
+                say!("role passwords set from LIS_OWNER_PASSWORD / LIS_APP_PASSWORD");
             }
-            println!("roles and database `{database}` are ready");
+            say!("roles and database `{database}` are ready");
         }
         Command::Migrate => {
             let pool = pool(&config.migration_database_url, 2).await?;
             lis_eventstore_migrations::migrate(&pool).await?;
-            println!("migrations applied");
+            say!("migrations applied");
         }
         Command::Catalogue {
             command:
@@ -218,12 +218,12 @@ pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
             let pool = pool(&config.database_url, 2).await?;
             if if_empty {
                 if let Some(version) = catalogue::current_version(&pool).await? {
-                    println!("catalogue {version} is already imported; nothing to do");
+                    say!("catalogue {version} is already imported; nothing to do");
                     return Ok(ExitCode::SUCCESS);
                 }
             }
             match catalogue::import(&pool, &text, &file.display().to_string(), &imported_by).await {
-                Ok(report) => println!(
+                Ok(report) => say!(
                     "imported {} tests as catalogue {}",
                     report.tests, report.version
                 ),
@@ -306,16 +306,16 @@ async fn verify(config: &Config, checkpoint: Option<&std::path::Path>) -> anyhow
     } else {
         0.0
     };
-    println!(
+    say!(
         "checked {} events in {} aggregates in {:.2} s ({:.0} events/s)",
         report.events, report.aggregates, secs, rate
     );
     if report.is_intact() {
-        println!("every hash chain is intact");
+        say!("every hash chain is intact");
     } else {
-        println!("{} damaged chain(s):", report.broken.len());
+        say!("{} damaged chain(s):", report.broken.len());
         for b in &report.broken {
-            println!("  {b}");
+            say!("  {b}");
         }
     }
     let seals = ops::verify_seals(config, &pool, checkpoint).await?;

@@ -5,6 +5,15 @@
 //! `project [NAME…]`, `projections rebuild NAME`, `seal keygen`.
 //! Configuration: [`config::Config`].
 
+/// Prints a line for the operator; a closed pipe (`lisledger audit verify | head -1`) is
+/// not an error worth a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod cli;
 mod demo;
 mod ops;

@@ -175,7 +175,7 @@ pub async fn rebuild(pool: PgPool, name: &str) -> anyhow::Result<ExitCode> {
     let report = worker::rebuild(&pool, projection.as_ref(), &mut |n| bar.set_position(n)).await?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
-    println!(
+    say!(
         "rebuilt {name} from {} events in {secs:.2} s ({:.0} events/s); the new model is live",
         report.events,
         if secs > 0.0 {
@@ -205,11 +205,11 @@ pub fn keygen(config: &Config, out: Option<&Path>) -> anyhow::Result<ExitCode> {
                 std::fs::create_dir_all(dir)?;
             }
             write_private(path, &seed)?;
-            println!("seal key written to {}", path.display());
+            say!("seal key written to {}", path.display());
         }
-        None => println!("LIS_SEAL_KEY={seed}"),
+        None => say!("LIS_SEAL_KEY={seed}"),
     }
-    println!("LIS_SEAL_PUBLIC_KEY={public}");
+    say!("LIS_SEAL_PUBLIC_KEY={public}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -241,43 +241,43 @@ pub async fn verify_seals(
         .fetch_one(pool)
         .await?;
     if checkpoints == 0 && external.is_none() {
-        println!("no audit seals yet (run `lisledger relay` to seal the log)");
+        say!("no audit seals yet (run `lisledger relay` to seal the log)");
         return Ok(true);
     }
     let verifier = verifier(config).context("cannot check the audit seals")?;
     let report = seal_audit::verify_seals(pool, &verifier).await?;
-    println!(
+    say!(
         "checked {} sealed events and {} signed checkpoints",
         report.leaves, report.checkpoints
     );
     let mut sound = report.problems.is_empty();
     for p in &report.problems {
-        println!("  {p}");
+        say!("  {p}");
     }
     if let Some(path) = external {
         let note = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         match seal_audit::verify_external(pool, &verifier, &note).await {
-            Ok(cp) => println!(
+            Ok(cp) => say!(
                 "the log extends the checkpoint in {} (size {})",
                 path.display(),
                 cp.tree_size
             ),
             Err(e) => {
-                println!("  {}: {e}", path.display());
+                say!("  {}: {e}", path.display());
                 sound = false;
             }
         }
     }
     if sound {
-        println!("every audit seal is sound");
+        say!("every audit seal is sound");
     }
     Ok(sound)
 }
 
 pub async fn prove(config: &Config, pool: &PgPool, position: i64) -> anyhow::Result<ExitCode> {
     let proof = seal_audit::prove(pool, &verifier(config)?, position).await?;
-    println!("{}", serde_json::to_string_pretty(&proof)?);
+    say!("{}", serde_json::to_string_pretty(&proof)?);
     Ok(if proof.verified {
         ExitCode::SUCCESS
     } else {
@@ -370,7 +370,7 @@ pub async fn add_user(pool: &PgPool, username: &str, role: &str) -> anyhow::Resu
         .context("reading the password from standard input")?;
     let password = password.trim_end_matches(['\n', '\r']);
     lis_api::http::auth::add_user(pool, &user, role, password).await?;
-    println!("user {user} added with role {role}");
+    say!("user {user} added with role {role}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -385,7 +385,7 @@ pub async fn demo(
         .fetch_one(pool)
         .await?;
     if if_empty && events > 0 {
-        println!("the ledger already holds {events} events; no demo loaded");
+        say!("the ledger already holds {events} events; no demo loaded");
         return Ok(ExitCode::SUCCESS);
     }
     let version = lis_commands::catalogue::current_version(pool)
@@ -403,7 +403,7 @@ pub async fn demo(
     );
     let started = std::time::Instant::now();
     let report = crate::demo::run(&ledger, &catalogue, orders, seed).await?;
-    println!(
+    say!(
         "demo lab day: {} orders, {} tubes ({} rejected and recollected), {} results ({} critical, {} amended) in {:.1} s",
         report.orders, report.samples, report.rejected, report.results, report.critical, report.amended,
         started.elapsed().as_secs_f64()
@@ -427,9 +427,9 @@ pub async fn demo(
         )
         .await
         {
-            Ok(()) => println!("  user {name:<15} role {role:<13} password {password}"),
+            Ok(()) => say!("  user {name:<15} role {role:<13} password {password}"),
             Err(lis_api::http::auth::UserError::Exists(_)) => {
-                println!("  user {name:<15} exists (password unchanged)")
+                say!("  user {name:<15} exists (password unchanged)")
             }
             Err(e) => return Err(e.into()),
         }
