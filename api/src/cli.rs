@@ -225,7 +225,8 @@ pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
             match catalogue::import(&pool, &text, &file.display().to_string(), &imported_by).await {
                 Ok(report) => say!(
                     "imported {} tests as catalogue {}",
-                    report.tests, report.version
+                    report.tests,
+                    report.version
                 ),
                 Err(catalogue::CatalogueError::File(errors)) => {
                     eprintln!(
@@ -308,7 +309,10 @@ async fn verify(config: &Config, checkpoint: Option<&std::path::Path>) -> anyhow
     };
     say!(
         "checked {} events in {} aggregates in {:.2} s ({:.0} events/s)",
-        report.events, report.aggregates, secs, rate
+        report.events,
+        report.aggregates,
+        secs,
+        rate
     );
     if report.is_intact() {
         say!("every hash chain is intact");

@@ -248,7 +248,8 @@ pub async fn verify_seals(
     let report = seal_audit::verify_seals(pool, &verifier).await?;
     say!(
         "checked {} sealed events and {} signed checkpoints",
-        report.leaves, report.checkpoints
+        report.leaves,
+        report.checkpoints
     );
     let mut sound = report.problems.is_empty();
     for p in &report.problems {

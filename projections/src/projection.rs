@@ -15,6 +15,7 @@ use lis_domain::result::ResultEvent;
 use lis_domain::sample::SampleEvent;
 use lis_domain::upcast::upcasters;
 use sqlx::{Connection, PgConnection, PgPool, Row};
+use std::collections::HashMap;
 
 /// An event of any aggregate, decoded (and upcast) from its envelope. (Short-lived, one
 /// at a time: the size difference between variants does not matter.)
@@ -163,15 +164,32 @@ pub async fn apply_in(
         .await?;
     let mut outcome = BatchOutcome::default();
     let mut max_position = 0i64;
+    // The offsets of every aggregate in the batch, read (and locked) in one statement and
+    // kept in memory; written back in one statement at the end of the batch.
+    let mut keys: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.aggregate_type.as_str(), e.aggregate_id.as_str()))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let (types, ids): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT o.aggregate_type, o.aggregate_id, o.last_sequence
+           FROM offsets o JOIN unnest($1::text[], $2::text[]) AS k(t, i)
+             ON o.aggregate_type = k.t AND o.aggregate_id = k.i
+          ORDER BY 1, 2
+            FOR UPDATE OF o",
+    )
+    .bind(&types)
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut offsets: HashMap<(String, String), i64> =
+        rows.into_iter().map(|(t, i, s)| ((t, i), s)).collect();
+    let mut advanced: HashMap<(String, String), i64> = HashMap::new();
     for env in events {
-        let last: Option<i64> = sqlx::query_scalar(
-            "SELECT last_sequence FROM offsets WHERE aggregate_type = $1 AND aggregate_id = $2 FOR UPDATE",
-        )
-        .bind(&env.aggregate_type)
-        .bind(&env.aggregate_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let last = last.unwrap_or(0);
+        let key = (env.aggregate_type.clone(), env.aggregate_id.clone());
+        let last = offsets.get(&key).copied().unwrap_or(0);
         if env.sequence <= last {
             outcome.skipped += 1;
             continue;
@@ -186,17 +204,30 @@ pub async fn apply_in(
         }
         let event = decode(env)?;
         projection.apply(conn, env, &event).await?;
-        sqlx::query(
-            "INSERT INTO offsets (aggregate_type, aggregate_id, last_sequence) VALUES ($1, $2, $3)
-             ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET last_sequence = excluded.last_sequence",
-        )
-        .bind(&env.aggregate_type)
-        .bind(&env.aggregate_id)
-        .bind(env.sequence)
-        .execute(&mut *conn)
-        .await?;
+        offsets.insert(key.clone(), env.sequence);
+        advanced.insert(key, env.sequence);
         outcome.applied += 1;
         max_position = max_position.max(env.position);
+    }
+    if !advanced.is_empty() {
+        let mut types = Vec::with_capacity(advanced.len());
+        let mut ids = Vec::with_capacity(advanced.len());
+        let mut sequences = Vec::with_capacity(advanced.len());
+        for ((t, i), s) in advanced {
+            types.push(t);
+            ids.push(i);
+            sequences.push(s);
+        }
+        sqlx::query(
+            "INSERT INTO offsets (aggregate_type, aggregate_id, last_sequence)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+             ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET last_sequence = excluded.last_sequence",
+        )
+        .bind(&types)
+        .bind(&ids)
+        .bind(&sequences)
+        .execute(&mut *conn)
+        .await?;
     }
     if outcome.applied > 0 {
         sqlx::query(
