@@ -890,3 +890,43 @@ async fn with_postgresql_down_the_api_answers_503_never_500() {
         );
     }
 }
+
+#[tokio::test]
+async fn sql_injection_strings_are_stored_as_text_or_refused() {
+    let api = Api::start().await;
+    let reception = api.token("reception.1").await;
+    let auditor = api.token("audit.1").await;
+    let evil = "Robert'); DROP TABLE events; --";
+    let body = json!({
+        "patient": {"mrn": "MRN-X1", "name": evil, "sex": "male", "date_of_birth": "1980-05-17"},
+        "ordering_clinician": "x' OR '1'='1", "priority": "routine",
+        "collection_site": "'; TRUNCATE events CASCADE; --", "clinical_notes": "\\'; SELECT pg_sleep(10); --",
+        "tests": ["K"]
+    });
+    let (s, order) = api.post(&reception, "/orders", body).await;
+    assert_eq!(s, StatusCode::CREATED, "{order}");
+    let (_, history) = api
+        .get(
+            &auditor,
+            &format!("/audit/orders/{}", order["id"].as_str().unwrap()),
+        )
+        .await;
+    let placed = &history["events"][0]["payload"]["OrderPlaced"];
+    assert_eq!(placed["patient"]["name"], evil);
+    assert_eq!(placed["collection_site"], "'; TRUNCATE events CASCADE; --");
+    // Identifiers with such characters are refused, naming the field.
+    let mut bad = order_body("MRN'; DROP TABLE users; --");
+    bad["tests"] = json!(["K'; DROP TABLE events; --"]);
+    let (s, p) = api.post(&reception, "/orders", bad).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    let (s, _) = api
+        .get(&reception, "/samples/by-accession/ACC'%20OR%20'1'='1")
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&api.db.app)
+        .await
+        .unwrap();
+    assert_eq!(events, 1);
+    api.db.drop().await;
+}
