@@ -40,18 +40,10 @@ async fn audit_verify_passes_then_fails_naming_the_tampered_event() {
     );
     assert!(stdout.contains("events/s"), "{stdout}");
 
-    let su = db.superuser().await;
-    let mut conn = su.acquire().await.unwrap();
-    sqlx::query("SET session_replication_role = replica")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE events SET metadata = replace(metadata::text, 'reception.1', 'someone.else')::json WHERE sequence = 2")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    drop(conn);
-    su.close().await;
+    db.tamper(&[
+        "UPDATE events SET metadata = replace(metadata::text, 'reception.1', 'someone.else')::json WHERE sequence = 2",
+    ])
+    .await;
 
     let bad = lisledger(&db, &["audit", "verify"]);
     let stdout = String::from_utf8_lossy(&bad.stdout);

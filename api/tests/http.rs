@@ -13,6 +13,21 @@ use std::sync::Arc;
 
 const SECRET: &[u8] = b"a-test-only-token-key-of-32-bytes-or-more";
 
+/// Serves the API on a free loopback port; returns its base URL.
+async fn serve(state: AppState) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    base
+}
+
 struct Api {
     base: String,
     client: Client,
@@ -69,16 +84,7 @@ impl Api {
             cors_origins: vec!["https://ward.example".parse().unwrap()],
         };
         http::prepare_read_models(&db.app).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            axum::serve(
-                listener,
-                http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .await
-            .unwrap();
-        });
+        let base = serve(state).await;
         Self {
             base,
             client: Client::new(),
@@ -854,16 +860,7 @@ async fn with_postgresql_down_the_api_answers_503_never_500() {
         seal_verifier: None,
         cors_origins: vec![],
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
+    let base = serve(state).await;
     let client = Client::new();
     let calls = [
         client.get(format!("{base}/readyz")),

@@ -90,6 +90,25 @@ impl TestDb {
         Self::pool_as(&user, &self.name).await
     }
 
+    /// Plays the superuser who switches the triggers off and edits history: runs each
+    /// statement with `session_replication_role = replica`.
+    pub async fn tamper(&self, statements: &[&str]) {
+        let su = self.superuser().await;
+        let mut conn = su.acquire().await.expect("superuser connection");
+        sqlx::query("SET session_replication_role = replica")
+            .execute(&mut *conn)
+            .await
+            .expect("triggers off");
+        for statement in statements {
+            sqlx::query(statement)
+                .execute(&mut *conn)
+                .await
+                .expect("tampering statement");
+        }
+        drop(conn);
+        su.close().await;
+    }
+
     pub fn ledger(&self) -> Ledger {
         Ledger::new(self.app.clone(), LedgerConfig::default())
     }

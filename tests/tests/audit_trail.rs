@@ -234,27 +234,14 @@ async fn verify_names_the_first_broken_link_of_each_tampered_aggregate() {
     assert_eq!(clean.aggregates, 4);
 
     // A superuser switches the triggers off and edits history.
-    let su = db.superuser().await;
-    let mut conn = su.acquire().await.unwrap();
-    sqlx::query("SET session_replication_role = replica")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
     // 1. The released value of the result is changed.
-    sqlx::query(
+    // 2. The sample's receipt is deleted (its hand-over follows it).
+    db.tamper(&[
         "UPDATE events SET payload = replace(payload::text, '4.0', '5.9')::json
           WHERE aggregate_type = 'Result' AND sequence = 1",
-    )
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    // 2. The sample's receipt is deleted (its hand-over follows it).
-    sqlx::query("DELETE FROM events WHERE aggregate_type = 'Sample' AND sequence = 2")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    drop(conn);
-    su.close().await;
+        "DELETE FROM events WHERE aggregate_type = 'Sample' AND sequence = 2",
+    ])
+    .await;
 
     let report = verify(&db.app).await;
     assert_eq!(report.broken.len(), 2, "{:?}", report.broken);
@@ -284,31 +271,16 @@ async fn verify_names_the_first_broken_link_of_each_tampered_aggregate() {
 async fn an_edit_whose_row_hash_is_recomputed_still_breaks_the_next_link() {
     let db = TestDb::new().await;
     history(&db).await;
-    let su = db.superuser().await;
-    let mut conn = su.acquire().await.unwrap();
-    sqlx::query("SET session_replication_role = replica")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
     // An attacker who knows the layout rewrites the order's first event and recomputes
     // its hash, but leaves the rest of the chain alone.
-    sqlx::query(
+    db.tamper(&[
         "UPDATE events SET payload = replace(payload::text, 'Dr Rao', 'Dr Roy')::json
           WHERE aggregate_type = 'Order' AND sequence = 1",
-    )
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    sqlx::query(
         "UPDATE events SET hash = lis_event_hash(prev_hash, aggregate_type, aggregate_id, sequence, event_type,
                                                  event_version, payload, metadata, recorded_at)
           WHERE aggregate_type = 'Order' AND sequence = 1",
-    )
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    drop(conn);
-    su.close().await;
+    ])
+    .await;
     let report = verify(&db.app).await;
     assert_eq!(report.broken.len(), 1, "{:?}", report.broken);
     assert_eq!(report.broken[0].aggregate_type, "Order");

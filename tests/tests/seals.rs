@@ -122,35 +122,17 @@ async fn seals_catch_what_the_chain_alone_cannot() {
     .await
     .unwrap();
 
-    let su = db.superuser().await;
-    let mut conn = su.acquire().await.unwrap();
-    sqlx::query("SET session_replication_role = replica")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
     // 1. The result's last event (its release) is deleted: its chain still looks whole.
-    sqlx::query(
+    // 2. The order's only event is rewritten and its hash recomputed: a consistent chain.
+    db.tamper(&[
         "DELETE FROM events WHERE aggregate_type = 'Result'
             AND sequence = (SELECT max(sequence) FROM events WHERE aggregate_type = 'Result')",
-    )
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    // 2. The order's only event is rewritten and its hash recomputed: a consistent chain.
-    sqlx::query("UPDATE events SET payload = replace(payload::text, 'Dr Rao', 'Dr Roy')::json WHERE aggregate_type = 'Order'")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    sqlx::query(
+        "UPDATE events SET payload = replace(payload::text, 'Dr Rao', 'Dr Roy')::json WHERE aggregate_type = 'Order'",
         "UPDATE events SET hash = lis_event_hash(prev_hash, aggregate_type, aggregate_id, sequence, event_type,
                                                  event_version, payload, metadata, recorded_at)
           WHERE aggregate_type = 'Order'",
-    )
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    drop(conn);
-    su.close().await;
+    ])
+    .await;
 
     let chains = lis_commands::audit::verify_chains(&db.app, &mut |_| {})
         .await
@@ -176,21 +158,11 @@ async fn seals_catch_what_the_chain_alone_cannot() {
     );
 
     // Rewriting the log's leaves too cannot reproduce the signed roots.
-    let su = db.superuser().await;
-    let mut conn = su.acquire().await.unwrap();
-    sqlx::query("SET session_replication_role = replica")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    sqlx::query(
+    db.tamper(&[
         "UPDATE audit_log_leaves l SET leaf_hash = sha256('\\x00'::bytea || int8send(l.position) || e.hash)
            FROM events e WHERE e.position = l.position",
-    )
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    drop(conn);
-    su.close().await;
+    ])
+    .await;
     let report = verify_seals(&db.app, &verifier).await.unwrap();
     assert!(
         report
