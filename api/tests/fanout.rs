@@ -6,15 +6,15 @@
 mod support;
 
 use lis_projections::analytics_queries::{abnormal_rates, rejections, turnaround, volumes};
-use lis_projections::models::{self, analytics::Analytics};
+use lis_projections::models::analytics::Analytics;
 use lis_projections::worker::rebuild;
-use lis_tests::{lab_day_numbered, TestDb};
+use lis_tests::{assert_models_equal_rebuilds, lab_day_numbered, TestDb};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{dump, kafka_brokers, mongo_url, wait_projected, Stack};
+use support::{kafka_brokers, mongo_url, wait_projected, Stack};
 
 async fn summary(a: &Analytics, day: &str) -> serde_json::Value {
     serde_json::json!({
@@ -57,17 +57,7 @@ async fn the_fan_out_survives_sigkill_of_the_relay_and_the_workers() {
     workers.kill9();
 
     // Every read model equals one rebuilt from the event store.
-    for p in models::all() {
-        let schema = format!("proj_{}", p.name());
-        let incremental = dump(&db, &schema).await;
-        rebuild(&db.app, p.as_ref(), &mut |_| {}).await.unwrap();
-        assert_eq!(
-            dump(&db, &schema).await,
-            incremental,
-            "projection {}",
-            p.name()
-        );
-    }
+    assert_models_equal_rebuilds(&db.app).await;
     // The analytics built through Kafka equal a fresh replay into another database.
     let client = mongodb::Client::with_uri_str(mongo_url()).await.unwrap();
     let live = Analytics::new(client.database(&stack.get("LIS_MONGO_DATABASE")));
@@ -170,17 +160,7 @@ async fn a_single_lab_runs_on_postgresql_alone() {
         &[&relay, &workers],
     )
     .await;
-    for p in models::all() {
-        let schema = format!("proj_{}", p.name());
-        let incremental = dump(&db, &schema).await;
-        rebuild(&db.app, p.as_ref(), &mut |_| {}).await.unwrap();
-        assert_eq!(
-            dump(&db, &schema).await,
-            incremental,
-            "projection {}",
-            p.name()
-        );
-    }
+    assert_models_equal_rebuilds(&db.app).await;
     // Seals are written within a second (LIS_SEAL_EVERY_SECS=1) of the last event.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -39,6 +39,17 @@ pub enum Flag {
 }
 
 impl Flag {
+    /// The flag as labs print it (`L`, `HH`, `D`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Flag::L => "L",
+            Flag::H => "H",
+            Flag::LL => "LL",
+            Flag::HH => "HH",
+            Flag::D => "D",
+        }
+    }
+
     pub fn is_critical(&self) -> bool {
         matches!(self, Flag::LL | Flag::HH)
     }
@@ -176,6 +187,13 @@ mod tests {
         ResultValue::Numeric {
             value: v,
             unit: "g/dL".into(),
+        }
+    }
+
+    #[test]
+    fn flag_labels_are_the_serialised_names() {
+        for f in [Flag::L, Flag::H, Flag::LL, Flag::HH, Flag::D] {
+            assert_eq!(serde_json::to_value(f).unwrap(), f.as_str());
         }
     }
 

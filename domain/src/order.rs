@@ -25,6 +25,16 @@ pub enum Priority {
     Stat,
 }
 
+impl Priority {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Priority::Routine => "routine",
+            Priority::Urgent => "urgent",
+            Priority::Stat => "stat",
+        }
+    }
+}
+
 /// Place a new order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PlaceOrder {

@@ -32,6 +32,25 @@ pub enum RejectionReason {
     Other,
 }
 
+impl RejectionReason {
+    /// The reason's code, as written in events and read models (`insufficient_volume`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            RejectionReason::Haemolysed => "haemolysed",
+            RejectionReason::Clotted => "clotted",
+            RejectionReason::InsufficientVolume => "insufficient_volume",
+            RejectionReason::WrongContainer => "wrong_container",
+            RejectionReason::Unlabelled => "unlabelled",
+            RejectionReason::Mislabelled => "mislabelled",
+            RejectionReason::Leaked => "leaked",
+            RejectionReason::StabilityExceeded => "stability_exceeded",
+            RejectionReason::Lipaemic => "lipaemic",
+            RejectionReason::Icteric => "icteric",
+            RejectionReason::Other => "other",
+        }
+    }
+}
+
 /// The specimen's condition as found on receipt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", tag = "status")]
@@ -117,13 +136,10 @@ impl SampleCommand {
     pub fn reason(&self) -> Option<String> {
         match self {
             SampleCommand::Reject { reason, detail } => {
-                let code = serde_json::to_value(reason)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
+                let code = reason.code();
                 Some(match detail {
                     Some(d) => format!("{code}: {d}"),
-                    None => code,
+                    None => code.to_string(),
                 })
             }
             _ => None,
@@ -664,6 +680,30 @@ impl Aggregate for Sample {
                     f.status = SampleStatus::Disposed;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RejectionReason::*;
+
+    #[test]
+    fn rejection_codes_are_the_serialised_names() {
+        for r in [
+            Haemolysed,
+            Clotted,
+            InsufficientVolume,
+            WrongContainer,
+            Unlabelled,
+            Mislabelled,
+            Leaked,
+            StabilityExceeded,
+            Lipaemic,
+            Icteric,
+            Other,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.code());
         }
     }
 }

@@ -50,6 +50,9 @@ pub fn event_id(aggregate_type: &str, aggregate_id: &str, sequence: i64) -> Uuid
 
 impl From<&StoredEvent> for Envelope {
     fn from(e: &StoredEvent) -> Self {
+        // The metadata is read once per event: this runs for every event the relay sends.
+        let meta: serde_json::Value = serde_json::from_str(e.metadata.get()).unwrap_or_default();
+        let text = |key: &str| meta.get(key).and_then(|v| v.as_str()).map(str::to_string);
         Self {
             envelope_version: ENVELOPE_VERSION,
             event_id: event_id(&e.aggregate_type, &e.aggregate_id, e.sequence),
@@ -61,10 +64,10 @@ impl From<&StoredEvent> for Envelope {
             event_version: e.event_version.clone(),
             recorded_at: e.recorded_at,
             actor: EnvelopeActor {
-                id: e.meta("actor_id").unwrap_or_default(),
-                role: e.meta("actor_role").unwrap_or_default(),
+                id: text("actor_id").unwrap_or_default(),
+                role: text("actor_role").unwrap_or_default(),
             },
-            correlation_id: e.meta("correlation_id"),
+            correlation_id: text("correlation_id"),
             payload: e.payload.clone(),
             prev_hash: e.prev_hash.clone(),
             hash: e.hash.clone(),

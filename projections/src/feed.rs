@@ -49,12 +49,6 @@ impl StoredEvent {
             position: self.position,
         }
     }
-
-    /// A metadata field (actor_id, actor_role, reason…), if present.
-    pub fn meta(&self, key: &str) -> Option<String> {
-        let v: serde_json::Value = serde_json::from_str(self.metadata.get()).ok()?;
-        v.get(key)?.as_str().map(str::to_string)
-    }
 }
 
 pub(crate) mod hex_bytes {

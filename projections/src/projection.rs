@@ -51,6 +51,16 @@ pub enum ProjectionError {
     Sink(String),
 }
 
+/// The envelope's aggregate id as a UUID (every aggregate of the ledger has one).
+pub fn aggregate_uuid(env: &Envelope) -> Result<uuid::Uuid, ProjectionError> {
+    uuid::Uuid::parse_str(&env.aggregate_id).map_err(|e| ProjectionError::Undecodable {
+        aggregate_type: env.aggregate_type.clone(),
+        aggregate_id: env.aggregate_id.clone(),
+        sequence: env.sequence,
+        message: format!("aggregate id: {e}"),
+    })
+}
+
 /// Decodes an envelope's payload into the domain event, through the upcasters.
 pub fn decode(env: &Envelope) -> Result<LabEvent, ProjectionError> {
     let undecodable = |message: String| ProjectionError::Undecodable {

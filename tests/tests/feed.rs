@@ -108,6 +108,7 @@ async fn the_feed_keeps_the_stored_bytes_and_pages_in_order() {
         .windows(2)
         .all(|w| w[0].feed_position() < w[1].feed_position()));
     assert_eq!(seen[0].payload.get(), r#"{"OrderPlaced":{}}"#);
-    assert_eq!(seen[0].meta("actor_role").as_deref(), Some("admin"));
+    let envelope = lis_projections::envelope::Envelope::from(&seen[0]);
+    assert_eq!(envelope.actor.role, "admin");
     db.drop().await;
 }

@@ -152,27 +152,3 @@ pub async fn wait_projected(db: &TestDb, names: &[&str], timeout: Duration, role
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
-
-/// Every table of a projection as JSON (feed position excluded: Kafka mode has none).
-pub async fn dump(db: &TestDb, schema: &str) -> serde_json::Value {
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT table_name::text FROM information_schema.tables
-          WHERE table_schema = $1 AND table_type = 'BASE TABLE'
-            AND table_name NOT IN ('progress', 'feed_position') ORDER BY 1",
-    )
-    .bind(schema)
-    .fetch_all(&db.app)
-    .await
-    .unwrap();
-    let mut out = serde_json::Map::new();
-    for t in tables {
-        let rows: serde_json::Value = sqlx::query_scalar(&format!(
-            "SELECT coalesce(json_agg(x ORDER BY x::text), '[]'::json) FROM {schema}.{t} x"
-        ))
-        .fetch_one(&db.app)
-        .await
-        .unwrap();
-        out.insert(t, rows);
-    }
-    serde_json::Value::Object(out)
-}

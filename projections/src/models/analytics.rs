@@ -13,7 +13,7 @@
 use crate::envelope::Envelope;
 use crate::projection::{LabEvent, Projection, ProjectionError};
 use lis_domain::flags::Flag;
-use lis_domain::order::{OrderEvent, OrderedTest, Priority};
+use lis_domain::order::{OrderEvent, OrderedTest};
 use lis_domain::result::ResultEvent;
 use lis_domain::sample::SampleEvent;
 use mongodb::bson::{doc, Bson, DateTime as BsonDateTime, Document};
@@ -92,18 +92,10 @@ fn day(t: chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%d").to_string()
 }
 
-fn priority(p: Priority) -> &'static str {
-    match p {
-        Priority::Routine => "routine",
-        Priority::Urgent => "urgent",
-        Priority::Stat => "stat",
-    }
-}
-
 fn value_facts(flags: &[Flag]) -> Document {
     let names: Vec<Bson> = flags
         .iter()
-        .map(|f| Bson::String(format!("{f:?}")))
+        .map(|f| Bson::String(f.as_str().into()))
         .collect();
     doc! {
         "flags": names,
@@ -163,7 +155,7 @@ impl Projection for Analytics {
                     "order_facts",
                     id,
                     doc! {
-                        "$set": { "priority": priority(*p), "collection_site": collection_site.as_str(),
+                        "$set": { "priority": p.as_str(), "collection_site": collection_site.as_str(),
                                   "ordered_at": date(at), "day": day(at) },
                         "$addToSet": { "tests": { "$each": tests } },
                     },
@@ -193,7 +185,7 @@ impl Projection for Analytics {
                 self.upsert("sample_facts", id, doc! { "$min": { "received_at": date(*received_at) } }).await?
             }
             LabEvent::Sample(SampleEvent::SampleRejected { reason, .. }) => {
-                let reason = serde_json::to_value(reason).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+                let reason = reason.code();
                 self.upsert(
                     "sample_facts",
                     id,

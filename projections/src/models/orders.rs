@@ -10,31 +10,14 @@
 //! view. The model is the same whatever order the aggregates' streams interleave in.
 
 use crate::envelope::Envelope;
-use crate::projection::{LabEvent, Projection, ProjectionError};
-use lis_domain::order::{OrderEvent, OrderedTest, Priority};
+use crate::projection::{aggregate_uuid, LabEvent, Projection, ProjectionError};
+use lis_domain::order::{OrderEvent, OrderedTest};
 use lis_domain::result::ResultEvent;
 use lis_domain::sample::SampleEvent;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 pub struct Orders;
-
-fn uuid(env: &Envelope) -> Result<Uuid, ProjectionError> {
-    Uuid::parse_str(&env.aggregate_id).map_err(|e| ProjectionError::Undecodable {
-        aggregate_type: env.aggregate_type.clone(),
-        aggregate_id: env.aggregate_id.clone(),
-        sequence: env.sequence,
-        message: format!("aggregate id: {e}"),
-    })
-}
-
-fn priority(p: Priority) -> &'static str {
-    match p {
-        Priority::Routine => "routine",
-        Priority::Urgent => "urgent",
-        Priority::Stat => "stat",
-    }
-}
 
 async fn add_tests(
     conn: &mut PgConnection,
@@ -230,7 +213,7 @@ SELECT test_code, priority, count(*) AS released,
         event: &LabEvent,
     ) -> Result<(), ProjectionError> {
         let at = env.recorded_at;
-        let id = uuid(env)?;
+        let id = aggregate_uuid(env)?;
         match event {
             LabEvent::Order(OrderEvent::OrderPlaced {
                 order_number,
@@ -249,7 +232,7 @@ SELECT test_code, priority, count(*) AS released,
                 .bind(id)
                 .bind(order_number.as_str())
                 .bind(patient_id.as_uuid())
-                .bind(priority(*p))
+                .bind(p.as_str())
                 .bind(collection_site.as_str())
                 .bind(ordering_clinician.as_str())
                 .bind(at)

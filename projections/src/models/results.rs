@@ -4,7 +4,7 @@
 //! (amended ones marked); retracted results leave it.
 
 use crate::envelope::Envelope;
-use crate::projection::{LabEvent, Projection, ProjectionError};
+use crate::projection::{aggregate_uuid, LabEvent, Projection, ProjectionError};
 use lis_domain::flags::Flag;
 use lis_domain::result::ResultEvent;
 use lis_domain::value::ResultValue;
@@ -14,7 +14,7 @@ use uuid::Uuid;
 pub struct Results;
 
 fn flags(f: &[Flag]) -> Vec<String> {
-    f.iter().map(|f| format!("{f:?}")).collect()
+    f.iter().map(|f| f.as_str().to_string()).collect()
 }
 
 fn numeric(v: &ResultValue) -> (Option<f64>, Option<&str>) {
@@ -134,12 +134,7 @@ SELECT result_id, patient_id, order_id, test_code, value, unit, flags, status, n
         let LabEvent::Result(event) = event else {
             return Ok(());
         };
-        let id = Uuid::parse_str(&env.aggregate_id).map_err(|e| ProjectionError::Undecodable {
-            aggregate_type: env.aggregate_type.clone(),
-            aggregate_id: env.aggregate_id.clone(),
-            sequence: env.sequence,
-            message: e.to_string(),
-        })?;
+        let id = aggregate_uuid(env)?;
         let at = env.recorded_at;
         match event {
             ResultEvent::ResultRecorded {

@@ -2,7 +2,7 @@
 //! of custody, its condition on receipt, rejection and reason, lineage and storage.
 
 use crate::envelope::Envelope;
-use crate::projection::{LabEvent, Projection, ProjectionError};
+use crate::projection::{aggregate_uuid, LabEvent, Projection, ProjectionError};
 use lis_domain::sample::{SampleEvent, SpecimenCondition};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -73,12 +73,7 @@ CREATE TABLE IF NOT EXISTS custody (
         let LabEvent::Sample(event) = event else {
             return Ok(());
         };
-        let id = Uuid::parse_str(&env.aggregate_id).map_err(|e| ProjectionError::Undecodable {
-            aggregate_type: env.aggregate_type.clone(),
-            aggregate_id: env.aggregate_id.clone(),
-            sequence: env.sequence,
-            message: e.to_string(),
-        })?;
+        let id = aggregate_uuid(env)?;
         let at = env.recorded_at;
         match event {
             SampleEvent::SampleCollected {
@@ -189,7 +184,7 @@ CREATE TABLE IF NOT EXISTS custody (
                 detail,
                 recollection_requested,
             } => {
-                let reason = json(reason).as_str().unwrap_or_default().to_string();
+                let reason = reason.code();
                 sqlx::query(
                     "UPDATE specimens SET status = 'rejected', rejection_reason = $2, rejection_detail = $3,
                             recollection_requested = $4, updated_at = $5 WHERE sample_id = $1",
