@@ -77,6 +77,42 @@ enum Command {
         #[command(subcommand)]
         command: SealCommand,
     },
+    /// The key-encryption key of patient data keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Patients' personal data.
+    Patients {
+        #[command(subcommand)]
+        command: PatientsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Make a new key-encryption key (LIS_KEK); keep it apart from the database's backups.
+    Generate {
+        /// Write it to this file (mode 600, never overwritten) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PatientsCommand {
+    /// Erase a patient (right to erasure): destroy their data key, record the erasure as an
+    /// audited event, and let the read models and analytics purge their rows.
+    Erase {
+        /// The pseudonymous patient id.
+        patient_id: String,
+        /// Why (recorded in the audit trail).
+        #[arg(long)]
+        reason: String,
+        /// Who is erasing (recorded as the actor, role admin).
+        #[arg(long, env = "USER", default_value = "operator")]
+        actor: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -279,6 +315,20 @@ pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
         Command::Serve => {
             let pool = pool(&config.database_url, config.db_max_connections).await?;
             return ops::serve(&config, pool).await;
+        }
+        Command::Keys {
+            command: KeysCommand::Generate { out },
+        } => return ops::generate_kek(out.as_deref()),
+        Command::Patients {
+            command:
+                PatientsCommand::Erase {
+                    patient_id,
+                    reason,
+                    actor,
+                },
+        } => {
+            let pool = pool(&config.database_url, 2).await?;
+            return ops::erase_patient(&config, pool, &patient_id, &reason, &actor).await;
         }
         Command::Users {
             command: UsersCommand::Add { username, role },

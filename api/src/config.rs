@@ -11,7 +11,7 @@
 //! | `LIS_FOUR_EYES` | `true` | the verifier of a result may not authorise it |
 //! | `LIS_LOG_FORMAT` | `text` | `text` or `json` (one JSON object per line) |
 //! | `LIS_KAFKA_BROKERS` | unset | Kafka bootstrap servers; unset = single-node mode (projections read the event store's feed) |
-//! | `LIS_TOPIC_ORDERS`, `LIS_TOPIC_SAMPLES`, `LIS_TOPIC_RESULTS` | `lis.orders`, `lis.samples`, `lis.results` | one topic per aggregate type |
+//! | `LIS_TOPIC_ORDERS`, `LIS_TOPIC_SAMPLES`, `LIS_TOPIC_RESULTS`, `LIS_TOPIC_PATIENTS` | `lis.orders`, `lis.samples`, `lis.results`, `lis.patients` | one topic per aggregate type |
 //! | `LIS_TOPIC_SEALS` | `lis.audit-seals` | where signed checkpoints are published |
 //! | `LIS_KAFKA_PARTITIONS` | `3` | partitions of topics the relay creates |
 //! | `LIS_SEAL_KEY` | unset | base64 Ed25519 seed (32 bytes) that signs checkpoints; else read from `LIS_SEAL_KEY_FILE` |
@@ -22,6 +22,8 @@
 //! | `LIS_SEAL_EVERY_EVENTS` / `LIS_SEAL_EVERY_SECS` | `1000` / `60` | seal after this many events or seconds |
 //! | `LIS_KAFKA_GROUP_PREFIX` | `lis-projection` | consumer group of projection NAME: `<prefix>-NAME` |
 //! | `LIS_MONGO_DATABASE` | `lis_analytics` | the analytics database |
+//! | `LIS_KEK` | unset | key-encryption key of patient data keys: base64 of 32 bytes (`lisledger keys generate`); else read from `LIS_KEK_FILE`. Required by `serve`, `demo` and `patients`; a wrong one is refused at start-up |
+//! | `LIS_KEK_FILE` | `deploy/.local/kek` | file holding the key-encryption key (`deploy/run.sh` makes one) |
 //! | `LIS_HTTP_ADDR` | `127.0.0.1:8080` | where `lisledger serve` listens |
 //! | `LIS_JWT_SECRET` | unset | HMAC key of access tokens (32+ bytes); else read from `LIS_JWT_SECRET_FILE` |
 //! | `LIS_JWT_SECRET_FILE` | `deploy/.local/jwt.secret` | file holding the token key (`deploy/run.sh` makes one) |
@@ -64,6 +66,8 @@ pub struct Config {
     pub mongo_database: String,
     pub kafka_group_prefix: String,
     pub http_addr: String,
+    pub kek: Option<String>,
+    pub kek_file: String,
     pub jwt_secret: Option<String>,
     pub jwt_secret_file: String,
     pub jwt_issuer: String,
@@ -80,6 +84,7 @@ pub struct Topics {
     pub orders: String,
     pub samples: String,
     pub results: String,
+    pub patients: String,
     pub seals: String,
 }
 
@@ -164,6 +169,7 @@ impl Config {
                 orders: get("LIS_TOPIC_ORDERS", "lis.orders"),
                 samples: get("LIS_TOPIC_SAMPLES", "lis.samples"),
                 results: get("LIS_TOPIC_RESULTS", "lis.results"),
+                patients: get("LIS_TOPIC_PATIENTS", "lis.patients"),
                 seals: get("LIS_TOPIC_SEALS", "lis.audit-seals"),
             },
             kafka_partitions: number("LIS_KAFKA_PARTITIONS", "3")? as u32,
@@ -187,6 +193,11 @@ impl Config {
             mongo_database: get("LIS_MONGO_DATABASE", "lis_analytics"),
             kafka_group_prefix: get("LIS_KAFKA_GROUP_PREFIX", "lis-projection"),
             http_addr: get("LIS_HTTP_ADDR", "127.0.0.1:8080"),
+            kek: vars
+                .get("LIS_KEK")
+                .filter(|k| !k.trim().is_empty())
+                .cloned(),
+            kek_file: get("LIS_KEK_FILE", "deploy/.local/kek"),
             jwt_secret: vars
                 .get("LIS_JWT_SECRET")
                 .filter(|s| !s.trim().is_empty())

@@ -14,7 +14,7 @@ use lis_domain::actor::{Actor, ActorId, Role};
 use lis_domain::catalogue::{Catalogue, ResultKind, TestDefinition};
 use lis_domain::ids::{AccessionNumber, ResultId, SampleId, TestCode};
 use lis_domain::order::Priority;
-use lis_domain::patient::PatientIdentity;
+use lis_domain::patient::{NewPatient, RawPatient};
 use lis_domain::result::{CriticalNotification, NotificationMethod, RecordResult, ResultCommand};
 use lis_domain::sample::{CollectSample, RejectionReason, SampleCommand, SpecimenCondition};
 use lis_domain::text::{Label, PersonName, Place, Reason};
@@ -121,20 +121,22 @@ pub async fn run(
     for i in 0..orders {
         let patient_no = rng.gen_range(0..(orders / 2).max(1));
         let female = patient_no % 2 == 0;
-        let patient = PatientIdentity::parse(
-            &format!("DEMO-{run_id}-{patient_no}"),
-            None,
-            NAMES[patient_no % NAMES.len()],
-            if female { "female" } else { "male" },
-            &format!(
-                "{}-0{}-1{}",
-                1950 + patient_no % 50,
-                1 + patient_no % 9,
-                patient_no % 9
-            ),
-            Utc::now().date_naive(),
-        )
-        .map_err(|e| anyhow::anyhow!("demo patient: {e}"))?;
+        let mrn = format!("DEMO-{run_id}-{patient_no}");
+        let born = format!(
+            "{}-0{}-1{}",
+            1950 + patient_no % 50,
+            1 + patient_no % 9,
+            patient_no % 9
+        );
+        let raw = RawPatient {
+            mrn: &mrn,
+            name: NAMES[patient_no % NAMES.len()],
+            sex: if female { "female" } else { "male" },
+            date_of_birth: &born,
+            ..RawPatient::default()
+        };
+        let patient = NewPatient::parse(raw, Utc::now().date_naive())
+            .map_err(|e| anyhow::anyhow!("demo patient: {e}"))?;
         let n = rng.gen_range(1..=4);
         let mut chosen: Vec<&TestDefinition> = Vec::new();
         while chosen.len() < n {

@@ -23,6 +23,7 @@ fn topics(config: &Config) -> Topics {
         orders: config.topics.orders.clone(),
         samples: config.topics.samples.clone(),
         results: config.topics.results.clone(),
+        patients: config.topics.patients.clone(),
         seals: config.topics.seals.clone(),
     }
 }
@@ -134,7 +135,7 @@ pub async fn project(
             let name = p.name();
             loop {
                 let result = match &brokers {
-                    Some(b) => worker::run_from_kafka(pool.clone(), p.clone(), b, &group, &[&t.orders, &t.samples, &t.results]).await,
+                    Some(b) => worker::run_from_kafka(pool.clone(), p.clone(), b, &group, &t.event_topics()).await,
                     None => worker::run_from_feed(pool.clone(), p.clone(), 500, Duration::from_millis(500)).await,
                 };
                 match result {
@@ -286,6 +287,95 @@ pub async fn prove(config: &Config, pool: &PgPool, position: i64) -> anyhow::Res
     })
 }
 
+/// The patient key vault, with the KEK from `LIS_KEK` or `LIS_KEK_FILE`: a missing,
+/// malformed or wrong KEK stops start-up with a message that says which.
+pub async fn vault(
+    config: &Config,
+    pool: &PgPool,
+) -> anyhow::Result<std::sync::Arc<lis_commands::keys::PatientVault>> {
+    use lis_commands::keys::{KeyError, LocalKek, PatientVault};
+    let text = match &config.kek {
+        Some(k) => k.clone(),
+        None => std::fs::read_to_string(&config.kek_file).map_err(|e| {
+            anyhow::anyhow!(
+                "{} (LIS_KEK is unset and {} cannot be read: {e})",
+                KeyError::MissingKek,
+                config.kek_file
+            )
+        })?,
+    };
+    let kek = LocalKek::from_base64(&text).context("LIS_KEK / LIS_KEK_FILE")?;
+    let vault = PatientVault::connect(pool.clone(), std::sync::Arc::new(kek))
+        .await
+        .context("opening the patient key vault")?;
+    Ok(std::sync::Arc::new(vault))
+}
+
+/// Writes a fresh key-encryption key (base64) to `out`, or prints it.
+pub fn generate_kek(out: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let key = lis_commands::keys::LocalKek::generate();
+    match out {
+        Some(path) => {
+            if path.exists() {
+                bail!("{} exists; refusing to overwrite a key-encryption key (every patient key is wrapped by it)", path.display());
+            }
+            write_private(path, &format!("{key}\n"))?;
+            say!("wrote a key-encryption key to {} (back it up apart from the database: without it no identity can be read)", path.display());
+        }
+        None => say!("{key}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Erases a patient (crypto-shredding), as the operator named by `actor`.
+pub async fn erase_patient(
+    config: &Config,
+    pool: PgPool,
+    patient: &str,
+    reason: &str,
+    actor: &str,
+) -> anyhow::Result<ExitCode> {
+    use lis_commands::{CommandContext, CommandError};
+    use lis_domain::actor::{Actor, ActorId, Role};
+    let patient = lis_domain::ids::PatientId::parse(patient)
+        .map_err(|e| anyhow::anyhow!("patient id `{patient}`: {e}"))?;
+    let reason = lis_domain::text::Reason::parse(reason)
+        .map_err(|e| anyhow::anyhow!("--reason: {}", e.message))?;
+    let actor = ActorId::parse(actor).map_err(|e| anyhow::anyhow!("--actor: {}", e.message))?;
+    let ledger = ledger(config, pool.clone()).await?;
+    let mut ctx = CommandContext::new(Actor::new(actor, Role::Admin));
+    ctx.client_addr = Some("cli".into());
+    match ledger.erase_patient(patient, reason, &ctx).await {
+        Ok(outcome) => {
+            say!(
+                "patient {patient} erased: key destroyed, event at position {} (read models drop the patient's rows as they catch up)",
+                outcome.position
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(CommandError::NotFound(m)) | Err(CommandError::Rejected { message: m, .. }) => {
+            say!("not erased: {m}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The ledger as configured, with its key vault.
+pub async fn ledger(config: &Config, pool: PgPool) -> anyhow::Result<lis_commands::Ledger> {
+    let vault = vault(config, &pool).await?;
+    Ok(lis_commands::Ledger::new(
+        pool,
+        lis_commands::LedgerConfig {
+            snapshot_every: config.snapshot_every,
+            policy: lis_domain::services::LabPolicy {
+                four_eyes: config.four_eyes,
+            },
+        },
+        vault,
+    ))
+}
+
 /// The token key: `LIS_JWT_SECRET`, else the secret file. At least 32 bytes.
 fn jwt_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
     let secret = match &config.jwt_secret {
@@ -312,15 +402,7 @@ pub async fn serve(config: &Config, pool: PgPool) -> anyhow::Result<ExitCode> {
         audience: config.jwt_audience.clone(),
         ttl_secs: config.token_ttl_secs,
     };
-    let ledger = lis_commands::Ledger::new(
-        pool.clone(),
-        lis_commands::LedgerConfig {
-            snapshot_every: config.snapshot_every,
-            policy: lis_domain::services::LabPolicy {
-                four_eyes: config.four_eyes,
-            },
-        },
-    );
+    let ledger = ledger(config, pool.clone()).await?;
     let analytics = match &config.mongo_url {
         Some(url) => Some(std::sync::Arc::new(
             Analytics::connect(url, &config.mongo_database)
@@ -393,15 +475,7 @@ pub async fn demo(
         .await?
         .context("import a catalogue first (lisledger catalogue import)")?;
     let catalogue = lis_commands::catalogue::load(pool, version).await?;
-    let ledger = lis_commands::Ledger::new(
-        pool.clone(),
-        lis_commands::LedgerConfig {
-            snapshot_every: config.snapshot_every,
-            policy: lis_domain::services::LabPolicy {
-                four_eyes: config.four_eyes,
-            },
-        },
-    );
+    let ledger = ledger(config, pool.clone()).await?;
     let started = std::time::Instant::now();
     let report = crate::demo::run(&ledger, &catalogue, orders, seed).await?;
     say!(

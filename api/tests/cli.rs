@@ -18,7 +18,7 @@ fn lisledger(db: &TestDb, args: &[&str]) -> Output {
 #[tokio::test]
 async fn audit_verify_passes_then_fails_naming_the_tampered_event() {
     let db = TestDb::new().await;
-    let ledger = db.ledger();
+    let ledger = db.ledger().await;
     let order = place(&ledger, "MRN-500", &["K"]).await;
     ledger
         .execute_order(

@@ -34,7 +34,7 @@ async fn the_fan_out_survives_sigkill_of_the_relay_and_the_workers() {
     let mut relay = stack.spawn("relay", &["relay"]);
     let mut workers = stack.spawn("project", &project_args);
 
-    let ledger = Arc::new(db.ledger());
+    let ledger = Arc::new(db.ledger().await);
     let writer = {
         let ledger = ledger.clone();
         tokio::spawn(async move {
@@ -148,7 +148,7 @@ async fn a_single_lab_runs_on_postgresql_alone() {
     let stack = Stack::new(&db, false);
     let mut relay = stack.spawn("relay", &["relay"]);
     let mut workers = stack.spawn("project", &["project", "orders", "specimens", "results"]);
-    let ledger = db.ledger();
+    let ledger = db.ledger().await;
     lab_day_numbered(&ledger, 950).await;
     workers.kill9();
     workers = stack.spawn("project", &["project", "orders", "specimens", "results"]);

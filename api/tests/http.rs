@@ -57,6 +57,7 @@ impl Api {
             ("dr.rao", Role::Clinician),
             ("audit.1", Role::Auditor),
             ("analyst.1", Role::Analyst),
+            ("admin.1", Role::Admin),
         ] {
             auth::add_user(
                 &db.app,
@@ -69,7 +70,7 @@ impl Api {
         }
         let state = AppState {
             pool: db.app.clone(),
-            ledger: Arc::new(db.ledger()),
+            ledger: Arc::new(db.ledger().await),
             auth: Arc::new(auth::AuthConfig {
                 secret: SECRET.to_vec(),
                 issuer: "lisledger".into(),
@@ -828,7 +829,11 @@ async fn analytics_are_served_over_a_date_range() {
 
 #[tokio::test]
 async fn with_postgresql_down_the_api_answers_503_never_500() {
-    // A pool pointing where nothing listens: every query is refused.
+    // A pool pointing where nothing listens: every query is refused. The key vault's own
+    // pool is closed with its (dropped) database, so it is refused too.
+    let db = lis_tests::TestDb::new().await;
+    let vault = db.vault().await;
+    db.drop().await;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .acquire_timeout(std::time::Duration::from_millis(500))
         .connect_lazy("postgres://nobody@127.0.0.1:1/none")
@@ -851,6 +856,7 @@ async fn with_postgresql_down_the_api_answers_503_never_500() {
         ledger: Arc::new(lis_commands::Ledger::new(
             pool,
             lis_commands::LedgerConfig::default(),
+            vault,
         )),
         auth: Arc::new(auth_config),
         analytics: None,
@@ -925,5 +931,155 @@ async fn sql_injection_strings_are_stored_as_text_or_refused() {
         .await
         .unwrap();
     assert_eq!(events, 1);
+    api.db.drop().await;
+}
+
+#[tokio::test]
+async fn identity_is_shown_as_each_role_may_see_it_and_only_an_admin_erases() {
+    let api = Api::start().await;
+    let reception = api.token("reception.1").await;
+    let auditor = api.token("audit.1").await;
+    let analyst = api.token("analyst.1").await;
+    let admin = api.token("admin.1").await;
+    let mut body = order_body("MRN-PRIV-9");
+    body["patient"]["phone"] = json!("+91 98450 12345");
+    body["patient"]["abha_number"] = json!("91-2345-6789-0123");
+    body["clinical_notes"] = json!("on warfarin");
+    let (s, placed) = api.post(&reception, "/orders", body).await;
+    assert_eq!(s, StatusCode::CREATED, "{placed}");
+    let order_id = placed["id"].as_str().unwrap().to_string();
+    api.project().await;
+    let (_, order) = api.get(&reception, &format!("/orders/{order_id}")).await;
+    let patient = order["patient_id"].as_str().unwrap().to_string();
+    let with_glass = |token: &str, path: &str, reason: &str| {
+        api.client
+            .get(format!("{}{path}", api.base))
+            .bearer_auth(token)
+            .header("break-glass-reason", reason)
+            .send()
+    };
+
+    // Care roles see the identity; auditors see it masked; analysts not at all.
+    let (s, p) = api.get(&reception, &format!("/patients/{patient}")).await;
+    assert_eq!(s, StatusCode::OK, "{p}");
+    assert_eq!(p["identity"]["name"], "Asha Verma");
+    assert_eq!(p["identity"]["phone"], "+919845012345");
+    assert_eq!(p["erased"], false);
+    let (s, p) = api.get(&auditor, &format!("/patients/{patient}")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(p["identity"]["name"], "A*** V****");
+    assert_eq!(p["identity"]["date_of_birth"], "1980-**-**");
+    assert!(
+        !p.to_string().contains("Asha") && !p.to_string().contains("MRN-PRIV-9"),
+        "{p}"
+    );
+    let (s, _) = api.get(&analyst, &format!("/patients/{patient}")).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let history = format!("/audit/orders/{order_id}");
+    let (s, h) = api.get(&auditor, &history).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = h.to_string();
+    assert!(
+        !text.contains("Asha") && !text.contains("warfarin"),
+        "{text}"
+    );
+    assert_eq!(
+        h["events"][0]["payload"]["OrderPlaced"]["identity"]["name"],
+        "A*** V****"
+    );
+    assert_eq!(
+        h["events"][0]["payload"]["OrderPlaced"]["clinical_notes"],
+        "[masked]"
+    );
+
+    // Break glass: an auditor with a reason sees it whole, and the access is logged.
+    let r = with_glass(&auditor, &history, "NABL assessment, request 12")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let h: Value = r.json().await.unwrap();
+    assert_eq!(
+        h["events"][0]["payload"]["OrderPlaced"]["identity"]["name"],
+        "Asha Verma"
+    );
+    assert_eq!(
+        h["events"][0]["payload"]["OrderPlaced"]["clinical_notes"],
+        "on warfarin"
+    );
+    let logged: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT actor_id, reason, resource FROM break_glass_log")
+            .fetch_all(&api.db.app)
+            .await
+            .unwrap();
+    assert_eq!(
+        logged,
+        [(
+            "audit.1".to_string(),
+            "NABL assessment, request 12".to_string(),
+            format!("audit/orders/{order_id}")
+        )]
+    );
+    let r = with_glass(&admin, &format!("/patients/{patient}"), "curious")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = with_glass(&auditor, &history, " ").await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Erasure: admin only, with a reason; then identity reads [erased] for everyone.
+    let erase = format!("/patients/{patient}/erase");
+    let (s, _) = api
+        .post(&reception, &erase, json!({"reason": "asked"}))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, p) = api.post(&admin, &erase, json!({})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    let (s, p) = api
+        .post(
+            &admin,
+            &erase,
+            json!({"reason": "patient request, DPDP s.12"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{p}");
+    let (s, p) = api.get(&reception, &format!("/patients/{patient}")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (p["erased"].clone(), p["identity"].clone()),
+        (json!(true), json!("[erased]"))
+    );
+    let h: Value = with_glass(&auditor, &history, "erasure check")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        h["events"][0]["payload"]["OrderPlaced"]["identity"],
+        "[erased]"
+    );
+    assert_eq!(
+        h["events"][0]["payload"]["OrderPlaced"]["clinical_notes"],
+        "[erased]"
+    );
+    let (s, p) = api
+        .get(&auditor, &format!("/audit/patients/{patient}"))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(p["events"][0]["event_type"], "PatientErased");
+    assert_eq!(p["events"][0]["actor"], "admin.1");
+    let (s, p) = api.post(&admin, &erase, json!({"reason": "again"})).await;
+    assert_eq!(
+        (s, p["rule"].as_str()),
+        (StatusCode::CONFLICT, Some("patient.already-erased"))
+    );
+    let (s, _) = api
+        .post(
+            &admin,
+            &format!("/patients/{}/erase", uuid::Uuid::new_v4()),
+            json!({"reason": "x"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
     api.db.drop().await;
 }

@@ -30,7 +30,7 @@ async fn relay_and_workers_resume_after_a_broker_restart_and_a_standby_takes_ove
     tokio::time::sleep(Duration::from_millis(500)).await;
     let standby = stack.spawn("relay-b", &["relay"]);
     let workers = stack.spawn("project", &["project", "orders", "specimens", "results"]);
-    let ledger = db.ledger();
+    let ledger = db.ledger().await;
     lab_day_numbered(&ledger, 901).await;
     wait_projected(
         &db,

@@ -2,7 +2,8 @@
 //!
 //! It sorts every failure into what the caller should do about it: fix the input
 //! ([`CommandError::Invalid`], HTTP 422), respect a rule of the lab
-//! ([`CommandError::Rejected`], 409), retry on fresh state ([`CommandError::Conflict`],
+//! ([`CommandError::Rejected`], 409), name something that exists
+//! ([`CommandError::NotFound`], 404), retry on fresh state ([`CommandError::Conflict`],
 //! 409), wait for a dependency ([`CommandError::Unavailable`], 503), or report a defect
 //! ([`CommandError::Internal`], 500).
 
@@ -19,6 +20,8 @@ pub enum CommandError {
     },
     #[error("{rule}: {message}")]
     Rejected { rule: &'static str, message: String },
+    #[error("{0}")]
+    NotFound(String),
     #[error("concurrent change to {aggregate_type} {aggregate_id}: reload and retry")]
     Conflict {
         aggregate_type: &'static str,
@@ -88,6 +91,20 @@ impl From<sqlx::Error> for CommandError {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
                 CommandError::Unavailable(e.to_string())
             }
+            other => CommandError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::keys::KeyError> for CommandError {
+    fn from(e: crate::keys::KeyError) -> Self {
+        use crate::keys::KeyError;
+        match e {
+            KeyError::Database(e) => e.into(),
+            KeyError::Erased(_) => CommandError::Rejected {
+                rule: "patient.erased",
+                message: e.to_string(),
+            },
             other => CommandError::Internal(other.to_string()),
         }
     }

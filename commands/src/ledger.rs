@@ -8,18 +8,21 @@
 
 use crate::context::CommandContext;
 use crate::error::CommandError;
+use crate::keys::PatientVault;
 use crate::lookup::PgLabLookup;
-use crate::patients::patient_id_for;
 use crate::store::SnapshotEventStore;
 use chrono::Utc;
 use cqrs_es::{Aggregate, AggregateContext, CqrsFramework, EventStore};
 use lis_domain::error::DomainError;
-use lis_domain::ids::{OrderId, OrderNumber, ResultId, SampleId, TestCode};
+use lis_domain::ids::{OrderId, OrderNumber, PatientId, ResultId, SampleId, TestCode};
 use lis_domain::order::{Order, OrderCommand, PlaceOrder, Priority};
-use lis_domain::patient::PatientIdentity;
+use lis_domain::patient::NewPatient;
+use lis_domain::patient_record::{PatientCommand, PatientRecord};
 use lis_domain::result::{LabResult, ResultCommand};
 use lis_domain::sample::{AliquotSpec, Sample, SampleCommand};
+use lis_domain::sealed::SealedKind;
 use lis_domain::services::{LabPolicy, LabServices};
+use lis_domain::text::Reason;
 use lis_domain::text::{Note, PersonName, Place};
 use lis_domain::upcast::upcasters;
 use postgres_es::PostgresEventRepository;
@@ -62,7 +65,8 @@ pub struct CommandOutcome {
 /// A new order as a user gives it; the ledger assigns ids and the order number.
 #[derive(Debug, Clone)]
 pub struct NewOrder {
-    pub patient: PatientIdentity,
+    /// Sealed under the patient's data key before it reaches the event.
+    pub patient: NewPatient,
     pub ordering_clinician: PersonName,
     pub priority: Priority,
     pub collection_site: Place,
@@ -88,9 +92,11 @@ fn event_store<A: Aggregate>(pool: &PgPool, snapshot_every: usize) -> EventStore
 
 pub struct Ledger {
     pool: PgPool,
+    vault: Arc<PatientVault>,
     orders: Framework<Order>,
     samples: Framework<Sample>,
     results: Framework<LabResult>,
+    patients: Framework<PatientRecord>,
     readers: (
         EventStoreOf<Order>,
         EventStoreOf<Sample>,
@@ -99,20 +105,24 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    pub fn new(pool: PgPool, config: LedgerConfig) -> Self {
+    /// A ledger over `pool`, sealing identities with the keys of `vault`.
+    pub fn new(pool: PgPool, config: LedgerConfig, vault: Arc<PatientVault>) -> Self {
         let n = config.snapshot_every.max(1);
         let lookup = Arc::new(PgLabLookup::new(
             pool.clone(),
             event_store(&pool, n),
             event_store(&pool, n),
             event_store(&pool, n),
+            vault.clone(),
             config.policy,
         ));
         let services = LabServices::new(lookup);
         Self {
             orders: CqrsFramework::new(event_store(&pool, n), vec![], services.clone()),
             samples: CqrsFramework::new(event_store(&pool, n), vec![], services.clone()),
-            results: CqrsFramework::new(event_store(&pool, n), vec![], services),
+            results: CqrsFramework::new(event_store(&pool, n), vec![], services.clone()),
+            patients: CqrsFramework::new(event_store(&pool, n), vec![], services),
+            vault,
             readers: (
                 event_store(&pool, n),
                 event_store(&pool, n),
@@ -124,6 +134,11 @@ impl Ledger {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The patient key vault (to open sealed identities for those allowed to see them).
+    pub fn vault(&self) -> &PatientVault {
+        &self.vault
     }
 
     /// Places a new order: assigns the order id, the order number and the patient id.
@@ -139,16 +154,33 @@ impl Ledger {
         let order_number =
             OrderNumber::parse(&format!("ORD-{}-{n:06}", Utc::now().format("%Y%m%d")))
                 .map_err(|e| CommandError::Internal(format!("order number: {e}")))?;
-        let patient_id = patient_id_for(&self.pool, &order.patient.mrn).await?;
+        let patient_id = self.vault.pseudonym(&order.patient.identity.mrn).await?;
+        let identity = self
+            .vault
+            .seal(
+                patient_id,
+                SealedKind::PatientIdentity,
+                &order.patient.identity,
+            )
+            .await?;
+        let clinical_notes = match &order.clinical_notes {
+            Some(notes) => Some(
+                self.vault
+                    .seal(patient_id, SealedKind::ClinicalNotes, notes)
+                    .await?,
+            ),
+            None => None,
+        };
         let command = OrderCommand::Place(PlaceOrder {
             order_id,
             order_number: order_number.clone(),
             patient_id,
-            patient: order.patient,
+            identity,
+            sex: order.patient.sex,
             ordering_clinician: order.ordering_clinician,
             priority: order.priority,
             collection_site: order.collection_site,
-            clinical_notes: order.clinical_notes,
+            clinical_notes,
             tests: order.tests,
         });
         let outcome = self.execute_order(order_id, command, ctx).await?;
@@ -214,6 +246,51 @@ impl Ledger {
             ctx,
         )
         .await
+    }
+
+    /// Erases a patient (crypto-shredding): records `PatientErased` with the actor's
+    /// reason, then destroys the patient's data key and pseudonym. Event first, so that no
+    /// key is ever destroyed without its audit record; a retry after a crash in between
+    /// finishes the destruction. Erasing an erased patient is refused.
+    pub async fn erase_patient(
+        &self,
+        patient: PatientId,
+        reason: Reason,
+        ctx: &CommandContext,
+    ) -> Result<CommandOutcome, CommandError> {
+        if self.vault.status(patient).await?.is_none() {
+            return Err(CommandError::NotFound(format!("no patient {patient}")));
+        }
+        let id = patient.to_string();
+        let command = PatientCommand::Erase { reason };
+        let (name, why) = (command.name(), command.reason());
+        match execute(&self.pool, &self.patients, &id, command, name, why, ctx).await {
+            Ok(outcome) => {
+                self.vault.erase(patient).await?;
+                Ok(outcome)
+            }
+            Err(CommandError::Rejected { rule, message }) if rule == "patient.already-erased" => {
+                if !self.vault.erase(patient).await? {
+                    return Err(CommandError::Rejected { rule, message });
+                }
+                tracing::warn!(patient = %patient, "finished an erasure interrupted after its event");
+                let row = sqlx::query(
+                    "SELECT sequence, position FROM events
+                      WHERE aggregate_type = $1 AND aggregate_id = $2 AND event_type = 'PatientErased'",
+                )
+                .bind(PatientRecord::TYPE)
+                .bind(&id)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(CommandOutcome {
+                    aggregate_type: PatientRecord::TYPE,
+                    aggregate_id: id,
+                    version: row.get("sequence"),
+                    position: row.get("position"),
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Splits aliquots off a received sample: the parent records its children first

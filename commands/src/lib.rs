@@ -8,15 +8,16 @@
 //! - [`catalogue`]: versioned catalogue import and loading.
 //! - [`store`]: postgres-es with snapshots and upcasters.
 //! - [`audit`]: recomputes every hash chain and reports the first broken link.
+//! - [`keys`]: patient data keys, sealing and erasure (crypto-shredding).
 //! - [`error`]: the one error type of this boundary.
 
 pub mod audit;
 pub mod catalogue;
 pub mod context;
 pub mod error;
+pub mod keys;
 pub mod ledger;
 pub mod lookup;
-pub mod patients;
 pub mod store;
 
 pub use context::CommandContext;

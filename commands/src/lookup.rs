@@ -7,6 +7,7 @@
 //! trail. The catalogue is cached per version and reloaded when a new version appears.
 
 use crate::catalogue;
+use crate::keys::{Opened, PatientVault};
 use crate::ledger::EventStoreOf;
 use chrono::{DateTime, Utc};
 use cqrs_es::{AggregateContext, EventStore};
@@ -14,8 +15,10 @@ use lis_domain::catalogue::{Catalogue, CatalogueVersion};
 use lis_domain::flags::PreviousResult;
 use lis_domain::ids::{AccessionNumber, OrderId, PatientId, ResultId, SampleId, TestCode};
 use lis_domain::order::{Order, OrderFacts};
+use lis_domain::patient::{Age, PatientIdentity};
 use lis_domain::result::LabResult;
 use lis_domain::sample::{Sample, SampleFacts};
+use lis_domain::sealed::Sealed;
 use lis_domain::services::{LabLookup, LabPolicy, LookupError};
 use sqlx::PgPool;
 use std::collections::BTreeSet;
@@ -27,6 +30,7 @@ pub struct PgLabLookup {
     orders: EventStoreOf<Order>,
     samples: EventStoreOf<Sample>,
     results: EventStoreOf<LabResult>,
+    vault: Arc<PatientVault>,
     policy: LabPolicy,
     cached: RwLock<Option<Arc<Catalogue>>>,
 }
@@ -41,6 +45,7 @@ impl PgLabLookup {
         orders: EventStoreOf<Order>,
         samples: EventStoreOf<Sample>,
         results: EventStoreOf<LabResult>,
+        vault: Arc<PatientVault>,
         policy: LabPolicy,
     ) -> Self {
         Self {
@@ -48,6 +53,7 @@ impl PgLabLookup {
             orders,
             samples,
             results,
+            vault,
             policy,
             cached: RwLock::new(None),
         }
@@ -153,6 +159,23 @@ impl LabLookup for PgLabLookup {
             }
         }
         Ok(None)
+    }
+
+    async fn age_at(
+        &self,
+        patient: PatientId,
+        identity: &Sealed,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Age>, LookupError> {
+        match self
+            .vault
+            .open::<PatientIdentity>(patient, identity)
+            .await
+            .map_err(|e| failed("patient identity", e))?
+        {
+            Opened::Clear(identity) => Ok(Some(Age::at(identity.date_of_birth, at))),
+            Opened::Erased => Ok(None),
+        }
     }
 
     async fn released_tests(&self, order: OrderId) -> Result<BTreeSet<TestCode>, LookupError> {

@@ -6,11 +6,11 @@
 
 use crate::catalogue::CatalogueVersion;
 use crate::ids::{OrderId, OrderNumber, PatientId, TestCode};
-use crate::patient::{PatientIdentity, Sex};
+use crate::patient::Sex;
+use crate::sealed::Sealed;
 use crate::services::{LabServices, LookupError};
-use crate::text::{Note, PersonName, Place, Reason};
+use crate::text::{PersonName, Place, Reason};
 use crate::validation::{FieldError, FieldErrors};
-use chrono::NaiveDate;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
@@ -41,11 +41,14 @@ pub struct PlaceOrder {
     pub order_id: OrderId,
     pub order_number: OrderNumber,
     pub patient_id: PatientId,
-    pub patient: PatientIdentity,
+    /// The patient's identity, sealed under their data key.
+    pub identity: Sealed,
+    pub sex: Sex,
     pub ordering_clinician: PersonName,
     pub priority: Priority,
     pub collection_site: Place,
-    pub clinical_notes: Option<Note>,
+    /// Free-text clinical notes, sealed under the patient's data key.
+    pub clinical_notes: Option<Sealed>,
     pub tests: Vec<TestCode>,
 }
 
@@ -92,11 +95,15 @@ pub enum OrderEvent {
         order_id: OrderId,
         order_number: OrderNumber,
         patient_id: PatientId,
-        patient: PatientIdentity,
+        /// Name, MRN, ABHA number, date of birth, phone, address: sealed (2.0; 1.0 held
+        /// them in clear and was never released).
+        identity: Sealed,
+        /// A clinical fact for reference intervals, in clear.
+        sex: Sex,
         ordering_clinician: PersonName,
         priority: Priority,
         collection_site: Place,
-        clinical_notes: Option<Note>,
+        clinical_notes: Option<Sealed>,
         tests: Vec<OrderedTest>,
     },
     TestsAdded {
@@ -124,7 +131,12 @@ impl DomainEvent for OrderEvent {
         .to_string()
     }
     fn event_version(&self) -> String {
-        "1.0.0".to_string()
+        match self {
+            // 2.0: the patient's identity is sealed (docs/privacy.md).
+            OrderEvent::OrderPlaced { .. } => "2.0.0",
+            _ => "1.0.0",
+        }
+        .to_string()
     }
 }
 
@@ -181,7 +193,8 @@ pub struct OrderFacts {
     pub order_number: OrderNumber,
     pub patient_id: PatientId,
     pub sex: Sex,
-    pub date_of_birth: NaiveDate,
+    /// Sealed: only the command layer's key vault can open it (for the age at collection).
+    pub identity: Sealed,
     pub priority: Priority,
     pub cancelled: bool,
     pub tests: BTreeMap<TestCode, TestLine>,
@@ -198,7 +211,8 @@ struct Placed {
     order_id: OrderId,
     order_number: OrderNumber,
     patient_id: PatientId,
-    patient: PatientIdentity,
+    identity: Sealed,
+    sex: Sex,
     priority: Priority,
     tests: BTreeMap<TestCode, TestLine>,
     cancelled: Option<Reason>,
@@ -218,8 +232,8 @@ impl Order {
             order_id: p.order_id,
             order_number: p.order_number.clone(),
             patient_id: p.patient_id,
-            sex: p.patient.sex,
-            date_of_birth: p.patient.date_of_birth,
+            sex: p.sex,
+            identity: p.identity.clone(),
             priority: p.priority,
             cancelled: p.cancelled.is_some(),
             tests: p.tests.clone(),
@@ -306,7 +320,8 @@ impl Aggregate for Order {
                     order_id: p.order_id,
                     order_number: p.order_number,
                     patient_id: p.patient_id,
-                    patient: p.patient,
+                    identity: p.identity,
+                    sex: p.sex,
                     ordering_clinician: p.ordering_clinician,
                     priority: p.priority,
                     collection_site: p.collection_site,
@@ -361,7 +376,8 @@ impl Aggregate for Order {
                 order_id,
                 order_number,
                 patient_id,
-                patient,
+                identity,
+                sex,
                 priority,
                 tests,
                 ..
@@ -370,7 +386,8 @@ impl Aggregate for Order {
                     order_id,
                     order_number,
                     patient_id,
-                    patient,
+                    identity,
+                    sex,
                     priority,
                     tests: tests
                         .into_iter()

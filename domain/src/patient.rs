@@ -1,10 +1,11 @@
 //! The patient as an order names them: one identity value, plus the clinical facts
 //! (sex, age at collection) that flagging needs.
 //!
-//! [`PatientIdentity`] is kept as a single value so that a later change can encrypt it as
-//! a whole; nothing else in the domain reads the name, MRN or ABHA number.
+//! [`PatientIdentity`] holds every identifying field and is only ever stored sealed
+//! (encrypted under the patient's own key, see [`crate::sealed`]); nothing in the domain
+//! reads the name, MRN or ABHA number. Sex and age stay in clear: docs/privacy.md.
 
-use crate::text::PersonName;
+use crate::text::{Address, PersonName};
 use crate::validation::{FieldError, FieldErrors};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -112,44 +113,125 @@ impl From<AbhaNumber> for String {
     }
 }
 
-/// Who the patient is, as written on the order. One value, so it can be protected whole.
+/// A telephone number: an optional leading `+`, then 7 to 15 digits (spaces, dashes and
+/// brackets allowed between them, dropped when stored).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(try_from = "String", into = "String")]
+pub struct Phone(String);
+
+impl Phone {
+    pub fn parse(input: &str) -> Result<Self, FieldError> {
+        let trimmed = input.trim();
+        let (plus, rest) = match trimmed.strip_prefix('+') {
+            Some(rest) => ("+", rest),
+            None => ("", trimmed),
+        };
+        if !rest
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '-' | '(' | ')'))
+        {
+            return Err(FieldError::new(
+                "",
+                "phone number may hold only digits, spaces, - ( ) and a leading +",
+            ));
+        }
+        let digits: String = rest.chars().filter(char::is_ascii_digit).collect();
+        if !(7..=15).contains(&digits.len()) {
+            return Err(FieldError::new(
+                "",
+                format!(
+                    "phone number must have 7 to 15 digits, not {}",
+                    digits.len()
+                ),
+            ));
+        }
+        Ok(Self(format!("{plus}{digits}")))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Phone {
+    type Error = FieldError;
+    fn try_from(v: String) -> Result<Self, Self::Error> {
+        Self::parse(&v)
+    }
+}
+impl From<Phone> for String {
+    fn from(v: Phone) -> Self {
+        v.0
+    }
+}
+
+/// Who the patient is: every directly identifying field, kept as one value so that it is
+/// sealed whole under the patient's data key before it reaches an event (see
+/// [`crate::sealed`]). Sex is not here: it is a clinical fact, kept in clear.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PatientIdentity {
     pub mrn: Mrn,
     pub abha_number: Option<AbhaNumber>,
     pub name: PersonName,
-    pub sex: Sex,
     pub date_of_birth: NaiveDate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<Phone>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Address>,
 }
 
-impl PatientIdentity {
-    /// Builds an identity from raw fields, collecting every field error.
-    pub fn parse(
-        mrn: &str,
-        abha_number: Option<&str>,
-        name: &str,
-        sex: &str,
-        date_of_birth: &str,
-        today: NaiveDate,
-    ) -> Result<Self, FieldErrors> {
+/// A patient as the order form gives them, field by field, before validation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawPatient<'a> {
+    pub mrn: &'a str,
+    pub abha_number: Option<&'a str>,
+    pub name: &'a str,
+    pub sex: &'a str,
+    pub date_of_birth: &'a str,
+    pub phone: Option<&'a str>,
+    pub address: Option<&'a str>,
+}
+
+/// A validated patient from an order form: the identity (to be sealed) and the sex (a
+/// clinical fact, kept in clear).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPatient {
+    pub identity: PatientIdentity,
+    pub sex: Sex,
+}
+
+/// Parses an optional field: absent or blank is `None`; a bad value is reported at `field`.
+fn optional<T>(
+    input: Option<&str>,
+    field: &str,
+    parse: impl FnOnce(&str) -> Result<T, FieldError>,
+    errors: &mut Vec<FieldError>,
+) -> Option<T> {
+    match input {
+        Some(v) if !v.trim().is_empty() => parse(v).map_err(|e| errors.push(e.under(field))).ok(),
+        _ => None,
+    }
+}
+
+impl NewPatient {
+    /// Builds a patient from raw fields, collecting every field error.
+    pub fn parse(raw: RawPatient<'_>, today: NaiveDate) -> Result<Self, FieldErrors> {
         let mut errors = Vec::new();
-        let mrn = Mrn::parse(mrn)
+        let mrn = Mrn::parse(raw.mrn)
             .map_err(|e| errors.push(e.under("mrn")))
             .ok();
-        let abha = match abha_number {
-            Some(a) if !a.trim().is_empty() => AbhaNumber::parse(a)
-                .map(Some)
-                .map_err(|e| errors.push(e.under("abha_number")))
-                .ok()
-                .flatten(),
-            _ => None,
-        };
-        let name = PersonName::parse(name)
+        let abha = optional(
+            raw.abha_number,
+            "abha_number",
+            AbhaNumber::parse,
+            &mut errors,
+        );
+        let name = PersonName::parse(raw.name)
             .map_err(|e| errors.push(e.under("name")))
             .ok();
-        let sex = Sex::parse(sex)
+        let sex = Sex::parse(raw.sex)
             .map_err(|e| errors.push(e.under("sex")))
             .ok();
+        let date_of_birth = raw.date_of_birth;
         let dob = match NaiveDate::parse_from_str(date_of_birth.trim(), "%Y-%m-%d") {
             Ok(d) if d > today => {
                 errors.push(FieldError::new(
@@ -174,14 +256,20 @@ impl PatientIdentity {
                 None
             }
         };
+        let phone = optional(raw.phone, "phone", Phone::parse, &mut errors);
+        let address = optional(raw.address, "address", Address::parse, &mut errors);
         match (mrn, name, sex, dob) {
             (Some(mrn), Some(name), Some(sex), Some(date_of_birth)) if errors.is_empty() => {
                 Ok(Self {
-                    mrn,
-                    abha_number: abha,
-                    name,
+                    identity: PatientIdentity {
+                        mrn,
+                        abha_number: abha,
+                        name,
+                        date_of_birth,
+                        phone,
+                        address,
+                    },
                     sex,
-                    date_of_birth,
                 })
             }
             _ => Err(FieldErrors(errors)),
@@ -228,13 +316,40 @@ mod tests {
     #[test]
     fn identity_reports_every_bad_field() {
         let today = NaiveDate::from_ymd_opt(2026, 11, 26).unwrap();
-        let err =
-            PatientIdentity::parse("", Some("12"), " ", "x", "2030-01-01", today).unwrap_err();
+        let raw = RawPatient {
+            mrn: "",
+            abha_number: Some("12"),
+            name: " ",
+            sex: "x",
+            date_of_birth: "2030-01-01",
+            phone: Some("12ab"),
+            address: Some("\u{0}"),
+        };
+        let err = NewPatient::parse(raw, today).unwrap_err();
         let fields: Vec<&str> = err.0.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["mrn", "abha_number", "name", "sex", "date_of_birth"]
+            [
+                "mrn",
+                "abha_number",
+                "name",
+                "sex",
+                "date_of_birth",
+                "phone",
+                "address"
+            ]
         );
+    }
+
+    #[test]
+    fn phone_keeps_digits_and_a_leading_plus() {
+        assert_eq!(
+            Phone::parse(" +91 98765-43210 ").unwrap().as_str(),
+            "+919876543210"
+        );
+        assert!(Phone::parse("12345").is_err());
+        assert!(Phone::parse("98765x43210").is_err());
+        assert!(Phone::parse("+").is_err());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::flags::{
     PreviousResult,
 };
 use crate::ids::{OrderId, PatientId, ResultId, SampleId, TestCode};
-use crate::patient::{Age, Sex};
+use crate::patient::Sex;
 use crate::sample::{SampleStatus, SpecimenCondition};
 use crate::services::{LabServices, LookupError, CLOCK_SKEW};
 use crate::text::{Label, Note, PersonName, Reason};
@@ -269,6 +269,10 @@ pub enum ResultError {
     UnchangedValue,
     #[error("this result is already acknowledged")]
     AlreadyAcknowledged,
+    #[error(
+        "the patient has been erased: their age, and so the reference interval, cannot be known"
+    )]
+    PatientErased,
     #[error("{0}")]
     Lookup(#[from] LookupError),
 }
@@ -292,6 +296,7 @@ impl ResultError {
             ResultError::NotCritical => "result.not-critical",
             ResultError::UnchangedValue => "result.unchanged-value",
             ResultError::AlreadyAcknowledged => "result.already-acknowledged",
+            ResultError::PatientErased => "result.patient-erased",
             ResultError::Lookup(_) => "lookup-failed",
         }
     }
@@ -444,7 +449,10 @@ async fn record(r: RecordResult, services: &LabServices) -> Result<ResultEvent, 
         .ok_or_else(|| ResultError::UnknownTest(r.test_code.clone()))?;
     let spec = ValueSpec::from(def);
     let value = spec.check(r.value).map_err(ResultError::Invalid)?;
-    let age = Age::at(order.date_of_birth, sample.collected_at);
+    let age = services
+        .age_at(order.patient_id, &order.identity, sample.collected_at)
+        .await?
+        .ok_or(ResultError::PatientErased)?;
     let reference = reference_interval(def, order.sex, age);
     let previous = match value.numeric() {
         Some(_) => {

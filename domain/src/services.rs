@@ -8,7 +8,9 @@ use crate::catalogue::Catalogue;
 use crate::flags::PreviousResult;
 use crate::ids::{AccessionNumber, OrderId, PatientId, SampleId, TestCode};
 use crate::order::OrderFacts;
+use crate::patient::Age;
 use crate::sample::SampleFacts;
+use crate::sealed::Sealed;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -49,6 +51,14 @@ pub trait LabLookup: Send + Sync {
         test: &TestCode,
         before: DateTime<Utc>,
     ) -> Result<Option<PreviousResult>, LookupError>;
+    /// The patient's age at `at`, from their sealed identity; `None` once the patient has
+    /// been erased (the key that opens the identity is gone).
+    async fn age_at(
+        &self,
+        patient: PatientId,
+        identity: &Sealed,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Age>, LookupError>;
     /// Tests of an order that have (or had) a released result.
     async fn released_tests(&self, order: OrderId) -> Result<BTreeSet<TestCode>, LookupError>;
     fn policy(&self) -> LabPolicy;

@@ -77,6 +77,11 @@ bounded_text!(
     Note, 4000, "note"
 );
 bounded_text!(
+    /// A postal address, as written on the registration form (personal data: only ever
+    /// stored sealed, see `crate::sealed`).
+    Address, 500, "address"
+);
+bounded_text!(
     /// An identifier of a method or an instrument (e.g. `Sysmex XN-1000 #2`).
     Label, 200, "label"
 );

@@ -3,10 +3,10 @@
 
 use lis_domain::catalogue::{parse_csv, Interval, ResultKind};
 use lis_domain::ids::{AccessionNumber, OrderNumber, TestCode};
-use lis_domain::patient::{AbhaNumber, Mrn, PatientIdentity, Sex};
+use lis_domain::patient::{AbhaNumber, Mrn, NewPatient, Phone, RawPatient, Sex};
 use lis_domain::result::ResultCommand;
 use lis_domain::sample::SampleCommand;
-use lis_domain::text::{Note, PersonName, Reason};
+use lis_domain::text::{Address, Note, PersonName, Reason};
 use lis_domain::value::{ResultValue, ValueSpec};
 use proptest::prelude::*;
 
@@ -32,15 +32,22 @@ proptest! {
         stable!(Note, &s);
         stable!(Mrn, &s);
         stable!(AbhaNumber, &s);
+        stable!(Phone, &s);
+        stable!(Address, &s);
         let _ = Sex::parse(&s);
     }
 
     #[test]
-    fn patient_identity_collects_errors_without_panicking(
-        mrn in any::<String>(), name in any::<String>(), sex in any::<String>(), dob in any::<String>()
+    fn patient_collects_errors_without_panicking(
+        mrn in any::<String>(), name in any::<String>(), sex in any::<String>(), dob in any::<String>(),
+        phone in any::<String>(), address in any::<String>()
     ) {
         let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 26).unwrap();
-        if let Err(e) = PatientIdentity::parse(&mrn, None, &name, &sex, &dob, today) {
+        let raw = RawPatient {
+            mrn: &mrn, abha_number: None, name: &name, sex: &sex, date_of_birth: &dob,
+            phone: Some(&phone), address: Some(&address),
+        };
+        if let Err(e) = NewPatient::parse(raw, today) {
             prop_assert!(!e.0.is_empty());
         }
     }

@@ -10,6 +10,7 @@
 
 pub mod analytics_queries;
 pub mod envelope;
+pub mod erasure;
 pub mod feed;
 pub mod merkle;
 pub mod models;

@@ -8,9 +8,11 @@
 //! reported and stops the batch — never applied past the hole.
 
 use crate::envelope::Envelope;
+use crate::erasure::{BatchLinks, Erased};
 use crate::feed::FeedPosition;
 use cqrs_es::persist::SerializedEvent;
 use lis_domain::order::OrderEvent;
+use lis_domain::patient_record::PatientEvent;
 use lis_domain::result::ResultEvent;
 use lis_domain::sample::SampleEvent;
 use lis_domain::upcast::upcasters;
@@ -25,6 +27,7 @@ pub enum LabEvent {
     Order(OrderEvent),
     Sample(SampleEvent),
     Result(ResultEvent),
+    Patient(PatientEvent),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +92,7 @@ pub fn decode(env: &Envelope) -> Result<LabEvent, ProjectionError> {
         "Order" => serde_json::from_value(event.payload).map(LabEvent::Order),
         "Sample" => serde_json::from_value(event.payload).map(LabEvent::Sample),
         "Result" => serde_json::from_value(event.payload).map(LabEvent::Result),
+        "Patient" => serde_json::from_value(event.payload).map(LabEvent::Patient),
         other => return Err(undecodable(format!("unknown aggregate type {other}"))),
     };
     decoded.map_err(|e| undecodable(e.to_string()))
@@ -107,6 +111,9 @@ pub trait Projection: Send + Sync {
         env: &Envelope,
         event: &LabEvent,
     ) -> Result<(), ProjectionError>;
+    /// Deletes the rows of erased patients' records (crate::erasure), inside the batch's
+    /// transaction. Called only when a batch touched such a record.
+    async fn purge(&self, conn: &mut PgConnection, erased: &Erased) -> Result<(), ProjectionError>;
 }
 
 const ENGINE_DDL: &str = "
@@ -144,7 +151,11 @@ pub async fn ensure_schema(
         .execute(&mut *tx)
         .await?;
     // One statement at a time (the DDL holds no `;` inside a statement).
-    for statement in ENGINE_DDL.split(';').chain(projection.ddl().split(';')) {
+    for statement in ENGINE_DDL
+        .split(';')
+        .chain(crate::erasure::DDL.split(';'))
+        .chain(projection.ddl().split(';'))
+    {
         if !statement.trim().is_empty() {
             sqlx::query(statement).execute(&mut *tx).await?;
         }
@@ -197,6 +208,7 @@ pub async fn apply_in(
     let mut offsets: HashMap<(String, String), i64> =
         rows.into_iter().map(|(t, i, s)| ((t, i), s)).collect();
     let mut advanced: HashMap<(String, String), i64> = HashMap::new();
+    let mut links = BatchLinks::default();
     for env in events {
         let key = (env.aggregate_type.clone(), env.aggregate_id.clone());
         let last = offsets.get(&key).copied().unwrap_or(0);
@@ -214,12 +226,17 @@ pub async fn apply_in(
         }
         let event = decode(env)?;
         projection.apply(conn, env, &event).await?;
+        links.note(aggregate_uuid(env)?, &event);
         offsets.insert(key.clone(), env.sequence);
         advanced.insert(key, env.sequence);
         outcome.applied += 1;
         max_position = max_position.max(env.position);
     }
     if !advanced.is_empty() {
+        let erased = links.resolve(conn).await?;
+        if !erased.is_empty() {
+            projection.purge(conn, &erased).await?;
+        }
         let mut types = Vec::with_capacity(advanced.len());
         let mut ids = Vec::with_capacity(advanced.len());
         let mut sequences = Vec::with_capacity(advanced.len());

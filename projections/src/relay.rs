@@ -34,6 +34,8 @@ pub struct Topics {
     pub orders: String,
     pub samples: String,
     pub results: String,
+    /// Patient-level events (erasure).
+    pub patients: String,
     pub seals: String,
 }
 
@@ -43,6 +45,7 @@ impl Default for Topics {
             orders: "lis.orders".into(),
             samples: "lis.samples".into(),
             results: "lis.results".into(),
+            patients: "lis.patients".into(),
             seals: "lis.audit-seals".into(),
         }
     }
@@ -54,12 +57,13 @@ impl Topics {
             "Order" => Some(&self.orders),
             "Sample" => Some(&self.samples),
             "Result" => Some(&self.results),
+            "Patient" => Some(&self.patients),
             _ => None,
         }
     }
 
-    pub fn event_topics(&self) -> [&str; 3] {
-        [&self.orders, &self.samples, &self.results]
+    pub fn event_topics(&self) -> [&str; 4] {
+        [&self.orders, &self.samples, &self.results, &self.patients]
     }
 }
 

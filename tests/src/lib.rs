@@ -7,12 +7,13 @@
 //! application role — the same privileges as production.
 
 use chrono::{Duration, Utc};
+use lis_commands::keys::{LocalKek, PatientVault};
 use lis_commands::ledger::{NewOrder, PlacedOrder};
 use lis_commands::{CommandContext, Ledger, LedgerConfig};
 use lis_domain::actor::{Actor, ActorId, Role};
 use lis_domain::ids::{AccessionNumber, OrderId, ResultId, SampleId, TestCode};
 use lis_domain::order::Priority;
-use lis_domain::patient::PatientIdentity;
+use lis_domain::patient::{NewPatient, RawPatient};
 use lis_domain::result::{CriticalNotification, NotificationMethod, RecordResult, ResultCommand};
 use lis_domain::sample::{
     CollectSample, HandOver, RejectionReason, SampleCommand, SpecimenCondition, StorageLocation,
@@ -25,6 +26,7 @@ use lis_projections::worker::feed_step;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// The seed catalogue shipped with the product.
 pub const SEED_CATALOGUE: &str = include_str!("../../deploy/seed/test-catalogue.csv");
@@ -109,8 +111,23 @@ impl TestDb {
         su.close().await;
     }
 
-    pub fn ledger(&self) -> Ledger {
-        Ledger::new(self.app.clone(), LedgerConfig::default())
+    /// The ledger over this database, with the test key-encryption key.
+    pub async fn ledger(&self) -> Ledger {
+        Ledger::new(
+            self.app.clone(),
+            LedgerConfig::default(),
+            self.vault().await,
+        )
+    }
+
+    /// The patient key vault of this database, under [`TEST_KEK`].
+    pub async fn vault(&self) -> Arc<PatientVault> {
+        let kek = LocalKek::from_base64(TEST_KEK).expect("test KEK");
+        Arc::new(
+            PatientVault::connect(self.app.clone(), Arc::new(kek))
+                .await
+                .expect("patient key vault"),
+        )
     }
 
     pub fn url_as(&self, user: &str) -> String {
@@ -143,13 +160,20 @@ pub fn code(c: &str) -> TestCode {
     TestCode::parse(c).unwrap()
 }
 
-pub fn patient(mrn: &str, sex: &str) -> PatientIdentity {
-    PatientIdentity::parse(
-        mrn,
-        None,
-        "Asha Verma",
-        sex,
-        "1980-05-17",
+/// The key-encryption key of test databases (test data only: never a real key).
+pub const TEST_KEK: &str = "dGVzdC1vbmx5IGtleS1lbmNyeXB0aW9uIGtleSAzMiE=";
+
+pub fn patient(mrn: &str, sex: &str) -> NewPatient {
+    NewPatient::parse(
+        RawPatient {
+            mrn,
+            abha_number: Some("91-2345-6789-0123"),
+            name: "Asha Verma",
+            sex,
+            date_of_birth: "1980-05-17",
+            phone: Some("+91 98450 12345"),
+            address: Some("14 Lake View Road, Bengaluru"),
+        },
         Utc::now().date_naive(),
     )
     .unwrap()
@@ -281,7 +305,7 @@ fn by(id: &str) -> ActorId {
 /// critical K notified, verified and released; NA released then amended; the serum tube
 /// handed over and stored. Returns the order id and the serum sample id.
 pub async fn lab_day(db: &TestDb) -> (uuid::Uuid, uuid::Uuid) {
-    lab_day_numbered(&db.ledger(), 600).await
+    lab_day_numbered(&db.ledger().await, 600).await
 }
 
 /// [`lab_day`] for patient `MRN-<n>` with accession numbers `ACC-<n>`, `-R` and `-E`, so

@@ -16,7 +16,7 @@ async fn verify(pool: &PgPool) -> lis_commands::audit::VerifyReport {
 /// A small lab history: an order (placed, a test added), a sample (collected, received,
 /// handed over to storage), a released result. Seven events.
 async fn history(db: &TestDb) {
-    let ledger = db.ledger();
+    let ledger = db.ledger().await;
     let order = place(&ledger, "MRN-200", &["K"]).await;
     ledger
         .execute_order(
@@ -226,7 +226,7 @@ async fn the_sql_trigger_and_the_rust_verifier_agree_on_tricky_bytes() {
 async fn verify_names_the_first_broken_link_of_each_tampered_aggregate() {
     let db = TestDb::new().await;
     history(&db).await;
-    let ledger = db.ledger();
+    let ledger = db.ledger().await;
     let other = place(&ledger, "MRN-201", &["NA"]).await;
     let clean = verify(&db.app).await;
     assert!(clean.is_intact());

@@ -71,7 +71,7 @@ async fn a_bad_file_names_line_and_column_and_imports_nothing() {
 #[tokio::test]
 async fn a_result_is_flagged_with_the_version_in_force_and_says_which() {
     let db = TestDb::new().await;
-    let ledger = db.ledger();
+    let ledger = db.ledger().await;
     let order = place(&ledger, "MRN-300", &["K"]).await;
     let sample = received_serum(&ledger, order.order_id, "ACC-300", &["K"]).await;
     // A new version narrows K after the order was placed: recording uses the version in force.
@@ -106,7 +106,7 @@ async fn a_result_is_flagged_with_the_version_in_force_and_says_which() {
 #[tokio::test]
 async fn without_a_catalogue_commands_are_unavailable_not_wrong() {
     let db = TestDb::empty().await;
-    let ledger = db.ledger();
+    let ledger = db.ledger().await;
     let err = ledger
         .place_order(
             lis_commands::ledger::NewOrder {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_racing_clients_leave_a_valid_history() {
     let db = TestDb::new().await;
-    let ledger = Arc::new(db.ledger());
+    let ledger = Arc::new(db.ledger().await);
     let order = place(&ledger, "MRN-C1", &["K"]).await;
     let sample = received_serum(&ledger, order.order_id, "ACC-C1", &["K"]).await;
     let (id, record) = record_k(sample, 4.0);

@@ -5,6 +5,7 @@
 //! an upcaster if a stored event's shape changed).
 
 use lis_domain::order::OrderEvent;
+use lis_domain::patient_record::PatientEvent;
 use lis_domain::result::ResultEvent;
 use lis_domain::sample::SampleEvent;
 use std::path::PathBuf;
@@ -38,6 +39,10 @@ fn schemas() -> Vec<(&'static str, serde_json::Value)> {
         (
             "result-events.schema.json",
             serde_json::to_value(schemars::schema_for!(ResultEvent)).unwrap(),
+        ),
+        (
+            "patient-events.schema.json",
+            serde_json::to_value(schemars::schema_for!(PatientEvent)).unwrap(),
         ),
     ]
 }
@@ -100,6 +105,7 @@ fn every_event_type_is_documented_in_its_schema() {
                 "ResultAcknowledged",
             ],
         ),
+        ("patient-events.schema.json", vec!["PatientErased"]),
     ];
     for ((file, schema), (_, events)) in schemas().iter().zip(names) {
         let text = schema.to_string();

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 #[tokio::test]
 async fn a_lab_workflow_is_appended_and_loads_back_with_audit_columns() {
     let db = TestDb::new().await;
-    let ledger = db.ledger();
+    let ledger = db.ledger().await;
     let order = place(&ledger, "MRN-100", &["K", "NA"]).await;
     assert_eq!(order.outcome.version, 1);
     let sample = received_serum(&ledger, order.order_id, "ACC-100", &["K", "NA"]).await;
@@ -96,7 +96,7 @@ async fn a_lab_workflow_is_appended_and_loads_back_with_audit_columns() {
 #[tokio::test]
 async fn a_reason_given_with_a_command_is_kept_in_the_event_metadata() {
     let db = TestDb::new().await;
-    let ledger = db.ledger();
+    let ledger = db.ledger().await;
     let order = place(&ledger, "MRN-101", &["K", "NA"]).await;
     ledger
         .execute_order(
@@ -122,7 +122,7 @@ async fn a_reason_given_with_a_command_is_kept_in_the_event_metadata() {
 #[tokio::test]
 async fn two_writers_from_the_same_version_one_wins_one_conflicts() {
     let db = TestDb::new().await;
-    let ledger = db.ledger();
+    let ledger = db.ledger().await;
     let order = place(&ledger, "MRN-102", &["K"]).await;
     let id = order.order_id.to_string();
 
@@ -171,7 +171,7 @@ async fn two_writers_from_the_same_version_one_wins_one_conflicts() {
 #[tokio::test]
 async fn racing_commands_through_the_ledger_lose_no_update() {
     let db = TestDb::new().await;
-    let ledger = std::sync::Arc::new(db.ledger());
+    let ledger = std::sync::Arc::new(db.ledger().await);
     let order = place(&ledger, "MRN-103", &["K"]).await;
     let tests = [
         "NA", "CL", "CO2", "CA", "MG", "PHOS", "ALB", "TP", "CREA", "URIC",
@@ -217,7 +217,7 @@ async fn racing_commands_through_the_ledger_lose_no_update() {
 #[tokio::test]
 async fn a_refused_command_writes_nothing_and_says_why() {
     let db = TestDb::new().await;
-    let ledger = db.ledger();
+    let ledger = db.ledger().await;
     let order = place(&ledger, "MRN-104", &["K"]).await;
     let sample = received_serum(&ledger, order.order_id, "ACC-104", &["K"]).await;
     let (id, _) = record_k(sample, 0.0);
@@ -274,7 +274,7 @@ async fn a_refused_command_writes_nothing_and_says_why() {
 #[tokio::test]
 async fn flags_use_the_patients_previous_released_result_and_released_tests_cannot_be_cancelled() {
     let db = TestDb::new().await;
-    let ledger = db.ledger();
+    let ledger = db.ledger().await;
     let first = place(&ledger, "MRN-105", &["K"]).await;
     let s1 = received_serum(&ledger, first.order_id, "ACC-105-1", &["K"]).await;
     released_k(&ledger, s1, 3.0).await;
@@ -323,7 +323,7 @@ async fn flags_use_the_patients_previous_released_result_and_released_tests_cann
 #[tokio::test]
 async fn accession_numbers_are_unique_in_the_lab() {
     let db = TestDb::new().await;
-    let ledger = db.ledger();
+    let ledger = db.ledger().await;
     let order = place(&ledger, "MRN-106", &["K", "NA"]).await;
     received_serum(&ledger, order.order_id, "ACC-106", &["K"]).await;
     let again = lis_domain::ids::SampleId::new();

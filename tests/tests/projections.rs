@@ -159,7 +159,7 @@ async fn redelivered_events_change_nothing_and_a_gap_is_refused() {
     assert_eq!(dump_schema(&db.app, "proj_results").await, before);
 
     // A new result whose second event arrives without its first: refused, nothing applied.
-    let ledger = db.ledger();
+    let ledger = db.ledger().await;
     let order = place(&ledger, "MRN-601", &["K"]).await;
     let sample = received_serum(&ledger, order.order_id, "ACC-610", &["K"]).await;
     let id = released_k(&ledger, sample, 4.0).await;
@@ -229,7 +229,7 @@ async fn a_rebuilt_model_equals_the_incrementally_built_one() {
         );
     }
     // The rebuilt schema is live: the worker carries on from where the rebuild stopped.
-    let ledger = db.ledger();
+    let ledger = db.ledger().await;
     place(&ledger, "MRN-602", &["K"]).await;
     let orders = models::by_name("orders").unwrap();
     lis_tests::catch_up(&db.app, orders.as_ref()).await;

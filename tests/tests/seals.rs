@@ -46,7 +46,7 @@ async fn seal_all(pool: &PgPool) {
 }
 
 async fn history(db: &TestDb) -> i64 {
-    let ledger = db.ledger();
+    let ledger = db.ledger().await;
     let order = place(&ledger, "MRN-700", &["K"]).await;
     let sample = received_serum(&ledger, order.order_id, "ACC-700", &["K"]).await;
     released_k(&ledger, sample, 4.4).await;
@@ -104,7 +104,7 @@ async fn sealed_history_verifies_and_proves_inclusion() {
 }
 
 async fn history_more(db: &TestDb) {
-    let ledger = db.ledger();
+    let ledger = db.ledger().await;
     place(&ledger, "MRN-701", &["NA"]).await;
     place(&ledger, "MRN-702", &["NA"]).await;
 }

@@ -18,7 +18,7 @@ fn hand_over(i: usize) -> SampleCommand {
 #[tokio::test]
 async fn a_long_custody_chain_is_snapshotted_and_loads_the_same() {
     let db = TestDb::new().await;
-    let ledger = db.ledger();
+    let ledger = db.ledger().await;
     let order = place(&ledger, "MRN-400", &["K"]).await;
     let sample = received_serum(&ledger, order.order_id, "ACC-400", &["K"]).await;
     for i in 0..45 {
@@ -51,7 +51,7 @@ async fn a_long_custody_chain_is_snapshotted_and_loads_the_same() {
 #[tokio::test]
 async fn a_version_1_hand_over_in_the_store_loads_through_the_upcaster() {
     let db = TestDb::new().await;
-    let ledger = db.ledger();
+    let ledger = db.ledger().await;
     let order = place(&ledger, "MRN-401", &["K"]).await;
     let sample = received_serum(&ledger, order.order_id, "ACC-401", &["K"]).await;
     // An event as a 1.0 writer stored it: the temperature was called `temp_c`.

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::persist::SerializedEvent;
 use cqrs_es::Aggregate;
 use lis_domain::order::Order;
+use lis_domain::patient_record::PatientRecord;
 use lis_domain::result::LabResult;
 use lis_domain::sample::Sample;
 use lis_domain::upcast::upcasters;
@@ -102,6 +103,7 @@ fn replay<A: Aggregate>(rows: Vec<sqlx::postgres::PgRow>) -> Result<(Vec<Value>,
 pub async fn history(
     State(s): State<AppState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     Path((kind, id)): Path<(String, String)>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<axum::response::Response, Problem> {
@@ -116,7 +118,10 @@ pub async fn history(
             }]))
         }
     };
-    let history = history_json(&s, &caller, &kind, &id, q.as_of).await?;
+    let mut history = history_json(&s, &caller, &kind, &id, q.as_of).await?;
+    let view =
+        super::privacy::view_for(&s, &caller, &headers, &format!("audit/{kind}/{id}")).await?;
+    super::privacy::reveal(&s, &mut history, view).await?;
     Ok(if csv {
         (
             [
@@ -149,9 +154,10 @@ async fn history_json(
         "orders" => "Order",
         "samples" => "Sample",
         "results" => "Result",
+        "patients" => "Patient",
         _ => {
             return Err(Problem::not_found(format!(
-                "no audit history for `{kind}` (orders, samples, results)"
+                "no audit history for `{kind}` (orders, samples, results, patients)"
             )))
         }
     };
@@ -173,6 +179,7 @@ async fn history_json(
     let (events, state) = match aggregate_type {
         "Order" => replay::<Order>(rows)?,
         "Sample" => replay::<Sample>(rows)?,
+        "Patient" => replay::<PatientRecord>(rows)?,
         _ => replay::<LabResult>(rows)?,
     };
     Ok(json!({

@@ -157,6 +157,7 @@ pub enum Action {
     ReadAudit,
     ReadStream,
     ReadAnalytics,
+    ErasePatients,
 }
 
 impl Action {
@@ -178,6 +179,7 @@ impl Action {
             Action::ReadAudit => "read the audit trail",
             Action::ReadStream => "read the event stream",
             Action::ReadAnalytics => "read analytics",
+            Action::ErasePatients => "erase patients",
         }
     }
 }
@@ -211,6 +213,7 @@ pub fn allowed(role: Role, action: Action) -> bool {
         ReadAudit => matches!(role, Auditor),
         ReadStream => matches!(role, Analyst | Auditor),
         ReadAnalytics => matches!(role, Analyst | Auditor | Pathologist | Admin),
+        ErasePatients => matches!(role, Admin),
     }
 }
 

@@ -18,7 +18,7 @@ use lis_commands::ledger::NewOrder;
 use lis_commands::CommandOutcome;
 use lis_domain::ids::{AccessionNumber, OrderId, ResultId, SampleId, TestCode};
 use lis_domain::order::{OrderCommand, Priority};
-use lis_domain::patient::PatientIdentity;
+use lis_domain::patient::{NewPatient, RawPatient};
 use lis_domain::result::{CriticalNotification, RecordResult, ResultCommand};
 use lis_domain::sample::{
     AliquotSpec, CollectSample, HandOver, RejectionReason, SampleCommand, SpecimenCondition,
@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 use std::future::Future;
 
 /// Runs `work` at most once per Idempotency-Key and answers with its JSON or problem.
-async fn idempotent<F>(
+pub(crate) async fn idempotent<F>(
     state: &AppState,
     caller: &Caller,
     headers: &HeaderMap,
@@ -89,7 +89,7 @@ async fn remember(state: &AppState, actor: &str, key: &str, status: StatusCode, 
     }
 }
 
-fn outcome(o: &CommandOutcome) -> Value {
+pub(crate) fn outcome(o: &CommandOutcome) -> Value {
     json!({ "id": o.aggregate_id, "version": o.version, "position": o.position })
 }
 
@@ -110,6 +110,8 @@ struct PatientBody {
     name: String,
     sex: String,
     date_of_birth: String,
+    phone: Option<String>,
+    address: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -134,15 +136,16 @@ pub async fn place_order(
         idempotent(&s, &caller, &headers, &body, StatusCode::CREATED, async {
             let b: PlaceOrderBody = parse(&body)?;
             let p = b.patient;
-            let patient = PatientIdentity::parse(
-                &p.mrn,
-                p.abha_number.as_deref(),
-                &p.name,
-                &p.sex,
-                &p.date_of_birth,
-                Utc::now().date_naive(),
-            )
-            .map_err(|e| {
+            let raw = RawPatient {
+                mrn: &p.mrn,
+                abha_number: p.abha_number.as_deref(),
+                name: &p.name,
+                sex: &p.sex,
+                date_of_birth: &p.date_of_birth,
+                phone: p.phone.as_deref(),
+                address: p.address.as_deref(),
+            };
+            let patient = NewPatient::parse(raw, Utc::now().date_naive()).map_err(|e| {
                 Problem::invalid(
                     e.0.iter()
                         .map(|f| FieldProblem::from(&f.clone().under("patient")))

@@ -4,6 +4,7 @@
 //! - [`queries`]: GET endpoints over the read models, with `min_position`;
 //! - [`audit`]: history, field-level diffs and state as of an instant;
 //! - [`stream`]: the event store as Server-Sent Events; [`analytics`]: dashboard rollups;
+//! - [`privacy`]: who sees patient identity (masking, break-glass) and erasure;
 //! - [`auth`]: users, tokens and the permission matrix; [`problem`]: RFC 9457 errors.
 //!
 //! Every error leaves as `application/problem+json`, including the framework's own
@@ -19,6 +20,7 @@ pub mod idempotency;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
+pub mod privacy;
 pub mod problem;
 pub mod queries;
 pub mod stream;
@@ -69,6 +71,7 @@ fn cors(origins: &[HeaderValue]) -> tower_http::cors::CorsLayer {
             axum::http::HeaderName::from_static("idempotency-key"),
             axum::http::HeaderName::from_static("last-event-id"),
             axum::http::HeaderName::from_static("x-correlation-id"),
+            axum::http::HeaderName::from_static(privacy::BREAK_GLASS),
         ])
 }
 
@@ -103,6 +106,8 @@ pub fn router(state: AppState) -> Router {
         .route("/orders/{id}/tests", post(c::add_tests))
         .route("/orders/{id}/tests/{code}/cancel", post(c::cancel_test))
         .route("/orders/{id}/cancel", post(c::cancel_order))
+        .route("/patients/{id}", get(privacy::patient))
+        .route("/patients/{id}/erase", post(privacy::erase))
         .route("/patients/{id}/orders", get(q::patient_orders))
         .route("/patients/{id}/results", get(q::cumulative))
         .route("/samples", post(c::collect))

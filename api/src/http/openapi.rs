@@ -41,6 +41,18 @@ pub const ENDPOINTS: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "get",
+        "/patients/{id}",
+        "A patient's identity as the caller's role may see it (masked for auditors unless a Break-Glass-Reason header is given, which is logged; hidden from analysts) and whether they are erased",
+        "patients",
+    ),
+    (
+        "post",
+        "/patients/{id}/erase",
+        "Erase a patient (admin): destroy their data key, record PatientErased with the reason; read models and analytics drop their rows",
+        "patients",
+    ),
+    (
+        "get",
         "/patients/{id}/orders",
         "A patient's orders",
         "orders",

@@ -162,6 +162,7 @@ impl From<CommandError> for Problem {
                 p.rule = Some(rule);
                 p
             }
+            CommandError::NotFound(m) => Problem::not_found(m),
             CommandError::Conflict { .. } => {
                 let mut p = Problem::conflict(
                     "concurrent-change",

@@ -44,7 +44,8 @@ fn envelope(e: &StoredEvent, deidentify: bool) -> serde_json::Value {
             .pointer_mut("/payload/OrderPlaced")
             .and_then(|p| p.as_object_mut())
         {
-            placed.remove("patient");
+            placed.remove("identity");
+            placed.remove("clinical_notes");
         }
     }
     v

@@ -35,6 +35,7 @@ impl Stack {
         let mut env = vec![
             ("LIS_DATABASE_URL".to_string(), db.url_as(APP_ROLE)),
             ("LIS_SEAL_KEY".into(), seal_seed()),
+            ("LIS_KEK".into(), lis_tests::TEST_KEK.into()),
             ("LIS_SEAL_EVERY_EVENTS".into(), "10".into()),
             ("LIS_SEAL_EVERY_SECS".into(), "1".into()),
             ("LIS_MONGO_URL".into(), mongo_url()),
@@ -47,6 +48,10 @@ impl Stack {
                 ("LIS_TOPIC_ORDERS".into(), format!("lis.test.{id}.orders")),
                 ("LIS_TOPIC_SAMPLES".into(), format!("lis.test.{id}.samples")),
                 ("LIS_TOPIC_RESULTS".into(), format!("lis.test.{id}.results")),
+                (
+                    "LIS_TOPIC_PATIENTS".into(),
+                    format!("lis.test.{id}.patients"),
+                ),
                 ("LIS_TOPIC_SEALS".into(), format!("lis.test.{id}.seals")),
                 ("LIS_KAFKA_GROUP_PREFIX".into(), format!("lis-test-{id}")),
             ]);

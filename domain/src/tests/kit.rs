@@ -4,8 +4,9 @@ use crate::catalogue::{parse_csv, Catalogue, CatalogueVersion};
 use crate::flags::PreviousResult;
 use crate::ids::{AccessionNumber, OrderId, OrderNumber, PatientId, SampleId, TestCode};
 use crate::order::{OrderFacts, Priority, TestLine};
-use crate::patient::Sex;
+use crate::patient::{Age, Sex};
 use crate::sample::{SampleFacts, SampleStatus, SpecimenCondition};
+use crate::sealed::{Sealed, SealedKind};
 use crate::services::{LabLookup, LabPolicy, LabServices, LookupError};
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
@@ -22,6 +23,17 @@ pub struct Lab {
     pub previous: Option<PreviousResult>,
     pub released: BTreeSet<TestCode>,
     pub four_eyes: Option<bool>,
+    /// The patient has been erased: their age can no longer be known.
+    pub erased: bool,
+}
+
+/// A sealed identity as the tests' orders carry it (the domain never opens one).
+pub fn sealed_identity() -> Sealed {
+    Sealed {
+        kind: SealedKind::PatientIdentity,
+        nonce: "AAAAAAAAAAAAAAAA".into(),
+        ciphertext: "c2VhbGVk".into(),
+    }
 }
 
 pub fn now() -> DateTime<Utc> {
@@ -61,6 +73,15 @@ impl LabLookup for Lab {
     ) -> Result<Option<PreviousResult>, LookupError> {
         Ok(self.previous.clone())
     }
+    async fn age_at(
+        &self,
+        _patient: PatientId,
+        _identity: &Sealed,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Age>, LookupError> {
+        let born = NaiveDate::from_ymd_opt(1986, 1, 1).unwrap();
+        Ok((!self.erased).then(|| Age::at(born, at)))
+    }
     async fn released_tests(&self, _order: OrderId) -> Result<BTreeSet<TestCode>, LookupError> {
         Ok(self.released.clone())
     }
@@ -88,7 +109,7 @@ impl Lab {
                 order_number: OrderNumber::parse("ORD-1").unwrap(),
                 patient_id: PatientId::from_uuid(uuid::Uuid::from_u128(7)),
                 sex: Sex::Female,
-                date_of_birth: NaiveDate::from_ymd_opt(1986, 1, 1).unwrap(),
+                identity: sealed_identity(),
                 priority: Priority::Routine,
                 cancelled: false,
                 tests: tests

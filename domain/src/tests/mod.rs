@@ -2,5 +2,6 @@
 
 mod kit;
 mod order;
+mod patient;
 mod result;
 mod sample;

@@ -1,13 +1,12 @@
-use super::kit::{code, Lab};
+use super::kit::{code, sealed_identity, Lab};
 use crate::catalogue::CatalogueVersion;
 use crate::ids::{OrderId, OrderNumber, PatientId};
 use crate::order::{
     Order, OrderCommand, OrderError, OrderEvent, OrderedTest, PlaceOrder, Priority,
 };
-use crate::patient::PatientIdentity;
+use crate::patient::Sex;
 use crate::text::{PersonName, Place, Reason};
 use crate::validation::{FieldError, FieldErrors};
-use chrono::NaiveDate;
 use cqrs_es::test::TestFramework;
 
 type OrderTester = TestFramework<Order>;
@@ -21,15 +20,8 @@ fn place(tests: &[&str]) -> PlaceOrder {
         order_id: order_id(),
         order_number: OrderNumber::parse("ORD-20260303-000001").unwrap(),
         patient_id: PatientId::from_uuid(uuid::Uuid::from_u128(7)),
-        patient: PatientIdentity::parse(
-            "MRN-1",
-            Some("12-3456-7890-1234"),
-            "Asha Verma",
-            "female",
-            "1986-01-01",
-            NaiveDate::from_ymd_opt(2026, 3, 3).unwrap(),
-        )
-        .unwrap(),
+        identity: sealed_identity(),
+        sex: Sex::Female,
         ordering_clinician: PersonName::parse("Dr Rao").unwrap(),
         priority: Priority::Routine,
         collection_site: Place::parse("OPD").unwrap(),
@@ -44,7 +36,8 @@ fn placed(tests: &[&str]) -> OrderEvent {
         order_id: p.order_id,
         order_number: p.order_number,
         patient_id: p.patient_id,
-        patient: p.patient,
+        identity: p.identity,
+        sex: p.sex,
         ordering_clinician: p.ordering_clinician,
         priority: p.priority,
         collection_site: p.collection_site,

@@ -178,6 +178,16 @@ fn the_delta_check_compares_with_the_previous_released_result() {
 }
 
 #[test]
+fn no_result_once_the_patient_is_erased() {
+    let mut lab = lab();
+    lab.erased = true;
+    ResultTester::with(lab.services())
+        .given_no_previous_events()
+        .when(record("K", k(4.1)))
+        .then_expect_error(ResultError::PatientErased);
+}
+
+#[test]
 fn no_result_on_a_sample_not_received_or_rejected() {
     ResultTester::with(lab_with(SampleStatus::Collected).services())
         .given_no_previous_events()

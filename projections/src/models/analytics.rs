@@ -11,6 +11,7 @@
 //! support are used.
 
 use crate::envelope::Envelope;
+use crate::erasure::Erased;
 use crate::projection::{LabEvent, Projection, ProjectionError};
 use lis_domain::flags::Flag;
 use lis_domain::order::{OrderEvent, OrderedTest};
@@ -133,6 +134,29 @@ impl Projection for Analytics {
 
     fn ddl(&self) -> &'static str {
         ""
+    }
+
+    async fn purge(
+        &self,
+        _conn: &mut PgConnection,
+        erased: &Erased,
+    ) -> Result<(), ProjectionError> {
+        for (collection, ids) in [
+            ("order_facts", &erased.orders),
+            ("sample_facts", &erased.samples),
+            ("result_facts", &erased.results),
+        ] {
+            if ids.is_empty() {
+                continue;
+            }
+            let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+            self.db
+                .collection::<Document>(collection)
+                .delete_many(doc! { "_id": { "$in": ids } })
+                .await
+                .map_err(mongo_error)?;
+        }
+        Ok(())
     }
 
     async fn apply(

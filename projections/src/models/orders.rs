@@ -10,6 +10,7 @@
 //! view. The model is the same whatever order the aggregates' streams interleave in.
 
 use crate::envelope::Envelope;
+use crate::erasure::{purge_with, Erased};
 use crate::projection::{aggregate_uuid, LabEvent, Projection, ProjectionError};
 use lis_domain::order::{OrderEvent, OrderedTest};
 use lis_domain::result::ResultEvent;
@@ -204,6 +205,18 @@ SELECT test_code, priority, count(*) AS released,
   FROM order_test_status
  WHERE stage = 'released'
  GROUP BY test_code, priority"
+    }
+
+    async fn purge(&self, conn: &mut PgConnection, erased: &Erased) -> Result<(), ProjectionError> {
+        purge_with(
+            conn,
+            "WITH t AS (DELETE FROM order_tests WHERE order_id = ANY ($2)),
+                  s AS (DELETE FROM specimen_tests WHERE sample_id = ANY ($3) OR order_id = ANY ($2)),
+                  r AS (DELETE FROM result_tests WHERE result_id = ANY ($4) OR order_id = ANY ($2))
+             DELETE FROM orders WHERE order_id = ANY ($2) OR patient_id = ANY ($1)",
+            erased,
+        )
+        .await
     }
 
     async fn apply(

@@ -4,6 +4,7 @@
 //! (amended ones marked); retracted results leave it.
 
 use crate::envelope::Envelope;
+use crate::erasure::{purge_with, Erased};
 use crate::projection::{aggregate_uuid, LabEvent, Projection, ProjectionError};
 use lis_domain::flags::Flag;
 use lis_domain::result::ResultEvent;
@@ -123,6 +124,15 @@ SELECT result_id, patient_id, order_id, test_code, value, unit, flags, status, n
        CASE WHEN NOT notified THEN 'notification' ELSE 'acknowledgement' END AS awaiting
   FROM results
  WHERE critical AND status <> 'retracted' AND (NOT notified OR (status = 'released' AND NOT acknowledged));"
+    }
+
+    async fn purge(&self, conn: &mut PgConnection, erased: &Erased) -> Result<(), ProjectionError> {
+        purge_with(
+            conn,
+            "DELETE FROM results WHERE result_id = ANY ($4) OR order_id = ANY ($2) OR patient_id = ANY ($1)",
+            erased,
+        )
+        .await
     }
 
     async fn apply(

@@ -2,6 +2,7 @@
 //! of custody, its condition on receipt, rejection and reason, lineage and storage.
 
 use crate::envelope::Envelope;
+use crate::erasure::{purge_with, Erased};
 use crate::projection::{aggregate_uuid, LabEvent, Projection, ProjectionError};
 use lis_domain::sample::{SampleEvent, SpecimenCondition};
 use sqlx::PgConnection;
@@ -62,6 +63,16 @@ CREATE TABLE IF NOT EXISTS custody (
     temperature_celsius double precision,
     recorded_by text,
     PRIMARY KEY (sample_id, sequence));"
+    }
+
+    async fn purge(&self, conn: &mut PgConnection, erased: &Erased) -> Result<(), ProjectionError> {
+        purge_with(
+            conn,
+            "WITH c AS (DELETE FROM custody WHERE sample_id = ANY ($3))
+             DELETE FROM specimens WHERE sample_id = ANY ($3) OR order_id = ANY ($2)",
+            erased,
+        )
+        .await
     }
 
     async fn apply(

@@ -1,0 +1,39 @@
+//! Patient keys: what makes erasure possible in an append-only ledger (crypto-shredding).
+//!
+//! - [`kek`]: the key-encryption key from configuration, behind a trait so that a cloud
+//!   KMS can take its place;
+//! - [`vault`]: per-patient data keys (wrapped by the KEK, in `patient_keys`), sealing and
+//!   opening identities, the MRN pseudonym index, and erasure.
+//!
+//! See docs/privacy.md for which fields are sealed and where every field lives.
+
+pub mod kek;
+pub mod vault;
+
+pub use kek::{KeyEncryptionKey, LocalKek};
+pub use vault::{Opened, PatientVault};
+
+/// What went wrong with keys or sealed data.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("no key-encryption key is configured: set LIS_KEK (base64 of 32 bytes) or LIS_KEK_FILE (a file holding it); `lisledger keys generate` makes one")]
+    MissingKek,
+    #[error("the key-encryption key is malformed: {0}")]
+    BadKek(String),
+    #[error("the configured key-encryption key ({configured}) is not the one this ledger's keys are wrapped with ({stored}); refusing to start rather than write keys nobody can open")]
+    WrongKek { configured: String, stored: String },
+    #[error("a wrapped key could not be opened with the key-encryption key: {0}")]
+    Unwrap(String),
+    #[error("sealed {what} of patient {patient} cannot be opened: {reason}")]
+    Corrupt {
+        what: &'static str,
+        patient: String,
+        reason: String,
+    },
+    #[error("patient {0} has been erased; nothing new is sealed for them")]
+    Erased(String),
+    #[error("patient {0} has no data key")]
+    UnknownPatient(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}

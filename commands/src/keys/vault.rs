@@ -1,0 +1,292 @@
+//! The key vault: one data key per patient, wrapped by the KEK, and everything done
+//! with it — sealing identity into events, opening it again, erasing it for good.
+//!
+//! Data keys are 256-bit AES-GCM keys in `patient_keys` (migration 0008), created on a
+//! patient's first order. Erasure sets the wrapped key to NULL (a trigger forbids bringing
+//! it back): every [`Sealed`] value of that patient, in any event, snapshot or Kafka
+//! message, can then only be reported as erased. The MRN → pseudonymous patient id index
+//! holds HMAC-SHA-256 of the MRN, never the MRN, and loses the patient's row on erasure.
+//! Nothing is cached: an erasure is effective for every process at once.
+
+use super::kek::KeyEncryptionKey;
+use super::KeyError;
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use lis_domain::ids::PatientId;
+use lis_domain::patient::Mrn;
+use lis_domain::sealed::{Sealed, SealedKind};
+use rand::RngCore;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sha2::Sha256;
+use sqlx::{PgPool, Row};
+use std::sync::Arc;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+/// A sealed value, opened: the value, or the fact that its patient was erased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened<T> {
+    Clear(T),
+    Erased,
+}
+
+/// Where a patient's data key stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    Active,
+    Erased { at: chrono::DateTime<chrono::Utc> },
+}
+
+pub struct PatientVault {
+    pool: PgPool,
+    kek: Arc<dyn KeyEncryptionKey>,
+    index_key: Zeroizing<Vec<u8>>,
+}
+
+fn random_key() -> Zeroizing<Vec<u8>> {
+    let mut key = Zeroizing::new(vec![0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(key.as_mut_slice());
+    key
+}
+
+fn patient_key_aad(patient: PatientId) -> Vec<u8> {
+    format!("lisledger/v1/patient-key/{patient}").into_bytes()
+}
+
+fn sealed_aad(kind: SealedKind, patient: PatientId) -> Vec<u8> {
+    format!("lisledger/v1/{}/{patient}", kind.as_str()).into_bytes()
+}
+
+impl PatientVault {
+    /// Opens the vault with `kek`, refusing a KEK other than the one this ledger's keys
+    /// are wrapped with. On a new ledger it creates the check value and the index key.
+    pub async fn connect(pool: PgPool, kek: Arc<dyn KeyEncryptionKey>) -> Result<Self, KeyError> {
+        ledger_key(&pool, kek.as_ref(), "kek-check").await?;
+        let index_key = ledger_key(&pool, kek.as_ref(), "mrn-index").await?;
+        Ok(Self {
+            pool,
+            kek,
+            index_key,
+        })
+    }
+
+    pub fn kek_id(&self) -> &str {
+        self.kek.id()
+    }
+
+    /// The pseudonymous patient id of `mrn`, created on first use. Safe under concurrency:
+    /// two first orders for one MRN get the same id.
+    pub async fn pseudonym(&self, mrn: &Mrn) -> Result<PatientId, KeyError> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.index_key)
+            .map_err(|e| KeyError::BadKek(e.to_string()))?;
+        mac.update(mrn.as_str().as_bytes());
+        let digest = mac.finalize().into_bytes().to_vec();
+        sqlx::query(
+            "INSERT INTO patient_pseudonyms (mrn_hmac, patient_id) VALUES ($1, $2)
+             ON CONFLICT (mrn_hmac) DO NOTHING",
+        )
+        .bind(&digest)
+        .bind(Uuid::new_v4())
+        .execute(&self.pool)
+        .await?;
+        let id: Uuid =
+            sqlx::query_scalar("SELECT patient_id FROM patient_pseudonyms WHERE mrn_hmac = $1")
+                .bind(&digest)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(PatientId::from_uuid(id))
+    }
+
+    /// Whether the patient has a key, and whether it was erased; `None` for a patient the
+    /// ledger never sealed anything for.
+    pub async fn status(&self, patient: PatientId) -> Result<Option<KeyStatus>, KeyError> {
+        let row = sqlx::query("SELECT erased_at FROM patient_keys WHERE patient_id = $1")
+            .bind(patient.as_uuid())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(
+            |r| match r.get::<Option<chrono::DateTime<chrono::Utc>>, _>("erased_at") {
+                Some(at) => KeyStatus::Erased { at },
+                None => KeyStatus::Active,
+            },
+        ))
+    }
+
+    /// The patient's data key, created on first use; `None` once erased.
+    async fn data_key(
+        &self,
+        patient: PatientId,
+        create: bool,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, KeyError> {
+        let aad = patient_key_aad(patient);
+        if create {
+            let wrapped = self.kek.wrap(&random_key(), &aad).await?;
+            sqlx::query(
+                "INSERT INTO patient_keys (patient_id, kek_id, wrapped_key) VALUES ($1, $2, $3)
+                 ON CONFLICT (patient_id) DO NOTHING",
+            )
+            .bind(patient.as_uuid())
+            .bind(self.kek.id())
+            .bind(&wrapped)
+            .execute(&self.pool)
+            .await?;
+        }
+        let row = sqlx::query("SELECT kek_id, wrapped_key FROM patient_keys WHERE patient_id = $1")
+            .bind(patient.as_uuid())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| KeyError::UnknownPatient(patient.to_string()))?;
+        let Some(wrapped) = row.get::<Option<Vec<u8>>, _>("wrapped_key") else {
+            return Ok(None);
+        };
+        let stored: String = row.get("kek_id");
+        if stored != self.kek.id() {
+            return Err(KeyError::WrongKek {
+                configured: self.kek.id().to_string(),
+                stored,
+            });
+        }
+        Ok(Some(self.kek.unwrap(&wrapped, &aad).await?))
+    }
+
+    /// Seals `value` under the patient's data key (created if this is their first).
+    /// Refused for an erased patient.
+    pub async fn seal<T: Serialize>(
+        &self,
+        patient: PatientId,
+        kind: SealedKind,
+        value: &T,
+    ) -> Result<Sealed, KeyError> {
+        let key = self
+            .data_key(patient, true)
+            .await?
+            .ok_or_else(|| KeyError::Erased(patient.to_string()))?;
+        let plain = Zeroizing::new(serde_json::to_vec(value).map_err(|e| KeyError::Corrupt {
+            what: kind.as_str(),
+            patient: patient.to_string(),
+            reason: e.to_string(),
+        })?);
+        let mut nonce = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let cipher =
+            Aes256Gcm::new_from_slice(&key).map_err(|e| KeyError::Unwrap(e.to_string()))?;
+        let ciphertext = cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &plain,
+                    aad: &sealed_aad(kind, patient),
+                },
+            )
+            .map_err(|e| KeyError::Unwrap(e.to_string()))?;
+        Ok(Sealed {
+            kind,
+            nonce: STANDARD.encode(nonce),
+            ciphertext: STANDARD.encode(ciphertext),
+        })
+    }
+
+    /// Opens a sealed value of `patient`: the value, or [`Opened::Erased`] once the key is
+    /// destroyed. A value that does not open under a live key is an error, never garbage.
+    pub async fn open<T: DeserializeOwned>(
+        &self,
+        patient: PatientId,
+        sealed: &Sealed,
+    ) -> Result<Opened<T>, KeyError> {
+        let corrupt = |reason: String| KeyError::Corrupt {
+            what: sealed.kind.as_str(),
+            patient: patient.to_string(),
+            reason,
+        };
+        let key = match self.data_key(patient, false).await {
+            Ok(Some(key)) => key,
+            Ok(None) => return Ok(Opened::Erased),
+            Err(KeyError::UnknownPatient(_)) => {
+                return Err(corrupt("the patient has no data key".into()))
+            }
+            Err(e) => return Err(e),
+        };
+        let nonce = STANDARD
+            .decode(&sealed.nonce)
+            .map_err(|e| corrupt(format!("nonce: {e}")))?;
+        if nonce.len() != 12 {
+            return Err(corrupt("nonce is not 12 bytes".into()));
+        }
+        let ciphertext = STANDARD
+            .decode(&sealed.ciphertext)
+            .map_err(|e| corrupt(format!("ciphertext: {e}")))?;
+        let cipher = Aes256Gcm::new_from_slice(&key).map_err(|e| corrupt(e.to_string()))?;
+        let plain = Zeroizing::new(
+            cipher
+                .decrypt(
+                    Nonce::from_slice(&nonce),
+                    Payload {
+                        msg: &ciphertext,
+                        aad: &sealed_aad(sealed.kind, patient),
+                    },
+                )
+                .map_err(|_| corrupt("authentication failed".into()))?,
+        );
+        serde_json::from_slice(&plain)
+            .map(Opened::Clear)
+            .map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// Destroys the patient's data key and their pseudonym-index row, in one transaction.
+    /// Returns whether a live key was destroyed (false: already erased). Idempotent.
+    pub async fn erase(&self, patient: PatientId) -> Result<bool, KeyError> {
+        let mut tx = self.pool.begin().await?;
+        let destroyed = sqlx::query(
+            "UPDATE patient_keys SET wrapped_key = NULL, erased_at = clock_timestamp()
+              WHERE patient_id = $1 AND erased_at IS NULL",
+        )
+        .bind(patient.as_uuid())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query("DELETE FROM patient_pseudonyms WHERE patient_id = $1")
+            .bind(patient.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(destroyed > 0)
+    }
+}
+
+/// A key of the ledger itself (`kek-check`, `mrn-index`), created on first use.
+async fn ledger_key(
+    pool: &PgPool,
+    kek: &dyn KeyEncryptionKey,
+    name: &str,
+) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    let aad = format!("lisledger/v1/ledger-key/{name}").into_bytes();
+    let wrapped = kek.wrap(&random_key(), &aad).await?;
+    sqlx::query(
+        "INSERT INTO ledger_keys (name, kek_id, wrapped) VALUES ($1, $2, $3)
+         ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(name)
+    .bind(kek.id())
+    .bind(&wrapped)
+    .execute(pool)
+    .await?;
+    let row = sqlx::query("SELECT kek_id, wrapped FROM ledger_keys WHERE name = $1")
+        .bind(name)
+        .fetch_one(pool)
+        .await?;
+    let stored: String = row.get("kek_id");
+    let wrong = || KeyError::WrongKek {
+        configured: kek.id().to_string(),
+        stored: stored.clone(),
+    };
+    if stored != kek.id() {
+        return Err(wrong());
+    }
+    kek.unwrap(&row.get::<Vec<u8>, _>("wrapped"), &aad)
+        .await
+        .map_err(|_| wrong())
+}
