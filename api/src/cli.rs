@@ -66,11 +66,19 @@ enum Command {
         /// Only if the ledger holds no events yet (first run).
         #[arg(long)]
         if_empty: bool,
+        /// Concurrent clients (for large days; 1 = the reproducible sequential day).
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
     },
     /// API users.
     Users {
         #[command(subcommand)]
         command: UsersCommand,
+    },
+    /// Benchmarks against their baselines (docs/benchmarks.md).
+    Bench {
+        #[command(subcommand)]
+        command: crate::bench::BenchCommand,
     },
     /// Audit-seal keys.
     Seal {
@@ -272,13 +280,23 @@ pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
             orders,
             seed,
             if_empty,
+            concurrency,
         } => {
-            let pool = pool(&config.database_url, 4).await?;
-            return ops::demo(&config, &pool, orders, seed, if_empty).await;
+            let pool = pool(&config.database_url, 4.max(concurrency as u32 + 2)).await?;
+            return ops::demo(&config, &pool, orders, seed, if_empty, concurrency).await;
         }
         Command::Serve => {
             let pool = pool(&config.database_url, config.db_max_connections).await?;
             return ops::serve(&config, pool).await;
+        }
+        Command::Bench { command } => {
+            let app = pool(&config.database_url, 8).await?;
+            let owner = pool(&config.migration_database_url, 2).await?;
+            // On Ctrl-C or SIGTERM the bench returns, so the roles it started are stopped.
+            return tokio::select! {
+                r = crate::bench::run(&config, app, owner, command) => r,
+                _ = ops::shutdown_signal() => Ok(ExitCode::FAILURE),
+            };
         }
         Command::Users {
             command: UsersCommand::Add { username, role },

@@ -381,6 +381,7 @@ pub async fn demo(
     orders: usize,
     seed: u64,
     if_empty: bool,
+    concurrency: usize,
 ) -> anyhow::Result<ExitCode> {
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(pool)
@@ -403,7 +404,7 @@ pub async fn demo(
         },
     );
     let started = std::time::Instant::now();
-    let report = crate::demo::run(&ledger, &catalogue, orders, seed).await?;
+    let report = crate::demo::run(&ledger, &catalogue, orders, seed, concurrency).await?;
     say!(
         "demo lab day: {} orders, {} tubes ({} rejected and recollected), {} results ({} critical, {} amended) in {:.1} s",
         report.orders, report.samples, report.rejected, report.results, report.critical, report.amended,
