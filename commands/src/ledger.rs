@@ -285,7 +285,7 @@ where
     A: Aggregate,
     A::Error: DomainError,
 {
-    let command_id = Uuid::new_v4();
+    let command_id = ctx.command_id.get().copied().unwrap_or_else(Uuid::new_v4);
     let metadata = ctx.metadata(command_id, name, reason);
     let result = framework.execute_with_metadata(id, command, metadata).await;
     if let Err(e) = result {
