@@ -14,7 +14,10 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::Mutex;
+use tokio::time::Interval;
 
 /// The aggregate a command wrote to: its read model is named after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +42,9 @@ pub struct Flow<'a> {
     pub client: usize,
     /// Patients per client: orders reuse them, so cumulative results grow.
     pub patients: usize,
+    /// When set, every command first waits for its tick (a steady rate shared by all
+    /// clients); else the client sends as fast as answers come (closed loop).
+    pub pace: Option<Arc<Mutex<Interval>>>,
 }
 
 /// A flow stops issuing commands at its deadline (the order is left where it was).
@@ -60,6 +66,9 @@ impl Go<'_, '_> {
         path: &str,
         body: Value,
     ) -> Result<Option<Value>, Stop> {
+        if let Some(pace) = &self.flow.pace {
+            pace.lock().await.tick().await;
+        }
         if Instant::now() >= self.deadline {
             return Err(Stop);
         }

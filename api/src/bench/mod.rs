@@ -3,6 +3,8 @@
 //!
 //! - [`throughput`]: commands through the HTTP API against [`pgbench`] (benchmark 1),
 //!   with each role's peak memory from [`roles`] (benchmark 6);
+//! - [`fanout`]: time from a command's commit to its visibility in each read model
+//!   (benchmark 2);
 //! - [`replay`]: rebuilding every read model against `COPY events TO STDOUT` (benchmark 3);
 //! - [`openloop`]: a patient's cumulative results at a constant rate against `/healthz`
 //!   (benchmark 5).
@@ -11,6 +13,7 @@
 //! [`stats`] (percentiles).
 
 mod client;
+mod fanout;
 mod labflow;
 mod openloop;
 mod pgbench;
@@ -45,6 +48,20 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Where the roles' logs and pgbench's files go.
+        #[arg(long, default_value = "target/bench")]
+        dir: PathBuf,
+    },
+    /// Benchmark 2: a steady command rate through the API (with relay and project,
+    /// started here); time from each command's answer to its event in each read model.
+    Fanout {
+        /// Commands (= events) a second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        /// Clients sharing the rate.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
         #[arg(long, default_value = "target/bench")]
         dir: PathBuf,
     },
@@ -94,6 +111,12 @@ pub async fn run(
             replay::run(&app).await?;
             Ok(ExitCode::SUCCESS)
         }
+        BenchCommand::Fanout {
+            rate,
+            secs,
+            clients,
+            dir,
+        } => fan_out(config, &app, rate, secs, clients, &dir).await,
         BenchCommand::Read { rates, secs, dir } => read(config, &app, &rates, secs, &dir).await,
     }
 }
@@ -124,8 +147,7 @@ async fn commands(
 ) -> anyhow::Result<ExitCode> {
     let tests = test_mix(app).await?;
     let base = base_url(config);
-    let mut roles = roles::Roles::start(&["serve", "relay", "project"], &roles::bench_env(), dir)?;
-    roles.wait_healthy(&base).await?;
+    let mut roles = roles::Roles::start(&base, &["relay", "project"], dir).await?;
     let api = client::Api::new(&base)?;
     let tokens = api.bench_users(app).await?;
     let (payload, metadata) = pgbench::prepare(owner, dir).await?;
@@ -204,8 +226,7 @@ async fn read(
         .map(|(id, _)| format!("/patients/{id}/results"))
         .collect();
     let base = base_url(config);
-    let mut roles = roles::Roles::start(&["serve"], &roles::bench_env(), dir)?;
-    roles.wait_healthy(&base).await?;
+    let mut roles = roles::Roles::start(&base, &[], dir).await?;
     let api = client::Api::new(&base)?;
     let tokens = api.bench_users(app).await?;
     say!(
@@ -219,6 +240,64 @@ async fn read(
         let mut ours = openloop::run(&api.http, &base, &tokens.clinician, &paths, rate, secs).await;
         roles.check_alive()?;
         openloop::report(rate, &mut ours, &mut trivial);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn fan_out(
+    config: &Config,
+    app: &PgPool,
+    rate: u32,
+    secs: u64,
+    clients: usize,
+    dir: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let tests = Arc::new(test_mix(app).await?);
+    let base = base_url(config);
+    let mut roles = roles::Roles::start(&base, &["relay", "project"], dir).await?;
+    let api = client::Api::new(&base)?;
+    let tokens = Arc::new(api.bench_users(app).await?);
+    // Let the workers make their schemas and catch up with what is already stored.
+    let until = std::time::Instant::now() + Duration::from_secs(300);
+    let schemas = loop {
+        roles.check_alive()?;
+        let schemas = fanout::models(app).await?;
+        let last: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM events")
+            .fetch_one(app)
+            .await?;
+        let mut behind = schemas.len() < 4;
+        for s in schemas.iter().filter(|s| *s != fanout::BASELINE) {
+            let at: Option<i64> =
+                sqlx::query_scalar(&format!("SELECT max(max_position) FROM {s}.progress"))
+                    .fetch_one(app)
+                    .await?;
+            behind |= at.unwrap_or(0) < last.unwrap_or(0);
+        }
+        if !behind || std::time::Instant::now() > until {
+            break schemas;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    say!(
+        "benchmark 2: {rate} commands/s from {clients} clients for {secs} s through {base}; lag from each answer to the event in: {}",
+        schemas.join(", ")
+    );
+    let api = Arc::new(api);
+    let mut lags = fanout::run(app, api, tokens, tests, schemas, clients, rate, secs).await?;
+    roles.check_alive()?;
+    say!(
+        "  achieved {:.0} commands/s; {} events not seen everywhere within 10 s of the end",
+        lags.commands as f64 / secs as f64,
+        lags.unseen
+    );
+    for (model, lag) in lags.models.iter().zip(lags.lags.iter_mut()) {
+        say!(
+            "  {model:<16} p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms  ({} events)",
+            lag.percentile_ms(50.0),
+            lag.percentile_ms(99.0),
+            lag.max_ms(),
+            lag.len()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

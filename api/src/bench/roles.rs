@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 /// Settings every child gets on top of the bench's own environment: no rate limits
 /// (the load comes from one address and a few users), long-lived tokens, and a token
 /// key and seal key made for this run unless the operator configured them.
-pub fn bench_env() -> Vec<(String, String)> {
+fn bench_env() -> Vec<(String, String)> {
     let mut env = vec![
         ("LIS_RATE_PER_ADDRESS".to_string(), "0".to_string()),
         ("LIS_RATE_PER_USER".to_string(), "0".to_string()),
@@ -41,37 +41,48 @@ struct Running {
 /// Child processes of `lisledger`, killed when dropped.
 pub struct Roles {
     running: Vec<Running>,
-    pub log_dir: PathBuf,
+    env: Vec<(String, String)>,
+    log_dir: PathBuf,
 }
 
 impl Roles {
-    /// Starts `lisledger ROLE` for each role, logging to `log_dir/ROLE.log`.
-    pub fn start(
-        roles: &[&'static str],
-        env: &[(String, String)],
+    /// Starts `lisledger serve` and waits until `base/healthz` answers, then the other
+    /// roles (after the API has made the read models' schemas: two processes making
+    /// them at once can collide). Each logs to `log_dir/ROLE.log`.
+    pub async fn start(
+        base: &str,
+        others: &[&'static str],
         log_dir: &Path,
     ) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("cannot find the lisledger binary")?;
         std::fs::create_dir_all(log_dir)
             .with_context(|| format!("cannot create {}", log_dir.display()))?;
-        let mut started = Self {
+        let mut roles = Self {
             running: Vec::new(),
+            env: bench_env(),
             log_dir: log_dir.to_path_buf(),
         };
-        for &name in roles {
-            let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
-            let child = Command::new(&exe)
-                .arg(name)
-                .envs(env.iter().map(|(k, v)| (k, v)))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("cannot start `lisledger {name}`"))?;
-            tracing::info!(role = name, pid = child.id(), "started");
-            started.running.push(Running { name, child });
+        roles.spawn("serve")?;
+        roles.wait_healthy(base).await?;
+        for &name in others {
+            roles.spawn(name)?;
         }
-        Ok(started)
+        Ok(roles)
+    }
+
+    fn spawn(&mut self, name: &'static str) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("cannot find the lisledger binary")?;
+        let log = std::fs::File::create(self.log_dir.join(format!("{name}.log")))?;
+        let child = Command::new(&exe)
+            .arg(name)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start `lisledger {name}`"))?;
+        tracing::info!(role = name, pid = child.id(), "started");
+        self.running.push(Running { name, child });
+        Ok(())
     }
 
     /// Fails if a role has exited (its log says why).
@@ -89,7 +100,7 @@ impl Roles {
     }
 
     /// Waits until `GET base/healthz` answers 200.
-    pub async fn wait_healthy(&mut self, base: &str) -> anyhow::Result<()> {
+    async fn wait_healthy(&mut self, base: &str) -> anyhow::Result<()> {
         let http = reqwest::Client::new();
         let until = Instant::now() + Duration::from_secs(60);
         loop {

@@ -72,6 +72,7 @@ pub async fn level(
                 run: setup.run,
                 client: clients * 1000 + client,
                 patients: 50,
+                pace: None,
             };
             let mut rng = StdRng::seed_from_u64(setup.seed ^ (clients * 1000 + client) as u64);
             let mut window = Window {
