@@ -47,5 +47,11 @@ pub async fn run(pool: &PgPool) -> anyhow::Result<()> {
         "  all three  {total_secs:>7.2} s  {rate:>8.0} events/s per model on average ({:.1}% of COPY)",
         percent(rate, copy_rate)
     );
+    // The machine may be busier or quieter by now: the baseline again, for the reader.
+    let (again, _) = copy_baseline(pool).await?;
+    say!(
+        "  baseline again after the rebuilds: {again:.2} s ({:.0} events/s)",
+        events as f64 / again
+    );
     Ok(())
 }
