@@ -166,6 +166,9 @@ async fn pool(url: &str, max: u32) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url).context("invalid database URL")?;
     PgPoolOptions::new()
         .max_connections(max)
+        // While PostgreSQL is down, a request waits this long for a connection before
+        // it is answered 503 (sqlx's default, 30 s, outlasts most clients' patience).
+        .acquire_timeout(std::time::Duration::from_secs(5))
         .connect_with(options)
         .await
         .with_context(|| format!("cannot connect to {}", redact(url)))

@@ -97,19 +97,8 @@ async fn a_restored_backup_verifies_and_rebuilds_every_projection_identically() 
     let pg = PrivatePg::init();
     pg.start();
     let restored_db = "lisledger";
-    let mut copy = Stack {
-        id: stack.id.clone(),
-        env: stack.env.clone(),
-        logs: stack.logs.clone(),
-    };
-    copy.env.retain(|(k, _)| k != "LIS_DATABASE_URL");
-    copy.env.extend([
-        (
-            "LIS_DATABASE_URL".to_string(),
-            pg.url(APP_ROLE, restored_db),
-        ),
-        ("LIS_ADMIN_DATABASE_URL".into(), pg.admin_url()),
-    ]);
+    let mut copy = Stack::on(pg.url(APP_ROLE, restored_db), false);
+    copy.set("LIS_ADMIN_DATABASE_URL", pg.admin_url());
     let init = copy.run(&["db", "init"]);
     assert!(init.status.success(), "{init:?}");
     let target = pg.url("postgres", restored_db);

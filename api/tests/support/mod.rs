@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod load;
+
 use base64::Engine;
 use lis_eventstore_migrations::APP_ROLE;
 use lis_tests::TestDb;
@@ -31,9 +33,14 @@ pub struct Stack {
 
 impl Stack {
     pub fn new(db: &TestDb, kafka: bool) -> Self {
+        Self::on(db.url_as(APP_ROLE), kafka)
+    }
+
+    /// A stack whose roles connect to `database_url` (as the application role).
+    pub fn on(database_url: String, kafka: bool) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let mut env = vec![
-            ("LIS_DATABASE_URL".to_string(), db.url_as(APP_ROLE)),
+            ("LIS_DATABASE_URL".to_string(), database_url),
             ("LIS_SEAL_KEY".into(), seal_seed()),
             ("LIS_SEAL_EVERY_EVENTS".into(), "10".into()),
             ("LIS_SEAL_EVERY_SECS".into(), "1".into()),
@@ -54,6 +61,12 @@ impl Stack {
         let logs = std::env::temp_dir().join(format!("lisledger-test-{id}"));
         std::fs::create_dir_all(&logs).unwrap();
         Self { id, env, logs }
+    }
+
+    /// Sets (or replaces) one variable of the roles' environment.
+    pub fn set(&mut self, key: &str, value: String) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value));
     }
 
     pub fn get(&self, key: &str) -> String {
@@ -105,6 +118,11 @@ impl Role {
         let _ = self.child.wait();
     }
 
+    /// Whether the process is still running (it has not exited by itself).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -116,6 +134,15 @@ impl Drop for Role {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The last lines of each role's log, for a failure message.
+pub fn tails(roles: &[&Role]) -> String {
+    roles
+        .iter()
+        .map(|r| format!("{}:\n{}", r.log.display(), r.log_tail()))
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 /// Waits until every event in the store is applied by each named projection.
@@ -140,13 +167,9 @@ pub async fn wait_projected(db: &TestDb, names: &[&str], timeout: Duration, role
             return;
         }
         if Instant::now() > deadline {
-            let tails: Vec<String> = roles
-                .iter()
-                .map(|r| format!("{}:\n{}", r.log.display(), r.log_tail()))
-                .collect();
             panic!(
                 "projections did not catch up to {total} events\n{}",
-                tails.join("\n\n")
+                tails(roles)
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
