@@ -16,6 +16,7 @@ state="$root/deploy/.local"
 mkdir -p "$state"
 export LIS_SEAL_KEY_FILE="${LIS_SEAL_KEY_FILE:-$state/seal.key}"
 export LIS_JWT_SECRET_FILE="${LIS_JWT_SECRET_FILE:-$state/jwt.secret}"
+export LIS_KEK_FILE="${LIS_KEK_FILE:-$state/kek}"
 bin="$root/target/release/lisledger"
 
 stop_role() {
@@ -56,6 +57,9 @@ cargo build --release --locked -p lis-api
 "$bin" catalogue import --if-empty --imported-by "${USER:-operator}" deploy/seed/test-catalogue.csv
 if [ ! -f "$LIS_SEAL_KEY_FILE" ]; then
   "$bin" seal keygen --out "$LIS_SEAL_KEY_FILE"
+fi
+if [ -z "${LIS_KEK:-}" ] && [ ! -f "$LIS_KEK_FILE" ]; then
+  "$bin" keys generate --out "$LIS_KEK_FILE"
 fi
 if [ ! -f "$LIS_JWT_SECRET_FILE" ]; then
   (umask 077 && head -c 48 /dev/urandom | base64 -w0 >"$LIS_JWT_SECRET_FILE")

@@ -21,6 +21,7 @@ export LIS_DATABASE_URL="postgres://lisledger_app@127.0.0.1:${LIS_PG_PORT}/${db}
 export LIS_MIGRATION_DATABASE_URL="postgres://lisledger_owner@127.0.0.1:${LIS_PG_PORT}/${db}"
 export LIS_HTTP_ADDR="127.0.0.1:${port}"
 export LIS_JWT_SECRET="schemathesis-run-$(head -c 24 /dev/urandom | base64 -w0)"
+export LIS_KEK="$(head -c 32 /dev/urandom | base64 -w0)"
 export LIS_RATE_PER_USER=0 LIS_RATE_PER_ADDRESS=0 RUST_LOG=warn
 unset LIS_KAFKA_BROKERS LIS_MONGO_URL
 bin="$root/target/debug/lisledger"

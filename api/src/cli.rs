@@ -66,11 +66,19 @@ enum Command {
         /// Only if the ledger holds no events yet (first run).
         #[arg(long)]
         if_empty: bool,
+        /// Concurrent clients (for large days; 1 = the reproducible sequential day).
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
     },
     /// API users.
     Users {
         #[command(subcommand)]
         command: UsersCommand,
+    },
+    /// Benchmarks against their baselines (docs/benchmarks.md).
+    Bench {
+        #[command(subcommand)]
+        command: crate::bench::BenchCommand,
     },
     /// Audit-seal keys.
     Seal {
@@ -194,6 +202,9 @@ async fn pool(url: &str, max: u32) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url).context("invalid database URL")?;
     PgPoolOptions::new()
         .max_connections(max)
+        // While PostgreSQL is down, a request waits this long for a connection before
+        // it is answered 503 (sqlx's default, 30 s, outlasts most clients' patience).
+        .acquire_timeout(std::time::Duration::from_secs(5))
         .connect_with(options)
         .await
         .with_context(|| format!("cannot connect to {}", redact(url)))
@@ -308,9 +319,10 @@ pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
             orders,
             seed,
             if_empty,
+            concurrency,
         } => {
-            let pool = pool(&config.database_url, 4).await?;
-            return ops::demo(&config, &pool, orders, seed, if_empty).await;
+            let pool = pool(&config.database_url, 4.max(concurrency as u32 + 2)).await?;
+            return ops::demo(&config, &pool, orders, seed, if_empty, concurrency).await;
         }
         Command::Serve => {
             let pool = pool(&config.database_url, config.db_max_connections).await?;
@@ -329,6 +341,15 @@ pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
         } => {
             let pool = pool(&config.database_url, 2).await?;
             return ops::erase_patient(&config, pool, &patient_id, &reason, &actor).await;
+        }
+        Command::Bench { command } => {
+            let app = pool(&config.database_url, 8).await?;
+            let owner = pool(&config.migration_database_url, 2).await?;
+            // On Ctrl-C or SIGTERM the bench returns, so the roles it started are stopped.
+            return tokio::select! {
+                r = crate::bench::run(&config, app, owner, command) => r,
+                _ = ops::shutdown_signal() => Ok(ExitCode::FAILURE),
+            };
         }
         Command::Users {
             command: UsersCommand::Add { username, role },

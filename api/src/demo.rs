@@ -58,7 +58,11 @@ pub struct DemoReport {
 }
 
 /// A value for `def`: critical with probability `p_critical`, else around the interval.
-fn value_for(def: &TestDefinition, rng: &mut StdRng, p_critical: f64) -> (ResultValue, bool) {
+pub(crate) fn value_for(
+    def: &TestDefinition,
+    rng: &mut StdRng,
+    p_critical: f64,
+) -> (ResultValue, bool) {
     match &def.kind {
         ResultKind::Coded { allowed } => {
             let answer = if rng.gen_bool(0.85) {
@@ -102,11 +106,50 @@ fn value_for(def: &TestDefinition, rng: &mut StdRng, p_critical: f64) -> (Result
     }
 }
 
+/// The corrected value of an amendment (numeric results only).
+pub(crate) fn amended(value: &ResultValue) -> Option<ResultValue> {
+    match value {
+        ResultValue::Numeric { value, unit } => Some(ResultValue::Numeric {
+            value: value + 1.0,
+            unit: unit.clone(),
+        }),
+        ResultValue::Coded { .. } => None,
+    }
+}
+
+/// Loads `orders` orders from `concurrency` concurrent clients (each its own part of the
+/// day, seeded `seed + part`), and adds up what they did.
 pub async fn run(
     ledger: &Ledger,
     catalogue: &Catalogue,
     orders: usize,
     seed: u64,
+    concurrency: usize,
+) -> anyhow::Result<DemoReport> {
+    let parts = concurrency.clamp(1, orders.max(1));
+    let reports = futures::future::try_join_all((0..parts).map(|part| {
+        let share = orders / parts + usize::from(part < orders % parts);
+        run_part(ledger, catalogue, share, seed + part as u64, part)
+    }))
+    .await?;
+    let mut total = DemoReport::default();
+    for r in reports {
+        total.orders += r.orders;
+        total.samples += r.samples;
+        total.rejected += r.rejected;
+        total.results += r.results;
+        total.critical += r.critical;
+        total.amended += r.amended;
+    }
+    Ok(total)
+}
+
+async fn run_part(
+    ledger: &Ledger,
+    catalogue: &Catalogue,
+    orders: usize,
+    seed: u64,
+    part: usize,
 ) -> anyhow::Result<DemoReport> {
     let mut rng = StdRng::seed_from_u64(seed);
     let tests: Vec<&TestDefinition> = catalogue.tests.values().collect();
@@ -117,7 +160,11 @@ pub async fn run(
         ctx("path.demo", Role::Pathologist),
     );
     let mut report = DemoReport::default();
-    let run_id: u32 = rng.gen_range(10_000..99_999);
+    // Part 0 keeps the single-client names; other parts add their number.
+    let run_id = match (rng.gen_range(10_000..99_999u32), part) {
+        (id, 0) => id.to_string(),
+        (id, p) => format!("{id}P{p}"),
+    };
     for i in 0..orders {
         let patient_no = rng.gen_range(0..(orders / 2).max(1));
         let female = patient_no % 2 == 0;
@@ -283,11 +330,7 @@ pub async fn run(
                     )
                     .await?;
                 if rng.gen_bool(0.01) {
-                    if let ResultValue::Numeric { value: v, unit } = &value {
-                        let amended = ResultValue::Numeric {
-                            value: v + 1.0,
-                            unit: unit.clone(),
-                        };
+                    if let Some(amended) = amended(&value) {
                         ledger
                             .execute_result(
                                 result_id,

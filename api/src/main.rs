@@ -2,7 +2,7 @@
 //!
 //! Subcommands: `db init` (roles and database, as a superuser), `migrate` (as the owner
 //! role), `catalogue import FILE.csv`, `audit verify` / `audit prove`, `relay`,
-//! `project [NAME…]`, `projections rebuild NAME`, `seal keygen`.
+//! `project [NAME…]`, `projections rebuild NAME`, `seal keygen`, `bench`.
 //! Configuration: [`config::Config`].
 
 /// Prints a line for the operator; a closed pipe (`lisledger audit verify | head -1`) is
@@ -14,6 +14,7 @@ macro_rules! say {
     }};
 }
 
+mod bench;
 mod cli;
 mod demo;
 mod ops;

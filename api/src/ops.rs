@@ -415,6 +415,13 @@ pub async fn serve(config: &Config, pool: PgPool) -> anyhow::Result<ExitCode> {
         pool,
         ledger: std::sync::Arc::new(ledger),
         auth: std::sync::Arc::new(auth),
+        kafka: match &config.kafka_brokers {
+            Some(b) => Some(std::sync::Arc::new(
+                lis_projections::kafka_health::KafkaProbe::new(b)
+                    .context("Kafka client for the readiness probe")?,
+            )),
+            None => None,
+        },
         analytics,
         metrics: Default::default(),
         per_address: std::sync::Arc::new(http::limits::RateLimiter::new(config.rate_per_address)),
@@ -463,6 +470,7 @@ pub async fn demo(
     orders: usize,
     seed: u64,
     if_empty: bool,
+    concurrency: usize,
 ) -> anyhow::Result<ExitCode> {
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(pool)
@@ -477,7 +485,7 @@ pub async fn demo(
     let catalogue = lis_commands::catalogue::load(pool, version).await?;
     let ledger = ledger(config, pool.clone()).await?;
     let started = std::time::Instant::now();
-    let report = crate::demo::run(&ledger, &catalogue, orders, seed).await?;
+    let report = crate::demo::run(&ledger, &catalogue, orders, seed, concurrency).await?;
     say!(
         "demo lab day: {} orders, {} tubes ({} rejected and recollected), {} results ({} critical, {} amended) in {:.1} s",
         report.orders, report.samples, report.rejected, report.results, report.critical, report.amended,

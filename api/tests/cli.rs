@@ -10,6 +10,7 @@ fn lisledger(db: &TestDb, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lisledger"))
         .args(args)
         .env("LIS_DATABASE_URL", db.url_as(APP_ROLE))
+        .env("LIS_KEK", lis_tests::TEST_KEK)
         .env("RUST_LOG", "warn")
         .output()
         .expect("run lisledger")
@@ -133,5 +134,53 @@ async fn the_demo_loads_a_lab_day_that_verifies() {
     // Loaded once: a second run with --if-empty does nothing.
     let again = lisledger(&db, &["demo", "--if-empty"]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("no demo loaded"));
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_missing_malformed_or_different_kek_stops_start_up_naming_the_problem() {
+    let db = TestDb::new().await;
+    // The ledger's keys are created, wrapped by the test KEK.
+    drop(db.vault().await);
+    let patient = uuid::Uuid::new_v4().to_string();
+    let erase = |kek: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_lisledger"));
+        c.args(["patients", "erase", &patient, "--reason", "test"])
+            .env("LIS_DATABASE_URL", db.url_as(APP_ROLE))
+            .env("LIS_KEK_FILE", "/nonexistent/lisledger-kek")
+            .env("RUST_LOG", "warn")
+            .env_remove("LIS_KEK");
+        if let Some(k) = kek {
+            c.env("LIS_KEK", k);
+        }
+        let out = c.output().expect("run lisledger");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = erase(None);
+    assert!(
+        !ok && text.contains("no key-encryption key is configured"),
+        "{text}"
+    );
+    let (ok, text) = erase(Some("AAAA"));
+    assert!(!ok && text.contains("32 bytes"), "{text}");
+    let other = lis_commands::keys::LocalKek::generate();
+    let (ok, text) = erase(Some(&other));
+    assert!(
+        !ok && text.contains("is not the one this ledger's keys are wrapped with"),
+        "{text}"
+    );
+    // The right key starts; the unknown patient is refused, and nothing is written.
+    let (ok, text) = erase(Some(lis_tests::TEST_KEK));
+    assert!(!ok && text.contains("no patient"), "{text}");
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.app)
+        .await
+        .unwrap();
+    assert_eq!(events, 0);
     db.drop().await;
 }

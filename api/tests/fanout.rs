@@ -5,25 +5,13 @@
 
 mod support;
 
-use lis_projections::analytics_queries::{abnormal_rates, rejections, turnaround, volumes};
-use lis_projections::models::analytics::Analytics;
-use lis_projections::worker::rebuild;
 use lis_tests::{assert_models_equal_rebuilds, lab_day_numbered, TestDb};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{kafka_brokers, mongo_url, wait_projected, Stack};
-
-async fn summary(a: &Analytics, day: &str) -> serde_json::Value {
-    serde_json::json!({
-        "volumes": volumes(a, day, day).await.unwrap(),
-        "turnaround": turnaround(a, day, day).await.unwrap(),
-        "rejections": rejections(a, day, day).await.unwrap(),
-        "rates": abnormal_rates(a, day, day).await.unwrap(),
-    })
-}
+use support::{assert_analytics_equal_replay, kafka_brokers, wait_projected, wait_sealed, Stack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fan_out_survives_sigkill_of_the_relay_and_the_workers() {
@@ -59,29 +47,13 @@ async fn the_fan_out_survives_sigkill_of_the_relay_and_the_workers() {
     // Every read model equals one rebuilt from the event store.
     assert_models_equal_rebuilds(&db.app).await;
     // The analytics built through Kafka equal a fresh replay into another database.
-    let client = mongodb::Client::with_uri_str(mongo_url()).await.unwrap();
-    let live = Analytics::new(client.database(&stack.get("LIS_MONGO_DATABASE")));
-    let fresh =
-        Analytics::new(client.database(&format!("{}_replay", stack.get("LIS_MONGO_DATABASE"))));
-    rebuild(&db.app, &fresh, &mut |_| {}).await.unwrap();
-    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
-    let expected = summary(&fresh, &today).await;
-    assert_eq!(summary(&live, &today).await, expected);
+    let expected = assert_analytics_equal_replay(&db, &stack).await;
     let volumes = expected["volumes"].as_array().unwrap();
     assert_eq!(volumes.len(), 3, "{volumes:?}");
     assert!(volumes.iter().all(|v| v["tests"] == 8), "{volumes:?}");
-    live.database().drop().await.unwrap();
-    fresh.database().drop().await.unwrap();
 
     // The audit trail and its seals (written by a relay killed mid-batch) verify.
-    let verify = stack.run(&["audit", "verify"]);
-    let stdout = String::from_utf8_lossy(&verify.stdout);
-    assert!(
-        verify.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
-    assert!(stdout.contains("every audit seal is sound"), "{stdout}");
+    stack.assert_audit_verifies();
     db.drop().await;
 }
 
@@ -162,27 +134,7 @@ async fn a_single_lab_runs_on_postgresql_alone() {
     .await;
     assert_models_equal_rebuilds(&db.app).await;
     // Seals are written within a second (LIS_SEAL_EVERY_SECS=1) of the last event.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let sealed: Option<i64> =
-            sqlx::query_scalar("SELECT max(tree_size) FROM audit_checkpoints")
-                .fetch_one(&db.app)
-                .await
-                .unwrap();
-        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-            .fetch_one(&db.app)
-            .await
-            .unwrap();
-        if sealed == Some(events) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sealed {sealed:?} of {events}\n{}",
-            relay.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_sealed(&db, &relay, Duration::from_secs(30)).await;
     relay.kill9();
     workers.kill9();
     let verify = stack.run(&["audit", "verify"]);

@@ -36,17 +36,18 @@ struct Api {
 
 impl Api {
     async fn start() -> Self {
-        Self::start_with(0, None).await
+        Self::start_with(0, None, None).await
     }
 
     /// A server allowing `per_user` requests a minute per user (0 = unlimited).
     async fn start_limited(per_user: u32) -> Self {
-        Self::start_with(per_user, None).await
+        Self::start_with(per_user, None, None).await
     }
 
     async fn start_with(
         per_user: u32,
         analytics: Option<Arc<lis_projections::models::analytics::Analytics>>,
+        kafka: Option<Arc<lis_projections::kafka_health::KafkaProbe>>,
     ) -> Self {
         let db = TestDb::new().await;
         for (user, role) in [
@@ -77,6 +78,7 @@ impl Api {
                 audience: "lisledger-api".into(),
                 ttl_secs: 300,
             }),
+            kafka,
             analytics,
             metrics: Default::default(),
             per_address: Arc::new(http::limits::RateLimiter::new(0)),
@@ -675,8 +677,10 @@ async fn the_event_stream_resumes_after_a_disconnect_and_hides_identity_from_ana
     let got = read_events(&mut first, 2).await;
     drop(first); // the client disconnects after two events
     assert!(
-        got.iter()
-            .all(|(_, e)| e["payload"]["OrderPlaced"].get("patient").is_none()),
+        got.iter().all(|(_, e)| {
+            let placed = &e["payload"]["OrderPlaced"];
+            placed.get("identity").is_none() && placed.get("clinical_notes").is_none()
+        }),
         "{got:?}"
     );
     assert!(got
@@ -706,7 +710,8 @@ async fn the_event_stream_resumes_after_a_disconnect_and_hides_identity_from_ana
     assert_eq!(unique.len(), 4, "no event twice: {ids:?}");
     assert_eq!(rest[1].1["aggregate_id"], fourth["id"]);
 
-    // Auditors see identity; other roles may not read the stream; a bad cursor is a 422.
+    // Auditors get the stored event: identity sealed; other roles may not read the
+    // stream; a bad cursor is a 422.
     let mut whole = api
         .client
         .get(&url)
@@ -715,10 +720,9 @@ async fn the_event_stream_resumes_after_a_disconnect_and_hides_identity_from_ana
         .await
         .unwrap();
     let events = read_events(&mut whole, 1).await;
-    assert_eq!(
-        events[0].1["payload"]["OrderPlaced"]["patient"]["name"],
-        "Asha Verma"
-    );
+    let placed = &events[0].1["payload"]["OrderPlaced"];
+    assert_eq!(placed["identity"]["kind"], "patient_identity");
+    assert!(!placed.to_string().contains("Asha"), "{placed}");
     let r = api
         .client
         .get(&url)
@@ -776,7 +780,7 @@ async fn analytics_are_served_over_a_date_range() {
         .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".into());
     let database = format!("lis_analytics_http_{}", uuid::Uuid::new_v4().simple());
     let analytics = Arc::new(Analytics::connect(&url, &database).await.unwrap());
-    let api = Api::start_with(0, Some(analytics.clone())).await;
+    let api = Api::start_with(0, Some(analytics.clone()), None).await;
     lis_tests::lab_day(&api.db).await;
     ensure_schema(
         &mut api.db.app.acquire().await.unwrap(),
@@ -859,6 +863,7 @@ async fn with_postgresql_down_the_api_answers_503_never_500() {
             vault,
         )),
         auth: Arc::new(auth_config),
+        kafka: None,
         analytics: None,
         metrics: Default::default(),
         per_address: Arc::new(http::limits::RateLimiter::new(0)),
@@ -908,14 +913,24 @@ async fn sql_injection_strings_are_stored_as_text_or_refused() {
     });
     let (s, order) = api.post(&reception, "/orders", body).await;
     assert_eq!(s, StatusCode::CREATED, "{order}");
-    let (_, history) = api
-        .get(
-            &auditor,
-            &format!("/audit/orders/{}", order["id"].as_str().unwrap()),
-        )
-        .await;
+    let history: Value = api
+        .client
+        .get(format!(
+            "{}/audit/orders/{}",
+            api.base,
+            order["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&auditor)
+        .header("break-glass-reason", "injection test")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let placed = &history["events"][0]["payload"]["OrderPlaced"];
-    assert_eq!(placed["patient"]["name"], evil);
+    assert_eq!(placed["identity"]["name"], evil);
+    assert_eq!(placed["clinical_notes"], "\\'; SELECT pg_sleep(10); --");
     assert_eq!(placed["collection_site"], "'; TRUNCATE events CASCADE; --");
     // Identifiers with such characters are refused, naming the field.
     let mut bad = order_body("MRN'; DROP TABLE users; --");
@@ -1082,4 +1097,31 @@ async fn identity_is_shown_as_each_role_may_see_it_and_only_an_admin_erases() {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     api.db.drop().await;
+}
+
+#[tokio::test]
+async fn readiness_probes_kafka_where_configured() {
+    use lis_projections::kafka_health::KafkaProbe;
+    let brokers = std::env::var("LIS_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let live = Api::start_with(0, None, Some(Arc::new(KafkaProbe::new(&brokers).unwrap()))).await;
+    let token = live.token("analyst.1").await;
+    let (s, ready) = live.get(&token, "/readyz").await;
+    assert_eq!(s, StatusCode::OK, "{ready}");
+    assert!(
+        ready["kafka"].as_str().unwrap().starts_with("ok"),
+        "{ready}"
+    );
+    live.db.drop().await;
+    // Nothing listens on port 1: not ready, said as a problem.
+    let dead = Api::start_with(
+        0,
+        None,
+        Some(Arc::new(KafkaProbe::new("127.0.0.1:1").unwrap())),
+    )
+    .await;
+    let token = dead.token("analyst.1").await;
+    let (s, p) = dead.get(&token, "/readyz").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{p}");
+    assert_eq!(p["detail"], "Kafka is not answering");
+    dead.db.drop().await;
 }

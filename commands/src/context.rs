@@ -19,6 +19,10 @@ pub struct CommandContext {
     pub causation_id: Option<Uuid>,
     /// The client's network address, as seen by the server.
     pub client_addr: Option<String>,
+    /// The command id to write, when the caller fixed it (the API does for a request
+    /// with an Idempotency-Key, so that a retry can find what an earlier attempt wrote);
+    /// else each command gets a new one.
+    pub command_id: std::sync::OnceLock<Uuid>,
 }
 
 impl CommandContext {
@@ -28,6 +32,7 @@ impl CommandContext {
             correlation_id: Uuid::new_v4(),
             causation_id: None,
             client_addr: None,
+            command_id: std::sync::OnceLock::new(),
         }
     }
 

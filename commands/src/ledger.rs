@@ -155,22 +155,13 @@ impl Ledger {
             OrderNumber::parse(&format!("ORD-{}-{n:06}", Utc::now().format("%Y%m%d")))
                 .map_err(|e| CommandError::Internal(format!("order number: {e}")))?;
         let patient_id = self.vault.pseudonym(&order.patient.identity.mrn).await?;
-        let identity = self
-            .vault
-            .seal(
-                patient_id,
-                SealedKind::PatientIdentity,
-                &order.patient.identity,
-            )
-            .await?;
-        let clinical_notes = match &order.clinical_notes {
-            Some(notes) => Some(
-                self.vault
-                    .seal(patient_id, SealedKind::ClinicalNotes, notes)
-                    .await?,
-            ),
-            None => None,
-        };
+        let sealer = self.vault.sealer(patient_id).await?;
+        let identity = sealer.seal(SealedKind::PatientIdentity, &order.patient.identity)?;
+        let clinical_notes = order
+            .clinical_notes
+            .as_ref()
+            .map(|notes| sealer.seal(SealedKind::ClinicalNotes, notes))
+            .transpose()?;
         let command = OrderCommand::Place(PlaceOrder {
             order_id,
             order_number: order_number.clone(),
@@ -362,7 +353,7 @@ where
     A: Aggregate,
     A::Error: DomainError,
 {
-    let command_id = Uuid::new_v4();
+    let command_id = ctx.command_id.get().copied().unwrap_or_else(Uuid::new_v4);
     let metadata = ctx.metadata(command_id, name, reason);
     let result = framework.execute_with_metadata(id, command, metadata).await;
     if let Err(e) = result {

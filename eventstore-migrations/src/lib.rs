@@ -88,8 +88,11 @@ pub async fn bootstrap(admin_url: &str, database: &str) -> Result<(), MigrationE
             sqlx::query(&format!("REVOKE ALL ON DATABASE {database} FROM PUBLIC"))
                 .execute(&mut conn)
                 .await?;
+            // CREATE: the read models' schemas. Migration 0005 grants it as well, but a
+            // database restored from a dump gets it only here: pg_dump does not carry
+            // database privileges (docs/reliability.md, backup drill).
             sqlx::query(&format!(
-                "GRANT CONNECT, TEMPORARY ON DATABASE {database} TO {APP_ROLE}"
+                "GRANT CONNECT, TEMPORARY, CREATE ON DATABASE {database} TO {APP_ROLE}"
             ))
             .execute(&mut conn)
             .await?;

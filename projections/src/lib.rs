@@ -12,6 +12,7 @@ pub mod analytics_queries;
 pub mod envelope;
 pub mod erasure;
 pub mod feed;
+pub mod kafka_health;
 pub mod merkle;
 pub mod models;
 pub mod projection;

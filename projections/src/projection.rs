@@ -114,6 +114,71 @@ pub trait Projection: Send + Sync {
     /// Deletes the rows of erased patients' records (crate::erasure), inside the batch's
     /// transaction. Called only when a batch touched such a record.
     async fn purge(&self, conn: &mut PgConnection, erased: &Erased) -> Result<(), ProjectionError>;
+
+    /// Applies a batch's events — each the next of its aggregate, in feed order — inside
+    /// the batch's transaction. By default one at a time; a model may write them in fewer
+    /// statements ([`apply_folded`]) as long as its tables end the same.
+    async fn apply_run(
+        &self,
+        conn: &mut PgConnection,
+        events: &[(&Envelope, LabEvent)],
+    ) -> Result<(), ProjectionError> {
+        for (env, event) in events {
+            self.apply(conn, env, event).await?;
+        }
+        Ok(())
+    }
+}
+
+/// What [`Pending::fold`] did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fold {
+    /// Folded into the pending writes (or it changes nothing).
+    Taken,
+    /// It touches a row already pending in a way that cannot be folded: write the
+    /// pending rows first, then fold it.
+    FlushFirst,
+    /// A rare event: write the pending rows, then apply it alone with
+    /// [`Projection::apply`].
+    Alone,
+}
+
+/// A model's writes for a run of events, folded per row and written with one multi-row
+/// statement per kind of write (`INSERT … SELECT FROM unnest(…)`, `UPDATE … FROM
+/// unnest(…)`). Folding must give the rows sequential application would: inserts are
+/// written before updates, and an update folded over another keeps what applying both
+/// in order keeps.
+#[async_trait::async_trait]
+pub trait Pending: Default + Send {
+    fn fold(&mut self, env: &Envelope, event: &LabEvent) -> Result<Fold, ProjectionError>;
+    /// Writes and forgets the pending rows.
+    async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), ProjectionError>;
+}
+
+/// [`Projection::apply_run`] through a model's [`Pending`] writes.
+pub async fn apply_folded<P: Pending>(
+    projection: &dyn Projection,
+    conn: &mut PgConnection,
+    events: &[(&Envelope, LabEvent)],
+) -> Result<(), ProjectionError> {
+    let mut pending = P::default();
+    for (env, event) in events {
+        match pending.fold(env, event)? {
+            Fold::Taken => {}
+            Fold::FlushFirst => {
+                pending.flush(conn).await?;
+                if pending.fold(env, event)? != Fold::Taken {
+                    pending.flush(conn).await?;
+                    projection.apply(conn, env, event).await?;
+                }
+            }
+            Fold::Alone => {
+                pending.flush(conn).await?;
+                projection.apply(conn, env, event).await?;
+            }
+        }
+    }
+    pending.flush(conn).await
 }
 
 const ENGINE_DDL: &str = "
@@ -209,6 +274,7 @@ pub async fn apply_in(
         rows.into_iter().map(|(t, i, s)| ((t, i), s)).collect();
     let mut advanced: HashMap<(String, String), i64> = HashMap::new();
     let mut links = BatchLinks::default();
+    let mut run: Vec<(&Envelope, LabEvent)> = Vec::with_capacity(events.len());
     for env in events {
         let key = (env.aggregate_type.clone(), env.aggregate_id.clone());
         let last = offsets.get(&key).copied().unwrap_or(0);
@@ -225,13 +291,14 @@ pub async fn apply_in(
             });
         }
         let event = decode(env)?;
-        projection.apply(conn, env, &event).await?;
         links.note(aggregate_uuid(env)?, &event);
+        run.push((env, event));
         offsets.insert(key.clone(), env.sequence);
         advanced.insert(key, env.sequence);
         outcome.applied += 1;
         max_position = max_position.max(env.position);
     }
+    projection.apply_run(conn, &run).await?;
     if !advanced.is_empty() {
         let erased = links.resolve(conn).await?;
         if !erased.is_empty() {

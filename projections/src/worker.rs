@@ -25,6 +25,8 @@ pub enum WorkerError {
     Database(#[from] sqlx::Error),
     #[error("kafka error: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("reading ahead failed: {0}")]
+    ReadAhead(String),
     #[error("message at {topic}/{partition}@{offset} is not an event envelope: {message}")]
     BadMessage {
         topic: String,
@@ -134,6 +136,9 @@ pub struct RebuildReport {
     pub outcome: BatchOutcome,
 }
 
+/// Events per batch of a rebuild's bulk replay.
+const REBUILD_BATCH: i64 = 5000;
+
 /// Replays the whole event store into a fresh schema, then swaps it in for the live one
 /// in one transaction (queries see the old model or the new, never a half-built one).
 /// The live projection's tables are locked for the final catch-up and the swap, so no
@@ -153,13 +158,33 @@ pub async fn rebuild(
     ensure_schema(&mut conn, projection, &live).await?;
     let mut report = RebuildReport::default();
     let mut at = FeedPosition::default();
-    // Bulk replay, batch by batch.
+    // Bulk replay, batch by batch; the next batch is read while this one is written.
+    let read = |after: FeedPosition| {
+        let pool = pool.clone();
+        tokio::spawn(async move { read_after(&pool, after, REBUILD_BATCH).await })
+    };
+    let mut next = read(at);
     loop {
-        let n = replay_batch(pool, projection, &fresh, &mut at, &mut report).await?;
-        progress(report.events);
-        if n == 0 {
-            break;
+        let mut events = next
+            .await
+            .map_err(|e| WorkerError::ReadAhead(e.to_string()))??;
+        if events.is_empty() {
+            // Read while our own transaction was open, the feed may have stopped short.
+            events = read_after(pool, at, REBUILD_BATCH).await?;
         }
+        let Some(last) = events.last().map(|e| e.feed_position()) else {
+            break;
+        };
+        next = read(last);
+        let envelopes: Vec<Envelope> = events.iter().map(Envelope::from).collect();
+        let mut tx = pool.begin().await?;
+        let o = apply_in(&mut tx, projection, &fresh, &envelopes, Some(last)).await?;
+        tx.commit().await?;
+        report.events += events.len() as u64;
+        report.outcome.applied += o.applied;
+        report.outcome.skipped += o.skipped;
+        at = last;
+        progress(report.events);
     }
     // Final catch-up and swap, with the live model's writers held off.
     let mut tx = conn.begin().await?;
@@ -167,7 +192,7 @@ pub async fn rebuild(
         .execute(&mut *tx)
         .await?;
     loop {
-        let events = read_after(pool, at, 5000).await?;
+        let events = read_after(pool, at, REBUILD_BATCH).await?;
         let Some(last) = events.last().map(|e| e.feed_position()) else {
             break;
         };
@@ -191,28 +216,6 @@ pub async fn rebuild(
     tx.commit().await?;
     progress(report.events);
     Ok(report)
-}
-
-async fn replay_batch(
-    pool: &PgPool,
-    projection: &dyn Projection,
-    schema: &str,
-    at: &mut FeedPosition,
-    report: &mut RebuildReport,
-) -> Result<usize, WorkerError> {
-    let events = read_after(pool, *at, 5000).await?;
-    let Some(last) = events.last().map(|e| e.feed_position()) else {
-        return Ok(0);
-    };
-    let envelopes: Vec<Envelope> = events.iter().map(Envelope::from).collect();
-    let mut tx = pool.begin().await?;
-    let o = apply_in(&mut tx, projection, schema, &envelopes, Some(last)).await?;
-    tx.commit().await?;
-    report.events += events.len() as u64;
-    report.outcome.applied += o.applied;
-    report.outcome.skipped += o.skipped;
-    *at = last;
-    Ok(events.len())
 }
 
 /// Compile-time check: the workers can run on tokio's multi-threaded runtime (sqlx's

@@ -122,12 +122,7 @@ impl TestDb {
 
     /// The patient key vault of this database, under [`TEST_KEK`].
     pub async fn vault(&self) -> Arc<PatientVault> {
-        let kek = LocalKek::from_base64(TEST_KEK).expect("test KEK");
-        Arc::new(
-            PatientVault::connect(self.app.clone(), Arc::new(kek))
-                .await
-                .expect("patient key vault"),
-        )
+        vault_on(&self.app).await
     }
 
     pub fn url_as(&self, user: &str) -> String {
@@ -158,6 +153,16 @@ pub fn actor(id: &str, role: Role) -> CommandContext {
 
 pub fn code(c: &str) -> TestCode {
     TestCode::parse(c).unwrap()
+}
+
+/// The patient key vault of the database behind `pool`, under [`TEST_KEK`].
+pub async fn vault_on(pool: &PgPool) -> Arc<PatientVault> {
+    let kek = LocalKek::from_base64(TEST_KEK).expect("test KEK");
+    Arc::new(
+        PatientVault::connect(pool.clone(), Arc::new(kek))
+            .await
+            .expect("patient key vault"),
+    )
 }
 
 /// The key-encryption key of test databases (test data only: never a real key).

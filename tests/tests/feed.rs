@@ -112,3 +112,29 @@ async fn the_feed_keeps_the_stored_bytes_and_pages_in_order() {
     assert_eq!(envelope.actor.role, "admin");
     db.drop().await;
 }
+
+#[tokio::test]
+async fn the_feed_orders_by_transaction_id_as_a_number() {
+    // Transaction ids 999 and 1000 (a fresh or restored cluster crosses such a boundary;
+    // every cluster does, one digit at a time): as text "1000" sorts first.
+    let db = TestDb::empty().await;
+    let insert = |tx: &str, id: &str| {
+        format!(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata,
+                                 tx_id, recorded_at, prev_hash, hash)
+             VALUES ('Order', '{id}', 1, 'OrderPlaced', '1.0.0', '{{\"OrderPlaced\":{{}}}}',
+                     '{{\"actor_id\":\"a\",\"actor_role\":\"admin\"}}', '{tx}', clock_timestamp(),
+                     '\\x{zero}', '\\x{zero}')",
+            zero = "00".repeat(32)
+        )
+    };
+    db.tamper(&[&insert("999", "first"), &insert("1000", "second")])
+        .await;
+    let events = read_until(&db.app, FeedPosition::default(), 2).await;
+    let order: Vec<(&str, u64)> = events
+        .iter()
+        .map(|e| (e.aggregate_id.as_str(), e.tx_id))
+        .collect();
+    assert_eq!(order, [("first", 999), ("second", 1000)]);
+    db.drop().await;
+}

@@ -276,3 +276,74 @@ async fn read_models_do_not_depend_on_how_aggregates_interleave() {
     }
     db.drop().await;
 }
+
+/// A model applied strictly one event at a time (the trait's default `apply_run`): what
+/// the folded, multi-row writes of the real models must match.
+struct OneByOne(std::sync::Arc<dyn lis_projections::projection::Projection>);
+
+#[async_trait::async_trait]
+impl lis_projections::projection::Projection for OneByOne {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn ddl(&self) -> &'static str {
+        self.0.ddl()
+    }
+    async fn apply(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        env: &Envelope,
+        event: &lis_projections::projection::LabEvent,
+    ) -> Result<(), ProjectionError> {
+        self.0.apply(conn, env, event).await
+    }
+    async fn purge(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        erased: &lis_projections::erasure::Erased,
+    ) -> Result<(), ProjectionError> {
+        self.0.purge(conn, erased).await
+    }
+}
+
+#[tokio::test]
+async fn folded_batches_equal_one_event_at_a_time() {
+    // Two lab days (rejection and recollection, critical call, amendment, correction…)
+    // in one batch, so that every row's events fold together.
+    let db = TestDb::new().await;
+    lab_day(&db).await;
+    lis_tests::lab_day_numbered(&db.ledger().await, 601).await;
+    let events = read_after(&db.app, FeedPosition::default(), 10_000)
+        .await
+        .unwrap();
+    let envelopes: Vec<Envelope> = events.iter().map(Envelope::from).collect();
+    for p in models::all() {
+        let reference = OneByOne(p.clone());
+        let (folded, single) = (
+            format!("{}_folded", schema_of(p.name())),
+            format!("{}_single", schema_of(p.name())),
+        );
+        for (model, schema) in [
+            (p.as_ref(), &folded),
+            (
+                &reference as &dyn lis_projections::projection::Projection,
+                &single,
+            ),
+        ] {
+            let mut conn = db.app.acquire().await.unwrap();
+            ensure_schema(&mut conn, model, schema).await.unwrap();
+            let mut tx = db.app.begin().await.unwrap();
+            lis_projections::projection::apply_in(&mut tx, model, schema, &envelopes, None)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+        assert_eq!(
+            dump_schema(&db.app, &folded).await,
+            dump_schema(&db.app, &single).await,
+            "projection {}",
+            p.name()
+        );
+    }
+    db.drop().await;
+}

@@ -43,7 +43,7 @@ where
     F: Future<Output = Result<Value, Problem>>,
 {
     let actor = caller.actor.id.to_string();
-    let key = match claim(&state.pool, headers, &actor, body).await {
+    let held = match claim(&state.pool, headers, &actor, body, ok).await {
         Ok(Claim::Replay(status, body)) => {
             let mut response = (status, Json(body)).into_response();
             if status.is_client_error() {
@@ -54,39 +54,30 @@ where
             }
             return response;
         }
-        Ok(Claim::Run(key)) => key,
+        Ok(Claim::Run(held)) => held,
         Err(p) => return p.into_response(),
     };
-    match work.await {
-        Ok(value) => {
-            if let Some(key) = key {
-                remember(state, &actor, &key, ok, &value).await;
-            }
-            (ok, Json(value)).into_response()
-        }
+    if let Some(held) = &held {
+        // The events of this attempt carry the claim's command id, so that a retry can
+        // find them if this attempt dies before its response is stored.
+        let _ = caller.context.command_id.set(held.command_id);
+    }
+    let (status, value, response) = match work.await {
+        Ok(value) => (ok, value.clone(), (ok, Json(value)).into_response()),
         Err(problem) => {
-            if let Some(key) = key {
-                let status = StatusCode::from_u16(problem.status)
-                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                remember(
-                    state,
-                    &actor,
-                    &key,
-                    status,
-                    &serde_json::to_value(&problem).unwrap_or_default(),
-                )
-                .await;
-            }
-            problem.into_response()
+            let status =
+                StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let value = serde_json::to_value(&problem).unwrap_or_default();
+            (status, value, problem.into_response())
+        }
+    };
+    if let Some(held) = held {
+        // A failure to store only costs the retry a look at the events.
+        if let Err(e) = finish(held, status, &value).await {
+            tracing::warn!(error = %e, "could not store the idempotent response");
         }
     }
-}
-
-/// Stores a response under its Idempotency-Key (a failure to store only costs a replay).
-async fn remember(state: &AppState, actor: &str, key: &str, status: StatusCode, value: &Value) {
-    if let Err(e) = finish(&state.pool, actor, key, status, value).await {
-        tracing::warn!(error = %e, "could not store the idempotent response");
-    }
+    response
 }
 
 pub(crate) fn outcome(o: &CommandOutcome) -> Value {

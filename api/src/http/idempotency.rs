@@ -1,29 +1,48 @@
 //! `Idempotency-Key`: a retried command request returns the first response and never
 //! writes a second event.
 //!
-//! The key is claimed (a row per caller and key) before the command runs; the response is
-//! stored with it. A retry with the same body gets the stored response; the same key with
-//! a different body is refused (422); a retry while the first is still running gets 409.
-//! A first attempt that failed on a dependency (5xx) releases the key for a retry.
+//! The key is claimed (a row per caller and key, with the command id the attempt will
+//! write its events with) before the command runs, and the row stays locked by the
+//! attempt until its response is stored with it. A retry with the same body gets the
+//! stored response; the same key with a different body is refused (422); a retry while
+//! the first attempt still holds the lock gets 409.
+//!
+//! An attempt that died in between (the API killed, the database restarted: its lock
+//! goes with its connection) or failed on a dependency (5xx) leaves the key without a
+//! response. The next retry takes the lock over and looks for events written under the
+//! claim's command id: if the first attempt committed, the answer is rebuilt from its
+//! events (never run twice); if not, the command runs now, under the same command id.
 
 use super::problem::Problem;
 use axum::http::{HeaderMap, StatusCode};
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
 
 pub enum Claim {
-    /// Run the command, then `finish`.
-    Run(Option<String>),
+    /// Run the command (with this claim's command id, if keyed), then `finish`.
+    Run(Option<Held>),
     /// The stored response of an earlier identical request.
-    Replay(StatusCode, serde_json::Value),
+    Replay(StatusCode, Value),
 }
 
-/// Claims `Idempotency-Key` for this caller and body, or finds its stored response.
+/// A claimed key: its row stays locked by `tx` until [`finish`].
+pub struct Held {
+    actor: String,
+    pub key: String,
+    pub command_id: Uuid,
+    tx: Transaction<'static, Postgres>,
+}
+
+/// Claims `Idempotency-Key` for this caller and body, or finds its response. `ok` is the
+/// status the command answers with when it succeeds (for an answer rebuilt from events).
 pub async fn claim(
     pool: &PgPool,
     headers: &HeaderMap,
     actor: &str,
     body: &[u8],
+    ok: StatusCode,
 ) -> Result<Claim, Problem> {
     let Some(key) = headers.get("idempotency-key") else {
         return Ok(Claim::Run(None));
@@ -36,18 +55,19 @@ pub async fn claim(
         .to_string();
     let hash = Sha256::digest(body).to_vec();
     let inserted = sqlx::query(
-        "INSERT INTO idempotency_keys (actor_id, key, request_sha256) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        "INSERT INTO idempotency_keys (actor_id, key, request_sha256, events_after)
+         VALUES ($1, $2, $3, (SELECT coalesce(max(position), 0) FROM events))
+         ON CONFLICT DO NOTHING",
     )
     .bind(actor)
     .bind(&key)
     .bind(&hash)
     .execute(pool)
-    .await?;
-    if inserted.rows_affected() == 1 {
-        return Ok(Claim::Run(Some(key)));
-    }
-    let (stored_hash, status, body): (Vec<u8>, Option<i32>, Option<serde_json::Value>) = sqlx::query_as(
-        "SELECT request_sha256, response_status, response_body FROM idempotency_keys WHERE actor_id = $1 AND key = $2",
+    .await?
+    .rows_affected()
+        == 1;
+    let stored_hash: Vec<u8> = sqlx::query_scalar(
+        "SELECT request_sha256 FROM idempotency_keys WHERE actor_id = $1 AND key = $2",
     )
     .bind(actor)
     .bind(&key)
@@ -61,44 +81,101 @@ pub async fn claim(
         )
         .detail("this Idempotency-Key was used with a different request body"));
     }
-    match (status, body) {
-        (Some(s), Some(b)) => Ok(Claim::Replay(
+    let mut tx = pool.begin().await?;
+    let locked: Result<(Option<i32>, Option<Value>, Uuid, i64), sqlx::Error> = sqlx::query_as(
+        "SELECT response_status, response_body, command_id, events_after FROM idempotency_keys
+          WHERE actor_id = $1 AND key = $2 FOR UPDATE NOWAIT",
+    )
+    .bind(actor)
+    .bind(&key)
+    .fetch_one(&mut *tx)
+    .await;
+    let (status, response, command_id, events_after) = match locked {
+        Ok(row) => row,
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
+            return Err(Problem::conflict(
+                "idempotency-in-progress",
+                "The first request with this Idempotency-Key is still running",
+                "retry in a moment",
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let (Some(s), Some(b)) = (status, response) {
+        return Ok(Claim::Replay(
             StatusCode::from_u16(s as u16).unwrap_or(StatusCode::OK),
             b,
-        )),
-        _ => Err(Problem::conflict(
-            "idempotency-in-progress",
-            "The first request with this Idempotency-Key is still running",
-            "retry in a moment",
-        )),
+        ));
     }
+    let mut held = Held {
+        actor: actor.to_string(),
+        key,
+        command_id,
+        tx,
+    };
+    if !inserted {
+        // An earlier attempt died or failed: did its command commit?
+        if let Some(answer) = answer_from_events(&mut held.tx, command_id, events_after).await? {
+            tracing::info!(%command_id, "answered from the events of an earlier attempt");
+            finish(held, ok, &answer).await?;
+            return Ok(Claim::Replay(ok, answer));
+        }
+    }
+    Ok(Claim::Run(Some(held)))
 }
 
-/// Stores the response of a claimed key (or releases it after a 5xx, so a retry runs).
-pub async fn finish(
-    pool: &PgPool,
-    actor: &str,
-    key: &str,
-    status: StatusCode,
-    body: &serde_json::Value,
-) -> Result<(), sqlx::Error> {
-    if status.is_server_error() {
-        sqlx::query("DELETE FROM idempotency_keys WHERE actor_id = $1 AND key = $2 AND response_status IS NULL")
-            .bind(actor)
-            .bind(key)
-            .execute(pool)
-            .await?;
-    } else {
-        sqlx::query(
-            "UPDATE idempotency_keys SET response_status = $3, response_body = $4, completed_at = clock_timestamp()
-              WHERE actor_id = $1 AND key = $2",
-        )
-        .bind(actor)
-        .bind(key)
-        .bind(i32::from(status.as_u16()))
-        .bind(body)
-        .execute(pool)
-        .await?;
+/// The response of a command that committed under `command_id`, rebuilt from its events
+/// as the endpoints answer: the aggregate's id, new version and the event's position
+/// (with the order number for a new order; parent and children for aliquots).
+async fn answer_from_events(
+    tx: &mut Transaction<'static, Postgres>,
+    command_id: Uuid,
+    events_after: i64,
+) -> Result<Option<Value>, sqlx::Error> {
+    let rows: Vec<(String, i64, i64, Option<String>)> = sqlx::query_as(
+        "SELECT aggregate_id, sequence, position, payload -> 'OrderPlaced' ->> 'order_number'
+           FROM events WHERE position > $1 AND metadata ->> 'command_id' = $2 ORDER BY position",
+    )
+    .bind(events_after)
+    .bind(command_id.to_string())
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut outcomes: Vec<Value> = vec![];
+    let mut order_number = None;
+    for (id, version, position, number) in rows {
+        let outcome = json!({ "id": id, "version": version, "position": position });
+        match outcomes.iter_mut().find(|o| o["id"] == id) {
+            Some(o) => *o = outcome,
+            None => outcomes.push(outcome),
+        }
+        order_number = order_number.or(number);
     }
-    Ok(())
+    if let (Some(n), Some(first)) = (order_number, outcomes.first_mut()) {
+        first["order_number"] = json!(n);
+    }
+    Ok(match outcomes.len() {
+        0 => None,
+        1 => outcomes.pop(),
+        _ => Some(json!({ "parent": outcomes[0], "children": outcomes[1..] })),
+    })
+}
+
+/// Stores the response of a claimed key and releases it. After a 5xx nothing is stored
+/// (the command may or may not have committed): the next retry finds out.
+pub async fn finish(held: Held, status: StatusCode, body: &Value) -> Result<(), sqlx::Error> {
+    let mut tx = held.tx;
+    if status.is_server_error() {
+        return tx.rollback().await;
+    }
+    sqlx::query(
+        "UPDATE idempotency_keys SET response_status = $3, response_body = $4, completed_at = clock_timestamp()
+          WHERE actor_id = $1 AND key = $2",
+    )
+    .bind(&held.actor)
+    .bind(&held.key)
+    .bind(i32::from(status.as_u16()))
+    .bind(body)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
 }

@@ -48,6 +48,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub ledger: Arc<Ledger>,
     pub auth: Arc<AuthConfig>,
+    /// Probes the Kafka cluster for `/readyz`, when configured.
+    pub kafka: Option<Arc<lis_projections::kafka_health::KafkaProbe>>,
     /// The MongoDB analytics, when configured.
     pub analytics: Option<Arc<lis_projections::models::analytics::Analytics>>,
     pub metrics: Arc<metrics::Metrics>,
@@ -82,12 +84,22 @@ pub async fn prepare_read_models(
 ) -> Result<(), lis_projections::projection::ProjectionError> {
     let mut conn = pool.acquire().await?;
     for p in lis_projections::models::all() {
-        lis_projections::projection::ensure_schema(
-            &mut conn,
-            p.as_ref(),
-            &lis_projections::projection::schema_of(p.name()),
-        )
-        .await?;
+        let schema = lis_projections::projection::schema_of(p.name());
+        // A projection worker starting at the same moment may create the same schema:
+        // PostgreSQL's `IF NOT EXISTS` then fails one of the two with a unique violation
+        // on the catalogue. The second try finds the schema made.
+        let mut attempt = 1;
+        loop {
+            match lis_projections::projection::ensure_schema(&mut conn, p.as_ref(), &schema).await {
+                Ok(()) => break,
+                Err(e) if attempt < 5 && e.to_string().contains("duplicate key value") => {
+                    tracing::info!(%schema, error = %e, "read model created concurrently; again");
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
     Ok(())
 }
@@ -272,6 +284,16 @@ async fn readyz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, Pr
         .await
         .map_err(|_| Problem::unavailable("PostgreSQL is not answering"))?;
     let mut status = serde_json::json!({ "postgresql": "ok" });
+    if let Some(k) = &s.kafka {
+        match k.brokers(std::time::Duration::from_secs(2)).await {
+            Ok(n) if n > 0 => status["kafka"] = format!("ok ({n} brokers)").into(),
+            Ok(_) => return Err(Problem::unavailable("Kafka reports no brokers")),
+            Err(e) => {
+                tracing::warn!(error = %e, "Kafka is not answering");
+                return Err(Problem::unavailable("Kafka is not answering"));
+            }
+        }
+    }
     if let Some(a) = &s.analytics {
         let ping = a.database().run_command(mongodb::bson::doc! { "ping": 1 });
         match tokio::time::timeout(std::time::Duration::from_secs(2), ping).await {

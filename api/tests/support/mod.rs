@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod load;
+
 use base64::Engine;
 use lis_eventstore_migrations::APP_ROLE;
 use lis_tests::TestDb;
@@ -31,9 +33,14 @@ pub struct Stack {
 
 impl Stack {
     pub fn new(db: &TestDb, kafka: bool) -> Self {
+        Self::on(db.url_as(APP_ROLE), kafka)
+    }
+
+    /// A stack whose roles connect to `database_url` (as the application role).
+    pub fn on(database_url: String, kafka: bool) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let mut env = vec![
-            ("LIS_DATABASE_URL".to_string(), db.url_as(APP_ROLE)),
+            ("LIS_DATABASE_URL".to_string(), database_url),
             ("LIS_SEAL_KEY".into(), seal_seed()),
             ("LIS_KEK".into(), lis_tests::TEST_KEK.into()),
             ("LIS_SEAL_EVERY_EVENTS".into(), "10".into()),
@@ -59,6 +66,12 @@ impl Stack {
         let logs = std::env::temp_dir().join(format!("lisledger-test-{id}"));
         std::fs::create_dir_all(&logs).unwrap();
         Self { id, env, logs }
+    }
+
+    /// Sets (or replaces) one variable of the roles' environment.
+    pub fn set(&mut self, key: &str, value: String) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value));
     }
 
     pub fn get(&self, key: &str) -> String {
@@ -110,6 +123,11 @@ impl Role {
         let _ = self.child.wait();
     }
 
+    /// Whether the process is still running (it has not exited by itself).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -121,6 +139,15 @@ impl Drop for Role {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The last lines of each role's log, for a failure message.
+pub fn tails(roles: &[&Role]) -> String {
+    roles
+        .iter()
+        .map(|r| format!("{}:\n{}", r.log.display(), r.log_tail()))
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 /// Waits until every event in the store is applied by each named projection.
@@ -145,15 +172,290 @@ pub async fn wait_projected(db: &TestDb, names: &[&str], timeout: Duration, role
             return;
         }
         if Instant::now() > deadline {
-            let tails: Vec<String> = roles
-                .iter()
-                .map(|r| format!("{}:\n{}", r.log.display(), r.log_tail()))
-                .collect();
             panic!(
                 "projections did not catch up to {total} events\n{}",
-                tails.join("\n\n")
+                tails(roles)
             );
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The token key the API roles of a [`Stack::with_api`] sign with.
+pub const JWT_SECRET: &str = "a-test-only-token-key-of-32-bytes-or-more";
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Stack {
+    /// Configures `lisledger serve` on a free port, no rate limits, the test token key;
+    /// returns the API's base URL.
+    pub fn with_api(&mut self) -> String {
+        let addr = format!("127.0.0.1:{}", free_port());
+        self.env.extend([
+            ("LIS_HTTP_ADDR".to_string(), addr.clone()),
+            ("LIS_JWT_SECRET".into(), JWT_SECRET.into()),
+            ("LIS_RATE_PER_ADDRESS".into(), "0".into()),
+            ("LIS_RATE_PER_USER".into(), "0".into()),
+            ("LIS_DB_MAX_CONNECTIONS".into(), "6".into()),
+        ]);
+        format!("http://{addr}")
+    }
+
+    /// Runs `lisledger audit verify` and asserts that every chain and seal is sound.
+    pub fn assert_audit_verifies(&self) {
+        let verify = self.run(&["audit", "verify"]);
+        let stdout = String::from_utf8_lossy(&verify.stdout);
+        assert!(
+            verify.status.success(),
+            "audit verify failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&verify.stderr)
+        );
+        assert!(stdout.contains("every audit seal is sound"), "{stdout}");
+    }
+}
+
+/// A bearer token for `user` in `role`, signed with [`JWT_SECRET`].
+pub fn token(user: &str, role: lis_domain::actor::Role) -> String {
+    use lis_api::http::auth;
+    let config = auth::AuthConfig {
+        secret: JWT_SECRET.as_bytes().to_vec(),
+        issuer: "lisledger".into(),
+        audience: "lisledger-api".into(),
+        ttl_secs: 3600,
+    };
+    auth::issue(
+        &config,
+        &lis_domain::actor::ActorId::parse(user).unwrap(),
+        role,
+    )
+    .unwrap()
+    .0
+}
+
+/// Polls `GET base/healthz` until the API answers (or panics with the role's log).
+pub async fn wait_healthy(base: &str, role: &Role, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let client = reqwest::Client::new();
+    loop {
+        if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the API did not come up\n{}",
+            role.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn analytics_summary(
+    a: &lis_projections::models::analytics::Analytics,
+    day: &str,
+) -> serde_json::Value {
+    use lis_projections::analytics_queries::{abnormal_rates, rejections, turnaround, volumes};
+    serde_json::json!({
+        "volumes": volumes(a, day, day).await.unwrap(),
+        "turnaround": turnaround(a, day, day).await.unwrap(),
+        "rejections": rejections(a, day, day).await.unwrap(),
+        "rates": abnormal_rates(a, day, day).await.unwrap(),
+    })
+}
+
+/// Asserts that the stack's analytics (built by its workers) equal a fresh replay of the
+/// event store into another database; drops both and returns today's summary.
+pub async fn assert_analytics_equal_replay(db: &TestDb, stack: &Stack) -> serde_json::Value {
+    use lis_projections::models::analytics::Analytics;
+    let client = mongodb::Client::with_uri_str(mongo_url()).await.unwrap();
+    let live = Analytics::new(client.database(&stack.get("LIS_MONGO_DATABASE")));
+    let fresh =
+        Analytics::new(client.database(&format!("{}_replay", stack.get("LIS_MONGO_DATABASE"))));
+    lis_projections::worker::rebuild(&db.app, &fresh, &mut |_| {})
+        .await
+        .unwrap();
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let expected = analytics_summary(&fresh, &today).await;
+    assert_eq!(analytics_summary(&live, &today).await, expected);
+    live.database().drop().await.unwrap();
+    fresh.database().drop().await.unwrap();
+    expected
+}
+
+/// A PostgreSQL server binary (`/usr/lib/postgresql/15/bin` unless `LIS_PG_BIN` says).
+pub fn pg_bin(name: &str) -> PathBuf {
+    PathBuf::from(
+        std::env::var("LIS_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()),
+    )
+    .join(name)
+}
+
+fn pg_server_command(name: &str) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(pg_bin(name));
+        c
+    } else {
+        Command::new(pg_bin(name))
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Runs a server-side PostgreSQL program (initdb, pg_ctl, pg_resetwal), as `postgres`
+/// when the tests run as root (the server refuses to run as root); panics on failure.
+pub fn pg_server_tool(name: &str, args: &[&str]) -> String {
+    let out = pg_server_command(name)
+        .args(args)
+        .output()
+        .expect("run a PostgreSQL program");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{name} {args:?} failed:\n{text}");
+    text
+}
+
+/// A private PostgreSQL cluster in a temporary directory on a free port: for the tests
+/// that crash or replace the whole server, which must never touch the shared one.
+/// Stopped (immediately) and removed when dropped.
+pub struct PrivatePg {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl PrivatePg {
+    /// `initdb` (trust authentication on loopback, superuser `postgres`); not started.
+    pub fn init() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "lisledger-pg-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["postgres:", &dir.display().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown {}", dir.display());
+        }
+        let data = dir.join("data");
+        pg_server_tool(
+            "initdb",
+            &[
+                "-D",
+                &data.display().to_string(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        Self {
+            dir,
+            port: free_port(),
+        }
+    }
+
+    pub fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    pub fn start(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("server.log").display().to_string();
+        pg_server_tool(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-l",
+                &log,
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    /// Stops the server like a crash (`pg_ctl stop -m immediate`: no checkpoint, every
+    /// connection cut); the next start runs crash recovery.
+    pub fn crash(&self) {
+        pg_server_tool(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        );
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn url(&self, user: &str, database: &str) -> String {
+        format!("postgres://{user}@127.0.0.1:{}/{database}", self.port)
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let _ = pg_server_command("pg_ctl")
+            .args(["-D", &self.data(), "-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits until the relay has sealed every event of the store (a signed checkpoint whose
+/// tree covers them all).
+pub async fn wait_sealed(db: &TestDb, relay: &Role, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let sealed: Option<i64> =
+            sqlx::query_scalar("SELECT max(tree_size) FROM audit_checkpoints")
+                .fetch_one(&db.app)
+                .await
+                .unwrap();
+        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&db.app)
+            .await
+            .unwrap();
+        if sealed == Some(events) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sealed {sealed:?} of {events}\n{}",
+            relay.log_tail()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

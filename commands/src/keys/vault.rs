@@ -1,7 +1,7 @@
 //! The key vault: one data key per patient, wrapped by the KEK, and everything done
 //! with it — sealing identity into events, opening it again, erasing it for good.
 //!
-//! Data keys are 256-bit AES-GCM keys in `patient_keys` (migration 0008), created on a
+//! Data keys are 256-bit AES-GCM keys in `patient_keys` (migration 0009), created on a
 //! patient's first order. Erasure sets the wrapped key to NULL (a trigger forbids bringing
 //! it back): every [`Sealed`] value of that patient, in any event, snapshot or Kafka
 //! message, can then only be reported as erased. The MRN → pseudonymous patient id index
@@ -39,6 +39,41 @@ pub enum Opened<T> {
 pub enum KeyStatus {
     Active,
     Erased { at: chrono::DateTime<chrono::Utc> },
+}
+
+/// Seals values of one patient under their data key (see [`PatientVault::sealer`]).
+pub struct Sealer {
+    patient: PatientId,
+    cipher: Aes256Gcm,
+}
+
+impl Sealer {
+    /// Seals `value` (as JSON): a fresh random nonce, the patient and kind as associated
+    /// data.
+    pub fn seal<T: Serialize>(&self, kind: SealedKind, value: &T) -> Result<Sealed, KeyError> {
+        let plain = Zeroizing::new(serde_json::to_vec(value).map_err(|e| KeyError::Corrupt {
+            what: kind.as_str(),
+            patient: self.patient.to_string(),
+            reason: e.to_string(),
+        })?);
+        let mut nonce = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let ciphertext = self
+            .cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: &plain,
+                    aad: &sealed_aad(kind, self.patient),
+                },
+            )
+            .map_err(|e| KeyError::Unwrap(e.to_string()))?;
+        Ok(Sealed {
+            kind,
+            nonce: STANDARD.encode(nonce),
+            ciphertext: STANDARD.encode(ciphertext),
+        })
+    }
 }
 
 pub struct PatientVault {
@@ -85,19 +120,31 @@ impl PatientVault {
             .map_err(|e| KeyError::BadKek(e.to_string()))?;
         mac.update(mrn.as_str().as_bytes());
         let digest = mac.finalize().into_bytes().to_vec();
-        sqlx::query(
-            "INSERT INTO patient_pseudonyms (mrn_hmac, patient_id) VALUES ($1, $2)
-             ON CONFLICT (mrn_hmac) DO NOTHING",
+        // One round trip: insert unless present, and return the id either way. (A row
+        // committed by a racing first order while this statement ran is read again.)
+        let mut id: Option<Uuid> = sqlx::query_scalar(
+            "WITH ins AS (INSERT INTO patient_pseudonyms (mrn_hmac, patient_id) VALUES ($1, $2)
+                          ON CONFLICT (mrn_hmac) DO NOTHING RETURNING patient_id)
+             SELECT patient_id FROM ins
+             UNION ALL SELECT patient_id FROM patient_pseudonyms WHERE mrn_hmac = $1 LIMIT 1",
         )
         .bind(&digest)
         .bind(Uuid::new_v4())
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        let id: Uuid =
-            sqlx::query_scalar("SELECT patient_id FROM patient_pseudonyms WHERE mrn_hmac = $1")
-                .bind(&digest)
-                .fetch_one(&self.pool)
-                .await?;
+        if id.is_none() {
+            id =
+                sqlx::query_scalar("SELECT patient_id FROM patient_pseudonyms WHERE mrn_hmac = $1")
+                    .bind(&digest)
+                    .fetch_optional(&self.pool)
+                    .await?;
+        }
+        let id = id.ok_or_else(|| {
+            KeyError::UnknownPatient(format!(
+                "pseudonym of MRN (hmac {})",
+                hex::encode(&digest[..8])
+            ))
+        })?;
         Ok(PatientId::from_uuid(id))
     }
 
@@ -123,23 +170,31 @@ impl PatientVault {
         create: bool,
     ) -> Result<Option<Zeroizing<Vec<u8>>>, KeyError> {
         let aad = patient_key_aad(patient);
-        if create {
+        const READ: &str = "SELECT kek_id, wrapped_key FROM patient_keys WHERE patient_id = $1";
+        let mut row = if create {
+            // One round trip: create the key unless the patient has one, and return it.
             let wrapped = self.kek.wrap(&random_key(), &aad).await?;
             sqlx::query(
-                "INSERT INTO patient_keys (patient_id, kek_id, wrapped_key) VALUES ($1, $2, $3)
-                 ON CONFLICT (patient_id) DO NOTHING",
+                "WITH ins AS (INSERT INTO patient_keys (patient_id, kek_id, wrapped_key) VALUES ($1, $2, $3)
+                              ON CONFLICT (patient_id) DO NOTHING RETURNING kek_id, wrapped_key)
+                 SELECT kek_id, wrapped_key FROM ins
+                 UNION ALL SELECT kek_id, wrapped_key FROM patient_keys WHERE patient_id = $1 LIMIT 1",
             )
             .bind(patient.as_uuid())
             .bind(self.kek.id())
             .bind(&wrapped)
-            .execute(&self.pool)
-            .await?;
-        }
-        let row = sqlx::query("SELECT kek_id, wrapped_key FROM patient_keys WHERE patient_id = $1")
-            .bind(patient.as_uuid())
             .fetch_optional(&self.pool)
             .await?
-            .ok_or_else(|| KeyError::UnknownPatient(patient.to_string()))?;
+        } else {
+            None
+        };
+        if row.is_none() {
+            row = sqlx::query(READ)
+                .bind(patient.as_uuid())
+                .fetch_optional(&self.pool)
+                .await?;
+        }
+        let row = row.ok_or_else(|| KeyError::UnknownPatient(patient.to_string()))?;
         let Some(wrapped) = row.get::<Option<Vec<u8>>, _>("wrapped_key") else {
             return Ok(None);
         };
@@ -153,40 +208,16 @@ impl PatientVault {
         Ok(Some(self.kek.unwrap(&wrapped, &aad).await?))
     }
 
-    /// Seals `value` under the patient's data key (created if this is their first).
-    /// Refused for an erased patient.
-    pub async fn seal<T: Serialize>(
-        &self,
-        patient: PatientId,
-        kind: SealedKind,
-        value: &T,
-    ) -> Result<Sealed, KeyError> {
+    /// A sealer for the patient's values, with their data key (created if this is their
+    /// first). Refused for an erased patient.
+    pub async fn sealer(&self, patient: PatientId) -> Result<Sealer, KeyError> {
         let key = self
             .data_key(patient, true)
             .await?
             .ok_or_else(|| KeyError::Erased(patient.to_string()))?;
-        let plain = Zeroizing::new(serde_json::to_vec(value).map_err(|e| KeyError::Corrupt {
-            what: kind.as_str(),
-            patient: patient.to_string(),
-            reason: e.to_string(),
-        })?);
-        let mut nonce = [0u8; 12];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let cipher =
-            Aes256Gcm::new_from_slice(&key).map_err(|e| KeyError::Unwrap(e.to_string()))?;
-        let ciphertext = cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: &plain,
-                    aad: &sealed_aad(kind, patient),
-                },
-            )
-            .map_err(|e| KeyError::Unwrap(e.to_string()))?;
-        Ok(Sealed {
-            kind,
-            nonce: STANDARD.encode(nonce),
-            ciphertext: STANDARD.encode(ciphertext),
+        Ok(Sealer {
+            patient,
+            cipher: Aes256Gcm::new_from_slice(&key).map_err(|e| KeyError::Unwrap(e.to_string()))?,
         })
     }
 

@@ -11,11 +11,15 @@
 
 use crate::envelope::Envelope;
 use crate::erasure::{purge_with, Erased};
-use crate::projection::{aggregate_uuid, LabEvent, Projection, ProjectionError};
+use crate::projection::{
+    aggregate_uuid, apply_folded, Fold, LabEvent, Pending, Projection, ProjectionError,
+};
+use chrono::{DateTime, Utc};
 use lis_domain::order::{OrderEvent, OrderedTest};
 use lis_domain::result::ResultEvent;
 use lis_domain::sample::SampleEvent;
 use sqlx::PgConnection;
+use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 pub struct Orders;
@@ -58,23 +62,6 @@ async fn cancel_tests(
     .bind(tests)
     .bind(at)
     .bind(reason)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Sets a time column of a sample's test rows.
-async fn sample_time(
-    conn: &mut PgConnection,
-    sample_id: Uuid,
-    column: &str,
-    at: chrono::DateTime<chrono::Utc>,
-) -> Result<(), ProjectionError> {
-    sqlx::query(&format!(
-        "UPDATE specimen_tests SET {column} = $2 WHERE sample_id = $1"
-    ))
-    .bind(sample_id)
-    .bind(at)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -219,40 +206,28 @@ SELECT test_code, priority, count(*) AS released,
         .await
     }
 
+    async fn apply_run(
+        &self,
+        conn: &mut PgConnection,
+        events: &[(&Envelope, LabEvent)],
+    ) -> Result<(), ProjectionError> {
+        apply_folded::<PendingOrders>(self, conn, events).await
+    }
+
     async fn apply(
         &self,
         conn: &mut PgConnection,
         env: &Envelope,
         event: &LabEvent,
     ) -> Result<(), ProjectionError> {
+        // The common events are written as a run of one.
+        let mut one = PendingOrders::default();
+        if one.fold(env, event)? == Fold::Taken {
+            return one.flush(conn).await;
+        }
         let at = env.recorded_at;
         let id = aggregate_uuid(env)?;
         match event {
-            LabEvent::Order(OrderEvent::OrderPlaced {
-                order_number,
-                patient_id,
-                priority: p,
-                collection_site,
-                ordering_clinician,
-                tests,
-                ..
-            }) => {
-                sqlx::query(
-                    "INSERT INTO orders (order_id, order_number, patient_id, priority, collection_site,
-                                         ordering_clinician, status, placed_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $7)",
-                )
-                .bind(id)
-                .bind(order_number.as_str())
-                .bind(patient_id.as_uuid())
-                .bind(p.as_str())
-                .bind(collection_site.as_str())
-                .bind(ordering_clinician.as_str())
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
-                add_tests(conn, id, tests, at).await?;
-            }
             LabEvent::Order(OrderEvent::TestsAdded { tests }) => {
                 add_tests(conn, id, tests, at).await?
             }
@@ -270,58 +245,11 @@ SELECT test_code, priority, count(*) AS released,
                 .execute(&mut *conn)
                 .await?;
             }
-            LabEvent::Sample(SampleEvent::SampleCollected {
-                order_id,
-                tests,
-                collected_at,
-                ..
-            }) => {
-                for t in tests {
-                    sqlx::query(
-                        "INSERT INTO specimen_tests (sample_id, test_code, order_id, collected_at) VALUES ($1, $2, $3, $4)",
-                    )
-                    .bind(id)
-                    .bind(t.as_str())
-                    .bind(order_id.as_uuid())
-                    .bind(collected_at)
-                    .execute(&mut *conn)
-                    .await?;
-                }
-            }
-            LabEvent::Sample(SampleEvent::SampleReceived { received_at, .. }) => {
-                sample_time(conn, id, "received_at", *received_at).await?
-            }
-            LabEvent::Sample(SampleEvent::SampleRejected { .. }) => {
-                sample_time(conn, id, "rejected_at", at).await?
-            }
-            LabEvent::Result(ResultEvent::ResultRecorded {
-                order_id,
-                test_code,
-                ..
-            }) => {
-                sqlx::query(
-                    "INSERT INTO result_tests (result_id, order_id, test_code, status, resulted_at, status_since)
-                     VALUES ($1, $2, $3, 'recorded', $4, $4)
-                     ON CONFLICT (result_id) DO UPDATE SET status = 'recorded', status_since = excluded.status_since",
-                )
-                .bind(id)
-                .bind(order_id.as_uuid())
-                .bind(test_code.as_str())
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
-            }
             LabEvent::Result(ResultEvent::ResultCorrected { .. }) => {
                 result_status(conn, id, "recorded", None, at).await?
             }
             LabEvent::Result(ResultEvent::RerunRequested { .. }) => {
                 result_status(conn, id, "rerun_requested", None, at).await?
-            }
-            LabEvent::Result(ResultEvent::ResultVerified { .. }) => {
-                result_status(conn, id, "verified", Some("verified_at"), at).await?
-            }
-            LabEvent::Result(ResultEvent::ResultAuthorised { .. }) => {
-                result_status(conn, id, "released", Some("released_at"), at).await?
             }
             LabEvent::Result(ResultEvent::ResultRetracted { .. }) => {
                 result_status(conn, id, "retracted", None, at).await?
@@ -330,4 +258,294 @@ SELECT test_code, priority, count(*) AS released,
         }
         Ok(())
     }
+}
+
+/// (order, number, patient, priority, site, clinician, placed at)
+type NewOrder = (
+    Uuid,
+    String,
+    Uuid,
+    &'static str,
+    String,
+    String,
+    DateTime<Utc>,
+);
+/// (received at, rejected at) of a specimen's tests.
+type SpecimenTimes = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+/// A run's new orders, their tests, specimens' tests and results (one row each), and the
+/// stage times folded over them or over stored rows.
+#[derive(Default)]
+struct PendingOrders {
+    orders: Vec<NewOrder>,
+    order_ids: HashSet<Uuid>,
+    /// (order, test, catalogue version, ordered at)
+    order_tests: Vec<(Uuid, String, i32, DateTime<Utc>)>,
+    order_test_keys: HashSet<(Uuid, String)>,
+    /// (sample, test, order, collected at)
+    specimen_tests: Vec<(Uuid, String, Uuid, DateTime<Utc>)>,
+    specimen_test_keys: HashSet<(Uuid, String)>,
+    /// sample → (received at, rejected at), the last of each winning.
+    specimen_times: HashMap<Uuid, SpecimenTimes>,
+    /// (result, order, test, recorded at)
+    results: Vec<(Uuid, Uuid, String, DateTime<Utc>)>,
+    result_ids: HashSet<Uuid>,
+    result_status: HashMap<Uuid, ResultStage>,
+}
+
+/// Status and its time (the last wins); verified and released times (the first wins,
+/// as `coalesce(column, time)` keeps it).
+struct ResultStage {
+    status: &'static str,
+    since: DateTime<Utc>,
+    verified_at: Option<DateTime<Utc>>,
+    released_at: Option<DateTime<Utc>>,
+}
+
+#[async_trait::async_trait]
+impl Pending for PendingOrders {
+    fn fold(&mut self, env: &Envelope, event: &LabEvent) -> Result<Fold, ProjectionError> {
+        let at = env.recorded_at;
+        let id = aggregate_uuid(env)?;
+        match event {
+            LabEvent::Order(OrderEvent::OrderPlaced {
+                order_number,
+                patient_id,
+                priority: p,
+                collection_site,
+                ordering_clinician,
+                tests,
+                ..
+            }) => {
+                if self.order_ids.contains(&id)
+                    || tests.iter().any(|t| {
+                        self.order_test_keys
+                            .contains(&(id, t.code.as_str().to_string()))
+                    })
+                {
+                    return Ok(Fold::FlushFirst);
+                }
+                self.order_ids.insert(id);
+                self.orders.push((
+                    id,
+                    order_number.as_str().to_string(),
+                    patient_id.as_uuid(),
+                    p.as_str(),
+                    collection_site.as_str().to_string(),
+                    ordering_clinician.as_str().to_string(),
+                    at,
+                ));
+                for t in tests {
+                    let code = t.code.as_str().to_string();
+                    if !self.order_test_keys.insert((id, code.clone())) {
+                        // The same test twice in one order: the row is the last one.
+                        self.order_tests.retain(|r| !(r.0 == id && r.1 == code));
+                    }
+                    self.order_tests.push((id, code, t.catalogue_version.0, at));
+                }
+            }
+            LabEvent::Sample(SampleEvent::SampleCollected {
+                order_id,
+                tests,
+                collected_at,
+                ..
+            }) => {
+                if self.specimen_times.contains_key(&id)
+                    || tests.iter().any(|t| {
+                        self.specimen_test_keys
+                            .contains(&(id, t.as_str().to_string()))
+                    })
+                {
+                    return Ok(Fold::FlushFirst);
+                }
+                for t in tests {
+                    self.specimen_test_keys.insert((id, t.as_str().to_string()));
+                    self.specimen_tests.push((
+                        id,
+                        t.as_str().to_string(),
+                        order_id.as_uuid(),
+                        *collected_at,
+                    ));
+                }
+            }
+            LabEvent::Sample(SampleEvent::SampleReceived { received_at, .. }) => {
+                self.specimen_times.entry(id).or_default().0 = Some(*received_at);
+            }
+            LabEvent::Sample(SampleEvent::SampleRejected { .. }) => {
+                self.specimen_times.entry(id).or_default().1 = Some(at);
+            }
+            LabEvent::Result(ResultEvent::ResultRecorded {
+                order_id,
+                test_code,
+                ..
+            }) => {
+                if self.result_ids.contains(&id) || self.result_status.contains_key(&id) {
+                    return Ok(Fold::FlushFirst);
+                }
+                self.result_ids.insert(id);
+                self.results
+                    .push((id, order_id.as_uuid(), test_code.as_str().to_string(), at));
+            }
+            LabEvent::Result(ResultEvent::ResultVerified { .. }) => {
+                let s = self.stage(id, "verified", at);
+                s.verified_at = s.verified_at.or(Some(at));
+            }
+            LabEvent::Result(ResultEvent::ResultAuthorised { .. }) => {
+                let s = self.stage(id, "released", at);
+                s.released_at = s.released_at.or(Some(at));
+            }
+            LabEvent::Order(_) | LabEvent::Sample(_) | LabEvent::Result(_)
+                if changes_nothing(event) => {}
+            // Erasure is the engine's purge, not a write of this model.
+            LabEvent::Patient(_) => {}
+            _ => return Ok(Fold::Alone),
+        }
+        Ok(Fold::Taken)
+    }
+
+    async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
+        let orders = std::mem::take(&mut self.orders);
+        if !orders.is_empty() {
+            sqlx::query(
+                "INSERT INTO orders (order_id, order_number, patient_id, priority, collection_site,
+                                     ordering_clinician, status, placed_at, updated_at)
+                 SELECT o, n, p, pr, s, c, 'active', t, t
+                   FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+                               $7::timestamptz[]) AS u(o, n, p, pr, s, c, t)",
+            )
+            .bind(orders.iter().map(|r| r.0).collect::<Vec<_>>())
+            .bind(orders.iter().map(|r| r.1.clone()).collect::<Vec<_>>())
+            .bind(orders.iter().map(|r| r.2).collect::<Vec<_>>())
+            .bind(orders.iter().map(|r| r.3).collect::<Vec<_>>())
+            .bind(orders.iter().map(|r| r.4.clone()).collect::<Vec<_>>())
+            .bind(orders.iter().map(|r| r.5.clone()).collect::<Vec<_>>())
+            .bind(orders.iter().map(|r| r.6).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        let tests = std::mem::take(&mut self.order_tests);
+        if !tests.is_empty() {
+            sqlx::query(
+                "INSERT INTO order_tests (order_id, test_code, department, catalogue_version, ordered_at)
+                 SELECT o, c, (SELECT department FROM catalogue_tests WHERE version = v AND code = c), v, t
+                   FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::timestamptz[]) AS u(o, c, v, t)
+                 ON CONFLICT (order_id, test_code) DO UPDATE
+                    SET ordered_at = excluded.ordered_at, catalogue_version = excluded.catalogue_version,
+                        cancelled_at = NULL, cancelled_reason = NULL",
+            )
+            .bind(tests.iter().map(|r| r.0).collect::<Vec<_>>())
+            .bind(tests.iter().map(|r| r.1.clone()).collect::<Vec<_>>())
+            .bind(tests.iter().map(|r| r.2).collect::<Vec<_>>())
+            .bind(tests.iter().map(|r| r.3).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        let specimen_tests = std::mem::take(&mut self.specimen_tests);
+        if !specimen_tests.is_empty() {
+            sqlx::query(
+                "INSERT INTO specimen_tests (sample_id, test_code, order_id, collected_at)
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::timestamptz[])",
+            )
+            .bind(specimen_tests.iter().map(|r| r.0).collect::<Vec<_>>())
+            .bind(
+                specimen_tests
+                    .iter()
+                    .map(|r| r.1.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(specimen_tests.iter().map(|r| r.2).collect::<Vec<_>>())
+            .bind(specimen_tests.iter().map(|r| r.3).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        let times: Vec<_> = self.specimen_times.drain().collect();
+        if !times.is_empty() {
+            sqlx::query(
+                "UPDATE specimen_tests s SET received_at = coalesce(u.r, s.received_at),
+                        rejected_at = coalesce(u.j, s.rejected_at)
+                   FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[]) AS u(id, r, j)
+                  WHERE s.sample_id = u.id",
+            )
+            .bind(times.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+            .bind(times.iter().map(|(_, t)| t.0).collect::<Vec<_>>())
+            .bind(times.iter().map(|(_, t)| t.1).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        let results = std::mem::take(&mut self.results);
+        if !results.is_empty() {
+            sqlx::query(
+                "INSERT INTO result_tests (result_id, order_id, test_code, status, resulted_at, status_since)
+                 SELECT r, o, c, 'recorded', t, t
+                   FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[]) AS u(r, o, c, t)
+                 ON CONFLICT (result_id) DO UPDATE SET status = 'recorded', status_since = excluded.status_since",
+            )
+            .bind(results.iter().map(|r| r.0).collect::<Vec<_>>())
+            .bind(results.iter().map(|r| r.1).collect::<Vec<_>>())
+            .bind(results.iter().map(|r| r.2.clone()).collect::<Vec<_>>())
+            .bind(results.iter().map(|r| r.3).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        let stages: Vec<_> = self.result_status.drain().collect();
+        if !stages.is_empty() {
+            sqlx::query(
+                "UPDATE result_tests r SET status = u.s, status_since = u.t,
+                        verified_at = coalesce(r.verified_at, u.v), released_at = coalesce(r.released_at, u.l)
+                   FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[])
+                     AS u(id, s, t, v, l)
+                  WHERE r.result_id = u.id",
+            )
+            .bind(stages.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+            .bind(stages.iter().map(|(_, s)| s.status).collect::<Vec<_>>())
+            .bind(stages.iter().map(|(_, s)| s.since).collect::<Vec<_>>())
+            .bind(stages.iter().map(|(_, s)| s.verified_at).collect::<Vec<_>>())
+            .bind(stages.iter().map(|(_, s)| s.released_at).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        self.order_ids.clear();
+        self.order_test_keys.clear();
+        self.specimen_test_keys.clear();
+        self.result_ids.clear();
+        Ok(())
+    }
+}
+
+impl PendingOrders {
+    fn stage(&mut self, id: Uuid, status: &'static str, at: DateTime<Utc>) -> &mut ResultStage {
+        let s = self.result_status.entry(id).or_insert(ResultStage {
+            status,
+            since: at,
+            verified_at: None,
+            released_at: None,
+        });
+        s.status = status;
+        s.since = at;
+        s
+    }
+}
+
+/// Events this model does not write.
+fn changes_nothing(event: &LabEvent) -> bool {
+    !matches!(
+        event,
+        LabEvent::Order(
+            OrderEvent::OrderPlaced { .. }
+                | OrderEvent::TestsAdded { .. }
+                | OrderEvent::TestCancelled { .. }
+                | OrderEvent::OrderCancelled { .. }
+        ) | LabEvent::Sample(
+            SampleEvent::SampleCollected { .. }
+                | SampleEvent::SampleReceived { .. }
+                | SampleEvent::SampleRejected { .. }
+        ) | LabEvent::Result(
+            ResultEvent::ResultRecorded { .. }
+                | ResultEvent::ResultCorrected { .. }
+                | ResultEvent::RerunRequested { .. }
+                | ResultEvent::ResultVerified { .. }
+                | ResultEvent::ResultAuthorised { .. }
+                | ResultEvent::ResultRetracted { .. }
+        )
+    )
 }

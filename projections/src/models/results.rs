@@ -5,11 +5,15 @@
 
 use crate::envelope::Envelope;
 use crate::erasure::{purge_with, Erased};
-use crate::projection::{aggregate_uuid, LabEvent, Projection, ProjectionError};
+use crate::projection::{
+    aggregate_uuid, apply_folded, Fold, LabEvent, Pending, Projection, ProjectionError,
+};
+use chrono::{DateTime, Utc};
 use lis_domain::flags::Flag;
 use lis_domain::result::ResultEvent;
 use lis_domain::value::ResultValue;
 use sqlx::PgConnection;
+use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 pub struct Results;
@@ -135,94 +139,37 @@ SELECT result_id, patient_id, order_id, test_code, value, unit, flags, status, n
         .await
     }
 
+    async fn apply_run(
+        &self,
+        conn: &mut PgConnection,
+        events: &[(&Envelope, LabEvent)],
+    ) -> Result<(), ProjectionError> {
+        apply_folded::<PendingResults>(self, conn, events).await
+    }
+
     async fn apply(
         &self,
         conn: &mut PgConnection,
         env: &Envelope,
         event: &LabEvent,
     ) -> Result<(), ProjectionError> {
+        // The common events are written as a run of one.
+        let mut one = PendingResults::default();
+        if one.fold(env, event)? == Fold::Taken {
+            return one.flush(conn).await;
+        }
         let LabEvent::Result(event) = event else {
             return Ok(());
         };
         let id = aggregate_uuid(env)?;
         let at = env.recorded_at;
         match event {
-            ResultEvent::ResultRecorded {
-                sample_id,
-                order_id,
-                patient_id,
-                test_code,
-                loinc,
-                value,
-                catalogue_version,
-                reference,
-                flags: f,
-                specimen_note,
-                collected_at,
-                ..
-            } => {
-                let (n, unit) = numeric(value);
-                let interval = reference.interval.unwrap_or_default();
-                // A rerun records again on the same result: the row is replaced.
-                sqlx::query(
-                    "INSERT INTO results (result_id, sample_id, order_id, patient_id, test_code, loinc, collected_at,
-                         value, numeric_value, unit, flags, reference_low, reference_high, reference_basis,
-                         catalogue_version, specimen_note, status, critical, recorded_at, recorded_by, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 'recorded', $17, $18, $19, $18)
-                     ON CONFLICT (result_id) DO UPDATE SET value = excluded.value, numeric_value = excluded.numeric_value,
-                         flags = excluded.flags, critical = excluded.critical, status = 'recorded', notified = false,
-                         acknowledged = false, verified_by = NULL, recorded_at = excluded.recorded_at,
-                         recorded_by = excluded.recorded_by, catalogue_version = excluded.catalogue_version,
-                         updated_at = excluded.updated_at",
-                )
-                .bind(id)
-                .bind(sample_id.as_uuid())
-                .bind(order_id.as_uuid())
-                .bind(patient_id.as_uuid())
-                .bind(test_code.as_str())
-                .bind(loinc)
-                .bind(collected_at)
-                .bind(serde_json::to_value(value).unwrap_or_default())
-                .bind(n)
-                .bind(unit)
-                .bind(flags(f))
-                .bind(interval.low)
-                .bind(interval.high)
-                .bind(&reference.basis)
-                .bind(catalogue_version.0)
-                .bind(specimen_note.as_ref().map(|s| s.as_str()))
-                .bind(f.iter().any(Flag::is_critical))
-                .bind(at)
-                .bind(env.actor.id.as_str())
-                .execute(&mut *conn)
-                .await?;
-            }
             ResultEvent::ResultCorrected {
                 value, flags: f, ..
             } => revalue(conn, id, value, f, at, Some("recorded"), false).await?,
             ResultEvent::ResultAmended {
                 value, flags: f, ..
             } => revalue(conn, id, value, f, at, None, true).await?,
-            ResultEvent::ResultVerified { verified_by } => {
-                set(
-                    conn,
-                    id,
-                    "status = 'verified', verified_by = $3",
-                    Some(verified_by.as_str()),
-                    at,
-                )
-                .await?
-            }
-            ResultEvent::ResultAuthorised { authorised_by, .. } => {
-                set(
-                    conn,
-                    id,
-                    "status = 'released', released_by = $3, released_at = $2",
-                    Some(authorised_by.as_str()),
-                    at,
-                )
-                .await?
-            }
             ResultEvent::ResultRetracted { reason, .. } => {
                 set(
                     conn,
@@ -243,14 +190,210 @@ SELECT result_id, patient_id, order_id, test_code, value, unit, flags, status, n
                 )
                 .await?
             }
-            ResultEvent::CriticalValueNotified { notification, .. } => {
-                if notification.read_back_confirmed {
-                    set(conn, id, "notified = true", None, at).await?
-                }
-            }
             ResultEvent::ResultAcknowledged { .. } => {
                 set(conn, id, "acknowledged = true", None, at).await?
             }
+            // Folded above.
+            ResultEvent::ResultRecorded { .. }
+            | ResultEvent::ResultVerified { .. }
+            | ResultEvent::ResultAuthorised { .. }
+            | ResultEvent::CriticalValueNotified { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+/// A run's recorded results (one row each) and the status changes folded over them or
+/// over stored rows: verification, release, a read-back critical call.
+#[derive(Default)]
+struct PendingResults {
+    recorded: Vec<Recorded>,
+    recorded_ids: HashSet<Uuid>,
+    patches: HashMap<Uuid, Patch>,
+}
+
+struct Recorded {
+    id: Uuid,
+    sample_id: Uuid,
+    order_id: Uuid,
+    patient_id: Uuid,
+    test_code: String,
+    loinc: String,
+    collected_at: DateTime<Utc>,
+    value: String,
+    numeric_value: Option<f64>,
+    unit: Option<String>,
+    flags: String,
+    reference_low: Option<f64>,
+    reference_high: Option<f64>,
+    reference_basis: String,
+    catalogue_version: i32,
+    specimen_note: Option<String>,
+    critical: bool,
+    recorded_at: DateTime<Utc>,
+    recorded_by: String,
+}
+
+/// Plain assignments, the last of each column winning, as in sequential application.
+#[derive(Default)]
+struct Patch {
+    status: Option<&'static str>,
+    verified_by: Option<String>,
+    released_by: Option<String>,
+    released_at: Option<DateTime<Utc>>,
+    notified: bool,
+    updated_at: Option<DateTime<Utc>>,
+}
+
+#[async_trait::async_trait]
+impl Pending for PendingResults {
+    fn fold(&mut self, env: &Envelope, event: &LabEvent) -> Result<Fold, ProjectionError> {
+        let LabEvent::Result(event) = event else {
+            return Ok(Fold::Taken);
+        };
+        let id = aggregate_uuid(env)?;
+        let at = env.recorded_at;
+        let patch = match event {
+            ResultEvent::ResultRecorded {
+                sample_id,
+                order_id,
+                patient_id,
+                test_code,
+                loinc,
+                value,
+                catalogue_version,
+                reference,
+                flags: f,
+                specimen_note,
+                collected_at,
+                ..
+            } => {
+                if self.recorded_ids.contains(&id) || self.patches.contains_key(&id) {
+                    return Ok(Fold::FlushFirst);
+                }
+                let (n, unit) = numeric(value);
+                let interval = reference.interval.unwrap_or_default();
+                self.recorded_ids.insert(id);
+                self.recorded.push(Recorded {
+                    id,
+                    sample_id: sample_id.as_uuid(),
+                    order_id: order_id.as_uuid(),
+                    patient_id: patient_id.as_uuid(),
+                    test_code: test_code.as_str().to_string(),
+                    loinc: loinc.clone(),
+                    collected_at: *collected_at,
+                    value: serde_json::to_string(value).unwrap_or_default(),
+                    numeric_value: n,
+                    unit: unit.map(str::to_string),
+                    flags: serde_json::to_string(&flags(f)).unwrap_or_default(),
+                    reference_low: interval.low,
+                    reference_high: interval.high,
+                    reference_basis: reference.basis.clone(),
+                    catalogue_version: catalogue_version.0,
+                    specimen_note: specimen_note.as_ref().map(|s| s.as_str().to_string()),
+                    critical: f.iter().any(Flag::is_critical),
+                    recorded_at: at,
+                    recorded_by: env.actor.id.clone(),
+                });
+                return Ok(Fold::Taken);
+            }
+            ResultEvent::ResultVerified { verified_by } => {
+                let p = self.patches.entry(id).or_default();
+                p.status = Some("verified");
+                p.verified_by = Some(verified_by.as_str().to_string());
+                p
+            }
+            ResultEvent::ResultAuthorised { authorised_by, .. } => {
+                let p = self.patches.entry(id).or_default();
+                p.status = Some("released");
+                p.released_by = Some(authorised_by.as_str().to_string());
+                p.released_at = Some(at);
+                p
+            }
+            ResultEvent::CriticalValueNotified { notification, .. } => {
+                if !notification.read_back_confirmed {
+                    return Ok(Fold::Taken);
+                }
+                let p = self.patches.entry(id).or_default();
+                p.notified = true;
+                p
+            }
+            _ => return Ok(Fold::Alone),
+        };
+        patch.updated_at = Some(at);
+        Ok(Fold::Taken)
+    }
+
+    async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
+        let recorded = std::mem::take(&mut self.recorded);
+        self.recorded_ids.clear();
+        if !recorded.is_empty() {
+            let col = |f: fn(&Recorded) -> String| recorded.iter().map(f).collect::<Vec<_>>();
+            sqlx::query(
+                "INSERT INTO results (result_id, sample_id, order_id, patient_id, test_code, loinc, collected_at,
+                     value, numeric_value, unit, flags, reference_low, reference_high, reference_basis,
+                     catalogue_version, specimen_note, status, critical, recorded_at, recorded_by, updated_at)
+                 SELECT id, sample_id, order_id, patient_id, test_code, loinc, collected_at, value::jsonb,
+                        numeric_value, unit, ARRAY(SELECT json_array_elements_text(flags::json)),
+                        reference_low, reference_high, reference_basis, catalogue_version, specimen_note,
+                        'recorded', critical, recorded_at, recorded_by, recorded_at
+                   FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
+                               $7::timestamptz[], $8::text[], $9::float8[], $10::text[], $11::text[],
+                               $12::float8[], $13::float8[], $14::text[], $15::int4[], $16::text[],
+                               $17::bool[], $18::timestamptz[], $19::text[])
+                     AS u(id, sample_id, order_id, patient_id, test_code, loinc, collected_at, value,
+                          numeric_value, unit, flags, reference_low, reference_high, reference_basis,
+                          catalogue_version, specimen_note, critical, recorded_at, recorded_by)
+                 ON CONFLICT (result_id) DO UPDATE SET value = excluded.value, numeric_value = excluded.numeric_value,
+                     flags = excluded.flags, critical = excluded.critical, status = 'recorded', notified = false,
+                     acknowledged = false, verified_by = NULL, recorded_at = excluded.recorded_at,
+                     recorded_by = excluded.recorded_by, catalogue_version = excluded.catalogue_version,
+                     updated_at = excluded.updated_at",
+            )
+            .bind(recorded.iter().map(|r| r.id).collect::<Vec<_>>())
+            .bind(recorded.iter().map(|r| r.sample_id).collect::<Vec<_>>())
+            .bind(recorded.iter().map(|r| r.order_id).collect::<Vec<_>>())
+            .bind(recorded.iter().map(|r| r.patient_id).collect::<Vec<_>>())
+            .bind(col(|r| r.test_code.clone()))
+            .bind(col(|r| r.loinc.clone()))
+            .bind(recorded.iter().map(|r| r.collected_at).collect::<Vec<_>>())
+            .bind(col(|r| r.value.clone()))
+            .bind(recorded.iter().map(|r| r.numeric_value).collect::<Vec<_>>())
+            .bind(recorded.iter().map(|r| r.unit.clone()).collect::<Vec<_>>())
+            .bind(col(|r| r.flags.clone()))
+            .bind(recorded.iter().map(|r| r.reference_low).collect::<Vec<_>>())
+            .bind(recorded.iter().map(|r| r.reference_high).collect::<Vec<_>>())
+            .bind(col(|r| r.reference_basis.clone()))
+            .bind(recorded.iter().map(|r| r.catalogue_version).collect::<Vec<_>>())
+            .bind(recorded.iter().map(|r| r.specimen_note.clone()).collect::<Vec<_>>())
+            .bind(recorded.iter().map(|r| r.critical).collect::<Vec<_>>())
+            .bind(recorded.iter().map(|r| r.recorded_at).collect::<Vec<_>>())
+            .bind(col(|r| r.recorded_by.clone()))
+            .execute(&mut *conn)
+            .await?;
+        }
+        let patches: Vec<(Uuid, Patch)> = self.patches.drain().collect();
+        if !patches.is_empty() {
+            sqlx::query(
+                "UPDATE results r SET status = coalesce(u.status, r.status),
+                        verified_by = coalesce(u.verified_by, r.verified_by),
+                        released_by = coalesce(u.released_by, r.released_by),
+                        released_at = coalesce(u.released_at, r.released_at),
+                        notified = r.notified OR u.notified, updated_at = u.updated_at
+                   FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bool[],
+                               $7::timestamptz[])
+                     AS u(id, status, verified_by, released_by, released_at, notified, updated_at)
+                  WHERE r.result_id = u.id",
+            )
+            .bind(patches.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+            .bind(patches.iter().map(|(_, p)| p.status).collect::<Vec<_>>())
+            .bind(patches.iter().map(|(_, p)| p.verified_by.clone()).collect::<Vec<_>>())
+            .bind(patches.iter().map(|(_, p)| p.released_by.clone()).collect::<Vec<_>>())
+            .bind(patches.iter().map(|(_, p)| p.released_at).collect::<Vec<_>>())
+            .bind(patches.iter().map(|(_, p)| p.notified).collect::<Vec<_>>())
+            .bind(patches.iter().map(|(_, p)| p.updated_at).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
         }
         Ok(())
     }

@@ -3,9 +3,13 @@
 
 use crate::envelope::Envelope;
 use crate::erasure::{purge_with, Erased};
-use crate::projection::{aggregate_uuid, LabEvent, Projection, ProjectionError};
+use crate::projection::{
+    aggregate_uuid, apply_folded, Fold, LabEvent, Pending, Projection, ProjectionError,
+};
+use chrono::{DateTime, Utc};
 use lis_domain::sample::{SampleEvent, SpecimenCondition};
 use sqlx::PgConnection;
+use std::collections::HashSet;
 use uuid::Uuid;
 
 pub struct Specimens;
@@ -75,46 +79,31 @@ CREATE TABLE IF NOT EXISTS custody (
         .await
     }
 
+    async fn apply_run(
+        &self,
+        conn: &mut PgConnection,
+        events: &[(&Envelope, LabEvent)],
+    ) -> Result<(), ProjectionError> {
+        apply_folded::<PendingSpecimens>(self, conn, events).await
+    }
+
     async fn apply(
         &self,
         conn: &mut PgConnection,
         env: &Envelope,
         event: &LabEvent,
     ) -> Result<(), ProjectionError> {
+        // The common events are written as a run of one.
+        let mut one = PendingSpecimens::default();
+        if one.fold(env, event)? == Fold::Taken {
+            return one.flush(conn).await;
+        }
         let LabEvent::Sample(event) = event else {
             return Ok(());
         };
         let id = aggregate_uuid(env)?;
         let at = env.recorded_at;
         match event {
-            SampleEvent::SampleCollected {
-                order_id,
-                accession_number,
-                specimen_type,
-                container,
-                tests,
-                collected_by,
-                collected_at,
-                ..
-            } => {
-                let codes: Vec<&str> = tests.iter().map(|t| t.as_str()).collect();
-                sqlx::query(
-                    "INSERT INTO specimens (sample_id, accession_number, order_id, specimen_type, container, tests,
-                                            status, holder, collected_by, collected_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, 'collected', $7, $7, $8, $9)",
-                )
-                .bind(id)
-                .bind(accession_number.as_str())
-                .bind(order_id.as_uuid())
-                .bind(specimen_type)
-                .bind(container)
-                .bind(&codes)
-                .bind(collected_by.as_str())
-                .bind(collected_at)
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
-            }
             SampleEvent::AliquotCreated {
                 parent_id,
                 order_id,
@@ -173,41 +162,6 @@ CREATE TABLE IF NOT EXISTS custody (
                     .execute(&mut *conn)
                     .await?;
             }
-            SampleEvent::SampleReceived {
-                received_by,
-                received_at,
-                condition: c,
-            } => {
-                sqlx::query(
-                    "UPDATE specimens SET status = 'received', received_by = $2, received_at = $3, condition = $4,
-                            holder = $2, updated_at = $5 WHERE sample_id = $1",
-                )
-                .bind(id)
-                .bind(received_by.as_str())
-                .bind(received_at)
-                .bind(condition(c))
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
-            }
-            SampleEvent::SampleRejected {
-                reason,
-                detail,
-                recollection_requested,
-            } => {
-                let reason = reason.code();
-                sqlx::query(
-                    "UPDATE specimens SET status = 'rejected', rejection_reason = $2, rejection_detail = $3,
-                            recollection_requested = $4, updated_at = $5 WHERE sample_id = $1",
-                )
-                .bind(id)
-                .bind(reason)
-                .bind(detail.as_ref().map(|d| d.as_str()))
-                .bind(recollection_requested)
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
-            }
             SampleEvent::SampleAliquoted { children } => {
                 let ids: Vec<Uuid> = children.iter().map(|c| c.sample_id.as_uuid()).collect();
                 sqlx::query("UPDATE specimens SET children = children || $2, updated_at = $3 WHERE sample_id = $1")
@@ -228,6 +182,10 @@ CREATE TABLE IF NOT EXISTS custody (
                 .execute(&mut *conn)
                 .await?;
             }
+            // Folded above.
+            SampleEvent::SampleCollected { .. }
+            | SampleEvent::SampleReceived { .. }
+            | SampleEvent::SampleRejected { .. } => {}
             SampleEvent::SampleDisposed { .. } => {
                 sqlx::query(
                     "UPDATE specimens SET status = 'disposed', disposed_at = $2, holder = NULL, updated_at = $2 WHERE sample_id = $1",
@@ -238,6 +196,162 @@ CREATE TABLE IF NOT EXISTS custody (
                 .await?;
             }
         }
+        Ok(())
+    }
+}
+
+/// (sample, received by, received at, condition, recorded at)
+type Receipt = (Uuid, String, DateTime<Utc>, String, DateTime<Utc>);
+/// (sample, reason, detail, recollection requested, recorded at)
+type Rejection = (Uuid, &'static str, Option<String>, bool, DateTime<Utc>);
+
+/// A run's collected specimens (one row each), then receipts and rejections (at most one
+/// change per specimen in a run: a second one writes the first before it).
+#[derive(Default)]
+struct PendingSpecimens {
+    collected: Vec<Collected>,
+    /// Specimens collected or changed in this run.
+    touched: HashSet<Uuid>,
+    changed: HashSet<Uuid>,
+    received: Vec<Receipt>,
+    rejected: Vec<Rejection>,
+}
+
+struct Collected {
+    id: Uuid,
+    accession_number: String,
+    order_id: Uuid,
+    specimen_type: String,
+    container: String,
+    tests: String,
+    collected_by: String,
+    collected_at: DateTime<Utc>,
+    at: DateTime<Utc>,
+}
+
+#[async_trait::async_trait]
+impl Pending for PendingSpecimens {
+    fn fold(&mut self, env: &Envelope, event: &LabEvent) -> Result<Fold, ProjectionError> {
+        let LabEvent::Sample(event) = event else {
+            return Ok(Fold::Taken);
+        };
+        let id = aggregate_uuid(env)?;
+        let at = env.recorded_at;
+        let first_change = |this: &mut Self| this.changed.insert(id);
+        match event {
+            SampleEvent::SampleCollected {
+                order_id,
+                accession_number,
+                specimen_type,
+                container,
+                tests,
+                collected_by,
+                collected_at,
+                ..
+            } => {
+                if !self.touched.insert(id) {
+                    return Ok(Fold::FlushFirst);
+                }
+                let codes: Vec<&str> = tests.iter().map(|t| t.as_str()).collect();
+                self.collected.push(Collected {
+                    id,
+                    accession_number: accession_number.as_str().to_string(),
+                    order_id: order_id.as_uuid(),
+                    specimen_type: specimen_type.clone(),
+                    container: container.clone(),
+                    tests: serde_json::to_string(&codes).unwrap_or_default(),
+                    collected_by: collected_by.as_str().to_string(),
+                    collected_at: *collected_at,
+                    at,
+                });
+            }
+            SampleEvent::SampleReceived {
+                received_by,
+                received_at,
+                condition: c,
+            } => {
+                if !first_change(self) {
+                    return Ok(Fold::FlushFirst);
+                }
+                let by = received_by.as_str().to_string();
+                self.received.push((id, by, *received_at, condition(c), at));
+            }
+            SampleEvent::SampleRejected {
+                reason,
+                detail,
+                recollection_requested,
+            } => {
+                if !first_change(self) {
+                    return Ok(Fold::FlushFirst);
+                }
+                let detail = detail.as_ref().map(|d| d.as_str().to_string());
+                self.rejected
+                    .push((id, reason.code(), detail, *recollection_requested, at));
+            }
+            _ => return Ok(Fold::Alone),
+        }
+        Ok(Fold::Taken)
+    }
+
+    async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
+        let collected = std::mem::take(&mut self.collected);
+        if !collected.is_empty() {
+            let text = |f: fn(&Collected) -> &String| collected.iter().map(f).collect::<Vec<_>>();
+            sqlx::query(
+                "INSERT INTO specimens (sample_id, accession_number, order_id, specimen_type, container, tests,
+                                        status, holder, collected_by, collected_at, updated_at)
+                 SELECT id, a, o, s, c, ARRAY(SELECT json_array_elements_text(t::json)), 'collected', b, b, ca, at
+                   FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+                               $7::text[], $8::timestamptz[], $9::timestamptz[]) AS u(id, a, o, s, c, t, b, ca, at)",
+            )
+            .bind(collected.iter().map(|r| r.id).collect::<Vec<_>>())
+            .bind(text(|r| &r.accession_number))
+            .bind(collected.iter().map(|r| r.order_id).collect::<Vec<_>>())
+            .bind(text(|r| &r.specimen_type))
+            .bind(text(|r| &r.container))
+            .bind(text(|r| &r.tests))
+            .bind(text(|r| &r.collected_by))
+            .bind(collected.iter().map(|r| r.collected_at).collect::<Vec<_>>())
+            .bind(collected.iter().map(|r| r.at).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        let received = std::mem::take(&mut self.received);
+        if !received.is_empty() {
+            sqlx::query(
+                "UPDATE specimens x SET status = 'received', received_by = u.b, received_at = u.r,
+                        condition = u.c, holder = u.b, updated_at = u.at
+                   FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::timestamptz[])
+                     AS u(id, b, r, c, at)
+                  WHERE x.sample_id = u.id",
+            )
+            .bind(received.iter().map(|r| r.0).collect::<Vec<_>>())
+            .bind(received.iter().map(|r| r.1.clone()).collect::<Vec<_>>())
+            .bind(received.iter().map(|r| r.2).collect::<Vec<_>>())
+            .bind(received.iter().map(|r| r.3.clone()).collect::<Vec<_>>())
+            .bind(received.iter().map(|r| r.4).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        let rejected = std::mem::take(&mut self.rejected);
+        if !rejected.is_empty() {
+            sqlx::query(
+                "UPDATE specimens x SET status = 'rejected', rejection_reason = u.r, rejection_detail = u.d,
+                        recollection_requested = u.q, updated_at = u.at
+                   FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bool[], $5::timestamptz[])
+                     AS u(id, r, d, q, at)
+                  WHERE x.sample_id = u.id",
+            )
+            .bind(rejected.iter().map(|r| r.0).collect::<Vec<_>>())
+            .bind(rejected.iter().map(|r| r.1).collect::<Vec<_>>())
+            .bind(rejected.iter().map(|r| r.2.clone()).collect::<Vec<_>>())
+            .bind(rejected.iter().map(|r| r.3).collect::<Vec<_>>())
+            .bind(rejected.iter().map(|r| r.4).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+        self.touched.clear();
+        self.changed.clear();
         Ok(())
     }
 }

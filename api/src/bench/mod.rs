@@ -1,0 +1,303 @@
+//! `lisledger bench`: the benchmarks of issue #5, each reported against a baseline
+//! measured in the same run (see docs/benchmarks.md for the commands and figures).
+//!
+//! - [`throughput`]: commands through the HTTP API against [`pgbench`] (benchmark 1),
+//!   with each role's peak memory from [`roles`] (benchmark 6);
+//! - [`fanout`]: time from a command's commit to its visibility in each read model
+//!   (benchmark 2);
+//! - [`replay`]: rebuilding every read model against `COPY events TO STDOUT` (benchmark 3);
+//! - [`openloop`]: a patient's cumulative results at a constant rate against `/healthz`
+//!   (benchmark 5).
+//!
+//! The load generators share [`client`] (the API), [`labflow`] (one order's life) and
+//! [`stats`] (percentiles).
+
+mod client;
+mod fanout;
+mod labflow;
+mod openloop;
+mod pgbench;
+mod replay;
+mod roles;
+mod stats;
+mod throughput;
+
+use anyhow::Context;
+use clap::Subcommand;
+use lis_api::config::Config;
+use sqlx::PgPool;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Benchmarks 1 and 6: closed-loop clients sending the lab flow through the API
+    /// (started here with `relay` and `project`) against pgbench; peak memory per role.
+    Commands {
+        /// Client counts, one measurement each.
+        #[arg(long, value_delimiter = ',', default_values_t = [16, 64, 256])]
+        clients: Vec<usize>,
+        /// Measured seconds per client count (ledger and pgbench alike).
+        #[arg(long, default_value_t = 30)]
+        secs: u64,
+        /// Unmeasured seconds of load before each ledger measurement.
+        #[arg(long, default_value_t = 5)]
+        warmup_secs: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where the roles' logs and pgbench's files go.
+        #[arg(long, default_value = "target/bench")]
+        dir: PathBuf,
+    },
+    /// Benchmark 2: a steady command rate through the API (with relay and project,
+    /// started here); time from each command's answer to its event in each read model.
+    Fanout {
+        /// Commands (= events) a second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        /// Clients sharing the rate.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        #[arg(long, default_value = "target/bench")]
+        dir: PathBuf,
+    },
+    /// Benchmark 3: rebuild every read model (swapped in live) against COPY TO STDOUT.
+    Replay,
+    /// Benchmark 5: patients' cumulative results open-loop at constant rates, against
+    /// /healthz of the same server (started here); needs projected results.
+    Read {
+        /// Requests a second, one measurement each.
+        #[arg(long, value_delimiter = ',', default_values_t = [1000, 5000])]
+        rates: Vec<u32>,
+        /// Seconds per rate and endpoint.
+        #[arg(long, default_value_t = 30)]
+        secs: u64,
+        #[arg(long, default_value = "target/bench")]
+        dir: PathBuf,
+    },
+}
+
+pub async fn run(
+    config: &Config,
+    app: PgPool,
+    owner: PgPool,
+    command: BenchCommand,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        BenchCommand::Commands {
+            clients,
+            secs,
+            warmup_secs,
+            seed,
+            dir,
+        } => {
+            commands(
+                config,
+                &app,
+                &owner,
+                &clients,
+                secs,
+                Duration::from_secs(warmup_secs),
+                seed,
+                &dir,
+            )
+            .await
+        }
+        BenchCommand::Replay => {
+            replay::run(&app).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Fanout {
+            rate,
+            secs,
+            clients,
+            dir,
+        } => fan_out(config, &app, rate, secs, clients, &dir).await,
+        BenchCommand::Read { rates, secs, dir } => read(config, &app, &rates, secs, &dir).await,
+    }
+}
+
+/// The catalogue in force, as the load generators' test mix.
+async fn test_mix(pool: &PgPool) -> anyhow::Result<Vec<lis_domain::catalogue::TestDefinition>> {
+    let version = lis_commands::catalogue::current_version(pool)
+        .await?
+        .context("import a catalogue first (lisledger catalogue import)")?;
+    let catalogue = lis_commands::catalogue::load(pool, version).await?;
+    Ok(catalogue.tests.into_values().collect())
+}
+
+fn base_url(config: &Config) -> String {
+    format!("http://{}", config.http_addr)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn commands(
+    config: &Config,
+    app: &PgPool,
+    owner: &PgPool,
+    levels: &[usize],
+    secs: u64,
+    warmup: Duration,
+    seed: u64,
+    dir: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let tests = test_mix(app).await?;
+    let base = base_url(config);
+    let mut roles = roles::Roles::start(&base, &["relay", "project"], dir).await?;
+    let api = client::Api::new(&base)?;
+    let tokens = api.bench_users(app).await?;
+    let (payload, metadata) = pgbench::prepare(owner, dir).await?;
+    say!(
+        "benchmark 1: lab-flow commands through {base} against pgbench inserts of a {payload}+{metadata}-byte event row; {secs} s per client count"
+    );
+    let setup = Arc::new(throughput::Setup {
+        api,
+        tokens,
+        tests,
+        run: rand::random(),
+        seed,
+    });
+    for &clients in levels {
+        let mut level = throughput::level(&setup, clients, warmup, secs).await?;
+        roles.check_alive()?;
+        if level.commands == 0 {
+            anyhow::bail!(
+                "no command succeeded with {clients} clients (by status: {:?}); see {}",
+                level.refused,
+                dir.join("serve.log").display()
+            );
+        }
+        match pgbench::run(owner, &config.migration_database_url, clients, secs, dir).await {
+            Ok(mut baseline) => throughput::report(&mut level, Some(&mut baseline)),
+            Err(e) => {
+                throughput::report(&mut level, None);
+                say!("      no baseline: {e:#}");
+            }
+        }
+        say!("      peak memory so far: {}", memory_line(&roles));
+    }
+    pgbench::clean_up(owner).await?;
+    say!(
+        "benchmark 6: peak memory (VmHWM) under benchmark 1: {}",
+        memory_line(&roles)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn memory_line(roles: &roles::Roles) -> String {
+    roles
+        .peak_memory()
+        .iter()
+        .map(|(name, kib)| match kib {
+            Some(k) => format!("{name} {:.1} MiB", *k as f64 / 1024.0),
+            None => format!("{name} ?"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn read(
+    config: &Config,
+    app: &PgPool,
+    rates: &[u32],
+    secs: u64,
+    dir: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    // The patients with the most released results, and how many each has on average.
+    let patients: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT patient_id::text, count(*) FROM proj_results.cumulative_results
+          GROUP BY patient_id ORDER BY count(*) DESC LIMIT 200",
+    )
+    .fetch_all(app)
+    .await
+    .context("no results read model (run `lisledger project` or `projections rebuild results`)")?;
+    if patients.is_empty() {
+        anyhow::bail!(
+            "no released results yet: load some (`bench commands`, `demo`) and project them"
+        );
+    }
+    let mean = patients.iter().map(|p| p.1).sum::<i64>() as f64 / patients.len() as f64;
+    let paths: Vec<String> = patients
+        .iter()
+        .map(|(id, _)| format!("/patients/{id}/results"))
+        .collect();
+    let base = base_url(config);
+    let mut roles = roles::Roles::start(&base, &[], dir).await?;
+    let api = client::Api::new(&base)?;
+    let tokens = api.bench_users(app).await?;
+    say!(
+        "benchmark 5: GET /patients/ID/results over {} patients ({mean:.0} released results each on average) as a clinician, open-loop, {secs} s per rate; baseline GET /healthz at the same rate",
+        patients.len()
+    );
+    let healthz = ["/healthz".to_string()];
+    for &rate in rates {
+        let mut trivial =
+            openloop::run(&api.http, &base, &tokens.clinician, &healthz, rate, secs).await;
+        let mut ours = openloop::run(&api.http, &base, &tokens.clinician, &paths, rate, secs).await;
+        roles.check_alive()?;
+        openloop::report(rate, &mut ours, &mut trivial);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn fan_out(
+    config: &Config,
+    app: &PgPool,
+    rate: u32,
+    secs: u64,
+    clients: usize,
+    dir: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let tests = Arc::new(test_mix(app).await?);
+    let base = base_url(config);
+    let mut roles = roles::Roles::start(&base, &["relay", "project"], dir).await?;
+    let api = client::Api::new(&base)?;
+    let tokens = Arc::new(api.bench_users(app).await?);
+    // Let the workers make their schemas and catch up with what is already stored.
+    let until = std::time::Instant::now() + Duration::from_secs(300);
+    let schemas = loop {
+        roles.check_alive()?;
+        let schemas = fanout::models(app).await?;
+        let last: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM events")
+            .fetch_one(app)
+            .await?;
+        let mut behind = schemas.len() < 4;
+        for s in schemas.iter().filter(|s| *s != fanout::BASELINE) {
+            let at: Option<i64> =
+                sqlx::query_scalar(&format!("SELECT max(max_position) FROM {s}.progress"))
+                    .fetch_one(app)
+                    .await?;
+            behind |= at.unwrap_or(0) < last.unwrap_or(0);
+        }
+        if !behind || std::time::Instant::now() > until {
+            break schemas;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    say!(
+        "benchmark 2: {rate} commands/s from {clients} clients for {secs} s through {base}; lag from each answer to the event in: {}",
+        schemas.join(", ")
+    );
+    let api = Arc::new(api);
+    let mut lags = fanout::run(app, api, tokens, tests, schemas, clients, rate, secs).await?;
+    roles.check_alive()?;
+    say!(
+        "  achieved {:.0} commands/s; {} events not seen everywhere within 10 s of the end",
+        lags.commands as f64 / secs as f64,
+        lags.unseen
+    );
+    for (model, lag) in lags.models.iter().zip(lags.lags.iter_mut()) {
+        say!(
+            "  {model:<16} p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms  ({} events)",
+            lag.percentile_ms(50.0),
+            lag.percentile_ms(99.0),
+            lag.max_ms(),
+            lag.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
