@@ -182,3 +182,34 @@ async fn a_key_whose_first_attempt_died_is_answered_once() {
     drop(api);
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_keyed_commands_than_connections_do_not_starve() {
+    // Each keyed command holds its claim's lock while it runs; with the locks on the
+    // commands' own pool, two claims would take both connections and wait for ever (a
+    // 503 after the acquire timeout).
+    let db = TestDb::new().await;
+    let mut stack = Stack::new(&db, false);
+    let base = stack.with_api();
+    stack.set("LIS_DB_MAX_CONNECTIONS", "2".into());
+    let api = stack.spawn("serve", &["serve"]);
+    wait_healthy(&base, &api, Duration::from_secs(30)).await;
+    let reception = token("reception.1", LabRole::Reception);
+    let http = reqwest::Client::new();
+    let sends = (0..12).map(|n| {
+        http.post(format!("{base}/orders"))
+            .bearer_auth(&reception)
+            .header("Idempotency-Key", format!("burst-{n}"))
+            .json(&json!({
+                "patient": {"mrn": format!("MRN-B{n}"), "name": "Asha Verma", "sex": "female", "date_of_birth": "1980-05-17"},
+                "ordering_clinician": "Dr Rao", "priority": "routine", "collection_site": "OPD 2", "tests": ["K"]
+            }))
+            .send()
+    });
+    for r in futures::future::join_all(sends).await {
+        let r = r.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{}", api.log_tail());
+    }
+    drop(api);
+    db.drop().await;
+}
