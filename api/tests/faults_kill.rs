@@ -7,7 +7,8 @@
 //! equal a fresh replay, and `audit verify` passes (chains and seals).
 //!
 //! CI runs a few cycles; `LIS_FAULTS_LONG=1` runs many (`LIS_FAULTS_CYCLES=N` to choose,
-//! `LIS_FAULTS_SEED=S` to replay a schedule). See docs/reliability.md.
+//! `LIS_FAULTS_SEED=S` to replay a schedule, `LIS_FAULTS_KAFKA=0` for single-node mode).
+//! See docs/reliability.md.
 
 mod support;
 
@@ -46,7 +47,10 @@ async fn sigkill_of_any_role_under_load_loses_and_doubles_nothing() {
     let clients = 3;
 
     let db = TestDb::new().await;
-    let mut stack = Stack::new(&db, true);
+    // Over Kafka by default; LIS_FAULTS_KAFKA=0: single-node mode (the workers read the
+    // event store's ordered feed).
+    let kafka = std::env::var("LIS_FAULTS_KAFKA").as_deref() != Ok("0");
+    let mut stack = Stack::new(&db, kafka);
     let base = stack.with_api();
     let mut roles: Vec<Role> = ROLES
         .iter()
