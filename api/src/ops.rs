@@ -94,6 +94,7 @@ pub async fn relay(config: &Config, pool: PgPool) -> anyhow::Result<ExitCode> {
     if relay_config.kafka.is_none() {
         tracing::info!("LIS_KAFKA_BROKERS is not set: the relay only seals (single-node mode)");
     }
+    lis_projections::feed::check_transaction_counter(&pool).await?;
     let relay = Relay::new(pool, relay_config, sealer(config)?)?;
     relay.run(shutdown_signal()).await;
     Ok(ExitCode::SUCCESS)
@@ -104,6 +105,7 @@ pub async fn project(
     pool: PgPool,
     names: Vec<String>,
 ) -> anyhow::Result<ExitCode> {
+    lis_projections::feed::check_transaction_counter(&pool).await?;
     let wants_analytics =
         names.is_empty() && config.mongo_url.is_some() || names.iter().any(|n| n == "analytics");
     let mut projections = if names.is_empty() {

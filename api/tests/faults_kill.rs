@@ -7,7 +7,8 @@
 //! equal a fresh replay, and `audit verify` passes (chains and seals).
 //!
 //! CI runs a few cycles; `LIS_FAULTS_LONG=1` runs many (`LIS_FAULTS_CYCLES=N` to choose,
-//! `LIS_FAULTS_SEED=S` to replay a schedule). See docs/reliability.md.
+//! `LIS_FAULTS_SEED=S` to replay a schedule, `LIS_FAULTS_KAFKA=0` for single-node mode).
+//! See docs/reliability.md.
 
 mod support;
 
@@ -46,7 +47,10 @@ async fn sigkill_of_any_role_under_load_loses_and_doubles_nothing() {
     let clients = 3;
 
     let db = TestDb::new().await;
-    let mut stack = Stack::new(&db, true);
+    // Over Kafka by default; LIS_FAULTS_KAFKA=0: single-node mode (the workers read the
+    // event store's ordered feed).
+    let kafka = std::env::var("LIS_FAULTS_KAFKA").as_deref() != Ok("0");
+    let mut stack = Stack::new(&db, kafka);
     let base = stack.with_api();
     let mut roles: Vec<Role> = ROLES
         .iter()
@@ -100,7 +104,9 @@ async fn sigkill_of_any_role_under_load_loses_and_doubles_nothing() {
     // The fan-out catches up; every model equals a rebuild; the trail verifies.
     let names = ["orders", "specimens", "results", "analytics"];
     let refs: Vec<&Role> = roles.iter().collect();
-    wait_projected(&db, &names, Duration::from_secs(120), &refs).await;
+    // (Kafka consumer groups rebalance after each worker kill: longer runs wait longer.)
+    let catch_up = Duration::from_secs(120 + 2 * cycles);
+    wait_projected(&db, &names, catch_up, &refs).await;
     for r in &mut roles {
         r.kill9();
     }
@@ -179,6 +185,37 @@ async fn a_key_whose_first_attempt_died_is_answered_once() {
     assert_eq!(busy.status(), StatusCode::CONFLICT);
     holder.rollback().await.unwrap();
     assert_eq!(commands().await, 2);
+    drop(api);
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_keyed_commands_than_connections_do_not_starve() {
+    // Each keyed command holds its claim's lock while it runs; with the locks on the
+    // commands' own pool, two claims would take both connections and wait for ever (a
+    // 503 after the acquire timeout).
+    let db = TestDb::new().await;
+    let mut stack = Stack::new(&db, false);
+    let base = stack.with_api();
+    stack.set("LIS_DB_MAX_CONNECTIONS", "2".into());
+    let api = stack.spawn("serve", &["serve"]);
+    wait_healthy(&base, &api, Duration::from_secs(30)).await;
+    let reception = token("reception.1", LabRole::Reception);
+    let http = reqwest::Client::new();
+    let sends = (0..12).map(|n| {
+        http.post(format!("{base}/orders"))
+            .bearer_auth(&reception)
+            .header("Idempotency-Key", format!("burst-{n}"))
+            .json(&json!({
+                "patient": {"mrn": format!("MRN-B{n}"), "name": "Asha Verma", "sex": "female", "date_of_birth": "1980-05-17"},
+                "ordering_clinician": "Dr Rao", "priority": "routine", "collection_site": "OPD 2", "tests": ["K"]
+            }))
+            .send()
+    });
+    for r in futures::future::join_all(sends).await {
+        let r = r.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{}", api.log_tail());
+    }
     drop(api);
     db.drop().await;
 }

@@ -70,6 +70,8 @@ pub enum FeedError {
     Database(#[from] sqlx::Error),
     #[error("stored event {position} is unreadable: {message}")]
     Corrupt { position: i64, message: String },
+    #[error("events were written up to transaction {max_tx} but this cluster is at {current}: a restore onto a new cluster must move its transaction counter on first (pg_resetwal -x; docs/reliability.md)")]
+    CounterBehind { max_tx: String, current: String },
 }
 
 /// The next events after `after`, at most `limit`, that are safe to hand on.
@@ -116,6 +118,26 @@ pub async fn read_after(
             })
         })
         .collect()
+}
+
+/// Refuses a database whose cluster's transaction counter is not past every stored
+/// event's `tx_id` — a dump restored onto a new cluster without moving the counter on
+/// (docs/reliability.md, step 3): the feed would hold every event back, silently.
+pub async fn check_transaction_counter(pool: &PgPool) -> Result<(), FeedError> {
+    let (behind, max_tx, current): (bool, Option<String>, String) = sqlx::query_as(
+        "SELECT coalesce(max(tx_id) >= pg_current_xact_id(), false), max(tx_id)::text,
+                pg_current_xact_id()::text
+           FROM events",
+    )
+    .fetch_one(pool)
+    .await?;
+    if behind {
+        return Err(FeedError::CounterBehind {
+            max_tx: max_tx.unwrap_or_default(),
+            current,
+        });
+    }
+    Ok(())
 }
 
 /// The saved position of a feed consumer (the start of the feed if none).

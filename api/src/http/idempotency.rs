@@ -12,12 +12,16 @@
 //! response. The next retry takes the lock over and looks for events written under the
 //! claim's command id: if the first attempt committed, the answer is rebuilt from its
 //! events (never run twice); if not, the command runs now, under the same command id.
+//! The locks are held on a pool of their own, so that they never starve the commands.
 
 use super::problem::Problem;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres, Transaction};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 use uuid::Uuid;
 
 pub enum Claim {
@@ -66,13 +70,17 @@ pub async fn claim(
     .await?
     .rows_affected()
         == 1;
-    let stored_hash: Vec<u8> = sqlx::query_scalar(
-        "SELECT request_sha256 FROM idempotency_keys WHERE actor_id = $1 AND key = $2",
-    )
-    .bind(actor)
-    .bind(&key)
-    .fetch_one(pool)
-    .await?;
+    let stored_hash: Vec<u8> = if inserted {
+        hash.clone()
+    } else {
+        sqlx::query_scalar(
+            "SELECT request_sha256 FROM idempotency_keys WHERE actor_id = $1 AND key = $2",
+        )
+        .bind(actor)
+        .bind(&key)
+        .fetch_one(pool)
+        .await?
+    };
     if stored_hash != hash {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -81,7 +89,7 @@ pub async fn claim(
         )
         .detail("this Idempotency-Key was used with a different request body"));
     }
-    let mut tx = pool.begin().await?;
+    let mut tx = claims_pool(pool).begin().await?;
     let locked: Result<(Option<i32>, Option<Value>, Uuid, i64), sqlx::Error> = sqlx::query_as(
         "SELECT response_status, response_body, command_id, events_after FROM idempotency_keys
           WHERE actor_id = $1 AND key = $2 FOR UPDATE NOWAIT",
@@ -122,6 +130,28 @@ pub async fn claim(
         }
     }
     Ok(Claim::Run(Some(held)))
+}
+
+/// The pool the claims' locks are held on: one per database, as large as the commands'
+/// own, so that claims waiting for their commands can never take every connection the
+/// commands need.
+fn claims_pool(pool: &PgPool) -> PgPool {
+    static POOLS: OnceLock<Mutex<HashMap<String, PgPool>>> = OnceLock::new();
+    let options = pool.connect_options();
+    let key = format!("{options:?}");
+    let mut pools = POOLS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    pools
+        .entry(key)
+        .or_insert_with(|| {
+            PgPoolOptions::new()
+                .max_connections(pool.options().get_max_connections())
+                .acquire_timeout(pool.options().get_acquire_timeout())
+                .connect_lazy_with((*options).clone())
+        })
+        .clone()
 }
 
 /// The response of a command that committed under `command_id`, rebuilt from its events

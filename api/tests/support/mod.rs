@@ -290,12 +290,20 @@ pub async fn assert_analytics_equal_replay(db: &TestDb, stack: &Stack) -> serde_
     expected
 }
 
-/// A PostgreSQL server binary (`/usr/lib/postgresql/15/bin` unless `LIS_PG_BIN` says).
+/// A PostgreSQL program: from `LIS_PG_BIN` if set, else the newest
+/// `/usr/lib/postgresql/<version>/bin` (Debian's layout, as `deploy/postgres.sh` installs).
 pub fn pg_bin(name: &str) -> PathBuf {
-    PathBuf::from(
-        std::env::var("LIS_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()),
-    )
-    .join(name)
+    if let Ok(dir) = std::env::var("LIS_PG_BIN") {
+        return PathBuf::from(dir).join(name);
+    }
+    let newest = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .max()
+        .unwrap_or(15);
+    PathBuf::from(format!("/usr/lib/postgresql/{newest}/bin")).join(name)
 }
 
 fn pg_server_command(name: &str) -> Command {
