@@ -82,6 +82,18 @@ impl Stack {
             .unwrap_or_default()
     }
 
+    /// `lisledger ARGS` with this stack's environment only: a stack without Kafka
+    /// runs single-node even where the test runner's environment names a broker.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_lisledger"));
+        c.args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        if self.get("LIS_KAFKA_BROKERS").is_empty() {
+            c.env_remove("LIS_KAFKA_BROKERS");
+        }
+        c
+    }
+
     /// Starts `lisledger ARGS` in the background; its output goes to a log file.
     pub fn spawn(&self, name: &str, args: &[&str]) -> Role {
         let log = self.logs.join(format!("{name}.log"));
@@ -90,9 +102,8 @@ impl Stack {
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_lisledger"))
-            .args(args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        let child = self
+            .command(args)
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out))
             .spawn()
@@ -102,11 +113,7 @@ impl Stack {
 
     /// Runs `lisledger ARGS` to completion.
     pub fn run(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_lisledger"))
-            .args(args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .output()
-            .expect("run lisledger")
+        self.command(args).output().expect("run lisledger")
     }
 }
 
