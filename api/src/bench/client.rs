@@ -30,6 +30,8 @@ pub struct Answer {
 pub struct Api {
     pub base: String,
     pub http: reqwest::Client,
+    /// Send an `Idempotency-Key` with every command, as a client that retries must.
+    pub idempotency_keys: bool,
 }
 
 impl Api {
@@ -40,6 +42,7 @@ impl Api {
                 .pool_max_idle_per_host(1024)
                 .timeout(Duration::from_secs(60))
                 .build()?,
+            idempotency_keys: false,
         })
     }
 
@@ -83,15 +86,18 @@ impl Api {
             .context("no access_token in the log-in answer")
     }
 
-    /// POSTs one command with a fresh `Idempotency-Key`, as a client that retries would.
+    /// POSTs one command (with a fresh `Idempotency-Key` if so configured).
     pub async fn command(&self, token: &str, path: &str, body: &Value) -> anyhow::Result<Answer> {
         let started = Instant::now();
-        let r = self
+        let mut request = self
             .http
             .post(format!("{}{path}", self.base))
             .bearer_auth(token)
-            .header("idempotency-key", uuid::Uuid::new_v4().to_string())
-            .json(body)
+            .json(body);
+        if self.idempotency_keys {
+            request = request.header("idempotency-key", uuid::Uuid::new_v4().to_string());
+        }
+        let r = request
             .send()
             .await
             .with_context(|| format!("POST {path}"))?;

@@ -50,6 +50,9 @@ pub enum BenchCommand {
         /// Where the roles' logs and pgbench's files go.
         #[arg(long, default_value = "target/bench")]
         dir: PathBuf,
+        /// Send an Idempotency-Key with every command.
+        #[arg(long)]
+        idempotency_keys: bool,
     },
     /// Benchmark 2: a steady command rate through the API (with relay and project,
     /// started here); time from each command's answer to its event in each read model.
@@ -94,18 +97,16 @@ pub async fn run(
             warmup_secs,
             seed,
             dir,
+            idempotency_keys,
         } => {
-            commands(
-                config,
-                &app,
-                &owner,
-                &clients,
+            let shape = Shape {
+                levels: clients,
                 secs,
-                Duration::from_secs(warmup_secs),
+                warmup: Duration::from_secs(warmup_secs),
                 seed,
-                &dir,
-            )
-            .await
+                idempotency_keys,
+            };
+            commands(config, &app, &owner, &shape, &dir).await
         }
         BenchCommand::Replay => {
             replay::run(&app).await?;
@@ -134,25 +135,40 @@ fn base_url(config: &Config) -> String {
     format!("http://{}", config.http_addr)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What benchmark 1 runs.
+struct Shape {
+    levels: Vec<usize>,
+    secs: u64,
+    warmup: Duration,
+    seed: u64,
+    idempotency_keys: bool,
+}
+
 async fn commands(
     config: &Config,
     app: &PgPool,
     owner: &PgPool,
-    levels: &[usize],
-    secs: u64,
-    warmup: Duration,
-    seed: u64,
+    shape: &Shape,
     dir: &std::path::Path,
 ) -> anyhow::Result<ExitCode> {
+    let Shape {
+        levels,
+        secs,
+        warmup,
+        seed,
+        idempotency_keys,
+    } = shape;
+    let (secs, warmup, seed) = (*secs, *warmup, *seed);
     let tests = test_mix(app).await?;
     let base = base_url(config);
     let mut roles = roles::Roles::start(&base, &["relay", "project"], dir).await?;
-    let api = client::Api::new(&base)?;
+    let mut api = client::Api::new(&base)?;
+    api.idempotency_keys = *idempotency_keys;
     let tokens = api.bench_users(app).await?;
     let (payload, metadata) = pgbench::prepare(owner, dir).await?;
     say!(
-        "benchmark 1: lab-flow commands through {base} against pgbench inserts of a {payload}+{metadata}-byte event row; {secs} s per client count"
+        "benchmark 1: lab-flow commands through {base} against pgbench inserts of a {payload}+{metadata}-byte event row; {secs} s per client count; Idempotency-Key {}",
+        if *idempotency_keys { "on every command" } else { "not sent" }
     );
     let setup = Arc::new(throughput::Setup {
         api,
@@ -161,7 +177,7 @@ async fn commands(
         run: rand::random(),
         seed,
     });
-    for &clients in levels {
+    for &clients in levels.iter() {
         let mut level = throughput::level(&setup, clients, warmup, secs).await?;
         roles.check_alive()?;
         if level.commands == 0 {
