@@ -17,6 +17,7 @@ fn bench(db: &TestDb, args: &[&str]) -> Output {
         .env("LIS_DATABASE_URL", db.url_as(APP_ROLE))
         .env("LIS_MIGRATION_DATABASE_URL", db.url_as(OWNER_ROLE))
         .env("LIS_HTTP_ADDR", addr.to_string())
+        .env("LIS_KEK", lis_tests::TEST_KEK)
         .env_remove("LIS_KAFKA_BROKERS")
         .env_remove("LIS_MONGO_URL")
         .env("RUST_LOG", "warn")
