@@ -533,3 +533,57 @@ pub async fn assert_models_equal_rebuilds(pool: &PgPool) {
         );
     }
 }
+
+/// Asserts that every PostgreSQL read model, applied from `events` in this order into a
+/// fresh schema (`<schema>_<suffix>`) in one batch, equals the live one.
+pub async fn assert_models_equal_applied(
+    pool: &PgPool,
+    events: &[lis_projections::envelope::Envelope],
+    suffix: &str,
+) {
+    for p in lis_projections::models::all() {
+        let live = schema_of(p.name());
+        let other = format!("{live}_{suffix}");
+        lis_projections::projection::ensure_schema(
+            &mut pool.acquire().await.unwrap(),
+            p.as_ref(),
+            &other,
+        )
+        .await
+        .unwrap();
+        let mut tx = pool.begin().await.unwrap();
+        lis_projections::projection::apply_in(&mut tx, p.as_ref(), &other, events, None)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(
+            dump_schema(pool, &live).await,
+            dump_schema(pool, &other).await,
+            "projection {}",
+            p.name()
+        );
+    }
+}
+
+/// The MongoDB analytics projection over a database of its own (dropped by the caller),
+/// with its offsets schema made in `db`.
+pub async fn test_analytics(db: &TestDb) -> lis_projections::models::analytics::Analytics {
+    use lis_projections::projection::Projection;
+    let url = std::env::var("LIS_MONGO_URL")
+        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".into());
+    let client = mongodb::Client::with_uri_str(url)
+        .await
+        .expect("MongoDB-wire server (deploy/mongo.sh)");
+    let analytics = lis_projections::models::analytics::Analytics::new(client.database(&format!(
+        "lis_analytics_test_{}",
+        uuid::Uuid::new_v4().simple()
+    )));
+    lis_projections::projection::ensure_schema(
+        &mut db.app.acquire().await.unwrap(),
+        &analytics,
+        &schema_of(analytics.name()),
+    )
+    .await
+    .unwrap();
+    analytics
+}

@@ -6,13 +6,8 @@ use lis_projections::analytics_queries::{abnormal_rates, rejections, turnaround,
 use lis_projections::envelope::Envelope;
 use lis_projections::feed::{read_after, FeedPosition};
 use lis_projections::models::analytics::Analytics;
-use lis_projections::projection::{decode, ensure_schema, schema_of, Projection};
+use lis_projections::projection::{decode, Projection};
 use lis_tests::{catch_up, lab_day, TestDb};
-
-fn mongo_url() -> String {
-    std::env::var("LIS_MONGO_URL")
-        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".into())
-}
 
 async fn summary(a: &Analytics, day: &str) -> serde_json::Value {
     serde_json::json!({
@@ -27,21 +22,8 @@ async fn summary(a: &Analytics, day: &str) -> serde_json::Value {
 async fn a_lab_day_reaches_the_analytics_and_replays_change_nothing() {
     let db = TestDb::new().await;
     lab_day(&db).await;
-    let client = mongodb::Client::with_uri_str(mongo_url())
-        .await
-        .expect("MongoDB-wire server (deploy/mongo.sh)");
-    let mongo = client.database(&format!(
-        "lis_analytics_test_{}",
-        uuid::Uuid::new_v4().simple()
-    ));
-    let analytics = Analytics::new(mongo.clone());
-    ensure_schema(
-        &mut db.app.acquire().await.unwrap(),
-        &analytics,
-        &schema_of(analytics.name()),
-    )
-    .await
-    .unwrap();
+    let analytics = lis_tests::test_analytics(&db).await;
+    let mongo = analytics.database().clone();
     catch_up(&db.app, &analytics).await;
 
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();

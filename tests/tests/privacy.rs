@@ -14,11 +14,11 @@ use lis_domain::result::ResultCommand;
 use lis_domain::text::{Note, PersonName, Place, Reason};
 use lis_projections::envelope::Envelope;
 use lis_projections::feed::{read_after, FeedPosition};
-use lis_projections::models::{self, analytics::Analytics};
-use lis_projections::projection::{ensure_schema, schema_of, Projection};
+use lis_projections::models;
+use lis_projections::projection::{ensure_schema, schema_of};
 use lis_tests::{
-    actor, assert_models_equal_rebuilds, catch_up, code, dump_schema, lab_day_numbered,
-    received_serum, released_k, TestDb,
+    actor, assert_models_equal_rebuilds, catch_up, code, lab_day_numbered, received_serum,
+    released_k, TestDb,
 };
 use sqlx::PgPool;
 
@@ -137,24 +137,8 @@ async fn envelopes(pool: &PgPool) -> Vec<String> {
 async fn an_erased_patient_is_gone_from_every_read_model_and_the_chain_still_verifies() {
     let db = TestDb::new().await;
     let ledger = db.ledger().await;
-    let mongo_client = mongodb::Client::with_uri_str(
-        std::env::var("LIS_MONGO_URL")
-            .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".into()),
-    )
-    .await
-    .expect("MongoDB-wire server (deploy/mongo.sh)");
-    let mongo = mongo_client.database(&format!(
-        "lis_analytics_test_{}",
-        uuid::Uuid::new_v4().simple()
-    ));
-    let analytics = Analytics::new(mongo.clone());
-    ensure_schema(
-        &mut db.app.acquire().await.unwrap(),
-        &analytics,
-        &schema_of(analytics.name()),
-    )
-    .await
-    .unwrap();
+    let analytics = lis_tests::test_analytics(&db).await;
+    let mongo = analytics.database().clone();
 
     // Another patient's day, which must survive the erasure untouched.
     let (control_order, _) = lab_day_numbered(&ledger, 901).await;
@@ -328,24 +312,7 @@ async fn an_erased_patient_is_gone_from_every_read_model_and_the_chain_still_ver
         .map(Envelope::from)
         .collect();
     shuffled.sort_by_key(|e| e.aggregate_type != "Patient");
-    for p in &pg_models {
-        let live = schema_of(p.name());
-        let other = format!("{live}_erasure_first");
-        ensure_schema(&mut db.app.acquire().await.unwrap(), p.as_ref(), &other)
-            .await
-            .unwrap();
-        let mut tx = db.app.begin().await.unwrap();
-        lis_projections::projection::apply_in(&mut tx, p.as_ref(), &other, &shuffled, None)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
-        assert_eq!(
-            dump_schema(&db.app, &live).await,
-            dump_schema(&db.app, &other).await,
-            "projection {}",
-            p.name()
-        );
-    }
+    lis_tests::assert_models_equal_applied(&db.app, &shuffled, "erasure_first").await;
     mongo.drop().await.unwrap();
     db.drop().await;
 }
