@@ -145,3 +145,122 @@ async fn a_single_lab_runs_on_postgresql_alone() {
     );
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_over_kafka_purges_every_model_and_no_message_carries_identity() {
+    use lis_domain::actor::Role;
+    use lis_domain::text::Reason;
+    let db = TestDb::new().await;
+    let stack = Stack::new(&db, true);
+    let all = ["orders", "specimens", "results", "analytics"];
+    let mut relay = stack.spawn("relay", &["relay"]);
+    let mut workers = stack.spawn(
+        "project",
+        &["project", "orders", "specimens", "results", "analytics"],
+    );
+    let ledger = db.ledger().await;
+    let (erased_order, _) = lab_day_numbered(&ledger, 970).await;
+    let (kept_order, _) = lab_day_numbered(&ledger, 971).await;
+    let order = lis_domain::ids::OrderId::from_uuid(erased_order);
+    let patient = ledger
+        .order(order)
+        .await
+        .unwrap()
+        .facts()
+        .unwrap()
+        .patient_id;
+    let rows = |order: uuid::Uuid| {
+        let pool = db.app.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT (SELECT count(*) FROM proj_orders.orders WHERE order_id = $1)
+                      + (SELECT count(*) FROM proj_orders.order_tests WHERE order_id = $1)
+                      + (SELECT count(*) FROM proj_specimens.specimens WHERE order_id = $1)
+                      + (SELECT count(*) FROM proj_results.results WHERE order_id = $1)",
+            )
+            .bind(order)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    wait_projected(&db, &all, Duration::from_secs(90), &[&relay, &workers]).await;
+    assert!(rows(erased_order).await > 0, "the patient was projected");
+    ledger
+        .erase_patient(
+            patient,
+            Reason::parse("patient request, DPDP s.12").unwrap(),
+            &lis_tests::actor("admin.1", Role::Admin),
+        )
+        .await
+        .unwrap();
+    wait_projected(&db, &all, Duration::from_secs(90), &[&relay, &workers]).await;
+
+    // The read models hold nothing of the erased patient's order; the other stays.
+    assert_eq!(rows(erased_order).await, 0);
+    assert!(rows(kept_order).await > 0);
+    let mongo = mongodb::Client::with_uri_str(support::mongo_url())
+        .await
+        .unwrap()
+        .database(&stack.get("LIS_MONGO_DATABASE"));
+    let facts = mongo.collection::<mongodb::bson::Document>("order_facts");
+    let find = |id: uuid::Uuid| facts.find_one(mongodb::bson::doc! { "_id": id.to_string() });
+    assert!(
+        find(erased_order).await.unwrap().is_none(),
+        "analytics kept the erased order"
+    );
+    assert!(find(kept_order).await.unwrap().is_some());
+
+    // Every message on every topic, before and after the erasure: ciphertext only.
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", format!("lis-test-reader-{}", stack.id))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let topics = [
+        "LIS_TOPIC_ORDERS",
+        "LIS_TOPIC_SAMPLES",
+        "LIS_TOPIC_RESULTS",
+        "LIS_TOPIC_PATIENTS",
+    ]
+    .map(|t| stack.get(t));
+    consumer
+        .subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())
+        .unwrap();
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.app)
+        .await
+        .unwrap();
+    let needles = [
+        "Asha Verma",
+        "MRN-970",
+        "91-2345-6789-0123",
+        "+919845012345",
+        "Lake View Road",
+        "1980-05-17",
+    ];
+    let (mut seen, mut erasures) = (0i64, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen < total {
+        assert!(
+            Instant::now() < deadline,
+            "read {seen} of {total} messages\n{}",
+            relay.log_tail()
+        );
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await {
+            let text = String::from_utf8_lossy(m.payload().unwrap()).to_string();
+            for n in needles {
+                assert!(!text.contains(n), "{n} in a published message: {text}");
+            }
+            erasures += usize::from(text.contains("\"PatientErased\""));
+            seen += 1;
+        }
+    }
+    assert_eq!(erasures, 1);
+    relay.kill9();
+    workers.kill9();
+    assert_models_equal_rebuilds(&db.app).await;
+    mongo.drop().await.unwrap();
+    db.drop().await;
+}

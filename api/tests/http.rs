@@ -1077,6 +1077,13 @@ async fn identity_is_shown_as_each_role_may_see_it_and_only_an_admin_erases() {
         h["events"][0]["payload"]["OrderPlaced"]["clinical_notes"],
         "[erased]"
     );
+    let csv = with_glass(&auditor, &format!("{history}?format=csv"), "erasure check")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(csv.contains("[erased]") && !csv.contains("Asha"), "{csv}");
     let (s, p) = api
         .get(&auditor, &format!("/audit/patients/{patient}"))
         .await;

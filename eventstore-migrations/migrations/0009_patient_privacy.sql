@@ -58,6 +58,10 @@ CREATE TABLE patient_pseudonyms
     created_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
+-- A patient's latest sealed identity (GET /patients/{id}) without a scan of the log.
+CREATE INDEX events_placed_by_patient ON events ((payload -> 'OrderPlaced' ->> 'patient_id'), position)
+    WHERE event_type = 'OrderPlaced';
+
 -- Break-glass reads of identity by auditors: append-only, like the events.
 CREATE TABLE break_glass_log
 (

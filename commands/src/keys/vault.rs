@@ -109,10 +109,6 @@ impl PatientVault {
         })
     }
 
-    pub fn kek_id(&self) -> &str {
-        self.kek.id()
-    }
-
     /// The pseudonymous patient id of `mrn`, created on first use. Safe under concurrency:
     /// two first orders for one MRN get the same id.
     pub async fn pseudonym(&self, mrn: &Mrn) -> Result<PatientId, KeyError> {
