@@ -5,6 +5,17 @@
 -- Erasing a patient destroys their wrapped key: the sealed identity in every event
 -- becomes unreadable while the events and their hash chain stay untouched.
 
+-- OrderPlaced 1.0 (pre-release) carried identity in clear: such a ledger can never be
+-- made erasable, so it is refused here rather than half-converted.
+DO
+$$
+    BEGIN
+        IF EXISTS (SELECT 1 FROM events WHERE event_type = 'OrderPlaced' AND event_version = '1.0.0') THEN
+            RAISE EXCEPTION 'this ledger holds OrderPlaced 1.0 events, which carry patient identity in clear (a pre-release format) and cannot be made erasable; start a new database (docs/privacy.md)';
+        END IF;
+    END
+$$;
+
 -- Keys of the ledger itself, wrapped by the KEK: `kek-check` (a known value, so that a
 -- wrong KEK is refused at start-up instead of producing garbage) and `mrn-index` (the
 -- HMAC key of the patient pseudonym index).
