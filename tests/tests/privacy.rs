@@ -337,3 +337,27 @@ async fn an_unknown_patient_cannot_be_erased() {
     assert_eq!(events, 0, "no event for a refused erasure");
     db.drop().await;
 }
+
+#[tokio::test]
+async fn a_ledger_with_identity_in_clear_is_refused_by_the_privacy_migration() {
+    let db = TestDb::new().await;
+    // A pre-release OrderPlaced 1.0, identity in clear.
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('Order', $1, 1, 'OrderPlaced', '1.0.0',
+                 '{\"OrderPlaced\":{\"patient\":{\"name\":\"Asha Verma\"}}}', '{\"actor_id\":\"a\",\"actor_role\":\"admin\"}')",
+    )
+    .bind(uuid::Uuid::new_v4().to_string())
+    .execute(&db.app)
+    .await
+    .unwrap();
+    let err = sqlx::raw_sql(include_str!(
+        "../../eventstore-migrations/migrations/0009_patient_privacy.sql"
+    ))
+    .execute(&db.owner)
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("OrderPlaced 1.0"), "{err}");
+    db.drop().await;
+}
