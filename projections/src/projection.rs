@@ -111,9 +111,17 @@ pub trait Projection: Send + Sync {
         env: &Envelope,
         event: &LabEvent,
     ) -> Result<(), ProjectionError>;
-    /// Deletes the rows of erased patients' records (crate::erasure), inside the batch's
-    /// transaction. Called only when a batch touched such a record.
-    async fn purge(&self, conn: &mut PgConnection, erased: &Erased) -> Result<(), ProjectionError>;
+    /// The statement that deletes this model's rows of erased patients' records
+    /// ([`crate::erasure`]): `$1` patients, `$2` orders, `$3` samples, `$4` results (uuid
+    /// arrays). Required, so that no model forgets erasure; empty for a model whose rows
+    /// live outside PostgreSQL (it overrides [`Projection::purge`]).
+    fn purge_sql(&self) -> &'static str;
+
+    /// Deletes the rows of erased patients' records inside the batch's transaction.
+    /// Called only when a batch touched such a record.
+    async fn purge(&self, conn: &mut PgConnection, erased: &Erased) -> Result<(), ProjectionError> {
+        crate::erasure::purge_with(conn, self.purge_sql(), erased).await
+    }
 
     /// Applies a batch's events — each the next of its aggregate, in feed order — inside
     /// the batch's transaction. By default one at a time; a model may write them in fewer

@@ -283,12 +283,8 @@ impl lis_projections::projection::Projection for OneByOne {
     ) -> Result<(), ProjectionError> {
         self.0.apply(conn, env, event).await
     }
-    async fn purge(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        erased: &lis_projections::erasure::Erased,
-    ) -> Result<(), ProjectionError> {
-        self.0.purge(conn, erased).await
+    fn purge_sql(&self) -> &'static str {
+        self.0.purge_sql()
     }
 }
 

@@ -136,6 +136,11 @@ impl Projection for Analytics {
         ""
     }
 
+    /// Nothing in PostgreSQL: the facts live in MongoDB ([`Projection::purge`] below).
+    fn purge_sql(&self) -> &'static str {
+        ""
+    }
+
     async fn purge(
         &self,
         _conn: &mut PgConnection,

@@ -10,7 +10,6 @@
 //! view. The model is the same whatever order the aggregates' streams interleave in.
 
 use crate::envelope::Envelope;
-use crate::erasure::{purge_with, Erased};
 use crate::projection::{
     aggregate_uuid, apply_folded, Fold, LabEvent, Pending, Projection, ProjectionError,
 };
@@ -194,16 +193,11 @@ SELECT test_code, priority, count(*) AS released,
  GROUP BY test_code, priority"
     }
 
-    async fn purge(&self, conn: &mut PgConnection, erased: &Erased) -> Result<(), ProjectionError> {
-        purge_with(
-            conn,
-            "WITH t AS (DELETE FROM order_tests WHERE order_id = ANY ($2)),
+    fn purge_sql(&self) -> &'static str {
+        "WITH t AS (DELETE FROM order_tests WHERE order_id = ANY ($2)),
                   s AS (DELETE FROM specimen_tests WHERE sample_id = ANY ($3) OR order_id = ANY ($2)),
                   r AS (DELETE FROM result_tests WHERE result_id = ANY ($4) OR order_id = ANY ($2))
-             DELETE FROM orders WHERE order_id = ANY ($2) OR patient_id = ANY ($1)",
-            erased,
-        )
-        .await
+             DELETE FROM orders WHERE order_id = ANY ($2) OR patient_id = ANY ($1)"
     }
 
     async fn apply_run(

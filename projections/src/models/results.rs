@@ -4,7 +4,6 @@
 //! (amended ones marked); retracted results leave it.
 
 use crate::envelope::Envelope;
-use crate::erasure::{purge_with, Erased};
 use crate::projection::{
     aggregate_uuid, apply_folded, Fold, LabEvent, Pending, Projection, ProjectionError,
 };
@@ -130,13 +129,8 @@ SELECT result_id, patient_id, order_id, test_code, value, unit, flags, status, n
  WHERE critical AND status <> 'retracted' AND (NOT notified OR (status = 'released' AND NOT acknowledged));"
     }
 
-    async fn purge(&self, conn: &mut PgConnection, erased: &Erased) -> Result<(), ProjectionError> {
-        purge_with(
-            conn,
-            "DELETE FROM results WHERE result_id = ANY ($4) OR order_id = ANY ($2) OR patient_id = ANY ($1)",
-            erased,
-        )
-        .await
+    fn purge_sql(&self) -> &'static str {
+        "DELETE FROM results WHERE result_id = ANY ($4) OR order_id = ANY ($2) OR patient_id = ANY ($1)"
     }
 
     async fn apply_run(

@@ -2,7 +2,6 @@
 //! of custody, its condition on receipt, rejection and reason, lineage and storage.
 
 use crate::envelope::Envelope;
-use crate::erasure::{purge_with, Erased};
 use crate::projection::{
     aggregate_uuid, apply_folded, Fold, LabEvent, Pending, Projection, ProjectionError,
 };
@@ -69,14 +68,9 @@ CREATE TABLE IF NOT EXISTS custody (
     PRIMARY KEY (sample_id, sequence));"
     }
 
-    async fn purge(&self, conn: &mut PgConnection, erased: &Erased) -> Result<(), ProjectionError> {
-        purge_with(
-            conn,
-            "WITH c AS (DELETE FROM custody WHERE sample_id = ANY ($3))
-             DELETE FROM specimens WHERE sample_id = ANY ($3) OR order_id = ANY ($2)",
-            erased,
-        )
-        .await
+    fn purge_sql(&self) -> &'static str {
+        "WITH c AS (DELETE FROM custody WHERE sample_id = ANY ($3))
+             DELETE FROM specimens WHERE sample_id = ANY ($3) OR order_id = ANY ($2)"
     }
 
     async fn apply_run(
