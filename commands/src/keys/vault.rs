@@ -166,29 +166,26 @@ impl PatientVault {
         create: bool,
     ) -> Result<Option<Zeroizing<Vec<u8>>>, KeyError> {
         let aad = patient_key_aad(patient);
-        const READ: &str = "SELECT kek_id, wrapped_key FROM patient_keys WHERE patient_id = $1";
-        let mut row = if create {
-            // One round trip: create the key unless the patient has one, and return it.
+        let read = || {
+            sqlx::query("SELECT kek_id, wrapped_key FROM patient_keys WHERE patient_id = $1")
+                .bind(patient.as_uuid())
+                .fetch_optional(&self.pool)
+        };
+        let mut row = read().await?;
+        if row.is_none() && create {
+            // The patient's first sealed value: make their key (a KEK call, so only on a
+            // miss; of racing first orders one insert wins and all read the winner).
             let wrapped = self.kek.wrap(&random_key(), &aad).await?;
             sqlx::query(
-                "WITH ins AS (INSERT INTO patient_keys (patient_id, kek_id, wrapped_key) VALUES ($1, $2, $3)
-                              ON CONFLICT (patient_id) DO NOTHING RETURNING kek_id, wrapped_key)
-                 SELECT kek_id, wrapped_key FROM ins
-                 UNION ALL SELECT kek_id, wrapped_key FROM patient_keys WHERE patient_id = $1 LIMIT 1",
+                "INSERT INTO patient_keys (patient_id, kek_id, wrapped_key) VALUES ($1, $2, $3)
+                 ON CONFLICT (patient_id) DO NOTHING",
             )
             .bind(patient.as_uuid())
             .bind(self.kek.id())
             .bind(&wrapped)
-            .fetch_optional(&self.pool)
-            .await?
-        } else {
-            None
-        };
-        if row.is_none() {
-            row = sqlx::query(READ)
-                .bind(patient.as_uuid())
-                .fetch_optional(&self.pool)
-                .await?;
+            .execute(&self.pool)
+            .await?;
+            row = read().await?;
         }
         let row = row.ok_or_else(|| KeyError::UnknownPatient(patient.to_string()))?;
         let Some(wrapped) = row.get::<Option<Vec<u8>>, _>("wrapped_key") else {
@@ -291,20 +288,30 @@ async fn ledger_key(
     name: &str,
 ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     let aad = format!("lisledger/v1/ledger-key/{name}").into_bytes();
-    let wrapped = kek.wrap(&random_key(), &aad).await?;
-    sqlx::query(
-        "INSERT INTO ledger_keys (name, kek_id, wrapped) VALUES ($1, $2, $3)
-         ON CONFLICT (name) DO NOTHING",
-    )
-    .bind(name)
-    .bind(kek.id())
-    .bind(&wrapped)
-    .execute(pool)
-    .await?;
-    let row = sqlx::query("SELECT kek_id, wrapped FROM ledger_keys WHERE name = $1")
-        .bind(name)
-        .fetch_one(pool)
-        .await?;
+    let read = || {
+        sqlx::query("SELECT kek_id, wrapped FROM ledger_keys WHERE name = $1")
+            .bind(name)
+            .fetch_optional(pool)
+    };
+    let row = match read().await? {
+        Some(row) => row,
+        None => {
+            // A new ledger: make the key (racing starts: one insert wins).
+            let wrapped = kek.wrap(&random_key(), &aad).await?;
+            sqlx::query(
+                "INSERT INTO ledger_keys (name, kek_id, wrapped) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(kek.id())
+            .bind(&wrapped)
+            .execute(pool)
+            .await?;
+            read()
+                .await?
+                .ok_or_else(|| KeyError::Unwrap(format!("ledger key {name} vanished")))?
+        }
+    };
     let stored: String = row.get("kek_id");
     let wrong = || KeyError::WrongKek {
         configured: kek.id().to_string(),
