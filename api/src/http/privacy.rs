@@ -191,9 +191,14 @@ fn collect(value: &Value, at: String, out: &mut Vec<(String, PatientId, Sealed)>
                 .and_then(|p| PatientId::parse(p).ok());
             for (k, v) in map {
                 let here = format!("{at}/{}", k.replace('~', "~0").replace('/', "~1"));
-                match (patient, serde_json::from_value::<Sealed>(v.clone())) {
-                    (Some(p), Ok(sealed)) if v.is_object() => out.push((here, p, sealed)),
-                    _ => collect(v, here, out),
+                // Only a member beside a patient id that looks sealed is decoded (no copy of
+                // every subtree on the way down).
+                let sealed = patient
+                    .filter(|_| v.get("ciphertext").is_some())
+                    .and_then(|p| Some((p, serde_json::from_value::<Sealed>(v.clone()).ok()?)));
+                match sealed {
+                    Some((p, sealed)) => out.push((here, p, sealed)),
+                    None => collect(v, here, out),
                 }
             }
         }
