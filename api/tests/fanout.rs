@@ -13,6 +13,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{assert_analytics_equal_replay, kafka_brokers, wait_projected, wait_sealed, Stack};
 
+/// A consumer of this stack's topics (named by their variables), from the earliest message.
+fn reader(stack: &Stack, topic_vars: &[&str]) -> StreamConsumer {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", format!("lis-test-reader-{}", stack.id))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let topics: Vec<String> = topic_vars.iter().map(|t| stack.get(t)).collect();
+    consumer
+        .subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())
+        .unwrap();
+    consumer
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fan_out_survives_sigkill_of_the_relay_and_the_workers() {
     let db = TestDb::new().await;
@@ -85,15 +100,7 @@ async fn transactions_that_commit_out_of_order_are_both_published() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     sqlx::query("COMMIT").execute(&mut early).await.unwrap();
 
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
-        .set("group.id", format!("lis-test-reader-{}", stack.id))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer
-        .subscribe(&[&stack.get("LIS_TOPIC_ORDERS")])
-        .unwrap();
+    let consumer = reader(&stack, &["LIS_TOPIC_ORDERS"]);
     let mut seen = std::collections::BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while seen.len() < 2 {
@@ -212,22 +219,15 @@ async fn an_erasure_over_kafka_purges_every_model_and_no_message_carries_identit
     assert!(find(kept_order).await.unwrap().is_some());
 
     // Every message on every topic, before and after the erasure: ciphertext only.
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
-        .set("group.id", format!("lis-test-reader-{}", stack.id))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    let topics = [
-        "LIS_TOPIC_ORDERS",
-        "LIS_TOPIC_SAMPLES",
-        "LIS_TOPIC_RESULTS",
-        "LIS_TOPIC_PATIENTS",
-    ]
-    .map(|t| stack.get(t));
-    consumer
-        .subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())
-        .unwrap();
+    let consumer = reader(
+        &stack,
+        &[
+            "LIS_TOPIC_ORDERS",
+            "LIS_TOPIC_SAMPLES",
+            "LIS_TOPIC_RESULTS",
+            "LIS_TOPIC_PATIENTS",
+        ],
+    );
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(&db.app)
         .await
