@@ -84,7 +84,8 @@ pub(crate) fn outcome(o: &CommandOutcome) -> Value {
     json!({ "id": o.aggregate_id, "version": o.version, "position": o.position })
 }
 
-fn id<T>(
+/// Parses a path id, or answers 404 naming it (an id that cannot exist is not found).
+pub(crate) fn id<T>(
     raw: &str,
     parse: fn(&str) -> Result<T, lis_domain::validation::FieldError>,
     what: &str,

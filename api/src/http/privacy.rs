@@ -12,7 +12,7 @@
 //! - `POST /patients/{id}/erase` (admin): crypto-shredding erasure with a reason.
 
 use super::auth::{Action, Caller};
-use super::commands::{idempotent, outcome};
+use super::commands::{id, idempotent, outcome};
 use super::problem::{FieldProblem, Problem};
 use super::AppState;
 use axum::body::Bytes;
@@ -211,10 +211,6 @@ fn collect(value: &Value, at: String, out: &mut Vec<(String, PatientId, Sealed)>
     }
 }
 
-fn patient_id(raw: &str) -> Result<PatientId, Problem> {
-    PatientId::parse(raw).map_err(|_| Problem::not_found(format!("no patient {raw}")))
-}
-
 /// A patient: their identity as last given on an order (as the caller may see it) and
 /// whether they have been erased.
 pub async fn patient(
@@ -224,7 +220,7 @@ pub async fn patient(
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadOrders)?;
-    let id = patient_id(&raw)?;
+    let id = id(&raw, PatientId::parse, "patient")?;
     let status = s
         .ledger
         .vault()
@@ -266,7 +262,7 @@ pub async fn erase(
     body: Bytes,
 ) -> Result<Response, Problem> {
     caller.require(Action::ErasePatients)?;
-    let id = patient_id(&raw)?;
+    let id = id(&raw, PatientId::parse, "patient")?;
     Ok(
         idempotent(&s, &caller, &headers, &body, StatusCode::OK, async {
             let b: EraseBody = super::body::parse(&body)?;

@@ -3,6 +3,7 @@
 //! read model, else answers 503 with Retry-After.
 
 use super::auth::{Action, Caller};
+use super::commands::id;
 use super::problem::Problem;
 use super::AppState;
 use axum::extract::{Path, Query, State};
@@ -118,7 +119,7 @@ pub async fn order(
     Query(c): Query<Consistency>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadOrders)?;
-    let id = OrderId::parse(&raw).map_err(|_| Problem::not_found(format!("no order {raw}")))?;
+    let id = id(&raw, OrderId::parse, "order")?;
     wait_for(&s, "orders", c.min_position).await?;
     let v = json(
         &s,
@@ -139,7 +140,7 @@ pub async fn patient_orders(
     Query(c): Query<Consistency>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadOrders)?;
-    let id = PatientId::parse(&raw).map_err(|_| Problem::not_found(format!("no patient {raw}")))?;
+    let id = id(&raw, PatientId::parse, "patient")?;
     wait_for(&s, "orders", c.min_position).await?;
     Ok(Json(
         json(
@@ -163,7 +164,7 @@ pub async fn sample(
     Query(c): Query<Consistency>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadSamples)?;
-    let id = SampleId::parse(&raw).map_err(|_| Problem::not_found(format!("no sample {raw}")))?;
+    let id = id(&raw, SampleId::parse, "sample")?;
     wait_for(&s, "specimens", c.min_position).await?;
     let v = json(
         &s,
@@ -209,7 +210,7 @@ pub async fn cumulative(
     Query(q): Query<CumulativeQuery>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadResults)?;
-    let id = PatientId::parse(&raw).map_err(|_| Problem::not_found(format!("no patient {raw}")))?;
+    let id = id(&raw, PatientId::parse, "patient")?;
     wait_for(&s, "results", q.min_position).await?;
     let test = q.test.map(|t| t.trim().to_ascii_uppercase());
     Ok(Json(
@@ -233,7 +234,7 @@ pub async fn result(
     Query(c): Query<Consistency>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadResults)?;
-    let id = ResultId::parse(&raw).map_err(|_| Problem::not_found(format!("no result {raw}")))?;
+    let id = id(&raw, ResultId::parse, "result")?;
     wait_for(&s, "results", c.min_position).await?;
     let released_only = caller.actor.role == Role::Clinician;
     let v = json(
