@@ -31,6 +31,8 @@
 //! | `LIS_TOKEN_TTL_SECS` | `900` | access-token lifetime |
 //! | `LIS_CORS_ORIGINS` | unset | comma-separated browser origins allowed to call the API |
 //! | `LIS_RATE_PER_ADDRESS` / `LIS_RATE_PER_USER` | `1200` / `600` | requests a minute per client address / per user (0 = off) |
+//! | `LIS_PROJECT_BATCH` | `500` | events a projection worker applies per transaction at most |
+//! | `LIS_PROJECT_LINGER_MS` | `10` | how long a projection worker lets a part-full batch fill before applying the next (0 = not at all) |
 //! | `LIS_MONGO_URL` | unset | MongoDB for the analytics projection (e.g. `mongodb://127.0.0.1:27017/?directConnection=true`); unset = no analytics |
 //! | `RUST_LOG` | `info` | log filter (tracing-subscriber syntax) |
 
@@ -65,6 +67,8 @@ pub struct Config {
     pub mongo_url: Option<String>,
     pub mongo_database: String,
     pub kafka_group_prefix: String,
+    pub project_batch: usize,
+    pub project_linger_ms: u64,
     pub http_addr: String,
     pub kek: Option<String>,
     pub kek_file: String,
@@ -192,6 +196,14 @@ impl Config {
                 .cloned(),
             mongo_database: get("LIS_MONGO_DATABASE", "lis_analytics"),
             kafka_group_prefix: get("LIS_KAFKA_GROUP_PREFIX", "lis-projection"),
+            project_batch: number("LIS_PROJECT_BATCH", "500")? as usize,
+            project_linger_ms: {
+                let raw = get("LIS_PROJECT_LINGER_MS", "10");
+                raw.trim().parse::<u64>().map_err(|_| ConfigError {
+                    variable: "LIS_PROJECT_LINGER_MS",
+                    message: format!("`{raw}` is not a whole number of milliseconds"),
+                })?
+            },
             http_addr: get("LIS_HTTP_ADDR", "127.0.0.1:8080"),
             kek: vars
                 .get("LIS_KEK")

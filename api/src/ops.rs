@@ -12,7 +12,8 @@ use lis_projections::models::analytics::Analytics;
 use lis_projections::relay::{KafkaConfig, Relay, RelayConfig, Topics};
 use lis_projections::seal::{NoteVerifier, Sealer};
 use lis_projections::seal_audit;
-use lis_projections::worker::{self, WorkerError};
+use lis_projections::worker::{self, Batching, WorkerError};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use std::path::Path;
 use std::process::ExitCode;
@@ -127,9 +128,20 @@ pub async fn project(
             .context("cannot reach MongoDB")?;
         projections.push(std::sync::Arc::new(analytics));
     }
+    let batching = Batching {
+        max: config.project_batch,
+        linger: Duration::from_millis(config.project_linger_ms),
+        ..Batching::default()
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for p in projections {
-        let pool = pool.clone();
+        // Each model gets connections of its own: a connection's prepared statements
+        // are planned for one model's search_path, and PostgreSQL plans them all again
+        // whenever a shared connection moves to another model's schema.
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with((*pool.connect_options()).clone());
         let brokers = config.kafka_brokers.clone();
         let t = topics(config);
         let group = format!("{}-{}", config.kafka_group_prefix, p.name());
@@ -137,8 +149,8 @@ pub async fn project(
             let name = p.name();
             loop {
                 let result = match &brokers {
-                    Some(b) => worker::run_from_kafka(pool.clone(), p.clone(), b, &group, &t.event_topics()).await,
-                    None => worker::run_from_feed(pool.clone(), p.clone(), 500, Duration::from_millis(500)).await,
+                    Some(b) => worker::run_from_kafka(pool.clone(), p.clone(), b, &group, &t.event_topics(), batching).await,
+                    None => worker::run_from_feed(pool.clone(), p.clone(), batching).await,
                 };
                 match result {
                     Ok(()) => return Ok::<(), WorkerError>(()),

@@ -1,9 +1,11 @@
 //! The ledger: runs a command on an aggregate for an actor, and says where it landed.
 //!
-//! Each aggregate type has its own cqrs-es framework over the shared `events` table
-//! (postgres-es), with snapshots for long histories and the domain's upcasters. A command
-//! is loaded, decided and appended in one go; two concurrent commands on one aggregate
-//! collide on the (type, id, sequence) primary key and the loser gets
+//! Each aggregate type has its own event store over the shared `events` table
+//! (postgres-es's layout), with snapshots for long histories and the domain's upcasters.
+//! A command runs as cqrs-es's framework runs it — load, `handle` with the lab's
+//! services, append what the sink collected — but the append says where the events
+//! landed, which the framework's `execute` does not. Two concurrent commands on one
+//! aggregate collide on the (type, id, sequence) primary key and the loser gets
 //! [`CommandError::Conflict`] — never last-writer-wins.
 
 use crate::context::CommandContext;
@@ -12,7 +14,8 @@ use crate::keys::PatientVault;
 use crate::lookup::PgLabLookup;
 use crate::store::SnapshotEventStore;
 use chrono::Utc;
-use cqrs_es::{Aggregate, AggregateContext, CqrsFramework, EventStore};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
 use lis_domain::error::DomainError;
 use lis_domain::ids::{OrderId, OrderNumber, PatientId, ResultId, SampleId, TestCode};
 use lis_domain::order::{Order, OrderCommand, PlaceOrder, Priority};
@@ -25,14 +28,12 @@ use lis_domain::services::{LabPolicy, LabServices};
 use lis_domain::text::Reason;
 use lis_domain::text::{Note, PersonName, Place};
 use lis_domain::upcast::upcasters;
-use postgres_es::PostgresEventRepository;
 use sqlx::{PgPool, Row};
 use std::sync::Arc;
 use uuid::Uuid;
 
 /// The event store of one aggregate type.
 pub type EventStoreOf<A> = SnapshotEventStore<A>;
-type Framework<A> = CqrsFramework<A, EventStoreOf<A>>;
 
 /// How the ledger runs.
 #[derive(Debug, Clone, Copy)]
@@ -83,25 +84,17 @@ pub struct PlacedOrder {
 }
 
 fn event_store<A: Aggregate>(pool: &PgPool, snapshot_every: usize) -> EventStoreOf<A> {
-    SnapshotEventStore::new(
-        PostgresEventRepository::new(pool.clone()),
-        snapshot_every,
-        upcasters(),
-    )
+    SnapshotEventStore::new(pool.clone(), snapshot_every, upcasters())
 }
 
 pub struct Ledger {
     pool: PgPool,
     vault: Arc<PatientVault>,
-    orders: Framework<Order>,
-    samples: Framework<Sample>,
-    results: Framework<LabResult>,
-    patients: Framework<PatientRecord>,
-    readers: (
-        EventStoreOf<Order>,
-        EventStoreOf<Sample>,
-        EventStoreOf<LabResult>,
-    ),
+    services: LabServices,
+    orders: EventStoreOf<Order>,
+    samples: EventStoreOf<Sample>,
+    results: EventStoreOf<LabResult>,
+    patients: EventStoreOf<PatientRecord>,
 }
 
 impl Ledger {
@@ -116,18 +109,13 @@ impl Ledger {
             vault.clone(),
             config.policy,
         ));
-        let services = LabServices::new(lookup);
         Self {
-            orders: CqrsFramework::new(event_store(&pool, n), vec![], services.clone()),
-            samples: CqrsFramework::new(event_store(&pool, n), vec![], services.clone()),
-            results: CqrsFramework::new(event_store(&pool, n), vec![], services.clone()),
-            patients: CqrsFramework::new(event_store(&pool, n), vec![], services),
+            services: LabServices::new(lookup),
+            orders: event_store(&pool, n),
+            samples: event_store(&pool, n),
+            results: event_store(&pool, n),
+            patients: event_store(&pool, n),
             vault,
-            readers: (
-                event_store(&pool, n),
-                event_store(&pool, n),
-                event_store(&pool, n),
-            ),
             pool,
         }
     }
@@ -190,8 +178,8 @@ impl Ledger {
     ) -> Result<CommandOutcome, CommandError> {
         let (name, reason) = (command.name(), command.reason());
         execute(
-            &self.pool,
             &self.orders,
+            &self.services,
             &id.to_string(),
             command,
             name,
@@ -209,8 +197,8 @@ impl Ledger {
     ) -> Result<CommandOutcome, CommandError> {
         let (name, reason) = (command.name(), command.reason());
         execute(
-            &self.pool,
             &self.samples,
+            &self.services,
             &id.to_string(),
             command,
             name,
@@ -228,8 +216,8 @@ impl Ledger {
     ) -> Result<CommandOutcome, CommandError> {
         let (name, reason) = (command.name(), command.reason());
         execute(
-            &self.pool,
             &self.results,
+            &self.services,
             &id.to_string(),
             command,
             name,
@@ -255,7 +243,7 @@ impl Ledger {
         let id = patient.to_string();
         let command = PatientCommand::Erase { reason };
         let (name, why) = (command.name(), command.reason());
-        match execute(&self.pool, &self.patients, &id, command, name, why, ctx).await {
+        match execute(&self.patients, &self.services, &id, command, name, why, ctx).await {
             Ok(outcome) => {
                 self.vault.erase(patient).await?;
                 Ok(outcome)
@@ -310,15 +298,15 @@ impl Ledger {
 
     /// The current state of an order (for queries and tests).
     pub async fn order(&self, id: OrderId) -> Result<Order, CommandError> {
-        load(&self.readers.0, &id.to_string()).await
+        load(&self.orders, &id.to_string()).await
     }
 
     pub async fn sample(&self, id: SampleId) -> Result<Sample, CommandError> {
-        load(&self.readers.1, &id.to_string()).await
+        load(&self.samples, &id.to_string()).await
     }
 
     pub async fn result(&self, id: ResultId) -> Result<LabResult, CommandError> {
-        load(&self.readers.2, &id.to_string()).await
+        load(&self.results, &id.to_string()).await
     }
 }
 
@@ -341,8 +329,8 @@ where
            correlation_id = %ctx.correlation_id, outcome)
 )]
 async fn execute<A>(
-    pool: &PgPool,
-    framework: &Framework<A>,
+    store: &EventStoreOf<A>,
+    services: &A::Services,
     id: &str,
     command: A::Command,
     name: &'static str,
@@ -355,33 +343,33 @@ where
 {
     let command_id = ctx.command_id.get().copied().unwrap_or_else(Uuid::new_v4);
     let metadata = ctx.metadata(command_id, name, reason);
-    let result = framework.execute_with_metadata(id, command, metadata).await;
-    if let Err(e) = result {
+    let refused = |e: AggregateError<A::Error>| {
         let err = CommandError::from_aggregate(e, A::TYPE, id);
         tracing::Span::current().record("outcome", tracing::field::display(&err));
-        return Err(err);
-    }
-    let row = sqlx::query(
-        "SELECT sequence, position FROM events
-          WHERE aggregate_type = $1 AND aggregate_id = $2 AND metadata ->> 'command_id' = $3
-          ORDER BY sequence DESC LIMIT 1",
-    )
-    .bind(A::TYPE)
-    .bind(id)
-    .bind(command_id.to_string())
-    .fetch_optional(pool)
-    .await?
-    .ok_or_else(|| {
+        err
+    };
+    let mut context = store.load_aggregate(id).await.map_err(refused)?;
+    let sink = EventSink::default();
+    context
+        .aggregate
+        .handle(command, services, &sink)
+        .await
+        .map_err(|e| refused(AggregateError::UserError(e)))?;
+    let appended = store
+        .append(sink.collect().await, context, metadata)
+        .await
+        .map_err(refused)?;
+    let last = appended.last().ok_or_else(|| {
         CommandError::Internal(format!(
-            "command {command_id} committed but its event is not found"
+            "command {name} on {} {id} was accepted but recorded no event",
+            A::TYPE
         ))
     })?;
-    let outcome = CommandOutcome {
+    tracing::Span::current().record("outcome", "ok");
+    Ok(CommandOutcome {
         aggregate_type: A::TYPE,
         aggregate_id: id.to_string(),
-        version: row.get("sequence"),
-        position: row.get("position"),
-    };
-    tracing::Span::current().record("outcome", "ok");
-    Ok(outcome)
+        version: last.sequence,
+        position: last.position,
+    })
 }

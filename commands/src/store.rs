@@ -1,36 +1,96 @@
-//! The event store each framework runs on: postgres-es's repository, snapshots every N
-//! events, and the domain's upcasters.
+//! The event store each aggregate type runs on: postgres-es's `events` and `snapshots`
+//! tables, snapshots every N events, and the domain's upcasters.
 //!
-//! Why not cqrs-es 0.5's own snapshot store: its `EventSink` applies each new event to
-//! the aggregate while the command is handled, and its snapshot store applies the same
-//! events again before serialising the snapshot, so every snapshot double-counts the
-//! events of the command that crossed the boundary (a 47-entry custody chain where 45
-//! were written). This store serialises the aggregate as the command left it — events
-//! applied exactly once — and otherwise behaves the same: load the snapshot (falling
-//! back to a full replay if its shape no longer deserialises), apply the later events.
+//! Why not postgres-es's own repository on the command path: it loads an aggregate in
+//! two statements (snapshot, then events, the second built as a new SQL string each
+//! time, so never a prepared plan) and appends in four (BEGIN, one INSERT per event,
+//! COMMIT, and the caller then had to look its event up again for the position). Here
+//! an aggregate loads in one statement and a command's events append in one, which
+//! returns where they landed; a commit that takes a snapshot adds only the snapshot
+//! write, in the same transaction.
+//!
+//! Why not cqrs-es 0.5's snapshot store: its `EventSink` applies each new event to the
+//! aggregate while the command is handled, and its snapshot store applies the same events
+//! again before serialising the snapshot, so every snapshot double-counts the events of
+//! the command that crossed the boundary. This store serialises the aggregate as the
+//! command left it — events applied exactly once. A snapshot of an older aggregate shape
+//! is ignored and the aggregate replayed from its first event.
 
 use cqrs_es::persist::{
     EventStoreAggregateContext, EventUpcaster, PersistedEventRepository, SerializedEvent,
 };
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
 use postgres_es::PostgresEventRepository;
+use serde_json::Value;
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row};
 use std::collections::HashMap;
 
+/// Where one appended event landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The event's sequence within its aggregate (the aggregate's new version).
+    pub sequence: i64,
+    /// Its global position in the store.
+    pub position: i64,
+}
+
 pub struct SnapshotEventStore<A: Aggregate> {
+    pool: PgPool,
     repo: PostgresEventRepository,
     snapshot_every: usize,
     upcasters: Vec<Box<dyn EventUpcaster>>,
     _aggregate: std::marker::PhantomData<fn() -> A>,
 }
 
+/// The aggregate's snapshot (if any, `kind` 0) then its events after it (`kind` 1).
+const LOAD: &str = "
+SELECT 0 AS kind, last_sequence AS sequence, current_snapshot, NULL::text AS event_type,
+       NULL::text AS event_version, payload, NULL::json AS metadata
+  FROM snapshots
+ WHERE aggregate_type = $1 AND aggregate_id = $2
+UNION ALL
+SELECT 1, sequence, NULL, event_type, event_version, payload, metadata
+  FROM events
+ WHERE aggregate_type = $1 AND aggregate_id = $2
+   AND sequence > coalesce((SELECT max(last_sequence) FROM snapshots
+                             WHERE aggregate_type = $1 AND aggregate_id = $2), 0)
+ ORDER BY kind, sequence";
+
+/// A command's events in one statement. The bind type is jsonb, stored as json: the
+/// same text postgres-es wrote, so every event in the store has one form.
+const APPEND: &str = "
+INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+SELECT $1, $2, u.sequence, u.event_type, u.event_version, u.payload::json, u.metadata::json
+  FROM unnest($3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[])
+       AS u(sequence, event_type, event_version, payload, metadata)
+ ORDER BY u.sequence
+RETURNING sequence, position";
+
+/// postgres-es's classification: a unique violation is a concurrent writer (the loser of
+/// a race on the same sequence number), a lost connection is the database being away.
+fn database_error<E: std::error::Error>(e: sqlx::Error) -> AggregateError<E> {
+    match &e {
+        sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") => {
+            AggregateError::AggregateConflict
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed => AggregateError::DatabaseConnectionError(Box::new(e)),
+        _ => AggregateError::UnexpectedError(Box::new(e)),
+    }
+}
+
 impl<A: Aggregate> SnapshotEventStore<A> {
     pub fn new(
-        repo: PostgresEventRepository,
+        pool: PgPool,
         snapshot_every: usize,
         upcasters: Vec<Box<dyn EventUpcaster>>,
     ) -> Self {
         Self {
-            repo,
+            repo: PostgresEventRepository::new(pool.clone()),
+            pool,
             snapshot_every: snapshot_every.max(1),
             upcasters,
             _aggregate: std::marker::PhantomData,
@@ -55,6 +115,105 @@ impl<A: Aggregate> SnapshotEventStore<A> {
             })
             .collect()
     }
+
+    /// Appends the events a command decided on `context` and says where each landed.
+    /// Two commands racing on one aggregate collide on the (type, id, sequence) key:
+    /// the loser gets [`AggregateError::AggregateConflict`] and writes nothing.
+    pub async fn append(
+        &self,
+        events: Vec<A::Event>,
+        context: EventStoreAggregateContext<A>,
+        metadata: HashMap<String, String>,
+    ) -> Result<Vec<Appended>, AggregateError<A::Error>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let first = context.current_sequence + 1;
+        let mut serialized = Vec::with_capacity(events.len());
+        for (payload, sequence) in events.into_iter().zip(first..) {
+            serialized.push(SerializedEvent::try_from(&EventEnvelope::<A> {
+                aggregate_id: context.aggregate_id.clone(),
+                sequence,
+                payload,
+                metadata: metadata.clone(),
+            })?);
+        }
+        let last = context.current_sequence + serialized.len();
+        let sequences: Vec<i64> = serialized.iter().map(|e| e.sequence as i64).collect();
+        let types: Vec<&str> = serialized.iter().map(|e| e.event_type.as_str()).collect();
+        let versions: Vec<&str> = serialized
+            .iter()
+            .map(|e| e.event_version.as_str())
+            .collect();
+        let payloads: Vec<&Value> = serialized.iter().map(|e| &e.payload).collect();
+        let metadatas: Vec<&Value> = serialized.iter().map(|e| &e.metadata).collect();
+        let insert = sqlx::query(APPEND)
+            .bind(A::TYPE)
+            .bind(&context.aggregate_id)
+            .bind(&sequences)
+            .bind(&types)
+            .bind(&versions)
+            .bind(&payloads)
+            .bind(&metadatas);
+        // Snapshot when this commit crosses a multiple of `snapshot_every`. The aggregate
+        // in the context already holds the new events (the sink applied them).
+        let rows = if last / self.snapshot_every > context.current_sequence / self.snapshot_every {
+            let payload = serde_json::to_value(&context.aggregate)
+                .map_err(|e| AggregateError::UnexpectedError(Box::new(e)))?;
+            let mut tx = self.pool.begin().await.map_err(database_error)?;
+            let rows = insert.fetch_all(&mut *tx).await.map_err(database_error)?;
+            let written = match context.current_snapshot {
+                None => sqlx::query(
+                    "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
+                     VALUES ($1, $2, $3, 1, $4)",
+                )
+                .bind(A::TYPE)
+                .bind(&context.aggregate_id)
+                .bind(last as i64)
+                .bind(&payload),
+                Some(n) => sqlx::query(
+                    "UPDATE snapshots SET last_sequence = $3, current_snapshot = $4 + 1, payload = $5
+                      WHERE aggregate_type = $1 AND aggregate_id = $2 AND current_snapshot = $4",
+                )
+                .bind(A::TYPE)
+                .bind(&context.aggregate_id)
+                .bind(last as i64)
+                .bind(n as i64)
+                .bind(&payload),
+            }
+            .execute(&mut *tx)
+            .await
+            .map_err(database_error)?;
+            if written.rows_affected() != 1 {
+                return Err(AggregateError::AggregateConflict);
+            }
+            tx.commit().await.map_err(database_error)?;
+            rows
+        } else {
+            insert.fetch_all(&self.pool).await.map_err(database_error)?
+        };
+        let mut appended: Vec<Appended> = rows
+            .iter()
+            .map(|r| Appended {
+                sequence: r.get("sequence"),
+                position: r.get("position"),
+            })
+            .collect();
+        appended.sort_by_key(|a| a.sequence);
+        Ok(appended)
+    }
+}
+
+fn serialized_event<A: Aggregate>(aggregate_id: &str, row: &PgRow) -> SerializedEvent {
+    SerializedEvent::new(
+        aggregate_id.to_string(),
+        row.get::<i64, _>("sequence") as usize,
+        A::TYPE.to_string(),
+        row.get("event_type"),
+        row.get("event_version"),
+        row.get("payload"),
+        row.get("metadata"),
+    )
 }
 
 impl<A: Aggregate> EventStore<A> for SnapshotEventStore<A> {
@@ -78,18 +237,31 @@ impl<A: Aggregate> EventStore<A> for SnapshotEventStore<A> {
             current_sequence: 0,
             current_snapshot: None,
         };
-        if let Some(snapshot) = self.repo.get_snapshot::<A>(aggregate_id).await? {
-            context.current_snapshot = Some(snapshot.current_snapshot);
-            // A snapshot of an older aggregate shape is ignored: replay from the start.
-            if let Ok(aggregate) = serde_json::from_value::<A>(snapshot.aggregate) {
-                context.aggregate = aggregate;
-                context.current_sequence = snapshot.current_sequence;
+        let rows = sqlx::query(LOAD)
+            .bind(A::TYPE)
+            .bind(aggregate_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(database_error)?;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row.get::<i32, _>("kind") == 0 {
+                context.current_snapshot = Some(row.get::<i64, _>("current_snapshot") as usize);
+                match serde_json::from_value::<A>(row.get("payload")) {
+                    Ok(aggregate) => {
+                        context.aggregate = aggregate;
+                        context.current_sequence = row.get::<i64, _>("sequence") as usize;
+                    }
+                    // A snapshot of an older aggregate shape: replay from the start.
+                    Err(_) => {
+                        events = self.repo.get_events::<A>(aggregate_id).await?;
+                        break;
+                    }
+                }
+            } else {
+                events.push(serialized_event::<A>(aggregate_id, row));
             }
         }
-        let events = self
-            .repo
-            .get_last_events::<A>(aggregate_id, context.current_sequence)
-            .await?;
         for envelope in self.deserialize(events)? {
             context.current_sequence = envelope.sequence;
             context.aggregate.apply(envelope.payload);
@@ -103,34 +275,19 @@ impl<A: Aggregate> EventStore<A> for SnapshotEventStore<A> {
         context: Self::AC,
         metadata: HashMap<String, String>,
     ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
-        let first = context.current_sequence + 1;
-        let envelopes: Vec<EventEnvelope<A>> = events
-            .into_iter()
+        let (aggregate_id, first) = (context.aggregate_id.clone(), context.current_sequence + 1);
+        let envelopes = events
+            .iter()
+            .cloned()
             .zip(first..)
             .map(|(payload, sequence)| EventEnvelope {
-                aggregate_id: context.aggregate_id.clone(),
+                aggregate_id: aggregate_id.clone(),
                 sequence,
                 payload,
                 metadata: metadata.clone(),
             })
             .collect();
-        let serialized = envelopes
-            .iter()
-            .map(SerializedEvent::try_from)
-            .collect::<Result<Vec<_>, _>>()?;
-        let last = context.current_sequence + envelopes.len();
-        // Snapshot when this commit crosses a multiple of `snapshot_every`. The aggregate
-        // in the context already holds the new events (the sink applied them).
-        let snapshot =
-            if last / self.snapshot_every > context.current_sequence / self.snapshot_every {
-                let payload = serde_json::to_value(&context.aggregate)
-                    .map_err(|e| AggregateError::UnexpectedError(Box::new(e)))?;
-                let next = context.current_snapshot.map_or(1, |n| n + 1);
-                Some((context.aggregate_id.clone(), payload, next))
-            } else {
-                None
-            };
-        self.repo.persist::<A>(&serialized, snapshot).await?;
+        self.append(events, context, metadata).await?;
         Ok(envelopes)
     }
 }

@@ -11,9 +11,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use sqlx::postgres::PgListener;
 use sqlx::{PgExecutor, PgPool, Row};
-use std::time::Duration;
 
 /// Where a reader of the feed is: the (transaction id, position) of the last event read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -177,43 +175,4 @@ pub async fn save_checkpoint<'e>(
     .execute(db)
     .await?;
     Ok(())
-}
-
-/// Wakes a feed reader when events are inserted (LISTEN/NOTIFY), or after `poll` at the
-/// latest — the fallback when a notification is missed or the listener is reconnecting.
-pub struct FeedWaker {
-    listener: Option<PgListener>,
-    poll: Duration,
-}
-
-impl FeedWaker {
-    pub async fn new(pool: &PgPool, poll: Duration) -> Self {
-        let listener = match PgListener::connect_with(pool).await {
-            Ok(mut l) => match l.listen("lis_events").await {
-                Ok(()) => Some(l),
-                Err(e) => {
-                    tracing::warn!(error = %e, "LISTEN failed; polling only");
-                    None
-                }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "no listener connection; polling only");
-                None
-            }
-        };
-        Self { listener, poll }
-    }
-
-    /// Returns after a notification or after the poll interval, whichever comes first.
-    pub async fn wait(&mut self) {
-        match self.listener.as_mut() {
-            Some(l) => {
-                if let Ok(Err(e)) = tokio::time::timeout(self.poll, l.recv()).await {
-                    tracing::warn!(error = %e, "listener lost; polling until it reconnects");
-                    tokio::time::sleep(self.poll).await;
-                }
-            }
-            None => tokio::time::sleep(self.poll).await,
-        }
-    }
 }

@@ -11,7 +11,7 @@
 
 use crate::envelope::Envelope;
 use crate::feed::{
-    load_checkpoint, read_after, save_checkpoint, FeedError, FeedPosition, FeedWaker, StoredEvent,
+    load_checkpoint, read_after, save_checkpoint, FeedError, FeedPosition, StoredEvent,
 };
 use crate::merkle::CompactRange;
 use crate::seal::{event_leaf, Checkpoint, Sealer};
@@ -81,7 +81,9 @@ pub struct RelayConfig {
     pub consumer: String,
     pub kafka: Option<KafkaConfig>,
     pub batch_size: i64,
-    /// Poll interval when no notification arrives.
+    /// How long to wait before reading the feed again when it had nothing new. The feed
+    /// is polled, not notified: a NOTIFY would serialise every appending transaction's
+    /// commit (migration 0010).
     pub poll: Duration,
     /// The log's origin line in signed checkpoints (e.g. `lisledger/<lab>`).
     pub origin: String,
@@ -97,7 +99,7 @@ impl Default for RelayConfig {
             consumer: "relay".into(),
             kafka: None,
             batch_size: 500,
-            poll: Duration::from_millis(500),
+            poll: Duration::from_millis(25),
             origin: "lisledger/local".into(),
             seal_every_events: 1000,
             seal_every: Duration::from_secs(60),
@@ -227,7 +229,6 @@ impl Relay {
 
     async fn lead(&self, lock: &mut PgConnection) -> Result<(), RelayError> {
         let mut state = self.load_state().await?;
-        let mut waker = FeedWaker::new(&self.pool, self.config.poll).await;
         let mut checked = Instant::now();
         loop {
             let n = self.step(&mut state).await?;
@@ -239,7 +240,7 @@ impl Relay {
                 checked = Instant::now();
             }
             if n == 0 {
-                waker.wait().await;
+                tokio::time::sleep(self.config.poll).await;
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Append and load through the ledger, the audit columns of every row, and optimistic
 //! concurrency against the real PostgreSQL event store.
 
-use cqrs_es::{AggregateContext, AggregateError, EventStore};
+use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
 use lis_commands::store::SnapshotEventStore;
 use lis_commands::CommandError;
 use lis_domain::actor::{ActorId, Role};
@@ -12,7 +12,6 @@ use lis_domain::order::{Order, OrderCommand, OrderEvent, OrderedTest, TestLine};
 use lis_domain::result::{ResultCommand, ResultStatus};
 use lis_domain::text::Reason;
 use lis_tests::{actor, code, place, received_serum, record_k, released_k, TestDb};
-use postgres_es::PostgresEventRepository;
 use sqlx::Row;
 use std::collections::HashMap;
 
@@ -127,23 +126,13 @@ async fn two_writers_from_the_same_version_one_wins_one_conflicts() {
     let id = order.order_id.to_string();
 
     // Both writers load version 1, then both commit an event as version 2.
-    let store: SnapshotEventStore<Order> =
-        SnapshotEventStore::new(PostgresEventRepository::new(db.app.clone()), 20, vec![]);
+    let store: SnapshotEventStore<Order> = SnapshotEventStore::new(db.app.clone(), 20, vec![]);
     let first = store.load_aggregate(&id).await.unwrap();
     let second = store.load_aggregate(&id).await.unwrap();
-    let add = |c: &str| OrderEvent::TestsAdded {
-        tests: vec![OrderedTest {
-            code: TestCode::parse(c).unwrap(),
-            catalogue_version: CatalogueVersion(1),
-        }],
-    };
-    let meta = HashMap::from([
-        ("actor_id".to_string(), "a".to_string()),
-        ("actor_role".to_string(), "reception".to_string()),
-    ]);
+    let meta = reception_metadata();
     let (a, b) = tokio::join!(
-        store.commit(vec![add("NA")], first, meta.clone()),
-        store.commit(vec![add("CL")], second, meta)
+        store.commit(vec![tests_added("NA")], first, meta.clone()),
+        store.commit(vec![tests_added("CL")], second, meta)
     );
     let conflicts = [&a, &b]
         .iter()
@@ -354,4 +343,81 @@ async fn accession_numbers_are_unique_in_the_lab() {
         "{r:?}"
     );
     db.drop().await;
+}
+
+#[tokio::test]
+async fn several_events_of_one_command_append_in_order_chain_and_snapshot() {
+    let db = TestDb::new().await;
+    let ledger = db.ledger().await;
+    let order = place(&ledger, "MRN-104", &["K"]).await;
+    let id = order.order_id.to_string();
+    // Snapshots every 2 events: appending versions 2 and 3 crosses the boundary at 2.
+    let store: SnapshotEventStore<Order> = SnapshotEventStore::new(db.app.clone(), 2, vec![]);
+    let mut context = store.load_aggregate(&id).await.unwrap();
+    let meta = reception_metadata();
+    // As a command's event sink does: the context's aggregate holds the new events.
+    let events = vec![tests_added("NA"), tests_added("CL")];
+    for e in &events {
+        context.aggregate.apply(e.clone());
+    }
+    let appended = store.append(events, context, meta).await.unwrap();
+    let sequences: Vec<i64> = appended.iter().map(|a| a.sequence).collect();
+    assert_eq!(sequences, [2, 3]);
+    assert!(appended[0].position < appended[1].position);
+    let stored: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT sequence, position FROM events WHERE aggregate_id = $1 AND sequence > 1 ORDER BY sequence",
+    )
+    .bind(&id)
+    .fetch_all(&db.app)
+    .await
+    .unwrap();
+    let answered: Vec<(i64, i64)> = appended.iter().map(|a| (a.sequence, a.position)).collect();
+    assert_eq!(
+        stored, answered,
+        "the answer is where the events really are"
+    );
+
+    // The snapshot holds all three events, and loading from it equals a full replay.
+    let snapshot: (i64, i64) = sqlx::query_as(
+        "SELECT last_sequence, current_snapshot FROM snapshots WHERE aggregate_id = $1",
+    )
+    .bind(&id)
+    .fetch_one(&db.app)
+    .await
+    .unwrap();
+    assert_eq!(snapshot, (3, 1));
+    let mut from_snapshot = store.load_aggregate(&id).await.unwrap();
+    let replayed = SnapshotEventStore::<Order>::new(db.app.clone(), 1000, vec![])
+        .load_events(&id)
+        .await
+        .unwrap();
+    assert_eq!(replayed.len(), 3);
+    let facts = from_snapshot.aggregate().facts().unwrap();
+    for t in ["K", "NA", "CL"] {
+        assert!(facts.tests.contains_key(&code(t)), "{t} after the snapshot");
+    }
+    // The second event's trigger saw the first one in the same statement: intact chain.
+    let report = lis_commands::audit::verify_chains(&db.app, &mut |_| {})
+        .await
+        .unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    db.drop().await;
+}
+
+/// A `TestsAdded` event of one test under catalogue version 1.
+fn tests_added(code: &str) -> OrderEvent {
+    OrderEvent::TestsAdded {
+        tests: vec![OrderedTest {
+            code: TestCode::parse(code).unwrap(),
+            catalogue_version: CatalogueVersion(1),
+        }],
+    }
+}
+
+/// The least metadata the store accepts: an actor and a role.
+fn reception_metadata() -> HashMap<String, String> {
+    HashMap::from([
+        ("actor_id".to_string(), "a".to_string()),
+        ("actor_role".to_string(), "reception".to_string()),
+    ])
 }
