@@ -327,15 +327,25 @@ impl Relay {
 
         let mut log = state.log.clone();
         let mut tx = self.pool.begin().await?;
+        // The batch's leaves in one statement.
+        let (mut indexes, mut positions, mut leaves) = (Vec::new(), Vec::new(), Vec::new());
         for event in &batch {
             let leaf = event_leaf(event.position, &event.hash);
-            sqlx::query("INSERT INTO audit_log_leaves (leaf_index, position, leaf_hash) VALUES ($1, $2, $3)")
-                .bind(log.size() as i64)
-                .bind(event.position)
-                .bind(leaf.as_slice())
-                .execute(&mut *tx)
-                .await?;
+            indexes.push(log.size() as i64);
+            positions.push(event.position);
+            leaves.push(leaf.to_vec());
             log.append(leaf);
+        }
+        if !batch.is_empty() {
+            sqlx::query(
+                "INSERT INTO audit_log_leaves (leaf_index, position, leaf_hash)
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
+            )
+            .bind(&indexes)
+            .bind(&positions)
+            .bind(&leaves)
+            .execute(&mut *tx)
+            .await?;
         }
         let at = batch.last().map_or(state.at, StoredEvent::feed_position);
         save_checkpoint(&mut *tx, &self.config.consumer, at).await?;
