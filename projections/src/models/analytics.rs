@@ -18,7 +18,6 @@ use lis_domain::order::{OrderEvent, OrderedTest};
 use lis_domain::result::ResultEvent;
 use lis_domain::sample::SampleEvent;
 use mongodb::bson::{doc, Bson, DateTime as BsonDateTime, Document};
-use mongodb::options::UpdateOptions;
 use mongodb::Database;
 use sqlx::PgConnection;
 
@@ -44,40 +43,72 @@ impl Analytics {
         &self.db
     }
 
-    async fn upsert(
-        &self,
-        collection: &str,
-        id: &str,
-        update: Document,
-    ) -> Result<(), ProjectionError> {
-        self.db
-            .collection::<Document>(collection)
-            .update_one(doc! { "_id": id }, update)
-            .with_options(UpdateOptions::builder().upsert(true).build())
-            .await
-            .map_err(mongo_error)?;
+    /// Sends `writes` in order, one `update` command per collection (a batch of upserts
+    /// in one round trip; MongoDB 7's and the test server's own command). Order matters
+    /// only within a collection: a result's current value is set after its document is
+    /// created, in the same command.
+    async fn send(&self, writes: Vec<Write>) -> Result<(), ProjectionError> {
+        let mut by_collection: Vec<(&'static str, Vec<Document>)> = Vec::new();
+        for Write {
+            collection,
+            statement,
+        } in writes
+        {
+            match by_collection.iter_mut().find(|(c, _)| *c == collection) {
+                Some((_, statements)) => statements.push(statement),
+                None => by_collection.push((collection, vec![statement])),
+            }
+        }
+        for (collection, statements) in by_collection {
+            for chunk in statements.chunks(MAX_STATEMENTS) {
+                let reply = self
+                    .db
+                    .run_command(
+                        doc! { "update": collection, "updates": chunk.to_vec(), "ordered": true },
+                    )
+                    .await
+                    .map_err(mongo_error)?;
+                if let Ok(errors) = reply.get_array("writeErrors") {
+                    return Err(ProjectionError::Sink(format!(
+                        "mongodb: {} of {} writes to {collection} failed: {errors:?}",
+                        errors.len(),
+                        chunk.len()
+                    )));
+                }
+            }
+        }
         Ok(())
     }
+}
 
-    /// Sets a result's current value facts unless a later event already did. (The result's
-    /// document exists: its `ResultRecorded` comes first in the aggregate's order.)
-    async fn set_current(
-        &self,
-        id: &str,
-        sequence: i64,
-        facts: Document,
-    ) -> Result<(), ProjectionError> {
-        let mut set = facts;
-        set.insert("value_sequence", sequence);
-        let older = doc! { "$or": [ { "value_sequence": { "$exists": false } }, { "value_sequence": { "$lt": sequence } } ] };
-        let mut filter = doc! { "_id": id };
-        filter.extend(older);
-        self.db
-            .collection::<Document>("result_facts")
-            .update_one(filter, doc! { "$set": set })
-            .await
-            .map_err(mongo_error)?;
-        Ok(())
+/// Statements per `update` command (MongoDB allows 100,000; the documents here are small).
+const MAX_STATEMENTS: usize = 1000;
+
+/// One statement of an `update` command, and its collection.
+struct Write {
+    collection: &'static str,
+    statement: Document,
+}
+
+/// Creates or updates the fact document `id` of `collection`.
+fn upsert(collection: &'static str, id: &str, update: Document) -> Write {
+    Write {
+        collection,
+        statement: doc! { "q": { "_id": id }, "u": update, "upsert": true },
+    }
+}
+
+/// Sets a result's current value facts unless a later event already did. (The result's
+/// document exists: its `ResultRecorded` comes first in the aggregate's order.)
+fn set_current(id: &str, sequence: i64, facts: Document) -> Write {
+    let mut set = facts;
+    set.insert("value_sequence", sequence);
+    let older = doc! { "$or": [ { "value_sequence": { "$exists": false } }, { "value_sequence": { "$lt": sequence } } ] };
+    let mut filter = doc! { "_id": id };
+    filter.extend(older);
+    Write {
+        collection: "result_facts",
+        statement: doc! { "q": filter, "u": { "$set": set } },
     }
 }
 
@@ -170,93 +201,150 @@ impl Projection for Analytics {
         env: &Envelope,
         event: &LabEvent,
     ) -> Result<(), ProjectionError> {
-        let id = env.aggregate_id.as_str();
-        let at = env.recorded_at;
-        match event {
-            LabEvent::Order(OrderEvent::OrderPlaced {
-                priority: p,
-                collection_site,
-                tests,
-                ..
-            }) => {
-                let tests = tests_with_departments(conn, tests).await?;
-                self.upsert(
-                    "order_facts",
-                    id,
-                    doc! {
-                        "$set": { "priority": p.as_str(), "collection_site": collection_site.as_str(),
-                                  "ordered_at": date(at), "day": day(at) },
-                        "$addToSet": { "tests": { "$each": tests } },
-                    },
-                )
-                .await?
-            }
-            LabEvent::Order(OrderEvent::TestsAdded { tests }) => {
-                let tests = tests_with_departments(conn, tests).await?;
-                self.upsert("order_facts", id, doc! { "$addToSet": { "tests": { "$each": tests } } }).await?
-            }
-            LabEvent::Order(OrderEvent::TestCancelled { test, .. }) => {
-                self.upsert("order_facts", id, doc! { "$addToSet": { "cancelled": test.as_str() } }).await?
-            }
-            LabEvent::Order(OrderEvent::OrderCancelled { tests, .. }) => {
-                let codes: Vec<&str> = tests.iter().map(|t| t.as_str()).collect();
-                self.upsert("order_facts", id, doc! { "$addToSet": { "cancelled": { "$each": codes } } }).await?
-            }
-            LabEvent::Sample(SampleEvent::SampleCollected { order_id, collected_at, .. }) => {
-                self.upsert(
-                    "sample_facts",
-                    id,
-                    doc! { "$set": { "order_id": order_id.to_string(), "collected_at": date(*collected_at), "day": day(*collected_at) } },
-                )
-                .await?
-            }
-            LabEvent::Sample(SampleEvent::SampleReceived { received_at, .. }) => {
-                self.upsert("sample_facts", id, doc! { "$min": { "received_at": date(*received_at) } }).await?
-            }
-            LabEvent::Sample(SampleEvent::SampleRejected { reason, .. }) => {
-                let reason = reason.code();
-                self.upsert(
-                    "sample_facts",
-                    id,
-                    doc! { "$set": { "rejection_reason": reason }, "$min": { "rejected_at": date(at) } },
-                )
-                .await?
-            }
-            LabEvent::Result(ResultEvent::ResultRecorded {
-                order_id,
-                test_code,
-                flags,
-                collected_at,
-                ..
-            }) => {
-                self.upsert(
-                    "result_facts",
-                    id,
-                    doc! {
-                        "$set": { "order_id": order_id.to_string(), "test_code": test_code.as_str(),
-                                  "collected_at": date(*collected_at), "day": day(*collected_at) },
-                        "$min": { "recorded_at": date(at) },
-                    },
-                )
-                .await?;
-                self.set_current(id, env.sequence, value_facts(flags)).await?
-            }
-            LabEvent::Result(ResultEvent::ResultCorrected { flags, .. }) => self.set_current(id, env.sequence, value_facts(flags)).await?,
-            LabEvent::Result(ResultEvent::ResultAmended { flags, amendment, .. }) => {
-                self.upsert("result_facts", id, doc! { "$max": { "amendments": i64::from(*amendment) } }).await?;
-                self.set_current(id, env.sequence, value_facts(flags)).await?
-            }
-            LabEvent::Result(ResultEvent::ResultVerified { .. }) => {
-                self.upsert("result_facts", id, doc! { "$min": { "verified_at": date(at) } }).await?
-            }
-            LabEvent::Result(ResultEvent::ResultAuthorised { .. }) => {
-                self.upsert("result_facts", id, doc! { "$min": { "released_at": date(at) } }).await?
-            }
-            LabEvent::Result(ResultEvent::ResultRetracted { .. }) => {
-                self.upsert("result_facts", id, doc! { "$set": { "retracted": true } }).await?
-            }
-            _ => {}
-        }
-        Ok(())
+        let writes = writes(conn, env, event).await?;
+        self.send(writes).await
     }
+
+    /// A batch's writes, in event order, in one command per collection.
+    async fn apply_run(
+        &self,
+        conn: &mut PgConnection,
+        events: &[(&Envelope, LabEvent)],
+    ) -> Result<(), ProjectionError> {
+        let mut all = Vec::new();
+        for (env, event) in events {
+            all.extend(writes(conn, env, event).await?);
+        }
+        self.send(all).await
+    }
+}
+
+/// What one event writes to the fact documents.
+async fn writes(
+    conn: &mut PgConnection,
+    env: &Envelope,
+    event: &LabEvent,
+) -> Result<Vec<Write>, ProjectionError> {
+    let id = env.aggregate_id.as_str();
+    let at = env.recorded_at;
+    Ok(match event {
+        LabEvent::Order(OrderEvent::OrderPlaced {
+            priority: p,
+            collection_site,
+            tests,
+            ..
+        }) => {
+            let tests = tests_with_departments(conn, tests).await?;
+            vec![upsert(
+                "order_facts",
+                id,
+                doc! {
+                    "$set": { "priority": p.as_str(), "collection_site": collection_site.as_str(),
+                              "ordered_at": date(at), "day": day(at) },
+                    "$addToSet": { "tests": { "$each": tests } },
+                },
+            )]
+        }
+        LabEvent::Order(OrderEvent::TestsAdded { tests }) => {
+            let tests = tests_with_departments(conn, tests).await?;
+            vec![upsert(
+                "order_facts",
+                id,
+                doc! { "$addToSet": { "tests": { "$each": tests } } },
+            )]
+        }
+        LabEvent::Order(OrderEvent::TestCancelled { test, .. }) => {
+            vec![upsert(
+                "order_facts",
+                id,
+                doc! { "$addToSet": { "cancelled": test.as_str() } },
+            )]
+        }
+        LabEvent::Order(OrderEvent::OrderCancelled { tests, .. }) => {
+            let codes: Vec<&str> = tests.iter().map(|t| t.as_str()).collect();
+            vec![upsert(
+                "order_facts",
+                id,
+                doc! { "$addToSet": { "cancelled": { "$each": codes } } },
+            )]
+        }
+        LabEvent::Sample(SampleEvent::SampleCollected {
+            order_id,
+            collected_at,
+            ..
+        }) => {
+            vec![upsert(
+                "sample_facts",
+                id,
+                doc! { "$set": { "order_id": order_id.to_string(), "collected_at": date(*collected_at), "day": day(*collected_at) } },
+            )]
+        }
+        LabEvent::Sample(SampleEvent::SampleReceived { received_at, .. }) => {
+            vec![upsert(
+                "sample_facts",
+                id,
+                doc! { "$min": { "received_at": date(*received_at) } },
+            )]
+        }
+        LabEvent::Sample(SampleEvent::SampleRejected { reason, .. }) => {
+            vec![upsert(
+                "sample_facts",
+                id,
+                doc! { "$set": { "rejection_reason": reason.code() }, "$min": { "rejected_at": date(at) } },
+            )]
+        }
+        LabEvent::Result(ResultEvent::ResultRecorded {
+            order_id,
+            test_code,
+            flags,
+            collected_at,
+            ..
+        }) => vec![
+            upsert(
+                "result_facts",
+                id,
+                doc! {
+                    "$set": { "order_id": order_id.to_string(), "test_code": test_code.as_str(),
+                              "collected_at": date(*collected_at), "day": day(*collected_at) },
+                    "$min": { "recorded_at": date(at) },
+                },
+            ),
+            set_current(id, env.sequence, value_facts(flags)),
+        ],
+        LabEvent::Result(ResultEvent::ResultCorrected { flags, .. }) => {
+            vec![set_current(id, env.sequence, value_facts(flags))]
+        }
+        LabEvent::Result(ResultEvent::ResultAmended {
+            flags, amendment, ..
+        }) => vec![
+            upsert(
+                "result_facts",
+                id,
+                doc! { "$max": { "amendments": i64::from(*amendment) } },
+            ),
+            set_current(id, env.sequence, value_facts(flags)),
+        ],
+        LabEvent::Result(ResultEvent::ResultVerified { .. }) => {
+            vec![upsert(
+                "result_facts",
+                id,
+                doc! { "$min": { "verified_at": date(at) } },
+            )]
+        }
+        LabEvent::Result(ResultEvent::ResultAuthorised { .. }) => {
+            vec![upsert(
+                "result_facts",
+                id,
+                doc! { "$min": { "released_at": date(at) } },
+            )]
+        }
+        LabEvent::Result(ResultEvent::ResultRetracted { .. }) => {
+            vec![upsert(
+                "result_facts",
+                id,
+                doc! { "$set": { "retracted": true } },
+            )]
+        }
+        _ => Vec::new(),
+    })
 }
