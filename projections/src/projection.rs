@@ -210,6 +210,9 @@ pub fn schema_of(name: &str) -> String {
     format!("proj_{name}")
 }
 
+/// The advisory lock held while a read model's schema is created or brought up to date.
+const SCHEMA_LOCK: i64 = 7_302_418;
+
 /// Creates the schema and tables if missing.
 pub async fn ensure_schema(
     conn: &mut PgConnection,
@@ -217,6 +220,13 @@ pub async fn ensure_schema(
     schema: &str,
 ) -> Result<(), ProjectionError> {
     let mut tx = conn.begin().await?;
+    // Processes starting together (the API, the projection workers) each create the
+    // schemas they need: concurrent `IF NOT EXISTS` DDL can fail on the catalogue's unique
+    // index or deadlock, so one creator at a time.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(SCHEMA_LOCK)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
         .execute(&mut *tx)
         .await?;

@@ -85,21 +85,7 @@ pub async fn prepare_read_models(
     let mut conn = pool.acquire().await?;
     for p in lis_projections::models::all() {
         let schema = lis_projections::projection::schema_of(p.name());
-        // A projection worker starting at the same moment may create the same schema:
-        // PostgreSQL's `IF NOT EXISTS` then fails one of the two with a unique violation
-        // on the catalogue. The second try finds the schema made.
-        let mut attempt = 1;
-        loop {
-            match lis_projections::projection::ensure_schema(&mut conn, p.as_ref(), &schema).await {
-                Ok(()) => break,
-                Err(e) if attempt < 5 && e.to_string().contains("duplicate key value") => {
-                    tracing::info!(%schema, error = %e, "read model created concurrently; again");
-                    attempt += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        lis_projections::projection::ensure_schema(&mut conn, p.as_ref(), &schema).await?;
     }
     Ok(())
 }
