@@ -290,11 +290,22 @@ async fn readyz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, Pr
     Ok(Json(status))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Login {
     username: String,
     password: String,
+}
+
+/// A bearer token for the `Authorization` header.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Token {
+    access_token: String,
+    /// Always `Bearer`.
+    token_type: &'static str,
+    /// Seconds until the token expires.
+    expires_in: u64,
+    role: lis_domain::actor::Role,
 }
 
 async fn login(State(s): State<AppState>, body: Bytes) -> Result<Json<serde_json::Value>, Problem> {
@@ -303,8 +314,11 @@ async fn login(State(s): State<AppState>, body: Bytes) -> Result<Json<serde_json
         Some((user, role)) => {
             let (token, ttl) = auth::issue(&s.auth, &user, role)?;
             tracing::info!(user = %user, role = %role, "login");
-            Ok(Json(serde_json::json!({
-                "access_token": token, "token_type": "Bearer", "expires_in": ttl, "role": role
+            Ok(Json(serde_json::json!(Token {
+                access_token: token,
+                token_type: "Bearer",
+                expires_in: ttl,
+                role,
             })))
         }
         None => {

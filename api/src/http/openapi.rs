@@ -2,232 +2,192 @@
 //!
 //! Paths are listed in [`ENDPOINTS`]; a test walks them against the running server, so a
 //! documented endpoint that does not exist (or the reverse, for the commands) fails CI.
+//! Each POST names the Rust type its handler reads the body into and the type it answers
+//! with, and their schemas are generated from those types (schemars, JSON Schema 2020-12
+//! as OpenAPI 3.1 has it), so a body's fields, formats and bounds cannot drift from the
+//! code that parses it.
 
+use super::commands as c;
+use super::{privacy, Login, Token};
+use axum::http::StatusCode;
 use axum::Json;
+use lis_domain::result::CriticalNotification;
+use lis_domain::sample::HandOver;
+use schemars::generate::{SchemaGenerator, SchemaSettings};
+use schemars::{JsonSchema, Schema};
 use serde_json::{json, Map, Value};
 
-/// (method, path, summary, tag)
-pub const ENDPOINTS: &[(&str, &str, &str, &str)] = &[
-    (
-        "post",
-        "/auth/login",
-        "Log in; returns a short-lived bearer token",
-        "auth",
-    ),
-    ("post", "/orders", "Place an order", "orders"),
-    (
-        "get",
-        "/orders/{id}",
-        "An order and the stage of each test",
-        "orders",
-    ),
-    (
-        "post",
-        "/orders/{id}/tests",
-        "Add tests to an order",
-        "orders",
-    ),
-    (
-        "post",
-        "/orders/{id}/tests/{code}/cancel",
-        "Cancel one test (reason)",
-        "orders",
-    ),
-    (
-        "post",
-        "/orders/{id}/cancel",
-        "Cancel the order (reason)",
-        "orders",
-    ),
-    (
-        "get",
-        "/patients/{id}",
-        "A patient's identity as the caller's role may see it (masked for auditors unless a Break-Glass-Reason header is given, which is logged; hidden from analysts) and whether they are erased",
-        "patients",
-    ),
-    (
-        "post",
-        "/patients/{id}/erase",
-        "Erase a patient (admin): destroy their data key, record PatientErased with the reason; read models and analytics drop their rows",
-        "patients",
-    ),
-    (
-        "get",
-        "/patients/{id}/orders",
-        "A patient's orders",
-        "orders",
-    ),
-    (
-        "get",
-        "/patients/{id}/results",
-        "A patient's cumulative released results (test, from, to)",
-        "results",
-    ),
-    ("post", "/samples", "Collect a specimen", "samples"),
-    (
-        "get",
-        "/samples/{id}",
-        "A specimen with its custody chain",
-        "samples",
-    ),
-    (
-        "get",
-        "/samples/by-accession/{accession}",
-        "A specimen by accession number",
-        "samples",
-    ),
-    (
-        "post",
-        "/samples/{id}/handover",
-        "Hand a specimen over (chain of custody)",
-        "samples",
-    ),
-    (
-        "post",
-        "/samples/{id}/receive",
-        "Receive a specimen in the lab",
-        "samples",
-    ),
-    (
-        "post",
-        "/samples/{id}/reject",
-        "Reject a specimen (reason code)",
-        "samples",
-    ),
-    (
-        "post",
-        "/samples/{id}/aliquots",
-        "Split aliquots off a specimen",
-        "samples",
-    ),
-    ("post", "/samples/{id}/store", "Store a specimen", "samples"),
-    (
-        "post",
-        "/samples/{id}/dispose",
-        "Dispose of a specimen",
-        "samples",
-    ),
-    ("post", "/results", "Record a result", "results"),
-    (
-        "get",
-        "/results/{id}",
-        "One result (clinicians: released only)",
-        "results",
-    ),
-    (
-        "post",
-        "/results/{id}/correct",
-        "Correct before release (reason)",
-        "results",
-    ),
-    (
-        "post",
-        "/results/{id}/verify",
-        "Verify (technical validation)",
-        "results",
-    ),
-    (
-        "post",
-        "/results/{id}/authorise",
-        "Authorise (medical release)",
-        "results",
-    ),
-    (
-        "post",
-        "/results/{id}/amend",
-        "Amend after release (reason)",
-        "results",
-    ),
-    (
-        "post",
-        "/results/{id}/retract",
-        "Retract as entered in error (reason)",
-        "results",
-    ),
-    (
-        "post",
-        "/results/{id}/rerun",
-        "Request a rerun (reason)",
-        "results",
-    ),
-    (
-        "post",
-        "/results/{id}/critical-notifications",
-        "Record a critical-value notification",
-        "results",
-    ),
-    (
-        "post",
-        "/results/{id}/acknowledge",
-        "Acknowledge a released result",
-        "results",
-    ),
-    (
-        "get",
-        "/worklists",
-        "Worklist by department and stage, with age and overdue flag",
-        "lab",
-    ),
-    (
-        "get",
-        "/critical-results",
-        "Critical results awaiting notification or acknowledgement",
-        "results",
-    ),
-    (
-        "get",
-        "/turnaround",
-        "Turnaround per test, priority and stage",
-        "lab",
-    ),
-    (
-        "get",
-        "/audit/{kind}/{id}",
-        "Full history with actors, reasons and field diffs; as_of for the state at an instant; format=csv",
-        "audit",
-    ),
-    ("get", "/audit/verification", "Recompute every hash chain and check the audit seals now", "audit"),
-    ("get", "/audit/actors/{user}", "Everything one user did between from and to", "audit"),
-    ("get", "/events/stream", "Server-Sent Events from a cursor (Last-Event-ID), filterable by aggregate_type and event_type", "streams"),
-    ("get", "/analytics/{report}", "Dashboard rollups over from..to: volumes, turnaround, rejections, rates", "analytics"),
-    ("get", "/metrics", "Prometheus metrics (latency, commands, relay and projection lag)", "operations"),
-    ("get", "/healthz", "Liveness", "operations"),
-    ("get", "/readyz", "Readiness (PostgreSQL)", "operations"),
+/// Makes (or refers to) the schema of one type.
+type SchemaOf = fn(&mut SchemaGenerator) -> Schema;
+
+fn schema_of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    generator.subschema_for::<T>()
+}
+
+/// One operation of the API.
+pub struct Endpoint {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    pub tag: &'static str,
+    /// A POST's body: its schema, and whether it may be left out.
+    body: Option<(SchemaOf, bool)>,
+    /// The success status and its body's schema, where the answer has one fixed shape.
+    answer: Option<(StatusCode, SchemaOf)>,
+}
+
+impl Endpoint {
+    /// The body may be left out (a command that takes no input).
+    const fn body_optional(mut self) -> Self {
+        if let Some((schema, _)) = self.body {
+            self.body = Some((schema, true));
+        }
+        self
+    }
+
+    /// Whether this operation needs a bearer token.
+    fn secured(&self) -> bool {
+        !matches!(
+            self.path,
+            "/auth/login" | "/healthz" | "/readyz" | "/metrics"
+        )
+    }
+}
+
+const OK: StatusCode = StatusCode::OK;
+const CREATED: StatusCode = StatusCode::CREATED;
+
+const fn get(path: &'static str, summary: &'static str, tag: &'static str) -> Endpoint {
+    Endpoint {
+        method: "get",
+        path,
+        summary,
+        tag,
+        body: None,
+        answer: None,
+    }
+}
+
+/// A POST reading a `B` and answering `status` with an `A`.
+const fn post<B: JsonSchema, A: JsonSchema>(
+    status: StatusCode,
+    path: &'static str,
+    summary: &'static str,
+    tag: &'static str,
+) -> Endpoint {
+    Endpoint {
+        method: "post",
+        path,
+        summary,
+        tag,
+        body: Some((schema_of::<B>, false)),
+        answer: Some((status, schema_of::<A>)),
+    }
+}
+
+/// Every endpoint, in the order the document lists them.
+pub const ENDPOINTS: &[Endpoint] = &[
+    post::<Login, Token>(OK, "/auth/login", "Log in; returns a short-lived bearer token", "auth"),
+    post::<c::PlaceOrderBody, c::Placed>(CREATED, "/orders", "Place an order", "orders"),
+    get("/orders/{id}", "An order and the stage of each test", "orders"),
+    post::<c::TestsBody, c::Outcome>(OK, "/orders/{id}/tests", "Add tests to an order", "orders"),
+    post::<c::ReasonBody, c::Outcome>(OK, "/orders/{id}/tests/{code}/cancel", "Cancel one test (reason)", "orders"),
+    post::<c::ReasonBody, c::Outcome>(OK, "/orders/{id}/cancel", "Cancel the order (reason)", "orders"),
+    get("/patients/{id}", "A patient's identity as the caller's role may see it (masked for auditors unless a Break-Glass-Reason header is given, which is logged; hidden from analysts) and whether they are erased", "patients"),
+    post::<privacy::EraseBody, c::Outcome>(OK, "/patients/{id}/erase", "Erase a patient (admin): destroy their data key, record PatientErased with the reason; read models and analytics drop their rows", "patients"),
+    get("/patients/{id}/orders", "A patient's orders", "orders"),
+    get("/patients/{id}/results", "A patient's cumulative released results (test, from, to)", "results"),
+    post::<c::CollectBody, c::Outcome>(CREATED, "/samples", "Collect a specimen", "samples"),
+    get("/samples/{id}", "A specimen with its custody chain", "samples"),
+    get("/samples/by-accession/{accession}", "A specimen by accession number", "samples"),
+    post::<HandOver, c::Outcome>(OK, "/samples/{id}/handover", "Hand a specimen over (chain of custody)", "samples"),
+    post::<c::ReceiveBody, c::Outcome>(OK, "/samples/{id}/receive", "Receive a specimen in the lab", "samples"),
+    post::<c::RejectBody, c::Outcome>(OK, "/samples/{id}/reject", "Reject a specimen (reason code)", "samples"),
+    post::<c::AliquotsBody, c::Aliquoted>(CREATED, "/samples/{id}/aliquots", "Split aliquots off a specimen", "samples"),
+    post::<c::StoreBody, c::Outcome>(OK, "/samples/{id}/store", "Store a specimen", "samples"),
+    post::<c::DisposeBody, c::Outcome>(OK, "/samples/{id}/dispose", "Dispose of a specimen", "samples"),
+    post::<c::RecordBody, c::Outcome>(CREATED, "/results", "Record a result", "results"),
+    get("/results/{id}", "One result (clinicians: released only)", "results"),
+    post::<c::ValueBody, c::Outcome>(OK, "/results/{id}/correct", "Correct before release (reason)", "results"),
+    post::<c::Empty, c::Outcome>(OK, "/results/{id}/verify", "Verify (technical validation)", "results").body_optional(),
+    post::<c::Empty, c::Outcome>(OK, "/results/{id}/authorise", "Authorise (medical release)", "results").body_optional(),
+    post::<c::ValueBody, c::Outcome>(OK, "/results/{id}/amend", "Amend after release (reason)", "results"),
+    post::<c::ReasonBody, c::Outcome>(OK, "/results/{id}/retract", "Retract as entered in error (reason)", "results"),
+    post::<c::ReasonBody, c::Outcome>(OK, "/results/{id}/rerun", "Request a rerun (reason)", "results"),
+    post::<CriticalNotification, c::Outcome>(OK, "/results/{id}/critical-notifications", "Record a critical-value notification", "results"),
+    post::<c::Empty, c::Outcome>(OK, "/results/{id}/acknowledge", "Acknowledge a released result", "results").body_optional(),
+    get("/worklists", "Worklist by department and stage, with age and overdue flag", "lab"),
+    get("/critical-results", "Critical results awaiting notification or acknowledgement", "results"),
+    get("/turnaround", "Turnaround per test, priority and stage", "lab"),
+    get("/audit/{kind}/{id}", "Full history with actors, reasons and field diffs; as_of for the state at an instant; format=csv", "audit"),
+    get("/audit/verification", "Recompute every hash chain and check the audit seals now", "audit"),
+    get("/audit/actors/{user}", "Everything one user did between from and to", "audit"),
+    get("/events/stream", "Server-Sent Events from a cursor (Last-Event-ID), filterable by aggregate_type and event_type", "streams"),
+    get("/analytics/{report}", "Dashboard rollups over from..to: volumes, turnaround, rejections, rates", "analytics"),
+    get("/metrics", "Prometheus metrics (latency, commands, relay and projection lag)", "operations"),
+    get("/healthz", "Liveness", "operations"),
+    get("/readyz", "Readiness (PostgreSQL)", "operations"),
 ];
 
-fn operation(method: &str, path: &str, summary: &str, tag: &str) -> Value {
-    let mut op = json!({
-        "summary": summary,
-        "tags": [tag],
-        "responses": {
-            "200": { "description": "OK", "content": { "application/json": { "schema": { "type": ["object", "array", "string"] } } } },
-            "default": { "description": "Error", "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } }
+/// The schema of a path parameter, by name (and, for `id`, what it names).
+fn path_parameter(name: &str) -> Value {
+    match name {
+        "id" => json!({ "type": "string", "format": "uuid" }),
+        "code" => json!({ "$ref": "#/components/schemas/TestCode" }),
+        "accession" => json!({ "$ref": "#/components/schemas/AccessionNumber" }),
+        "user" => json!({ "$ref": "#/components/schemas/ActorId" }),
+        "kind" => json!({ "type": "string", "enum": ["orders", "samples", "results", "patients"] }),
+        "report" => {
+            json!({ "type": "string", "enum": ["volumes", "turnaround", "rejections", "rates"] })
         }
-    });
-    let params: Vec<Value> = path
+        _ => json!({ "type": "string" }),
+    }
+}
+
+fn operation(e: &Endpoint, generator: &mut SchemaGenerator) -> Value {
+    let mut responses = Map::new();
+    match e.answer {
+        Some((status, answer)) => {
+            responses.insert(
+                status.as_str().to_string(),
+                json!({ "description": status.canonical_reason().unwrap_or("OK"),
+                        "content": { "application/json": { "schema": answer(generator) } } }),
+            );
+        }
+        None => {
+            responses.insert(
+                "200".into(),
+                json!({ "description": "OK", "content": { "application/json": { "schema": { "type": ["object", "array", "string"] } } } }),
+            );
+        }
+    }
+    responses.insert(
+        "default".into(),
+        json!({ "description": "Error", "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } }),
+    );
+    let mut op = json!({ "summary": e.summary, "tags": [e.tag], "responses": responses });
+    let mut params: Vec<Value> = e
+        .path
         .split('/')
         .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-        .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+        .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": path_parameter(name) }))
         .collect();
-    let mut params = params;
-    if method == "post" && path != "/auth/login" {
-        params.push(json!({ "name": "Idempotency-Key", "in": "header", "required": false, "schema": { "type": "string", "maxLength": 200 } }));
-        op["requestBody"] = json!({ "required": false, "content": { "application/json": { "schema": { "type": "object" } } } });
-        op["responses"]["201"] = json!({ "description": "Created", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/CommandOutcome" } } } });
+    if let Some((body, optional)) = e.body {
+        op["requestBody"] = json!({ "required": !optional,
+            "content": { "application/json": { "schema": body(generator) } } });
+        if e.secured() {
+            params.push(json!({ "name": "Idempotency-Key", "in": "header", "required": false, "schema": { "type": "string", "maxLength": 200 } }));
+        }
     }
-    if method == "get"
+    if e.method == "get"
         && !matches!(
-            path,
+            e.path,
             "/healthz" | "/readyz" | "/events/stream" | "/analytics/{report}"
         )
     {
         params.push(json!({ "name": "min_position", "in": "query", "required": false, "schema": { "type": "integer" } }));
     }
-    if path == "/auth/login" {
-        op["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": {
-            "type": "object", "required": ["username", "password"],
-            "properties": { "username": { "type": "string" }, "password": { "type": "string" } } } } } });
-    } else if !matches!(path, "/healthz" | "/readyz" | "/metrics") {
+    if e.secured() {
         op["security"] = json!([{ "bearer": [] }]);
     }
     if !params.is_empty() {
@@ -237,11 +197,27 @@ fn operation(method: &str, path: &str, summary: &str, tag: &str) -> Value {
 }
 
 pub fn spec() -> Value {
+    let mut generator = SchemaSettings::draft2020_12()
+        .with(|s| {
+            s.definitions_path = "/components/schemas".into();
+            s.meta_schema = None;
+        })
+        .into_generator();
+    // The path parameters refer to these.
+    generator.subschema_for::<lis_domain::ids::TestCode>();
+    generator.subschema_for::<lis_domain::ids::AccessionNumber>();
+    generator.subschema_for::<lis_domain::actor::ActorId>();
     let mut paths = Map::new();
-    for (method, path, summary, tag) in ENDPOINTS {
-        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
-        entry[*method] = operation(method, path, summary, tag);
+    for e in ENDPOINTS {
+        let entry = paths.entry(e.path.to_string()).or_insert_with(|| json!({}));
+        entry[e.method] = operation(e, &mut generator);
     }
+    let mut schemas = generator.take_definitions(true);
+    schemas.insert("Problem".into(), json!({ "type": "object", "required": ["type", "title", "status"], "properties": {
+        "type": { "type": "string", "format": "uri" }, "title": { "type": "string" },
+        "status": { "type": "integer" }, "detail": { "type": "string" }, "rule": { "type": "string" },
+        "errors": { "type": "array", "items": { "type": "object", "properties": {
+            "pointer": { "type": "string" }, "detail": { "type": "string" } } } } } }));
     json!({
         "openapi": "3.1.0",
         "info": { "title": "LIS Ledger API", "version": env!("CARGO_PKG_VERSION"),
@@ -249,15 +225,7 @@ pub fn spec() -> Value {
         "paths": paths,
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT" } },
-            "schemas": {
-                "Problem": { "type": "object", "required": ["type", "title", "status"], "properties": {
-                    "type": { "type": "string", "format": "uri" }, "title": { "type": "string" },
-                    "status": { "type": "integer" }, "detail": { "type": "string" }, "rule": { "type": "string" },
-                    "errors": { "type": "array", "items": { "type": "object", "properties": {
-                        "pointer": { "type": "string" }, "detail": { "type": "string" } } } } } },
-                "CommandOutcome": { "type": "object", "required": ["id", "version", "position"], "properties": {
-                    "id": { "type": "string" }, "version": { "type": "integer" }, "position": { "type": "integer" } } }
-            }
+            "schemas": schemas
         }
     })
 }
