@@ -145,6 +145,7 @@ pub fn router(state: AppState) -> Router {
             Problem::not_found("no such endpoint (GET /openapi.json lists them)")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(refuse_nul))
         .layer(middleware::from_fn(problem_for_plain_errors))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -224,6 +225,22 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
         );
     });
     response
+}
+
+/// Refuses a path or query holding an encoded NUL (`%00`): no id, code or name can hold
+/// one, and PostgreSQL cannot compare text with it.
+async fn refuse_nul(request: Request, next: Next) -> Response {
+    let uri = request.uri();
+    if uri.path().contains("%00") || uri.query().is_some_and(|q| q.contains("%00")) {
+        return Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-uri",
+            "The request URI is not valid",
+        )
+        .detail("the path or query holds a NUL character (%00)")
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// Rewrites the framework's plain-text errors (404, 405, 413, 415…) as problem JSON.
