@@ -198,3 +198,43 @@ fn every_reference_in_the_document_resolves() {
         assert!(doc.pointer(target).is_some(), "{r} does not resolve");
     }
 }
+
+#[test]
+fn query_parameters_are_those_the_handlers_read() {
+    let doc = spec();
+    let params = |path: &str| -> Vec<(String, bool)> {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|p| p["in"] == "query")
+                    .map(|p| {
+                        (
+                            p["name"].as_str().unwrap().to_string(),
+                            p["required"] == true,
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        params("/analytics/{report}"),
+        [("from".to_string(), true), ("to".to_string(), true)]
+    );
+    assert_eq!(
+        params("/orders/{id}"),
+        [("min_position".to_string(), false)]
+    );
+    assert!(params("/critical-results").is_empty());
+    let as_of = &doc["paths"]["/audit/{kind}/{id}"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "as_of")
+        .unwrap()["schema"];
+    assert_eq!(
+        (&as_of["type"], &as_of["format"]),
+        (&"string".into(), &"date-time".into())
+    );
+}

@@ -8,7 +8,8 @@
 //! code that parses it.
 
 use super::commands as c;
-use super::{privacy, Login, Token};
+use super::queries as q;
+use super::{analytics, audit, privacy, stream, Login, Token};
 use axum::http::StatusCode;
 use axum::Json;
 use lis_domain::result::CriticalNotification;
@@ -24,6 +25,53 @@ fn schema_of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
     generator.subschema_for::<T>()
 }
 
+/// The schema of `T` with every subschema inlined (no references).
+fn inline_schema_of<T: JsonSchema>() -> Schema {
+    SchemaSettings::draft2020_12()
+        .with(|s| {
+            s.inline_subschemas = true;
+            s.meta_schema = None;
+        })
+        .into_generator()
+        .into_root_schema_for::<T>()
+}
+
+/// One query parameter per property of an object schema. A parameter left out is
+/// `None` to the handler, so an optional one is documented without its `null`.
+fn query_parameters(schema: &Schema) -> Vec<Value> {
+    let required: Vec<&str> = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    properties
+        .iter()
+        .map(|(name, property)| {
+            let mut property = property.clone();
+            let mut description = None;
+            if let Some(p) = property.as_object_mut() {
+                description = p.remove("description");
+                if let Some(Value::Array(types)) = p.get_mut("type") {
+                    types.retain(|t| t != "null");
+                    if let [only] = types.as_slice() {
+                        let only = only.clone();
+                        p.insert("type".into(), only);
+                    }
+                }
+            }
+            let mut parameter = json!({ "name": name, "in": "query",
+                "required": required.contains(&name.as_str()), "schema": property });
+            if let Some(d) = description {
+                parameter["description"] = d;
+            }
+            parameter
+        })
+        .collect()
+}
+
 /// One operation of the API.
 pub struct Endpoint {
     pub method: &'static str,
@@ -34,9 +82,17 @@ pub struct Endpoint {
     body: Option<(SchemaOf, bool)>,
     /// The success status and its body's schema, where the answer has one fixed shape.
     answer: Option<(StatusCode, SchemaOf)>,
+    /// The query string's parameters: the properties of the type the handler reads.
+    query: Option<fn() -> Schema>,
 }
 
 impl Endpoint {
+    /// The handler reads its query string into a `Q`.
+    const fn query<Q: JsonSchema>(mut self) -> Self {
+        self.query = Some(inline_schema_of::<Q>);
+        self
+    }
+
     /// The body may be left out (a command that takes no input).
     const fn body_optional(mut self) -> Self {
         if let Some((schema, _)) = self.body {
@@ -65,6 +121,7 @@ const fn get(path: &'static str, summary: &'static str, tag: &'static str) -> En
         tag,
         body: None,
         answer: None,
+        query: None,
     }
 }
 
@@ -82,6 +139,7 @@ const fn post<B: JsonSchema, A: JsonSchema>(
         tag,
         body: Some((schema_of::<B>, false)),
         answer: Some((status, schema_of::<A>)),
+        query: None,
     }
 }
 
@@ -89,17 +147,17 @@ const fn post<B: JsonSchema, A: JsonSchema>(
 pub const ENDPOINTS: &[Endpoint] = &[
     post::<Login, Token>(OK, "/auth/login", "Log in; returns a short-lived bearer token", "auth"),
     post::<c::PlaceOrderBody, c::Placed>(CREATED, "/orders", "Place an order", "orders"),
-    get("/orders/{id}", "An order and the stage of each test", "orders"),
+    get("/orders/{id}", "An order and the stage of each test", "orders").query::<q::Consistency>(),
     post::<c::TestsBody, c::Outcome>(OK, "/orders/{id}/tests", "Add tests to an order", "orders"),
     post::<c::ReasonBody, c::Outcome>(OK, "/orders/{id}/tests/{code}/cancel", "Cancel one test (reason)", "orders"),
     post::<c::ReasonBody, c::Outcome>(OK, "/orders/{id}/cancel", "Cancel the order (reason)", "orders"),
     get("/patients/{id}", "A patient's identity as the caller's role may see it (masked for auditors unless a Break-Glass-Reason header is given, which is logged; hidden from analysts) and whether they are erased", "patients"),
     post::<privacy::EraseBody, c::Outcome>(OK, "/patients/{id}/erase", "Erase a patient (admin): destroy their data key, record PatientErased with the reason; read models and analytics drop their rows", "patients"),
-    get("/patients/{id}/orders", "A patient's orders", "orders"),
-    get("/patients/{id}/results", "A patient's cumulative released results (test, from, to)", "results"),
+    get("/patients/{id}/orders", "A patient's orders", "orders").query::<q::Consistency>(),
+    get("/patients/{id}/results", "A patient's cumulative released results (test, from, to)", "results").query::<q::CumulativeQuery>(),
     post::<c::CollectBody, c::Outcome>(CREATED, "/samples", "Collect a specimen", "samples"),
-    get("/samples/{id}", "A specimen with its custody chain", "samples"),
-    get("/samples/by-accession/{accession}", "A specimen by accession number", "samples"),
+    get("/samples/{id}", "A specimen with its custody chain", "samples").query::<q::Consistency>(),
+    get("/samples/by-accession/{accession}", "A specimen by accession number", "samples").query::<q::Consistency>(),
     post::<HandOver, c::Outcome>(OK, "/samples/{id}/handover", "Hand a specimen over (chain of custody)", "samples"),
     post::<c::ReceiveBody, c::Outcome>(OK, "/samples/{id}/receive", "Receive a specimen in the lab", "samples"),
     post::<c::RejectBody, c::Outcome>(OK, "/samples/{id}/reject", "Reject a specimen (reason code)", "samples"),
@@ -107,7 +165,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     post::<c::StoreBody, c::Outcome>(OK, "/samples/{id}/store", "Store a specimen", "samples"),
     post::<c::DisposeBody, c::Outcome>(OK, "/samples/{id}/dispose", "Dispose of a specimen", "samples"),
     post::<c::RecordBody, c::Outcome>(CREATED, "/results", "Record a result", "results"),
-    get("/results/{id}", "One result (clinicians: released only)", "results"),
+    get("/results/{id}", "One result (clinicians: released only)", "results").query::<q::Consistency>(),
     post::<c::ValueBody, c::Outcome>(OK, "/results/{id}/correct", "Correct before release (reason)", "results"),
     post::<c::Empty, c::Outcome>(OK, "/results/{id}/verify", "Verify (technical validation)", "results").body_optional(),
     post::<c::Empty, c::Outcome>(OK, "/results/{id}/authorise", "Authorise (medical release)", "results").body_optional(),
@@ -116,14 +174,14 @@ pub const ENDPOINTS: &[Endpoint] = &[
     post::<c::ReasonBody, c::Outcome>(OK, "/results/{id}/rerun", "Request a rerun (reason)", "results"),
     post::<CriticalNotification, c::Outcome>(OK, "/results/{id}/critical-notifications", "Record a critical-value notification", "results"),
     post::<c::Empty, c::Outcome>(OK, "/results/{id}/acknowledge", "Acknowledge a released result", "results").body_optional(),
-    get("/worklists", "Worklist by department and stage, with age and overdue flag", "lab"),
+    get("/worklists", "Worklist by department and stage, with age and overdue flag", "lab").query::<q::WorklistQuery>(),
     get("/critical-results", "Critical results awaiting notification or acknowledgement", "results"),
     get("/turnaround", "Turnaround per test, priority and stage", "lab"),
-    get("/audit/{kind}/{id}", "Full history with actors, reasons and field diffs; as_of for the state at an instant; format=csv", "audit"),
+    get("/audit/{kind}/{id}", "Full history with actors, reasons and field diffs; as_of for the state at an instant; format=csv", "audit").query::<audit::HistoryQuery>(),
     get("/audit/verification", "Recompute every hash chain and check the audit seals now", "audit"),
-    get("/audit/actors/{user}", "Everything one user did between from and to", "audit"),
-    get("/events/stream", "Server-Sent Events from a cursor (Last-Event-ID), filterable by aggregate_type and event_type", "streams"),
-    get("/analytics/{report}", "Dashboard rollups over from..to: volumes, turnaround, rejections, rates", "analytics"),
+    get("/audit/actors/{user}", "Everything one user did between from and to", "audit").query::<audit::ActivityQuery>(),
+    get("/events/stream", "Server-Sent Events from a cursor (Last-Event-ID), filterable by aggregate_type and event_type", "streams").query::<stream::StreamQuery>(),
+    get("/analytics/{report}", "Dashboard rollups over from..to: volumes, turnaround, rejections, rates", "analytics").query::<analytics::Range>(),
     get("/metrics", "Prometheus metrics (latency, commands, relay and projection lag)", "operations"),
     get("/healthz", "Liveness", "operations"),
     get("/readyz", "Readiness (PostgreSQL)", "operations"),
@@ -137,9 +195,7 @@ fn path_parameter(name: &str) -> Value {
         "accession" => json!({ "$ref": "#/components/schemas/AccessionNumber" }),
         "user" => json!({ "$ref": "#/components/schemas/ActorId" }),
         "kind" => json!({ "type": "string", "enum": ["orders", "samples", "results", "patients"] }),
-        "report" => {
-            json!({ "type": "string", "enum": ["volumes", "turnaround", "rejections", "rates"] })
-        }
+        "report" => json!({ "type": "string", "enum": analytics::REPORTS }),
         _ => json!({ "type": "string" }),
     }
 }
@@ -155,9 +211,17 @@ fn operation(e: &Endpoint, generator: &mut SchemaGenerator) -> Value {
             );
         }
         None => {
+            let json = json!({ "schema": { "type": ["object", "array", "string", "null"] } });
+            let text = json!({ "schema": { "type": "string" } });
+            let content = match e.path {
+                "/healthz" | "/metrics" => json!({ "text/plain": text }),
+                "/events/stream" => json!({ "text/event-stream": text }),
+                "/audit/{kind}/{id}" => json!({ "application/json": json, "text/csv": text }),
+                _ => json!({ "application/json": json }),
+            };
             responses.insert(
                 "200".into(),
-                json!({ "description": "OK", "content": { "application/json": { "schema": { "type": ["object", "array", "string"] } } } }),
+                json!({ "description": "OK", "content": content }),
             );
         }
     }
@@ -176,16 +240,13 @@ fn operation(e: &Endpoint, generator: &mut SchemaGenerator) -> Value {
         op["requestBody"] = json!({ "required": !optional,
             "content": { "application/json": { "schema": body(generator) } } });
         if e.secured() {
-            params.push(json!({ "name": "Idempotency-Key", "in": "header", "required": false, "schema": { "type": "string", "maxLength": 200 } }));
+            params.push(json!({ "name": "Idempotency-Key", "in": "header", "required": false,
+                "description": "Retries with the same key and body get the first answer; the same key with another body is refused (422)",
+                "schema": { "type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[!-~]([ -~]*[!-~])?$" } }));
         }
     }
-    if e.method == "get"
-        && !matches!(
-            e.path,
-            "/healthz" | "/readyz" | "/events/stream" | "/analytics/{report}"
-        )
-    {
-        params.push(json!({ "name": "min_position", "in": "query", "required": false, "schema": { "type": "integer" } }));
+    if let Some(query) = e.query {
+        params.extend(query_parameters(&query()));
     }
     if e.secured() {
         op["security"] = json!([{ "bearer": [] }]);
