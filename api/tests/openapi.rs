@@ -238,3 +238,40 @@ fn query_parameters_are_those_the_handlers_read() {
         (&"string".into(), &"date-time".into())
     );
 }
+
+#[test]
+fn operation_ids_are_unique_and_every_link_names_an_operation_and_its_parameters() {
+    let doc = spec();
+    let mut operations = std::collections::BTreeMap::new();
+    for methods in doc["paths"].as_object().unwrap().values() {
+        for op in methods.as_object().unwrap().values() {
+            let id = op["operationId"].as_str().expect("an operationId");
+            assert!(operations.insert(id, op).is_none(), "{id} twice");
+        }
+    }
+    let mut links = 0;
+    for op in operations.values() {
+        for response in op["responses"].as_object().unwrap().values() {
+            for (name, link) in response["links"].as_object().into_iter().flatten() {
+                let target = operations
+                    .get(link["operationId"].as_str().unwrap())
+                    .unwrap_or_else(|| panic!("link {name} names no operation"));
+                for parameter in link["parameters"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| p.0)
+                {
+                    assert!(
+                        target["parameters"]
+                            .as_array()
+                            .is_some_and(|ps| ps.iter().any(|p| p["name"] == *parameter)),
+                        "link {name}: no parameter {parameter}"
+                    );
+                }
+                links += 1;
+            }
+        }
+    }
+    assert!(links >= 20, "the workflow is linked ({links} links)");
+}

@@ -200,15 +200,127 @@ fn path_parameter(name: &str) -> Value {
     }
 }
 
+/// `post /orders/{id}/tests` → `postOrdersByIdTests`.
+fn operation_id(method: &str, path: &str) -> String {
+    let mut id = method.to_string();
+    for segment in path.split(['/', '-']).filter(|s| !s.is_empty()) {
+        let (prefix, word) = match segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            Some(name) => ("By", name),
+            None => ("", segment),
+        };
+        id.push_str(prefix);
+        let mut chars = word.chars();
+        if let Some(first) = chars.next() {
+            id.extend(first.to_uppercase());
+            id.push_str(chars.as_str());
+        }
+    }
+    id
+}
+
+/// What may follow a command that succeeded (OpenAPI links): the operations on what it
+/// made or changed, and where their parameters come from — the lab's workflow, from order
+/// to collection, receipt, result, verification and release.
+fn links(path: &str) -> Option<Value> {
+    let on_id = |targets: &[(&str, &str)]| -> Map<String, Value> {
+        targets
+            .iter()
+            .map(|(name, target)| {
+                let (method, path) = target.split_once(' ').unwrap_or(("get", target));
+                let mut parameters = json!({ "id": "$response.body#/id" });
+                if method == "get" {
+                    // Read your write: the query waits for the command's event.
+                    parameters["min_position"] = json!("$response.body#/position");
+                }
+                (
+                    name.to_string(),
+                    json!({ "operationId": operation_id(method, path), "parameters": parameters }),
+                )
+            })
+            .collect()
+    };
+    let mut links = match path {
+        "/orders" => on_id(&[
+            ("Order", "get /orders/{id}"),
+            ("AddTests", "post /orders/{id}/tests"),
+            ("CancelOrder", "post /orders/{id}/cancel"),
+        ]),
+        "/samples" => on_id(&[
+            ("Sample", "get /samples/{id}"),
+            ("HandOver", "post /samples/{id}/handover"),
+            ("Receive", "post /samples/{id}/receive"),
+            ("Reject", "post /samples/{id}/reject"),
+            ("Aliquots", "post /samples/{id}/aliquots"),
+            ("Store", "post /samples/{id}/store"),
+            ("Dispose", "post /samples/{id}/dispose"),
+        ]),
+        "/samples/{id}/receive" => on_id(&[("Sample", "get /samples/{id}")]),
+        "/results" => on_id(&[
+            ("Result", "get /results/{id}"),
+            ("Correct", "post /results/{id}/correct"),
+            ("Verify", "post /results/{id}/verify"),
+            ("RequestRerun", "post /results/{id}/rerun"),
+            (
+                "NotifyCritical",
+                "post /results/{id}/critical-notifications",
+            ),
+        ]),
+        "/results/{id}/verify" => on_id(&[("Authorise", "post /results/{id}/authorise")]),
+        "/results/{id}/authorise" => on_id(&[
+            ("Result", "get /results/{id}"),
+            ("Acknowledge", "post /results/{id}/acknowledge"),
+            ("Amend", "post /results/{id}/amend"),
+            ("Retract", "post /results/{id}/retract"),
+            (
+                "NotifyCritical",
+                "post /results/{id}/critical-notifications",
+            ),
+        ]),
+        _ => return None,
+    };
+    match path {
+        "/orders" => {
+            links.insert(
+                "CancelTest".into(),
+                json!({
+                "operationId": operation_id("post", "/orders/{id}/tests/{code}/cancel"),
+                "parameters": { "id": "$response.body#/id", "code": "$request.body#/tests/0" } }),
+            );
+            links.insert("Collect".into(), json!({
+                "operationId": operation_id("post", "/samples"),
+                "requestBody": { "order_id": "$response.body#/id", "tests": "$request.body#/tests" } }));
+        }
+        "/samples" => {
+            links.insert(
+                "ByAccession".into(),
+                json!({
+                "operationId": operation_id("get", "/samples/by-accession/{accession}"),
+                "parameters": { "accession": "$request.body#/accession_number" } }),
+            );
+        }
+        "/samples/{id}/receive" => {
+            links.insert(
+                "Record".into(),
+                json!({
+                "operationId": operation_id("post", "/results"),
+                "requestBody": { "sample_id": "$response.body#/id" } }),
+            );
+        }
+        _ => {}
+    }
+    Some(Value::Object(links))
+}
+
 fn operation(e: &Endpoint, generator: &mut SchemaGenerator) -> Value {
     let mut responses = Map::new();
     match e.answer {
         Some((status, answer)) => {
-            responses.insert(
-                status.as_str().to_string(),
-                json!({ "description": status.canonical_reason().unwrap_or("OK"),
-                        "content": { "application/json": { "schema": answer(generator) } } }),
-            );
+            let mut response = json!({ "description": status.canonical_reason().unwrap_or("OK"),
+                "content": { "application/json": { "schema": answer(generator) } } });
+            if let Some(links) = links(e.path) {
+                response["links"] = links;
+            }
+            responses.insert(status.as_str().to_string(), response);
         }
         None => {
             let json = json!({ "schema": { "type": ["object", "array", "string", "null"] } });
@@ -229,7 +341,8 @@ fn operation(e: &Endpoint, generator: &mut SchemaGenerator) -> Value {
         "default".into(),
         json!({ "description": "Error", "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } }),
     );
-    let mut op = json!({ "summary": e.summary, "tags": [e.tag], "responses": responses });
+    let mut op = json!({ "operationId": operation_id(e.method, e.path), "summary": e.summary,
+                         "tags": [e.tag], "responses": responses });
     let mut params: Vec<Value> = e
         .path
         .split('/')
