@@ -2,7 +2,8 @@
 # Runs schemathesis (PyPI, pinned) against the API's own OpenAPI document, with a real
 # database holding a demo lab day and the projection workers running: no response may be
 # a server error. Each operation is called as a role allowed to perform it
-# (deploy/schemathesis.toml). Needs PostgreSQL (deploy/postgres.sh) and a built
+# (deploy/schemathesis.toml); deploy/schemathesis_hooks.py fills in the catalogue's facts
+# (specimen, unit) where a request names real tests or a real specimen. Needs PostgreSQL (deploy/postgres.sh) and a built
 # `target/debug/lisledger`. Arguments are passed on to `st run` (e.g. `--report har`).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -58,7 +59,8 @@ for role in "${roles[@]}"; do
 done
 
 log "schemathesis: every operation, checking that no response is a server error"
-"$venv/bin/st" --config-file deploy/schemathesis.toml run "http://127.0.0.1:${port}/openapi.json" \
+export LIS_ST_BASE="http://127.0.0.1:${port}" LIS_ST_CATALOGUE="$root/deploy/seed/test-catalogue.csv"
+SCHEMATHESIS_HOOKS="$root/deploy/schemathesis_hooks.py" "$venv/bin/st" --config-file deploy/schemathesis.toml run "http://127.0.0.1:${port}/openapi.json" \
   --checks not_a_server_error \
   --exclude-path /events/stream \
   --max-examples "${LIS_ST_EXAMPLES:-25}" \
