@@ -6,6 +6,9 @@ COPY . .
 RUN cargo build --release --locked -p lis-api
 
 FROM debian:bookworm-slim
+# ca-certificates is left unpinned on purpose: the newest trust store is the one wanted,
+# and a pinned version vanishes from the archive when Debian updates it.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \

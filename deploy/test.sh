@@ -19,6 +19,10 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+log "Kubernetes manifests against the API's schemas"
+deploy/k8s-check.sh
+log "Dockerfile lint"
+deploy/dockerfile-check.sh
 log "cargo test"
 results="$(mktemp)"
 cargo test --workspace --locked 2>&1 | tee "$results"

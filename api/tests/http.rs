@@ -1132,3 +1132,63 @@ async fn readiness_probes_kafka_where_configured() {
     assert_eq!(p["detail"], "Kafka is not answering");
     dead.db.drop().await;
 }
+
+/// Found by schemathesis: a NUL character (which PostgreSQL cannot store or compare)
+/// answered 500, and analytics on a server without MongoDB answered 503 as if it were a
+/// passing outage.
+#[tokio::test]
+async fn nul_characters_and_absent_analytics_are_client_errors() {
+    let api = Api::start().await;
+    let r = api
+        .client
+        .post(format!("{}/auth/login", api.base))
+        .json(&json!({"username": "\u{0}", "password": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["pointer"], "/username");
+    let clinician = api.token("dr.rao").await;
+    let (status, problem) = api
+        .post(
+            &clinician,
+            "/orders",
+            json!({
+                "patient": {"mrn": "M-1", "name": "Asha Verma", "sex": "female", "date_of_birth": "1980-05-17"},
+                "ordering_clinician": "Dr Rao", "priority": "routine", "collection_site": "OPD 2",
+                "tests": ["K"], "clinical_notes": null, "x\u{0}": 1
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    let auditor = api.token("audit.1").await;
+    for path in [
+        "/audit/actors/a%00b?from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z",
+        "/audit/orders/x%00",
+    ] {
+        let (status, problem) = api.get(&auditor, path).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {problem}");
+        assert_eq!(problem["status"], 400);
+    }
+    // Ids that cannot exist are not found, with or without `as_of`.
+    for path in [
+        "/audit/orders/null,null?as_of=2000-01-01T00:00:00Z",
+        "/audit/orders/7f1d2b8c-0000-4c55-9a3e-0b6f4c1e2d4a?as_of=2000-01-01T00:00:00Z",
+        "/audit/actors/%C3%97?from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z",
+    ] {
+        let (status, problem) = api.get(&auditor, path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {problem}");
+    }
+    let admin = api.token("admin.1").await;
+    for report in ["volumes", "nonsense"] {
+        let (status, problem) = api
+            .get(
+                &admin,
+                &format!("/analytics/{report}?from=2026-01-01&to=2026-01-02"),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{report}: {problem}");
+    }
+    api.db.drop().await;
+}

@@ -13,6 +13,7 @@ use std::fmt;
     Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
 )]
 #[serde(try_from = "String", into = "String")]
+#[schemars(extend("minLength" = 1, "maxLength" = 128, "pattern" = "^[A-Za-z0-9._@-]*$"))]
 pub struct ActorId(String);
 
 impl ActorId {

@@ -109,10 +109,11 @@ impl fmt::Display for ResultId {
 }
 
 macro_rules! code_text {
-    ($(#[$doc:meta])* $name:ident, $min:expr, $max:expr, $allowed:expr, $what:expr) => {
+    ($(#[$doc:meta])* $name:ident, $min:expr, $max:expr, $allowed:expr, $pattern:expr, $what:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema)]
         #[serde(try_from = "String", into = "String")]
+        #[schemars(extend("minLength" = $min, "maxLength" = $max, "pattern" = $pattern))]
         pub struct $name(String);
 
         impl $name {
@@ -163,15 +164,15 @@ macro_rules! code_text {
 
 code_text!(
     /// A test code from the lab's catalogue (`HB`, `GLU_F`, `TROP_HS`).
-    TestCode, 1, 32, |c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_', "test code"
+    TestCode, 1, 32, |c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_', "^[A-Za-z0-9_]*$", "test code"
 );
 code_text!(
     /// The order number printed on the requisition (`ORD-20261126-000042`).
-    OrderNumber, 3, 32, |c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-', "order number"
+    OrderNumber, 3, 32, |c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-', "^[A-Za-z0-9-]*$", "order number"
 );
 code_text!(
     /// The accession number on a specimen's barcode label, unique in the lab.
-    AccessionNumber, 4, 24, |c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-', "accession number"
+    AccessionNumber, 4, 24, |c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-', "^[A-Za-z0-9-]*$", "accession number"
 );
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ impl Sex {
 /// Medical record number: the hospital's patient identifier.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(try_from = "String", into = "String")]
+#[schemars(extend("minLength" = 1, "maxLength" = 32, "pattern" = "^[A-Za-z0-9./-]*$"))]
 pub struct Mrn(String);
 
 impl Mrn {
@@ -77,6 +78,7 @@ impl From<Mrn> for String {
 /// ABHA number (Ayushman Bharat Health Account): 14 digits, kept as `NN-NNNN-NNNN-NNNN`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(try_from = "String", into = "String")]
+#[schemars(extend("pattern" = "^[0-9]{2}[- ]?[0-9]{4}[- ]?[0-9]{4}[- ]?[0-9]{4}$"))]
 pub struct AbhaNumber(String);
 
 impl AbhaNumber {
@@ -117,6 +119,7 @@ impl From<AbhaNumber> for String {
 /// brackets allowed between them, dropped when stored).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(try_from = "String", into = "String")]
+#[schemars(extend("pattern" = r"^\+?[ ()-]*(?:[0-9][ ()-]*){7,15}$"))]
 pub struct Phone(String);
 
 impl Phone {

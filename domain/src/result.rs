@@ -62,6 +62,7 @@ pub struct CriticalNotification {
     pub notified_person: PersonName,
     pub method: NotificationMethod,
     /// The value as said to them.
+    #[schemars(extend("pattern" = r"\S"))]
     pub value_conveyed: String,
     pub read_back_confirmed: bool,
     pub notified_at: DateTime<Utc>,

@@ -90,6 +90,7 @@ pub struct HandOver {
     pub to: PersonName,
     pub location: Place,
     pub at: DateTime<Utc>,
+    #[schemars(range(min = -200.0, max = 100.0))]
     pub temperature_celsius: Option<f64>,
 }
 

@@ -7,11 +7,16 @@ use crate::validation::FieldError;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// The JSON Schema `pattern` of every bounded text: at least one character that is neither
+/// white space nor a control character, and no control character but tab and line feed.
+pub const TEXT_PATTERN: &str = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$";
+
 macro_rules! bounded_text {
     ($(#[$doc:meta])* $name:ident, $max:expr, $what:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema)]
         #[serde(try_from = "String", into = "String")]
+        #[schemars(extend("minLength" = 1, "maxLength" = $max, "pattern" = TEXT_PATTERN))]
         pub struct $name(String);
 
         impl $name {

@@ -210,13 +210,45 @@ pub fn schema_of(name: &str) -> String {
     format!("proj_{name}")
 }
 
+/// The advisory lock held while a read model's schema is created or brought up to date.
+const SCHEMA_LOCK: i64 = 7_302_418;
+
 /// Creates the schema and tables if missing.
+///
+/// Processes starting together (the API, the projection workers) each create the schemas
+/// they need: concurrent `IF NOT EXISTS` DDL fails on the catalogue's unique index, so one
+/// creator at a time. `CREATE INDEX IF NOT EXISTS` still locks its table, and can deadlock
+/// with a worker applying a batch to the same tables: the loser is tried again.
 pub async fn ensure_schema(
     conn: &mut PgConnection,
     projection: &dyn Projection,
     schema: &str,
 ) -> Result<(), ProjectionError> {
+    let mut attempt = 1;
+    loop {
+        match create_schema(conn, projection, schema).await {
+            Err(ProjectionError::Database(sqlx::Error::Database(e)))
+                if attempt < 5 && e.code().as_deref() == Some("40P01") =>
+            {
+                tracing::info!(%schema, attempt, "deadlock creating a read model's schema; again");
+                tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
+async fn create_schema(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    schema: &str,
+) -> Result<(), ProjectionError> {
     let mut tx = conn.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(SCHEMA_LOCK)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
         .execute(&mut *tx)
         .await?;

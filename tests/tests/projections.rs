@@ -22,6 +22,28 @@ async fn project_all(pool: &PgPool) {
     }
 }
 
+/// The API and every projection worker create the read models' schemas as they start;
+/// started together, none of them may fail (they once hit unique violations and
+/// deadlocks in PostgreSQL's catalogue).
+#[tokio::test]
+async fn processes_starting_together_all_create_the_schemas() {
+    let db = TestDb::new().await;
+    let starts = (0..4).map(|_| {
+        let pool = db.app.clone();
+        tokio::spawn(async move {
+            let mut conn = pool.acquire().await.unwrap();
+            for p in models::all() {
+                ensure_schema(&mut conn, p.as_ref(), &schema_of(p.name())).await?;
+            }
+            Ok::<_, ProjectionError>(())
+        })
+    });
+    for started in futures::future::join_all(starts).await {
+        started.unwrap().unwrap();
+    }
+    db.drop().await;
+}
+
 #[tokio::test]
 async fn a_lab_day_reaches_every_read_model() {
     let db = TestDb::new().await;

@@ -16,7 +16,10 @@ fn unavailable(e: impl std::fmt::Display) -> Problem {
     Problem::unavailable("MongoDB is not answering")
 }
 
-#[derive(Debug, Deserialize)]
+/// The reports, as named in the path.
+pub const REPORTS: [&str; 4] = ["volumes", "turnaround", "rejections", "rates"];
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct Range {
     pub from: NaiveDate,
     pub to: NaiveDate,
@@ -35,10 +38,16 @@ pub async fn report(
             detail: "from is after to".into(),
         }]));
     }
-    let a = s
-        .analytics
-        .as_ref()
-        .ok_or_else(|| Problem::unavailable("analytics are not configured (LIS_MONGO_URL)"))?;
+    if !REPORTS.contains(&report.as_str()) {
+        return Err(Problem::not_found(format!(
+            "no report `{report}` ({})",
+            REPORTS.join(", ")
+        )));
+    }
+    // A server without MongoDB has no analytics at all: not a passing outage (503).
+    let a = s.analytics.as_ref().ok_or_else(|| {
+        Problem::not_found("analytics are not configured on this server (LIS_MONGO_URL)")
+    })?;
     let (from, to) = (r.from.to_string(), r.to.to_string());
     let value = match report.as_str() {
         "volumes" => serde_json::to_value(q::volumes(a, &from, &to).await.map_err(unavailable)?),
@@ -53,11 +62,7 @@ pub async fn report(
                 .await
                 .map_err(unavailable)?,
         ),
-        other => {
-            return Err(Problem::not_found(format!(
-                "no report `{other}` (volumes, turnaround, rejections, rates)"
-            )))
-        }
+        other => return Err(Problem::not_found(format!("no report `{other}`"))),
     };
     Ok(Json(value.unwrap_or_default()))
 }

@@ -11,6 +11,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use cqrs_es::persist::SerializedEvent;
 use cqrs_es::Aggregate;
+use lis_domain::actor::ActorId;
 use lis_domain::order::Order;
 use lis_domain::patient_record::PatientRecord;
 use lis_domain::result::LabResult;
@@ -20,10 +21,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::Row;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct HistoryQuery {
+    /// The state as it was at this instant.
     pub as_of: Option<DateTime<Utc>>,
     /// `json` (default) or `csv`.
+    #[schemars(extend("enum" = ["json", "csv"]))]
     pub format: Option<String>,
 }
 
@@ -161,6 +164,10 @@ async fn history_json(
             )))
         }
     };
+    // Every aggregate id is a UUID, stored in its hyphenated lower-case form.
+    let id = uuid::Uuid::parse_str(id)
+        .map_err(|_| Problem::not_found(format!("no {kind} {id}")))?
+        .to_string();
     let rows = sqlx::query(
         "SELECT aggregate_type, aggregate_id, sequence, position, event_type, event_version, payload, metadata,
                 recorded_at, hash
@@ -169,11 +176,21 @@ async fn history_json(
           ORDER BY sequence",
     )
     .bind(aggregate_type)
-    .bind(id)
+    .bind(&id)
     .bind(as_of)
     .fetch_all(&s.pool)
     .await?;
-    if rows.is_empty() && as_of.is_none() {
+    // Before its first event an aggregate has an empty history; one that never was has none.
+    if rows.is_empty()
+        && (as_of.is_none()
+            || !sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE aggregate_type = $1 AND aggregate_id = $2)",
+            )
+            .bind(aggregate_type)
+            .bind(&id)
+            .fetch_one(&s.pool)
+            .await?)
+    {
         return Err(Problem::not_found(format!("no {kind} {id}")));
     }
     let (events, state) = match aggregate_type {
@@ -207,7 +224,7 @@ mod tests {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct ActivityQuery {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
@@ -221,6 +238,9 @@ pub async fn activity(
     Query(q): Query<ActivityQuery>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadAudit)?;
+    let user = ActorId::parse(&user)
+        .map_err(|_| Problem::not_found(format!("no user {user}")))?
+        .to_string();
     if q.from > q.to {
         return Err(Problem::invalid(vec![super::problem::FieldProblem {
             pointer: "/from".into(),

@@ -11,6 +11,12 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     if !value.is_object() {
         return Err(Problem::bad_request("the body must be a JSON object"));
     }
+    if let Some(at) = nul_at(&value, String::new()) {
+        return Err(Problem::invalid(vec![FieldProblem {
+            pointer: at,
+            detail: "text must not contain the NUL character (\\u0000)".into(),
+        }]));
+    }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
@@ -19,6 +25,29 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
             detail: clean(&e.into_inner().to_string()),
         }])
     })
+}
+
+/// The JSON pointer of the first string (or key) holding U+0000, which PostgreSQL can
+/// store in neither text nor jsonb.
+fn nul_at(value: &serde_json::Value, at: String) -> Option<String> {
+    use serde_json::Value;
+    let escape = |k: &str| k.replace('~', "~0").replace('/', "~1");
+    match value {
+        Value::String(s) if s.contains('\0') => Some(at),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_at(v, format!("{at}/{i}"))),
+        Value::Object(members) => members.iter().find_map(|(k, v)| {
+            let here = format!("{at}/{}", escape(k));
+            if k.contains('\0') {
+                Some(here)
+            } else {
+                nul_at(v, here)
+            }
+        }),
+        _ => None,
+    }
 }
 
 /// serde's messages, without the Rust type names a lab user cannot act on.
@@ -63,5 +92,10 @@ mod tests {
         );
         let p = parse::<Amend>(br#"{"reason": "typo", "value": {"unit": 5}}"#).unwrap_err();
         assert_eq!(p.errors[0].pointer, "/value/unit");
+        let p = parse::<Amend>(br#"{"reason": "typo", "value": {"unit": "g\u0000"}}"#).unwrap_err();
+        assert_eq!(
+            (p.status, p.errors[0].pointer.as_str()),
+            (422, "/value/unit")
+        );
     }
 }

@@ -2,6 +2,9 @@
 //! the body (400 / 422 with field pointers), runs the command for the caller — the actor
 //! in the event comes from the token — and answers with the aggregate id, its new
 //! version and the event's global position. All honour `Idempotency-Key`.
+//!
+//! The body and answer types here derive `JsonSchema`: `openapi` documents each
+//! endpoint with the schema of the very type its handler reads or writes.
 
 use super::auth::{Action, Caller};
 use super::body::parse;
@@ -26,7 +29,8 @@ use lis_domain::sample::{
 };
 use lis_domain::text::{Label, Note, PersonName, Place, Reason};
 use lis_domain::value::ResultValue;
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::future::Future;
 
@@ -80,8 +84,46 @@ where
     response
 }
 
+/// What a command answers.
+#[derive(Serialize, JsonSchema)]
+pub(super) struct Outcome {
+    /// The aggregate the command changed (or created).
+    #[schemars(with = "uuid::Uuid")]
+    id: String,
+    /// The aggregate's version after the command: the sequence number of its last event.
+    version: i64,
+    /// The global position of that event: pass it as `min_position` to read your write.
+    position: i64,
+}
+
+impl From<&CommandOutcome> for Outcome {
+    fn from(o: &CommandOutcome) -> Self {
+        Self {
+            id: o.aggregate_id.clone(),
+            version: o.version,
+            position: o.position,
+        }
+    }
+}
+
 pub(crate) fn outcome(o: &CommandOutcome) -> Value {
-    json!({ "id": o.aggregate_id, "version": o.version, "position": o.position })
+    json!(Outcome::from(o))
+}
+
+/// What placing an order answers.
+#[derive(Serialize, JsonSchema)]
+pub(super) struct Placed {
+    #[serde(flatten)]
+    outcome: Outcome,
+    /// The number printed on the requisition.
+    order_number: lis_domain::ids::OrderNumber,
+}
+
+/// What splitting aliquots answers: the parent's outcome and each child's, in order.
+#[derive(Serialize, JsonSchema)]
+pub(super) struct Aliquoted {
+    parent: Outcome,
+    children: Vec<Outcome>,
 }
 
 /// Parses a path id, or answers 404 naming it (an id that cannot exist is not found).
@@ -95,25 +137,47 @@ pub(crate) fn id<T>(
 
 // --- orders ---------------------------------------------------------------------------
 
-#[derive(Deserialize)]
-struct PatientBody {
+/// The patient as the order form names them; every field is checked (422 naming it).
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PatientBody {
+    #[schemars(with = "lis_domain::patient::Mrn")]
     mrn: String,
+    /// Blank is the same as absent.
+    #[schemars(with = "Option<lis_domain::patient::AbhaNumber>")]
     abha_number: Option<String>,
+    #[schemars(with = "PersonName")]
     name: String,
+    /// Also accepted: `m`, `f`, `o`, `u`, in any case.
+    #[schemars(with = "lis_domain::patient::Sex")]
     sex: String,
+    /// Not in the future, at most 130 years ago.
+    #[schemars(with = "chrono::NaiveDate")]
     date_of_birth: String,
+    /// Blank is the same as absent.
+    #[schemars(with = "Option<lis_domain::patient::Phone>")]
     phone: Option<String>,
+    /// Blank is the same as absent.
+    #[schemars(with = "Option<lis_domain::text::Address>")]
     address: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct PlaceOrderBody {
+#[schemars(example = json!({
+    "patient": { "mrn": "MRN-0042", "name": "Asha Verma", "sex": "female",
+                 "date_of_birth": "1980-05-17", "phone": "+91 98765 43210" },
+    "ordering_clinician": "Dr Rao", "priority": "routine", "collection_site": "OPD 2",
+    "tests": ["K", "NA"]
+}))]
+pub(super) struct PlaceOrderBody {
     patient: PatientBody,
     ordering_clinician: PersonName,
     priority: Priority,
     collection_site: Place,
     clinical_notes: Option<Note>,
+    /// Codes of the catalogue, each once.
+    #[schemars(length(min = 1), extend("uniqueItems" = true))]
     tests: Vec<TestCode>,
 }
 
@@ -158,23 +222,28 @@ pub async fn place_order(
                     &caller.context,
                 )
                 .await?;
-            let mut v = outcome(&placed.outcome);
-            v["order_number"] = json!(placed.order_number);
-            Ok(v)
+            Ok(json!(Placed {
+                outcome: Outcome::from(&placed.outcome),
+                order_number: placed.order_number,
+            }))
         })
         .await,
     )
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct TestsBody {
+#[schemars(example = json!({ "tests": ["HB"] }))]
+pub(super) struct TestsBody {
+    /// Codes of the catalogue not already active on the order, each once.
+    #[schemars(length(min = 1), extend("uniqueItems" = true))]
     tests: Vec<TestCode>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ReasonBody {
+#[schemars(example = json!({ "reason": "ordered in error" }))]
+pub(super) struct ReasonBody {
     reason: Reason,
 }
 
@@ -251,14 +320,24 @@ pub async fn cancel_order(
 
 // --- samples --------------------------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct CollectBody {
+#[schemars(example = json!({
+    "order_id": "0b6f4c1e-2d4a-4c55-9a3e-7f1d2b8c9e10", "accession_number": "ACC-000123",
+    "specimen_type": "serum", "container": "red/SST", "tests": ["K", "NA"]
+}))]
+pub(super) struct CollectBody {
     order_id: OrderId,
+    /// Unique in the lab.
     accession_number: AccessionNumber,
+    /// As the catalogue names it for every test listed (e.g. `serum`).
     specimen_type: String,
+    /// As the catalogue names it for every test listed (e.g. `red/SST`).
     container: String,
+    /// Active tests of the order, each once.
+    #[schemars(length(min = 1), extend("uniqueItems" = true))]
     tests: Vec<TestCode>,
+    /// Not in the future; now when absent.
     collected_at: Option<DateTime<Utc>>,
 }
 
@@ -330,10 +409,13 @@ pub async fn hand_over(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ReceiveBody {
+#[schemars(example = json!({ "condition": { "status": "satisfactory" } }))]
+pub(super) struct ReceiveBody {
+    /// Not in the future nor before collection; now when absent.
     received_at: Option<DateTime<Utc>>,
+    /// Satisfactory when absent.
     condition: Option<SpecimenCondition>,
 }
 
@@ -363,9 +445,10 @@ pub async fn receive(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RejectBody {
+#[schemars(example = json!({ "reason": "haemolysed", "detail": "grossly haemolysed" }))]
+pub(super) struct RejectBody {
     reason: RejectionReason,
     detail: Option<Note>,
 }
@@ -395,16 +478,21 @@ pub async fn reject(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct AliquotBody {
+pub(super) struct AliquotBody {
+    /// Unique in the lab.
     accession_number: AccessionNumber,
+    /// Tests of the parent specimen, each once.
+    #[schemars(length(min = 1), extend("uniqueItems" = true))]
     tests: Vec<TestCode>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct AliquotsBody {
+#[schemars(example = json!({ "children": [{ "accession_number": "ACC-000123-A1", "tests": ["K"] }] }))]
+pub(super) struct AliquotsBody {
+    #[schemars(length(min = 1))]
     children: Vec<AliquotBody>,
 }
 
@@ -417,22 +505,33 @@ pub async fn aliquots(
 ) -> Result<Response, Problem> {
     caller.require(Action::HandleSpecimens)?;
     let parent = id(&raw, SampleId::parse, "sample")?;
-    Ok(idempotent(&s, &caller, &headers, &body, StatusCode::CREATED, async {
-        let b: AliquotsBody = parse(&body)?;
-        let children: Vec<AliquotSpec> = b
-            .children
-            .into_iter()
-            .map(|c| AliquotSpec { sample_id: SampleId::new(), accession_number: c.accession_number, tests: c.tests })
-            .collect();
-        let outcomes = s.ledger.aliquot(parent, children, &caller.context).await?;
-        Ok(json!({ "parent": outcome(&outcomes[0]), "children": outcomes[1..].iter().map(outcome).collect::<Vec<_>>() }))
-    })
-    .await)
+    Ok(
+        idempotent(&s, &caller, &headers, &body, StatusCode::CREATED, async {
+            let b: AliquotsBody = parse(&body)?;
+            let children: Vec<AliquotSpec> = b
+                .children
+                .into_iter()
+                .map(|c| AliquotSpec {
+                    sample_id: SampleId::new(),
+                    accession_number: c.accession_number,
+                    tests: c.tests,
+                })
+                .collect();
+            let outcomes = s.ledger.aliquot(parent, children, &caller.context).await?;
+            let (parent, children) = outcomes.split_first().ok_or_else(Problem::internal)?;
+            Ok(json!(Aliquoted {
+                parent: parent.into(),
+                children: children.iter().map(Outcome::from).collect()
+            }))
+        })
+        .await,
+    )
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct StoreBody {
+#[schemars(example = json!({ "location": { "room": "Cold room 1", "device": "Fridge 2", "rack": "R4", "position": "B7" } }))]
+pub(super) struct StoreBody {
     location: StorageLocation,
 }
 
@@ -459,9 +558,10 @@ pub async fn store(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct DisposeBody {
+#[schemars(example = json!({ "method": "autoclave" }))]
+pub(super) struct DisposeBody {
     method: Option<Note>,
 }
 
@@ -490,14 +590,22 @@ pub async fn dispose(
 
 // --- results --------------------------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RecordBody {
+#[schemars(example = json!({
+    "sample_id": "5a2e8c0d-6b1f-4e3a-8d7c-2f9b1e4a6c30", "test_code": "K",
+    "value": { "kind": "numeric", "value": 4.2, "unit": "mmol/L" }, "instrument": "Cobas c311 #1"
+}))]
+pub(super) struct RecordBody {
+    /// A received specimen.
     sample_id: SampleId,
+    /// A test of that specimen.
     test_code: TestCode,
+    /// In the test's unit (numeric) or one of its answers (coded).
     value: ResultValue,
     method: Option<Label>,
     instrument: Option<Label>,
+    /// The instrument's message as received (ASTM / HL7): at most 64 KiB of UTF-8.
     raw_message: Option<String>,
 }
 
@@ -555,16 +663,18 @@ async fn result_command(
     )
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ValueBody {
+#[schemars(example = json!({ "value": { "kind": "numeric", "value": 4.3, "unit": "mmol/L" }, "reason": "transcription error" }))]
+pub(super) struct ValueBody {
     value: ResultValue,
     reason: Reason,
 }
 
-#[derive(Deserialize)]
+/// No input: an empty object, or no body at all.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Empty {}
+pub(super) struct Empty {}
 
 /// An empty body is allowed where the command takes no input.
 fn empty(b: &Bytes) -> Result<(), Problem> {

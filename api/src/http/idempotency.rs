@@ -55,7 +55,7 @@ pub async fn claim(
         .to_str()
         .ok()
         .filter(|k| !k.is_empty() && k.len() <= 200)
-        .ok_or_else(|| Problem::bad_request("Idempotency-Key must be 1 to 200 visible characters"))?
+        .ok_or_else(|| Problem::bad_header("Idempotency-Key must be 1 to 200 visible characters"))?
         .to_string();
     let hash = Sha256::digest(body).to_vec();
     let inserted = sqlx::query(

@@ -85,21 +85,7 @@ pub async fn prepare_read_models(
     let mut conn = pool.acquire().await?;
     for p in lis_projections::models::all() {
         let schema = lis_projections::projection::schema_of(p.name());
-        // A projection worker starting at the same moment may create the same schema:
-        // PostgreSQL's `IF NOT EXISTS` then fails one of the two with a unique violation
-        // on the catalogue. The second try finds the schema made.
-        let mut attempt = 1;
-        loop {
-            match lis_projections::projection::ensure_schema(&mut conn, p.as_ref(), &schema).await {
-                Ok(()) => break,
-                Err(e) if attempt < 5 && e.to_string().contains("duplicate key value") => {
-                    tracing::info!(%schema, error = %e, "read model created concurrently; again");
-                    attempt += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        lis_projections::projection::ensure_schema(&mut conn, p.as_ref(), &schema).await?;
     }
     Ok(())
 }
@@ -159,6 +145,7 @@ pub fn router(state: AppState) -> Router {
             Problem::not_found("no such endpoint (GET /openapi.json lists them)")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(refuse_nul))
         .layer(middleware::from_fn(problem_for_plain_errors))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -240,6 +227,22 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
     response
 }
 
+/// Refuses a path or query holding an encoded NUL (`%00`): no id, code or name can hold
+/// one, and PostgreSQL cannot compare text with it.
+async fn refuse_nul(request: Request, next: Next) -> Response {
+    let uri = request.uri();
+    if uri.path().contains("%00") || uri.query().is_some_and(|q| q.contains("%00")) {
+        return Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-uri",
+            "The request URI is not valid",
+        )
+        .detail("the path or query holds a NUL character (%00)")
+        .into_response();
+    }
+    next.run(request).await
+}
+
 /// Rewrites the framework's plain-text errors (404, 405, 413, 415…) as problem JSON.
 async fn problem_for_plain_errors(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
@@ -304,11 +307,22 @@ async fn readyz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, Pr
     Ok(Json(status))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Login {
     username: String,
     password: String,
+}
+
+/// A bearer token for the `Authorization` header.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Token {
+    access_token: String,
+    /// Always `Bearer`.
+    token_type: &'static str,
+    /// Seconds until the token expires.
+    expires_in: u64,
+    role: lis_domain::actor::Role,
 }
 
 async fn login(State(s): State<AppState>, body: Bytes) -> Result<Json<serde_json::Value>, Problem> {
@@ -317,8 +331,11 @@ async fn login(State(s): State<AppState>, body: Bytes) -> Result<Json<serde_json
         Some((user, role)) => {
             let (token, ttl) = auth::issue(&s.auth, &user, role)?;
             tracing::info!(user = %user, role = %role, "login");
-            Ok(Json(serde_json::json!({
-                "access_token": token, "token_type": "Bearer", "expires_in": ttl, "role": role
+            Ok(Json(serde_json::json!(Token {
+                access_token: token,
+                token_type: "Bearer",
+                expires_in: ttl,
+                role,
             })))
         }
         None => {

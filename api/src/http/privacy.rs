@@ -247,9 +247,9 @@ pub async fn patient(
     Ok(Json(body))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct EraseBody {
+pub(super) struct EraseBody {
     reason: Reason,
 }
 

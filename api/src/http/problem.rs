@@ -88,6 +88,16 @@ impl Problem {
         .detail(detail)
     }
 
+    /// A request header holds a value the API cannot use; `detail` names the header.
+    pub fn bad_header(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-header",
+            "A request header is not valid",
+        )
+        .detail(detail)
+    }
+
     pub fn invalid(errors: Vec<FieldProblem>) -> Self {
         let mut p = Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -15,8 +15,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, schemars::JsonSchema)]
 pub struct Consistency {
+    /// Wait (up to 5 s) until the event at this position is in the read model.
     pub min_position: Option<i64>,
 }
 
@@ -194,11 +195,13 @@ pub async fn sample_by_accession(
     found(v, format!("no sample with accession number {raw}"))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct CumulativeQuery {
+    /// One test code (any case).
     pub test: Option<String>,
     pub from: Option<NaiveDate>,
     pub to: Option<NaiveDate>,
+    /// Wait (up to 5 s) until the event at this position is in the read model.
     pub min_position: Option<i64>,
 }
 
@@ -250,9 +253,19 @@ pub async fn result(
     found(v, format!("no result {raw}"))
 }
 
-#[derive(Debug, Deserialize)]
+/// The worklist stages.
+const STAGES: [&str; 5] = [
+    "to_collect",
+    "to_receive",
+    "to_result",
+    "to_verify",
+    "to_authorise",
+];
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct WorklistQuery {
     pub department: Option<String>,
+    #[schemars(extend("enum" = STAGES))]
     pub stage: Option<String>,
 }
 
@@ -262,13 +275,6 @@ pub async fn worklist(
     Query(q): Query<WorklistQuery>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadWorklists)?;
-    const STAGES: [&str; 5] = [
-        "to_collect",
-        "to_receive",
-        "to_result",
-        "to_verify",
-        "to_authorise",
-    ];
     if let Some(stage) = &q.stage {
         if !STAGES.contains(&stage.as_str()) {
             return Err(Problem::invalid(vec![super::problem::FieldProblem {

@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct StreamQuery {
     /// Start after this cursor (`<tx_id>:<position>`); `Last-Event-ID` wins if both are sent.
     pub after: Option<String>,
