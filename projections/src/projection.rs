@@ -276,6 +276,19 @@ pub struct BatchOutcome {
     pub skipped: usize,
 }
 
+/// Each aggregate's last applied sequence, keyed by (aggregate type, aggregate id).
+pub type OffsetMap = HashMap<(String, String), i64>;
+
+/// Where a batch finds, and leaves, each aggregate's last applied sequence.
+pub enum Offsets<'a> {
+    /// The schema's `offsets` table: the batch's rows are read (and locked) in one
+    /// statement at its start and written back in one at its end.
+    Table,
+    /// A rebuild's own copy: the schema is private to the rebuild until it is swapped
+    /// in, so the offsets stay in memory and are written once ([`write_offsets`]).
+    Memory(&'a mut OffsetMap),
+}
+
 /// Applies `events` to the projection's tables in `schema`, on `conn`, inside the caller's
 /// transaction, and (in feed mode) records the feed position reached.
 pub async fn apply_in(
@@ -285,39 +298,43 @@ pub async fn apply_in(
     events: &[Envelope],
     feed_at: Option<FeedPosition>,
 ) -> Result<BatchOutcome, ProjectionError> {
+    apply_in_with(conn, projection, schema, events, feed_at, Offsets::Table).await
+}
+
+/// [`apply_in`], with the offsets kept where `offsets` says.
+pub async fn apply_in_with(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    schema: &str,
+    events: &[Envelope],
+    feed_at: Option<FeedPosition>,
+    offsets: Offsets<'_>,
+) -> Result<BatchOutcome, ProjectionError> {
     sqlx::query(&format!("SET LOCAL search_path TO {schema}, public"))
         .execute(&mut *conn)
         .await?;
     let mut outcome = BatchOutcome::default();
     let mut max_position = 0i64;
-    // The offsets of every aggregate in the batch, read (and locked) in one statement and
-    // kept in memory; written back in one statement at the end of the batch.
-    let mut keys: Vec<(&str, &str)> = events
-        .iter()
-        .map(|e| (e.aggregate_type.as_str(), e.aggregate_id.as_str()))
-        .collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let (types, ids): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
-    let rows: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT o.aggregate_type, o.aggregate_id, o.last_sequence
-           FROM offsets o JOIN unnest($1::text[], $2::text[]) AS k(t, i)
-             ON o.aggregate_type = k.t AND o.aggregate_id = k.i
-          ORDER BY 1, 2
-            FOR UPDATE OF o",
-    )
-    .bind(&types)
-    .bind(&ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut offsets: HashMap<(String, String), i64> =
-        rows.into_iter().map(|(t, i, s)| ((t, i), s)).collect();
-    let mut advanced: HashMap<(String, String), i64> = HashMap::new();
+    let loaded;
+    let before: &OffsetMap = match &offsets {
+        Offsets::Memory(map) => map,
+        Offsets::Table => {
+            loaded = read_offsets(conn, events).await?;
+            &loaded
+        }
+    };
+    // This batch's advances, kept apart until the batch has been applied: a failed batch
+    // leaves a rebuild's in-memory offsets as they were.
+    let mut advanced = OffsetMap::new();
     let mut links = BatchLinks::default();
     let mut run: Vec<(&Envelope, LabEvent)> = Vec::with_capacity(events.len());
     for env in events {
         let key = (env.aggregate_type.clone(), env.aggregate_id.clone());
-        let last = offsets.get(&key).copied().unwrap_or(0);
+        let last = advanced
+            .get(&key)
+            .or_else(|| before.get(&key))
+            .copied()
+            .unwrap_or(0);
         if env.sequence <= last {
             outcome.skipped += 1;
             continue;
@@ -333,7 +350,6 @@ pub async fn apply_in(
         let event = decode(env)?;
         links.note(aggregate_uuid(env)?, &event);
         run.push((env, event));
-        offsets.insert(key.clone(), env.sequence);
         advanced.insert(key, env.sequence);
         outcome.applied += 1;
         max_position = max_position.max(env.position);
@@ -344,24 +360,10 @@ pub async fn apply_in(
         if !erased.is_empty() {
             projection.purge(conn, &erased).await?;
         }
-        let mut types = Vec::with_capacity(advanced.len());
-        let mut ids = Vec::with_capacity(advanced.len());
-        let mut sequences = Vec::with_capacity(advanced.len());
-        for ((t, i), s) in advanced {
-            types.push(t);
-            ids.push(i);
-            sequences.push(s);
+        match offsets {
+            Offsets::Table => upsert_offsets(conn, "offsets", advanced).await?,
+            Offsets::Memory(map) => map.extend(advanced),
         }
-        sqlx::query(
-            "INSERT INTO offsets (aggregate_type, aggregate_id, last_sequence)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
-             ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET last_sequence = excluded.last_sequence",
-        )
-        .bind(&types)
-        .bind(&ids)
-        .bind(&sequences)
-        .execute(&mut *conn)
-        .await?;
     }
     if outcome.applied > 0 {
         sqlx::query(
@@ -385,6 +387,71 @@ pub async fn apply_in(
         .await?;
     }
     Ok(outcome)
+}
+
+/// The offsets of every aggregate in `events`, read and locked in one statement.
+async fn read_offsets(
+    conn: &mut PgConnection,
+    events: &[Envelope],
+) -> Result<OffsetMap, ProjectionError> {
+    let mut keys: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.aggregate_type.as_str(), e.aggregate_id.as_str()))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let (types, ids): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT o.aggregate_type, o.aggregate_id, o.last_sequence
+           FROM offsets o JOIN unnest($1::text[], $2::text[]) AS k(t, i)
+             ON o.aggregate_type = k.t AND o.aggregate_id = k.i
+          ORDER BY 1, 2
+            FOR UPDATE OF o",
+    )
+    .bind(&types)
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().map(|(t, i, s)| ((t, i), s)).collect())
+}
+
+/// Writes `offsets` into `table` (the current schema's `offsets`, or a named one).
+async fn upsert_offsets(
+    conn: &mut PgConnection,
+    table: &str,
+    offsets: impl IntoIterator<Item = ((String, String), i64)>,
+) -> Result<(), ProjectionError> {
+    let (mut types, mut ids, mut sequences) = (Vec::new(), Vec::new(), Vec::new());
+    for ((t, i), s) in offsets {
+        types.push(t);
+        ids.push(i);
+        sequences.push(s);
+    }
+    sqlx::query(&format!(
+        "INSERT INTO {table} (aggregate_type, aggregate_id, last_sequence)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+         ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET last_sequence = excluded.last_sequence"
+    ))
+    .bind(&types)
+    .bind(&ids)
+    .bind(&sequences)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes a rebuild's in-memory offsets into `schema`'s table, 10,000 rows a statement.
+pub async fn write_offsets(
+    conn: &mut PgConnection,
+    schema: &str,
+    offsets: OffsetMap,
+) -> Result<(), ProjectionError> {
+    let table = format!("{schema}.offsets");
+    let mut rows = offsets.into_iter().peekable();
+    while rows.peek().is_some() {
+        upsert_offsets(conn, &table, rows.by_ref().take(10_000)).await?;
+    }
+    Ok(())
 }
 
 /// Applies a batch in its own transaction.
