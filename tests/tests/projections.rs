@@ -1,6 +1,9 @@
 //! Read models built from the ordered feed: a lab day reaches every model; redelivery is
 //! a no-op; a gap is refused; a rebuild equals the incrementally built model.
 
+use lis_domain::actor::{ActorId, Role};
+use lis_domain::ids::ResultId;
+use lis_domain::result::ResultCommand;
 use lis_projections::envelope::Envelope;
 use lis_projections::feed::{read_after, FeedPosition};
 use lis_projections::models;
@@ -316,10 +319,47 @@ async fn folded_batches_equal_one_event_at_a_time() {
     // in one batch, so that every row's events fold together.
     let db = TestDb::new().await;
     lab_day(&db).await;
-    lis_tests::lab_day_numbered(&db.ledger().await, 601).await;
-    let events = read_after(&db.app, FeedPosition::default(), 10_000)
+    let ledger = db.ledger().await;
+    lis_tests::lab_day_numbered(&ledger, 601).await;
+    // A clinician acknowledges every released result (some already seen earlier in the
+    // batch, some acknowledged after an amendment).
+    let released: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT aggregate_id FROM events WHERE event_type = 'ResultAuthorised'",
+    )
+    .fetch_all(&db.app)
+    .await
+    .unwrap();
+    let clinician = lis_tests::actor("dr.1", Role::Clinician);
+    let mut acknowledged = 0;
+    for id in released {
+        let id = ResultId::from_uuid(uuid::Uuid::parse_str(&id).unwrap());
+        let by = ActorId::parse("dr.1").unwrap();
+        if ledger
+            .execute_result(id, ResultCommand::Acknowledge { by }, &clinician)
+            .await
+            .is_ok()
+        {
+            acknowledged += 1;
+        }
+    }
+    assert!(acknowledged >= 2, "acknowledged {acknowledged}");
+    // The feed holds events back while any transaction in the cluster (another test's)
+    // is older than theirs: wait until it hands on all of them.
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.app)
         .await
         .unwrap();
+    let mut events = Vec::new();
+    for _ in 0..200 {
+        events = read_after(&db.app, FeedPosition::default(), 10_000)
+            .await
+            .unwrap();
+        if events.len() as i64 == stored {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(events.len() as i64, stored, "the feed never caught up");
     let envelopes: Vec<Envelope> = events.iter().map(Envelope::from).collect();
     for p in models::all() {
         let reference = OneByOne(p.clone());
@@ -348,6 +388,16 @@ async fn folded_batches_equal_one_event_at_a_time() {
             "projection {}",
             p.name()
         );
+        if p.name() == "results" {
+            // Independent of the shared write path: every acknowledgement shows.
+            let shown: i64 = sqlx::query_scalar(&format!(
+                "SELECT count(*) FROM {folded}.results WHERE acknowledged"
+            ))
+            .fetch_one(&db.app)
+            .await
+            .unwrap();
+            assert_eq!(shown, acknowledged);
+        }
     }
     db.drop().await;
 }

@@ -184,11 +184,9 @@ SELECT result_id, patient_id, order_id, test_code, value, unit, flags, status, n
                 )
                 .await?
             }
-            ResultEvent::ResultAcknowledged { .. } => {
-                set(conn, id, "acknowledged = true", None, at).await?
-            }
             // Folded above.
-            ResultEvent::ResultRecorded { .. }
+            ResultEvent::ResultAcknowledged { .. }
+            | ResultEvent::ResultRecorded { .. }
             | ResultEvent::ResultVerified { .. }
             | ResultEvent::ResultAuthorised { .. }
             | ResultEvent::CriticalValueNotified { .. } => {}
@@ -198,7 +196,8 @@ SELECT result_id, patient_id, order_id, test_code, value, unit, flags, status, n
 }
 
 /// A run's recorded results (one row each) and the status changes folded over them or
-/// over stored rows: verification, release, a read-back critical call.
+/// over stored rows: verification, release, a read-back critical call, a clinician's
+/// acknowledgement.
 #[derive(Default)]
 struct PendingResults {
     recorded: Vec<Recorded>,
@@ -236,6 +235,8 @@ struct Patch {
     released_by: Option<String>,
     released_at: Option<DateTime<Utc>>,
     notified: bool,
+    /// Only ever set here: what clears it (a new value) is applied alone, after a flush.
+    acknowledged: bool,
     updated_at: Option<DateTime<Utc>>,
 }
 
@@ -312,6 +313,11 @@ impl Pending for PendingResults {
                 p.notified = true;
                 p
             }
+            ResultEvent::ResultAcknowledged { .. } => {
+                let p = self.patches.entry(id).or_default();
+                p.acknowledged = true;
+                p
+            }
             _ => return Ok(Fold::Alone),
         };
         patch.updated_at = Some(at);
@@ -373,10 +379,11 @@ impl Pending for PendingResults {
                         verified_by = coalesce(u.verified_by, r.verified_by),
                         released_by = coalesce(u.released_by, r.released_by),
                         released_at = coalesce(u.released_at, r.released_at),
-                        notified = r.notified OR u.notified, updated_at = u.updated_at
+                        notified = r.notified OR u.notified, acknowledged = r.acknowledged OR u.acknowledged,
+                        updated_at = u.updated_at
                    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bool[],
-                               $7::timestamptz[])
-                     AS u(id, status, verified_by, released_by, released_at, notified, updated_at)
+                               $7::timestamptz[], $8::bool[])
+                     AS u(id, status, verified_by, released_by, released_at, notified, updated_at, acknowledged)
                   WHERE r.result_id = u.id",
             )
             .bind(patches.iter().map(|(id, _)| *id).collect::<Vec<_>>())
@@ -386,6 +393,7 @@ impl Pending for PendingResults {
             .bind(patches.iter().map(|(_, p)| p.released_at).collect::<Vec<_>>())
             .bind(patches.iter().map(|(_, p)| p.notified).collect::<Vec<_>>())
             .bind(patches.iter().map(|(_, p)| p.updated_at).collect::<Vec<_>>())
+            .bind(patches.iter().map(|(_, p)| p.acknowledged).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
         }
