@@ -397,6 +397,25 @@ async fn folded_batches_equal_one_event_at_a_time() {
             .await
             .unwrap();
             assert_eq!(shown, acknowledged);
+            // Every amendment counted, and the latest amended value and flags shown.
+            let (amended, wrong): (i64, i64) = sqlx::query_as(&format!(
+                "SELECT count(*) FILTER (WHERE r.amendments > 0),
+                        count(*) FILTER (WHERE r.amendments <> a.n
+                            OR (a.n > 0 AND (r.value <> a.value::jsonb
+                                OR r.flags <> ARRAY(SELECT json_array_elements_text(a.flags)))))
+                   FROM {folded}.results r
+                   CROSS JOIN LATERAL (
+                       SELECT count(*) AS n,
+                              (array_agg(payload -> 'ResultAmended' -> 'value' ORDER BY sequence DESC))[1]::text AS value,
+                              (array_agg(payload -> 'ResultAmended' -> 'flags' ORDER BY sequence DESC))[1] AS flags
+                         FROM events
+                        WHERE aggregate_id = r.result_id::text AND event_type = 'ResultAmended') a"
+            ))
+            .fetch_one(&db.app)
+            .await
+            .unwrap();
+            assert!(amended >= 1, "the batch holds an amendment");
+            assert_eq!(wrong, 0, "amended rows that disagree with their events");
         }
     }
     db.drop().await;

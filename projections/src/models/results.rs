@@ -35,15 +35,13 @@ async fn revalue(
     new_flags: &[Flag],
     at: chrono::DateTime<chrono::Utc>,
     status: Option<&str>,
-    amended: bool,
 ) -> Result<(), ProjectionError> {
     let (n, _) = numeric(value);
     let critical = new_flags.iter().any(Flag::is_critical);
     sqlx::query(
         "UPDATE results SET value = $2, numeric_value = $3, flags = $4, critical = $5,
                 notified = false, acknowledged = false, status = coalesce($6, status),
-                amendments = amendments + $7, verified_by = CASE WHEN $6 IS NULL THEN verified_by ELSE NULL END,
-                updated_at = $8
+                verified_by = CASE WHEN $6 IS NULL THEN verified_by ELSE NULL END, updated_at = $7
           WHERE result_id = $1",
     )
     .bind(id)
@@ -52,7 +50,6 @@ async fn revalue(
     .bind(flags(new_flags))
     .bind(critical)
     .bind(status)
-    .bind(i32::from(amended))
     .bind(at)
     .execute(&mut *conn)
     .await?;
@@ -160,10 +157,7 @@ SELECT result_id, patient_id, order_id, test_code, value, unit, flags, status, n
         match event {
             ResultEvent::ResultCorrected {
                 value, flags: f, ..
-            } => revalue(conn, id, value, f, at, Some("recorded"), false).await?,
-            ResultEvent::ResultAmended {
-                value, flags: f, ..
-            } => revalue(conn, id, value, f, at, None, true).await?,
+            } => revalue(conn, id, value, f, at, Some("recorded")).await?,
             ResultEvent::ResultRetracted { reason, .. } => {
                 set(
                     conn,
@@ -185,7 +179,8 @@ SELECT result_id, patient_id, order_id, test_code, value, unit, flags, status, n
                 .await?
             }
             // Folded above.
-            ResultEvent::ResultAcknowledged { .. }
+            ResultEvent::ResultAmended { .. }
+            | ResultEvent::ResultAcknowledged { .. }
             | ResultEvent::ResultRecorded { .. }
             | ResultEvent::ResultVerified { .. }
             | ResultEvent::ResultAuthorised { .. }
@@ -197,7 +192,7 @@ SELECT result_id, patient_id, order_id, test_code, value, unit, flags, status, n
 
 /// A run's recorded results (one row each) and the status changes folded over them or
 /// over stored rows: verification, release, a read-back critical call, a clinician's
-/// acknowledgement.
+/// acknowledgement, an amendment.
 #[derive(Default)]
 struct PendingResults {
     recorded: Vec<Recorded>,
@@ -234,9 +229,15 @@ struct Patch {
     verified_by: Option<String>,
     released_by: Option<String>,
     released_at: Option<DateTime<Utc>>,
-    notified: bool,
-    /// Only ever set here: what clears it (a new value) is applied alone, after a flush.
-    acknowledged: bool,
+    /// `Some(false)` after an amendment (the new value needs a new call), `Some(true)`
+    /// after a read-back call.
+    notified: Option<bool>,
+    /// `Some(false)` after an amendment, `Some(true)` after a clinician's acknowledgement.
+    acknowledged: Option<bool>,
+    /// The latest amended value: (value JSON, numeric value, flags JSON, critical).
+    amended: Option<(String, Option<f64>, String, bool)>,
+    /// Amendments in this run.
+    amendments: i32,
     updated_at: Option<DateTime<Utc>>,
 }
 
@@ -310,12 +311,28 @@ impl Pending for PendingResults {
                     return Ok(Fold::Taken);
                 }
                 let p = self.patches.entry(id).or_default();
-                p.notified = true;
+                p.notified = Some(true);
                 p
             }
             ResultEvent::ResultAcknowledged { .. } => {
                 let p = self.patches.entry(id).or_default();
-                p.acknowledged = true;
+                p.acknowledged = Some(true);
+                p
+            }
+            ResultEvent::ResultAmended {
+                value, flags: f, ..
+            } => {
+                let p = self.patches.entry(id).or_default();
+                let (n, _) = numeric(value);
+                p.amended = Some((
+                    serde_json::to_string(value).unwrap_or_default(),
+                    n,
+                    serde_json::to_string(&flags(f)).unwrap_or_default(),
+                    f.iter().any(Flag::is_critical),
+                ));
+                p.amendments += 1;
+                p.notified = Some(false);
+                p.acknowledged = Some(false);
                 p
             }
             _ => return Ok(Fold::Alone),
@@ -379,11 +396,19 @@ impl Pending for PendingResults {
                         verified_by = coalesce(u.verified_by, r.verified_by),
                         released_by = coalesce(u.released_by, r.released_by),
                         released_at = coalesce(u.released_at, r.released_at),
-                        notified = r.notified OR u.notified, acknowledged = r.acknowledged OR u.acknowledged,
-                        updated_at = u.updated_at
+                        notified = coalesce(u.notified, r.notified),
+                        acknowledged = coalesce(u.acknowledged, r.acknowledged),
+                        value = CASE WHEN u.amended THEN u.value::jsonb ELSE r.value END,
+                        numeric_value = CASE WHEN u.amended THEN u.numeric_value ELSE r.numeric_value END,
+                        flags = CASE WHEN u.amended THEN ARRAY(SELECT json_array_elements_text(u.flags::json))
+                                     ELSE r.flags END,
+                        critical = CASE WHEN u.amended THEN u.critical ELSE r.critical END,
+                        amendments = r.amendments + u.amendments, updated_at = u.updated_at
                    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bool[],
-                               $7::timestamptz[], $8::bool[])
-                     AS u(id, status, verified_by, released_by, released_at, notified, updated_at, acknowledged)
+                               $7::timestamptz[], $8::bool[], $9::bool[], $10::text[], $11::float8[],
+                               $12::text[], $13::bool[], $14::int4[])
+                     AS u(id, status, verified_by, released_by, released_at, notified, updated_at, acknowledged,
+                          amended, value, numeric_value, flags, critical, amendments)
                   WHERE r.result_id = u.id",
             )
             .bind(patches.iter().map(|(id, _)| *id).collect::<Vec<_>>())
@@ -394,6 +419,12 @@ impl Pending for PendingResults {
             .bind(patches.iter().map(|(_, p)| p.notified).collect::<Vec<_>>())
             .bind(patches.iter().map(|(_, p)| p.updated_at).collect::<Vec<_>>())
             .bind(patches.iter().map(|(_, p)| p.acknowledged).collect::<Vec<_>>())
+            .bind(patches.iter().map(|(_, p)| p.amended.is_some()).collect::<Vec<_>>())
+            .bind(patches.iter().map(|(_, p)| p.amended.as_ref().map(|a| a.0.clone())).collect::<Vec<_>>())
+            .bind(patches.iter().map(|(_, p)| p.amended.as_ref().and_then(|a| a.1)).collect::<Vec<_>>())
+            .bind(patches.iter().map(|(_, p)| p.amended.as_ref().map(|a| a.2.clone())).collect::<Vec<_>>())
+            .bind(patches.iter().map(|(_, p)| p.amended.as_ref().map(|a| a.3)).collect::<Vec<_>>())
+            .bind(patches.iter().map(|(_, p)| p.amendments).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
         }
