@@ -29,6 +29,7 @@
 //! | `LIS_JWT_SECRET_FILE` | `deploy/.local/jwt.secret` | file holding the token key (`deploy/run.sh` makes one) |
 //! | `LIS_JWT_ISSUER` / `LIS_JWT_AUDIENCE` | `lisledger` / `lisledger-api` | token issuer and audience |
 //! | `LIS_TOKEN_TTL_SECS` | `900` | access-token lifetime |
+//! | `LIS_MAX_IN_FLIGHT` | `256` | requests `serve` handles at once; beyond, 503 at once with Retry-After (0 = no bound) |
 //! | `LIS_CORS_ORIGINS` | unset | comma-separated browser origins allowed to call the API |
 //! | `LIS_RATE_PER_ADDRESS` / `LIS_RATE_PER_USER` | `1200` / `600` | requests a minute per client address / per user (0 = off) |
 //! | `LIS_PROJECT_BATCH` | `500` | events a projection worker applies per transaction at most |
@@ -79,6 +80,7 @@ pub struct Config {
     pub token_ttl_secs: u64,
     pub rate_per_address: u32,
     pub rate_per_user: u32,
+    pub max_in_flight: usize,
     pub cors_origins: Vec<String>,
 }
 
@@ -112,6 +114,14 @@ impl Config {
             vars.get(name)
                 .cloned()
                 .unwrap_or_else(|| default.to_string())
+        };
+        // A whole number, 0 allowed (0 = off, for the limits).
+        let whole = |name: &'static str, default: &str| -> Result<u64, ConfigError> {
+            let raw = get(name, default);
+            raw.trim().parse::<u64>().map_err(|_| ConfigError {
+                variable: name,
+                message: format!("`{raw}` is not a whole number"),
+            })
         };
         let number = |name: &'static str, default: &str| -> Result<u64, ConfigError> {
             let raw = get(name, default);
@@ -197,13 +207,7 @@ impl Config {
             mongo_database: get("LIS_MONGO_DATABASE", "lis_analytics"),
             kafka_group_prefix: get("LIS_KAFKA_GROUP_PREFIX", "lis-projection"),
             project_batch: number("LIS_PROJECT_BATCH", "500")? as usize,
-            project_linger_ms: {
-                let raw = get("LIS_PROJECT_LINGER_MS", "10");
-                raw.trim().parse::<u64>().map_err(|_| ConfigError {
-                    variable: "LIS_PROJECT_LINGER_MS",
-                    message: format!("`{raw}` is not a whole number of milliseconds"),
-                })?
-            },
+            project_linger_ms: whole("LIS_PROJECT_LINGER_MS", "10")?,
             http_addr: get("LIS_HTTP_ADDR", "127.0.0.1:8080"),
             kek: vars
                 .get("LIS_KEK")
@@ -218,25 +222,14 @@ impl Config {
             jwt_issuer: get("LIS_JWT_ISSUER", "lisledger"),
             jwt_audience: get("LIS_JWT_AUDIENCE", "lisledger-api"),
             token_ttl_secs: number("LIS_TOKEN_TTL_SECS", "900")?,
-            rate_per_address: get("LIS_RATE_PER_ADDRESS", "1200")
-                .trim()
-                .parse()
-                .map_err(|_| ConfigError {
-                    variable: "LIS_RATE_PER_ADDRESS",
-                    message: "not a whole number".into(),
-                })?,
+            rate_per_address: whole("LIS_RATE_PER_ADDRESS", "1200")? as u32,
             cors_origins: get("LIS_CORS_ORIGINS", "")
                 .split(',')
                 .map(|o| o.trim().to_string())
                 .filter(|o| !o.is_empty())
                 .collect(),
-            rate_per_user: get("LIS_RATE_PER_USER", "600")
-                .trim()
-                .parse()
-                .map_err(|_| ConfigError {
-                    variable: "LIS_RATE_PER_USER",
-                    message: "not a whole number".into(),
-                })?,
+            rate_per_user: whole("LIS_RATE_PER_USER", "600")? as u32,
+            max_in_flight: whole("LIS_MAX_IN_FLIGHT", "256")? as usize,
         })
     }
 }

@@ -440,6 +440,7 @@ pub async fn serve(config: &Config, pool: PgPool) -> anyhow::Result<ExitCode> {
         metrics: Default::default(),
         per_address: std::sync::Arc::new(http::limits::RateLimiter::new(config.rate_per_address)),
         per_user: std::sync::Arc::new(http::limits::RateLimiter::new(config.rate_per_user)),
+        in_flight: http::overload::InFlight::new(config.max_in_flight),
         seal_verifier: verifier(config).ok(),
         cors_origins: config
             .cors_origins

@@ -36,18 +36,19 @@ struct Api {
 
 impl Api {
     async fn start() -> Self {
-        Self::start_with(0, None, None).await
+        Self::start_with(0, None, None, 0).await
     }
 
     /// A server allowing `per_user` requests a minute per user (0 = unlimited).
     async fn start_limited(per_user: u32) -> Self {
-        Self::start_with(per_user, None, None).await
+        Self::start_with(per_user, None, None, 0).await
     }
 
     async fn start_with(
         per_user: u32,
         analytics: Option<Arc<lis_projections::models::analytics::Analytics>>,
         kafka: Option<Arc<lis_projections::kafka_health::KafkaProbe>>,
+        in_flight: usize,
     ) -> Self {
         let db = TestDb::new().await;
         for (user, role) in [
@@ -83,6 +84,7 @@ impl Api {
             metrics: Default::default(),
             per_address: Arc::new(http::limits::RateLimiter::new(0)),
             per_user: Arc::new(http::limits::RateLimiter::new(per_user)),
+            in_flight: http::overload::InFlight::new(in_flight),
             seal_verifier: None,
             cors_origins: vec!["https://ward.example".parse().unwrap()],
         };
@@ -780,7 +782,7 @@ async fn analytics_are_served_over_a_date_range() {
         .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".into());
     let database = format!("lis_analytics_http_{}", uuid::Uuid::new_v4().simple());
     let analytics = Arc::new(Analytics::connect(&url, &database).await.unwrap());
-    let api = Api::start_with(0, Some(analytics.clone()), None).await;
+    let api = Api::start_with(0, Some(analytics.clone()), None, 0).await;
     lis_tests::lab_day(&api.db).await;
     ensure_schema(
         &mut api.db.app.acquire().await.unwrap(),
@@ -868,6 +870,7 @@ async fn with_postgresql_down_the_api_answers_503_never_500() {
         metrics: Default::default(),
         per_address: Arc::new(http::limits::RateLimiter::new(0)),
         per_user: Arc::new(http::limits::RateLimiter::new(0)),
+        in_flight: Default::default(),
         seal_verifier: None,
         cors_origins: vec![],
     };
@@ -1110,7 +1113,13 @@ async fn identity_is_shown_as_each_role_may_see_it_and_only_an_admin_erases() {
 async fn readiness_probes_kafka_where_configured() {
     use lis_projections::kafka_health::KafkaProbe;
     let brokers = std::env::var("LIS_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let live = Api::start_with(0, None, Some(Arc::new(KafkaProbe::new(&brokers).unwrap()))).await;
+    let live = Api::start_with(
+        0,
+        None,
+        Some(Arc::new(KafkaProbe::new(&brokers).unwrap())),
+        0,
+    )
+    .await;
     let token = live.token("analyst.1").await;
     let (s, ready) = live.get(&token, "/readyz").await;
     assert_eq!(s, StatusCode::OK, "{ready}");
@@ -1124,6 +1133,7 @@ async fn readiness_probes_kafka_where_configured() {
         0,
         None,
         Some(Arc::new(KafkaProbe::new("127.0.0.1:1").unwrap())),
+        0,
     )
     .await;
     let token = dead.token("analyst.1").await;
@@ -1190,5 +1200,58 @@ async fn nul_characters_and_absent_analytics_are_client_errors() {
             .await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{report}: {problem}");
     }
+    api.db.drop().await;
+}
+
+#[tokio::test]
+async fn beyond_the_requests_in_flight_the_api_answers_503_at_once() {
+    // One request at a time. No projection worker runs here, so a read waiting for the
+    // order's position holds the only permit (up to its 5 s bound).
+    let api = Api::start_with(0, None, None, 1).await;
+    let token = api.token("reception.1").await;
+    let (s, placed) = api.post(&token, "/orders", order_body("MRN-OVER")).await;
+    assert_eq!(s, StatusCode::CREATED, "{placed}");
+    let path = format!(
+        "/orders/{}?min_position={}",
+        placed["id"].as_str().unwrap(),
+        placed["position"]
+    );
+    let waiting = {
+        let (client, base, token) = (api.client.clone(), api.base.clone(), token.clone());
+        tokio::spawn(async move {
+            client
+                .get(format!("{base}{path}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let (s, p) = api
+        .get(&token, &format!("/orders/{}", uuid::Uuid::new_v4()))
+        .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{p}");
+    assert_eq!(
+        p["type"], "https://lisledger.example/problems/overloaded",
+        "{p}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    // Probes are always answered.
+    let r = api
+        .client
+        .get(format!("{}/healthz", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // The waiting read ends (503: its model never got there), and the permit is back.
+    assert_eq!(waiting.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+    let (s, p) = api
+        .get(&token, &format!("/orders/{}", uuid::Uuid::new_v4()))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{p}");
     api.db.drop().await;
 }

@@ -20,6 +20,7 @@ pub mod idempotency;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
+pub mod overload;
 pub mod privacy;
 pub mod problem;
 pub mod queries;
@@ -56,6 +57,8 @@ pub struct AppState {
     /// Requests per minute per client address, and per user.
     pub per_address: Arc<limits::RateLimiter>,
     pub per_user: Arc<limits::RateLimiter>,
+    /// Requests served at once at most; beyond, 503 at once.
+    pub in_flight: overload::InFlight,
     /// Verifies audit seals for `GET /audit/verification`, when the key is configured.
     pub seal_verifier: Option<lis_projections::seal::NoteVerifier>,
     /// Browser origins allowed to call the API (CORS); empty = none.
@@ -145,6 +148,10 @@ pub fn router(state: AppState) -> Router {
             Problem::not_found("no such endpoint (GET /openapi.json lists them)")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            overload::shed,
+        ))
         .layer(middleware::from_fn(refuse_nul))
         .layer(middleware::from_fn(problem_for_plain_errors))
         .layer(middleware::from_fn_with_state(
