@@ -141,20 +141,25 @@ async fn tests_with_departments(
     conn: &mut PgConnection,
     tests: &[OrderedTest],
 ) -> Result<Vec<Bson>, ProjectionError> {
-    let mut out = Vec::with_capacity(tests.len());
-    for t in tests {
-        let department: Option<String> = sqlx::query_scalar(
-            "SELECT department FROM catalogue_tests WHERE version = $1 AND code = $2",
-        )
-        .bind(t.catalogue_version.0)
-        .bind(t.code.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
-        out.push(Bson::Document(
-            doc! { "code": t.code.as_str(), "department": department.unwrap_or_default() },
-        ));
-    }
-    Ok(out)
+    // One statement for the event's tests, in their order.
+    let versions: Vec<i32> = tests.iter().map(|t| t.catalogue_version.0).collect();
+    let codes: Vec<&str> = tests.iter().map(|t| t.code.as_str()).collect();
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT u.code, c.department
+           FROM unnest($1::int4[], $2::text[]) WITH ORDINALITY AS u(version, code, i)
+           LEFT JOIN catalogue_tests c ON c.version = u.version AND c.code = u.code
+          ORDER BY u.i",
+    )
+    .bind(&versions)
+    .bind(&codes)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(code, department)| {
+            Bson::Document(doc! { "code": code, "department": department.unwrap_or_default() })
+        })
+        .collect())
 }
 
 #[async_trait::async_trait]
