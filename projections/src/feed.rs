@@ -11,6 +11,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, PgPool, Row};
 
 /// Where a reader of the feed is: the (transaction id, position) of the last event read.
@@ -72,50 +73,78 @@ pub enum FeedError {
     CounterBehind { max_tx: String, current: String },
 }
 
+/// The columns of an event as the feed hands it on, in the order [`decode_row`] reads.
+const COLUMNS: &str = "position, tx_id::text AS tx_id, aggregate_type, aggregate_id, sequence,
+    event_type, event_version, recorded_at, payload::text AS payload, metadata::text AS metadata,
+    prev_hash, hash";
+
+/// The feed's query after the position that `after` (an SQL row of `xid8`, `bigint`)
+/// names, at most `$n` events (`limit` names the parameter).
+fn feed_sql(after: &str, limit: &str) -> String {
+    format!(
+        "SELECT {COLUMNS}
+           FROM events
+          WHERE (tx_id, position) > {after}
+            AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+          ORDER BY events.tx_id, events.position
+          LIMIT {limit}"
+    )
+}
+
 /// The next events after `after`, at most `limit`, that are safe to hand on.
 pub async fn read_after(
     pool: &PgPool,
     after: FeedPosition,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, FeedError> {
-    let rows = sqlx::query(
-        "SELECT position, tx_id::text AS tx_id, aggregate_type, aggregate_id, sequence, event_type,
-                event_version, recorded_at, payload::text AS payload, metadata::text AS metadata,
-                prev_hash, hash
-           FROM events
-          WHERE (tx_id, position) > ($1::text::xid8, $2)
-            AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-          ORDER BY events.tx_id, events.position
-          LIMIT $3",
-    )
-    .bind(after.tx_id.to_string())
-    .bind(after.position)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    rows.into_iter()
-        .map(|row| {
-            let position: i64 = row.get("position");
-            let corrupt = |message: String| FeedError::Corrupt { position, message };
-            let tx: String = row.get("tx_id");
-            Ok(StoredEvent {
-                position,
-                tx_id: tx.parse().map_err(|e| corrupt(format!("tx_id: {e}")))?,
-                aggregate_type: row.get("aggregate_type"),
-                aggregate_id: row.get("aggregate_id"),
-                sequence: row.get("sequence"),
-                event_type: row.get("event_type"),
-                event_version: row.get("event_version"),
-                recorded_at: row.get("recorded_at"),
-                payload: RawValue::from_string(row.get("payload"))
-                    .map_err(|e| corrupt(format!("payload: {e}")))?,
-                metadata: RawValue::from_string(row.get("metadata"))
-                    .map_err(|e| corrupt(format!("metadata: {e}")))?,
-                prev_hash: row.get("prev_hash"),
-                hash: row.get("hash"),
-            })
-        })
-        .collect()
+    let rows = sqlx::query(&feed_sql("($1::text::xid8, $2)", "$3"))
+        .bind(after.tx_id.to_string())
+        .bind(after.position)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(decode_row).collect()
+}
+
+/// The next events, at most `limit`, after the position saved in `table` (a read
+/// model's one-row `feed_position`; the start of the feed while it is empty), in one
+/// statement: an idle reader's poll is a single round trip.
+pub async fn read_after_saved(
+    pool: &PgPool,
+    table: &str,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, FeedError> {
+    let after = format!(
+        "(coalesce((SELECT tx_id FROM {table}), '0')::xid8,
+          coalesce((SELECT position FROM {table}), 0))"
+    );
+    let rows = sqlx::query(&feed_sql(&after, "$1"))
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(decode_row).collect()
+}
+
+fn decode_row(row: &PgRow) -> Result<StoredEvent, FeedError> {
+    let position: i64 = row.get("position");
+    let corrupt = |message: String| FeedError::Corrupt { position, message };
+    let tx: String = row.get("tx_id");
+    Ok(StoredEvent {
+        position,
+        tx_id: tx.parse().map_err(|e| corrupt(format!("tx_id: {e}")))?,
+        aggregate_type: row.get("aggregate_type"),
+        aggregate_id: row.get("aggregate_id"),
+        sequence: row.get("sequence"),
+        event_type: row.get("event_type"),
+        event_version: row.get("event_version"),
+        recorded_at: row.get("recorded_at"),
+        payload: RawValue::from_string(row.get("payload"))
+            .map_err(|e| corrupt(format!("payload: {e}")))?,
+        metadata: RawValue::from_string(row.get("metadata"))
+            .map_err(|e| corrupt(format!("metadata: {e}")))?,
+        prev_hash: row.get("prev_hash"),
+        hash: row.get("hash"),
+    })
 }
 
 /// Refuses a database whose cluster's transaction counter is not past every stored

@@ -2,6 +2,7 @@
 //!
 //! - [`feed`]: the event store's gap-free ordered feed (what the relay and single-node
 //!   projections read).
+//! - [`poll`]: how often an idle reader of the feed looks again.
 //! - [`envelope`]: the JSON envelope events travel in.
 //! - [`merkle`]: RFC 6962 Merkle trees; [`seal`]: signed checkpoints of the log.
 //! - [`relay`]: publishes the feed to Kafka in order and seals it.
@@ -15,6 +16,7 @@ pub mod feed;
 pub mod kafka_health;
 pub mod merkle;
 pub mod models;
+pub mod poll;
 pub mod projection;
 pub mod relay;
 pub mod seal;

@@ -14,6 +14,7 @@ use crate::feed::{
     load_checkpoint, read_after, save_checkpoint, FeedError, FeedPosition, StoredEvent,
 };
 use crate::merkle::CompactRange;
+use crate::poll::{Poller, Polling};
 use crate::seal::{event_leaf, Checkpoint, Sealer};
 use futures::TryStreamExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -81,10 +82,8 @@ pub struct RelayConfig {
     pub consumer: String,
     pub kafka: Option<KafkaConfig>,
     pub batch_size: i64,
-    /// How long to wait before reading the feed again when it had nothing new. The feed
-    /// is polled, not notified: a NOTIFY would serialise every appending transaction's
-    /// commit (migration 0010).
-    pub poll: Duration,
+    /// How soon to read the feed again when it had nothing new.
+    pub polling: Polling,
     /// The log's origin line in signed checkpoints (e.g. `lisledger/<lab>`).
     pub origin: String,
     /// Seal after this many new events…
@@ -99,7 +98,7 @@ impl Default for RelayConfig {
             consumer: "relay".into(),
             kafka: None,
             batch_size: 500,
-            poll: Duration::from_millis(25),
+            polling: Polling::default(),
             origin: "lisledger/local".into(),
             seal_every_events: 1000,
             seal_every: Duration::from_secs(60),
@@ -216,7 +215,7 @@ impl Relay {
                 break;
             }
             tracing::debug!("relay standby: another relay leads");
-            tokio::time::sleep(self.config.poll.max(Duration::from_millis(200))).await;
+            tokio::time::sleep(self.config.polling.idle.max(Duration::from_millis(200))).await;
         }
         tracing::info!("relay is the leader");
         if let Err(e) = self.ensure_topics().await {
@@ -230,9 +229,13 @@ impl Relay {
     async fn lead(&self, lock: &mut PgConnection) -> Result<(), RelayError> {
         let mut state = self.load_state().await?;
         let mut checked = Instant::now();
+        let mut poller = Poller::new(self.config.polling, Instant::now());
         loop {
             let n = self.step(&mut state).await?;
-            if n == 0 || checked.elapsed() > Duration::from_secs(5) {
+            // The leader lock's connection is checked every second when idle, every
+            // five under load (a lost connection has given the lock up).
+            let check_every = Duration::from_secs(if n == 0 { 1 } else { 5 });
+            if checked.elapsed() >= check_every {
                 sqlx::query("SELECT 1")
                     .execute(&mut *lock)
                     .await
@@ -240,7 +243,9 @@ impl Relay {
                 checked = Instant::now();
             }
             if n == 0 {
-                tokio::time::sleep(self.config.poll).await;
+                tokio::time::sleep(poller.wait(Instant::now())).await;
+            } else {
+                poller.found(Instant::now());
             }
         }
     }

@@ -3,10 +3,11 @@
 //! projection from the whole event store without stopping queries.
 
 use crate::envelope::Envelope;
-use crate::feed::{read_after, FeedPosition};
+use crate::feed::{read_after, read_after_saved, FeedPosition};
+use crate::poll::{Poller, Polling};
 use crate::projection::{
-    apply_batch, apply_in, apply_in_with, ensure_schema, feed_position, schema_of, write_offsets,
-    BatchOutcome, OffsetMap, Offsets, Projection, ProjectionError,
+    apply_batch, apply_in, apply_in_with, ensure_schema, schema_of, write_offsets, BatchOutcome,
+    OffsetMap, Offsets, Projection, ProjectionError,
 };
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -15,7 +16,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use sqlx::{Acquire, PgPool};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -60,9 +61,8 @@ pub struct Batching {
     pub max: usize,
     /// Wait after a part-full batch before reading again.
     pub linger: Duration,
-    /// Wait this long before reading the feed again when it had nothing new
-    /// (single-node mode; the feed is polled, not notified: migration 0010).
-    pub poll: Duration,
+    /// How soon to read the feed again when it had nothing new (single-node mode).
+    pub polling: Polling,
 }
 
 impl Default for Batching {
@@ -70,7 +70,7 @@ impl Default for Batching {
         Self {
             max: 500,
             linger: Duration::from_millis(10),
-            poll: Duration::from_millis(25),
+            polling: Polling::default(),
         }
     }
 }
@@ -84,11 +84,15 @@ pub async fn run_from_feed(
 ) -> Result<(), WorkerError> {
     let schema = schema_of(projection.name());
     ensure_schema(&mut *pool.acquire().await?, projection.as_ref(), &schema).await?;
+    let mut poller = Poller::new(batching.polling, Instant::now());
     loop {
         let n = feed_step(&pool, projection.as_ref(), batching.max as i64).await?;
         if n == 0 {
-            tokio::time::sleep(batching.poll).await;
-        } else if n < batching.max {
+            tokio::time::sleep(poller.wait(Instant::now())).await;
+            continue;
+        }
+        poller.found(Instant::now());
+        if n < batching.max {
             tokio::time::sleep(batching.linger).await;
         }
     }
@@ -101,8 +105,7 @@ pub async fn feed_step(
     batch: i64,
 ) -> Result<usize, WorkerError> {
     let schema = schema_of(projection.name());
-    let at = feed_position(&mut *pool.acquire().await?, &schema).await?;
-    let events = read_after(pool, at, batch).await?;
+    let events = read_after_saved(pool, &format!("{schema}.feed_position"), batch).await?;
     let Some(last) = events.last().map(|e| e.feed_position()) else {
         return Ok(0);
     };

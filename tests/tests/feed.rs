@@ -1,6 +1,8 @@
 //! The ordered feed never skips an event whose transaction commits late.
 
-use lis_projections::feed::{load_checkpoint, read_after, save_checkpoint, FeedPosition};
+use lis_projections::feed::{
+    load_checkpoint, read_after, read_after_saved, save_checkpoint, FeedPosition,
+};
 use lis_tests::TestDb;
 use sqlx::{Connection, PgConnection};
 
@@ -136,5 +138,51 @@ async fn the_feed_orders_by_transaction_id_as_a_number() {
         .map(|e| (e.aggregate_id.as_str(), e.tx_id))
         .collect();
     assert_eq!(order, [("first", 999), ("second", 1000)]);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_model_reads_on_from_its_saved_position_in_one_statement() {
+    let db = TestDb::empty().await;
+    let mut conn = db.app.acquire().await.unwrap();
+    for i in 0..5 {
+        insert_in(&mut conn, &format!("agg-{i}")).await;
+    }
+    let orders = lis_projections::models::orders::Orders;
+    let schema = "proj_feed_saved";
+    lis_projections::projection::ensure_schema(&mut conn, &orders, schema)
+        .await
+        .unwrap();
+    drop(conn);
+    let table = format!("{schema}.feed_position");
+    let all = read_until(&db.app, FeedPosition::default(), 5).await;
+
+    // Nothing saved yet: from the start of the feed, as a reader from position zero.
+    let from_start = read_after_saved(&db.app, &table, 100).await.unwrap();
+    let ids = |events: &[lis_projections::feed::StoredEvent]| -> Vec<String> {
+        events.iter().map(|e| e.aggregate_id.clone()).collect()
+    };
+    assert_eq!(ids(&from_start), ids(&all));
+
+    // Saved after the second event: the rest, and the limit holds.
+    let saved = all[1].feed_position();
+    sqlx::query(&format!(
+        "INSERT INTO {table} (tx_id, position) VALUES ($1, $2)"
+    ))
+    .bind(saved.tx_id.to_string())
+    .bind(saved.position)
+    .execute(&db.app)
+    .await
+    .unwrap();
+    let rest = read_after_saved(&db.app, &table, 100).await.unwrap();
+    assert_eq!(ids(&rest), ids(&all[2..]));
+    assert_eq!(
+        ids(&read_after_saved(&db.app, &table, 2).await.unwrap()),
+        ids(&all[2..4])
+    );
+    assert_eq!(
+        ids(&read_after(&db.app, saved, 100).await.unwrap()),
+        ids(&rest)
+    );
     db.drop().await;
 }
