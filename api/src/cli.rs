@@ -125,7 +125,8 @@ enum PatientsCommand {
 
 #[derive(Debug, Subcommand)]
 enum ProjectionsCommand {
-    /// Replay the event store into a fresh copy of a read model and swap it in live.
+    /// Replay the event store into a fresh copy of a read model (or `all` of them, from
+    /// one read of the store) and swap it in live.
     Rebuild { name: String },
 }
 
@@ -309,7 +310,8 @@ pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
         Command::Projections {
             command: ProjectionsCommand::Rebuild { name },
         } => {
-            let pool = pool(&config.database_url, 4).await?;
+            // A connection per model rebuilt, one to read the store, one to spare.
+            let pool = pool(&config.database_url, 6).await?;
             return ops::rebuild(pool, &name).await;
         }
         Command::Seal {

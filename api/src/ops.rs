@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lis_api::config::Config;
 use lis_projections::models;
 use lis_projections::models::analytics::Analytics;
+use lis_projections::projection::Projection;
 use lis_projections::relay::{KafkaConfig, Relay, RelayConfig, Topics};
 use lis_projections::seal::{NoteVerifier, Sealer};
 use lis_projections::seal_audit;
@@ -178,8 +179,13 @@ pub async fn project(
     }
 }
 
+/// Rebuilds one read model, or `all` of them from one read of the event store.
 pub async fn rebuild(pool: PgPool, name: &str) -> anyhow::Result<ExitCode> {
-    let projection = models::by_name(name)?;
+    let chosen = match name {
+        "all" => models::all(),
+        one => vec![models::by_name(one)?],
+    };
+    let projections: Vec<&dyn Projection> = chosen.iter().map(|p| p.as_ref()).collect();
     let total = lis_commands::audit::count_events(&pool).await?;
     let bar = ProgressBar::new(total.max(0) as u64);
     bar.set_style(
@@ -187,18 +193,21 @@ pub async fn rebuild(pool: PgPool, name: &str) -> anyhow::Result<ExitCode> {
             .expect("static template"),
     );
     let started = Instant::now();
-    let report = worker::rebuild(&pool, projection.as_ref(), &mut |n| bar.set_position(n)).await?;
+    let reports = worker::rebuild_all(&pool, &projections, &mut |n| bar.set_position(n)).await?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
-    say!(
-        "rebuilt {name} from {} events in {secs:.2} s ({:.0} events/s); the new model is live",
-        report.events,
-        if secs > 0.0 {
-            report.events as f64 / secs
-        } else {
-            0.0
-        }
-    );
+    for (p, report) in projections.iter().zip(reports) {
+        say!(
+            "rebuilt {} from {} events in {secs:.2} s ({:.0} events/s); the new model is live",
+            p.name(),
+            report.events,
+            if secs > 0.0 {
+                report.events as f64 / secs
+            } else {
+                0.0
+            }
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -17,6 +17,7 @@ use lis_domain::result::ResultEvent;
 use lis_domain::sample::SampleEvent;
 use lis_domain::upcast::upcasters;
 use sqlx::{Connection, PgConnection, PgPool, Row};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// An event of any aggregate, decoded (and upcast) from its envelope. (Short-lived, one
@@ -129,7 +130,7 @@ pub trait Projection: Send + Sync {
     async fn apply_run(
         &self,
         conn: &mut PgConnection,
-        events: &[(&Envelope, LabEvent)],
+        events: &[(&Envelope, &LabEvent)],
     ) -> Result<(), ProjectionError> {
         for (env, event) in events {
             self.apply(conn, env, event).await?;
@@ -167,7 +168,7 @@ pub trait Pending: Default + Send {
 pub async fn apply_folded<P: Pending>(
     projection: &dyn Projection,
     conn: &mut PgConnection,
-    events: &[(&Envelope, LabEvent)],
+    events: &[(&Envelope, &LabEvent)],
 ) -> Result<(), ProjectionError> {
     let mut pending = P::default();
     for (env, event) in events {
@@ -298,15 +299,32 @@ pub async fn apply_in(
     events: &[Envelope],
     feed_at: Option<FeedPosition>,
 ) -> Result<BatchOutcome, ProjectionError> {
-    apply_in_with(conn, projection, schema, events, feed_at, Offsets::Table).await
+    let events: Vec<(&Envelope, Option<&LabEvent>)> = events.iter().map(|e| (e, None)).collect();
+    apply_events(conn, projection, schema, &events, feed_at, Offsets::Table).await
 }
 
-/// [`apply_in`], with the offsets kept where `offsets` says.
-pub async fn apply_in_with(
+/// [`apply_in`] for events already decoded (a rebuild decodes each event once for all
+/// the models it rebuilds), with the offsets kept where `offsets` says.
+pub async fn apply_decoded_in(
     conn: &mut PgConnection,
     projection: &dyn Projection,
     schema: &str,
-    events: &[Envelope],
+    events: &[(Envelope, LabEvent)],
+    feed_at: Option<FeedPosition>,
+    offsets: Offsets<'_>,
+) -> Result<BatchOutcome, ProjectionError> {
+    let events: Vec<(&Envelope, Option<&LabEvent>)> =
+        events.iter().map(|(e, event)| (e, Some(event))).collect();
+    apply_events(conn, projection, schema, &events, feed_at, offsets).await
+}
+
+/// Applies `events`, each with its decoded event if the caller has it (decoded here
+/// otherwise, only if it is applied).
+async fn apply_events(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    schema: &str,
+    events: &[(&Envelope, Option<&LabEvent>)],
     feed_at: Option<FeedPosition>,
     offsets: Offsets<'_>,
 ) -> Result<BatchOutcome, ProjectionError> {
@@ -319,7 +337,8 @@ pub async fn apply_in_with(
     let before: &OffsetMap = match &offsets {
         Offsets::Memory(map) => map,
         Offsets::Table => {
-            loaded = read_offsets(conn, events).await?;
+            let envelopes: Vec<&Envelope> = events.iter().map(|(e, _)| *e).collect();
+            loaded = read_offsets(conn, &envelopes).await?;
             &loaded
         }
     };
@@ -327,8 +346,8 @@ pub async fn apply_in_with(
     // leaves a rebuild's in-memory offsets as they were.
     let mut advanced = OffsetMap::new();
     let mut links = BatchLinks::default();
-    let mut run: Vec<(&Envelope, LabEvent)> = Vec::with_capacity(events.len());
-    for env in events {
+    let mut run: Vec<(&Envelope, Cow<LabEvent>)> = Vec::with_capacity(events.len());
+    for &(env, decoded) in events {
         let key = (env.aggregate_type.clone(), env.aggregate_id.clone());
         let last = advanced
             .get(&key)
@@ -347,13 +366,17 @@ pub async fn apply_in_with(
                 got: env.sequence,
             });
         }
-        let event = decode(env)?;
+        let event = match decoded {
+            Some(event) => Cow::Borrowed(event),
+            None => Cow::Owned(decode(env)?),
+        };
         links.note(aggregate_uuid(env)?, &event);
         run.push((env, event));
         advanced.insert(key, env.sequence);
         outcome.applied += 1;
         max_position = max_position.max(env.position);
     }
+    let run: Vec<(&Envelope, &LabEvent)> = run.iter().map(|(e, event)| (*e, &**event)).collect();
     projection.apply_run(conn, &run).await?;
     if !advanced.is_empty() {
         let erased = links.resolve(conn).await?;
@@ -392,7 +415,7 @@ pub async fn apply_in_with(
 /// The offsets of every aggregate in `events`, read and locked in one statement.
 async fn read_offsets(
     conn: &mut PgConnection,
-    events: &[Envelope],
+    events: &[&Envelope],
 ) -> Result<OffsetMap, ProjectionError> {
     let mut keys: Vec<(&str, &str)> = events
         .iter()

@@ -6,14 +6,15 @@ use crate::envelope::Envelope;
 use crate::feed::{read_after, read_after_saved, FeedPosition};
 use crate::poll::{Poller, Polling};
 use crate::projection::{
-    apply_batch, apply_in, apply_in_with, ensure_schema, schema_of, write_offsets, BatchOutcome,
-    OffsetMap, Offsets, Projection, ProjectionError,
+    apply_batch, apply_decoded_in, apply_in, decode, ensure_schema, schema_of, write_offsets,
+    BatchOutcome, LabEvent, OffsetMap, Offsets, Projection, ProjectionError,
 };
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
-use sqlx::{Acquire, PgPool};
+use sqlx::pool::PoolConnection;
+use sqlx::{Acquire, PgPool, Postgres};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -206,82 +207,172 @@ pub async fn rebuild(
     projection: &dyn Projection,
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<RebuildReport, WorkerError> {
-    let live = schema_of(projection.name());
-    let fresh = format!("{live}_rebuild");
-    let mut conn = pool.acquire().await?;
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS {fresh} CASCADE"))
-        .execute(&mut *conn)
-        .await?;
-    ensure_schema(&mut conn, projection, &fresh).await?;
-    ensure_schema(&mut conn, projection, &live).await?;
-    let mut report = RebuildReport::default();
+    let mut reports = rebuild_all(pool, &[projection], progress).await?;
+    Ok(reports.remove(0))
+}
+
+/// [`rebuild`] for several models at once, from one read of the event store: each
+/// batch is read and decoded once, then written to every model at the same time, each
+/// on its own connection. Needs a connection per model and one more; `progress` is
+/// called with the events read so far. The reports are in the order of `projections`.
+pub async fn rebuild_all(
+    pool: &PgPool,
+    projections: &[&dyn Projection],
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<Vec<RebuildReport>, WorkerError> {
+    let mut models = Vec::with_capacity(projections.len());
+    for &projection in projections {
+        models.push(Rebuilding::start(pool, projection).await?);
+    }
+    let mut read = 0u64;
     let mut at = FeedPosition::default();
-    // Nobody reads the fresh schema until the swap: its offsets are kept in memory
-    // (~100 bytes an aggregate) and written once, instead of read and written per batch.
-    let mut offsets = OffsetMap::new();
-    // Bulk replay, batch by batch; the next batch is read while this one is written.
-    let read = |after: FeedPosition| {
+    // Bulk replay, batch by batch; the next batch is read (and decoded) while this one
+    // is written.
+    let read_ahead = |after: FeedPosition| {
         let pool = pool.clone();
-        tokio::spawn(async move { read_after(&pool, after, REBUILD_BATCH).await })
+        tokio::spawn(async move { read_decoded(&pool, after).await })
     };
-    let mut next = read(at);
+    let mut next = read_ahead(at);
     loop {
-        let mut events = next
+        let (mut events, mut last) = next
             .await
             .map_err(|e| WorkerError::ReadAhead(e.to_string()))??;
         if events.is_empty() {
-            // Read while our own transaction was open, the feed may have stopped short.
-            events = read_after(pool, at, REBUILD_BATCH).await?;
+            // Read while our own transactions were open, the feed may have stopped short.
+            (events, last) = read_decoded(pool, at).await?;
         }
-        let Some(last) = events.last().map(|e| e.feed_position()) else {
+        let Some(last) = last else {
             break;
         };
-        next = read(last);
-        let envelopes: Vec<Envelope> = events.iter().map(Envelope::from).collect();
-        let mut tx = pool.begin().await?;
-        let memory = Offsets::Memory(&mut offsets);
-        let o = apply_in_with(&mut tx, projection, &fresh, &envelopes, Some(last), memory).await?;
+        next = read_ahead(last);
+        futures::future::try_join_all(models.iter_mut().map(|m| m.apply(&events, last))).await?;
+        read += events.len() as u64;
+        at = last;
+        progress(read);
+    }
+    let mut reports = Vec::with_capacity(models.len());
+    for model in models {
+        reports.push(model.finish(pool, at).await?);
+    }
+    progress(read);
+    Ok(reports)
+}
+
+/// The next rebuild batch after `after`, decoded, and the feed position of its last event.
+async fn read_decoded(
+    pool: &PgPool,
+    after: FeedPosition,
+) -> Result<(Vec<(Envelope, LabEvent)>, Option<FeedPosition>), WorkerError> {
+    let events = read_after(pool, after, REBUILD_BATCH).await?;
+    let last = events.last().map(|e| e.feed_position());
+    let decoded = events
+        .iter()
+        .map(|e| {
+            let env = Envelope::from(e);
+            decode(&env).map(|event| (env, event))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((decoded, last))
+}
+
+/// One model's side of a rebuild: its fresh schema, its own connection (a connection's
+/// prepared statements are planned for one schema), and its offsets, kept in memory
+/// (~100 bytes an aggregate) because nobody reads the fresh schema until the swap.
+struct Rebuilding<'a> {
+    projection: &'a dyn Projection,
+    live: String,
+    fresh: String,
+    conn: PoolConnection<Postgres>,
+    offsets: OffsetMap,
+    report: RebuildReport,
+}
+
+impl<'a> Rebuilding<'a> {
+    async fn start(pool: &PgPool, projection: &'a dyn Projection) -> Result<Self, WorkerError> {
+        let live = schema_of(projection.name());
+        let fresh = format!("{live}_rebuild");
+        let mut conn = pool.acquire().await?;
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {fresh} CASCADE"))
+            .execute(&mut *conn)
+            .await?;
+        ensure_schema(&mut conn, projection, &fresh).await?;
+        ensure_schema(&mut conn, projection, &live).await?;
+        Ok(Self {
+            projection,
+            live,
+            fresh,
+            conn,
+            offsets: OffsetMap::new(),
+            report: RebuildReport::default(),
+        })
+    }
+
+    /// Writes one bulk batch to the fresh schema.
+    async fn apply(
+        &mut self,
+        events: &[(Envelope, LabEvent)],
+        last: FeedPosition,
+    ) -> Result<(), WorkerError> {
+        let mut tx = self.conn.begin().await?;
+        let memory = Offsets::Memory(&mut self.offsets);
+        let o = apply_decoded_in(
+            &mut tx,
+            self.projection,
+            &self.fresh,
+            events,
+            Some(last),
+            memory,
+        )
+        .await?;
         tx.commit().await?;
-        report.events += events.len() as u64;
-        report.outcome.applied += o.applied;
-        report.outcome.skipped += o.skipped;
-        at = last;
-        progress(report.events);
+        self.report.events += events.len() as u64;
+        self.report.outcome.applied += o.applied;
+        self.report.outcome.skipped += o.skipped;
+        Ok(())
     }
-    // The offsets kept in memory go to the fresh schema before the live one is locked.
-    let mut tx = pool.begin().await?;
-    write_offsets(&mut tx, &fresh, offsets).await?;
-    tx.commit().await?;
-    // Final catch-up and swap, with the live model's writers held off.
-    let mut tx = conn.begin().await?;
-    sqlx::query(&format!("LOCK TABLE {live}.offsets IN EXCLUSIVE MODE"))
-        .execute(&mut *tx)
-        .await?;
-    loop {
-        let events = read_after(pool, at, REBUILD_BATCH).await?;
-        let Some(last) = events.last().map(|e| e.feed_position()) else {
-            break;
-        };
-        let envelopes: Vec<Envelope> = events.iter().map(Envelope::from).collect();
-        let o = apply_in(&mut tx, projection, &fresh, &envelopes, Some(last)).await?;
-        report.events += events.len() as u64;
-        report.outcome.applied += o.applied;
-        report.outcome.skipped += o.skipped;
-        at = last;
+
+    /// Writes the offsets, catches up from `at` with the live model's writers held off,
+    /// and swaps the fresh schema in.
+    async fn finish(
+        mut self,
+        pool: &PgPool,
+        at: FeedPosition,
+    ) -> Result<RebuildReport, WorkerError> {
+        let (live, fresh) = (&self.live, &self.fresh);
+        // The offsets kept in memory go to the fresh schema before the live one is locked.
+        let mut tx = self.conn.begin().await?;
+        write_offsets(&mut tx, fresh, std::mem::take(&mut self.offsets)).await?;
+        tx.commit().await?;
+        let mut tx = self.conn.begin().await?;
+        sqlx::query(&format!("LOCK TABLE {live}.offsets IN EXCLUSIVE MODE"))
+            .execute(&mut *tx)
+            .await?;
+        let mut at = at;
+        loop {
+            let events = read_after(pool, at, REBUILD_BATCH).await?;
+            let Some(last) = events.last().map(|e| e.feed_position()) else {
+                break;
+            };
+            let envelopes: Vec<Envelope> = events.iter().map(Envelope::from).collect();
+            let o = apply_in(&mut tx, self.projection, fresh, &envelopes, Some(last)).await?;
+            self.report.events += events.len() as u64;
+            self.report.outcome.applied += o.applied;
+            self.report.outcome.skipped += o.skipped;
+            at = last;
+        }
+        let old = format!("{live}_old");
+        sqlx::query(&format!("ALTER SCHEMA {live} RENAME TO {old}"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!("ALTER SCHEMA {fresh} RENAME TO {live}"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!("DROP SCHEMA {old} CASCADE"))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(self.report)
     }
-    let old = format!("{live}_old");
-    sqlx::query(&format!("ALTER SCHEMA {live} RENAME TO {old}"))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(&format!("ALTER SCHEMA {fresh} RENAME TO {live}"))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(&format!("DROP SCHEMA {old} CASCADE"))
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    progress(report.events);
-    Ok(report)
 }
 
 /// Compile-time check: the workers can run on tokio's multi-threaded runtime (sqlx's

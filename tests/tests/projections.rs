@@ -233,6 +233,41 @@ async fn redelivered_events_change_nothing_and_a_gap_is_refused() {
 }
 
 #[tokio::test]
+async fn rebuilding_every_model_from_one_read_equals_the_incrementally_built_ones() {
+    let db = TestDb::new().await;
+    lab_day(&db).await;
+    project_all(&db.app).await;
+    let all = models::all();
+    let mut incremental = Vec::new();
+    for p in &all {
+        incremental.push(dump_schema(&db.app, &schema_of(p.name())).await);
+    }
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.app)
+        .await
+        .unwrap();
+    let projections: Vec<&dyn lis_projections::projection::Projection> =
+        all.iter().map(|p| p.as_ref()).collect();
+    let mut seen = 0;
+    let reports = lis_projections::worker::rebuild_all(&db.app, &projections, &mut |n| seen = n)
+        .await
+        .unwrap();
+    // Each event read once, and every model was given all of them.
+    assert_eq!(seen, events as u64);
+    assert_eq!(reports.len(), all.len());
+    for ((p, report), before) in all.iter().zip(&reports).zip(incremental) {
+        assert_eq!(report.events, events as u64, "projection {}", p.name());
+        assert_eq!(
+            dump_schema(&db.app, &schema_of(p.name())).await,
+            before,
+            "projection {}",
+            p.name()
+        );
+    }
+    db.drop().await;
+}
+
+#[tokio::test]
 async fn a_rebuilt_model_equals_the_incrementally_built_one() {
     let db = TestDb::new().await;
     lab_day(&db).await;

@@ -1,9 +1,10 @@
 //! Benchmark 3: rebuild every PostgreSQL read model from the whole event store, against a
 //! bare sequential read of the events table (`COPY events TO STDOUT`, bytes discarded)
-//! timed in the same run.
+//! timed in the same run. Each model alone first, then all of them from one read.
 
 use super::stats::percent;
 use futures::TryStreamExt;
+use lis_projections::projection::Projection;
 use sqlx::PgPool;
 use std::time::Instant;
 
@@ -44,8 +45,21 @@ pub async fn run(pool: &PgPool) -> anyhow::Result<()> {
     }
     let rate = total_events as f64 / total_secs;
     say!(
-        "  all three  {total_secs:>7.2} s  {rate:>8.0} events/s per model on average ({:.1}% of COPY)",
+        "  one by one {total_secs:>7.2} s  {rate:>8.0} events/s per model on average ({:.1}% of COPY)",
         percent(rate, copy_rate)
+    );
+    // Every model at once, from one read of the store (`projections rebuild all`).
+    let all = lis_projections::models::all();
+    let projections: Vec<&dyn Projection> = all.iter().map(|p| p.as_ref()).collect();
+    let started = Instant::now();
+    let reports = lis_projections::worker::rebuild_all(pool, &projections, &mut |_| {}).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let read = reports.iter().map(|r| r.events).max().unwrap_or(0);
+    let rate = read as f64 / secs;
+    say!(
+        "  all at once {secs:>6.2} s  {rate:>8.0} events/s, every model ({:.1}% of COPY); {:.0} model-events/s",
+        percent(rate, copy_rate),
+        reports.iter().map(|r| r.events).sum::<u64>() as f64 / secs
     );
     // The machine may be busier or quieter by now: the baseline again, for the reader.
     let (again, _) = copy_baseline(pool).await?;

@@ -214,7 +214,7 @@ impl Projection for Analytics {
     async fn apply_run(
         &self,
         conn: &mut PgConnection,
-        events: &[(&Envelope, LabEvent)],
+        events: &[(&Envelope, &LabEvent)],
     ) -> Result<(), ProjectionError> {
         let mut all = Vec::new();
         for (env, event) in events {

@@ -203,7 +203,7 @@ SELECT test_code, priority, count(*) AS released,
     async fn apply_run(
         &self,
         conn: &mut PgConnection,
-        events: &[(&Envelope, LabEvent)],
+        events: &[(&Envelope, &LabEvent)],
     ) -> Result<(), ProjectionError> {
         apply_folded::<PendingOrders>(self, conn, events).await
     }

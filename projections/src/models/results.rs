@@ -133,7 +133,7 @@ SELECT result_id, patient_id, order_id, test_code, value, unit, flags, status, n
     async fn apply_run(
         &self,
         conn: &mut PgConnection,
-        events: &[(&Envelope, LabEvent)],
+        events: &[(&Envelope, &LabEvent)],
     ) -> Result<(), ProjectionError> {
         apply_folded::<PendingResults>(self, conn, events).await
     }

@@ -76,7 +76,7 @@ CREATE TABLE IF NOT EXISTS custody (
     async fn apply_run(
         &self,
         conn: &mut PgConnection,
-        events: &[(&Envelope, LabEvent)],
+        events: &[(&Envelope, &LabEvent)],
     ) -> Result<(), ProjectionError> {
         apply_folded::<PendingSpecimens>(self, conn, events).await
     }
