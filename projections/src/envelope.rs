@@ -48,11 +48,30 @@ pub fn event_id(aggregate_type: &str, aggregate_id: &str, sequence: i64) -> Uuid
     Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes())
 }
 
+/// The stored metadata's fields an envelope carries (a field of another type reads as
+/// absent, as before).
+#[derive(Debug, Default, Deserialize)]
+struct Metadata {
+    #[serde(default, deserialize_with = "text_or_none")]
+    actor_id: Option<String>,
+    #[serde(default, deserialize_with = "text_or_none")]
+    actor_role: Option<String>,
+    #[serde(default, deserialize_with = "text_or_none")]
+    correlation_id: Option<String>,
+}
+
+fn text_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
 impl From<&StoredEvent> for Envelope {
     fn from(e: &StoredEvent) -> Self {
-        // The metadata is read once per event: this runs for every event the relay sends.
-        let meta: serde_json::Value = serde_json::from_str(e.metadata.get()).unwrap_or_default();
-        let text = |key: &str| meta.get(key).and_then(|v| v.as_str()).map(str::to_string);
+        // Only the metadata's actor and correlation are read, without a JSON tree: this
+        // runs for every event the relay sends and every event a rebuild reads.
+        let meta: Metadata = serde_json::from_str(e.metadata.get()).unwrap_or_default();
         Self {
             envelope_version: ENVELOPE_VERSION,
             event_id: event_id(&e.aggregate_type, &e.aggregate_id, e.sequence),
@@ -64,13 +83,53 @@ impl From<&StoredEvent> for Envelope {
             event_version: e.event_version.clone(),
             recorded_at: e.recorded_at,
             actor: EnvelopeActor {
-                id: text("actor_id").unwrap_or_default(),
-                role: text("actor_role").unwrap_or_default(),
+                id: meta.actor_id.unwrap_or_default(),
+                role: meta.actor_role.unwrap_or_default(),
             },
-            correlation_id: text("correlation_id"),
+            correlation_id: meta.correlation_id,
             payload: e.payload.clone(),
             prev_hash: e.prev_hash.clone(),
             hash: e.hash.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(metadata: &str) -> StoredEvent {
+        StoredEvent {
+            position: 1,
+            tx_id: 1,
+            aggregate_type: "Order".into(),
+            aggregate_id: "o".into(),
+            sequence: 1,
+            event_type: "OrderPlaced".into(),
+            event_version: "1.0.0".into(),
+            recorded_at: Utc::now(),
+            payload: RawValue::from_string("{}".into()).unwrap(),
+            metadata: RawValue::from_string(metadata.into()).unwrap(),
+            prev_hash: vec![0; 32],
+            hash: vec![1; 32],
+        }
+    }
+
+    #[test]
+    fn the_envelope_carries_the_actor_and_correlation_of_the_stored_metadata() {
+        let e = Envelope::from(&stored(
+            r#"{"actor_id":"tech.1","actor_role":"technologist","correlation_id":"c-9","reason":"r","extra":{"a":[1]}}"#,
+        ));
+        assert_eq!(e.actor.id, "tech.1");
+        assert_eq!(e.actor.role, "technologist");
+        assert_eq!(e.correlation_id.as_deref(), Some("c-9"));
+    }
+
+    #[test]
+    fn metadata_fields_missing_or_of_another_type_read_as_absent() {
+        let e = Envelope::from(&stored(r#"{"actor_id":7,"actor_role":"auditor"}"#));
+        assert_eq!(e.actor.id, "");
+        assert_eq!(e.actor.role, "auditor");
+        assert_eq!(e.correlation_id, None);
     }
 }
