@@ -49,7 +49,7 @@ pub fn event_id(aggregate_type: &str, aggregate_id: &str, sequence: i64) -> Uuid
 }
 
 /// The stored metadata's fields an envelope carries (a field of another type reads as
-/// absent, as before).
+/// absent).
 #[derive(Debug, Default, Deserialize)]
 struct Metadata {
     #[serde(default, deserialize_with = "text_or_none")]
@@ -58,6 +58,23 @@ struct Metadata {
     actor_role: Option<String>,
     #[serde(default, deserialize_with = "text_or_none")]
     correlation_id: Option<String>,
+}
+
+impl Metadata {
+    /// Reads the fields straight from the stored text; if that fails (a repeated key,
+    /// which derived serde refuses), through a JSON tree, which keeps the last value of
+    /// a key as PostgreSQL's `->>` does.
+    fn read(text: &str) -> Self {
+        serde_json::from_str(text).unwrap_or_else(|_| {
+            let tree: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+            let field = |key: &str| tree.get(key).and_then(|v| v.as_str()).map(str::to_string);
+            Self {
+                actor_id: field("actor_id"),
+                actor_role: field("actor_role"),
+                correlation_id: field("correlation_id"),
+            }
+        })
+    }
 }
 
 fn text_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -71,7 +88,7 @@ impl From<&StoredEvent> for Envelope {
     fn from(e: &StoredEvent) -> Self {
         // Only the metadata's actor and correlation are read, without a JSON tree: this
         // runs for every event the relay sends and every event a rebuild reads.
-        let meta: Metadata = serde_json::from_str(e.metadata.get()).unwrap_or_default();
+        let meta = Metadata::read(e.metadata.get());
         Self {
             envelope_version: ENVELOPE_VERSION,
             event_id: event_id(&e.aggregate_type, &e.aggregate_id, e.sequence),
@@ -123,6 +140,16 @@ mod tests {
         assert_eq!(e.actor.id, "tech.1");
         assert_eq!(e.actor.role, "technologist");
         assert_eq!(e.correlation_id.as_deref(), Some("c-9"));
+    }
+
+    #[test]
+    fn a_repeated_metadata_key_reads_as_postgresql_reads_it_the_last_one_wins() {
+        let e = Envelope::from(&stored(
+            r#"{"actor_id":"a","actor_role":"technologist","actor_id":"b","correlation_id":"c-1"}"#,
+        ));
+        assert_eq!(e.actor.id, "b");
+        assert_eq!(e.actor.role, "technologist");
+        assert_eq!(e.correlation_id.as_deref(), Some("c-1"));
     }
 
     #[test]

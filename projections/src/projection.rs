@@ -78,6 +78,8 @@ pub fn decode(env: &Envelope) -> Result<LabEvent, ProjectionError> {
         .any(|u| u.can_upcast(&env.event_type, &env.event_version));
     if !needs_upcast {
         // The current shape: straight from the stored text, without a JSON tree between.
+        // If that fails, the tree below decides: it reads a payload the way PostgreSQL
+        // does (a repeated key: the last one wins), where derived serde refuses it.
         let text = env.payload.get();
         let decoded = match env.aggregate_type.as_str() {
             "Order" => serde_json::from_str(text).map(LabEvent::Order),
@@ -86,7 +88,9 @@ pub fn decode(env: &Envelope) -> Result<LabEvent, ProjectionError> {
             "Patient" => serde_json::from_str(text).map(LabEvent::Patient),
             other => return Err(undecodable(format!("unknown aggregate type {other}"))),
         };
-        return decoded.map_err(|e| undecodable(e.to_string()));
+        if let Ok(event) = decoded {
+            return Ok(event);
+        }
     }
     let payload: serde_json::Value =
         serde_json::from_str(env.payload.get()).map_err(|e| undecodable(e.to_string()))?;
@@ -530,8 +534,9 @@ mod tests {
     use super::*;
     use lis_domain::sample::SampleEvent;
 
+    /// An envelope whose payload is `payload`, byte for byte, as stored.
     fn envelope(event_type: &str, event_version: &str, payload: &str) -> Envelope {
-        serde_json::from_value(serde_json::json!({
+        let mut env: Envelope = serde_json::from_value(serde_json::json!({
             "envelope_version": 1,
             "event_id": uuid::Uuid::nil(),
             "position": 7,
@@ -543,11 +548,13 @@ mod tests {
             "recorded_at": "2026-03-03T08:00:00Z",
             "actor": {"id": "courier.1", "role": "phlebotomist"},
             "correlation_id": null,
-            "payload": serde_json::from_str::<serde_json::Value>(payload).unwrap(),
+            "payload": {},
             "prev_hash": "00",
             "hash": "00",
         }))
-        .unwrap()
+        .unwrap();
+        env.payload = serde_json::value::RawValue::from_string(payload.to_string()).unwrap();
+        env
     }
 
     fn temperature(event: LabEvent) -> Option<f64> {
@@ -572,6 +579,19 @@ mod tests {
         );
         assert_eq!(temperature(decode(&current).unwrap()), Some(4.0));
         assert_eq!(temperature(decode(&old).unwrap()), Some(4.0));
+    }
+
+    #[test]
+    fn a_repeated_key_reads_as_postgresql_reads_it_the_last_one_wins() {
+        let body = r#""from": "Ward 3 nurse", "to": "Courier", "location": "Ward 3", "at": "2026-03-03T08:00:00Z""#;
+        let repeated = envelope(
+            "SampleHandedOver",
+            "2.0.0",
+            &format!(
+                r#"{{"SampleHandedOver": {{{body}, "temperature_celsius": 9.0, "temperature_celsius": 4.0}}}}"#
+            ),
+        );
+        assert_eq!(temperature(decode(&repeated).unwrap()), Some(4.0));
     }
 
     #[test]
