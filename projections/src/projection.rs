@@ -10,7 +10,7 @@
 use crate::envelope::Envelope;
 use crate::erasure::{BatchLinks, Erased};
 use crate::feed::FeedPosition;
-use cqrs_es::persist::SerializedEvent;
+use cqrs_es::persist::{EventUpcaster, SerializedEvent};
 use lis_domain::order::OrderEvent;
 use lis_domain::patient_record::PatientEvent;
 use lis_domain::result::ResultEvent;
@@ -19,6 +19,7 @@ use lis_domain::upcast::upcasters;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 /// An event of any aggregate, decoded (and upcast) from its envelope. (Short-lived, one
 /// at a time: the size difference between variants does not matter.)
@@ -65,6 +66,9 @@ pub fn aggregate_uuid(env: &Envelope) -> Result<uuid::Uuid, ProjectionError> {
     })
 }
 
+/// The domain's upcasters, made once (they are consulted for every event).
+static UPCASTERS: LazyLock<Vec<Box<dyn EventUpcaster>>> = LazyLock::new(upcasters);
+
 /// Decodes an envelope's payload into the domain event, through the upcasters.
 pub fn decode(env: &Envelope) -> Result<LabEvent, ProjectionError> {
     let undecodable = |message: String| ProjectionError::Undecodable {
@@ -73,23 +77,18 @@ pub fn decode(env: &Envelope) -> Result<LabEvent, ProjectionError> {
         sequence: env.sequence,
         message,
     };
-    let needs_upcast = upcasters()
+    let needs_upcast = UPCASTERS
         .iter()
         .any(|u| u.can_upcast(&env.event_type, &env.event_version));
     if !needs_upcast {
         // The current shape: straight from the stored text, without a JSON tree between.
         // If that fails, the tree below decides: it reads a payload the way PostgreSQL
         // does (a repeated key: the last one wins), where derived serde refuses it.
-        let text = env.payload.get();
-        let decoded = match env.aggregate_type.as_str() {
-            "Order" => serde_json::from_str(text).map(LabEvent::Order),
-            "Sample" => serde_json::from_str(text).map(LabEvent::Sample),
-            "Result" => serde_json::from_str(text).map(LabEvent::Result),
-            "Patient" => serde_json::from_str(text).map(LabEvent::Patient),
-            other => return Err(undecodable(format!("unknown aggregate type {other}"))),
-        };
-        if let Ok(event) = decoded {
-            return Ok(event);
+        let mut text = serde_json::Deserializer::from_str(env.payload.get());
+        if let Ok(event) = typed(&env.aggregate_type, &mut text) {
+            if text.end().is_ok() {
+                return Ok(event);
+            }
         }
     }
     let payload: serde_json::Value =
@@ -103,19 +102,28 @@ pub fn decode(env: &Envelope) -> Result<LabEvent, ProjectionError> {
         payload,
         serde_json::Value::Null,
     );
-    for u in upcasters() {
+    for u in UPCASTERS.iter() {
         if u.can_upcast(&event.event_type, &event.event_version) {
             event = u.upcast(event);
         }
     }
-    let decoded = match env.aggregate_type.as_str() {
-        "Order" => serde_json::from_value(event.payload).map(LabEvent::Order),
-        "Sample" => serde_json::from_value(event.payload).map(LabEvent::Sample),
-        "Result" => serde_json::from_value(event.payload).map(LabEvent::Result),
-        "Patient" => serde_json::from_value(event.payload).map(LabEvent::Patient),
-        other => return Err(undecodable(format!("unknown aggregate type {other}"))),
+    typed(&env.aggregate_type, event.payload).map_err(undecodable)
+}
+
+/// Reads a payload (stored text or a JSON tree) as its aggregate's event type.
+fn typed<'de, D: serde::Deserializer<'de>>(
+    aggregate_type: &str,
+    payload: D,
+) -> Result<LabEvent, String> {
+    use serde::Deserialize;
+    let event = match aggregate_type {
+        "Order" => OrderEvent::deserialize(payload).map(LabEvent::Order),
+        "Sample" => SampleEvent::deserialize(payload).map(LabEvent::Sample),
+        "Result" => ResultEvent::deserialize(payload).map(LabEvent::Result),
+        "Patient" => PatientEvent::deserialize(payload).map(LabEvent::Patient),
+        other => return Err(format!("unknown aggregate type {other}")),
     };
-    decoded.map_err(|e| undecodable(e.to_string()))
+    event.map_err(|e| e.to_string())
 }
 
 /// A read model.
@@ -557,6 +565,9 @@ mod tests {
         env
     }
 
+    /// A hand-over's fields other than its temperature.
+    const HAND_OVER: &str = r#""from": "Ward 3 nurse", "to": "Courier", "location": "Ward 3", "at": "2026-03-03T08:00:00Z""#;
+
     fn temperature(event: LabEvent) -> Option<f64> {
         match event {
             LabEvent::Sample(SampleEvent::SampleHandedOver(h)) => h.temperature_celsius,
@@ -566,16 +577,15 @@ mod tests {
 
     #[test]
     fn a_current_event_and_an_old_one_through_its_upcaster_decode_alike() {
-        let body = r#""from": "Ward 3 nurse", "to": "Courier", "location": "Ward 3", "at": "2026-03-03T08:00:00Z""#;
         let current = envelope(
             "SampleHandedOver",
             "2.0.0",
-            &format!(r#"{{"SampleHandedOver": {{{body}, "temperature_celsius": 4.0}}}}"#),
+            &format!(r#"{{"SampleHandedOver": {{{HAND_OVER}, "temperature_celsius": 4.0}}}}"#),
         );
         let old = envelope(
             "SampleHandedOver",
             "1.0",
-            &format!(r#"{{"SampleHandedOver": {{{body}, "temp_c": 4.0}}}}"#),
+            &format!(r#"{{"SampleHandedOver": {{{HAND_OVER}, "temp_c": 4.0}}}}"#),
         );
         assert_eq!(temperature(decode(&current).unwrap()), Some(4.0));
         assert_eq!(temperature(decode(&old).unwrap()), Some(4.0));
@@ -583,12 +593,11 @@ mod tests {
 
     #[test]
     fn a_repeated_key_reads_as_postgresql_reads_it_the_last_one_wins() {
-        let body = r#""from": "Ward 3 nurse", "to": "Courier", "location": "Ward 3", "at": "2026-03-03T08:00:00Z""#;
         let repeated = envelope(
             "SampleHandedOver",
             "2.0.0",
             &format!(
-                r#"{{"SampleHandedOver": {{{body}, "temperature_celsius": 9.0, "temperature_celsius": 4.0}}}}"#
+                r#"{{"SampleHandedOver": {{{HAND_OVER}, "temperature_celsius": 9.0, "temperature_celsius": 4.0}}}}"#
             ),
         );
         assert_eq!(temperature(decode(&repeated).unwrap()), Some(4.0));
