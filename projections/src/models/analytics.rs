@@ -60,25 +60,52 @@ impl Analytics {
             }
         }
         for (collection, statements) in by_collection {
-            for chunk in statements.chunks(MAX_STATEMENTS) {
-                let reply = self
-                    .db
-                    .run_command(
-                        doc! { "update": collection, "updates": chunk.to_vec(), "ordered": true },
-                    )
-                    .await
-                    .map_err(mongo_error)?;
-                if let Ok(errors) = reply.get_array("writeErrors") {
-                    return Err(ProjectionError::Sink(format!(
-                        "mongodb: {} of {} writes to {collection} failed: {errors:?}",
-                        errors.len(),
-                        chunk.len()
-                    )));
-                }
+            let mut statements = statements.into_iter().peekable();
+            while statements.peek().is_some() {
+                let chunk: Vec<Document> = statements.by_ref().take(MAX_STATEMENTS).collect();
+                let command = update_command(collection, chunk, self.db.write_concern())?;
+                let reply = self.db.run_command(command).await.map_err(mongo_error)?;
+                check_update_reply(collection, &reply)?;
             }
         }
         Ok(())
     }
+}
+
+/// An ordered `update` command of `statements` to `collection`. A command run as such
+/// does not take the database's write concern (the driver's own writes do), so it is
+/// put in the command: a `w=majority` in the URL still holds.
+fn update_command(
+    collection: &str,
+    statements: Vec<Document>,
+    write_concern: Option<&mongodb::options::WriteConcern>,
+) -> Result<Document, ProjectionError> {
+    let mut command = doc! { "update": collection, "updates": statements, "ordered": true };
+    if let Some(concern) = write_concern {
+        let concern = mongodb::bson::to_document(concern)
+            .map_err(|e| ProjectionError::Sink(format!("mongodb write concern: {e}")))?;
+        if !concern.is_empty() {
+            command.insert("writeConcern", concern);
+        }
+    }
+    Ok(command)
+}
+
+/// Fails unless every statement of an `update` command was written as its write concern
+/// asks (an `ok: 0` reply is already an error from the driver).
+fn check_update_reply(collection: &str, reply: &Document) -> Result<(), ProjectionError> {
+    if let Ok(errors) = reply.get_array("writeErrors") {
+        return Err(ProjectionError::Sink(format!(
+            "mongodb: {} writes to {collection} failed: {errors:?}",
+            errors.len()
+        )));
+    }
+    if let Ok(error) = reply.get_document("writeConcernError") {
+        return Err(ProjectionError::Sink(format!(
+            "mongodb: writes to {collection} not confirmed as the write concern asks: {error:?}"
+        )));
+    }
+    Ok(())
 }
 
 /// Statements per `update` command (MongoDB allows 100,000; the documents here are small).
@@ -352,4 +379,44 @@ async fn writes(
         }
         _ => Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::options::{Acknowledgment, WriteConcern};
+
+    #[test]
+    fn an_update_command_carries_the_write_concern_of_the_database() {
+        let majority = WriteConcern::builder()
+            .w(Acknowledgment::Majority)
+            .journal(true)
+            .build();
+        let statements = vec![doc! { "q": { "_id": "r1" }, "u": { "$set": { "a": 1 } } }];
+        let command = update_command("result_facts", statements.clone(), Some(&majority)).unwrap();
+        assert_eq!(command.get_str("update").unwrap(), "result_facts");
+        assert!(command.get_bool("ordered").unwrap());
+        assert_eq!(command.get_array("updates").unwrap().len(), 1);
+        let concern = command.get_document("writeConcern").unwrap();
+        assert_eq!(concern.get_str("w").unwrap(), "majority");
+        assert!(concern.get_bool("j").unwrap());
+        // None set, none sent: the server's default applies.
+        let plain = update_command("result_facts", statements.clone(), None).unwrap();
+        assert!(!plain.contains_key("writeConcern"));
+        let empty = WriteConcern::default();
+        let plain = update_command("result_facts", statements, Some(&empty)).unwrap();
+        assert!(!plain.contains_key("writeConcern"));
+    }
+
+    #[test]
+    fn a_reply_with_write_errors_or_an_unmet_write_concern_is_a_failure() {
+        assert!(
+            check_update_reply("order_facts", &doc! { "ok": 1, "n": 2, "nModified": 1 }).is_ok()
+        );
+        let failed = doc! { "ok": 1, "n": 1, "writeErrors": [ { "index": 1, "code": 11000, "errmsg": "dup" } ] };
+        assert!(check_update_reply("order_facts", &failed).is_err());
+        let unconfirmed = doc! { "ok": 1, "n": 2, "writeConcernError": { "code": 64, "errmsg": "waiting for replication timed out" } };
+        let error = check_update_reply("order_facts", &unconfirmed).unwrap_err();
+        assert!(error.to_string().contains("write concern"), "{error}");
+    }
 }
