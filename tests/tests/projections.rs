@@ -4,6 +4,8 @@
 use lis_domain::actor::{ActorId, Role};
 use lis_domain::ids::ResultId;
 use lis_domain::result::ResultCommand;
+use lis_domain::text::Reason;
+use lis_domain::value::ResultValue;
 use lis_projections::envelope::Envelope;
 use lis_projections::feed::{read_after, FeedPosition};
 use lis_projections::models;
@@ -401,6 +403,62 @@ async fn folded_batches_equal_one_event_at_a_time() {
         }
     }
     assert!(acknowledged >= 2, "acknowledged {acknowledged}");
+    // One acknowledged potassium is then amended to a critical value, in the same batch:
+    // its row must show the new value as critical and not yet notified or acknowledged.
+    let k: String = sqlx::query_scalar(
+        "SELECT aggregate_id FROM events WHERE event_type = 'ResultAcknowledged'
+            AND aggregate_id IN (SELECT aggregate_id FROM events WHERE event_type = 'ResultAuthorised'
+                                    AND payload -> 'ResultAuthorised' ->> 'test_code' = 'K')
+          LIMIT 1",
+    )
+    .fetch_one(&db.app)
+    .await
+    .unwrap();
+    let k = ResultId::from_uuid(uuid::Uuid::parse_str(&k).unwrap());
+    ledger
+        .execute_result(
+            k,
+            ResultCommand::Amend {
+                value: ResultValue::Numeric {
+                    value: 7.4,
+                    unit: "mmol/L".into(),
+                },
+                reason: Reason::parse("haemolysis ruled out, value confirmed on rerun").unwrap(),
+            },
+            &lis_tests::actor("path.1", Role::Pathologist),
+        )
+        .await
+        .unwrap();
+    acknowledged -= 1;
+    // A result recorded, verified and then corrected before release, in the same batch:
+    // back to `recorded` with the corrected value, and nobody's verification.
+    let order = place(&ledger, "MRN-603", &["K"]).await;
+    let serum = received_serum(&ledger, order.order_id, "ACC-603", &["K"]).await;
+    let (corrected, record) = lis_tests::record_k(serum, 4.0);
+    let tech = lis_tests::actor("tech.1", Role::Technologist);
+    ledger
+        .execute_result(corrected, record, &tech)
+        .await
+        .unwrap();
+    let by = ActorId::parse("tech.1").unwrap();
+    ledger
+        .execute_result(corrected, ResultCommand::Verify { by }, &tech)
+        .await
+        .unwrap();
+    ledger
+        .execute_result(
+            corrected,
+            ResultCommand::Correct {
+                value: ResultValue::Numeric {
+                    value: 4.4,
+                    unit: "mmol/L".into(),
+                },
+                reason: Reason::parse("transcription error").unwrap(),
+            },
+            &tech,
+        )
+        .await
+        .unwrap();
     // The feed holds events back while any transaction in the cluster (another test's)
     // is older than theirs: wait until it hands on all of them.
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
@@ -472,8 +530,27 @@ async fn folded_batches_equal_one_event_at_a_time() {
             .fetch_one(&db.app)
             .await
             .unwrap();
-            assert!(amended >= 1, "the batch holds an amendment");
+            assert!(amended >= 2, "the batch holds amendments");
             assert_eq!(wrong, 0, "amended rows that disagree with their events");
+            // The amended critical potassium: its numeric value and criticality from the
+            // amendment, its earlier call and acknowledgement cleared.
+            let row: (Option<f64>, bool, bool, bool) = sqlx::query_as(&format!(
+                "SELECT numeric_value, critical, notified, acknowledged FROM {folded}.results
+                  WHERE result_id = $1"
+            ))
+            .bind(k.as_uuid())
+            .fetch_one(&db.app)
+            .await
+            .unwrap();
+            assert_eq!(row, (Some(7.4), true, false, false));
+            let row: (String, Option<f64>, Option<String>) = sqlx::query_as(&format!(
+                "SELECT status, numeric_value, verified_by FROM {folded}.results WHERE result_id = $1"
+            ))
+            .bind(corrected.as_uuid())
+            .fetch_one(&db.app)
+            .await
+            .unwrap();
+            assert_eq!(row, ("recorded".to_string(), Some(4.4), None));
         }
     }
     db.drop().await;

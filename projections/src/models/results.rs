@@ -28,20 +28,20 @@ fn numeric(v: &ResultValue) -> (Option<f64>, Option<&str>) {
     }
 }
 
-async fn revalue(
+/// A corrected result: its new value and flags, back to `recorded` for verification again.
+async fn correct(
     conn: &mut PgConnection,
     id: Uuid,
     value: &ResultValue,
     new_flags: &[Flag],
     at: chrono::DateTime<chrono::Utc>,
-    status: Option<&str>,
 ) -> Result<(), ProjectionError> {
     let (n, _) = numeric(value);
     let critical = new_flags.iter().any(Flag::is_critical);
     sqlx::query(
         "UPDATE results SET value = $2, numeric_value = $3, flags = $4, critical = $5,
-                notified = false, acknowledged = false, status = coalesce($6, status),
-                verified_by = CASE WHEN $6 IS NULL THEN verified_by ELSE NULL END, updated_at = $7
+                notified = false, acknowledged = false, status = 'recorded',
+                verified_by = NULL, updated_at = $6
           WHERE result_id = $1",
     )
     .bind(id)
@@ -49,7 +49,6 @@ async fn revalue(
     .bind(n)
     .bind(flags(new_flags))
     .bind(critical)
-    .bind(status)
     .bind(at)
     .execute(&mut *conn)
     .await?;
@@ -157,7 +156,7 @@ SELECT result_id, patient_id, order_id, test_code, value, unit, flags, status, n
         match event {
             ResultEvent::ResultCorrected {
                 value, flags: f, ..
-            } => revalue(conn, id, value, f, at, Some("recorded")).await?,
+            } => correct(conn, id, value, f, at).await?,
             ResultEvent::ResultRetracted { reason, .. } => {
                 set(
                     conn,
