@@ -101,6 +101,43 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// A whole number setting, 0 allowed (0 = off, for the limits).
+fn whole<T: TryFrom<u64>>(
+    vars: &HashMap<String, String>,
+    variable: &'static str,
+    default: &str,
+) -> Result<T, ConfigError> {
+    at_least(vars, variable, default, 0)
+}
+
+/// A whole number setting above 0.
+fn number<T: TryFrom<u64>>(
+    vars: &HashMap<String, String>,
+    variable: &'static str,
+    default: &str,
+) -> Result<T, ConfigError> {
+    at_least(vars, variable, default, 1)
+}
+
+/// A whole number setting of at least `least`, in the type the configuration keeps it
+/// in: refused when it does not fit, where a cast would wrap (a rate limit of 2^32 to
+/// 0, "off").
+fn at_least<T: TryFrom<u64>>(
+    vars: &HashMap<String, String>,
+    variable: &'static str,
+    default: &str,
+    least: u64,
+) -> Result<T, ConfigError> {
+    let raw = vars.get(variable).map(String::as_str).unwrap_or(default);
+    let refuse = |message: String| ConfigError { variable, message };
+    let n = raw.trim().parse::<u64>().ok().filter(|n| *n >= least);
+    let n = n.ok_or_else(|| match least {
+        0 => refuse(format!("`{raw}` is not a whole number")),
+        _ => refuse(format!("`{raw}` is not a whole number of at least {least}")),
+    })?;
+    T::try_from(n).map_err(|_| refuse(format!("`{raw}` is too large for this setting")))
+}
+
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -114,25 +151,6 @@ impl Config {
             vars.get(name)
                 .cloned()
                 .unwrap_or_else(|| default.to_string())
-        };
-        // A whole number, 0 allowed (0 = off, for the limits).
-        let whole = |name: &'static str, default: &str| -> Result<u64, ConfigError> {
-            let raw = get(name, default);
-            raw.trim().parse::<u64>().map_err(|_| ConfigError {
-                variable: name,
-                message: format!("`{raw}` is not a whole number"),
-            })
-        };
-        let number = |name: &'static str, default: &str| -> Result<u64, ConfigError> {
-            let raw = get(name, default);
-            raw.trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or(ConfigError {
-                    variable: name,
-                    message: format!("`{raw}` is not a whole number above 0"),
-                })
         };
         let four_eyes = match get("LIS_FOUR_EYES", "true")
             .trim()
@@ -171,8 +189,8 @@ impl Config {
                 "LIS_ADMIN_DATABASE_URL",
                 "postgres://postgres@127.0.0.1:5433/postgres",
             ),
-            db_max_connections: number("LIS_DB_MAX_CONNECTIONS", "16")? as u32,
-            snapshot_every: number("LIS_SNAPSHOT_EVERY", "20")? as usize,
+            db_max_connections: number(vars, "LIS_DB_MAX_CONNECTIONS", "16")?,
+            snapshot_every: number(vars, "LIS_SNAPSHOT_EVERY", "20")?,
             four_eyes,
             log_format,
             kafka_brokers: vars
@@ -186,7 +204,7 @@ impl Config {
                 patients: get("LIS_TOPIC_PATIENTS", "lis.patients"),
                 seals: get("LIS_TOPIC_SEALS", "lis.audit-seals"),
             },
-            kafka_partitions: number("LIS_KAFKA_PARTITIONS", "3")? as u32,
+            kafka_partitions: number(vars, "LIS_KAFKA_PARTITIONS", "3")?,
             seal_key: vars
                 .get("LIS_SEAL_KEY")
                 .filter(|k| !k.trim().is_empty())
@@ -198,16 +216,16 @@ impl Config {
                 .cloned(),
             seal_key_name: get("LIS_SEAL_KEY_NAME", "lisledger"),
             seal_origin: get("LIS_SEAL_ORIGIN", "lisledger/local"),
-            seal_every_events: number("LIS_SEAL_EVERY_EVENTS", "1000")?,
-            seal_every_secs: number("LIS_SEAL_EVERY_SECS", "60")?,
+            seal_every_events: number(vars, "LIS_SEAL_EVERY_EVENTS", "1000")?,
+            seal_every_secs: number(vars, "LIS_SEAL_EVERY_SECS", "60")?,
             mongo_url: vars
                 .get("LIS_MONGO_URL")
                 .filter(|u| !u.trim().is_empty())
                 .cloned(),
             mongo_database: get("LIS_MONGO_DATABASE", "lis_analytics"),
             kafka_group_prefix: get("LIS_KAFKA_GROUP_PREFIX", "lis-projection"),
-            project_batch: number("LIS_PROJECT_BATCH", "500")? as usize,
-            project_linger_ms: whole("LIS_PROJECT_LINGER_MS", "10")?,
+            project_batch: number(vars, "LIS_PROJECT_BATCH", "500")?,
+            project_linger_ms: whole(vars, "LIS_PROJECT_LINGER_MS", "10")?,
             http_addr: get("LIS_HTTP_ADDR", "127.0.0.1:8080"),
             kek: vars
                 .get("LIS_KEK")
@@ -221,15 +239,23 @@ impl Config {
             jwt_secret_file: get("LIS_JWT_SECRET_FILE", "deploy/.local/jwt.secret"),
             jwt_issuer: get("LIS_JWT_ISSUER", "lisledger"),
             jwt_audience: get("LIS_JWT_AUDIENCE", "lisledger-api"),
-            token_ttl_secs: number("LIS_TOKEN_TTL_SECS", "900")?,
-            rate_per_address: whole("LIS_RATE_PER_ADDRESS", "1200")? as u32,
+            token_ttl_secs: number(vars, "LIS_TOKEN_TTL_SECS", "900")?,
+            rate_per_address: whole(vars, "LIS_RATE_PER_ADDRESS", "1200")?,
             cors_origins: get("LIS_CORS_ORIGINS", "")
                 .split(',')
                 .map(|o| o.trim().to_string())
                 .filter(|o| !o.is_empty())
                 .collect(),
-            rate_per_user: whole("LIS_RATE_PER_USER", "600")? as u32,
-            max_in_flight: whole("LIS_MAX_IN_FLIGHT", "256")? as usize,
+            rate_per_user: whole(vars, "LIS_RATE_PER_USER", "600")?,
+            max_in_flight: match whole(vars, "LIS_MAX_IN_FLIGHT", "256")? {
+                n if n > tokio::sync::Semaphore::MAX_PERMITS => {
+                    return Err(ConfigError {
+                        variable: "LIS_MAX_IN_FLIGHT",
+                        message: format!("{n} is too large for this setting"),
+                    })
+                }
+                n => n,
+            },
         })
     }
 }
@@ -254,6 +280,21 @@ mod tests {
         let vars = HashMap::from([("LIS_SNAPSHOT_EVERY".to_string(), "zero".to_string())]);
         let err = Config::from_vars(&vars).unwrap_err();
         assert_eq!(err.variable, "LIS_SNAPSHOT_EVERY");
+        // Too large for the setting's type: refused, not wrapped (2^32 would be 0, "off").
+        let vars = HashMap::from([("LIS_RATE_PER_ADDRESS".to_string(), "4294967296".to_string())]);
+        let err = Config::from_vars(&vars).unwrap_err();
+        assert_eq!(err.variable, "LIS_RATE_PER_ADDRESS");
+        assert!(err.message.contains("too large"), "{}", err.message);
+        let vars = HashMap::from([("LIS_MAX_IN_FLIGHT".to_string(), (u64::MAX / 2).to_string())]);
+        assert_eq!(
+            Config::from_vars(&vars).unwrap_err().variable,
+            "LIS_MAX_IN_FLIGHT"
+        );
+        let vars = HashMap::from([("LIS_PROJECT_BATCH".to_string(), "0".to_string())]);
+        assert_eq!(
+            Config::from_vars(&vars).unwrap_err().variable,
+            "LIS_PROJECT_BATCH"
+        );
         let vars = HashMap::from([("LIS_FOUR_EYES".to_string(), "maybe".to_string())]);
         assert_eq!(
             Config::from_vars(&vars).unwrap_err().variable,
