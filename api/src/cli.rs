@@ -304,14 +304,19 @@ pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
             return ops::relay(&config, pool).await;
         }
         Command::Project { names } => {
-            let pool = pool(&config.database_url, config.db_max_connections).await?;
+            // Start-up checks only: each read model opens two connections of its own.
+            let pool = pool(&config.database_url, 2).await?;
             return ops::project(&config, pool, names).await;
         }
         Command::Projections {
             command: ProjectionsCommand::Rebuild { name },
         } => {
             // A connection per model rebuilt, one to read the store, one to spare.
-            let pool = pool(&config.database_url, 6).await?;
+            let pool = pool(
+                &config.database_url,
+                lis_projections::models::all().len() as u32 + 2,
+            )
+            .await?;
             return ops::rebuild(pool, &name).await;
         }
         Command::Seal {

@@ -6,7 +6,7 @@
 //! | `LIS_DATABASE_URL` | `postgres://lisledger_app@127.0.0.1:5433/lisledger` | the ledger's own connection (application role: INSERT and SELECT only) |
 //! | `LIS_MIGRATION_DATABASE_URL` | `postgres://lisledger_owner@127.0.0.1:5433/lisledger` | the owner role, for `migrate` |
 //! | `LIS_ADMIN_DATABASE_URL` | `postgres://postgres@127.0.0.1:5433/postgres` | a superuser, for `db init` only |
-//! | `LIS_DB_MAX_CONNECTIONS` | `16` | pool size |
+//! | `LIS_DB_MAX_CONNECTIONS` | `16` | pool size of `serve` (`project` gives each read model two connections of its own) |
 //! | `LIS_SNAPSHOT_EVERY` | `20` | snapshot an aggregate every N events |
 //! | `LIS_FOUR_EYES` | `true` | the verifier of a result may not authorise it |
 //! | `LIS_LOG_FORMAT` | `text` | `text` or `json` (one JSON object per line) |

@@ -14,7 +14,6 @@ use lis_projections::relay::{KafkaConfig, Relay, RelayConfig, Topics};
 use lis_projections::seal::{NoteVerifier, Sealer};
 use lis_projections::seal_audit;
 use lis_projections::worker::{self, Batching, WorkerError};
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use std::path::Path;
 use std::process::ExitCode;
@@ -139,9 +138,10 @@ pub async fn project(
         // Each model gets connections of its own: a connection's prepared statements
         // are planned for one model's search_path, and PostgreSQL plans them all again
         // whenever a shared connection moves to another model's schema.
-        let pool = PgPoolOptions::new()
+        let pool = pool
+            .options()
+            .clone()
             .max_connections(2)
-            .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with((*pool.connect_options()).clone());
         let brokers = config.kafka_brokers.clone();
         let t = topics(config);

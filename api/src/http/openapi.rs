@@ -404,6 +404,9 @@ pub fn spec() -> Value {
     })
 }
 
-pub async fn document() -> Json<Value> {
-    Json(spec())
+/// The document, built once: it cannot change while the server runs.
+static DOCUMENT: std::sync::LazyLock<Value> = std::sync::LazyLock::new(spec);
+
+pub async fn document() -> Json<&'static Value> {
+    Json(&DOCUMENT)
 }
