@@ -4,7 +4,7 @@
 //! store — the audit trail itself, not a read model.
 
 use super::auth::{Action, Caller};
-use super::problem::Problem;
+use super::problem::{pointer_token, Problem};
 use super::AppState;
 use axum::extract::{Path, Query, State};
 use axum::Json;
@@ -38,7 +38,7 @@ pub fn diff(before: &Value, after: &Value, at: &str, out: &mut Vec<Value>) {
             keys.sort();
             keys.dedup();
             for k in keys {
-                let path = format!("{at}/{}", k.replace('~', "~0").replace('/', "~1"));
+                let path = format!("{at}/{}", pointer_token(k));
                 diff(
                     a.get(k).unwrap_or(&Value::Null),
                     b.get(k).unwrap_or(&Value::Null),

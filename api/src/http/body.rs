@@ -1,7 +1,7 @@
 //! Reading request bodies: malformed JSON is a 400; JSON of the wrong shape or with an
 //! invalid value is a 422 naming the field by JSON pointer.
 
-use super::problem::{pointer, FieldProblem, Problem};
+use super::problem::{pointer, pointer_token, FieldProblem, Problem};
 use serde::de::DeserializeOwned;
 
 /// Parses `bytes` as `T`.
@@ -11,7 +11,10 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     if !value.is_object() {
         return Err(Problem::bad_request("the body must be a JSON object"));
     }
-    if let Some(at) = nul_at(&value, String::new()) {
+    // JSON carries a NUL only escaped (a raw one is malformed, above): walk the value
+    // for its place only when the text holds the escape.
+    let escaped_nul = bytes.windows(6).any(|w| w == br"\u0000");
+    if let Some(at) = escaped_nul.then(|| nul_at(&value, String::new())).flatten() {
         return Err(Problem::invalid(vec![FieldProblem {
             pointer: at,
             detail: "text must not contain the NUL character (\\u0000)".into(),
@@ -31,7 +34,6 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
 /// store in neither text nor jsonb.
 fn nul_at(value: &serde_json::Value, at: String) -> Option<String> {
     use serde_json::Value;
-    let escape = |k: &str| k.replace('~', "~0").replace('/', "~1");
     match value {
         Value::String(s) if s.contains('\0') => Some(at),
         Value::Array(items) => items
@@ -39,7 +41,7 @@ fn nul_at(value: &serde_json::Value, at: String) -> Option<String> {
             .enumerate()
             .find_map(|(i, v)| nul_at(v, format!("{at}/{i}"))),
         Value::Object(members) => members.iter().find_map(|(k, v)| {
-            let here = format!("{at}/{}", escape(k));
+            let here = format!("{at}/{}", pointer_token(k));
             if k.contains('\0') {
                 Some(here)
             } else {

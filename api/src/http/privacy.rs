@@ -13,7 +13,7 @@
 
 use super::auth::{Action, Caller};
 use super::commands::{id, idempotent, outcome};
-use super::problem::{FieldProblem, Problem};
+use super::problem::{pointer_token, FieldProblem, Problem};
 use super::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -190,7 +190,7 @@ fn collect(value: &Value, at: String, out: &mut Vec<(String, PatientId, Sealed)>
                 .and_then(Value::as_str)
                 .and_then(|p| PatientId::parse(p).ok());
             for (k, v) in map {
-                let here = format!("{at}/{}", k.replace('~', "~0").replace('/', "~1"));
+                let here = format!("{at}/{}", pointer_token(k));
                 // Only a member beside a patient id that looks sealed is decoded (no copy of
                 // every subtree on the way down).
                 let sealed = patient

@@ -61,6 +61,11 @@ pub fn pointer(path: &str) -> String {
     }
 }
 
+/// A member name as one JSON pointer token (RFC 6901: `~` is `~0`, `/` is `~1`).
+pub fn pointer_token(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
 impl Problem {
     pub fn new(status: StatusCode, kind: &'static str, title: &'static str) -> Self {
         Self {
