@@ -396,6 +396,27 @@ async fn several_events_of_one_command_append_in_order_chain_and_snapshot() {
     for t in ["K", "NA", "CL"] {
         assert!(facts.tests.contains_key(&code(t)), "{t} after the snapshot");
     }
+    // The whole state, not only the tests present: a snapshot that applied an event twice
+    // or was not read at all (a silent fall-back to replay) would differ here.
+    let mut folded = Order::default();
+    for e in replayed {
+        folded.apply(e.payload);
+    }
+    let folded = serde_json::to_value(&folded).unwrap();
+    assert_eq!(
+        serde_json::to_value(from_snapshot.aggregate()).unwrap(),
+        folded
+    );
+    let stored: serde_json::Value =
+        sqlx::query_scalar("SELECT payload::jsonb FROM snapshots WHERE aggregate_id = $1")
+            .bind(&id)
+            .fetch_one(&db.app)
+            .await
+            .unwrap();
+    assert_eq!(
+        stored, folded,
+        "the snapshot was written from the right state"
+    );
     // The second event's trigger saw the first one in the same statement: intact chain.
     let report = lis_commands::audit::verify_chains(&db.app, &mut |_| {})
         .await
