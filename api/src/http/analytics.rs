@@ -16,8 +16,27 @@ fn unavailable(e: impl std::fmt::Display) -> Problem {
     Problem::unavailable("MongoDB is not answering")
 }
 
-/// The reports, as named in the path.
-pub const REPORTS: [&str; 4] = ["volumes", "turnaround", "rejections", "rates"];
+/// A dashboard report.
+#[derive(Debug, Clone, Copy)]
+enum Report {
+    Volumes,
+    Turnaround,
+    Rejections,
+    Rates,
+}
+
+/// The reports, by the name in their path.
+const REPORTS: [(&str, Report); 4] = [
+    ("volumes", Report::Volumes),
+    ("turnaround", Report::Turnaround),
+    ("rejections", Report::Rejections),
+    ("rates", Report::Rates),
+];
+
+/// The reports' names, as the path takes them.
+pub fn report_names() -> [&'static str; 4] {
+    REPORTS.map(|(name, _)| name)
+}
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct Range {
@@ -38,31 +57,32 @@ pub async fn report(
             detail: "from is after to".into(),
         }]));
     }
-    if !REPORTS.contains(&report.as_str()) {
+    let Some(&(_, report)) = REPORTS.iter().find(|(name, _)| *name == report) else {
         return Err(Problem::not_found(format!(
             "no report `{report}` ({})",
-            REPORTS.join(", ")
+            report_names().join(", ")
         )));
-    }
+    };
     // A server without MongoDB has no analytics at all: not a passing outage (503).
     let a = s.analytics.as_ref().ok_or_else(|| {
         Problem::not_found("analytics are not configured on this server (LIS_MONGO_URL)")
     })?;
     let (from, to) = (r.from.to_string(), r.to.to_string());
-    let value = match report.as_str() {
-        "volumes" => serde_json::to_value(q::volumes(a, &from, &to).await.map_err(unavailable)?),
-        "turnaround" => {
+    let value = match report {
+        Report::Volumes => {
+            serde_json::to_value(q::volumes(a, &from, &to).await.map_err(unavailable)?)
+        }
+        Report::Turnaround => {
             serde_json::to_value(q::turnaround(a, &from, &to).await.map_err(unavailable)?)
         }
-        "rejections" => {
+        Report::Rejections => {
             serde_json::to_value(q::rejections(a, &from, &to).await.map_err(unavailable)?)
         }
-        "rates" => serde_json::to_value(
+        Report::Rates => serde_json::to_value(
             q::abnormal_rates(a, &from, &to)
                 .await
                 .map_err(unavailable)?,
         ),
-        other => return Err(Problem::not_found(format!("no report `{other}`"))),
     };
     Ok(Json(value.unwrap_or_default()))
 }

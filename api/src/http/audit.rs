@@ -30,6 +30,19 @@ pub struct HistoryQuery {
     pub format: Option<String>,
 }
 
+/// The audited aggregates, by the name in the path, with their stored aggregate type.
+const KINDS: [(&str, &str); 4] = [
+    ("orders", "Order"),
+    ("samples", "Sample"),
+    ("results", "Result"),
+    ("patients", "Patient"),
+];
+
+/// The audited aggregates' names, as the path takes them.
+pub fn kind_names() -> [&'static str; 4] {
+    KINDS.map(|(name, _)| name)
+}
+
 /// Field-level differences between two states, as JSON pointers.
 pub fn diff(before: &Value, after: &Value, at: &str, out: &mut Vec<Value>) {
     match (before, after) {
@@ -153,16 +166,11 @@ async fn history_json(
     as_of: Option<DateTime<Utc>>,
 ) -> Result<Value, Problem> {
     caller.require(Action::ReadAudit)?;
-    let aggregate_type = match kind {
-        "orders" => "Order",
-        "samples" => "Sample",
-        "results" => "Result",
-        "patients" => "Patient",
-        _ => {
-            return Err(Problem::not_found(format!(
-                "no audit history for `{kind}` (orders, samples, results, patients)"
-            )))
-        }
+    let Some(&(_, aggregate_type)) = KINDS.iter().find(|(name, _)| *name == kind) else {
+        return Err(Problem::not_found(format!(
+            "no audit history for `{kind}` ({})",
+            kind_names().join(", ")
+        )));
     };
     // Every aggregate id is a UUID, stored in its hyphenated lower-case form.
     let id = uuid::Uuid::parse_str(id)
@@ -238,9 +246,7 @@ pub async fn activity(
     Query(q): Query<ActivityQuery>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadAudit)?;
-    let user = ActorId::parse(&user)
-        .map_err(|_| Problem::not_found(format!("no user {user}")))?
-        .to_string();
+    let user = super::commands::id(&user, ActorId::parse, "user")?.to_string();
     if q.from > q.to {
         return Err(Problem::invalid(vec![super::problem::FieldProblem {
             pointer: "/from".into(),

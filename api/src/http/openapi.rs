@@ -194,8 +194,8 @@ fn path_parameter(name: &str) -> Value {
         "code" => json!({ "$ref": "#/components/schemas/TestCode" }),
         "accession" => json!({ "$ref": "#/components/schemas/AccessionNumber" }),
         "user" => json!({ "$ref": "#/components/schemas/ActorId" }),
-        "kind" => json!({ "type": "string", "enum": ["orders", "samples", "results", "patients"] }),
-        "report" => json!({ "type": "string", "enum": analytics::REPORTS }),
+        "kind" => json!({ "type": "string", "enum": audit::kind_names() }),
+        "report" => json!({ "type": "string", "enum": analytics::report_names() }),
         _ => json!({ "type": "string" }),
     }
 }
