@@ -8,19 +8,25 @@ use crate::validation::FieldError;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// The longest actor id, in bytes.
+const ACTOR_ID_MAX: usize = 128;
+
 /// A user's stable id (login name or directory id).
 #[derive(
     Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
 )]
 #[serde(try_from = "String", into = "String")]
-#[schemars(extend("minLength" = 1, "maxLength" = 128, "pattern" = "^[A-Za-z0-9._@-]*$"))]
+#[schemars(extend("minLength" = 1, "maxLength" = ACTOR_ID_MAX, "pattern" = "^[A-Za-z0-9._@-]*$"))]
 pub struct ActorId(String);
 
 impl ActorId {
     pub fn parse(input: &str) -> Result<Self, FieldError> {
         let v = input.trim();
-        if v.is_empty() || v.len() > 128 {
-            return Err(FieldError::new("", "actor id must be 1 to 128 characters"));
+        if v.is_empty() || v.len() > ACTOR_ID_MAX {
+            return Err(FieldError::new(
+                "",
+                format!("actor id must be 1 to {ACTOR_ID_MAX} characters"),
+            ));
         }
         if !v
             .chars()

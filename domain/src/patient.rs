@@ -35,17 +35,23 @@ impl Sex {
     }
 }
 
+/// The longest MRN, in bytes.
+const MRN_MAX: usize = 32;
+
 /// Medical record number: the hospital's patient identifier.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(try_from = "String", into = "String")]
-#[schemars(extend("minLength" = 1, "maxLength" = 32, "pattern" = "^[A-Za-z0-9./-]*$"))]
+#[schemars(extend("minLength" = 1, "maxLength" = MRN_MAX, "pattern" = "^[A-Za-z0-9./-]*$"))]
 pub struct Mrn(String);
 
 impl Mrn {
     pub fn parse(input: &str) -> Result<Self, FieldError> {
         let v = input.trim().to_ascii_uppercase();
-        if v.is_empty() || v.len() > 32 {
-            return Err(FieldError::new("", "MRN must be 1 to 32 characters"));
+        if v.is_empty() || v.len() > MRN_MAX {
+            return Err(FieldError::new(
+                "",
+                format!("MRN must be 1 to {MRN_MAX} characters"),
+            ));
         }
         if !v
             .chars()

@@ -84,13 +84,16 @@ pub struct CollectSample {
     pub collected_at: DateTime<Utc>,
 }
 
+/// The plausible transport temperatures, °C.
+const TRANSPORT_CELSIUS: std::ops::RangeInclusive<f64> = -200.0..=100.0;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HandOver {
     pub from: PersonName,
     pub to: PersonName,
     pub location: Place,
     pub at: DateTime<Utc>,
-    #[schemars(range(min = -200.0, max = 100.0))]
+    #[schemars(range(min = *TRANSPORT_CELSIUS.start(), max = *TRANSPORT_CELSIUS.end()))]
     pub temperature_celsius: Option<f64>,
 }
 
@@ -495,7 +498,7 @@ impl Aggregate for Sample {
                 let mut errors = Vec::new();
                 not_in_future("at", h.at, services.now(), &mut errors);
                 if let Some(t) = h.temperature_celsius {
-                    if !t.is_finite() || !(-200.0..=100.0).contains(&t) {
+                    if !t.is_finite() || !TRANSPORT_CELSIUS.contains(&t) {
                         errors.push(FieldError::new(
                             "temperature_celsius",
                             format!(
