@@ -1190,6 +1190,25 @@ async fn nul_characters_and_absent_analytics_are_client_errors() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {problem}");
         assert_eq!(problem["status"], 400);
     }
+    // A bad query parameter is a 422 naming it, a NUL in one too.
+    for (path, named) in [
+        (
+            "/audit/actors/a?from=yesterday&to=2026-01-02T00:00:00Z",
+            "/from",
+        ),
+        (
+            "/audit/actors/a?from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z&x%00=1",
+            "/x\u{0}",
+        ),
+    ] {
+        let (status, problem) = api.get(&auditor, path).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path}: {problem}"
+        );
+        assert_eq!(problem["errors"][0]["pointer"], named, "{path}: {problem}");
+    }
     // Ids that cannot exist are not found, with or without `as_of`.
     for path in [
         "/audit/orders/null,null?as_of=2000-01-01T00:00:00Z",

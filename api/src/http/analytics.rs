@@ -2,9 +2,10 @@
 //! rollups (volumes, turnaround, rejections, rates) over a range of days.
 
 use super::auth::{Action, Caller};
+use super::params::Params;
 use super::problem::{FieldProblem, Problem};
 use super::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use chrono::NaiveDate;
 use lis_projections::analytics_queries as q;
@@ -48,7 +49,7 @@ pub async fn report(
     State(s): State<AppState>,
     caller: Caller,
     Path(report): Path<String>,
-    Query(r): Query<Range>,
+    Params(r): Params<Range>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadAnalytics)?;
     if r.from > r.to {

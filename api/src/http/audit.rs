@@ -4,9 +4,10 @@
 //! store — the audit trail itself, not a read model.
 
 use super::auth::{Action, Caller};
+use super::params::Params;
 use super::problem::{pointer_token, Problem};
 use super::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use cqrs_es::persist::SerializedEvent;
@@ -121,7 +122,7 @@ pub async fn history(
     caller: Caller,
     headers: axum::http::HeaderMap,
     Path((kind, id)): Path<(String, String)>,
-    Query(q): Query<HistoryQuery>,
+    Params(q): Params<HistoryQuery>,
 ) -> Result<axum::response::Response, Problem> {
     use axum::response::IntoResponse;
     let csv = match q.format.as_deref() {
@@ -243,7 +244,7 @@ pub async fn activity(
     State(s): State<AppState>,
     caller: Caller,
     Path(user): Path<String>,
-    Query(q): Query<ActivityQuery>,
+    Params(q): Params<ActivityQuery>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadAudit)?;
     let user = super::commands::id(&user, ActorId::parse, "user")?.to_string();

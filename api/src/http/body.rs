@@ -53,7 +53,7 @@ fn nul_at(value: &serde_json::Value, at: String) -> Option<String> {
 }
 
 /// serde's messages, without the Rust type names a lab user cannot act on.
-fn clean(message: &str) -> String {
+pub(super) fn clean(message: &str) -> String {
     message
         .replace("invalid type: ", "wrong type: ")
         .split(" at line ")

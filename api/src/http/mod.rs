@@ -2,6 +2,7 @@
 //!
 //! - [`commands`]: POST endpoints, one per lab action, with `Idempotency-Key`;
 //! - [`queries`]: GET endpoints over the read models, with `min_position`;
+//! - [`params`]: query strings read with each bad parameter named (422);
 //! - [`audit`]: history, field-level diffs and state as of an instant;
 //! - [`stream`]: the event store as Server-Sent Events; [`analytics`]: dashboard rollups;
 //! - [`privacy`]: who sees patient identity (masking, break-glass) and erasure;
@@ -21,6 +22,7 @@ pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod overload;
+pub mod params;
 pub mod privacy;
 pub mod problem;
 pub mod queries;
@@ -234,17 +236,17 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
     response
 }
 
-/// Refuses a path or query holding an encoded NUL (`%00`): no id, code or name can hold
-/// one, and PostgreSQL cannot compare text with it.
+/// Refuses a path holding an encoded NUL (`%00`): no id, code or name can hold one, and
+/// PostgreSQL cannot compare text with it. (A query parameter holding one is refused by
+/// [`params`], which names it.)
 async fn refuse_nul(request: Request, next: Next) -> Response {
-    let uri = request.uri();
-    if uri.path().contains("%00") || uri.query().is_some_and(|q| q.contains("%00")) {
+    if request.uri().path().contains("%00") {
         return Problem::new(
             StatusCode::BAD_REQUEST,
             "malformed-uri",
             "The request URI is not valid",
         )
-        .detail("the path or query holds a NUL character (%00)")
+        .detail("the path holds a NUL character (%00)")
         .into_response();
     }
     next.run(request).await

@@ -4,9 +4,10 @@
 
 use super::auth::{Action, Caller};
 use super::commands::id;
+use super::params::Params;
 use super::problem::Problem;
 use super::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use chrono::NaiveDate;
 use lis_domain::actor::Role;
@@ -117,7 +118,7 @@ pub async fn order(
     State(s): State<AppState>,
     caller: Caller,
     Path(raw): Path<String>,
-    Query(c): Query<Consistency>,
+    Params(c): Params<Consistency>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadOrders)?;
     let id = id(&raw, OrderId::parse, "order")?;
@@ -138,7 +139,7 @@ pub async fn patient_orders(
     State(s): State<AppState>,
     caller: Caller,
     Path(raw): Path<String>,
-    Query(c): Query<Consistency>,
+    Params(c): Params<Consistency>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadOrders)?;
     let id = id(&raw, PatientId::parse, "patient")?;
@@ -162,7 +163,7 @@ pub async fn sample(
     State(s): State<AppState>,
     caller: Caller,
     Path(raw): Path<String>,
-    Query(c): Query<Consistency>,
+    Params(c): Params<Consistency>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadSamples)?;
     let id = id(&raw, SampleId::parse, "sample")?;
@@ -180,7 +181,7 @@ pub async fn sample_by_accession(
     State(s): State<AppState>,
     caller: Caller,
     Path(raw): Path<String>,
-    Query(c): Query<Consistency>,
+    Params(c): Params<Consistency>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadSamples)?;
     let acc = AccessionNumber::parse(&raw)
@@ -210,7 +211,7 @@ pub async fn cumulative(
     State(s): State<AppState>,
     caller: Caller,
     Path(raw): Path<String>,
-    Query(q): Query<CumulativeQuery>,
+    Params(q): Params<CumulativeQuery>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadResults)?;
     let id = id(&raw, PatientId::parse, "patient")?;
@@ -234,7 +235,7 @@ pub async fn result(
     State(s): State<AppState>,
     caller: Caller,
     Path(raw): Path<String>,
-    Query(c): Query<Consistency>,
+    Params(c): Params<Consistency>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadResults)?;
     let id = id(&raw, ResultId::parse, "result")?;
@@ -272,7 +273,7 @@ pub struct WorklistQuery {
 pub async fn worklist(
     State(s): State<AppState>,
     caller: Caller,
-    Query(q): Query<WorklistQuery>,
+    Params(q): Params<WorklistQuery>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadWorklists)?;
     if let Some(stage) = &q.stage {

@@ -5,9 +5,10 @@
 //! Analysts get de-identified events (no patient identity); auditors get them whole.
 
 use super::auth::{Action, Caller};
+use super::params::Params;
 use super::problem::{FieldProblem, Problem};
 use super::AppState;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
@@ -55,7 +56,7 @@ pub async fn events(
     State(s): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Query(q): Query<StreamQuery>,
+    Params(q): Params<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
     caller.require(Action::ReadStream)?;
     let raw = headers
