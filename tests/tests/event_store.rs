@@ -426,6 +426,77 @@ async fn several_events_of_one_command_append_in_order_chain_and_snapshot() {
 }
 
 /// A `TestsAdded` event of one test under catalogue version 1.
+#[tokio::test]
+async fn a_snapshot_written_meanwhile_is_a_conflict_and_an_unreadable_one_is_replayed_past() {
+    let db = TestDb::new().await;
+    let ledger = db.ledger().await;
+    let order = place(&ledger, "MRN-105", &["K"]).await;
+    let id = order.order_id.to_string();
+    let store: SnapshotEventStore<Order> = SnapshotEventStore::new(db.app.clone(), 2, vec![]);
+    let meta = reception_metadata();
+    let append = |mut context: <SnapshotEventStore<Order> as EventStore<Order>>::AC,
+                  codes: &[&str]| {
+        let events: Vec<OrderEvent> = codes.iter().map(|c| tests_added(c)).collect();
+        for e in &events {
+            context.aggregate.apply(e.clone());
+        }
+        store.append(events, context, meta.clone())
+    };
+    // Versions 2 and 3 cross the boundary at 2: the first snapshot.
+    let context = store.load_aggregate(&id).await.unwrap();
+    append(context, &["NA", "CL"]).await.unwrap();
+
+    // Another writer's snapshot lands after this context was loaded. Crossing the next
+    // boundary (4) with the stale context is a conflict, and none of its events stay.
+    let stale = store.load_aggregate(&id).await.unwrap();
+    assert_eq!(stale.current_snapshot, Some(1));
+    sqlx::query(
+        "UPDATE snapshots SET current_snapshot = current_snapshot + 1 WHERE aggregate_id = $1",
+    )
+    .bind(&id)
+    .execute(&db.app)
+    .await
+    .unwrap();
+    let count = || {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events WHERE aggregate_id = $1")
+            .bind(&id)
+            .fetch_one(&db.app)
+    };
+    let before = count().await.unwrap();
+    let refused = append(stale, &["CA"]).await.unwrap_err();
+    assert!(
+        matches!(refused, AggregateError::AggregateConflict),
+        "{refused:?}"
+    );
+    assert_eq!(
+        count().await.unwrap(),
+        before,
+        "the refused events were kept"
+    );
+
+    // A snapshot this code cannot read (an older shape): loading replays every event.
+    sqlx::query("UPDATE snapshots SET payload = '\"an older shape\"' WHERE aggregate_id = $1")
+        .bind(&id)
+        .execute(&db.app)
+        .await
+        .unwrap();
+    let mut loaded = store.load_aggregate(&id).await.unwrap();
+    let mut folded = Order::default();
+    for e in store.load_events(&id).await.unwrap() {
+        folded.apply(e.payload);
+    }
+    assert_eq!(loaded.current_sequence, 3);
+    assert_eq!(
+        serde_json::to_value(loaded.aggregate()).unwrap(),
+        serde_json::to_value(&folded).unwrap()
+    );
+    let facts = loaded.aggregate().facts().unwrap();
+    for t in ["K", "NA", "CL"] {
+        assert!(facts.tests.contains_key(&code(t)), "{t} after the replay");
+    }
+    db.drop().await;
+}
+
 fn tests_added(code: &str) -> OrderEvent {
     OrderEvent::TestsAdded {
         tests: vec![OrderedTest {
