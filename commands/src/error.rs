@@ -63,35 +63,35 @@ impl CommandError {
             AggregateError::DeserializationError(e) => {
                 CommandError::Internal(format!("unreadable event: {e}"))
             }
-            AggregateError::UnexpectedError(e) => classify_unexpected(e.to_string()),
+            AggregateError::UnexpectedError(e) => CommandError::Internal(e.to_string()),
         }
     }
 }
 
-/// postgres-es reports a pool time-out or a refused connection as "unexpected": those
-/// are the database being unavailable, not a defect.
-fn classify_unexpected(message: String) -> CommandError {
-    let unavailable = [
-        "pool timed out",
-        "connection refused",
-        "Connection refused",
-        "PoolClosed",
-        "closed",
-    ];
-    if unavailable.iter().any(|s| message.contains(s)) {
-        CommandError::Unavailable(message)
-    } else {
-        CommandError::Internal(message)
+/// Whether `e` is the database being away (unreachable, shutting down or starting up,
+/// out of connections, the statement cancelled) rather than a defect: the caller should
+/// come back later. Told by error kind and SQLSTATE class (08 connection exception, 53
+/// insufficient resources, 57 operator intervention), never by message text.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| ["08", "53", "57"].iter().any(|class| c.starts_with(class))),
+        _ => false,
     }
 }
 
 impl From<sqlx::Error> for CommandError {
     fn from(e: sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                CommandError::Unavailable(e.to_string())
-            }
-            other => CommandError::Internal(other.to_string()),
+        if is_unavailable(&e) {
+            CommandError::Unavailable(e.to_string())
+        } else {
+            CommandError::Internal(e.to_string())
         }
     }
 }

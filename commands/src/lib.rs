@@ -1,12 +1,12 @@
 //! Command handling for LIS Ledger: the cqrs-es framework wired to the PostgreSQL event
-//! store (postgres-es), the look-ups the aggregates make, the catalogue import and the
-//! audit-trail verifier.
+//! store (in postgres-es's layout), the look-ups the aggregates make, the catalogue
+//! import and the audit-trail verifier.
 //!
 //! - [`ledger`]: the entry point; runs a command for an actor and says where it landed.
 //! - [`context`]: who is acting, and the audit metadata every event carries.
 //! - [`lookup`]: [`lis_domain::services::LabLookup`] answered from the event store.
 //! - [`catalogue`]: versioned catalogue import and loading.
-//! - [`store`]: postgres-es with snapshots and upcasters.
+//! - [`store`]: the event store (postgres-es's tables), snapshots and upcasters.
 //! - [`audit`]: recomputes every hash chain and reports the first broken link.
 //! - [`keys`]: patient data keys, sealing and erasure (crypto-shredding).
 //! - [`error`]: the one error type of this boundary.

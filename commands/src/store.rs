@@ -1,13 +1,16 @@
 //! The event store each aggregate type runs on: postgres-es's `events` and `snapshots`
-//! tables, snapshots every N events, and the domain's upcasters.
+//! tables (its layout and serialised form, so postgres-es reads what is written here),
+//! snapshots every N events, and the domain's upcasters.
 //!
-//! Why not postgres-es's own repository on the command path: it loads an aggregate in
-//! two statements (snapshot, then events, the second built as a new SQL string each
-//! time, so never a prepared plan) and appends in four (BEGIN, one INSERT per event,
-//! COMMIT, and the caller then had to look its event up again for the position). Here
-//! an aggregate loads in one statement and a command's events append in one, which
-//! returns where they landed; a commit that takes a snapshot adds only the snapshot
-//! write, in the same transaction.
+//! Why not postgres-es's own repository: it loads an aggregate in two statements
+//! (snapshot, then events, the second built as a new SQL string each time, so never a
+//! prepared plan) and appends in four (BEGIN, one INSERT per event, COMMIT, and the
+//! caller then had to look its event up again for the position). Here an aggregate
+//! loads in one statement and a command's events append in one, which returns where they
+//! landed; a commit that takes a snapshot adds only the snapshot write, in the same
+//! transaction. Database errors are sorted by kind and SQLSTATE
+//! ([`crate::error::is_unavailable`]), where postgres-es's reach the caller as
+//! "unexpected" text.
 //!
 //! Why not cqrs-es 0.5's snapshot store: its `EventSink` applies each new event to the
 //! aggregate while the command is handled, and its snapshot store applies the same events
@@ -16,15 +19,14 @@
 //! command left it — events applied exactly once. A snapshot of an older aggregate shape
 //! is ignored and the aggregate replayed from its first event.
 
-use cqrs_es::persist::{
-    EventStoreAggregateContext, EventUpcaster, PersistedEventRepository, SerializedEvent,
-};
+use cqrs_es::persist::{EventStoreAggregateContext, EventUpcaster, SerializedEvent};
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
-use postgres_es::PostgresEventRepository;
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use std::collections::HashMap;
+
+use crate::error::is_unavailable;
 
 /// Where one appended event landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +39,6 @@ pub struct Appended {
 
 pub struct SnapshotEventStore<A: Aggregate> {
     pool: PgPool,
-    repo: PostgresEventRepository,
     snapshot_every: usize,
     upcasters: Vec<Box<dyn EventUpcaster>>,
     _aggregate: std::marker::PhantomData<fn() -> A>,
@@ -57,6 +58,13 @@ SELECT 1, sequence, NULL, event_type, event_version, payload, metadata
                              WHERE aggregate_type = $1 AND aggregate_id = $2), 0)
  ORDER BY kind, sequence";
 
+/// Every event of the aggregate, from its first (no snapshot).
+const LOAD_ALL: &str = "
+SELECT sequence, event_type, event_version, payload, metadata
+  FROM events
+ WHERE aggregate_type = $1 AND aggregate_id = $2
+ ORDER BY sequence";
+
 /// A command's events in one statement. The bind type is jsonb, stored as json: the
 /// same text postgres-es wrote, so every event in the store has one form.
 const APPEND: &str = "
@@ -67,17 +75,14 @@ SELECT $1, $2, u.sequence, u.event_type, u.event_version, u.payload::json, u.met
  ORDER BY u.sequence
 RETURNING sequence, position";
 
-/// postgres-es's classification: a unique violation is a concurrent writer (the loser of
-/// a race on the same sequence number), a lost connection is the database being away.
+/// A unique violation is a concurrent writer (the loser of a race on the same sequence
+/// number); the database being away is a connection error; anything else is a defect.
 fn database_error<E: std::error::Error>(e: sqlx::Error) -> AggregateError<E> {
     match &e {
         sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") => {
             AggregateError::AggregateConflict
         }
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed => AggregateError::DatabaseConnectionError(Box::new(e)),
+        _ if is_unavailable(&e) => AggregateError::DatabaseConnectionError(Box::new(e)),
         _ => AggregateError::UnexpectedError(Box::new(e)),
     }
 }
@@ -89,7 +94,6 @@ impl<A: Aggregate> SnapshotEventStore<A> {
         upcasters: Vec<Box<dyn EventUpcaster>>,
     ) -> Self {
         Self {
-            repo: PostgresEventRepository::new(pool.clone()),
             pool,
             snapshot_every: snapshot_every.max(1),
             upcasters,
@@ -116,6 +120,23 @@ impl<A: Aggregate> SnapshotEventStore<A> {
             .collect()
     }
 
+    /// Every stored event of the aggregate, oldest first, as stored (not yet upcast).
+    async fn load_all(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<SerializedEvent>, AggregateError<A::Error>> {
+        let rows = sqlx::query(LOAD_ALL)
+            .bind(A::TYPE)
+            .bind(aggregate_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(database_error)?;
+        Ok(rows
+            .iter()
+            .map(|row| serialized_event::<A>(aggregate_id, row))
+            .collect())
+    }
+
     /// Appends the events a command decided on `context` and says where each landed.
     /// Two commands racing on one aggregate collide on the (type, id, sequence) key:
     /// the loser gets [`AggregateError::AggregateConflict`] and writes nothing.
@@ -125,19 +146,24 @@ impl<A: Aggregate> SnapshotEventStore<A> {
         context: EventStoreAggregateContext<A>,
         metadata: HashMap<String, String>,
     ) -> Result<Vec<Appended>, AggregateError<A::Error>> {
-        if events.is_empty() {
+        let envelopes = envelopes(events, &context, metadata);
+        self.write(&envelopes, context).await
+    }
+
+    /// Writes `envelopes` (numbered on from `context`), with a snapshot when they cross
+    /// a multiple of `snapshot_every`.
+    async fn write(
+        &self,
+        envelopes: &[EventEnvelope<A>],
+        context: EventStoreAggregateContext<A>,
+    ) -> Result<Vec<Appended>, AggregateError<A::Error>> {
+        if envelopes.is_empty() {
             return Ok(Vec::new());
         }
-        let first = context.current_sequence + 1;
-        let mut serialized = Vec::with_capacity(events.len());
-        for (payload, sequence) in events.into_iter().zip(first..) {
-            serialized.push(SerializedEvent::try_from(&EventEnvelope::<A> {
-                aggregate_id: context.aggregate_id.clone(),
-                sequence,
-                payload,
-                metadata: metadata.clone(),
-            })?);
-        }
+        let serialized = envelopes
+            .iter()
+            .map(SerializedEvent::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
         let last = context.current_sequence + serialized.len();
         let sequences: Vec<i64> = serialized.iter().map(|e| e.sequence as i64).collect();
         let types: Vec<&str> = serialized.iter().map(|e| e.event_type.as_str()).collect();
@@ -223,7 +249,7 @@ impl<A: Aggregate> EventStore<A> for SnapshotEventStore<A> {
         &self,
         aggregate_id: &str,
     ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
-        let events = self.repo.get_events::<A>(aggregate_id).await?;
+        let events = self.load_all(aggregate_id).await?;
         self.deserialize(events)
     }
 
@@ -254,7 +280,7 @@ impl<A: Aggregate> EventStore<A> for SnapshotEventStore<A> {
                     }
                     // A snapshot of an older aggregate shape: replay from the start.
                     Err(_) => {
-                        events = self.repo.get_events::<A>(aggregate_id).await?;
+                        events = self.load_all(aggregate_id).await?;
                         break;
                     }
                 }
@@ -275,19 +301,26 @@ impl<A: Aggregate> EventStore<A> for SnapshotEventStore<A> {
         context: Self::AC,
         metadata: HashMap<String, String>,
     ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
-        let (aggregate_id, first) = (context.aggregate_id.clone(), context.current_sequence + 1);
-        let envelopes = events
-            .iter()
-            .cloned()
-            .zip(first..)
-            .map(|(payload, sequence)| EventEnvelope {
-                aggregate_id: aggregate_id.clone(),
-                sequence,
-                payload,
-                metadata: metadata.clone(),
-            })
-            .collect();
-        self.append(events, context, metadata).await?;
+        let envelopes = envelopes(events, &context, metadata);
+        self.write(&envelopes, context).await?;
         Ok(envelopes)
     }
+}
+
+/// The command's events as envelopes, numbered on from the aggregate's current sequence.
+fn envelopes<A: Aggregate>(
+    events: Vec<A::Event>,
+    context: &EventStoreAggregateContext<A>,
+    metadata: HashMap<String, String>,
+) -> Vec<EventEnvelope<A>> {
+    events
+        .into_iter()
+        .zip(context.current_sequence + 1..)
+        .map(|(payload, sequence)| EventEnvelope {
+            aggregate_id: context.aggregate_id.clone(),
+            sequence,
+            payload,
+            metadata: metadata.clone(),
+        })
+        .collect()
 }

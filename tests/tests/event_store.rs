@@ -425,6 +425,79 @@ async fn several_events_of_one_command_append_in_order_chain_and_snapshot() {
     db.drop().await;
 }
 
+#[tokio::test]
+async fn postgres_es_reads_what_the_store_wrote_as_the_store_reads_it() {
+    let db = TestDb::new().await;
+    let ledger = db.ledger().await;
+    let order = place(&ledger, "MRN-106", &["K"]).await;
+    let sample = received_serum(&ledger, order.order_id, "ACC-106", &["K"]).await;
+    let result = released_k(&ledger, sample, 4.4).await;
+    let repo = postgres_es::PostgresEventRepository::new(db.app.clone());
+    // The store's own reads against postgres-es's, aggregate by aggregate: same events,
+    // same numbers, same payloads and metadata.
+    async fn same<A: Aggregate>(
+        db: &TestDb,
+        repo: &postgres_es::PostgresEventRepository,
+        id: String,
+    ) {
+        use cqrs_es::persist::PersistedEventRepository;
+        let theirs = repo.get_events::<A>(&id).await.unwrap();
+        let ours = SnapshotEventStore::<A>::new(db.app.clone(), 1000, vec![])
+            .load_events(&id)
+            .await
+            .unwrap();
+        assert!(!ours.is_empty(), "{} {id} has events", A::TYPE);
+        let theirs: Vec<_> = theirs
+            .into_iter()
+            .map(|e| (e.sequence, e.event_type, e.payload, e.metadata))
+            .collect();
+        let ours: Vec<_> = ours
+            .into_iter()
+            .map(|e| {
+                let s = cqrs_es::persist::SerializedEvent::try_from(&e).unwrap();
+                (s.sequence, s.event_type, s.payload, s.metadata)
+            })
+            .collect();
+        assert_eq!(ours, theirs, "{} {id}", A::TYPE);
+    }
+    same::<Order>(&db, &repo, order.order_id.to_string()).await;
+    same::<lis_domain::sample::Sample>(&db, &repo, sample.to_string()).await;
+    same::<lis_domain::result::LabResult>(&db, &repo, result.to_string()).await;
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn the_database_going_away_is_unavailable_and_a_bad_statement_is_a_defect() {
+    use lis_commands::error::is_unavailable;
+    use sqlx::Connection;
+    let db = TestDb::new().await;
+    let options = TestDb::options_as(lis_eventstore_migrations::APP_ROLE, &db.name);
+    // A session ended by the server (as at a shutdown or restart: SQLSTATE 57P01).
+    let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    let ended = sqlx::query("SELECT pg_terminate_backend(pg_backend_pid())")
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    assert!(is_unavailable(&ended), "{ended:?}");
+    // A connection to a port where nothing listens.
+    let nowhere = sqlx::PgConnection::connect_with(&options.clone().port(1))
+        .await
+        .unwrap_err();
+    assert!(is_unavailable(&nowhere), "{nowhere:?}");
+    // Defects and refusals are not the database being away.
+    let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    for bad in ["SELEC 1", "SELECT 1/0", "SELECT * FROM no_such_table"] {
+        let e = sqlx::query(bad).execute(&mut conn).await.unwrap_err();
+        assert!(!is_unavailable(&e), "{bad}: {e:?}");
+        assert!(
+            matches!(CommandError::from(e), CommandError::Internal(_)),
+            "{bad}"
+        );
+    }
+    conn.close().await.unwrap();
+    db.drop().await;
+}
+
 /// A `TestsAdded` event of one test under catalogue version 1.
 #[tokio::test]
 async fn a_snapshot_written_meanwhile_is_a_conflict_and_an_unreadable_one_is_replayed_past() {
