@@ -20,6 +20,7 @@ use lis_domain::sample::SampleEvent;
 use mongodb::bson::{doc, Bson, DateTime as BsonDateTime, Document};
 use mongodb::Database;
 use sqlx::PgConnection;
+use std::collections::HashMap;
 
 pub const DATABASE: &str = "lis_analytics";
 
@@ -163,30 +164,57 @@ fn value_facts(flags: &[Flag]) -> Document {
     }
 }
 
-/// Departments of ordered tests, from the catalogue version each was ordered under.
-async fn tests_with_departments(
+/// Each ordered test's department, by (catalogue version, code).
+type Departments = HashMap<(i32, String), String>;
+
+/// The tests an event orders (none for most events).
+fn ordered_tests(event: &LabEvent) -> &[OrderedTest] {
+    match event {
+        LabEvent::Order(
+            OrderEvent::OrderPlaced { tests, .. } | OrderEvent::TestsAdded { tests },
+        ) => tests,
+        _ => &[],
+    }
+}
+
+/// The departments of `tests` from the catalogue version each was ordered under, in one
+/// statement for a whole batch (none when nothing in it orders a test).
+async fn departments<'t>(
     conn: &mut PgConnection,
-    tests: &[OrderedTest],
-) -> Result<Vec<Bson>, ProjectionError> {
-    // One statement for the event's tests, in their order.
-    let versions: Vec<i32> = tests.iter().map(|t| t.catalogue_version.0).collect();
-    let codes: Vec<&str> = tests.iter().map(|t| t.code.as_str()).collect();
-    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
-        "SELECT u.code, c.department
-           FROM unnest($1::int4[], $2::text[]) WITH ORDINALITY AS u(version, code, i)
-           LEFT JOIN catalogue_tests c ON c.version = u.version AND c.code = u.code
-          ORDER BY u.i",
+    tests: impl Iterator<Item = &'t OrderedTest>,
+) -> Result<Departments, ProjectionError> {
+    let mut keys: Vec<(i32, &str)> = tests
+        .map(|t| (t.catalogue_version.0, t.code.as_str()))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    if keys.is_empty() {
+        return Ok(Departments::new());
+    }
+    let (versions, codes): (Vec<i32>, Vec<&str>) = keys.into_iter().unzip();
+    let rows: Vec<(i32, String, String)> = sqlx::query_as(
+        "SELECT c.version, c.code, c.department
+           FROM catalogue_tests c JOIN unnest($1::int4[], $2::text[]) AS u(version, code)
+             ON c.version = u.version AND c.code = u.code",
     )
     .bind(&versions)
     .bind(&codes)
     .fetch_all(&mut *conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(code, department)| {
-            Bson::Document(doc! { "code": code, "department": department.unwrap_or_default() })
+    Ok(rows.into_iter().map(|(v, c, d)| ((v, c), d)).collect())
+}
+
+/// `tests` as fact sub-documents, in their order, each with its department (empty if
+/// the catalogue has none for it).
+fn with_departments(tests: &[OrderedTest], departments: &Departments) -> Vec<Bson> {
+    tests
+        .iter()
+        .map(|t| {
+            let key = (t.catalogue_version.0, t.code.as_str().to_string());
+            let department = departments.get(&key).cloned().unwrap_or_default();
+            Bson::Document(doc! { "code": t.code.as_str(), "department": department })
         })
-        .collect())
+        .collect()
 }
 
 #[async_trait::async_trait]
@@ -233,40 +261,40 @@ impl Projection for Analytics {
         env: &Envelope,
         event: &LabEvent,
     ) -> Result<(), ProjectionError> {
-        let writes = writes(conn, env, event).await?;
-        self.send(writes).await
+        let departments = departments(conn, ordered_tests(event).iter()).await?;
+        self.send(writes(env, event, &departments)).await
     }
 
-    /// A batch's writes, in event order, in one command per collection.
+    /// A batch's writes, in event order, in one command per collection, after one
+    /// catalogue look-up for every test the batch orders.
     async fn apply_run(
         &self,
         conn: &mut PgConnection,
         events: &[(&Envelope, &LabEvent)],
     ) -> Result<(), ProjectionError> {
-        let mut all = Vec::new();
-        for (env, event) in events {
-            all.extend(writes(conn, env, event).await?);
-        }
+        let ordered = events.iter().flat_map(|(_, event)| ordered_tests(event));
+        let departments = departments(conn, ordered).await?;
+        let all = events
+            .iter()
+            .flat_map(|(env, event)| writes(env, event, &departments))
+            .collect();
         self.send(all).await
     }
 }
 
-/// What one event writes to the fact documents.
-async fn writes(
-    conn: &mut PgConnection,
-    env: &Envelope,
-    event: &LabEvent,
-) -> Result<Vec<Write>, ProjectionError> {
+/// What one event writes to the fact documents (`departments` holds those of the tests
+/// it orders).
+fn writes(env: &Envelope, event: &LabEvent, departments: &Departments) -> Vec<Write> {
     let id = env.aggregate_id.as_str();
     let at = env.recorded_at;
-    Ok(match event {
+    match event {
         LabEvent::Order(OrderEvent::OrderPlaced {
             priority: p,
             collection_site,
             tests,
             ..
         }) => {
-            let tests = tests_with_departments(conn, tests).await?;
+            let tests = with_departments(tests, departments);
             vec![upsert(
                 "order_facts",
                 id,
@@ -278,7 +306,7 @@ async fn writes(
             )]
         }
         LabEvent::Order(OrderEvent::TestsAdded { tests }) => {
-            let tests = tests_with_departments(conn, tests).await?;
+            let tests = with_departments(tests, departments);
             vec![upsert(
                 "order_facts",
                 id,
@@ -378,13 +406,46 @@ async fn writes(
             )]
         }
         _ => Vec::new(),
-    })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use mongodb::options::{Acknowledgment, WriteConcern};
+
+    #[test]
+    fn each_test_takes_the_department_of_the_catalogue_version_it_was_ordered_under() {
+        use lis_domain::catalogue::CatalogueVersion;
+        use lis_domain::ids::TestCode;
+        let ordered = |code: &str, version: i32| OrderedTest {
+            code: TestCode::parse(code).unwrap(),
+            catalogue_version: CatalogueVersion(version),
+        };
+        let tests = [ordered("K", 2), ordered("K", 1), ordered("HB", 1)];
+        let departments = Departments::from([
+            ((1, "K".to_string()), "CHEMISTRY".to_string()),
+            ((2, "K".to_string()), "BIOCHEMISTRY".to_string()),
+        ]);
+        assert_eq!(
+            with_departments(&tests, &departments),
+            vec![
+                Bson::Document(doc! { "code": "K", "department": "BIOCHEMISTRY" }),
+                Bson::Document(doc! { "code": "K", "department": "CHEMISTRY" }),
+                // Not in the catalogue version named: no department, the test still counted.
+                Bson::Document(doc! { "code": "HB", "department": "" }),
+            ]
+        );
+        let added = LabEvent::Order(OrderEvent::TestsAdded {
+            tests: tests.to_vec(),
+        });
+        assert_eq!(ordered_tests(&added), &tests);
+        let other = LabEvent::Order(OrderEvent::TestCancelled {
+            test: TestCode::parse("K").unwrap(),
+            reason: lis_domain::text::Reason::parse("duplicate").unwrap(),
+        });
+        assert!(ordered_tests(&other).is_empty());
+    }
 
     #[test]
     fn an_update_command_carries_the_write_concern_of_the_database() {
