@@ -28,27 +28,46 @@ fn numeric(v: &ResultValue) -> (Option<f64>, Option<&str>) {
     }
 }
 
+/// A value as the model stores it: the value's JSON, its number (numeric results), the
+/// flags as a JSON array, and whether any flag is critical. Recorded, corrected and
+/// amended values are all written from this.
+struct StoredValue {
+    value: String,
+    numeric_value: Option<f64>,
+    flags: String,
+    critical: bool,
+}
+
+impl StoredValue {
+    fn of(value: &ResultValue, f: &[Flag]) -> Self {
+        Self {
+            value: serde_json::to_string(value).unwrap_or_default(),
+            numeric_value: numeric(value).0,
+            flags: serde_json::to_string(&flags(f)).unwrap_or_default(),
+            critical: f.iter().any(Flag::is_critical),
+        }
+    }
+}
+
 /// A corrected result: its new value and flags, back to `recorded` for verification again.
 async fn correct(
     conn: &mut PgConnection,
     id: Uuid,
-    value: &ResultValue,
-    new_flags: &[Flag],
+    value: StoredValue,
     at: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), ProjectionError> {
-    let (n, _) = numeric(value);
-    let critical = new_flags.iter().any(Flag::is_critical);
     sqlx::query(
-        "UPDATE results SET value = $2, numeric_value = $3, flags = $4, critical = $5,
+        "UPDATE results SET value = $2::jsonb, numeric_value = $3,
+                flags = ARRAY(SELECT json_array_elements_text($4::json)), critical = $5,
                 notified = false, acknowledged = false, status = 'recorded',
                 verified_by = NULL, updated_at = $6
           WHERE result_id = $1",
     )
     .bind(id)
-    .bind(serde_json::to_value(value).unwrap_or_default())
-    .bind(n)
-    .bind(flags(new_flags))
-    .bind(critical)
+    .bind(value.value)
+    .bind(value.numeric_value)
+    .bind(value.flags)
+    .bind(value.critical)
     .bind(at)
     .execute(&mut *conn)
     .await?;
@@ -156,7 +175,7 @@ SELECT result_id, patient_id, order_id, test_code, value, unit, flags, status, n
         match event {
             ResultEvent::ResultCorrected {
                 value, flags: f, ..
-            } => correct(conn, id, value, f, at).await?,
+            } => correct(conn, id, StoredValue::of(value, f), at).await?,
             ResultEvent::ResultRetracted { reason, .. } => {
                 set(
                     conn,
@@ -207,16 +226,13 @@ struct Recorded {
     test_code: String,
     loinc: String,
     collected_at: DateTime<Utc>,
-    value: String,
-    numeric_value: Option<f64>,
+    value: StoredValue,
     unit: Option<String>,
-    flags: String,
     reference_low: Option<f64>,
     reference_high: Option<f64>,
     reference_basis: String,
     catalogue_version: i32,
     specimen_note: Option<String>,
-    critical: bool,
     recorded_at: DateTime<Utc>,
     recorded_by: String,
 }
@@ -233,10 +249,10 @@ struct Patch {
     notified: Option<bool>,
     /// `Some(false)` after an amendment, `Some(true)` after a clinician's acknowledgement.
     acknowledged: Option<bool>,
-    /// The latest amended value: (value JSON, numeric value, flags JSON, critical).
-    amended: Option<(String, Option<f64>, String, bool)>,
-    /// Amendments in this run.
-    amendments: i32,
+    /// The latest amended value.
+    amended: Option<StoredValue>,
+    /// The latest amendment's number: the result's amendments so far.
+    amendment: Option<i32>,
     updated_at: Option<DateTime<Utc>>,
 }
 
@@ -266,7 +282,7 @@ impl Pending for PendingResults {
                 if self.recorded_ids.contains(&id) || self.patches.contains_key(&id) {
                     return Ok(Fold::FlushFirst);
                 }
-                let (n, unit) = numeric(value);
+                let unit = numeric(value).1;
                 let interval = reference.interval.unwrap_or_default();
                 self.recorded_ids.insert(id);
                 self.recorded.push(Recorded {
@@ -277,16 +293,13 @@ impl Pending for PendingResults {
                     test_code: test_code.as_str().to_string(),
                     loinc: loinc.clone(),
                     collected_at: *collected_at,
-                    value: serde_json::to_string(value).unwrap_or_default(),
-                    numeric_value: n,
+                    value: StoredValue::of(value, f),
                     unit: unit.map(str::to_string),
-                    flags: serde_json::to_string(&flags(f)).unwrap_or_default(),
                     reference_low: interval.low,
                     reference_high: interval.high,
                     reference_basis: reference.basis.clone(),
                     catalogue_version: catalogue_version.0,
                     specimen_note: specimen_note.as_ref().map(|s| s.as_str().to_string()),
-                    critical: f.iter().any(Flag::is_critical),
                     recorded_at: at,
                     recorded_by: env.actor.id.clone(),
                 });
@@ -319,17 +332,14 @@ impl Pending for PendingResults {
                 p
             }
             ResultEvent::ResultAmended {
-                value, flags: f, ..
+                amendment,
+                value,
+                flags: f,
+                ..
             } => {
                 let p = self.patches.entry(id).or_default();
-                let (n, _) = numeric(value);
-                p.amended = Some((
-                    serde_json::to_string(value).unwrap_or_default(),
-                    n,
-                    serde_json::to_string(&flags(f)).unwrap_or_default(),
-                    f.iter().any(Flag::is_critical),
-                ));
-                p.amendments += 1;
+                p.amended = Some(StoredValue::of(value, f));
+                p.amendment = Some(i32::try_from(*amendment).unwrap_or(i32::MAX));
                 p.notified = Some(false);
                 p.acknowledged = Some(false);
                 p
@@ -373,16 +383,16 @@ impl Pending for PendingResults {
             .bind(col(|r| r.test_code.clone()))
             .bind(col(|r| r.loinc.clone()))
             .bind(recorded.iter().map(|r| r.collected_at).collect::<Vec<_>>())
-            .bind(col(|r| r.value.clone()))
-            .bind(recorded.iter().map(|r| r.numeric_value).collect::<Vec<_>>())
+            .bind(col(|r| r.value.value.clone()))
+            .bind(recorded.iter().map(|r| r.value.numeric_value).collect::<Vec<_>>())
             .bind(recorded.iter().map(|r| r.unit.clone()).collect::<Vec<_>>())
-            .bind(col(|r| r.flags.clone()))
+            .bind(col(|r| r.value.flags.clone()))
             .bind(recorded.iter().map(|r| r.reference_low).collect::<Vec<_>>())
             .bind(recorded.iter().map(|r| r.reference_high).collect::<Vec<_>>())
             .bind(col(|r| r.reference_basis.clone()))
             .bind(recorded.iter().map(|r| r.catalogue_version).collect::<Vec<_>>())
             .bind(recorded.iter().map(|r| r.specimen_note.clone()).collect::<Vec<_>>())
-            .bind(recorded.iter().map(|r| r.critical).collect::<Vec<_>>())
+            .bind(recorded.iter().map(|r| r.value.critical).collect::<Vec<_>>())
             .bind(recorded.iter().map(|r| r.recorded_at).collect::<Vec<_>>())
             .bind(col(|r| r.recorded_by.clone()))
             .execute(&mut *conn)
@@ -402,12 +412,12 @@ impl Pending for PendingResults {
                         flags = CASE WHEN u.amended THEN ARRAY(SELECT json_array_elements_text(u.flags::json))
                                      ELSE r.flags END,
                         critical = CASE WHEN u.amended THEN u.critical ELSE r.critical END,
-                        amendments = r.amendments + u.amendments, updated_at = u.updated_at
+                        amendments = coalesce(u.amendment, r.amendments), updated_at = u.updated_at
                    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bool[],
                                $7::timestamptz[], $8::bool[], $9::bool[], $10::text[], $11::float8[],
                                $12::text[], $13::bool[], $14::int4[])
                      AS u(id, status, verified_by, released_by, released_at, notified, updated_at, acknowledged,
-                          amended, value, numeric_value, flags, critical, amendments)
+                          amended, value, numeric_value, flags, critical, amendment)
                   WHERE r.result_id = u.id",
             )
             .bind(patches.iter().map(|(id, _)| *id).collect::<Vec<_>>())
@@ -419,11 +429,11 @@ impl Pending for PendingResults {
             .bind(patches.iter().map(|(_, p)| p.updated_at).collect::<Vec<_>>())
             .bind(patches.iter().map(|(_, p)| p.acknowledged).collect::<Vec<_>>())
             .bind(patches.iter().map(|(_, p)| p.amended.is_some()).collect::<Vec<_>>())
-            .bind(patches.iter().map(|(_, p)| p.amended.as_ref().map(|a| a.0.clone())).collect::<Vec<_>>())
-            .bind(patches.iter().map(|(_, p)| p.amended.as_ref().and_then(|a| a.1)).collect::<Vec<_>>())
-            .bind(patches.iter().map(|(_, p)| p.amended.as_ref().map(|a| a.2.clone())).collect::<Vec<_>>())
-            .bind(patches.iter().map(|(_, p)| p.amended.as_ref().map(|a| a.3)).collect::<Vec<_>>())
-            .bind(patches.iter().map(|(_, p)| p.amendments).collect::<Vec<_>>())
+            .bind(patches.iter().map(|(_, p)| p.amended.as_ref().map(|a| a.value.clone())).collect::<Vec<_>>())
+            .bind(patches.iter().map(|(_, p)| p.amended.as_ref().and_then(|a| a.numeric_value)).collect::<Vec<_>>())
+            .bind(patches.iter().map(|(_, p)| p.amended.as_ref().map(|a| a.flags.clone())).collect::<Vec<_>>())
+            .bind(patches.iter().map(|(_, p)| p.amended.as_ref().map(|a| a.critical)).collect::<Vec<_>>())
+            .bind(patches.iter().map(|(_, p)| p.amendment).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
         }
