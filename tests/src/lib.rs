@@ -490,6 +490,35 @@ pub async fn catch_up(pool: &PgPool, p: &dyn lis_projections::projection::Projec
     }
 }
 
+/// Every event in the store, read through the feed from its start in one batch, once the
+/// feed hands all of them on: it holds events back while any older transaction in the
+/// cluster (another test's) is still open.
+pub async fn whole_feed(pool: &PgPool) -> Vec<lis_projections::feed::StoredEvent> {
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let events = lis_projections::feed::read_after(
+            pool,
+            lis_projections::feed::FeedPosition::default(),
+            stored + 1,
+        )
+        .await
+        .unwrap();
+        if events.len() as i64 >= stored {
+            return events;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the feed handed on {} of {stored} events",
+            events.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Every base table of a schema as JSON, rows in a stable order — to compare read models.
 /// `progress` (timing counters) and `feed_position` (absent in Kafka mode) are left out.
 pub async fn dump_schema(pool: &PgPool, schema: &str) -> serde_json::Value {

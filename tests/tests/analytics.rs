@@ -4,7 +4,6 @@
 
 use lis_projections::analytics_queries::{abnormal_rates, rejections, turnaround, volumes};
 use lis_projections::envelope::Envelope;
-use lis_projections::feed::{read_after, FeedPosition};
 use lis_projections::models::analytics::Analytics;
 use lis_projections::projection::{decode, Projection};
 use lis_tests::{catch_up, lab_day, TestDb};
@@ -60,9 +59,7 @@ async fn a_lab_day_reaches_the_analytics_and_replays_change_nothing() {
 
     // Replay every event straight into the analytics, past the offsets: the MongoDB
     // writes themselves must be idempotent.
-    let events = read_after(&db.app, FeedPosition::default(), 10_000)
-        .await
-        .unwrap();
+    let events = lis_tests::whole_feed(&db.app).await;
     let mut conn = db.app.acquire().await.unwrap();
     for e in &events {
         let env = Envelope::from(e);

@@ -7,7 +7,7 @@ use lis_domain::result::ResultCommand;
 use lis_domain::text::Reason;
 use lis_domain::value::ResultValue;
 use lis_projections::envelope::Envelope;
-use lis_projections::feed::{read_after, FeedPosition};
+use lis_projections::feed::read_after;
 use lis_projections::models;
 use lis_projections::projection::{apply_batch, ensure_schema, schema_of, ProjectionError};
 use lis_projections::worker::rebuild;
@@ -173,9 +173,7 @@ async fn redelivered_events_change_nothing_and_a_gap_is_refused() {
     let before = dump_schema(&db.app, "proj_results").await;
 
     // Everything again, as a consumer restarted from an old offset would see it.
-    let events = read_after(&db.app, FeedPosition::default(), 10_000)
-        .await
-        .unwrap();
+    let events = lis_tests::whole_feed(&db.app).await;
     let envelopes: Vec<Envelope> = events.iter().map(Envelope::from).collect();
     let results = models::by_name("results").unwrap();
     let outcome = apply_batch(&db.app, results.as_ref(), &envelopes, None)
@@ -334,9 +332,7 @@ async fn read_models_do_not_depend_on_how_aggregates_interleave() {
     let db = TestDb::new().await;
     lab_day(&db).await;
     project_all(&db.app).await;
-    let events = read_after(&db.app, FeedPosition::default(), 10_000)
-        .await
-        .unwrap();
+    let events = lis_tests::whole_feed(&db.app).await;
     let mut shuffled: Vec<Envelope> = events.iter().map(Envelope::from).collect();
     let rank = |t: &str| match t {
         "Result" => 0,
@@ -459,23 +455,7 @@ async fn folded_batches_equal_one_event_at_a_time() {
         )
         .await
         .unwrap();
-    // The feed holds events back while any transaction in the cluster (another test's)
-    // is older than theirs: wait until it hands on all of them.
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&db.app)
-        .await
-        .unwrap();
-    let mut events = Vec::new();
-    for _ in 0..200 {
-        events = read_after(&db.app, FeedPosition::default(), 10_000)
-            .await
-            .unwrap();
-        if events.len() as i64 == stored {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(events.len() as i64, stored, "the feed never caught up");
+    let events = lis_tests::whole_feed(&db.app).await;
     let envelopes: Vec<Envelope> = events.iter().map(Envelope::from).collect();
     for p in models::all() {
         let reference = OneByOne(p.clone());
