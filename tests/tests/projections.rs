@@ -455,6 +455,29 @@ async fn folded_batches_equal_one_event_at_a_time() {
         )
         .await
         .unwrap();
+    // A result sent for a rerun, recorded again and verified, in the same batch: the
+    // second recording writes over the first row, with its verification on it.
+    let order = place(&ledger, "MRN-604", &["K"]).await;
+    let serum = received_serum(&ledger, order.order_id, "ACC-604", &["K"]).await;
+    let (rerun, record) = lis_tests::record_k(serum, 6.9);
+    let (_, again) = lis_tests::record_k(serum, 4.6);
+    ledger.execute_result(rerun, record, &tech).await.unwrap();
+    ledger
+        .execute_result(
+            rerun,
+            ResultCommand::RequestRerun {
+                reason: Reason::parse("delta check failed").unwrap(),
+            },
+            &tech,
+        )
+        .await
+        .unwrap();
+    ledger.execute_result(rerun, again, &tech).await.unwrap();
+    let by = ActorId::parse("tech.1").unwrap();
+    ledger
+        .execute_result(rerun, ResultCommand::Verify { by }, &tech)
+        .await
+        .unwrap();
     let events = lis_tests::whole_feed(&db.app).await;
     let envelopes: Vec<Envelope> = events.iter().map(Envelope::from).collect();
     for p in models::all() {
@@ -531,6 +554,29 @@ async fn folded_batches_equal_one_event_at_a_time() {
             .await
             .unwrap();
             assert_eq!(row, ("recorded".to_string(), Some(4.4), None));
+            let row: (String, Option<f64>, Option<String>) = sqlx::query_as(&format!(
+                "SELECT status, numeric_value, verified_by FROM {folded}.results WHERE result_id = $1"
+            ))
+            .bind(rerun.as_uuid())
+            .fetch_one(&db.app)
+            .await
+            .unwrap();
+            assert_eq!(
+                row,
+                ("verified".to_string(), Some(4.6), Some("tech.1".into()))
+            );
+        }
+        if p.name() == "orders" {
+            // The rerun's second recording, verified: one row, at `to_authorise`.
+            let stage: Vec<(String, bool)> = sqlx::query_as(&format!(
+                "SELECT stage, verified_at IS NOT NULL FROM {folded}.order_test_status
+                  WHERE order_id = $1"
+            ))
+            .bind(order.order_id.as_uuid())
+            .fetch_all(&db.app)
+            .await
+            .unwrap();
+            assert_eq!(stage, [("to_authorise".to_string(), true)]);
         }
     }
     db.drop().await;

@@ -268,7 +268,8 @@ type NewOrder = (
 type SpecimenTimes = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 
 /// A run's new orders, their tests, specimens' tests and results (one row each), and the
-/// stage times folded over them or over stored rows.
+/// stage times folded over them (written with the new rows) or over stored rows
+/// (written as updates).
 #[derive(Default)]
 struct PendingOrders {
     orders: Vec<NewOrder>,
@@ -434,11 +435,17 @@ impl Pending for PendingOrders {
             .execute(&mut *conn)
             .await?;
         }
+        // Rows new in this run are inserted with the times and stages the run gave them:
+        // one write each, where an insert and an update would write them twice.
         let specimen_tests = std::mem::take(&mut self.specimen_tests);
         if !specimen_tests.is_empty() {
+            let times = |r: &(Uuid, String, Uuid, DateTime<Utc>)| {
+                self.specimen_times.get(&r.0).copied().unwrap_or_default()
+            };
             sqlx::query(
-                "INSERT INTO specimen_tests (sample_id, test_code, order_id, collected_at)
-                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::timestamptz[])",
+                "INSERT INTO specimen_tests (sample_id, test_code, order_id, collected_at, received_at, rejected_at)
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::timestamptz[],
+                                      $5::timestamptz[], $6::timestamptz[])",
             )
             .bind(specimen_tests.iter().map(|r| r.0).collect::<Vec<_>>())
             .bind(
@@ -449,8 +456,13 @@ impl Pending for PendingOrders {
             )
             .bind(specimen_tests.iter().map(|r| r.2).collect::<Vec<_>>())
             .bind(specimen_tests.iter().map(|r| r.3).collect::<Vec<_>>())
+            .bind(specimen_tests.iter().map(|r| times(r).0).collect::<Vec<_>>())
+            .bind(specimen_tests.iter().map(|r| times(r).1).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
+            for r in &specimen_tests {
+                self.specimen_times.remove(&r.0);
+            }
         }
         let times: Vec<_> = self.specimen_times.drain().collect();
         if !times.is_empty() {
@@ -468,16 +480,30 @@ impl Pending for PendingOrders {
         }
         let results = std::mem::take(&mut self.results);
         if !results.is_empty() {
+            let stages: Vec<Option<ResultStage>> = results
+                .iter()
+                .map(|r| self.result_status.remove(&r.0))
+                .collect();
             sqlx::query(
-                "INSERT INTO result_tests (result_id, order_id, test_code, status, resulted_at, status_since)
-                 SELECT r, o, c, 'recorded', t, t
-                   FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[]) AS u(r, o, c, t)
-                 ON CONFLICT (result_id) DO UPDATE SET status = 'recorded', status_since = excluded.status_since",
+                "INSERT INTO result_tests (result_id, order_id, test_code, status, resulted_at, status_since,
+                                           verified_at, released_at)
+                 SELECT r, o, c, coalesce(s, 'recorded'), t, coalesce(st, t), v, l
+                   FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[],
+                               $6::timestamptz[], $7::timestamptz[], $8::timestamptz[])
+                     AS u(r, o, c, t, s, st, v, l)
+                 ON CONFLICT (result_id) DO UPDATE SET status = excluded.status,
+                    status_since = excluded.status_since,
+                    verified_at = coalesce(result_tests.verified_at, excluded.verified_at),
+                    released_at = coalesce(result_tests.released_at, excluded.released_at)",
             )
             .bind(results.iter().map(|r| r.0).collect::<Vec<_>>())
             .bind(results.iter().map(|r| r.1).collect::<Vec<_>>())
             .bind(results.iter().map(|r| r.2.clone()).collect::<Vec<_>>())
             .bind(results.iter().map(|r| r.3).collect::<Vec<_>>())
+            .bind(stages.iter().map(|s| s.as_ref().map(|s| s.status)).collect::<Vec<_>>())
+            .bind(stages.iter().map(|s| s.as_ref().map(|s| s.since)).collect::<Vec<_>>())
+            .bind(stages.iter().map(|s| s.as_ref().and_then(|s| s.verified_at)).collect::<Vec<_>>())
+            .bind(stages.iter().map(|s| s.as_ref().and_then(|s| s.released_at)).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
         }

@@ -12,7 +12,7 @@ use lis_domain::flags::Flag;
 use lis_domain::result::ResultEvent;
 use lis_domain::value::ResultValue;
 use sqlx::PgConnection;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use uuid::Uuid;
 
 pub struct Results;
@@ -36,6 +36,17 @@ struct StoredValue {
     numeric_value: Option<f64>,
     flags: String,
     critical: bool,
+}
+
+impl PendingResults {
+    /// Where a change to result `id` goes: onto its row if it was recorded in this run,
+    /// else into the update of stored rows.
+    fn patch(&mut self, id: Uuid) -> &mut Patch {
+        match self.recorded_index.get(&id) {
+            Some(&i) => &mut self.recorded[i].patch,
+            None => self.patches.entry(id).or_default(),
+        }
+    }
 }
 
 impl StoredValue {
@@ -210,11 +221,14 @@ SELECT result_id, patient_id, order_id, test_code, value, unit, flags, status, n
 
 /// A run's recorded results (one row each) and the status changes folded over them or
 /// over stored rows: verification, release, a read-back critical call, a clinician's
-/// acknowledgement, an amendment.
+/// acknowledgement, an amendment. A result recorded in the run carries its own changes
+/// and is inserted as they left it (one write, where an insert and an update would be
+/// two); the changes to stored rows are one update.
 #[derive(Default)]
 struct PendingResults {
     recorded: Vec<Recorded>,
-    recorded_ids: HashSet<Uuid>,
+    /// Where each result recorded in this run is in `recorded`.
+    recorded_index: HashMap<Uuid, usize>,
     patches: HashMap<Uuid, Patch>,
 }
 
@@ -235,6 +249,8 @@ struct Recorded {
     specimen_note: Option<String>,
     recorded_at: DateTime<Utc>,
     recorded_by: String,
+    /// Its changes later in the same run.
+    patch: Patch,
 }
 
 /// Plain assignments, the last of each column winning, as in sequential application.
@@ -279,12 +295,12 @@ impl Pending for PendingResults {
                 collected_at,
                 ..
             } => {
-                if self.recorded_ids.contains(&id) || self.patches.contains_key(&id) {
+                if self.recorded_index.contains_key(&id) || self.patches.contains_key(&id) {
                     return Ok(Fold::FlushFirst);
                 }
                 let unit = numeric(value).1;
                 let interval = reference.interval.unwrap_or_default();
-                self.recorded_ids.insert(id);
+                self.recorded_index.insert(id, self.recorded.len());
                 self.recorded.push(Recorded {
                     id,
                     sample_id: sample_id.as_uuid(),
@@ -302,17 +318,18 @@ impl Pending for PendingResults {
                     specimen_note: specimen_note.as_ref().map(|s| s.as_str().to_string()),
                     recorded_at: at,
                     recorded_by: env.actor.id.clone(),
+                    patch: Patch::default(),
                 });
                 return Ok(Fold::Taken);
             }
             ResultEvent::ResultVerified { verified_by } => {
-                let p = self.patches.entry(id).or_default();
+                let p = self.patch(id);
                 p.status = Some("verified");
                 p.verified_by = Some(verified_by.as_str().to_string());
                 p
             }
             ResultEvent::ResultAuthorised { authorised_by, .. } => {
-                let p = self.patches.entry(id).or_default();
+                let p = self.patch(id);
                 p.status = Some("released");
                 p.released_by = Some(authorised_by.as_str().to_string());
                 p.released_at = Some(at);
@@ -322,12 +339,12 @@ impl Pending for PendingResults {
                 if !notification.read_back_confirmed {
                     return Ok(Fold::Taken);
                 }
-                let p = self.patches.entry(id).or_default();
+                let p = self.patch(id);
                 p.notified = Some(true);
                 p
             }
             ResultEvent::ResultAcknowledged { .. } => {
-                let p = self.patches.entry(id).or_default();
+                let p = self.patch(id);
                 p.acknowledged = Some(true);
                 p
             }
@@ -337,7 +354,7 @@ impl Pending for PendingResults {
                 flags: f,
                 ..
             } => {
-                let p = self.patches.entry(id).or_default();
+                let p = self.patch(id);
                 p.amended = Some(StoredValue::of(value, f));
                 p.amendment = Some(i32::try_from(*amendment).unwrap_or(i32::MAX));
                 p.notified = Some(false);
@@ -352,27 +369,42 @@ impl Pending for PendingResults {
 
     async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
         let recorded = std::mem::take(&mut self.recorded);
-        self.recorded_ids.clear();
+        self.recorded_index.clear();
         if !recorded.is_empty() {
             let col = |f: fn(&Recorded) -> String| recorded.iter().map(f).collect::<Vec<_>>();
+            // The value as the run left it: the latest amendment's, else the recorded one.
+            let values: Vec<&StoredValue> = recorded
+                .iter()
+                .map(|r| r.patch.amended.as_ref().unwrap_or(&r.value))
+                .collect();
             sqlx::query(
                 "INSERT INTO results (result_id, sample_id, order_id, patient_id, test_code, loinc, collected_at,
                      value, numeric_value, unit, flags, reference_low, reference_high, reference_basis,
-                     catalogue_version, specimen_note, status, critical, recorded_at, recorded_by, updated_at)
+                     catalogue_version, specimen_note, status, critical, recorded_at, recorded_by, verified_by,
+                     released_by, released_at, notified, acknowledged, amendments, updated_at)
                  SELECT id, sample_id, order_id, patient_id, test_code, loinc, collected_at, value::jsonb,
                         numeric_value, unit, ARRAY(SELECT json_array_elements_text(flags::json)),
                         reference_low, reference_high, reference_basis, catalogue_version, specimen_note,
-                        'recorded', critical, recorded_at, recorded_by, recorded_at
+                        coalesce(status, 'recorded'), critical, recorded_at, recorded_by, verified_by,
+                        released_by, released_at, coalesce(notified, false), coalesce(acknowledged, false),
+                        coalesce(amendment, 0), coalesce(updated_at, recorded_at)
                    FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
                                $7::timestamptz[], $8::text[], $9::float8[], $10::text[], $11::text[],
                                $12::float8[], $13::float8[], $14::text[], $15::int4[], $16::text[],
-                               $17::bool[], $18::timestamptz[], $19::text[])
+                               $17::bool[], $18::timestamptz[], $19::text[], $20::text[], $21::text[],
+                               $22::text[], $23::timestamptz[], $24::bool[], $25::bool[], $26::int4[],
+                               $27::timestamptz[])
                      AS u(id, sample_id, order_id, patient_id, test_code, loinc, collected_at, value,
                           numeric_value, unit, flags, reference_low, reference_high, reference_basis,
-                          catalogue_version, specimen_note, critical, recorded_at, recorded_by)
+                          catalogue_version, specimen_note, critical, recorded_at, recorded_by, status,
+                          verified_by, released_by, released_at, notified, acknowledged, amendment, updated_at)
                  ON CONFLICT (result_id) DO UPDATE SET value = excluded.value, numeric_value = excluded.numeric_value,
-                     flags = excluded.flags, critical = excluded.critical, status = 'recorded', notified = false,
-                     acknowledged = false, verified_by = NULL, recorded_at = excluded.recorded_at,
+                     flags = excluded.flags, critical = excluded.critical, status = excluded.status,
+                     notified = excluded.notified, acknowledged = excluded.acknowledged,
+                     verified_by = excluded.verified_by,
+                     released_by = coalesce(excluded.released_by, results.released_by),
+                     released_at = coalesce(excluded.released_at, results.released_at),
+                     amendments = excluded.amendments, recorded_at = excluded.recorded_at,
                      recorded_by = excluded.recorded_by, catalogue_version = excluded.catalogue_version,
                      updated_at = excluded.updated_at",
             )
@@ -383,18 +415,26 @@ impl Pending for PendingResults {
             .bind(col(|r| r.test_code.clone()))
             .bind(col(|r| r.loinc.clone()))
             .bind(recorded.iter().map(|r| r.collected_at).collect::<Vec<_>>())
-            .bind(col(|r| r.value.value.clone()))
-            .bind(recorded.iter().map(|r| r.value.numeric_value).collect::<Vec<_>>())
+            .bind(values.iter().map(|v| v.value.clone()).collect::<Vec<_>>())
+            .bind(values.iter().map(|v| v.numeric_value).collect::<Vec<_>>())
             .bind(recorded.iter().map(|r| r.unit.clone()).collect::<Vec<_>>())
-            .bind(col(|r| r.value.flags.clone()))
+            .bind(values.iter().map(|v| v.flags.clone()).collect::<Vec<_>>())
             .bind(recorded.iter().map(|r| r.reference_low).collect::<Vec<_>>())
             .bind(recorded.iter().map(|r| r.reference_high).collect::<Vec<_>>())
             .bind(col(|r| r.reference_basis.clone()))
             .bind(recorded.iter().map(|r| r.catalogue_version).collect::<Vec<_>>())
             .bind(recorded.iter().map(|r| r.specimen_note.clone()).collect::<Vec<_>>())
-            .bind(recorded.iter().map(|r| r.value.critical).collect::<Vec<_>>())
+            .bind(values.iter().map(|v| v.critical).collect::<Vec<_>>())
             .bind(recorded.iter().map(|r| r.recorded_at).collect::<Vec<_>>())
             .bind(col(|r| r.recorded_by.clone()))
+            .bind(recorded.iter().map(|r| r.patch.status).collect::<Vec<_>>())
+            .bind(recorded.iter().map(|r| r.patch.verified_by.clone()).collect::<Vec<_>>())
+            .bind(recorded.iter().map(|r| r.patch.released_by.clone()).collect::<Vec<_>>())
+            .bind(recorded.iter().map(|r| r.patch.released_at).collect::<Vec<_>>())
+            .bind(recorded.iter().map(|r| r.patch.notified).collect::<Vec<_>>())
+            .bind(recorded.iter().map(|r| r.patch.acknowledged).collect::<Vec<_>>())
+            .bind(recorded.iter().map(|r| r.patch.amendment).collect::<Vec<_>>())
+            .bind(recorded.iter().map(|r| r.patch.updated_at).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
         }

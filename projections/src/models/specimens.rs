@@ -8,7 +8,7 @@ use crate::projection::{
 use chrono::{DateTime, Utc};
 use lis_domain::sample::{SampleEvent, SpecimenCondition};
 use sqlx::PgConnection;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 pub struct Specimens;
@@ -200,10 +200,14 @@ type Receipt = (Uuid, String, DateTime<Utc>, String, DateTime<Utc>);
 type Rejection = (Uuid, &'static str, Option<String>, bool, DateTime<Utc>);
 
 /// A run's collected specimens (one row each), then receipts and rejections (at most one
-/// change per specimen in a run: a second one writes the first before it).
+/// change per specimen in a run: a second one writes the first before it). A specimen
+/// collected in the run takes its change into its own row, which is then inserted once
+/// as the change left it, where an insert and an update would write it twice.
 #[derive(Default)]
 struct PendingSpecimens {
     collected: Vec<Collected>,
+    /// Where each specimen collected in this run is in `collected`.
+    collected_index: HashMap<Uuid, usize>,
     /// Specimens collected or changed in this run.
     touched: HashSet<Uuid>,
     changed: HashSet<Uuid>,
@@ -220,6 +224,11 @@ struct Collected {
     tests: String,
     collected_by: String,
     collected_at: DateTime<Utc>,
+    /// Its receipt in the same run: (received by, received at, condition).
+    receipt: Option<(String, DateTime<Utc>, String)>,
+    /// Its rejection in the same run: (reason, detail, recollection requested).
+    rejection: Option<(&'static str, Option<String>, bool)>,
+    /// The time of its last event in the run.
     at: DateTime<Utc>,
 }
 
@@ -247,6 +256,7 @@ impl Pending for PendingSpecimens {
                     return Ok(Fold::FlushFirst);
                 }
                 let codes: Vec<&str> = tests.iter().map(|t| t.as_str()).collect();
+                self.collected_index.insert(id, self.collected.len());
                 self.collected.push(Collected {
                     id,
                     accession_number: accession_number.as_str().to_string(),
@@ -256,6 +266,8 @@ impl Pending for PendingSpecimens {
                     tests: serde_json::to_string(&codes).unwrap_or_default(),
                     collected_by: collected_by.as_str().to_string(),
                     collected_at: *collected_at,
+                    receipt: None,
+                    rejection: None,
                     at,
                 });
             }
@@ -268,7 +280,14 @@ impl Pending for PendingSpecimens {
                     return Ok(Fold::FlushFirst);
                 }
                 let by = received_by.as_str().to_string();
-                self.received.push((id, by, *received_at, condition(c), at));
+                match self.collected_index.get(&id) {
+                    Some(&i) => {
+                        let row = &mut self.collected[i];
+                        row.receipt = Some((by, *received_at, condition(c)));
+                        row.at = at;
+                    }
+                    None => self.received.push((id, by, *received_at, condition(c), at)),
+                }
             }
             SampleEvent::SampleRejected {
                 reason,
@@ -279,8 +298,18 @@ impl Pending for PendingSpecimens {
                     return Ok(Fold::FlushFirst);
                 }
                 let detail = detail.as_ref().map(|d| d.as_str().to_string());
-                self.rejected
-                    .push((id, reason.code(), detail, *recollection_requested, at));
+                let rejection = (reason.code(), detail, *recollection_requested);
+                match self.collected_index.get(&id) {
+                    Some(&i) => {
+                        let row = &mut self.collected[i];
+                        row.rejection = Some(rejection);
+                        row.at = at;
+                    }
+                    None => {
+                        let (reason, detail, recollect) = rejection;
+                        self.rejected.push((id, reason, detail, recollect, at));
+                    }
+                }
             }
             _ => return Ok(Fold::Alone),
         }
@@ -291,12 +320,25 @@ impl Pending for PendingSpecimens {
         let collected = std::mem::take(&mut self.collected);
         if !collected.is_empty() {
             let text = |f: fn(&Collected) -> &String| collected.iter().map(f).collect::<Vec<_>>();
+            let receipt = |f: fn(&(String, DateTime<Utc>, String)) -> String| {
+                collected
+                    .iter()
+                    .map(|r| r.receipt.as_ref().map(f))
+                    .collect::<Vec<_>>()
+            };
             sqlx::query(
                 "INSERT INTO specimens (sample_id, accession_number, order_id, specimen_type, container, tests,
-                                        status, holder, collected_by, collected_at, updated_at)
-                 SELECT id, a, o, s, c, ARRAY(SELECT json_array_elements_text(t::json)), 'collected', b, b, ca, at
+                                        status, holder, collected_by, collected_at, received_by, received_at,
+                                        condition, rejection_reason, rejection_detail, recollection_requested,
+                                        updated_at)
+                 SELECT id, a, o, s, c, ARRAY(SELECT json_array_elements_text(t::json)),
+                        CASE WHEN jr IS NOT NULL THEN 'rejected' WHEN rr IS NOT NULL THEN 'received'
+                             ELSE 'collected' END,
+                        coalesce(rb, b), b, ca, rb, rr, rc, jr, jd, coalesce(jq, false), at
                    FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[],
-                               $7::text[], $8::timestamptz[], $9::timestamptz[]) AS u(id, a, o, s, c, t, b, ca, at)",
+                               $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[],
+                               $11::timestamptz[], $12::text[], $13::text[], $14::text[], $15::bool[])
+                     AS u(id, a, o, s, c, t, b, ca, at, rb, rr, rc, jr, jd, jq)",
             )
             .bind(collected.iter().map(|r| r.id).collect::<Vec<_>>())
             .bind(text(|r| &r.accession_number))
@@ -307,6 +349,12 @@ impl Pending for PendingSpecimens {
             .bind(text(|r| &r.collected_by))
             .bind(collected.iter().map(|r| r.collected_at).collect::<Vec<_>>())
             .bind(collected.iter().map(|r| r.at).collect::<Vec<_>>())
+            .bind(receipt(|r| r.0.clone()))
+            .bind(collected.iter().map(|r| r.receipt.as_ref().map(|r| r.1)).collect::<Vec<_>>())
+            .bind(receipt(|r| r.2.clone()))
+            .bind(collected.iter().map(|r| r.rejection.as_ref().map(|j| j.0)).collect::<Vec<_>>())
+            .bind(collected.iter().map(|r| r.rejection.as_ref().and_then(|j| j.1.clone())).collect::<Vec<_>>())
+            .bind(collected.iter().map(|r| r.rejection.as_ref().map(|j| j.2)).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
         }
@@ -346,6 +394,7 @@ impl Pending for PendingSpecimens {
         }
         self.touched.clear();
         self.changed.clear();
+        self.collected_index.clear();
         Ok(())
     }
 }
