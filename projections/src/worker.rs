@@ -254,6 +254,9 @@ pub async fn rebuild_all(
         at = last;
         progress(read);
     }
+    // Indexes and offsets for every model at once, each on its own connection; then the
+    // swaps, one after another.
+    futures::future::try_join_all(models.iter_mut().map(|m| m.prepare())).await?;
     let mut reports = Vec::with_capacity(models.len());
     for model in models {
         reports.push(model.finish(pool, at).await?);
@@ -369,22 +372,26 @@ impl<'a> Rebuilding<'a> {
         Ok(())
     }
 
-    /// Writes the offsets, catches up from `at` with the live model's writers held off,
-    /// and swaps the fresh schema in.
+    /// Builds the secondary indexes, each once, and writes the offsets kept in memory:
+    /// the fresh schema's last work before the live one is locked.
+    async fn prepare(&mut self) -> Result<(), WorkerError> {
+        for definition in std::mem::take(&mut self.deferred) {
+            sqlx::query(&definition).execute(&mut *self.conn).await?;
+        }
+        let mut tx = self.conn.begin().await?;
+        write_offsets(&mut tx, &self.fresh, std::mem::take(&mut self.offsets)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Catches up from `at` with the live model's writers held off, and swaps the fresh
+    /// schema in ([`Rebuilding::prepare`] first).
     async fn finish(
         mut self,
         pool: &PgPool,
         at: FeedPosition,
     ) -> Result<RebuildReport, WorkerError> {
         let (live, fresh) = (&self.live, &self.fresh);
-        // The secondary indexes, built once; then the offsets kept in memory, before
-        // the live schema is locked.
-        for definition in std::mem::take(&mut self.deferred) {
-            sqlx::query(&definition).execute(&mut *self.conn).await?;
-        }
-        let mut tx = self.conn.begin().await?;
-        write_offsets(&mut tx, fresh, std::mem::take(&mut self.offsets)).await?;
-        tx.commit().await?;
         let mut tx = self.conn.begin().await?;
         sqlx::query(&format!("LOCK TABLE {live}.offsets IN EXCLUSIVE MODE"))
             .execute(&mut *tx)
