@@ -1309,3 +1309,44 @@ async fn beyond_the_requests_in_flight_the_api_answers_503_at_once() {
     assert_eq!(s, StatusCode::NOT_FOUND, "{p}");
     api.db.drop().await;
 }
+
+#[tokio::test]
+async fn an_idempotency_key_outside_its_documented_form_is_refused_and_nothing_is_written() {
+    let api = Api::start().await;
+    let reception = api.token("reception.1").await;
+    let send = |key: &[u8], mrn: &str| {
+        api.client
+            .post(format!("{}/orders", api.base))
+            .bearer_auth(&reception)
+            .header(
+                "Idempotency-Key",
+                reqwest::header::HeaderValue::from_bytes(key).unwrap(),
+            )
+            .json(&order_body(mrn))
+            .send()
+    };
+    let long = vec![b'k'; 201];
+    for (n, key) in [b"a\tb".as_slice(), b"\x80key", &long]
+        .into_iter()
+        .enumerate()
+    {
+        let r = send(key, &format!("MRN-8{n}")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{key:?}");
+        let problem: Value = r.json().await.unwrap();
+        assert!(
+            problem["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("Idempotency-Key")),
+            "{problem}"
+        );
+    }
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&api.db.app)
+        .await
+        .unwrap();
+    assert_eq!(events, 0, "a refused request wrote an event");
+    // Spaces inside a key are part of it.
+    let r = send(b"retry 1 of order 9", "MRN-89").await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    api.db.drop().await;
+}

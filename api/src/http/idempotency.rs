@@ -39,6 +39,21 @@ pub struct Held {
     tx: Transaction<'static, Postgres>,
 }
 
+/// The longest `Idempotency-Key` accepted.
+pub const KEY_MAX: usize = 200;
+
+/// Whether `k` is a key as the OpenAPI document describes it (`^[!-~]([ -~]*[!-~])?$`, at
+/// most [`KEY_MAX`] long): printable ASCII, spaces only between other characters. A tab
+/// or any other control character is refused. (HTTP itself strips spaces and tabs around
+/// a header's value, RFC 9110 section 5.5, so those never reach here.)
+pub fn is_key(k: &str) -> bool {
+    let visible = |b: &u8| (b'!'..=b'~').contains(b);
+    (1..=KEY_MAX).contains(&k.len())
+        && k.bytes().all(|b| (b' '..=b'~').contains(&b))
+        && k.as_bytes().first().is_some_and(visible)
+        && k.as_bytes().last().is_some_and(visible)
+}
+
 /// Claims `Idempotency-Key` for this caller and body, or finds its response. `ok` is the
 /// status the command answers with when it succeeds (for an answer rebuilt from events).
 pub async fn claim(
@@ -51,11 +66,14 @@ pub async fn claim(
     let Some(key) = headers.get("idempotency-key") else {
         return Ok(Claim::Run(None));
     };
-    let key = key
-        .to_str()
+    let key = std::str::from_utf8(key.as_bytes())
         .ok()
-        .filter(|k| !k.is_empty() && k.len() <= 200)
-        .ok_or_else(|| Problem::bad_header("Idempotency-Key must be 1 to 200 visible characters"))?
+        .filter(|k| is_key(k))
+        .ok_or_else(|| {
+            Problem::bad_header(
+                "Idempotency-Key must be 1 to 200 printable ASCII characters, spaces only between others",
+            )
+        })?
         .to_string();
     let hash = Sha256::digest(body).to_vec();
     let inserted = sqlx::query(
@@ -208,4 +226,20 @@ pub async fn finish(held: Held, status: StatusCode, body: &Value) -> Result<(), 
     .execute(&mut *tx)
     .await?;
     tx.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_printable_ascii_with_spaces_only_inside() {
+        for good in ["k", "order 42 / retry", "~!", &"a".repeat(KEY_MAX)] {
+            assert!(is_key(good), "{good:?}");
+        }
+        let long = "a".repeat(KEY_MAX + 1);
+        for bad in ["", " ", " a", "a ", "a\tb", "a\u{7f}b", "é", "a\nb", &long] {
+            assert!(!is_key(bad), "{bad:?}");
+        }
+    }
 }

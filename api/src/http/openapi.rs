@@ -355,7 +355,7 @@ fn operation(e: &Endpoint, generator: &mut SchemaGenerator) -> Value {
         if e.secured() {
             params.push(json!({ "name": "Idempotency-Key", "in": "header", "required": false,
                 "description": "Retries with the same key and body get the first answer; the same key with another body is refused (422)",
-                "schema": { "type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[!-~]([ -~]*[!-~])?$" } }));
+                "schema": { "type": "string", "minLength": 1, "maxLength": super::idempotency::KEY_MAX, "pattern": "^[!-~]([ -~]*[!-~])?$" } }));
         }
     }
     if let Some(query) = e.query {
