@@ -47,7 +47,11 @@ impl CommandError {
                         errors: errors.clone(),
                     }
                 } else if let Some(l) = e.lookup_failure() {
-                    CommandError::Unavailable(l.to_string())
+                    if l.unavailable {
+                        CommandError::Unavailable(l.to_string())
+                    } else {
+                        CommandError::Internal(l.to_string())
+                    }
                 } else {
                     CommandError::Rejected {
                         rule: e.rule(),
@@ -107,5 +111,30 @@ impl From<crate::keys::KeyError> for CommandError {
             },
             other => CommandError::Internal(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lis_domain::result::ResultError;
+    use lis_domain::services::LookupError;
+
+    fn from_lookup(e: LookupError) -> CommandError {
+        CommandError::from_aggregate(
+            AggregateError::UserError(ResultError::Lookup(e)),
+            "Result",
+            "r-1",
+        )
+    }
+
+    #[test]
+    fn a_lookup_the_store_could_not_answer_is_unavailable_and_a_wrong_answer_a_defect() {
+        let away = from_lookup(LookupError::unavailable(
+            "catalogue version: pool timed out",
+        ));
+        assert!(matches!(away, CommandError::Unavailable(_)), "{away:?}");
+        let wrong = from_lookup(LookupError::defect("order o-1 of sample s-1 not found"));
+        assert!(matches!(wrong, CommandError::Internal(_)), "{wrong:?}");
     }
 }

@@ -6,11 +6,12 @@
 //! indexes on the `events` table (migration 0001), so no side table can drift from the
 //! trail. The catalogue is cached per version and reloaded when a new version appears.
 
-use crate::catalogue;
-use crate::keys::{Opened, PatientVault};
+use crate::catalogue::{self, CatalogueError};
+use crate::error::is_unavailable;
+use crate::keys::{KeyError, Opened, PatientVault};
 use crate::ledger::EventStoreOf;
 use chrono::{DateTime, Utc};
-use cqrs_es::{AggregateContext, EventStore};
+use cqrs_es::{AggregateContext, AggregateError, EventStore};
 use lis_domain::catalogue::{Catalogue, CatalogueVersion};
 use lis_domain::flags::PreviousResult;
 use lis_domain::ids::{AccessionNumber, OrderId, PatientId, ResultId, SampleId, TestCode};
@@ -20,6 +21,7 @@ use lis_domain::result::LabResult;
 use lis_domain::sample::{Sample, SampleFacts};
 use lis_domain::sealed::Sealed;
 use lis_domain::services::{LabLookup, LabPolicy, LookupError};
+use lis_domain::validation::FieldError;
 use sqlx::PgPool;
 use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
@@ -35,8 +37,48 @@ pub struct PgLabLookup {
     cached: RwLock<Option<Arc<Catalogue>>>,
 }
 
-fn failed(what: &str, e: impl std::fmt::Display) -> LookupError {
-    LookupError(format!("{what}: {e}"))
+/// Whether an error is the store being away (see [`is_unavailable`]) or a defect.
+trait Outage: std::fmt::Display {
+    fn is_outage(&self) -> bool {
+        false
+    }
+}
+
+impl Outage for sqlx::Error {
+    fn is_outage(&self) -> bool {
+        is_unavailable(self)
+    }
+}
+
+impl<E: std::error::Error> Outage for AggregateError<E> {
+    fn is_outage(&self) -> bool {
+        matches!(self, AggregateError::DatabaseConnectionError(_))
+    }
+}
+
+impl Outage for KeyError {
+    fn is_outage(&self) -> bool {
+        matches!(self, KeyError::Database(e) if is_unavailable(e))
+    }
+}
+
+impl Outage for CatalogueError {
+    fn is_outage(&self) -> bool {
+        matches!(self, CatalogueError::Database(e) if is_unavailable(e))
+    }
+}
+
+impl Outage for uuid::Error {}
+impl Outage for FieldError {}
+
+/// A failed look-up of `what`, sorted by its cause.
+fn failed(what: &str, e: impl Outage) -> LookupError {
+    let message = format!("{what}: {e}");
+    if e.is_outage() {
+        LookupError::unavailable(message)
+    } else {
+        LookupError::defect(message)
+    }
 }
 
 impl PgLabLookup {
@@ -72,8 +114,8 @@ impl LabLookup for PgLabLookup {
             .await
             .map_err(|e| failed("catalogue version", e))?
             .ok_or_else(|| {
-                LookupError(
-                    "no catalogue has been imported (run `lisledger catalogue import`)".into(),
+                LookupError::unavailable(
+                    "no catalogue has been imported (run `lisledger catalogue import`)",
                 )
             })?;
         if let Some(c) = self.cached(version) {
@@ -200,5 +242,26 @@ impl LabLookup for PgLabLookup {
 
     fn now(&self) -> DateTime<Utc> {
         Utc::now()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_look_up_is_sorted_by_its_cause() {
+        assert!(failed("order", sqlx::Error::PoolTimedOut).unavailable);
+        let away: AggregateError<std::io::Error> =
+            AggregateError::DatabaseConnectionError(Box::new(sqlx::Error::PoolClosed));
+        assert!(failed("order", away).unavailable);
+        let defect: AggregateError<std::io::Error> =
+            AggregateError::UnexpectedError(Box::new(sqlx::Error::RowNotFound));
+        assert!(!failed("order", defect).unavailable);
+        assert!(!failed("stored test code", TestCode::parse("").unwrap_err()).unavailable);
+        let unreadable = Uuid::parse_str("not a uuid").unwrap_err();
+        let e = failed("result id", unreadable);
+        assert!(!e.unavailable);
+        assert!(e.message.starts_with("result id: "), "{}", e.message);
     }
 }

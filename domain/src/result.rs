@@ -436,7 +436,7 @@ async fn record(r: RecordResult, services: &LabServices) -> Result<ResultEvent, 
         return Err(ResultError::TestNotOnSample(r.test_code));
     }
     let order = services.order(sample.order_id).await?.ok_or_else(|| {
-        LookupError(format!(
+        LookupError::defect(format!(
             "order {} of sample {} not found",
             sample.order_id, r.sample_id
         ))

@@ -17,10 +17,34 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-/// A lookup could not be answered (the store is down, a row is unreadable).
+/// A lookup could not be answered: the store is away for now ([`LookupError::unavailable`],
+/// worth trying again later) or what it holds is wrong ([`LookupError::defect`], a
+/// person must look).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("lookup failed: {0}")]
-pub struct LookupError(pub String);
+#[error("lookup failed: {message}")]
+pub struct LookupError {
+    pub message: String,
+    /// Whether the store was away, rather than a defect.
+    pub unavailable: bool,
+}
+
+impl LookupError {
+    /// The store (or what it needs, such as an imported catalogue) is not there yet.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            unavailable: true,
+        }
+    }
+
+    /// The store answered, but with something that cannot be right.
+    pub fn defect(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            unavailable: false,
+        }
+    }
+}
 
 /// Per-lab rules that a lab may configure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
