@@ -75,7 +75,9 @@ impl CommandError {
 /// Whether `e` is the database being away (unreachable, shutting down or starting up,
 /// out of connections, the statement cancelled) rather than a defect: the caller should
 /// come back later. Told by error kind and SQLSTATE class (08 connection exception, 53
-/// insufficient resources, 57 operator intervention), never by message text.
+/// insufficient resources, 57 operator intervention), never by message text. Class 57
+/// includes 57014, a statement cancelled by `statement_timeout`: deliberately a 503, as
+/// a database too busy to answer in time is overload, not a defect of the request.
 pub fn is_unavailable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)

@@ -385,12 +385,15 @@ impl<'a> Rebuilding<'a> {
     }
 
     /// Catches up from `at` with the live model's writers held off, and swaps the fresh
-    /// schema in ([`Rebuilding::prepare`] first).
+    /// schema in. Prepares it first if that has not been done ([`Rebuilding::prepare`]
+    /// leaves nothing to do a second time): a schema swapped in without its offsets would
+    /// have every event applied again by the live worker.
     async fn finish(
         mut self,
         pool: &PgPool,
         at: FeedPosition,
     ) -> Result<RebuildReport, WorkerError> {
+        self.prepare().await?;
         let (live, fresh) = (&self.live, &self.fresh);
         let mut tx = self.conn.begin().await?;
         sqlx::query(&format!("LOCK TABLE {live}.offsets IN EXCLUSIVE MODE"))

@@ -478,6 +478,10 @@ async fn the_database_going_away_is_unavailable_and_a_bad_statement_is_a_defect(
         .execute(&mut conn)
         .await
         .unwrap_err();
+    assert!(
+        matches!(&ended, sqlx::Error::Database(d) if d.code().as_deref() == Some("57P01")),
+        "the SQLSTATE branch is what is tested here: {ended:?}"
+    );
     assert!(is_unavailable(&ended), "{ended:?}");
     // A connection to a port where nothing listens.
     let nowhere = sqlx::PgConnection::connect_with(&options.clone().port(1))

@@ -462,6 +462,11 @@ async fn folded_batches_equal_one_event_at_a_time() {
     let (rerun, record) = lis_tests::record_k(serum, 6.9);
     let (_, again) = lis_tests::record_k(serum, 4.6);
     ledger.execute_result(rerun, record, &tech).await.unwrap();
+    let by = ActorId::parse("tech.1").unwrap();
+    ledger
+        .execute_result(rerun, ResultCommand::Verify { by }, &tech)
+        .await
+        .unwrap();
     ledger
         .execute_result(
             rerun,
@@ -473,9 +478,10 @@ async fn folded_batches_equal_one_event_at_a_time() {
         .await
         .unwrap();
     ledger.execute_result(rerun, again, &tech).await.unwrap();
-    let by = ActorId::parse("tech.1").unwrap();
+    let by = ActorId::parse("tech2.1").unwrap();
+    let tech2 = lis_tests::actor("tech2.1", Role::Technologist);
     ledger
-        .execute_result(rerun, ResultCommand::Verify { by }, &tech)
+        .execute_result(rerun, ResultCommand::Verify { by }, &tech2)
         .await
         .unwrap();
     let events = lis_tests::whole_feed(&db.app).await;
@@ -561,22 +567,31 @@ async fn folded_batches_equal_one_event_at_a_time() {
             .fetch_one(&db.app)
             .await
             .unwrap();
+            // The second verifier, not the first.
             assert_eq!(
                 row,
-                ("verified".to_string(), Some(4.6), Some("tech.1".into()))
+                ("verified".to_string(), Some(4.6), Some("tech2.1".into()))
             );
         }
         if p.name() == "orders" {
-            // The rerun's second recording, verified: one row, at `to_authorise`.
-            let stage: Vec<(String, bool)> = sqlx::query_as(&format!(
-                "SELECT stage, verified_at IS NOT NULL FROM {folded}.order_test_status
-                  WHERE order_id = $1"
+            // The rerun's second recording, verified: one row, at `to_authorise`, its
+            // first verification's time kept (as `verified_at` always keeps the first).
+            let stage: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(&format!(
+                "SELECT stage, verified_at FROM {folded}.order_test_status WHERE order_id = $1"
             ))
             .bind(order.order_id.as_uuid())
             .fetch_all(&db.app)
             .await
             .unwrap();
-            assert_eq!(stage, [("to_authorise".to_string(), true)]);
+            let first_verified: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+                "SELECT min(recorded_at) FROM events
+                  WHERE aggregate_id = $1 AND event_type = 'ResultVerified'",
+            )
+            .bind(rerun.as_uuid().to_string())
+            .fetch_one(&db.app)
+            .await
+            .unwrap();
+            assert_eq!(stage, [("to_authorise".to_string(), first_verified)]);
         }
     }
     db.drop().await;

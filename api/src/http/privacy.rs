@@ -164,7 +164,10 @@ async fn render(
     };
     opened.map_err(|e| match e {
         // The key could not be read: the database being away is a 503, as elsewhere.
-        lis_commands::keys::KeyError::Database(e) => Problem::from(e),
+        lis_commands::keys::KeyError::Database(e) => {
+            tracing::warn!(error = %e, patient = %patient, "patient key unreadable");
+            Problem::from(e)
+        }
         e => {
             tracing::error!(error = %e, patient = %patient, "sealed value cannot be opened");
             Problem::internal()

@@ -38,17 +38,6 @@ struct StoredValue {
     critical: bool,
 }
 
-impl PendingResults {
-    /// Where a change to result `id` goes: onto its row if it was recorded in this run,
-    /// else into the update of stored rows.
-    fn patch(&mut self, id: Uuid) -> &mut Patch {
-        match self.recorded_index.get(&id) {
-            Some(&i) => &mut self.recorded[i].patch,
-            None => self.patches.entry(id).or_default(),
-        }
-    }
-}
-
 impl StoredValue {
     fn of(value: &ResultValue, f: &[Flag]) -> Self {
         Self {
@@ -272,6 +261,17 @@ struct Patch {
     updated_at: Option<DateTime<Utc>>,
 }
 
+impl PendingResults {
+    /// Where a change to result `id` goes: onto its row if it was recorded in this run,
+    /// else into the update of stored rows.
+    fn patch(&mut self, id: Uuid) -> &mut Patch {
+        match self.recorded_index.get(&id) {
+            Some(&i) => &mut self.recorded[i].patch,
+            None => self.patches.entry(id).or_default(),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Pending for PendingResults {
     fn fold(&mut self, env: &Envelope, event: &LabEvent) -> Result<Fold, ProjectionError> {
@@ -404,6 +404,7 @@ impl Pending for PendingResults {
                      verified_by = excluded.verified_by,
                      released_by = coalesce(excluded.released_by, results.released_by),
                      released_at = coalesce(excluded.released_at, results.released_at),
+                     -- Recorded again (after a rerun): the count starts over, as in the aggregate.
                      amendments = excluded.amendments, recorded_at = excluded.recorded_at,
                      recorded_by = excluded.recorded_by, catalogue_version = excluded.catalogue_version,
                      updated_at = excluded.updated_at",

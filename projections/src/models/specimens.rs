@@ -208,8 +208,9 @@ struct PendingSpecimens {
     collected: Vec<Collected>,
     /// Where each specimen collected in this run is in `collected`.
     collected_index: HashMap<Uuid, usize>,
-    /// Specimens collected or changed in this run.
+    /// Specimens collected in this run.
     touched: HashSet<Uuid>,
+    /// Specimens received or rejected in this run.
     changed: HashSet<Uuid>,
     received: Vec<Receipt>,
     rejected: Vec<Rejection>,
