@@ -188,7 +188,8 @@ impl Relay {
     }
 
     /// Runs until `stop` resolves: waits as a standby until it holds the leader lock,
-    /// then relays; on any error it backs off, gives up the lead and starts over.
+    /// then relays. Other failures keep the lead (see `lead_once`); when the lock's
+    /// connection is lost it backs off and stands by again.
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
         loop {
@@ -221,7 +222,23 @@ impl Relay {
         if let Err(e) = self.ensure_topics().await {
             tracing::warn!(error = %e, "could not ensure topics (auto-creation may still work)");
         }
-        let result = self.lead(&mut lock).await;
+        // A failure that is not the lock's (the broker away, a statement failed) keeps the
+        // lead: a standby would meet the same broker and database, and handing over on
+        // every outage would only make the relays take turns. The leader backs off and
+        // starts again from the checkpoint, while its lock's connection lives.
+        let result = loop {
+            match self.lead(&mut lock).await {
+                Err(RelayError::LostLeadership) => break Err(RelayError::LostLeadership),
+                Err(e) => {
+                    tracing::error!(error = %e, "relay failed; keeping the lead and retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if sqlx::query("SELECT 1").execute(&mut lock).await.is_err() {
+                        break Err(RelayError::LostLeadership);
+                    }
+                }
+                Ok(()) => break Ok(()),
+            }
+        };
         let _ = lock.close().await;
         result
     }
