@@ -596,3 +596,69 @@ async fn folded_batches_equal_one_event_at_a_time() {
     }
     db.drop().await;
 }
+
+#[tokio::test]
+async fn a_result_recorded_again_under_a_new_catalogue_shows_what_the_second_recording_applied() {
+    // A rerun recorded after a new catalogue version: the row shows the second
+    // recording's version, interval and time, not a mix of the two recordings.
+    let db = TestDb::new().await;
+    let ledger = db.ledger().await;
+    let order = place(&ledger, "MRN-605", &["K"]).await;
+    let serum = received_serum(&ledger, order.order_id, "ACC-605", &["K"]).await;
+    let tech = lis_tests::actor("tech.1", Role::Technologist);
+    let (id, first) = lis_tests::record_k(serum, 6.9);
+    let (_, second) = lis_tests::record_k(serum, 4.6);
+    ledger.execute_result(id, first, &tech).await.unwrap();
+    project_all(&db.app).await;
+    ledger
+        .execute_result(
+            id,
+            ResultCommand::RequestRerun {
+                reason: Reason::parse("delta check failed").unwrap(),
+            },
+            &tech,
+        )
+        .await
+        .unwrap();
+    let narrower = lis_tests::SEED_CATALOGUE.replace(
+        "K,2823-3,Potassium,BIOCHEMISTRY,serum,red/SST,mmol/L,numeric,3.5,5.2,3.5,5.2,",
+        "K,2823-3,Potassium,BIOCHEMISTRY,serum,red/SST,mmol/L,numeric,3.6,5.0,3.6,5.0,",
+    );
+    assert_ne!(
+        narrower,
+        lis_tests::SEED_CATALOGUE,
+        "the seed's K line changed"
+    );
+    lis_commands::catalogue::import(&db.app, &narrower, "v2", "test")
+        .await
+        .unwrap();
+    ledger.execute_result(id, second, &tech).await.unwrap();
+    project_all(&db.app).await;
+    let row: (i32, Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(
+        "SELECT catalogue_version, reference_low, reference_high, numeric_value
+           FROM proj_results.results WHERE result_id = $1",
+    )
+    .bind(id.as_uuid())
+    .fetch_one(&db.app)
+    .await
+    .unwrap();
+    assert_eq!(row, (2, Some(3.6), Some(5.0), Some(4.6)));
+    let recorded: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "SELECT max(recorded_at) FROM events WHERE aggregate_id = $1 AND event_type = 'ResultRecorded'",
+    )
+    .bind(id.as_uuid().to_string())
+    .fetch_one(&db.app)
+    .await
+    .unwrap();
+    let resulted: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT resulted_at FROM proj_orders.result_tests WHERE result_id = $1")
+            .bind(id.as_uuid())
+            .fetch_one(&db.app)
+            .await
+            .unwrap();
+    assert_eq!(
+        resulted, recorded,
+        "the result's time is its latest recording"
+    );
+    db.drop().await;
+}

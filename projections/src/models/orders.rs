@@ -492,7 +492,7 @@ impl Pending for PendingOrders {
                                $6::timestamptz[], $7::timestamptz[], $8::timestamptz[])
                      AS u(r, o, c, t, s, st, v, l)
                  ON CONFLICT (result_id) DO UPDATE SET status = excluded.status,
-                    status_since = excluded.status_since,
+                    status_since = excluded.status_since, resulted_at = excluded.resulted_at,
                     verified_at = coalesce(result_tests.verified_at, excluded.verified_at),
                     released_at = coalesce(result_tests.released_at, excluded.released_at)",
             )

@@ -407,7 +407,9 @@ impl Pending for PendingResults {
                      -- Recorded again (after a rerun): the count starts over, as in the aggregate.
                      amendments = excluded.amendments, recorded_at = excluded.recorded_at,
                      recorded_by = excluded.recorded_by, catalogue_version = excluded.catalogue_version,
-                     updated_at = excluded.updated_at",
+                     loinc = excluded.loinc, unit = excluded.unit, reference_low = excluded.reference_low,
+                     reference_high = excluded.reference_high, reference_basis = excluded.reference_basis,
+                     specimen_note = excluded.specimen_note, updated_at = excluded.updated_at",
             )
             .bind(recorded.iter().map(|r| r.id).collect::<Vec<_>>())
             .bind(recorded.iter().map(|r| r.sample_id).collect::<Vec<_>>())
