@@ -3,6 +3,7 @@
 //! and when it is back everything recovers with no operator action: the API, the relay
 //! and the projection workers (still the same processes) carry on, every acknowledged
 //! command is stored exactly once, the read models equal a rebuild, the trail verifies.
+//! Reads, the patient's identity among them, answer 503 too while it is down.
 
 mod support;
 
@@ -38,6 +39,60 @@ async fn wait_ready(base: &str, want: reqwest::StatusCode, api: &Role) {
     }
 }
 
+/// An order the load placed, and its patient.
+async fn an_order_and_its_patient(url: &str) -> (String, String) {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .unwrap();
+    let ids = sqlx::query_as(
+        "SELECT aggregate_id, payload -> 'OrderPlaced' ->> 'patient_id' FROM events
+          WHERE event_type = 'OrderPlaced' ORDER BY position LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("the load placed an order");
+    pool.close().await;
+    ids
+}
+
+/// Every kind of read while the database is down — a patient's identity (opened with
+/// the patient's key), their cumulative results and orders, an order, the worklists,
+/// the critical list, an audit history — answers 503 with Retry-After, never 500.
+async fn assert_reads_unavailable(base: &str, order: &str, patient: &str, api: &Role) {
+    use lis_domain::actor::Role as LabRole;
+    let client = reqwest::Client::new();
+    let clinician = support::token("dr.1", LabRole::Clinician);
+    let tech = support::token("tech.1", LabRole::Technologist);
+    let auditor = support::token("audit.1", LabRole::Auditor);
+    for (token, path) in [
+        (&clinician, format!("/patients/{patient}")),
+        (&clinician, format!("/patients/{patient}/results")),
+        (&clinician, format!("/patients/{patient}/orders")),
+        (&clinician, format!("/orders/{order}")),
+        (&tech, "/worklists".to_string()),
+        (&clinician, "/critical-results".to_string()),
+        (&auditor, format!("/audit/orders/{order}")),
+    ] {
+        let response = client
+            .get(format!("{base}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let retry = response.headers().contains_key("retry-after");
+        let body = response.text().await.unwrap_or_default();
+        assert_eq!(
+            (status, retry),
+            (reqwest::StatusCode::SERVICE_UNAVAILABLE, true),
+            "GET {path} with the database down: {body}\n{}",
+            api.log_tail()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgresql_restarted_under_load_gives_503_then_recovers_by_itself() {
     let pg = PrivatePg::init();
@@ -63,12 +118,15 @@ async fn postgresql_restarted_under_load_gives_503_then_recovers_by_itself() {
     wait_healthy(&base, &api, Duration::from_secs(30)).await;
 
     let load = Load::start(&base, 3);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (order, patient) = an_order_and_its_patient(&pg.url(APP_ROLE, DATABASE)).await;
     for cycle in 1..=2 {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         println!("cycle {cycle}: PostgreSQL crashes");
         pg.crash();
         // Down: the API says so (503 with Retry-After), and the clients keep retrying.
         wait_ready(&base, reqwest::StatusCode::SERVICE_UNAVAILABLE, &api).await;
+        assert_reads_unavailable(&base, &order, &patient, &api).await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         pg.start();
         println!("cycle {cycle}: PostgreSQL is back");

@@ -238,6 +238,21 @@ async fn a_lab_day_through_the_api() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(cumulative[0]["numeric_value"], 5.5);
     assert_eq!(cumulative[0]["amended"], true);
+    // The whole report is sent as the results model keeps it; every released result
+    // here is K, so it equals the one aggregated for the filter.
+    let (s, whole) = api
+        .get(&clinician, &format!("/patients/{patient}/results"))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(whole, cumulative);
+    let stored: String = sqlx::query_scalar(
+        "SELECT report FROM proj_results.cumulative_reports WHERE patient_id = $1::uuid",
+    )
+    .bind(patient)
+    .fetch_one(&api.db.app)
+    .await
+    .unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&stored).unwrap(), whole);
     let (s, by_acc) = api.get(&tech, "/samples/by-accession/acc-h1").await;
     assert_eq!(
         (s, by_acc["status"].as_str()),

@@ -164,6 +164,25 @@ pub trait Projection: Send + Sync {
         }
         Ok(())
     }
+
+    /// Brings the model's derived tables (rows computed from many of its rows, such as a
+    /// patient's cumulative report) up to date with a batch's `events`, inside the batch's
+    /// transaction, after [`Projection::apply_run`] and before erased records are purged
+    /// (the purge removes derived rows too). A rebuild's bulk phase skips this and calls
+    /// [`Projection::build_derived`] once at its end.
+    async fn refresh_derived(
+        &self,
+        _conn: &mut PgConnection,
+        _events: &[(&Envelope, &LabEvent)],
+    ) -> Result<(), ProjectionError> {
+        Ok(())
+    }
+
+    /// Builds the derived tables from the whole model, in one pass (search_path is the
+    /// schema): the end of a rebuild's bulk phase.
+    async fn build_derived(&self, _conn: &mut PgConnection) -> Result<(), ProjectionError> {
+        Ok(())
+    }
 }
 
 /// What [`Pending::fold`] did with an event.
@@ -313,7 +332,8 @@ pub enum Offsets<'a> {
     /// statement at its start and written back in one at its end.
     Table,
     /// A rebuild's own copy: the schema is private to the rebuild until it is swapped
-    /// in, so the offsets stay in memory and are written once ([`write_offsets`]).
+    /// in, so the offsets stay in memory and are written once ([`write_offsets`]), and
+    /// derived tables are built once at the end ([`Projection::build_derived`]).
     Memory(&'a mut OffsetMap),
 }
 
@@ -405,6 +425,9 @@ async fn apply_events(
     }
     let run: Vec<(&Envelope, &LabEvent)> = run.iter().map(|(e, event)| (*e, &**event)).collect();
     projection.apply_run(conn, &run).await?;
+    if matches!(offsets, Offsets::Table) {
+        projection.refresh_derived(conn, &run).await?;
+    }
     if !advanced.is_empty() {
         let erased = links.resolve(conn).await?;
         if !erased.is_empty() {

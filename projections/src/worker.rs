@@ -294,6 +294,8 @@ struct Rebuilding<'a> {
     report: RebuildReport,
     /// The fresh schema's secondary indexes, dropped for the bulk phase.
     deferred: Vec<String>,
+    /// Whether [`Rebuilding::prepare`] has run.
+    prepared: bool,
 }
 
 /// Drops the non-unique indexes of `schema` and returns their definitions. Maintaining
@@ -339,6 +341,7 @@ impl<'a> Rebuilding<'a> {
         let deferred = drop_secondary_indexes(&mut conn, &fresh).await?;
         Ok(Self {
             deferred,
+            prepared: false,
             projection,
             live,
             fresh,
@@ -372,15 +375,23 @@ impl<'a> Rebuilding<'a> {
         Ok(())
     }
 
-    /// Builds the secondary indexes, each once, and writes the offsets kept in memory:
-    /// the fresh schema's last work before the live one is locked.
+    /// Builds the secondary indexes, each once, the derived tables, and writes the
+    /// offsets kept in memory: the fresh schema's last work before the live one is locked.
     async fn prepare(&mut self) -> Result<(), WorkerError> {
+        if self.prepared {
+            return Ok(());
+        }
         for definition in std::mem::take(&mut self.deferred) {
             sqlx::query(&definition).execute(&mut *self.conn).await?;
         }
         let mut tx = self.conn.begin().await?;
+        sqlx::query(&format!("SET LOCAL search_path TO {}, public", self.fresh))
+            .execute(&mut *tx)
+            .await?;
+        self.projection.build_derived(&mut tx).await?;
         write_offsets(&mut tx, &self.fresh, std::mem::take(&mut self.offsets)).await?;
         tx.commit().await?;
+        self.prepared = true;
         Ok(())
     }
 

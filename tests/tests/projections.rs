@@ -367,6 +367,13 @@ impl lis_projections::projection::Projection for OneByOne {
     fn purge_sql(&self) -> &'static str {
         self.0.purge_sql()
     }
+    async fn refresh_derived(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        events: &[(&Envelope, &lis_projections::projection::LabEvent)],
+    ) -> Result<(), ProjectionError> {
+        self.0.refresh_derived(conn, events).await
+    }
 }
 
 #[tokio::test]
@@ -660,5 +667,90 @@ async fn a_result_recorded_again_under_a_new_catalogue_shows_what_the_second_rec
         resulted, recorded,
         "the result's time is its latest recording"
     );
+    db.drop().await;
+}
+
+/// Every stored cumulative report, and the report aggregated now from the rows, per
+/// patient.
+async fn reports(pool: &PgPool) -> (Vec<(uuid::Uuid, String)>, Vec<(uuid::Uuid, String)>) {
+    let stored = sqlx::query_as(
+        "SELECT patient_id, report FROM proj_results.cumulative_reports ORDER BY patient_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let rows = sqlx::query_as(&format!(
+        "SELECT patient_id, {} FROM proj_results.cumulative_results r
+          GROUP BY patient_id ORDER BY patient_id",
+        lis_projections::models::results::REPORT
+    ))
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    (stored, rows)
+}
+
+#[tokio::test]
+async fn a_patients_stored_report_follows_release_amendment_and_retraction() {
+    let db = TestDb::new().await;
+    let ledger = db.ledger().await;
+    let path = lis_tests::actor("path.1", Role::Pathologist);
+    // One patient with K released and NA released then amended; another with one K.
+    lab_day(&db).await;
+    let other = place(&ledger, "MRN-606", &["K"]).await;
+    let serum = received_serum(&ledger, other.order_id, "ACC-606", &["K"]).await;
+    let k = released_k(&ledger, serum, 4.4).await;
+    project_all(&db.app).await;
+    let (stored, rows) = reports(&db.app).await;
+    assert_eq!(
+        stored.len(),
+        2,
+        "a report for each patient with a released result"
+    );
+    assert_eq!(stored, rows);
+    assert!(stored.iter().any(|(_, r)| r.contains("\"amended\":true")));
+    let other_patient: uuid::Uuid =
+        sqlx::query_scalar("SELECT patient_id FROM proj_results.results WHERE result_id = $1")
+            .bind(k.as_uuid())
+            .fetch_one(&db.app)
+            .await
+            .unwrap();
+
+    // Amended: the report shows the new value.
+    ledger
+        .execute_result(
+            k,
+            ResultCommand::Amend {
+                value: ResultValue::Numeric {
+                    value: 4.9,
+                    unit: "mmol/L".into(),
+                },
+                reason: Reason::parse("calibration drift found on review").unwrap(),
+            },
+            &path,
+        )
+        .await
+        .unwrap();
+    project_all(&db.app).await;
+    let (amended, rows) = reports(&db.app).await;
+    assert_eq!(amended, rows);
+    assert_ne!(amended, stored, "the amendment reached the stored report");
+
+    // Retracted, the patient's only released result: the report goes.
+    ledger
+        .execute_result(
+            k,
+            ResultCommand::Retract {
+                reason: Reason::parse("wrong patient's sample").unwrap(),
+            },
+            &path,
+        )
+        .await
+        .unwrap();
+    project_all(&db.app).await;
+    let (retracted, rows) = reports(&db.app).await;
+    assert_eq!(retracted.len(), 1);
+    assert_eq!(retracted, rows);
+    assert!(retracted.iter().all(|(p, _)| *p != other_patient));
     db.drop().await;
 }

@@ -8,10 +8,13 @@ use super::params::Params;
 use super::problem::Problem;
 use super::AppState;
 use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::NaiveDate;
 use lis_domain::actor::Role;
 use lis_domain::ids::{AccessionNumber, OrderId, PatientId, ResultId, SampleId};
+use lis_projections::models::results::REPORT;
 use serde::Deserialize;
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -206,28 +209,50 @@ pub struct CumulativeQuery {
     pub min_position: Option<i64>,
 }
 
-/// A patient's released results, per test over time (amendments marked).
+/// A patient's released results, per test over time (amendments marked). The whole
+/// report is kept ready by the results model (`cumulative_reports`, rewritten when one of
+/// the patient's results is released, amended or retracted) and sent as stored; a
+/// filtered one, or one the model has not written yet (a patient whose results were all
+/// released before the model kept reports), is aggregated from the rows with the same
+/// expression.
 pub async fn cumulative(
     State(s): State<AppState>,
     caller: Caller,
     Path(raw): Path<String>,
     Params(q): Params<CumulativeQuery>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Response, Problem> {
     caller.require(Action::ReadResults)?;
     let id = id(&raw, PatientId::parse, "patient")?;
     wait_for(&s, "results", q.min_position).await?;
     let test = q.test.map(|t| t.trim().to_ascii_uppercase());
-    Ok(Json(
-        json(
-            &s,
-            "SELECT coalesce(json_agg(r ORDER BY r.test_code, r.collected_at), '[]') FROM proj_results.cumulative_results r
+    let whole = test.is_none() && q.from.is_none() && q.to.is_none();
+    let stored = if whole {
+        sqlx::query_scalar::<_, String>(
+            "SELECT report FROM proj_results.cumulative_reports WHERE patient_id = $1",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&s.pool)
+        .await?
+    } else {
+        None
+    };
+    let report = match stored {
+        Some(report) => report,
+        None => sqlx::query_scalar::<_, Option<String>>(&format!(
+            "SELECT {REPORT} FROM proj_results.cumulative_results r
               WHERE r.patient_id = $1 AND ($2::text IS NULL OR r.test_code = $2)
                 AND ($3::date IS NULL OR r.collected_at >= $3::date)
-                AND ($4::date IS NULL OR r.collected_at < $4::date + 1)",
-            &[&id.as_uuid(), &test, &q.from, &q.to],
-        )
-        .await?,
-    ))
+                AND ($4::date IS NULL OR r.collected_at < $4::date + 1)"
+        ))
+        .bind(id.as_uuid())
+        .bind(test)
+        .bind(q.from)
+        .bind(q.to)
+        .fetch_one(&s.pool)
+        .await?
+        .unwrap_or_else(|| "[]".to_string()),
+    };
+    Ok(([(header::CONTENT_TYPE, "application/json")], report).into_response())
 }
 
 /// One result. Clinicians see released results only.

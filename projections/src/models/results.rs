@@ -49,6 +49,45 @@ impl StoredValue {
     }
 }
 
+/// A patient's cumulative report, as JSON text, aggregated over rows `r` of
+/// `cumulative_results`: what `GET /patients/{id}/results` answers.
+macro_rules! report {
+    () => {
+        "json_agg(r ORDER BY r.test_code, r.collected_at, r.result_id)::text"
+    };
+}
+pub const REPORT: &str = report!();
+
+/// Recomputes the reports of the patients of results `$1` (released, amended or
+/// retracted in the batch), and deletes those left with no released result.
+const REFRESH_REPORTS: &str = concat!(
+    "WITH patients AS (SELECT DISTINCT patient_id FROM results WHERE result_id = ANY ($1)),
+          fresh AS (SELECT r.patient_id, ",
+    report!(),
+    " AS report FROM cumulative_results r JOIN patients p ON p.patient_id = r.patient_id
+                     GROUP BY r.patient_id),
+          emptied AS (DELETE FROM cumulative_reports c USING patients p
+                       WHERE c.patient_id = p.patient_id
+                         AND NOT EXISTS (SELECT 1 FROM fresh f WHERE f.patient_id = c.patient_id))
+     INSERT INTO cumulative_reports (patient_id, report) SELECT patient_id, report FROM fresh
+     ON CONFLICT (patient_id) DO UPDATE SET report = excluded.report"
+);
+
+/// Whether `event` can change a patient's released results: a release, an amendment
+/// or a retraction. The domain allows no other change to a released result (a
+/// correction or a rerun request is refused once released), so the rest leave the
+/// report as it is.
+fn changes_the_report(event: &LabEvent) -> bool {
+    matches!(
+        event,
+        LabEvent::Result(
+            ResultEvent::ResultAuthorised { .. }
+                | ResultEvent::ResultAmended { .. }
+                | ResultEvent::ResultRetracted { .. }
+        )
+    )
+}
+
 /// A corrected result: its new value and flags, back to `recorded` for verification again.
 async fn correct(
     conn: &mut PgConnection,
@@ -136,6 +175,9 @@ SELECT result_id, patient_id, order_id, sample_id, test_code, loinc, collected_a
        amendments, amendments > 0 AS amended, verified_by, released_by, released_at
   FROM results
  WHERE status = 'released';
+CREATE TABLE IF NOT EXISTS cumulative_reports (
+    patient_id uuid PRIMARY KEY,
+    report     text NOT NULL);
 CREATE OR REPLACE VIEW critical_pending AS
 SELECT result_id, patient_id, order_id, test_code, value, unit, flags, status, notified, acknowledged,
        recorded_at, released_at,
@@ -145,7 +187,42 @@ SELECT result_id, patient_id, order_id, test_code, value, unit, flags, status, n
     }
 
     fn purge_sql(&self) -> &'static str {
-        "DELETE FROM results WHERE result_id = ANY ($4) OR order_id = ANY ($2) OR patient_id = ANY ($1)"
+        "WITH purged AS (
+             DELETE FROM results WHERE result_id = ANY ($4) OR order_id = ANY ($2) OR patient_id = ANY ($1)
+             RETURNING patient_id)
+         DELETE FROM cumulative_reports
+          WHERE patient_id = ANY ($1) OR patient_id IN (SELECT patient_id FROM purged)"
+    }
+
+    async fn refresh_derived(
+        &self,
+        conn: &mut PgConnection,
+        events: &[(&Envelope, &LabEvent)],
+    ) -> Result<(), ProjectionError> {
+        let mut released = Vec::new();
+        for (env, event) in events {
+            if changes_the_report(event) {
+                released.push(aggregate_uuid(env)?);
+            }
+        }
+        if released.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(REFRESH_REPORTS)
+            .bind(released)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn build_derived(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
+        sqlx::query(&format!(
+            "INSERT INTO cumulative_reports (patient_id, report)
+             SELECT patient_id, {REPORT} FROM cumulative_results r GROUP BY patient_id"
+        ))
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
     }
 
     async fn apply_run(
