@@ -1,5 +1,5 @@
 //! The `lisledger` binary against a real database: audit verify's exit codes and report,
-//! and a refused catalogue import.
+//! a refused catalogue import, and plain-text logs when standard error is not a terminal.
 
 use lis_domain::actor::Role;
 use lis_eventstore_migrations::APP_ROLE;
@@ -182,5 +182,25 @@ async fn a_missing_malformed_or_different_kek_stops_start_up_naming_the_problem(
         .await
         .unwrap();
     assert_eq!(events, 0);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn logs_written_to_a_file_or_pipe_are_plain_text() {
+    let db = TestDb::new().await;
+    let out = Command::new(env!("CARGO_BIN_EXE_lisledger"))
+        .args(["projections", "rebuild", "results"])
+        .env("LIS_DATABASE_URL", db.url_as(APP_ROLE))
+        .env("LIS_KEK", lis_tests::TEST_KEK)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run lisledger");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("rebuilt read model is live"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "terminal escape codes in a log that is not a terminal: {stderr:?}"
+    );
     db.drop().await;
 }
