@@ -39,20 +39,31 @@ async fn wait_ready(base: &str, want: reqwest::StatusCode, api: &Role) {
     }
 }
 
-/// An order the load placed, and its patient.
+/// An order the load placed (waiting up to 30 s for one), and its patient.
 async fn an_order_and_its_patient(url: &str) -> (String, String) {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(url)
         .await
         .unwrap();
-    let ids = sqlx::query_as(
-        "SELECT aggregate_id, payload -> 'OrderPlaced' ->> 'patient_id' FROM events
-          WHERE event_type = 'OrderPlaced' ORDER BY position LIMIT 1",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("the load placed an order");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let ids = loop {
+        let ids = sqlx::query_as(
+            "SELECT aggregate_id, payload -> 'OrderPlaced' ->> 'patient_id' FROM events
+              WHERE event_type = 'OrderPlaced' ORDER BY position LIMIT 1",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if let Some(ids) = ids {
+            break ids;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the load placed no order"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     pool.close().await;
     ids
 }

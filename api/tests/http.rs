@@ -253,6 +253,29 @@ async fn a_lab_day_through_the_api() {
     .await
     .unwrap();
     assert_eq!(serde_json::from_str::<Value>(&stored).unwrap(), whole);
+    // What is stored is what is sent (a marker written in its place comes back)…
+    let report = |sql: &'static str| {
+        sqlx::query(sql)
+            .bind(patient.to_string())
+            .execute(&api.db.app)
+    };
+    report(
+        "UPDATE proj_results.cumulative_reports SET report = '[{\"marker\":1}]' WHERE patient_id = $1::uuid",
+    )
+    .await
+    .unwrap();
+    let (_, sent) = api
+        .get(&clinician, &format!("/patients/{patient}/results"))
+        .await;
+    assert_eq!(sent, json!([{"marker": 1}]));
+    // …and a patient with none (a model from before reports) gets the rows aggregated.
+    report("DELETE FROM proj_results.cumulative_reports WHERE patient_id = $1::uuid")
+        .await
+        .unwrap();
+    let (s, aggregated) = api
+        .get(&clinician, &format!("/patients/{patient}/results"))
+        .await;
+    assert_eq!((s, &aggregated), (StatusCode::OK, &whole));
     let (s, by_acc) = api.get(&tech, "/samples/by-accession/acc-h1").await;
     assert_eq!(
         (s, by_acc["status"].as_str()),

@@ -754,3 +754,70 @@ async fn a_patients_stored_report_follows_release_amendment_and_retraction() {
     assert!(retracted.iter().all(|(p, _)| *p != other_patient));
     db.drop().await;
 }
+
+#[tokio::test]
+async fn two_workers_releasing_results_of_one_patient_at_once_both_reach_the_report() {
+    // Two consumers of the results model (different Kafka partitions) each apply the
+    // release of one of a patient's two results, in overlapping transactions.
+    let db = TestDb::new().await;
+    let ledger = db.ledger().await;
+    let mut released = Vec::new();
+    for accession in ["ACC-607", "ACC-608"] {
+        let order = place(&ledger, "MRN-607", &["K"]).await;
+        let serum = received_serum(&ledger, order.order_id, accession, &["K"]).await;
+        released.push(released_k(&ledger, serum, 4.2).await.as_uuid().to_string());
+    }
+    let results = models::by_name("results").unwrap();
+    let all: Vec<Envelope> = lis_tests::whole_feed(&db.app)
+        .await
+        .iter()
+        .map(Envelope::from)
+        .collect();
+    let (releases, before): (Vec<Envelope>, Vec<Envelope>) = all
+        .into_iter()
+        .partition(|e| e.event_type == "ResultAuthorised");
+    assert_eq!(releases.len(), 2);
+    ensure_schema(
+        &mut db.app.acquire().await.unwrap(),
+        results.as_ref(),
+        "proj_results",
+    )
+    .await
+    .unwrap();
+    apply_batch(&db.app, results.as_ref(), &before, None)
+        .await
+        .unwrap();
+
+    let mut first = db.app.begin().await.unwrap();
+    lis_projections::projection::apply_in(
+        &mut first,
+        results.as_ref(),
+        "proj_results",
+        &releases[..1],
+        None,
+    )
+    .await
+    .unwrap();
+    let second = {
+        let (pool, results, release) = (db.app.clone(), results.clone(), releases[1].clone());
+        tokio::spawn(async move { apply_batch(&pool, results.as_ref(), &[release], None).await })
+    };
+    // The second has computed its report, or is waiting to: the first commits now.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    first.commit().await.unwrap();
+    second.await.unwrap().unwrap();
+
+    let (stored, rows) = reports(&db.app).await;
+    assert_eq!(stored, rows, "the stored report lost a release");
+    let report: serde_json::Value = serde_json::from_str(&stored[0].1).unwrap();
+    let mut ids: Vec<String> = report
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["result_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    released.sort();
+    assert_eq!(ids, released);
+    db.drop().await;
+}

@@ -58,6 +58,22 @@ macro_rules! report {
 }
 pub const REPORT: &str = report!();
 
+/// The advisory-lock class of a patient's report (the second key is a hash of the
+/// patient id): see [`LOCK_REPORTS`].
+const REPORT_LOCK: i32 = 7_302_419;
+
+/// Locks the reports of the patients of results `$1`, in one order (no deadlock), until
+/// the batch commits. Two workers of the model (Kafka consumers of different partitions)
+/// may release two results of one patient at once: each computes the report from its own snapshot, which lacks the other's
+/// uncommitted row, and the later commit would keep a report missing the other's
+/// change. Holding the lock before [`REFRESH_REPORTS`] takes its snapshot (read
+/// committed: a snapshot per statement) means the second one computes after the first
+/// has committed, and sees it.
+const LOCK_REPORTS: &str = "
+SELECT count(pg_advisory_xact_lock($2, k))
+  FROM (SELECT DISTINCT hashtext(patient_id::text) AS k FROM results
+         WHERE result_id = ANY ($1) ORDER BY k) keys";
+
 /// Recomputes the reports of the patients of results `$1` (released, amended or
 /// retracted in the batch), and deletes those left with no released result.
 const REFRESH_REPORTS: &str = concat!(
@@ -208,6 +224,11 @@ SELECT result_id, patient_id, order_id, test_code, value, unit, flags, status, n
         if released.is_empty() {
             return Ok(());
         }
+        sqlx::query(LOCK_REPORTS)
+            .bind(&released)
+            .bind(REPORT_LOCK)
+            .execute(&mut *conn)
+            .await?;
         sqlx::query(REFRESH_REPORTS)
             .bind(released)
             .execute(&mut *conn)
