@@ -7,13 +7,15 @@
 //! - [`merkle`]: RFC 6962 Merkle trees; [`seal`]: signed checkpoints of the log.
 //! - [`relay`]: publishes the feed to Kafka in order and seals it.
 //! - [`projection`]: the exactly-once engine; [`models`]: the read models;
-//!   [`worker`]: runs projections from the feed or from Kafka, and rebuilds them.
+//!   [`worker`]: runs projections from the feed or from Kafka, and rebuilds them;
+//!   [`membership`]: notices a Kafka consumer left outside its group.
 
 pub mod analytics_queries;
 pub mod envelope;
 pub mod erasure;
 pub mod feed;
 pub mod kafka_health;
+pub mod membership;
 pub mod merkle;
 pub mod models;
 pub mod poll;

@@ -4,6 +4,7 @@
 
 use crate::envelope::Envelope;
 use crate::feed::{read_after, read_after_saved, FeedPosition};
+use crate::membership::{Membership, Watchdog};
 use crate::poll::{Poller, Polling};
 use crate::projection::{
     apply_batch, apply_decoded_in, apply_in, decode, ensure_schema, schema_of, write_offsets,
@@ -31,6 +32,10 @@ pub enum WorkerError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("reading ahead failed: {0}")]
     ReadAhead(String),
+    #[error(
+        "the Kafka consumer of group {group} had no assignment for {waited:?}: it is made anew"
+    )]
+    OutsideGroup { group: String, waited: Duration },
     #[error("message at {topic}/{partition}@{offset} is not an event envelope: {message}")]
     BadMessage {
         topic: String,
@@ -64,6 +69,9 @@ pub struct Batching {
     pub linger: Duration,
     /// How soon to read the feed again when it had nothing new (single-node mode).
     pub polling: Polling,
+    /// How long a Kafka consumer may be without an assignment before it is made anew
+    /// ([`crate::membership`]).
+    pub join_deadline: Duration,
 }
 
 impl Default for Batching {
@@ -72,6 +80,7 @@ impl Default for Batching {
             max: 500,
             linger: Duration::from_millis(10),
             polling: Polling::default(),
+            join_deadline: Duration::from_secs(30),
         }
     }
 }
@@ -128,23 +137,36 @@ pub async fn run_from_kafka(
 ) -> Result<(), WorkerError> {
     let schema = schema_of(projection.name());
     ensure_schema(&mut *pool.acquire().await?, projection.as_ref(), &schema).await?;
-    let consumer: StreamConsumer = ClientConfig::new()
+    let consumer: StreamConsumer<Membership> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "6000")
-        .create()?;
+        .create_with_context(Membership::default())?;
     consumer.subscribe(topics)?;
     tracing::info!(
         projection = projection.name(),
         ?topics,
         "projection consuming from Kafka"
     );
+    let mut watchdog = Watchdog::new(batching.join_deadline, Instant::now());
     loop {
-        // The first message waits as long as it takes; the rest of the batch at most
-        // `linger` (a cancelled `recv` loses nothing: rdkafka documents it as safe).
-        let mut messages = vec![consumer.recv().await?.detach()];
+        // The first message waits as long as it takes, the consumer's membership looked
+        // at every second; the rest of the batch at most `linger` (a cancelled `recv`
+        // loses nothing: rdkafka documents it as safe).
+        let first = loop {
+            match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+                Ok(message) => break message?.detach(),
+                Err(_) => watchdog
+                    .check(consumer.context().is_assigned(), Instant::now())
+                    .map_err(|waited| WorkerError::OutsideGroup {
+                        group: group.to_string(),
+                        waited,
+                    })?,
+            }
+        };
+        let mut messages = vec![first];
         let until = tokio::time::Instant::now() + batching.linger;
         while messages.len() < batching.max {
             match tokio::time::timeout_at(until, consumer.recv()).await {

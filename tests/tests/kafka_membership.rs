@@ -1,0 +1,46 @@
+//! A Kafka consumer that cannot get into its group is made anew after its deadline, not
+//! left waiting for messages that never come (see `lis_projections::membership`).
+
+use lis_projections::models;
+use lis_projections::worker::{run_from_kafka, Batching, WorkerError};
+use lis_tests::TestDb;
+use std::time::Duration;
+
+#[tokio::test]
+async fn a_consumer_that_never_joins_its_group_is_given_up_after_its_deadline() {
+    // A "broker" that takes connections and never answers: the consumer cannot join.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let broker = listener.local_addr().unwrap().to_string();
+    let held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((connection, _)) = listener.accept().await {
+            connections.push(connection);
+        }
+    });
+    let db = TestDb::new().await;
+    let batching = Batching {
+        join_deadline: Duration::from_secs(2),
+        ..Batching::default()
+    };
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(20),
+        run_from_kafka(
+            db.app.clone(),
+            models::by_name("results").unwrap(),
+            &broker,
+            "lis-test-black-hole",
+            &["lis.test.black-hole"],
+            batching,
+        ),
+    )
+    .await;
+    match outcome {
+        Ok(Err(WorkerError::OutsideGroup { group, waited })) => {
+            assert_eq!(group, "lis-test-black-hole");
+            assert!(waited > Duration::from_secs(2), "{waited:?}");
+        }
+        other => panic!("the consumer outside its group was not given up: {other:?}"),
+    }
+    held.abort();
+    db.drop().await;
+}
