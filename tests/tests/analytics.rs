@@ -1,6 +1,7 @@
 //! MongoDB analytics from a lab day: volumes, turnaround, rejections and abnormal rates;
 //! replaying every event (as after a crash between the MongoDB write and the offset
-//! commit) changes nothing.
+//! commit) changes nothing; tests ordered under two catalogue versions keep their own
+//! version's department.
 
 use lis_projections::analytics_queries::{abnormal_rates, rejections, turnaround, volumes};
 use lis_projections::envelope::Envelope;
@@ -78,6 +79,63 @@ async fn a_lab_day_reaches_the_analytics_and_replays_change_nothing() {
     }
     drop(conn);
     assert_eq!(summary(&analytics, &today).await, first);
+    mongo.drop().await.unwrap();
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn tests_ordered_under_two_catalogue_versions_in_one_batch_keep_each_versions_department() {
+    // Potassium moves department in catalogue v2; an order placed before the import and
+    // one after are projected in one batch (one department look-up for both).
+    let db = TestDb::new().await;
+    let ledger = db.ledger().await;
+    lis_tests::place(&ledger, "MRN-701", &["K"]).await;
+    let moved = lis_tests::SEED_CATALOGUE.replace(
+        "K,2823-3,Potassium,BIOCHEMISTRY,",
+        "K,2823-3,Potassium,EMERGENCY LAB,",
+    );
+    assert_ne!(
+        moved,
+        lis_tests::SEED_CATALOGUE,
+        "the seed's K line changed"
+    );
+    lis_commands::catalogue::import(&db.app, &moved, "v2", "test")
+        .await
+        .unwrap();
+    lis_tests::place(&ledger, "MRN-702", &["K"]).await;
+
+    let analytics = lis_tests::test_analytics(&db).await;
+    let mongo = analytics.database().clone();
+    let envelopes: Vec<Envelope> = lis_tests::whole_feed(&db.app)
+        .await
+        .iter()
+        .map(Envelope::from)
+        .collect();
+    lis_projections::projection::apply_batch(&db.app, &analytics, &envelopes, None)
+        .await
+        .unwrap();
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let mut departments: Vec<(String, String, i64)> = volumes(&analytics, &today, &today)
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| {
+            let v = serde_json::to_value(v).unwrap();
+            (
+                v["test_code"].as_str().unwrap().to_string(),
+                v["department"].as_str().unwrap().to_string(),
+                v["tests"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    departments.sort();
+    assert_eq!(
+        departments,
+        [
+            ("K".to_string(), "BIOCHEMISTRY".to_string(), 1),
+            ("K".to_string(), "EMERGENCY LAB".to_string(), 1)
+        ]
+    );
     mongo.drop().await.unwrap();
     db.drop().await;
 }
