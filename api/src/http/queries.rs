@@ -103,11 +103,6 @@ impl ToBind for Option<String> {
         q.bind(self.as_deref())
     }
 }
-impl ToBind for Option<NaiveDate> {
-    fn bind<'q>(&'q self, q: Q<'q>) -> Q<'q> {
-        q.bind(*self)
-    }
-}
 
 fn found(v: Value, what: String) -> Result<Json<Value>, Problem> {
     if v.is_null() {

@@ -64,11 +64,11 @@ const REPORT_LOCK: i32 = 7_302_419;
 
 /// Locks the reports of the patients of results `$1`, in one order (no deadlock), until
 /// the batch commits. Two workers of the model (Kafka consumers of different partitions)
-/// may release two results of one patient at once: each computes the report from its own snapshot, which lacks the other's
-/// uncommitted row, and the later commit would keep a report missing the other's
-/// change. Holding the lock before [`REFRESH_REPORTS`] takes its snapshot (read
-/// committed: a snapshot per statement) means the second one computes after the first
-/// has committed, and sees it.
+/// may release two results of one patient at once: each computes the report from its
+/// own snapshot, which lacks the other's uncommitted row, and the later commit would
+/// keep a report missing the other's change. Holding the lock before
+/// [`REFRESH_REPORTS`] takes its snapshot (read committed: a snapshot per statement)
+/// means the second one computes after the first has committed, and sees it.
 const LOCK_REPORTS: &str = "
 SELECT count(pg_advisory_xact_lock($2, k))
   FROM (SELECT DISTINCT hashtext(patient_id::text) AS k FROM results
