@@ -188,14 +188,16 @@ enum AuditCommand {
 }
 
 /// Logs to standard error: colour only when it is a terminal, so that a log file or a
-/// journal gets plain text, not escape codes.
+/// journal gets plain text, not escape codes, and never when `NO_COLOR` is set
+/// (no-color.org: the terminal user's own setting, not this service's configuration).
 pub fn init_tracing(format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

@@ -193,6 +193,8 @@ async fn logs_written_to_a_file_or_pipe_are_plain_text() {
         .env("LIS_DATABASE_URL", db.url_as(APP_ROLE))
         .env("LIS_KEK", lis_tests::TEST_KEK)
         .env("RUST_LOG", "info")
+        // Judged on the pipe alone, not on a NO_COLOR the test's caller may have set.
+        .env_remove("NO_COLOR")
         .output()
         .expect("run lisledger");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -68,8 +68,8 @@ async fn an_order_and_its_patient(url: &str) -> (String, String) {
     ids
 }
 
-/// Every kind of read while the database is down — a patient's identity (opened with
-/// the patient's key), their cumulative results and orders, an order, the worklists,
+/// Every kind of read while the database is down — a patient's identity (whose key's
+/// status is read first), their cumulative results and orders, an order, the worklists,
 /// the critical list, an audit history — answers 503 with Retry-After, never 500.
 async fn assert_reads_unavailable(base: &str, order: &str, patient: &str, api: &Role) {
     use lis_domain::actor::Role as LabRole;

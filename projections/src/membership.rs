@@ -57,6 +57,12 @@ impl Watchdog {
         }
     }
 
+    /// A message arrived: the consumer is in its group (the clock stops until the next
+    /// check that finds it without an assignment).
+    pub fn message(&mut self) {
+        self.outside_since = None;
+    }
+
     /// `Err(waited)` when the consumer has had no assignment for longer than the
     /// deadline: make it anew.
     pub fn check(&mut self, assigned: bool, now: Instant) -> Result<(), Duration> {
@@ -106,5 +112,17 @@ mod tests {
             dog.check(false, revoked + Duration::from_secs(45)),
             Err(Duration::from_secs(45))
         );
+    }
+
+    #[test]
+    fn messages_stop_the_clock_so_a_long_catch_up_then_a_rebalance_is_not_given_up() {
+        // Messages flow for ten minutes without a pause, so nothing is checked; then a
+        // rebalance leaves the consumer without an assignment for a moment.
+        let start = Instant::now();
+        let mut dog = Watchdog::new(DEADLINE, start);
+        dog.message();
+        let rebalance = start + Duration::from_secs(600);
+        assert_eq!(dog.check(false, rebalance), Ok(()));
+        assert_eq!(dog.check(false, rebalance + Duration::from_secs(5)), Ok(()));
     }
 }

@@ -150,6 +150,22 @@ pub async fn run_from_kafka(
         ?topics,
         "projection consuming from Kafka"
     );
+    let outcome = consume(&consumer, &pool, projection.as_ref(), group, batching).await;
+    // Closing a consumer waits for its group to answer (librdkafka polls until it is
+    // closed): done on a blocking thread, so that a broker that does not answer holds no
+    // thread the other projections run on.
+    tokio::task::spawn_blocking(move || drop(consumer));
+    outcome
+}
+
+/// Applies what `consumer` receives, batch by batch, until an error.
+async fn consume(
+    consumer: &StreamConsumer<Membership>,
+    pool: &PgPool,
+    projection: &dyn Projection,
+    group: &str,
+    batching: Batching,
+) -> Result<(), WorkerError> {
     let mut watchdog = Watchdog::new(batching.join_deadline, Instant::now());
     loop {
         // The first message waits as long as it takes, the consumer's membership looked
@@ -157,7 +173,10 @@ pub async fn run_from_kafka(
         // loses nothing: rdkafka documents it as safe).
         let first = loop {
             match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
-                Ok(message) => break message?.detach(),
+                Ok(message) => {
+                    watchdog.message();
+                    break message?.detach();
+                }
                 Err(_) => watchdog
                     .check(consumer.context().is_assigned(), Instant::now())
                     .map_err(|waited| WorkerError::OutsideGroup {
@@ -187,7 +206,7 @@ pub async fn run_from_kafka(
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let outcome = apply_batch(&pool, projection.as_ref(), &envelopes, None).await?;
+        let outcome = apply_batch(pool, projection, &envelopes, None).await?;
         if outcome.skipped > 0 {
             tracing::debug!(skipped = outcome.skipped, "redelivered events skipped");
         }

@@ -114,8 +114,13 @@ async fn tests_ordered_under_two_catalogue_versions_in_one_batch_keep_each_versi
     lis_projections::projection::apply_batch(&db.app, &analytics, &envelopes, None)
         .await
         .unwrap();
-    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
-    let mut departments: Vec<(String, String, i64)> = volumes(&analytics, &today, &today)
+    // Yesterday to tomorrow: the two orders may fall either side of midnight (UTC).
+    let day = |offset: i64| {
+        (chrono::Utc::now() + chrono::Duration::days(offset))
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    let mut departments: Vec<(String, String, i64)> = volumes(&analytics, &day(-1), &day(1))
         .await
         .unwrap()
         .iter()

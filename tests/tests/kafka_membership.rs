@@ -44,3 +44,56 @@ async fn a_consumer_that_never_joins_its_group_is_given_up_after_its_deadline() 
     held.abort();
     db.drop().await;
 }
+
+#[tokio::test]
+async fn a_consumer_in_its_group_is_kept_however_long_it_waits_for_messages() {
+    // The real broker assigns the consumer its partition; no message ever comes. Well
+    // past its deadline it is still running: an assignment, not a message, is what
+    // keeps it.
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    let brokers = std::env::var("LIS_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let topic = format!("lis.test.membership.{}", uuid::Uuid::new_v4().simple());
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for created in admin
+        .create_topics(
+            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("Kafka (deploy/kafka.sh)")
+    {
+        created.expect("topic created");
+    }
+    let db = TestDb::new().await;
+    let batching = Batching {
+        join_deadline: Duration::from_secs(2),
+        ..Batching::default()
+    };
+    let group = format!("lis-test-membership-{}", uuid::Uuid::new_v4().simple());
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(15),
+        run_from_kafka(
+            db.app.clone(),
+            models::by_name("results").unwrap(),
+            &brokers,
+            &group,
+            &[topic.as_str()],
+            batching,
+        ),
+    )
+    .await;
+    assert!(
+        outcome.is_err(),
+        "the consumer stopped although it was in its group: {outcome:?}"
+    );
+    admin
+        .delete_topics(&[topic.as_str()], &AdminOptions::new())
+        .await
+        .unwrap();
+    db.drop().await;
+}
