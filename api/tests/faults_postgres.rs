@@ -129,7 +129,6 @@ async fn postgresql_restarted_under_load_gives_503_then_recovers_by_itself() {
     wait_healthy(&base, &api, Duration::from_secs(30)).await;
 
     let load = Load::start(&base, 3);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     let (order, patient) = an_order_and_its_patient(&pg.url(APP_ROLE, DATABASE)).await;
     for cycle in 1..=2 {
         tokio::time::sleep(Duration::from_millis(1500)).await;

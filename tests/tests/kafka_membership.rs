@@ -6,6 +6,33 @@ use lis_projections::worker::{run_from_kafka, Batching, WorkerError};
 use lis_tests::TestDb;
 use std::time::Duration;
 
+/// The results model consuming `topic` from `brokers` as `group`, with a 2 s join
+/// deadline, for at most `secs` (`Err(Elapsed)`: still running then).
+async fn consume_for(
+    db: &TestDb,
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    secs: u64,
+) -> Result<Result<(), WorkerError>, tokio::time::error::Elapsed> {
+    let batching = Batching {
+        join_deadline: Duration::from_secs(2),
+        ..Batching::default()
+    };
+    tokio::time::timeout(
+        Duration::from_secs(secs),
+        run_from_kafka(
+            db.app.clone(),
+            models::by_name("results").unwrap(),
+            brokers,
+            group,
+            &[topic],
+            batching,
+        ),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_consumer_that_never_joins_its_group_is_given_up_after_its_deadline() {
     // A "broker" that takes connections and never answers: the consumer cannot join.
@@ -18,20 +45,12 @@ async fn a_consumer_that_never_joins_its_group_is_given_up_after_its_deadline() 
         }
     });
     let db = TestDb::new().await;
-    let batching = Batching {
-        join_deadline: Duration::from_secs(2),
-        ..Batching::default()
-    };
-    let outcome = tokio::time::timeout(
-        Duration::from_secs(20),
-        run_from_kafka(
-            db.app.clone(),
-            models::by_name("results").unwrap(),
-            &broker,
-            "lis-test-black-hole",
-            &["lis.test.black-hole"],
-            batching,
-        ),
+    let outcome = consume_for(
+        &db,
+        &broker,
+        "lis-test-black-hole",
+        "lis.test.black-hole",
+        20,
     )
     .await;
     match outcome {
@@ -70,23 +89,8 @@ async fn a_consumer_in_its_group_is_kept_however_long_it_waits_for_messages() {
         created.expect("topic created");
     }
     let db = TestDb::new().await;
-    let batching = Batching {
-        join_deadline: Duration::from_secs(2),
-        ..Batching::default()
-    };
     let group = format!("lis-test-membership-{}", uuid::Uuid::new_v4().simple());
-    let outcome = tokio::time::timeout(
-        Duration::from_secs(15),
-        run_from_kafka(
-            db.app.clone(),
-            models::by_name("results").unwrap(),
-            &brokers,
-            &group,
-            &[topic.as_str()],
-            batching,
-        ),
-    )
-    .await;
+    let outcome = consume_for(&db, &brokers, &group, &topic, 15).await;
     assert!(
         outcome.is_err(),
         "the consumer stopped although it was in its group: {outcome:?}"

@@ -14,7 +14,7 @@ use axum::Json;
 use chrono::NaiveDate;
 use lis_domain::actor::Role;
 use lis_domain::ids::{AccessionNumber, OrderId, PatientId, ResultId, SampleId};
-use lis_projections::models::results::REPORT;
+use lis_projections::models::results::PATIENT_REPORT;
 use serde::Deserialize;
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -233,19 +233,14 @@ pub async fn cumulative(
     };
     let report = match stored {
         Some(report) => report,
-        None => sqlx::query_scalar::<_, Option<String>>(&format!(
-            "SELECT {REPORT} FROM proj_results.cumulative_results r
-              WHERE r.patient_id = $1 AND ($2::text IS NULL OR r.test_code = $2)
-                AND ($3::date IS NULL OR r.collected_at >= $3::date)
-                AND ($4::date IS NULL OR r.collected_at < $4::date + 1)"
-        ))
-        .bind(id.as_uuid())
-        .bind(test)
-        .bind(q.from)
-        .bind(q.to)
-        .fetch_one(&s.pool)
-        .await?
-        .unwrap_or_else(|| "[]".to_string()),
+        None => sqlx::query_scalar::<_, Option<String>>(PATIENT_REPORT)
+            .bind(id.as_uuid())
+            .bind(test)
+            .bind(q.from)
+            .bind(q.to)
+            .fetch_one(&s.pool)
+            .await?
+            .unwrap_or_else(|| "[]".to_string()),
     };
     Ok(([(header::CONTENT_TYPE, "application/json")], report).into_response())
 }

@@ -58,6 +58,26 @@ macro_rules! report {
 }
 pub const REPORT: &str = report!();
 
+/// A patient's report (`$1`) aggregated from the rows, optionally of one test (`$2`)
+/// and collected between two dates (`$3`, `$4`, inclusive): what the endpoint answers
+/// for a filtered request, or for a patient with no stored report.
+pub const PATIENT_REPORT: &str = concat!(
+    "SELECT ",
+    report!(),
+    " FROM proj_results.cumulative_results r
+      WHERE r.patient_id = $1 AND ($2::text IS NULL OR r.test_code = $2)
+        AND ($3::date IS NULL OR r.collected_at >= $3::date)
+        AND ($4::date IS NULL OR r.collected_at < $4::date + 1)"
+);
+
+/// Every patient's report, written in one pass at the end of a rebuild's bulk phase.
+const BUILD_REPORTS: &str = concat!(
+    "INSERT INTO cumulative_reports (patient_id, report)
+     SELECT patient_id, ",
+    report!(),
+    " FROM cumulative_results r GROUP BY patient_id"
+);
+
 /// The advisory-lock class of a patient's report (the second key is a hash of the
 /// patient id): see [`LOCK_REPORTS`].
 const REPORT_LOCK: i32 = 7_302_419;
@@ -237,12 +257,7 @@ SELECT result_id, patient_id, order_id, test_code, value, unit, flags, status, n
     }
 
     async fn build_derived(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        sqlx::query(&format!(
-            "INSERT INTO cumulative_reports (patient_id, report)
-             SELECT patient_id, {REPORT} FROM cumulative_results r GROUP BY patient_id"
-        ))
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query(BUILD_REPORTS).execute(&mut *conn).await?;
         Ok(())
     }
 
