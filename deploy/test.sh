@@ -9,6 +9,11 @@ cd "$root"
 . deploy/lib.sh
 
 command -v cargo >/dev/null || { log "cargo not found: install Rust (rustup) first"; exit 1; }
+# A one-off build gains nothing from incremental caches, which are as big again as the
+# build itself. The free space is logged first: a linker killed by SIGBUS is what a
+# full disk looks like.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+log "free disk for target/: $(df -h --output=avail "$root" | tail -1 | tr -d ' ')"
 deploy/postgres.sh
 deploy/mongo.sh
 deploy/kafka.sh
