@@ -533,14 +533,40 @@ pub(crate) async fn write_offsets(
 ) -> Result<(), ProjectionError> {
     let mut rows: Vec<((String, String), i64)> = offsets.into_iter().collect();
     rows.sort_unstable();
-    let sql = format!(
-        "INSERT INTO {schema}.offsets (aggregate_type, aggregate_id, last_sequence)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])"
-    );
+    let mut copy = conn
+        .copy_in_raw(&format!(
+            "COPY {schema}.offsets (aggregate_type, aggregate_id, last_sequence) FROM STDIN"
+        ))
+        .await?;
+    let mut text = String::with_capacity(1 << 20);
     for chunk in rows.chunks(10_000) {
-        insert_offsets(conn, &sql, chunk).await?;
+        text.clear();
+        for ((aggregate_type, aggregate_id), sequence) in chunk {
+            copy_field(&mut text, aggregate_type);
+            text.push('\t');
+            copy_field(&mut text, aggregate_id);
+            text.push('\t');
+            text.push_str(&sequence.to_string());
+            text.push('\n');
+        }
+        copy.send(text.as_bytes()).await?;
     }
+    copy.finish().await?;
     Ok(())
+}
+
+/// `value` as a field of `COPY`'s text format: a backslash, tab, newline or carriage
+/// return in it is escaped.
+fn copy_field(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
 }
 
 /// Applies a batch in its own transaction.
@@ -580,6 +606,13 @@ pub async fn feed_position(
 mod tests {
     use super::*;
     use lis_domain::sample::SampleEvent;
+
+    #[test]
+    fn a_copy_field_escapes_what_copy_text_format_reads_as_structure() {
+        let mut out = String::new();
+        copy_field(&mut out, "a\tb\\c\nd\re-é");
+        assert_eq!(out, "a\\tb\\\\c\\nd\\re-é");
+    }
 
     /// An envelope whose payload is `payload`, byte for byte, as stored.
     fn envelope(event_type: &str, event_version: &str, payload: &str) -> Envelope {

@@ -269,6 +269,7 @@ pub async fn rebuild_all(
     for &projection in projections {
         models.push(Rebuilding::start(pool, projection).await?);
     }
+    let started = Instant::now();
     let mut read = 0u64;
     let mut at = FeedPosition::default();
     // Bulk replay, batch by batch; the next batch is read (and decoded) while this one
@@ -295,6 +296,11 @@ pub async fn rebuild_all(
         at = last;
         progress(read);
     }
+    tracing::info!(
+        events = read,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "rebuild: bulk replay done"
+    );
     // Indexes and offsets for every model at once, each on its own connection; then the
     // swaps, one after another.
     futures::future::try_join_all(models.iter_mut().map(|m| m.prepare())).await?;
@@ -422,17 +428,27 @@ impl<'a> Rebuilding<'a> {
         if self.prepared {
             return Ok(());
         }
+        let started = Instant::now();
         for definition in std::mem::take(&mut self.deferred) {
             sqlx::query(&definition).execute(&mut *self.conn).await?;
         }
+        let indexed = Instant::now();
         let mut tx = self.conn.begin().await?;
         sqlx::query(&format!("SET LOCAL search_path TO {}, public", self.fresh))
             .execute(&mut *tx)
             .await?;
         self.projection.build_derived(&mut tx).await?;
+        let derived = Instant::now();
         write_offsets(&mut tx, &self.fresh, std::mem::take(&mut self.offsets)).await?;
         tx.commit().await?;
         self.prepared = true;
+        tracing::info!(
+            projection = self.projection.name(),
+            indexes_ms = (indexed - started).as_millis() as u64,
+            derived_ms = (derived - indexed).as_millis() as u64,
+            offsets_ms = derived.elapsed().as_millis() as u64,
+            "rebuild: fresh schema prepared"
+        );
         Ok(())
     }
 
