@@ -265,7 +265,7 @@ async fn run_part(
                         SampleCommand::Receive {
                             received_by: tech.actor.id.clone(),
                             received_at: Utc::now(),
-                            condition: SpecimenCondition::Satisfactory,
+                            condition: SpecimenCondition::Satisfactory {},
                         },
                         &tech,
                     )

@@ -86,6 +86,38 @@ async fn abusive_tokens_and_bodies_are_refused_and_write_nothing() {
         assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{field}");
     }
 
+    // The same through the bodies the domain's own types are read from: a hand-over and
+    // a critical-value notification naming an actor, a role or a receipt's condition
+    // naming a note are refused, not the extra field dropped.
+    let tech = token("tech.1", LabRole::Technologist);
+    let id = uuid::Uuid::new_v4();
+    for (path, body) in [
+        (
+            format!("/samples/{id}/handover"),
+            json!({"from": "Ward 3 nurse", "to": "Courier", "location": "Ward 3",
+                   "at": "2026-03-03T08:00:00Z", "actor_id": "path.1"}),
+        ),
+        (
+            format!("/results/{id}/critical-notifications"),
+            json!({"notified_person": "Dr Rao", "method": "phone", "value_conveyed": "K 6.9",
+                   "read_back_confirmed": true, "notified_at": "2026-03-03T08:00:00Z",
+                   "role": "pathologist"}),
+        ),
+        (
+            format!("/samples/{id}/receive"),
+            json!({"condition": {"status": "satisfactory", "note": "fine"}}),
+        ),
+    ] {
+        let r = http
+            .post(format!("{base}{path}"))
+            .bearer_auth(&tech)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{path}");
+    }
+
     // JSON nested 10,000 deep: a 400, not a crash.
     let deep = format!(
         "{{\"patient\": {}{}}}",

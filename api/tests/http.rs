@@ -429,6 +429,20 @@ async fn roles_and_errors_are_answered_with_problems() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // An unknown user gets the same answer: the response does not tell which it was.
+    let wrong: Value = r.json().await.unwrap();
+    let r = api
+        .client
+        .post(url("/auth/login"))
+        .json(&json!({"username": "nobody.here", "password": "wrong password!"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let unknown: Value = r.json().await.unwrap();
+    for field in ["type", "title", "status", "detail"] {
+        assert_eq!(wrong[field], unknown[field], "{field}");
+    }
 
     // 403: each role only does its own work; auditors change nothing.
     for (token, path) in [

@@ -275,3 +275,53 @@ fn operation_ids_are_unique_and_every_link_names_an_operation_and_its_parameters
     }
     assert!(links >= 20, "the workflow is linked ({links} links)");
 }
+
+/// Every object schema reachable from `schema`, references followed once each.
+fn objects<'a>(
+    doc: &'a Value,
+    schema: &'a Value,
+    seen: &mut Vec<&'a str>,
+    out: &mut Vec<&'a Value>,
+) {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        if seen.contains(&r) {
+            return;
+        }
+        seen.push(r);
+        return objects(doc, resolve(doc, schema), seen, out);
+    }
+    if schema.get("properties").is_some() {
+        out.push(schema);
+    }
+    match schema {
+        Value::Object(map) => map.values().for_each(|v| objects(doc, v, seen, out)),
+        Value::Array(items) => items.iter().for_each(|v| objects(doc, v, seen, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn every_command_body_refuses_fields_it_does_not_name() {
+    // A field the handler would ignore is refused instead (a body claiming an actor or a
+    // role, or a misspelt optional field, must not be dropped silently): every object in
+    // every POST body says `additionalProperties: false`, which schemars writes for
+    // `deny_unknown_fields` types, and the schemas are generated from the handlers' types.
+    let doc = spec();
+    let mut open = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let Some(schema) = item.pointer("/post/requestBody/content/application~1json/schema")
+        else {
+            continue;
+        };
+        let mut found = Vec::new();
+        objects(&doc, schema, &mut Vec::new(), &mut found);
+        for object in found {
+            if object.get("additionalProperties") != Some(&Value::Bool(false)) {
+                let names: Vec<&String> =
+                    object["properties"].as_object().unwrap().keys().collect();
+                open.push(format!("{path}: {names:?}"));
+            }
+        }
+    }
+    assert!(open.is_empty(), "bodies taking unknown fields: {open:#?}");
+}

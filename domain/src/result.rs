@@ -57,6 +57,7 @@ pub enum NotificationMethod {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CriticalNotification {
     /// The responsible clinician or nurse who took the call.
     pub notified_person: PersonName,

@@ -53,18 +53,20 @@ impl RejectionReason {
 
 /// The specimen's condition as found on receipt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case", tag = "status")]
+#[serde(rename_all = "snake_case", tag = "status", deny_unknown_fields)]
 pub enum SpecimenCondition {
-    Satisfactory,
+    /// Fit for testing as received.
+    // A struct variant, not a unit one: serde lets an internally tagged unit variant
+    // take any other field, and a receipt naming one must be refused.
+    Satisfactory {},
     /// Accepted for testing despite a problem; results on it carry a note (ISO 15189
     /// 7.2.6.2).
-    Compromised {
-        note: Note,
-    },
+    Compromised { note: Note },
 }
 
 /// Where a specimen is stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct StorageLocation {
     pub room: Place,
     pub device: Option<Label>,
@@ -88,6 +90,7 @@ pub struct CollectSample {
 const TRANSPORT_CELSIUS: std::ops::RangeInclusive<f64> = -200.0..=100.0;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct HandOver {
     pub from: PersonName,
     pub to: PersonName,
@@ -586,7 +589,7 @@ impl Aggregate for Sample {
                     condition: parent
                         .condition
                         .clone()
-                        .unwrap_or(SpecimenCondition::Satisfactory),
+                        .unwrap_or(SpecimenCondition::Satisfactory {}),
                 }
             }
             SampleCommand::Store { location } => {

@@ -12,7 +12,7 @@ use std::fmt;
 
 /// A result value as entered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case", tag = "kind")]
+#[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
 pub enum ResultValue {
     Numeric { value: f64, unit: String },
     Coded { answer: String },

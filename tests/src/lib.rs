@@ -215,7 +215,7 @@ pub async fn received_serum(
             SampleCommand::Receive {
                 received_by: ActorId::parse("tech.1").unwrap(),
                 received_at: Utc::now() - Duration::minutes(5),
-                condition: SpecimenCondition::Satisfactory,
+                condition: SpecimenCondition::Satisfactory {},
             },
             &actor("tech.1", Role::Technologist),
         )

@@ -438,7 +438,7 @@ pub async fn receive(
             Ok(SampleCommand::Receive {
                 received_by: c.actor.id.clone(),
                 received_at: r.received_at.unwrap_or_else(Utc::now),
-                condition: r.condition.unwrap_or(SpecimenCondition::Satisfactory),
+                condition: r.condition.unwrap_or(SpecimenCondition::Satisfactory {}),
             })
         },
     )

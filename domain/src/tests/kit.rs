@@ -150,7 +150,7 @@ impl Lab {
                 received_at: (status != SampleStatus::Collected)
                     .then(|| now() - chrono::Duration::minutes(30)),
                 condition: (status != SampleStatus::Collected)
-                    .then_some(SpecimenCondition::Satisfactory),
+                    .then_some(SpecimenCondition::Satisfactory {}),
                 parent: None,
                 children: Vec::new(),
             },

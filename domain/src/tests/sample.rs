@@ -54,7 +54,7 @@ fn received() -> SampleEvent {
     SampleEvent::SampleReceived {
         received_by: ActorId::parse("tech.1").unwrap(),
         received_at: now() - chrono::Duration::minutes(30),
-        condition: SpecimenCondition::Satisfactory,
+        condition: SpecimenCondition::Satisfactory {},
     }
 }
 
@@ -134,7 +134,7 @@ fn a_sample_is_received_once_and_not_before_collection() {
         .when(SampleCommand::Receive {
             received_by: ActorId::parse("tech.1").unwrap(),
             received_at: now(),
-            condition: SpecimenCondition::Satisfactory,
+            condition: SpecimenCondition::Satisfactory {},
         })
         .then_expect_error(SampleError::WrongStatus(
             SampleStatus::Received,
@@ -145,7 +145,7 @@ fn a_sample_is_received_once_and_not_before_collection() {
         .when(SampleCommand::Receive {
             received_by: ActorId::parse("tech.1").unwrap(),
             received_at: now() - chrono::Duration::hours(2),
-            condition: SpecimenCondition::Satisfactory,
+            condition: SpecimenCondition::Satisfactory {},
         })
         .then_expect_error(SampleError::Invalid(
             FieldError::new("received_at", "receipt cannot precede collection").into(),
@@ -177,7 +177,7 @@ fn rejection_is_terminal_and_requests_recollection() {
         .when(SampleCommand::Receive {
             received_by: ActorId::parse("tech.1").unwrap(),
             received_at: now(),
-            condition: SpecimenCondition::Satisfactory,
+            condition: SpecimenCondition::Satisfactory {},
         })
         .then_expect_error(SampleError::WrongStatus(
             SampleStatus::Rejected,
@@ -271,7 +271,7 @@ fn aliquots_keep_lineage_both_ways() {
             tests: vec![code("K")],
             collected_at: parent.collected_at,
             received_at: parent.received_at.unwrap(),
-            condition: SpecimenCondition::Satisfactory,
+            condition: SpecimenCondition::Satisfactory {},
         }]);
     let stranger = SampleId::from_uuid(uuid::Uuid::from_u128(99));
     SampleTester::with(lab.services())

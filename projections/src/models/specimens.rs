@@ -15,7 +15,7 @@ pub struct Specimens;
 
 fn condition(c: &SpecimenCondition) -> String {
     match c {
-        SpecimenCondition::Satisfactory => "satisfactory".into(),
+        SpecimenCondition::Satisfactory {} => "satisfactory".into(),
         SpecimenCondition::Compromised { note } => format!("compromised: {note}"),
     }
 }
