@@ -421,23 +421,18 @@ async fn roles_and_errors_are_answered_with_problems() {
         api.post(&other, "/orders", order_body("MRN-2")).await.0,
         StatusCode::UNAUTHORIZED
     );
-    let r = api
-        .client
-        .post(url("/auth/login"))
-        .json(&json!({"username": "reception.1", "password": "wrong password!"}))
-        .send()
-        .await
-        .unwrap();
+    // A wrong password, and an unknown user: the same answer, which does not tell
+    // which it was.
+    let login = |username: &'static str| {
+        api.client
+            .post(url("/auth/login"))
+            .json(&json!({"username": username, "password": "wrong password!"}))
+            .send()
+    };
+    let r = login("reception.1").await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    // An unknown user gets the same answer: the response does not tell which it was.
     let wrong: Value = r.json().await.unwrap();
-    let r = api
-        .client
-        .post(url("/auth/login"))
-        .json(&json!({"username": "nobody.here", "password": "wrong password!"}))
-        .send()
-        .await
-        .unwrap();
+    let r = login("nobody.here").await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let unknown: Value = r.json().await.unwrap();
     for field in ["type", "title", "status", "detail"] {
