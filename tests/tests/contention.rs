@@ -1,6 +1,7 @@
-//! 100 clients racing verify / authorise / amend on one result: the history stays a
-//! valid sequence, every loser gets a conflict or a rule refusal (409), and no
-//! acknowledged change is lost.
+//! 100 clients racing verify / authorise / amend on one result, each trying again after
+//! it loses: the history stays a valid sequence (one verification, one release, then
+//! the amendments), every loser gets a conflict or a rule refusal (409), and no
+//! acknowledged change is lost: the result shows the last acknowledged amendment.
 
 use lis_commands::CommandError;
 use lis_domain::actor::{ActorId, Role};
@@ -9,6 +10,9 @@ use lis_domain::text::Reason;
 use lis_domain::value::ResultValue;
 use lis_tests::{actor, place, received_serum, record_k, TestDb};
 use std::sync::Arc;
+
+/// Tries a client makes before it gives up.
+const ATTEMPTS: usize = 40;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_racing_clients_leave_a_valid_history() {
@@ -50,17 +54,60 @@ async fn a_hundred_racing_clients_leave_a_valid_history() {
                     actor("path.1", Role::Pathologist),
                 ),
             };
-            ledger.execute_result(id, command, &ctx).await
+            // A client that lost tries again, as a real one would after a 409, so that
+            // the race goes on past the first winner: verification, then release, then
+            // amendments, each won by one of the clients racing for it.
+            let mut outcomes = Vec::new();
+            for _ in 0..ATTEMPTS {
+                let outcome = ledger.execute_result(id, command.clone(), &ctx).await;
+                let won = outcome.is_ok();
+                outcomes.push(outcome);
+                if won {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            (command, outcomes)
         }));
     }
-    let mut won = 0;
+    let (mut won, mut conflicts) = (0, 0);
+    let (mut verified, mut authorised, mut amended) = (0, 0, 0);
+    // The acknowledged amendment with the highest version: what the result must show.
+    let mut last_amendment: Option<(i64, ResultValue)> = None;
     for t in tasks {
-        match t.await.unwrap() {
-            Ok(_) => won += 1,
-            Err(CommandError::Conflict { .. } | CommandError::Rejected { .. }) => {}
-            Err(e) => panic!("a loser must get 409, not {e}"),
+        let (command, outcomes) = t.await.unwrap();
+        for outcome in outcomes {
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
+                Err(CommandError::Conflict { .. }) => {
+                    conflicts += 1;
+                    continue;
+                }
+                Err(CommandError::Rejected { .. }) => continue,
+                Err(e) => panic!("a loser must get 409, not {e}"),
+            };
+            won += 1;
+            match &command {
+                ResultCommand::Verify { .. } => verified += 1,
+                ResultCommand::Authorise { .. } => authorised += 1,
+                ResultCommand::Amend { value, .. } => {
+                    amended += 1;
+                    if last_amendment
+                        .as_ref()
+                        .is_none_or(|(v, _)| *v < outcome.version)
+                    {
+                        last_amendment = Some((outcome.version, value.clone()));
+                    }
+                }
+                other => panic!("not raced here: {other:?}"),
+            }
         }
     }
+    // The race happened (commands loaded the same version and lost at the append), and
+    // went past the first winner: one verification, one release, then amendments.
+    assert!(conflicts > 0, "no two commands overlapped");
+    assert_eq!((verified, authorised), (1, 1));
+    assert!(amended > 1, "{amended} amendments won");
     // Every acknowledged command is one event after the recording, in an unbroken sequence.
     let sequences: Vec<i64> = sqlx::query_scalar(
         "SELECT sequence FROM events WHERE aggregate_type = 'Result' AND aggregate_id = $1 ORDER BY sequence",
@@ -91,6 +138,11 @@ async fn a_hundred_racing_clients_leave_a_valid_history() {
         state.status(),
         Some(ResultStatus::Recorded | ResultStatus::Verified | ResultStatus::Released)
     ));
+    // No acknowledged update lost: the result shows the last acknowledged amendment (an
+    // amendment is the only command here that changes the value once released).
+    if let Some((_, value)) = last_amendment {
+        assert_eq!(state.value(), Some(&value));
+    }
     assert!(lis_commands::audit::verify_chains(&db.app, &mut |_| {})
         .await
         .unwrap()
