@@ -1,5 +1,6 @@
 //! `lisledger bench` end to end at a tiny scale (a smoke test, not a measurement): the
-//! replay rebuilds every model and reports against COPY; the command benchmark starts
+//! replay rebuilds every model and reports against COPY; the audit check reports against
+//! sha256sum; the command benchmark starts
 //! its roles, gets commands through the API and runs pgbench beside them.
 
 use lis_eventstore_migrations::{APP_ROLE, OWNER_ROLE};
@@ -50,6 +51,17 @@ async fn bench_replay_and_commands_run_end_to_end() {
             "{out}"
         );
     }
+
+    // Benchmark 4: the chain check over every event, against sha256sum in the same run.
+    let audit = bench(&db, &["audit"]);
+    let out = String::from_utf8_lossy(&audit.stdout);
+    assert!(
+        audit.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&audit.stderr)
+    );
+    assert!(out.contains(&format!("over {events} events")), "{out}");
+    assert!(out.contains("audit verify / sha256sum"), "{out}");
 
     let pgbench = ["pgbench", "/usr/lib/postgresql/15/bin/pgbench"]
         .iter()

@@ -12,6 +12,7 @@
 //! The load generators share [`client`] (the API), [`labflow`] (one order's life) and
 //! [`stats`] (percentiles).
 
+mod audit;
 mod client;
 mod fanout;
 mod labflow;
@@ -70,6 +71,8 @@ pub enum BenchCommand {
     },
     /// Benchmark 3: rebuild every read model (swapped in live) against COPY TO STDOUT.
     Replay,
+    /// Benchmark 4: `audit verify`'s chain check against sha256sum over the same bytes.
+    Audit,
     /// Benchmark 5: patients' cumulative results open-loop at constant rates, against
     /// /healthz of the same server (started here); needs projected results.
     Read {
@@ -112,6 +115,11 @@ pub async fn run(
             replay::run(&app).await?;
             Ok(ExitCode::SUCCESS)
         }
+        BenchCommand::Audit => Ok(if audit::run(&app).await? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
         BenchCommand::Fanout {
             rate,
             secs,
