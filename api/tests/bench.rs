@@ -26,6 +26,17 @@ fn bench(db: &TestDb, args: &[&str]) -> Output {
         .expect("run lisledger bench")
 }
 
+/// The standard output of a bench that succeeded (else both outputs, in the panic).
+fn succeeded(run: Output) -> String {
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out
+}
+
 #[tokio::test]
 async fn bench_replay_and_commands_run_end_to_end() {
     let db = TestDb::new().await;
@@ -36,13 +47,7 @@ async fn bench_replay_and_commands_run_end_to_end() {
         .unwrap();
     let dir = std::env::temp_dir().join(format!("lisledger-bench-{}", uuid::Uuid::new_v4()));
 
-    let replay = bench(&db, &["replay"]);
-    let out = String::from_utf8_lossy(&replay.stdout);
-    assert!(
-        replay.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&replay.stderr)
-    );
+    let out = succeeded(bench(&db, &["replay"]));
     assert!(out.contains(&format!("replay of {events} events")), "{out}");
     for model in ["orders", "specimens", "results"] {
         assert!(
@@ -53,13 +58,7 @@ async fn bench_replay_and_commands_run_end_to_end() {
     }
 
     // Benchmark 4: the chain check over every event, against sha256sum in the same run.
-    let audit = bench(&db, &["audit"]);
-    let out = String::from_utf8_lossy(&audit.stdout);
-    assert!(
-        audit.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&audit.stderr)
-    );
+    let out = succeeded(bench(&db, &["audit"]));
     assert!(out.contains(&format!("over {events} events")), "{out}");
     assert!(out.contains("audit verify / sha256sum"), "{out}");
 
