@@ -91,6 +91,15 @@ async fn bench_replay_and_commands_run_end_to_end() {
             .unwrap_or_else(|| panic!("no result line: {out}"));
         assert!(line.contains("pgbench") && line.contains("ratio"), "{out}");
         assert!(out.contains("peak memory (VmHWM)"), "{out}");
+        // Each role's peak beside its own before the load, as a ratio.
+        let memory = out
+            .lines()
+            .find(|l| l.starts_with("benchmark 6"))
+            .unwrap_or_else(|| panic!("no benchmark 6 line: {out}"));
+        for role in ["serve", "relay", "project"] {
+            assert!(memory.contains(&format!("{role} ")), "{memory}");
+        }
+        assert_eq!(memory.matches("idle").count(), 3, "{memory}");
         let after: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
             .fetch_one(&db.app)
             .await
