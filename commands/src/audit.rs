@@ -111,20 +111,22 @@ pub async fn count_events(pool: &PgPool) -> Result<i64, sqlx::Error> {
         .await
 }
 
+/// What [`verify_chains`] reads: every event's hashed fields, its links and position, in
+/// chain order. (Benchmark 4 feeds the same rows to `sha256sum` as its baseline.)
+pub const CHAINS_IN_ORDER: &str = "
+SELECT aggregate_type, aggregate_id, sequence, event_type, event_version,
+       payload::text AS payload, metadata::text AS metadata, recorded_at,
+       prev_hash, hash, position
+  FROM events
+ ORDER BY aggregate_type, aggregate_id, sequence";
+
 /// Recomputes every chain, streaming the store in (type, id, sequence) order.
 /// `progress` is called with the number of events checked so far, every 1,000 events.
 pub async fn verify_chains(
     pool: &PgPool,
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<VerifyReport, sqlx::Error> {
-    let mut rows = sqlx::query(
-        "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version,
-                payload::text AS payload, metadata::text AS metadata, recorded_at,
-                prev_hash, hash, position
-           FROM events
-          ORDER BY aggregate_type, aggregate_id, sequence",
-    )
-    .fetch(pool);
+    let mut rows = sqlx::query(CHAINS_IN_ORDER).fetch(pool);
     let mut report = VerifyReport::default();
     // (type, id) of the chain being walked, its last hash and sequence, and whether it broke.
     let mut current: Option<(String, String)> = None;

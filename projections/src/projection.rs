@@ -19,6 +19,7 @@ use lis_domain::upcast::upcasters;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::LazyLock;
 
 /// An event of any aggregate, decoded (and upcast) from its envelope. (Short-lived, one
@@ -547,9 +548,8 @@ pub(crate) async fn write_offsets(
             copy_field(&mut text, aggregate_type);
             text.push('\t');
             copy_field(&mut text, aggregate_id);
-            text.push('\t');
-            text.push_str(&sequence.to_string());
-            text.push('\n');
+            // Writing to a String cannot fail.
+            let _ = writeln!(text, "\t{sequence}");
         }
         copy.send(text.as_bytes()).await?;
     }

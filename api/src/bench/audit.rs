@@ -1,7 +1,6 @@
 //! Benchmark 4: `audit verify`'s chain check over the whole store, against `sha256sum`
-//! over the same bytes: the columns each event's hash covers, in the chain order the
-//! verifier reads them (`COPY (SELECT …) TO STDOUT` piped into `sha256sum`), timed in the
-//! same run.
+//! over the same bytes: the very query the verifier reads, in chain order, copied out
+//! (`COPY (…) TO STDOUT` piped into `sha256sum`), timed in the same run.
 
 use futures::TryStreamExt;
 use sqlx::PgPool;
@@ -9,13 +8,8 @@ use std::process::Stdio;
 use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 
-/// The hashed columns of every event, in the verifier's order.
-const HASHED_BYTES: &str =
-    "COPY (SELECT aggregate_type, aggregate_id, sequence, event_type, event_version,
-                     payload::text, metadata::text, recorded_at, prev_hash, hash
-                FROM events ORDER BY aggregate_type, aggregate_id, sequence) TO STDOUT";
-
-/// Seconds and bytes of [`HASHED_BYTES`] read through `sha256sum`.
+/// Seconds and bytes of the rows `audit verify` reads
+/// ([`lis_commands::audit::CHAINS_IN_ORDER`]), copied out as text through `sha256sum`.
 async fn sha256sum_baseline(pool: &PgPool) -> anyhow::Result<(f64, u64)> {
     let mut conn = pool.acquire().await?;
     let started = Instant::now();
@@ -25,7 +19,8 @@ async fn sha256sum_baseline(pool: &PgPool) -> anyhow::Result<(f64, u64)> {
         .spawn()
         .map_err(|e| anyhow::anyhow!("cannot run sha256sum (coreutils): {e}"))?;
     let mut stdin = sum.stdin.take().expect("stdin is piped");
-    let mut stream = conn.copy_out_raw(HASHED_BYTES).await?;
+    let copy = format!("COPY ({}) TO STDOUT", lis_commands::audit::CHAINS_IN_ORDER);
+    let mut stream = conn.copy_out_raw(&copy).await?;
     let mut bytes = 0u64;
     while let Some(chunk) = stream.try_next().await? {
         bytes += chunk.len() as u64;
