@@ -4,9 +4,9 @@
 # a server error or differ from the document, and input it forbids must be refused. Each
 # operation is called as a role allowed to perform it (deploy/schemathesis.toml);
 # deploy/schemathesis_hooks.py fills in the catalogue's facts (specimen, unit) where a
-# request names real tests or a real specimen. Needs PostgreSQL (deploy/postgres.sh) and
-# a built `target/debug/lisledger`. Arguments are passed on to `st run` (e.g. `--report
-# har`).
+# request names real tests or a real specimen, and checks that no refused request (4xx)
+# wrote an event. Needs PostgreSQL (deploy/postgres.sh) and a built
+# `target/debug/lisledger`. Arguments are passed on to `st run` (e.g. `--report har`).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -14,10 +14,11 @@ cd "$root"
 . deploy/lib.sh
 
 venv="${LIS_ST_DIR:-/var/tmp/lisledger-st}"
-if ! "$venv/bin/st" --version 2>/dev/null | grep -q "4.32.5"; then
-  log "installing schemathesis 4.32.5"
+if ! "$venv/bin/st" --version 2>/dev/null | grep -q "4.32.5" ||
+  ! "$venv/bin/python" -c 'import psycopg' 2>/dev/null; then
+  log "installing schemathesis 4.32.5 and psycopg 3.3.9"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q "schemathesis==4.32.5"
+  "$venv/bin/pip" install -q "schemathesis==4.32.5" "psycopg[binary]==3.3.9"
 fi
 
 db="${LIS_ST_DB:-lisledger_schemathesis}"
@@ -64,6 +65,9 @@ done
 # test, a specimen not yet received, a reused Idempotency-Key), and is rightly refused.
 log "schemathesis: every operation; no server error, answers as documented, bad input refused"
 export LIS_ST_BASE="http://127.0.0.1:${port}" LIS_ST_CATALOGUE="$root/deploy/seed/test-catalogue.csv"
+# The hooks' check that a refused request wrote no event reads the event store's head
+# before and after each call, as the application role.
+export LIS_ST_EVENTS_URL="$LIS_DATABASE_URL"
 SCHEMATHESIS_HOOKS="$root/deploy/schemathesis_hooks.py" "$venv/bin/st" --config-file deploy/schemathesis.toml run "http://127.0.0.1:${port}/openapi.json" \
   --checks all --exclude-checks positive_data_acceptance \
   --exclude-path /events/stream \

@@ -7,12 +7,16 @@ request already names real tests or a real specimen (the OpenAPI links carry the
 the order and the receipt), this fills those facts in from the test catalogue and the
 API, so that chains of calls go on to results, verification and release. Anything else
 is sent as generated.
+
+It also adds one check: a request the API refuses (any 4xx) wrote no event. The event
+store's size is read before and after each call (schemathesis runs one call at a time).
 """
 
 import csv
 import os
 import re
 
+import psycopg
 import requests
 import schemathesis
 
@@ -39,8 +43,32 @@ def _value(row):
     return {"kind": "numeric", "value": value, "unit": row["unit_ucum"]}
 
 
+_EVENTS = psycopg.connect(os.environ["LIS_ST_EVENTS_URL"], autocommit=True)
+_before = {"events": None}
+
+
+def _event_count():
+    return _EVENTS.execute("SELECT count(*) FROM events").fetchone()[0]
+
+
+@schemathesis.check
+def refused_input_writes_no_event(ctx, response, case):
+    """A 4xx answer left the event store as it was before the call."""
+    before = _before["events"]
+    if before is None or not 400 <= response.status_code < 500:
+        return None
+    after = _event_count()
+    if after != before:
+        raise AssertionError(
+            f"refused with {response.status_code}, yet the event store went from "
+            f"{before} to {after} events"
+        )
+    return None
+
+
 @schemathesis.hook
 def before_call(context, case, kwargs):
+    _before["events"] = _event_count()
     label = context.operation.label if context.operation else ""
     body = case.body if isinstance(case.body, dict) else None
     if body is None:

@@ -1,5 +1,6 @@
 //! The subcommands of `lisledger` and what each prints for its operator.
 
+use crate::demo::DaySize;
 use crate::ops;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -57,9 +58,13 @@ enum Command {
     Serve,
     /// Load a synthetic lab day through the real command path (and demo users).
     Demo {
-        /// How many orders.
-        #[arg(long, default_value_t = 200)]
+        /// How many orders (1–4 tests each).
+        #[arg(long, default_value_t = 200, conflicts_with = "tests")]
         orders: usize,
+        /// Instead of a number of orders: orders until this many tests are ordered (a lab
+        /// day of 2 million tests is `--tests 2000000`).
+        #[arg(long)]
+        tests: Option<usize>,
         /// Random seed, for a reproducible day.
         #[arg(long, default_value_t = 2026)]
         seed: u64,
@@ -330,12 +335,14 @@ pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
         } => return ops::keygen(&config, out.as_deref()),
         Command::Demo {
             orders,
+            tests,
             seed,
             if_empty,
             concurrency,
         } => {
             let pool = pool(&config.database_url, 4.max(concurrency as u32 + 2)).await?;
-            return ops::demo(&config, &pool, orders, seed, if_empty, concurrency).await;
+            let size = tests.map_or(DaySize::Orders(orders), DaySize::Tests);
+            return ops::demo(&config, &pool, size, seed, if_empty, concurrency).await;
         }
         Command::Serve => {
             let pool = pool(&config.database_url, config.db_max_connections).await?;

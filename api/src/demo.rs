@@ -1,10 +1,11 @@
 //! `lisledger demo`: a realistic synthetic lab day, through the real command path.
 //!
-//! Orders follow the catalogue's test mix; each order's tests go into one tube per
-//! specimen type; about 5% of tubes are rejected (and recollected), about 3% of numeric
-//! results are critical (notified with read-back before release), about 1% of released
-//! results are amended. Values are drawn around each test's reference interval. The same
-//! generator serves the benchmarks: `--orders` scales it.
+//! Orders draw 1–4 tests from the catalogue, each test alike (the catalogue carries no
+//! volumes); each order's tests go into one tube per specimen type; about 5% of tubes are
+//! rejected (and recollected), about 3% of all results are critical (notified with
+//! read-back before release), about 1% of released results are amended. Values are drawn
+//! around each test's reference interval. The same generator serves the benchmarks:
+//! `--orders` or `--tests` scales it.
 
 use anyhow::Context;
 use chrono::{Duration, Utc};
@@ -47,14 +48,80 @@ fn ctx(id: &str, role: Role) -> CommandContext {
     c
 }
 
+/// The share of all results drawn critical.
+const CRITICAL_SHARE: f64 = 0.03;
+
+/// How big a day to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DaySize {
+    /// This many orders (1–4 tests each).
+    Orders(usize),
+    /// Orders until this many tests are ordered (the last order takes what is left).
+    Tests(usize),
+}
+
+impl DaySize {
+    fn count(self) -> usize {
+        match self {
+            DaySize::Orders(n) | DaySize::Tests(n) => n,
+        }
+    }
+
+    fn with_count(self, n: usize) -> Self {
+        match self {
+            DaySize::Orders(_) => DaySize::Orders(n),
+            DaySize::Tests(_) => DaySize::Tests(n),
+        }
+    }
+
+    fn reached(self, report: &DemoReport) -> bool {
+        match self {
+            DaySize::Orders(n) => report.orders >= n,
+            DaySize::Tests(n) => report.tests >= n,
+        }
+    }
+
+    /// Tests for the next order: 1–4, no more than a test count has left.
+    fn next_order_tests(self, report: &DemoReport, drawn: usize) -> usize {
+        match self {
+            DaySize::Orders(_) => drawn,
+            DaySize::Tests(n) => drawn.min(n - report.tests),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct DemoReport {
     pub orders: usize,
+    /// Tests ordered (a result each, unless its tube is still to be recollected).
+    pub tests: usize,
     pub samples: usize,
     pub rejected: usize,
     pub results: usize,
     pub critical: usize,
     pub amended: usize,
+}
+
+/// The chance to draw a value critical, for a test that has critical limits, such that
+/// [`CRITICAL_SHARE`] of all results are critical when tests are drawn alike from `tests`
+/// (only numeric tests with limits can be; without any, nothing is).
+pub(crate) fn critical_draw<'a>(tests: impl IntoIterator<Item = &'a TestDefinition>) -> f64 {
+    let (mut all, mut can) = (0usize, 0usize);
+    for t in tests {
+        all += 1;
+        if can_be_critical(t) {
+            can += 1;
+        }
+    }
+    if can == 0 {
+        return 0.0;
+    }
+    (CRITICAL_SHARE * all as f64 / can as f64).min(1.0)
+}
+
+fn can_be_critical(def: &TestDefinition) -> bool {
+    matches!(def.kind, ResultKind::Numeric { .. })
+        && (def.critical.low.is_some() || def.critical.high.is_some())
 }
 
 /// A value for `def`: critical with probability `p_critical`, else around the interval.
@@ -78,8 +145,7 @@ pub(crate) fn value_for(
                 r.low.unwrap_or(0.0),
                 r.high.unwrap_or(r.low.unwrap_or(1.0) * 2.0),
             );
-            let critical = rng.gen_bool(p_critical)
-                && (def.critical.low.is_some() || def.critical.high.is_some());
+            let critical = can_be_critical(def) && rng.gen_bool(p_critical);
             let v = if critical {
                 match (def.critical.low, def.critical.high) {
                     (Some(l), _) if rng.gen_bool(0.5) || def.critical.high.is_none() => l * 0.8,
@@ -117,24 +183,32 @@ pub(crate) fn amended(value: &ResultValue) -> Option<ResultValue> {
     }
 }
 
-/// Loads `orders` orders from `concurrency` concurrent clients (each its own part of the
+/// Loads a day of `size` from `concurrency` concurrent clients (each its own part of the
 /// day, seeded `seed + part`), and adds up what they did.
 pub async fn run(
     ledger: &Ledger,
     catalogue: &Catalogue,
-    orders: usize,
+    size: DaySize,
     seed: u64,
     concurrency: usize,
 ) -> anyhow::Result<DemoReport> {
-    let parts = concurrency.clamp(1, orders.max(1));
+    let n = size.count();
+    let parts = concurrency.clamp(1, n.max(1));
     let reports = futures::future::try_join_all((0..parts).map(|part| {
-        let share = orders / parts + usize::from(part < orders % parts);
-        run_part(ledger, catalogue, share, seed + part as u64, part)
+        let share = n / parts + usize::from(part < n % parts);
+        run_part(
+            ledger,
+            catalogue,
+            size.with_count(share),
+            seed + part as u64,
+            part,
+        )
     }))
     .await?;
     let mut total = DemoReport::default();
     for r in reports {
         total.orders += r.orders;
+        total.tests += r.tests;
         total.samples += r.samples;
         total.rejected += r.rejected;
         total.results += r.results;
@@ -147,12 +221,20 @@ pub async fn run(
 async fn run_part(
     ledger: &Ledger,
     catalogue: &Catalogue,
-    orders: usize,
+    size: DaySize,
     seed: u64,
     part: usize,
 ) -> anyhow::Result<DemoReport> {
     let mut rng = StdRng::seed_from_u64(seed);
     let tests: Vec<&TestDefinition> = catalogue.tests.values().collect();
+    anyhow::ensure!(!tests.is_empty(), "the catalogue holds no tests");
+    let p_critical = critical_draw(tests.iter().copied());
+    // Patients: about one for every two orders, so some come back (2.5 tests an order).
+    let patients = match size {
+        DaySize::Orders(n) => n / 2,
+        DaySize::Tests(n) => n / 5,
+    }
+    .max(1);
     let (reception, phleb, tech, path) = (
         ctx("reception.demo", Role::Reception),
         ctx("phleb.demo", Role::Phlebotomist),
@@ -165,8 +247,9 @@ async fn run_part(
         (id, 0) => id.to_string(),
         (id, p) => format!("{id}P{p}"),
     };
-    for i in 0..orders {
-        let patient_no = rng.gen_range(0..(orders / 2).max(1));
+    let mut i = 0;
+    while !size.reached(&report) {
+        let patient_no = rng.gen_range(0..patients);
         let female = patient_no % 2 == 0;
         let mrn = format!("DEMO-{run_id}-{patient_no}");
         let born = format!(
@@ -184,7 +267,7 @@ async fn run_part(
         };
         let patient = NewPatient::parse(raw, Utc::now().date_naive())
             .map_err(|e| anyhow::anyhow!("demo patient: {e}"))?;
-        let n = rng.gen_range(1..=4);
+        let n = size.next_order_tests(&report, rng.gen_range(1..=4.min(tests.len())));
         let mut chosen: Vec<&TestDefinition> = Vec::new();
         while chosen.len() < n {
             let t = tests[rng.gen_range(0..tests.len())];
@@ -212,6 +295,7 @@ async fn run_part(
             .await
             .context("placing a demo order")?;
         report.orders += 1;
+        report.tests += chosen.len();
         // One tube per specimen type and container.
         let mut tubes: BTreeMap<(String, String), Vec<&TestDefinition>> = BTreeMap::new();
         for t in &chosen {
@@ -274,7 +358,7 @@ async fn run_part(
             };
             for def in tube_tests {
                 let result_id = ResultId::for_test(sample, &def.code);
-                let (value, critical) = value_for(def, &mut rng, 0.03);
+                let (value, critical) = value_for(def, &mut rng, p_critical);
                 ledger
                     .execute_result(
                         result_id,
@@ -346,6 +430,73 @@ async fn run_part(
                 }
             }
         }
+        i += 1;
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lis_domain::catalogue::parse_csv;
+    use lis_domain::flags::flags_for;
+
+    fn seed_catalogue() -> Vec<TestDefinition> {
+        parse_csv(include_str!("../../deploy/seed/test-catalogue.csv")).unwrap()
+    }
+
+    /// Drawn as the demo draws (tests alike, values by `value_for`), the share of results
+    /// that are critical by the catalogue's own limits is near 3% of all results, not 3%
+    /// of the few tests that have limits.
+    #[test]
+    fn about_three_in_a_hundred_results_are_critical() {
+        let tests = seed_catalogue();
+        let p = critical_draw(&tests);
+        assert!(p > CRITICAL_SHARE && p <= 1.0, "{p}");
+        let mut rng = StdRng::seed_from_u64(11);
+        let draws = 100_000;
+        let mut critical = 0;
+        for _ in 0..draws {
+            let def = &tests[rng.gen_range(0..tests.len())];
+            let (value, drawn) = value_for(def, &mut rng, p);
+            let flagged = flags_for(&value, None, &def.critical, None)
+                .iter()
+                .any(|f| f.is_critical());
+            assert!(!drawn || flagged, "{} {value} drawn critical", def.code);
+            critical += usize::from(flagged);
+        }
+        let share = critical as f64 / f64::from(draws);
+        assert!((0.027..0.033).contains(&share), "{share}");
+    }
+
+    #[test]
+    fn a_catalogue_without_critical_limits_draws_none() {
+        let tests: Vec<_> = seed_catalogue()
+            .into_iter()
+            .filter(|t| !can_be_critical(t))
+            .collect();
+        assert!(!tests.is_empty());
+        assert_eq!(critical_draw(&tests), 0.0);
+    }
+
+    /// A day sized in tests orders exactly that many: the last order takes what is left.
+    #[test]
+    fn a_day_sized_in_tests_stops_at_its_count() {
+        let size = DaySize::Tests(10);
+        let mut report = DemoReport::default();
+        let mut orders = Vec::new();
+        for drawn in [4, 4, 4, 4] {
+            if size.reached(&report) {
+                break;
+            }
+            let n = size.next_order_tests(&report, drawn);
+            report.tests += n;
+            report.orders += 1;
+            orders.push(n);
+        }
+        assert_eq!(orders, [4, 4, 2]);
+        assert!(size.reached(&report));
+        assert_eq!(DaySize::Orders(3).next_order_tests(&report, 4), 4);
+        assert_eq!(size.with_count(7), DaySize::Tests(7));
+    }
 }

@@ -491,7 +491,7 @@ pub async fn add_user(pool: &PgPool, username: &str, role: &str) -> anyhow::Resu
 pub async fn demo(
     config: &Config,
     pool: &PgPool,
-    orders: usize,
+    size: crate::demo::DaySize,
     seed: u64,
     if_empty: bool,
     concurrency: usize,
@@ -509,10 +509,10 @@ pub async fn demo(
     let catalogue = lis_commands::catalogue::load(pool, version).await?;
     let ledger = ledger(config, pool.clone()).await?;
     let started = std::time::Instant::now();
-    let report = crate::demo::run(&ledger, &catalogue, orders, seed, concurrency).await?;
+    let report = crate::demo::run(&ledger, &catalogue, size, seed, concurrency).await?;
     say!(
-        "demo lab day: {} orders, {} tubes ({} rejected and recollected), {} results ({} critical, {} amended) in {:.1} s",
-        report.orders, report.samples, report.rejected, report.results, report.critical, report.amended,
+        "demo lab day: {} orders, {} tests, {} tubes ({} rejected and recollected), {} results ({} critical, {} amended) in {:.1} s",
+        report.orders, report.tests, report.samples, report.rejected, report.results, report.critical, report.amended,
         started.elapsed().as_secs_f64()
     );
     // Demo users, one per role, with passwords made now and shown once.

@@ -1,6 +1,7 @@
-//! Abuse of the running `lisledger serve`: expired, unsigned and wrong-audience tokens,
-//! a body that claims another actor or role, and JSON nested ten thousand deep — all
-//! refused with a problem, no event written, the server still up.
+//! Abuse of the running `lisledger serve`: expired, unsigned and wrong-audience tokens and
+//! tokens signed with another key, a body that claims another actor or role, and JSON
+//! nested ten thousand deep — all refused with a problem, no event written, the server
+//! still up.
 
 mod support;
 
@@ -53,6 +54,13 @@ async fn abusive_tokens_and_bodies_are_refused_and_write_nothing() {
         use base64::Engine;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
     };
+    // Every claim right, signed with a key the server does not hold.
+    let other_key = encode(
+        &Header::default(),
+        &claims(now + 600, "lisledger-api"),
+        &EncodingKey::from_secret(b"another-key-of-thirty-two-bytes-or-more"),
+    )
+    .unwrap();
     let unsigned = format!(
         "{}.{}.",
         b64(json!({"alg": "none", "typ": "JWT"})),
@@ -62,6 +70,7 @@ async fn abusive_tokens_and_bodies_are_refused_and_write_nothing() {
         ("expired", expired),
         ("wrong audience", elsewhere),
         ("unsigned", unsigned),
+        ("signed with another key", other_key),
     ] {
         let r = post(t, order.to_string()).await.unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{what}");

@@ -138,6 +138,33 @@ async fn the_demo_loads_a_lab_day_that_verifies() {
 }
 
 #[tokio::test]
+async fn a_demo_day_sized_in_tests_orders_exactly_that_many() {
+    let db = TestDb::new().await;
+    let out = lisledger(
+        &db,
+        &["demo", "--tests", "41", "--seed", "3", "--concurrency", "2"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(" orders, 41 tests, "), "{stdout}");
+    let (ordered, recorded): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT sum(json_array_length(payload->'OrderPlaced'->'tests')) FROM events WHERE event_type = 'OrderPlaced')::bigint,
+                (SELECT count(*) FROM events WHERE event_type = 'ResultRecorded')",
+    )
+    .fetch_one(&db.app)
+    .await
+    .unwrap();
+    assert_eq!((ordered, recorded), (41, 41));
+    let both = lisledger(&db, &["demo", "--tests", "5", "--orders", "5"]);
+    assert!(!both.status.success(), "--tests and --orders together");
+    db.drop().await;
+}
+
+#[tokio::test]
 async fn a_missing_malformed_or_different_kek_stops_start_up_naming_the_problem() {
     let db = TestDb::new().await;
     // The ledger's keys are created, wrapped by the test KEK.

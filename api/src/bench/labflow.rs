@@ -1,7 +1,7 @@
 //! One order's realistic life through the HTTP API, with the demo generator's mix: order
 //! (1–4 tests from the catalogue) → collect one tube per specimen and container (about
-//! 5% rejected and recollected) → receive → record each result (about 3% critical,
-//! phoned through before release) → verify → authorise (about 1% later amended).
+//! 5% rejected and recollected) → receive → record each result (about 3% of all
+//! critical, phoned through before release) → verify → authorise (about 1% later amended).
 
 use super::client::{Answer, Api, Tokens};
 use chrono::Utc;
@@ -200,7 +200,8 @@ impl<'a> Flow<'a> {
         go: &mut Go<'_, '_>,
     ) -> Result<(), Stop> {
         let (t, k) = (self.tokens, Kind::Result);
-        let (value, critical) = crate::demo::value_for(def, rng, 0.03);
+        let p_critical = crate::demo::critical_draw(self.tests);
+        let (value, critical) = crate::demo::value_for(def, rng, p_critical);
         let record = json!({"sample_id": sample, "test_code": def.code.as_str(),
                             "value": value, "instrument": "Analyser 1"});
         let Some(r) = go.send(k, &t.technologist, "/results", record).await? else {
