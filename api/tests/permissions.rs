@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use support::{token, wait_healthy, Stack};
+use support::{token, wait_healthy, ApiClient, Stack};
 
 /// Every role a token can carry. `system` is the ledger itself (imports, jobs), never a
 /// person: the table has no column for it, and it may call nothing.
@@ -170,18 +170,8 @@ async fn every_operation_as_every_role_is_allowed_or_refused_as_the_matrix_says(
     let base = stack.with_api();
     let api = stack.spawn("serve", &["serve"]);
     wait_healthy(&base, &api, Duration::from_secs(30)).await;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let spec: Value = http
-        .get(format!("{base}/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let api_client = ApiClient::new(&base);
+    let (http, spec) = (&api_client.http, api_client.spec().await);
     let tokens: Vec<(Role, String)> = ROLES
         .iter()
         .map(|&r| (r, token(&format!("{}.1", r.as_str()), r)))

@@ -474,3 +474,40 @@ pub async fn wait_sealed(db: &TestDb, relay: &Role, timeout: Duration) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A client of one running API: its base URL and a connection pool.
+pub struct ApiClient {
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+impl ApiClient {
+    pub fn new(base: &str) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            base: base.to_string(),
+        }
+    }
+
+    /// The API's own OpenAPI document.
+    pub async fn spec(&self) -> serde_json::Value {
+        let r = self.http.get(format!("{}/openapi.json", self.base));
+        r.send().await.unwrap().json().await.unwrap()
+    }
+
+    /// POSTs `body` as JSON with `bearer`; the status and the JSON answer (null if none).
+    pub async fn post(
+        &self,
+        bearer: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let r = self.http.post(format!("{}{path}", self.base));
+        let r = r.bearer_auth(bearer).json(body).send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+}
