@@ -131,7 +131,9 @@ enum PatientsCommand {
 #[derive(Debug, Subcommand)]
 enum ProjectionsCommand {
     /// Replay the event store into a fresh copy of a read model (or `all` of them, from
-    /// one read of the store) and swap it in live.
+    /// one read of the store) and swap it in live; `analytics` empties the MongoDB
+    /// analytics database (LIS_MONGO_DATABASE) and replays into it (stop `project
+    /// analytics` first; dashboards are partial until it ends).
     Rebuild { name: String },
 }
 
@@ -328,7 +330,7 @@ pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
                 lis_projections::models::all().len() as u32 + 2,
             )
             .await?;
-            return ops::rebuild(pool, &name).await;
+            return ops::rebuild(&config, pool, &name).await;
         }
         Command::Seal {
             command: SealCommand::Keygen { out },

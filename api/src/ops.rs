@@ -101,6 +101,17 @@ pub async fn relay(config: &Config, pool: PgPool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The analytics projection on LIS_MONGO_URL's LIS_MONGO_DATABASE.
+async fn connect_analytics(config: &Config) -> anyhow::Result<Analytics> {
+    let url = config
+        .mongo_url
+        .as_deref()
+        .context("the analytics projection needs LIS_MONGO_URL")?;
+    Analytics::connect(url, &config.mongo_database)
+        .await
+        .context("cannot reach MongoDB")
+}
+
 pub async fn project(
     config: &Config,
     pool: PgPool,
@@ -119,13 +130,7 @@ pub async fn project(
             .collect::<Result<Vec<_>, _>>()?
     };
     if wants_analytics {
-        let url = config
-            .mongo_url
-            .as_deref()
-            .context("the analytics projection needs LIS_MONGO_URL")?;
-        let analytics = Analytics::connect(url, &config.mongo_database)
-            .await
-            .context("cannot reach MongoDB")?;
+        let analytics = connect_analytics(config).await?;
         projections.push(std::sync::Arc::new(analytics));
     }
     let batching = Batching {
@@ -180,9 +185,25 @@ pub async fn project(
 }
 
 /// Rebuilds one read model, or `all` of them from one read of the event store.
-pub async fn rebuild(pool: PgPool, name: &str) -> anyhow::Result<ExitCode> {
-    let chosen = match name {
+pub async fn rebuild(config: &Config, pool: PgPool, name: &str) -> anyhow::Result<ExitCode> {
+    let chosen: Vec<std::sync::Arc<dyn Projection>> = match name {
         "all" => models::all(),
+        "analytics" => {
+            // MongoDB has no schema to build aside and swap in: the analytics database
+            // is emptied and replayed in place (after a restore it may be empty, or
+            // hold another site's facts, while the restored offsets say it is done).
+            let analytics = connect_analytics(config).await?;
+            analytics
+                .database()
+                .drop()
+                .await
+                .context("cannot empty the analytics database")?;
+            say!(
+                "emptied MongoDB database {}; replaying the event store into it",
+                config.mongo_database
+            );
+            vec![std::sync::Arc::new(analytics)]
+        }
         one => vec![models::by_name(one)?],
     };
     let projections: Vec<&dyn Projection> = chosen.iter().map(|p| p.as_ref()).collect();

@@ -2,8 +2,10 @@
 //! read models) is dumped with `pg_dump --format=custom`, restored with `pg_restore` into
 //! a fresh database on a fresh PostgreSQL cluster (roles from `lisledger db init`), and
 //! then: every table of the trail is identical row for row (no trigger fired or rewrote
-//! a row on restore), `audit verify` passes on the copy (chains and seals), and every
-//! projection rebuilt on the copy equals the original's read model.
+//! a row on restore), `audit verify` passes on the copy (chains and seals), every
+//! projection rebuilt on the copy equals the original's read model, and the MongoDB
+//! analytics, which a dump does not hold, rebuilt from the copy by `lisledger projections
+//! rebuild analytics`, equal the original's.
 
 mod support;
 
@@ -15,7 +17,10 @@ use sqlx::{Connection, PgConnection};
 use std::process::Command;
 use std::str::FromStr;
 use std::time::Duration;
-use support::{pg_bin, pg_server_tool, wait_projected, wait_sealed, PrivatePg, Stack};
+use support::{
+    analytics_today, drop_analytics, pg_bin, pg_server_tool, wait_projected, wait_sealed,
+    PrivatePg, Stack,
+};
 
 /// The tables whose rows must survive a backup byte for byte.
 const TRAIL: [&str; 9] = [
@@ -62,7 +67,10 @@ async fn a_restored_backup_verifies_and_rebuilds_every_projection_identically() 
     let db = TestDb::new().await;
     let stack = Stack::new(&db, false);
     let mut relay = stack.spawn("relay", &["relay"]);
-    let mut workers = stack.spawn("project", &["project", "orders", "specimens", "results"]);
+    let mut workers = stack.spawn(
+        "project",
+        &["project", "orders", "specimens", "results", "analytics"],
+    );
     let ledger = db.ledger().await;
     lis_api::http::auth::add_user(
         &db.app,
@@ -76,7 +84,8 @@ async fn a_restored_backup_verifies_and_rebuilds_every_projection_identically() 
         lab_day_numbered(&ledger, 700 + n).await;
     }
     let names = ["orders", "specimens", "results"];
-    wait_projected(&db, &names, Duration::from_secs(60), &[&relay, &workers]).await;
+    let all = ["orders", "specimens", "results", "analytics"];
+    wait_projected(&db, &all, Duration::from_secs(60), &[&relay, &workers]).await;
     wait_sealed(&db, &relay, Duration::from_secs(30)).await;
     relay.kill9();
     workers.kill9();
@@ -178,6 +187,32 @@ async fn a_restored_backup_verifies_and_rebuilds_every_projection_identically() 
             p.name()
         );
     }
+    // The analytics: rebuilt from the copy into its own (empty) MongoDB database, they
+    // equal what the original's workers built; rebuilt in place on the original, over
+    // the facts already there, they come out the same again.
+    let original = analytics_today(&stack).await;
+    assert!(
+        original["volumes"]
+            .as_array()
+            .is_some_and(|v| !v.is_empty()),
+        "{original}"
+    );
+    assert_ne!(
+        analytics_today(&copy).await,
+        original,
+        "the copy's MongoDB database starts empty"
+    );
+    for (which, on) in [("copy", &copy), ("original", &stack)] {
+        let rebuilt = on.run(&["projections", "rebuild", "analytics"]);
+        assert!(
+            rebuilt.status.success(),
+            "{which}: {}",
+            String::from_utf8_lossy(&rebuilt.stderr)
+        );
+        assert_eq!(analytics_today(on).await, original, "{which}");
+    }
+    drop_analytics(&copy).await;
+    drop_analytics(&stack).await;
     // …and the copy takes new commands that the feed delivers after the old ones.
     // The copy's patient keys came with it: the same KEK opens them.
     let copy_ledger = lis_commands::Ledger::new(

@@ -278,6 +278,22 @@ async fn analytics_summary(
     })
 }
 
+/// The analytics of `stack` (its own MongoDB database): today's summary of every report.
+pub async fn analytics_today(stack: &Stack) -> serde_json::Value {
+    use lis_projections::models::analytics::Analytics;
+    let client = mongodb::Client::with_uri_str(mongo_url()).await.unwrap();
+    let analytics = Analytics::new(client.database(&stack.get("LIS_MONGO_DATABASE")));
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    analytics_summary(&analytics, &today).await
+}
+
+/// Drops the MongoDB database of `stack`.
+pub async fn drop_analytics(stack: &Stack) {
+    let client = mongodb::Client::with_uri_str(mongo_url()).await.unwrap();
+    let db = client.database(&stack.get("LIS_MONGO_DATABASE"));
+    db.drop().await.unwrap();
+}
+
 /// Asserts that the stack's analytics (built by its workers) equal a fresh replay of the
 /// event store into another database; drops both and returns today's summary.
 pub async fn assert_analytics_equal_replay(db: &TestDb, stack: &Stack) -> serde_json::Value {
