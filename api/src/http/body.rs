@@ -1,7 +1,7 @@
 //! Reading request bodies: malformed JSON is a 400; JSON of the wrong shape or with an
 //! invalid value is a 422 naming the field by JSON pointer.
 
-use super::problem::{pointer, pointer_token, FieldProblem, Problem};
+use super::problem::{path_pointer, pointer_token, FieldProblem, Problem};
 use serde::de::DeserializeOwned;
 
 /// Parses `bytes` as `T`.
@@ -21,10 +21,8 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
         }]));
     }
     serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
         Problem::invalid(vec![FieldProblem {
-            pointer: pointer(&path),
+            pointer: path_pointer(e.path()),
             detail: clean(&e.into_inner().to_string()),
         }])
     })

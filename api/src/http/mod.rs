@@ -16,6 +16,8 @@ pub mod analytics;
 pub mod audit;
 pub mod auth;
 pub mod body;
+#[cfg(test)]
+mod body_properties;
 pub mod commands;
 pub mod idempotency;
 pub mod limits;

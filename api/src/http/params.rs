@@ -3,7 +3,7 @@
 //! character, which PostgreSQL can store in no text, is refused the same way.
 
 use super::body::clean;
-use super::problem::{pointer, pointer_token, FieldProblem, Problem};
+use super::problem::{path_pointer, pointer_token, FieldProblem, Problem};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -33,10 +33,8 @@ pub fn parse<T: DeserializeOwned>(query: &str) -> Result<T, Problem> {
         }]));
     }
     serde_path_to_error::deserialize(serde_urlencoded::Deserializer::new(pairs)).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
         Problem::invalid(vec![FieldProblem {
-            pointer: pointer(&path),
+            pointer: path_pointer(e.path()),
             detail: clean(&e.into_inner().to_string()),
         }])
     })

@@ -61,6 +61,24 @@ pub fn pointer(path: &str) -> String {
     }
 }
 
+/// The JSON pointer (RFC 6901) of the place serde stopped at: array items by index,
+/// member names escaped (a name may hold `.`, `/` or `~`). It ends at the deepest
+/// segment serde could name: inside a value serde read whole first (an internally
+/// tagged enum), at that value.
+pub fn path_pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("/{index}")),
+            Segment::Map { key } => out.push_str(&format!("/{}", pointer_token(key))),
+            Segment::Enum { variant } => out.push_str(&format!("/{}", pointer_token(variant))),
+            Segment::Unknown => break,
+        }
+    }
+    out
+}
+
 /// A member name as one JSON pointer token (RFC 6901: `~` is `~0`, `/` is `~1`).
 pub fn pointer_token(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
