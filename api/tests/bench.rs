@@ -1,6 +1,7 @@
 //! `lisledger bench` end to end at a tiny scale (a smoke test, not a measurement): the
 //! replay rebuilds every model and reports against COPY; the audit check reports against
-//! sha256sum; the command benchmark starts
+//! sha256sum; the log-in timing reports an unknown user against a wrong password; the
+//! command benchmark starts
 //! its roles, gets commands through the API and runs pgbench beside them.
 
 use lis_eventstore_migrations::{APP_ROLE, OWNER_ROLE};
@@ -61,6 +62,24 @@ async fn bench_replay_and_commands_run_end_to_end() {
     let out = succeeded(bench(&db, &["audit"]));
     assert!(out.contains(&format!("over {events} events")), "{out}");
     assert!(out.contains("audit verify / sha256sum"), "{out}");
+
+    // Log-in timing: an unknown user against a wrong password, with the ratio.
+    let login_dir = dir.join("login");
+    let attempts = [
+        "login",
+        "--attempts",
+        "2",
+        "--dir",
+        login_dir.to_str().unwrap(),
+    ];
+    let out = succeeded(bench(&db, &attempts));
+    for line in [
+        "baseline: wrong password",
+        "unknown user ",
+        "unknown user / wrong password: p50 ",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
 
     let pgbench = ["pgbench", "/usr/lib/postgresql/15/bin/pgbench"]
         .iter()

@@ -7,7 +7,8 @@
 //!   (benchmark 2);
 //! - [`replay`]: rebuilding every read model against `COPY events TO STDOUT` (benchmark 3);
 //! - [`openloop`]: a patient's cumulative results at a constant rate against `/healthz`
-//!   (benchmark 5).
+//!   (benchmark 5);
+//! - [`login`]: an unknown user's log-in time against a wrong password's (security).
 //!
 //! The load generators share [`client`] (the API), [`labflow`] (one order's life) and
 //! [`stats`] (percentiles).
@@ -16,6 +17,7 @@ mod audit;
 mod client;
 mod fanout;
 mod labflow;
+mod login;
 mod openloop;
 mod pgbench;
 mod replay;
@@ -85,6 +87,15 @@ pub enum BenchCommand {
         #[arg(long, default_value = "target/bench")]
         dir: PathBuf,
     },
+    /// Log-in timing: an unknown user against a wrong password (and a correct one for
+    /// scale), against the API (started here).
+    Login {
+        /// Attempts of each kind.
+        #[arg(long, default_value_t = 200)]
+        attempts: usize,
+        #[arg(long, default_value = "target/bench")]
+        dir: PathBuf,
+    },
 }
 
 pub async fn run(
@@ -127,6 +138,13 @@ pub async fn run(
             dir,
         } => fan_out(config, &app, rate, secs, clients, &dir).await,
         BenchCommand::Read { rates, secs, dir } => read(config, &app, &rates, secs, &dir).await,
+        BenchCommand::Login { attempts, dir } => {
+            let base = base_url(config);
+            let mut roles = roles::Roles::start(&base, &[], &dir).await?;
+            login::run(&client::Api::new(&base)?, &app, attempts).await?;
+            roles.check_alive()?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
