@@ -184,6 +184,16 @@ pub trait Projection: Send + Sync {
     async fn build_derived(&self, _conn: &mut PgConnection) -> Result<(), ProjectionError> {
         Ok(())
     }
+
+    /// Whether [`Projection::apply_run`] writes outside PostgreSQL (MongoDB) and so may
+    /// wait on another server. Such a batch must not hold a transaction id while it
+    /// waits: the ordered feed holds back every event committed after the oldest
+    /// transaction id still open, so every other model, and the relay, would wait too.
+    /// Its offsets are then guarded by advisory locks (which take no transaction id)
+    /// instead of row locks.
+    fn writes_elsewhere(&self) -> bool {
+        false
+    }
 }
 
 /// What [`Pending::fold`] did with an event.
@@ -386,7 +396,12 @@ async fn apply_events(
         Offsets::Memory(map) => map,
         Offsets::Table => {
             let envelopes: Vec<&Envelope> = events.iter().map(|(e, _)| *e).collect();
-            loaded = read_offsets(conn, &envelopes).await?;
+            let lock = if projection.writes_elsewhere() {
+                OffsetLock::Advisory(schema)
+            } else {
+                OffsetLock::Rows
+            };
+            loaded = read_offsets(conn, &envelopes, lock).await?;
             &loaded
         }
     };
@@ -463,10 +478,25 @@ async fn apply_events(
     Ok(outcome)
 }
 
-/// The offsets of every aggregate in `events`, read and locked in one statement.
+/// How a batch keeps another worker of its model off its aggregates' offsets until it
+/// commits (two consumers of one model overlap while Kafka moves a partition).
+#[derive(Debug, Clone, Copy)]
+enum OffsetLock<'a> {
+    /// `SELECT … FOR UPDATE` of the offset rows: simplest, but a row lock gives the
+    /// transaction an id at once.
+    Rows,
+    /// Transaction-level advisory locks on the aggregates' keys, in `schema`'s class,
+    /// taken in one order (no deadlock): no transaction id until the batch writes its
+    /// offsets, after its writes elsewhere are done ([`Projection::writes_elsewhere`]).
+    Advisory(&'a str),
+}
+
+/// The offsets of every aggregate in `events`, locked against the model's other workers
+/// and read, in one statement.
 async fn read_offsets(
     conn: &mut PgConnection,
     events: &[&Envelope],
+    lock: OffsetLock<'_>,
 ) -> Result<OffsetMap, ProjectionError> {
     let mut keys: Vec<(&str, &str)> = events
         .iter()
@@ -475,17 +505,45 @@ async fn read_offsets(
     keys.sort_unstable();
     keys.dedup();
     let (types, ids): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
-    let rows: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT o.aggregate_type, o.aggregate_id, o.last_sequence
-           FROM offsets o JOIN unnest($1::text[], $2::text[]) AS k(t, i)
-             ON o.aggregate_type = k.t AND o.aggregate_id = k.i
-          ORDER BY 1, 2
-            FOR UPDATE OF o",
-    )
-    .bind(&types)
-    .bind(&ids)
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows: Vec<(String, String, i64)> = match lock {
+        OffsetLock::Rows => {
+            sqlx::query_as(
+                "SELECT o.aggregate_type, o.aggregate_id, o.last_sequence
+                   FROM offsets o JOIN unnest($1::text[], $2::text[]) AS k(t, i)
+                     ON o.aggregate_type = k.t AND o.aggregate_id = k.i
+                  ORDER BY 1, 2
+                    FOR UPDATE OF o",
+            )
+            .bind(&types)
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await?
+        }
+        OffsetLock::Advisory(schema) => {
+            // Locks first, in a statement of their own: under read committed each
+            // statement reads from a snapshot taken when it starts, so the read below
+            // sees what a worker that held a lock committed before releasing it.
+            sqlx::query(
+                "SELECT count(pg_advisory_xact_lock(hashtext($3), h))
+                   FROM (SELECT DISTINCT hashtext(t || '/' || i) AS h
+                           FROM unnest($1::text[], $2::text[]) AS k(t, i) ORDER BY h) keys",
+            )
+            .bind(&types)
+            .bind(&ids)
+            .bind(schema)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query_as(
+                "SELECT o.aggregate_type, o.aggregate_id, o.last_sequence
+                   FROM offsets o JOIN unnest($1::text[], $2::text[]) AS k(t, i)
+                     ON o.aggregate_type = k.t AND o.aggregate_id = k.i",
+            )
+            .bind(&types)
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await?
+        }
+    };
     Ok(rows.into_iter().map(|(t, i, s)| ((t, i), s)).collect())
 }
 

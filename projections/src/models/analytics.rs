@@ -232,6 +232,10 @@ impl Projection for Analytics {
         ""
     }
 
+    fn writes_elsewhere(&self) -> bool {
+        true
+    }
+
     async fn purge(
         &self,
         _conn: &mut PgConnection,
