@@ -1397,3 +1397,59 @@ async fn an_idempotency_key_outside_its_documented_form_is_refused_and_nothing_i
     assert_eq!(r.status(), StatusCode::CREATED);
     api.db.drop().await;
 }
+
+/// A gauge's value in a Prometheus text exposition.
+fn gauge(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+}
+
+#[tokio::test]
+async fn the_metrics_show_what_an_open_transaction_holds_back_from_the_feed() {
+    use sqlx::Connection;
+    let api = Api::start().await;
+    let reception = api.token("reception.1").await;
+    let scrape = || async {
+        let r = api.client.get(format!("{}/metrics", api.base)).send().await;
+        r.unwrap().text().await.unwrap()
+    };
+    // A transaction that holds an id and stays open, as an operator's forgotten psql
+    // session would.
+    let mut holder =
+        sqlx::PgConnection::connect(&api.db.url_as(lis_eventstore_migrations::APP_ROLE))
+            .await
+            .unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let (s, _) = api
+        .post(&reception, "/orders", order_body("MRN-HELD"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let metrics = scrape().await;
+    assert!(
+        gauge(&metrics, "lis_feed_held_back_events") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        gauge(&metrics, "lis_feed_held_back_seconds") >= 0.0,
+        "{metrics}"
+    );
+    // Once it ends, nothing is held back (other tests' transactions in the cluster may
+    // hold the feed for a moment).
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let metrics = scrape().await;
+        if gauge(&metrics, "lis_feed_held_back_events") == 0.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    api.db.drop().await;
+}

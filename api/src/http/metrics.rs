@@ -1,13 +1,15 @@
 //! `GET /metrics` in the Prometheus text format: request latency by route, commands by
 //! route and outcome, and — read at scrape time from the database — how far the relay
-//! and each projection are behind the event store.
+//! and each projection are behind the event store, and how many committed events the
+//! ordered feed holds back for a transaction still open somewhere in the cluster.
 
 use super::AppState;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -15,6 +17,8 @@ pub struct Metrics {
     requests: HistogramVec,
     commands: IntCounterVec,
     lag: IntGaugeVec,
+    held_back: IntGauge,
+    held_back_secs: Gauge,
 }
 
 impl Default for Metrics {
@@ -40,10 +44,22 @@ impl Default for Metrics {
             &["consumer"],
         )
         .expect("static metric");
+        let held_back = IntGauge::new(
+            "lis_feed_held_back_events",
+            "Committed events the ordered feed cannot hand on yet: an older transaction is still open in the cluster",
+        )
+        .expect("static metric");
+        let held_back_secs = Gauge::new(
+            "lis_feed_held_back_seconds",
+            "How long the oldest of those events has waited",
+        )
+        .expect("static metric");
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(commands.clone()),
             Box::new(lag.clone()),
+            Box::new(held_back.clone()),
+            Box::new(held_back_secs.clone()),
         ] {
             registry.register(m).expect("metric names are unique");
         }
@@ -52,6 +68,8 @@ impl Default for Metrics {
             requests,
             commands,
             lag,
+            held_back,
+            held_back_secs,
         }
     }
 }
@@ -106,6 +124,19 @@ pub async fn scrape(State(s): State<AppState>) -> impl IntoResponse {
                     .set(head - at.unwrap_or(0));
             }
         }
+    }
+    // The feed reads only events of transactions older than the oldest one still open
+    // (`projections::feed`): committed events at or above that horizon wait, and with
+    // them every read model and the relay.
+    if let Ok((events, secs)) = sqlx::query_as::<_, (i64, f64)>(
+        "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(recorded_at)), 0)::float8
+           FROM events WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot())",
+    )
+    .fetch_one(&s.pool)
+    .await
+    {
+        s.metrics.held_back.set(events);
+        s.metrics.held_back_secs.set(secs);
     }
     let mut body = Vec::new();
     let _ = TextEncoder::new().encode(&s.metrics.registry.gather(), &mut body);
