@@ -176,11 +176,16 @@ async fn a_key_whose_first_attempt_died_is_answered_once() {
         .execute(&db.app)
         .await
         .unwrap();
+    // (An attempt holds its key's advisory lock while it runs: take it as one would.)
     let mut holder = db.app.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM idempotency_keys WHERE key = 'died-before-commit' FOR UPDATE")
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock($1, hashtext(actor_id || '/' || key))
+           FROM idempotency_keys WHERE key = 'died-before-commit'",
+    )
+    .bind(lis_api::http::idempotency::CLAIM_LOCK)
+    .execute(&mut *holder)
+    .await
+    .unwrap();
     let busy = send("died-before-commit", "MRN-D1").await.unwrap();
     assert_eq!(busy.status(), StatusCode::CONFLICT);
     holder.rollback().await.unwrap();

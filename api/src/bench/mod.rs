@@ -70,6 +70,9 @@ pub enum BenchCommand {
         clients: usize,
         #[arg(long, default_value = "target/bench")]
         dir: PathBuf,
+        /// Send an Idempotency-Key with every command.
+        #[arg(long)]
+        idempotency_keys: bool,
     },
     /// Benchmark 3: rebuild every read model (swapped in live) against COPY TO STDOUT.
     Replay,
@@ -136,7 +139,16 @@ pub async fn run(
             secs,
             clients,
             dir,
-        } => fan_out(config, &app, rate, secs, clients, &dir).await,
+            idempotency_keys,
+        } => {
+            let load = FanOutLoad {
+                rate,
+                secs,
+                clients,
+                idempotency_keys,
+            };
+            fan_out(config, &app, &load, &dir).await
+        }
         BenchCommand::Read { rates, secs, dir } => read(config, &app, &rates, secs, &dir).await,
         BenchCommand::Login { attempts, dir } => {
             let base = base_url(config);
@@ -299,18 +311,31 @@ async fn read(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn fan_out(
-    config: &Config,
-    app: &PgPool,
+/// What benchmark 2 sends.
+struct FanOutLoad {
     rate: u32,
     secs: u64,
     clients: usize,
+    idempotency_keys: bool,
+}
+
+async fn fan_out(
+    config: &Config,
+    app: &PgPool,
+    load: &FanOutLoad,
     dir: &std::path::Path,
 ) -> anyhow::Result<ExitCode> {
+    let FanOutLoad {
+        rate,
+        secs,
+        clients,
+        idempotency_keys,
+    } = *load;
     let tests = Arc::new(test_mix(app).await?);
     let base = base_url(config);
     let mut roles = roles::Roles::start(&base, &["relay", "project"], dir).await?;
-    let api = client::Api::new(&base)?;
+    let mut api = client::Api::new(&base)?;
+    api.idempotency_keys = idempotency_keys;
     let tokens = Arc::new(api.bench_users(app).await?);
     // Let the workers make their schemas and catch up with what is already stored.
     let until = std::time::Instant::now() + Duration::from_secs(300);
@@ -334,7 +359,8 @@ async fn fan_out(
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     say!(
-        "benchmark 2: {rate} commands/s from {clients} clients for {secs} s through {base}; lag from each answer to the event in: {}",
+        "benchmark 2: {rate} commands/s from {clients} clients for {secs} s through {base}; Idempotency-Key {}; lag from each answer to the event in: {}",
+        if idempotency_keys { "on every command" } else { "not sent" },
         schemas.join(", ")
     );
     let api = Arc::new(api);

@@ -2,10 +2,16 @@
 //! writes a second event.
 //!
 //! The key is claimed (a row per caller and key, with the command id the attempt will
-//! write its events with) before the command runs, and the row stays locked by the
-//! attempt until its response is stored with it. A retry with the same body gets the
-//! stored response; the same key with a different body is refused (422); a retry while
-//! the first attempt still holds the lock gets 409.
+//! write its events with) before the command runs, and the attempt holds the key's lock
+//! until its response is stored with it. A retry with the same body gets the stored
+//! response; the same key with a different body is refused (422); a retry while the
+//! first attempt still holds the lock gets 409.
+//!
+//! The lock is a transaction-level advisory lock, not a row lock: a row lock gives the
+//! claim's transaction an id for as long as the command runs, and the ordered feed
+//! hands on no event committed after the oldest open transaction id, so every keyed
+//! command in flight would hold back every read model (`projections::feed`). The claim
+//! takes an id only when it stores the response.
 //!
 //! An attempt that died in between (the API killed, the database restarted: its lock
 //! goes with its connection) or failed on a dependency (5xx) leaves the key without a
@@ -31,13 +37,18 @@ pub enum Claim {
     Replay(StatusCode, Value),
 }
 
-/// A claimed key: its row stays locked by `tx` until [`finish`].
+/// A claimed key: `tx` holds its lock until [`finish`].
 pub struct Held {
     actor: String,
     pub key: String,
     pub command_id: Uuid,
     tx: Transaction<'static, Postgres>,
 }
+
+/// The advisory-lock class of claimed keys (the second key is a hash of the caller and
+/// the key: two keys in flight at once with the same hash make one of them wait, as a
+/// 409, a retry later).
+pub const CLAIM_LOCK: i32 = 7_302_421;
 
 /// The longest `Idempotency-Key` accepted.
 pub const KEY_MAX: usize = 200;
@@ -108,25 +119,31 @@ pub async fn claim(
         .detail("this Idempotency-Key was used with a different request body"));
     }
     let mut tx = claims_pool(pool).begin().await?;
-    let locked: Result<(Option<i32>, Option<Value>, Uuid, i64), sqlx::Error> = sqlx::query_as(
-        "SELECT response_status, response_body, command_id, events_after FROM idempotency_keys
-          WHERE actor_id = $1 AND key = $2 FOR UPDATE NOWAIT",
-    )
-    .bind(actor)
-    .bind(&key)
-    .fetch_one(&mut *tx)
-    .await;
-    let (status, response, command_id, events_after) = match locked {
-        Ok(row) => row,
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
-            return Err(Problem::conflict(
-                "idempotency-in-progress",
-                "The first request with this Idempotency-Key is still running",
-                "retry in a moment",
-            ))
-        }
-        Err(e) => return Err(e.into()),
-    };
+    // The lock first, in a statement of its own: the read below then sees what an
+    // attempt that held it committed (read committed: a snapshot per statement).
+    let locked: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, hashtext($2 || '/' || $3))")
+            .bind(CLAIM_LOCK)
+            .bind(actor)
+            .bind(&key)
+            .fetch_one(&mut *tx)
+            .await?;
+    if !locked {
+        return Err(Problem::conflict(
+            "idempotency-in-progress",
+            "The first request with this Idempotency-Key is still running",
+            "retry in a moment",
+        ));
+    }
+    let (status, response, command_id, events_after): (Option<i32>, Option<Value>, Uuid, i64) =
+        sqlx::query_as(
+            "SELECT response_status, response_body, command_id, events_after FROM idempotency_keys
+              WHERE actor_id = $1 AND key = $2",
+        )
+        .bind(actor)
+        .bind(&key)
+        .fetch_one(&mut *tx)
+        .await?;
     if let (Some(s), Some(b)) = (status, response) {
         return Ok(Claim::Replay(
             StatusCode::from_u16(s as u16).unwrap_or(StatusCode::OK),

@@ -1,0 +1,49 @@
+//! An `Idempotency-Key` claim against real PostgreSQL: while its command runs, the claim
+//! holds the key's lock but no transaction id (the ordered feed would otherwise hold
+//! back every event committed after it, for every read model); a retry meanwhile is a
+//! 409; once the response is stored, a retry gets it back.
+
+use axum::http::{HeaderMap, StatusCode};
+use lis_api::http::idempotency::{claim, finish, Claim};
+use lis_tests::TestDb;
+use serde_json::json;
+
+#[tokio::test]
+async fn a_claimed_key_holds_no_transaction_id_until_its_response_is_stored() {
+    let db = TestDb::new().await;
+    let mut headers = HeaderMap::new();
+    headers.insert("idempotency-key", "order/42 retry".parse().unwrap());
+    let body = br#"{"tests": ["K"]}"#;
+    let attempt = || claim(&db.app, &headers, "reception.1", body, StatusCode::CREATED);
+    let Ok(Claim::Run(Some(held))) = attempt().await else {
+        panic!("the first attempt runs its command");
+    };
+
+    let open_xids: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND backend_xid IS NOT NULL",
+    )
+    .fetch_one(&db.app)
+    .await
+    .unwrap();
+    assert_eq!(open_xids, 0, "a claim in flight holds a transaction id");
+    match attempt().await {
+        Err(p) => assert_eq!(
+            (p.status, p.kind),
+            (409, "idempotency-in-progress"),
+            "{:?}",
+            p.detail
+        ),
+        Ok(_) => panic!("a retry ran while the first attempt held the key"),
+    }
+
+    let answer = json!({"id": "7f1c4c2e-2c1a-4e39-9a1b-3f3d2b1e0c11", "version": 1, "position": 1});
+    finish(held, StatusCode::CREATED, &answer).await.unwrap();
+    match attempt().await {
+        Ok(Claim::Replay(status, body)) => {
+            assert_eq!((status, body), (StatusCode::CREATED, answer))
+        }
+        _ => panic!("a retry after the answer was stored gets it back"),
+    }
+    db.drop().await;
+}
