@@ -491,8 +491,8 @@ enum OffsetLock<'a> {
     Advisory(&'a str),
 }
 
-/// The offsets of every aggregate in `events`, locked against the model's other workers
-/// and read, in one statement.
+/// The offsets of every aggregate in `events`, locked against the model's other workers,
+/// and read.
 async fn read_offsets(
     conn: &mut PgConnection,
     events: &[&Envelope],
