@@ -68,14 +68,22 @@ impl Api {
         })
     }
 
-    async fn login(&self, user: &str, password: &str) -> anyhow::Result<String> {
-        let r = self
-            .http
+    /// One `POST /auth/login`, answered whatever its status.
+    pub async fn login_attempt(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<reqwest::Response> {
+        self.http
             .post(format!("{}/auth/login", self.base))
             .json(&serde_json::json!({"username": user, "password": password}))
             .send()
             .await
-            .context("cannot reach the API")?;
+            .context("cannot reach the API")
+    }
+
+    async fn login(&self, user: &str, password: &str) -> anyhow::Result<String> {
+        let r = self.login_attempt(user, password).await?;
         if !r.status().is_success() {
             bail!("log-in of {user} refused: {}", r.status());
         }

@@ -120,6 +120,7 @@ pub async fn run(
                 api: &api,
                 tokens: &tokens,
                 tests: &tests,
+                p_critical: crate::demo::critical_draw(tests.iter()),
                 run,
                 client,
                 patients: 50,

@@ -37,6 +37,8 @@ pub struct Flow<'a> {
     pub api: &'a Api,
     pub tokens: &'a Tokens,
     pub tests: &'a [TestDefinition],
+    /// The chance to draw a result critical, for `tests` ([`crate::demo::critical_draw`]).
+    pub p_critical: f64,
     /// Distinguishes this run and client in accession numbers and MRNs.
     pub run: u32,
     pub client: usize,
@@ -200,8 +202,7 @@ impl<'a> Flow<'a> {
         go: &mut Go<'_, '_>,
     ) -> Result<(), Stop> {
         let (t, k) = (self.tokens, Kind::Result);
-        let p_critical = crate::demo::critical_draw(self.tests);
-        let (value, critical) = crate::demo::value_for(def, rng, p_critical);
+        let (value, critical) = crate::demo::value_for(def, rng, self.p_critical);
         let record = json!({"sample_id": sample, "test_code": def.code.as_str(),
                             "value": value, "instrument": "Analyser 1"});
         let Some(r) = go.send(k, &t.technologist, "/results", record).await? else {

@@ -7,7 +7,7 @@
 
 use super::client::Api;
 use super::stats::Latencies;
-use anyhow::{bail, Context};
+use anyhow::bail;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use lis_domain::actor::{ActorId, Role};
@@ -23,6 +23,13 @@ enum Attempt {
     UnknownUser,
     Correct,
 }
+
+/// Every kind, each at its own index (its discriminant) in the timings.
+const KINDS: [Attempt; 3] = [
+    Attempt::WrongPassword,
+    Attempt::UnknownUser,
+    Attempt::Correct,
+];
 
 impl Attempt {
     fn expected(self) -> StatusCode {
@@ -40,50 +47,31 @@ pub async fn run(api: &Api, pool: &PgPool, attempts: usize) -> anyhow::Result<()
     let password = B64.encode(rand::random::<[u8; 18]>());
     let user = ActorId::parse(&name).map_err(|e| anyhow::anyhow!(e.message))?;
     lis_api::http::auth::add_user(pool, &user, Role::Clinician, &password).await?;
-    let mut order: Vec<Attempt> = [
-        Attempt::WrongPassword,
-        Attempt::UnknownUser,
-        Attempt::Correct,
-    ]
-    .iter()
-    .flat_map(|&a| std::iter::repeat_n(a, attempts))
-    .collect();
+    let mut order: Vec<Attempt> = KINDS
+        .iter()
+        .flat_map(|&a| std::iter::repeat_n(a, attempts))
+        .collect();
     order.shuffle(&mut rand::thread_rng());
     say!(
         "benchmark: log-in timing, {attempts} attempts of each kind, interleaved at random, one at a time"
     );
+    let mut times: [Latencies; KINDS.len()] = Default::default();
     // One unmeasured attempt of each kind first (connections, caches).
-    let warm_up = [
-        Attempt::WrongPassword,
-        Attempt::UnknownUser,
-        Attempt::Correct,
-    ];
-    let mut times = [
-        Latencies::default(),
-        Latencies::default(),
-        Latencies::default(),
-    ];
-    for (i, &attempt) in warm_up.iter().chain(order.iter()).enumerate() {
+    for (i, &attempt) in KINDS.iter().chain(order.iter()).enumerate() {
         let (username, pass) = match attempt {
             Attempt::WrongPassword => (name.clone(), format!("not-{password}")),
             Attempt::UnknownUser => (format!("nobody.{run:08x}.{i}"), password.clone()),
             Attempt::Correct => (name.clone(), password.clone()),
         };
         let started = Instant::now();
-        let r = api
-            .http
-            .post(format!("{}/auth/login", api.base))
-            .json(&serde_json::json!({"username": username, "password": pass}))
-            .send()
-            .await
-            .context("cannot reach the API")?;
+        let r = api.login_attempt(&username, &pass).await?;
         let status = r.status();
         r.bytes().await?;
         let took = started.elapsed();
         if status != attempt.expected() {
             bail!("{attempt:?} answered {status}, not {}", attempt.expected());
         }
-        if i >= warm_up.len() {
+        if i >= KINDS.len() {
             times[attempt as usize].record(took);
         }
     }

@@ -69,6 +69,7 @@ pub async fn level(
                 api: &setup.api,
                 tokens: &setup.tokens,
                 tests: &setup.tests,
+                p_critical: crate::demo::critical_draw(setup.tests.iter()),
                 run: setup.run,
                 client: clients * 1000 + client,
                 patients: 50,

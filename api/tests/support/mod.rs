@@ -526,4 +526,28 @@ impl ApiClient {
         let status = r.status();
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
+
+    /// POSTs a command that must succeed; returns the id it answers with.
+    pub async fn ok(&self, bearer: &str, path: &str, body: serde_json::Value) -> String {
+        let (status, answer) = self.post(bearer, path, &body).await;
+        assert!(status.is_success(), "{path} {body}: {status} {answer}");
+        answer["id"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// POSTs a command that must be refused as invalid (422), naming a field at or
+    /// under `pointer`.
+    pub async fn refused(&self, bearer: &str, path: &str, body: serde_json::Value, pointer: &str) {
+        let (status, problem) = self.post(bearer, path, &body).await;
+        assert_eq!(
+            status,
+            reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+            "{path} {body}: {problem}"
+        );
+        let named = problem["errors"].as_array().into_iter().flatten().any(|e| {
+            e["pointer"]
+                .as_str()
+                .is_some_and(|p| p.starts_with(pointer))
+        });
+        assert!(named, "{path}: the problem names {pointer}: {problem}");
+    }
 }
