@@ -193,6 +193,15 @@ pub async fn rebuild(config: &Config, pool: PgPool, name: &str) -> anyhow::Resul
             // is emptied and replayed in place (after a restore it may be empty, or
             // hold another site's facts, while the restored offsets say it is done).
             let analytics = connect_analytics(config).await?;
+            // The live offsets go first, with the facts they describe: a rebuild that
+            // fails half-way then leaves a model that replays from the start (single
+            // node) or stops at a gap (Kafka), never empty facts under offsets that say
+            // every event is there.
+            let live = lis_projections::projection::schema_of(analytics.name());
+            sqlx::query(&format!("DROP SCHEMA IF EXISTS {live} CASCADE"))
+                .execute(&pool)
+                .await
+                .with_context(|| format!("cannot drop {live}"))?;
             analytics
                 .database()
                 .drop()

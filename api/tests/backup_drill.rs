@@ -202,7 +202,7 @@ async fn a_restored_backup_verifies_and_rebuilds_every_projection_identically() 
         original,
         "the copy's MongoDB database starts empty"
     );
-    for (which, on) in [("copy", &copy), ("original", &stack)] {
+    for (which, on, pool) in [("copy", &copy, &restored), ("original", &stack, &db.app)] {
         let rebuilt = on.run(&["projections", "rebuild", "analytics"]);
         assert!(
             rebuilt.status.success(),
@@ -210,6 +210,15 @@ async fn a_restored_backup_verifies_and_rebuilds_every_projection_identically() 
             String::from_utf8_lossy(&rebuilt.stderr)
         );
         assert_eq!(analytics_today(on).await, original, "{which}");
+        // The offsets swapped in account for every event, once.
+        let (applied, stored): (Option<i64>, i64) = sqlx::query_as(
+            "SELECT (SELECT sum(last_sequence)::bigint FROM proj_analytics.offsets),
+                    (SELECT count(*) FROM events)",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!(applied, Some(stored), "{which}");
     }
     drop_analytics(&copy).await;
     drop_analytics(&stack).await;
