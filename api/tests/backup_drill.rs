@@ -5,21 +5,29 @@
 //! a row on restore), `audit verify` passes on the copy (chains and seals), every
 //! projection rebuilt on the copy equals the original's read model, and the MongoDB
 //! analytics, which a dump does not hold, rebuilt from the copy by `lisledger projections
-//! rebuild analytics`, equal the original's.
+//! rebuild analytics`, equal the original's; and when that analytics rebuild loses
+//! MongoDB half-way, it fails and leaves a model that replays from the start.
 
 mod support;
 
+use lis_domain::actor::Role as LabRole;
+use lis_domain::ids::{ResultId, SampleId};
+use lis_domain::result::ResultCommand;
+use lis_domain::text::Reason;
+use lis_domain::value::ResultValue;
 use lis_eventstore_migrations::APP_ROLE;
 use lis_projections::projection::schema_of;
-use lis_tests::{admin_url, dump_schema, lab_day_numbered, TestDb};
+use lis_tests::{actor, admin_url, code, dump_schema, lab_day_numbered, TestDb};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 use std::process::Command;
 use std::str::FromStr;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
+use support::mongo_proxy::MongoProxy;
 use support::{
-    analytics_today, drop_analytics, pg_bin, pg_server_tool, wait_projected, wait_sealed,
-    PrivatePg, Stack,
+    analytics_today, assert_analytics_equal_replay, drop_analytics, mongo_url, pg_bin,
+    pg_server_tool, wait_projected, wait_sealed, PrivatePg, Role, Stack,
 };
 
 /// The tables whose rows must survive a backup byte for byte.
@@ -242,5 +250,163 @@ async fn a_restored_backup_verifies_and_rebuilds_every_projection_identically() 
     wait_projected(&copy_db, &names, Duration::from_secs(60), &[&workers]).await;
     drop(workers);
     restored.close().await;
+    db.drop().await;
+}
+
+/// Waits until the analytics' offsets account for every event.
+async fn analytics_caught_up(db: &TestDb, roles: &[&Role]) {
+    wait_projected(db, &["analytics"], Duration::from_secs(60), roles).await;
+}
+
+/// Every document of every collection of `stack`'s analytics database.
+async fn analytics_documents(stack: &Stack) -> u64 {
+    let client = mongodb::Client::with_uri_str(mongo_url()).await.unwrap();
+    let db = client.database(&stack.get("LIS_MONGO_DATABASE"));
+    let mut total = 0;
+    for name in db.list_collection_names().await.unwrap() {
+        total += db
+            .collection::<mongodb::bson::Document>(&name)
+            .count_documents(mongodb::bson::doc! {})
+            .await
+            .unwrap();
+    }
+    total
+}
+
+/// Runs `projections rebuild analytics` through a proxy that passes the emptying of the
+/// database and the rebuild's first `update` command, and then breaks every connection.
+/// Asserts that the rebuild failed half-way (some of the `documents` written, not all)
+/// and left no offset saying an event is in MongoDB.
+async fn fail_an_analytics_rebuild_half_way(db: &TestDb, stack: &mut Stack, documents: u64) {
+    let direct = stack.get("LIS_MONGO_URL");
+    let upstream = direct
+        .trim_start_matches("mongodb://")
+        .split(['/', '?'])
+        .next()
+        .unwrap()
+        .to_string();
+    let proxy = MongoProxy::start(upstream, "update", 2).await;
+    stack.set(
+        "LIS_MONGO_URL",
+        format!(
+            "mongodb://{}/?directConnection=true&serverSelectionTimeoutMS=2000",
+            proxy.addr
+        ),
+    );
+    let failed = stack.run(&["projections", "rebuild", "analytics"]);
+    stack.set("LIS_MONGO_URL", direct);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        !failed.status.success(),
+        "the rebuild should fail:\n{stderr}"
+    );
+    assert!(proxy.cut.load(Ordering::SeqCst), "{stderr}");
+    assert_eq!(proxy.forwarded.load(Ordering::SeqCst), 1, "{stderr}");
+    let partial = analytics_documents(stack).await;
+    assert!(
+        partial > 0 && partial < documents,
+        "half-way: {partial} of {documents} documents"
+    );
+    let claimed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM proj_analytics.offsets WHERE last_sequence > 0")
+            .fetch_one(&db.app)
+            .await
+            .unwrap();
+    assert_eq!(claimed, 0, "no offset may say an event is in MongoDB");
+}
+
+/// The restore step's failure path, single-node: an analytics rebuild that loses
+/// MongoDB half-way fails, and the worker then replays every event over the partial
+/// facts and ends where a clean replay does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_analytics_rebuild_that_fails_half_way_leaves_a_model_that_replays_from_the_start() {
+    let db = TestDb::new().await;
+    let mut stack = Stack::new(&db, false);
+    let workers = stack.spawn("project", &["project", "analytics"]);
+    let ledger = db.ledger().await;
+    for n in 1..=2 {
+        lab_day_numbered(&ledger, 720 + n).await;
+    }
+    analytics_caught_up(&db, &[&workers]).await;
+    drop(workers);
+    let built = analytics_today(&stack).await;
+    let documents = analytics_documents(&stack).await;
+
+    fail_an_analytics_rebuild_half_way(&db, &mut stack, documents).await;
+
+    let workers = stack.spawn("project-after", &["project", "analytics"]);
+    analytics_caught_up(&db, &[&workers]).await;
+    drop(workers);
+    assert_eq!(analytics_documents(&stack).await, documents);
+    assert_eq!(analytics_today(&stack).await, built);
+    assert_eq!(assert_analytics_equal_replay(&db, &stack).await, built);
+    db.drop().await;
+}
+
+/// The same failure in Kafka mode: the consumer group has already committed past every
+/// event, so the worker cannot replay them. At the next event of an aggregate whose
+/// facts it has no offset for, it stops with a gap and says so; a second rebuild that
+/// runs to the end sets it going again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_kafka_a_failed_analytics_rebuild_stops_the_worker_at_a_gap_until_rebuilt() {
+    let db = TestDb::new().await;
+    let mut stack = Stack::new(&db, true);
+    let relay = stack.spawn("relay", &["relay"]);
+    let workers = stack.spawn("project", &["project", "analytics"]);
+    let ledger = db.ledger().await;
+    let (_, serum) = lab_day_numbered(&ledger, 731).await;
+    lab_day_numbered(&ledger, 732).await;
+    analytics_caught_up(&db, &[&relay, &workers]).await;
+    drop(workers);
+    let documents = analytics_documents(&stack).await;
+
+    fail_an_analytics_rebuild_half_way(&db, &mut stack, documents).await;
+
+    // A later event of a result whose facts the worker has no offset for.
+    let ledger = &ledger;
+    let amend = |value: f64| async move {
+        let sodium = ResultId::for_test(SampleId::from_uuid(serum), &code("NA"));
+        ledger
+            .execute_result(
+                sodium,
+                ResultCommand::Amend {
+                    value: ResultValue::Numeric {
+                        value,
+                        unit: "mmol/L".into(),
+                    },
+                    reason: Reason::parse("second dilution check").unwrap(),
+                },
+                &actor("path.1", LabRole::Pathologist),
+            )
+            .await
+            .unwrap();
+    };
+    let mut stopped = stack.spawn("project-after", &["project", "analytics"]);
+    amend(136.0).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while stopped.is_running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker should stop at the gap\n{}",
+            stopped.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = std::fs::read_to_string(&stopped.log).unwrap();
+    assert!(log.contains("gap in Result"), "{log}");
+
+    // Rebuilt to the end, the model takes new events again.
+    let rebuilt = stack.run(&["projections", "rebuild", "analytics"]);
+    assert!(
+        rebuilt.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    let workers = stack.spawn("project-again", &["project", "analytics"]);
+    amend(137.0).await;
+    analytics_caught_up(&db, &[&relay, &workers]).await;
+    drop(workers);
+    drop(relay);
+    assert_analytics_equal_replay(&db, &stack).await;
     db.drop().await;
 }

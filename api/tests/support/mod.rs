@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod load;
+pub mod mongo_proxy;
 
 use base64::Engine;
 use lis_eventstore_migrations::APP_ROLE;
