@@ -52,8 +52,9 @@ async fn bench_replay_and_commands_run_end_to_end() {
     assert!(out.contains(&format!("replay of {events} events")), "{out}");
     for model in ["orders", "specimens", "results"] {
         assert!(
-            out.lines()
-                .any(|l| l.trim_start().starts_with(model) && l.contains("of COPY")),
+            out.lines().any(|l| l.trim_start().starts_with(model)
+                && l.contains("of COPY")
+                && l.contains("longest transaction id held")),
             "{out}"
         );
     }

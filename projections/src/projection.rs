@@ -179,9 +179,14 @@ pub trait Projection: Send + Sync {
         Ok(())
     }
 
-    /// Builds the derived tables from the whole model, in one pass (search_path is the
-    /// schema): the end of a rebuild's bulk phase.
-    async fn build_derived(&self, _conn: &mut PgConnection) -> Result<(), ProjectionError> {
+    /// Builds one `slice` of the derived tables from the whole model (search_path is the
+    /// schema): the end of a rebuild's bulk phase, called once for each slice of
+    /// [`Slice::all`], each in its own transaction.
+    async fn build_derived(
+        &self,
+        _conn: &mut PgConnection,
+        _slice: Slice,
+    ) -> Result<(), ProjectionError> {
         Ok(())
     }
 
@@ -582,11 +587,13 @@ async fn insert_offsets(
 }
 
 /// Writes a rebuild's in-memory offsets into `schema`'s table, which is empty (a fresh
-/// schema's), by one `COPY` in key order: sorted rows go into the primary-key index near
+/// schema's), by `COPY` in key order: sorted rows go into the primary-key index near
 /// its right edge, where the map's own order inserted them at random (1M events, 436k
 /// aggregates: 6.0 s as random-order upserts, 0.9 s as sorted inserts alone; with the
 /// other models' work alongside, 4.2–4.7 s as sorted multi-row INSERTs, 2.6–2.9 s by
-/// `COPY`).
+/// `COPY`). One `COPY` per [`OFFSETS_PER_COPY`] rows: on a connection outside a
+/// transaction each is its own, and none holds a transaction id for long (one `COPY`
+/// of them all held it, and so stalled the feed's readers, for those 2.6–2.9 s).
 pub(crate) async fn write_offsets(
     conn: &mut PgConnection,
     schema: &str,
@@ -594,26 +601,29 @@ pub(crate) async fn write_offsets(
 ) -> Result<(), ProjectionError> {
     let mut rows: Vec<((String, String), i64)> = offsets.into_iter().collect();
     rows.sort_unstable();
-    let mut copy = conn
-        .copy_in_raw(&format!(
-            "COPY {schema}.offsets (aggregate_type, aggregate_id, last_sequence) FROM STDIN"
-        ))
-        .await?;
+    let statement =
+        format!("COPY {schema}.offsets (aggregate_type, aggregate_id, last_sequence) FROM STDIN");
     let mut text = String::with_capacity(1 << 20);
-    for chunk in rows.chunks(10_000) {
-        text.clear();
-        for ((aggregate_type, aggregate_id), sequence) in chunk {
-            copy_field(&mut text, aggregate_type);
-            text.push('\t');
-            copy_field(&mut text, aggregate_id);
-            // Writing to a String cannot fail.
-            let _ = writeln!(text, "\t{sequence}");
+    for rows in rows.chunks(OFFSETS_PER_COPY) {
+        let mut copy = conn.copy_in_raw(&statement).await?;
+        for chunk in rows.chunks(10_000) {
+            text.clear();
+            for ((aggregate_type, aggregate_id), sequence) in chunk {
+                copy_field(&mut text, aggregate_type);
+                text.push('\t');
+                copy_field(&mut text, aggregate_id);
+                // Writing to a String cannot fail.
+                let _ = writeln!(text, "\t{sequence}");
+            }
+            copy.send(text.as_bytes()).await?;
         }
-        copy.send(text.as_bytes()).await?;
+        copy.finish().await?;
     }
-    copy.finish().await?;
     Ok(())
 }
+
+/// Offsets per `COPY` of [`write_offsets`]: ~0.2–0.3 s each on the benchmark machine.
+const OFFSETS_PER_COPY: usize = 50_000;
 
 /// `value` as a field of `COPY`'s text format: a backslash, tab, newline or carriage
 /// return in it is escaped.
@@ -626,6 +636,34 @@ fn copy_field(out: &mut String, value: &str) {
             '\r' => out.push_str("\\r"),
             c => out.push(c),
         }
+    }
+}
+
+/// One of [`Slice::COUNT`] equal ranges of UUIDs. A rebuild builds its derived tables a
+/// slice at a time, each in its own transaction: a transaction that writes holds an id,
+/// and while it does the ordered feed stalls every live reader (the whole results
+/// model's reports in one statement took 4–6 s at 1M events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slice {
+    index: u32,
+}
+
+impl Slice {
+    pub const COUNT: u32 = 16;
+
+    /// Every slice, in key order.
+    pub fn all() -> impl Iterator<Item = Slice> {
+        (0..Self::COUNT).map(|index| Slice { index })
+    }
+
+    /// The slice's UUIDs: from the first (inclusive) to the second (exclusive; `None`
+    /// for the last slice, which runs to the end). PostgreSQL orders `uuid` as its 16
+    /// bytes, big-endian, as `Uuid::from_u128` does.
+    pub fn uuid_range(self) -> (uuid::Uuid, Option<uuid::Uuid>) {
+        let step = u128::MAX / u128::from(Self::COUNT);
+        let bound = |i: u32| uuid::Uuid::from_u128(step * u128::from(i));
+        let upper = (self.index + 1 < Self::COUNT).then(|| bound(self.index + 1));
+        (bound(self.index), upper)
     }
 }
 
@@ -666,6 +704,31 @@ pub async fn feed_position(
 mod tests {
     use super::*;
     use lis_domain::sample::SampleEvent;
+
+    #[test]
+    fn the_slices_cover_every_uuid_once_in_postgresql_order() {
+        let ranges: Vec<_> = Slice::all().map(Slice::uuid_range).collect();
+        assert_eq!(ranges.len() as u32, Slice::COUNT);
+        assert_eq!(ranges[0].0, uuid::Uuid::nil());
+        assert_eq!(ranges.last().unwrap().1, None, "the last runs to the end");
+        for pair in ranges.windows(2) {
+            assert_eq!(pair[0].1, Some(pair[1].0), "no gap, no overlap");
+            assert!(pair[0].0 < pair[1].0);
+        }
+        // PostgreSQL compares uuids as 16 bytes, first to last: the u128 the bounds are
+        // made from, big-endian.
+        let x = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210_u128;
+        assert_eq!(*uuid::Uuid::from_u128(x).as_bytes(), x.to_be_bytes());
+        // Each uuid falls in exactly one slice.
+        for probe in [0u128, 1, u128::MAX / 16, u128::MAX / 16 + 1, x, u128::MAX] {
+            let id = uuid::Uuid::from_u128(probe);
+            let holding = ranges
+                .iter()
+                .filter(|(from, to)| id >= *from && to.is_none_or(|to| id < to))
+                .count();
+            assert_eq!(holding, 1, "{id}");
+        }
+    }
 
     #[test]
     fn a_copy_field_escapes_what_copy_text_format_reads_as_structure() {

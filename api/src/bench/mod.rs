@@ -24,6 +24,7 @@ mod replay;
 mod roles;
 mod stats;
 mod throughput;
+mod xids;
 
 use anyhow::Context;
 use clap::Subcommand;

@@ -5,7 +5,7 @@
 
 use crate::envelope::Envelope;
 use crate::projection::{
-    aggregate_uuid, apply_folded, Fold, LabEvent, Pending, Projection, ProjectionError,
+    aggregate_uuid, apply_folded, Fold, LabEvent, Pending, Projection, ProjectionError, Slice,
 };
 use chrono::{DateTime, Utc};
 use lis_domain::flags::Flag;
@@ -70,12 +70,15 @@ pub const PATIENT_REPORT: &str = concat!(
         AND ($4::date IS NULL OR r.collected_at < $4::date + 1)"
 );
 
-/// Every patient's report, written in one pass at the end of a rebuild's bulk phase.
+/// The reports of the patients whose ids are from `$1` (inclusive) to `$2` (exclusive;
+/// NULL: to the end), written at the end of a rebuild's bulk phase a [`Slice`] at a time.
 const BUILD_REPORTS: &str = concat!(
     "INSERT INTO cumulative_reports (patient_id, report)
      SELECT patient_id, ",
     report!(),
-    " FROM cumulative_results r GROUP BY patient_id"
+    " FROM cumulative_results r
+      WHERE r.patient_id >= $1 AND ($2::uuid IS NULL OR r.patient_id < $2)
+      GROUP BY patient_id"
 );
 
 /// The advisory-lock class of a patient's report (the second key is a hash of the
@@ -256,8 +259,17 @@ SELECT result_id, patient_id, order_id, test_code, value, unit, flags, status, n
         Ok(())
     }
 
-    async fn build_derived(&self, conn: &mut PgConnection) -> Result<(), ProjectionError> {
-        sqlx::query(BUILD_REPORTS).execute(&mut *conn).await?;
+    async fn build_derived(
+        &self,
+        conn: &mut PgConnection,
+        slice: Slice,
+    ) -> Result<(), ProjectionError> {
+        let (from, to) = slice.uuid_range();
+        sqlx::query(BUILD_REPORTS)
+            .bind(from)
+            .bind(to)
+            .execute(&mut *conn)
+            .await?;
         Ok(())
     }
 
