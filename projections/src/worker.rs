@@ -424,9 +424,7 @@ impl<'a> Rebuilding<'a> {
         )
         .await?;
         tx.commit().await?;
-        self.report.events += events.len() as u64;
-        self.report.outcome.applied += o.applied;
-        self.report.outcome.skipped += o.skipped;
+        self.report.add(events.len(), &o);
         Ok(())
     }
 
@@ -477,32 +475,41 @@ impl<'a> Rebuilding<'a> {
         Ok(())
     }
 
-    /// Catches up from `at` with the live model's writers held off, and swaps the fresh
-    /// schema in. Prepares it first if that has not been done ([`Rebuilding::prepare`]
-    /// leaves nothing to do a second time): a schema swapped in without its offsets would
-    /// have every event applied again by the live worker.
+    /// Catches up from `at` and swaps the fresh schema in. Prepares it first if that has
+    /// not been done ([`Rebuilding::prepare`] leaves nothing to do a second time): a
+    /// schema swapped in without its offsets would have every event applied again by the
+    /// live worker.
+    ///
+    /// The events stored since the bulk phase ended are applied first a batch per
+    /// transaction, with the live model running on; then, with the live model's writers
+    /// held off by a lock on its offsets, the few stored since, and the swap. So the
+    /// live model stops, and a transaction id is held, only for that last stretch.
     async fn finish(
         mut self,
         pool: &PgPool,
         at: FeedPosition,
     ) -> Result<RebuildReport, WorkerError> {
         self.prepare().await?;
+        let mut at = at;
+        loop {
+            let mut tx = self.conn.begin().await?;
+            let next = catch_up(&mut tx, pool, self.projection, &self.fresh, at).await?;
+            tx.commit().await?;
+            let Some((last, events, outcome)) = next else {
+                break;
+            };
+            self.report.add(events, &outcome);
+            at = last;
+        }
         let (live, fresh) = (&self.live, &self.fresh);
         let mut tx = self.conn.begin().await?;
         sqlx::query(&format!("LOCK TABLE {live}.offsets IN EXCLUSIVE MODE"))
             .execute(&mut *tx)
             .await?;
-        let mut at = at;
-        loop {
-            let events = read_after(pool, at, REBUILD_BATCH).await?;
-            let Some(last) = events.last().map(|e| e.feed_position()) else {
-                break;
-            };
-            let envelopes: Vec<Envelope> = events.iter().map(Envelope::from).collect();
-            let o = apply_in(&mut tx, self.projection, fresh, &envelopes, Some(last)).await?;
-            self.report.events += events.len() as u64;
-            self.report.outcome.applied += o.applied;
-            self.report.outcome.skipped += o.skipped;
+        while let Some((last, events, outcome)) =
+            catch_up(&mut tx, pool, self.projection, fresh, at).await?
+        {
+            self.report.add(events, &outcome);
             at = last;
         }
         let old = format!("{live}_old");
@@ -523,6 +530,32 @@ impl<'a> Rebuilding<'a> {
         );
         Ok(self.report)
     }
+}
+
+impl RebuildReport {
+    fn add(&mut self, events: usize, outcome: &BatchOutcome) {
+        self.events += events as u64;
+        self.outcome.applied += outcome.applied;
+        self.outcome.skipped += outcome.skipped;
+    }
+}
+
+/// Applies to `fresh`, in `conn`'s transaction, the next batch of the feed after `at`:
+/// its last position, its size and what was applied; `None` when nothing is after `at`.
+async fn catch_up(
+    conn: &mut PgConnection,
+    pool: &PgPool,
+    projection: &dyn Projection,
+    fresh: &str,
+    at: FeedPosition,
+) -> Result<Option<(FeedPosition, usize, BatchOutcome)>, WorkerError> {
+    let events = read_after(pool, at, REBUILD_BATCH).await?;
+    let Some(last) = events.last().map(|e| e.feed_position()) else {
+        return Ok(None);
+    };
+    let envelopes: Vec<Envelope> = events.iter().map(Envelope::from).collect();
+    let outcome = apply_in(conn, projection, fresh, &envelopes, Some(last)).await?;
+    Ok(Some((last, events.len(), outcome)))
 }
 
 /// Compile-time check: the workers can run on tokio's multi-threaded runtime (sqlx's

@@ -10,9 +10,10 @@ use lis_projections::envelope::Envelope;
 use lis_projections::feed::read_after;
 use lis_projections::models;
 use lis_projections::projection::{apply_batch, ensure_schema, schema_of, ProjectionError};
-use lis_projections::worker::rebuild;
+use lis_projections::worker::{rebuild, rebuild_all, run_from_feed, Batching};
 use lis_tests::{
-    dump_schema, lab_day, lab_day_numbered, place, received_serum, released_k, TestDb,
+    assert_models_equal_rebuilds, dump_schema, lab_day, lab_day_numbered, place, received_serum,
+    released_k, TestDb,
 };
 use sqlx::PgPool;
 
@@ -297,6 +298,81 @@ async fn rebuilding_every_model_from_one_read_equals_the_incrementally_built_one
             "{indexes_after:?}"
         );
     }
+    db.drop().await;
+}
+
+/// Rebuilds while commands are written and the live workers run: every event stored
+/// during a rebuild's bulk phase, preparation and catch-up reaches the swapped-in model
+/// once, the live workers carry on from its offsets, and in the end each model equals
+/// one rebuilt at rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuilds_under_live_writes_and_live_workers_lose_and_double_nothing() {
+    let db = TestDb::new().await;
+    let ledger = std::sync::Arc::new(db.ledger().await);
+    for n in 0..3 {
+        lab_day_numbered(&ledger, 630 + n).await;
+    }
+    let all = models::all();
+    let workers: Vec<_> = all
+        .iter()
+        .map(|p| {
+            tokio::spawn(run_from_feed(
+                db.app.clone(),
+                p.clone(),
+                Batching::default(),
+            ))
+        })
+        .collect();
+    let writer = {
+        let ledger = ledger.clone();
+        tokio::spawn(async move {
+            for n in 0..10 {
+                lab_day_numbered(&ledger, 640 + n).await;
+            }
+        })
+    };
+    let projections: Vec<&dyn lis_projections::projection::Projection> =
+        all.iter().map(|p| p.as_ref()).collect();
+    let mut rebuilds = 0;
+    while !writer.is_finished() {
+        rebuild_all(&db.app, &projections, &mut |_| {})
+            .await
+            .unwrap();
+        rebuilds += 1;
+    }
+    writer.await.unwrap();
+    assert!(rebuilds > 0, "no rebuild ran while commands were written");
+
+    // The live workers account for every event, each once.
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.app)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for p in &all {
+        let schema = schema_of(p.name());
+        loop {
+            let applied: Option<i64> = sqlx::query_scalar(&format!(
+                "SELECT sum(last_sequence)::bigint FROM {schema}.offsets"
+            ))
+            .fetch_one(&db.app)
+            .await
+            .unwrap();
+            if applied == Some(stored) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{schema}: {applied:?} of {stored} events applied after {rebuilds} rebuilds"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    for worker in &workers {
+        assert!(!worker.is_finished(), "a live worker stopped");
+        worker.abort();
+    }
+    assert_models_equal_rebuilds(&db.app).await;
     db.drop().await;
 }
 
