@@ -281,7 +281,12 @@ const SCHEMA_LOCK: i64 = 7_302_418;
 /// Processes starting together (the API, the projection workers) each create the schemas
 /// they need: concurrent `IF NOT EXISTS` DDL fails on the catalogue's unique index, so one
 /// creator at a time. `CREATE INDEX IF NOT EXISTS` still locks its table, and can deadlock
-/// with a worker applying a batch to the same tables: the loser is tried again.
+/// with a worker applying a batch to the same tables: the loser is tried again. So is a
+/// creator that waited for the lock while another made the schema: its catalogue cache
+/// may still say the schema is missing (a backend reads other sessions' catalogue
+/// changes when it locks a table or starts a transaction, not when it gets an advisory
+/// lock), and it then fails on `pg_namespace`'s unique index (23505). Its next attempt
+/// is a new transaction, and sees the schema.
 pub async fn ensure_schema(
     conn: &mut PgConnection,
     projection: &dyn Projection,
@@ -291,9 +296,9 @@ pub async fn ensure_schema(
     loop {
         match create_schema(conn, projection, schema).await {
             Err(ProjectionError::Database(sqlx::Error::Database(e)))
-                if attempt < 5 && e.code().as_deref() == Some("40P01") =>
+                if attempt < 5 && matches!(e.code().as_deref(), Some("40P01" | "23505")) =>
             {
-                tracing::info!(%schema, attempt, "deadlock creating a read model's schema; again");
+                tracing::info!(%schema, attempt, error = %e, "collided creating a read model's schema; again");
                 tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
                 attempt += 1;
             }

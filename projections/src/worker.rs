@@ -273,7 +273,9 @@ pub async fn rebuild_all(
     let mut read = 0u64;
     let mut at = FeedPosition::default();
     // Bulk replay, batch by batch; the next batch is read (and decoded) while this one
-    // is written.
+    // is written. It ends at the first batch that is not full: the end of the store as
+    // it was then. Reading on until a read finds nothing might never end while commands
+    // keep coming; what comes later is caught up in `finish`.
     let read_ahead = |after: FeedPosition| {
         let pool = pool.clone();
         tokio::spawn(async move { read_decoded(&pool, after).await })
@@ -283,18 +285,23 @@ pub async fn rebuild_all(
         let (mut events, mut last) = next
             .await
             .map_err(|e| WorkerError::ReadAhead(e.to_string()))??;
-        if events.is_empty() {
+        if events.len() < REBUILD_BATCH as usize {
             // Read while our own transactions were open, the feed may have stopped short.
             (events, last) = read_decoded(pool, at).await?;
         }
         let Some(last) = last else {
             break;
         };
+        let full = events.len() == REBUILD_BATCH as usize;
+        // After a batch that is not full this read is not awaited: the loop ends.
         next = read_ahead(last);
         futures::future::try_join_all(models.iter_mut().map(|m| m.apply(&events, last))).await?;
         read += events.len() as u64;
         at = last;
         progress(read);
+        if !full {
+            break;
+        }
     }
     tracing::info!(
         events = read,
@@ -392,7 +399,17 @@ impl<'a> Rebuilding<'a> {
             .execute(&mut *conn)
             .await?;
         ensure_schema(&mut conn, projection, &fresh).await?;
-        ensure_schema(&mut conn, projection, &live).await?;
+        // The swap locks the live offsets, so they must exist. Only when they do not is
+        // the live schema made here: `CREATE … IF NOT EXISTS` locks each existing table
+        // before it skips it, and live workers writing those tables then deadlocked with
+        // the rebuild.
+        let live_exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(format!("{live}.offsets"))
+            .fetch_one(&mut *conn)
+            .await?;
+        if !live_exists {
+            ensure_schema(&mut conn, projection, &live).await?;
+        }
         let deferred = drop_secondary_indexes(&mut conn, &fresh).await?;
         Ok(Self {
             deferred,
@@ -484,6 +501,11 @@ impl<'a> Rebuilding<'a> {
     /// transaction, with the live model running on; then, with the live model's writers
     /// held off by a lock on its offsets, the few stored since, and the swap. So the
     /// live model stops, and a transaction id is held, only for that last stretch.
+    ///
+    /// Each catch-up ends at its first batch that is not full, not at an empty read:
+    /// while commands keep coming a read is rarely empty. The fresh schema need not hold
+    /// every event when it is swapped in: the live worker carries on from its feed
+    /// position.
     async fn finish(
         mut self,
         pool: &PgPool,
@@ -500,6 +522,9 @@ impl<'a> Rebuilding<'a> {
             };
             self.report.add(events, &outcome);
             at = last;
+            if events < REBUILD_BATCH as usize {
+                break;
+            }
         }
         let (live, fresh) = (&self.live, &self.fresh);
         let mut tx = self.conn.begin().await?;
@@ -511,6 +536,9 @@ impl<'a> Rebuilding<'a> {
         {
             self.report.add(events, &outcome);
             at = last;
+            if events < REBUILD_BATCH as usize {
+                break;
+            }
         }
         let old = format!("{live}_old");
         sqlx::query(&format!("ALTER SCHEMA {live} RENAME TO {old}"))
