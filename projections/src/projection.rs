@@ -179,15 +179,18 @@ pub trait Projection: Send + Sync {
         Ok(())
     }
 
-    /// Builds one `slice` of the derived tables from the whole model (search_path is the
-    /// schema): the end of a rebuild's bulk phase, called once for each slice of
-    /// [`Slice::all`], each in its own transaction.
+    /// Builds the next part of the derived tables from the whole model (search_path is
+    /// the schema), after the key `after` (`None`: from the start), and returns the last
+    /// key it built, or `None` when nothing was left: the end of a rebuild's bulk phase,
+    /// called until it returns `None`, each part in its own transaction. A part is of a
+    /// fixed size, so that no transaction holds an id for long however large the model
+    /// grows: while one does, the ordered feed stalls every live reader.
     async fn build_derived(
         &self,
         _conn: &mut PgConnection,
-        _slice: Slice,
-    ) -> Result<(), ProjectionError> {
-        Ok(())
+        _after: Option<uuid::Uuid>,
+    ) -> Result<Option<uuid::Uuid>, ProjectionError> {
+        Ok(None)
     }
 
     /// Whether [`Projection::apply_run`] writes outside PostgreSQL (MongoDB) and so may
@@ -644,34 +647,6 @@ fn copy_field(out: &mut String, value: &str) {
     }
 }
 
-/// One of [`Slice::COUNT`] equal ranges of UUIDs. A rebuild builds its derived tables a
-/// slice at a time, each in its own transaction: a transaction that writes holds an id,
-/// and while it does the ordered feed stalls every live reader (the whole results
-/// model's reports in one statement took 4–6 s at 1M events).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Slice {
-    index: u32,
-}
-
-impl Slice {
-    pub const COUNT: u32 = 16;
-
-    /// Every slice, in key order.
-    pub fn all() -> impl Iterator<Item = Slice> {
-        (0..Self::COUNT).map(|index| Slice { index })
-    }
-
-    /// The slice's UUIDs: from the first (inclusive) to the second (exclusive; `None`
-    /// for the last slice, which runs to the end). PostgreSQL orders `uuid` as its 16
-    /// bytes, big-endian, as `Uuid::from_u128` does.
-    pub fn uuid_range(self) -> (uuid::Uuid, Option<uuid::Uuid>) {
-        let step = u128::MAX / u128::from(Self::COUNT);
-        let bound = |i: u32| uuid::Uuid::from_u128(step * u128::from(i));
-        let upper = (self.index + 1 < Self::COUNT).then(|| bound(self.index + 1));
-        (bound(self.index), upper)
-    }
-}
-
 /// Applies a batch in its own transaction.
 pub async fn apply_batch(
     pool: &PgPool,
@@ -709,31 +684,6 @@ pub async fn feed_position(
 mod tests {
     use super::*;
     use lis_domain::sample::SampleEvent;
-
-    #[test]
-    fn the_slices_cover_every_uuid_once_in_postgresql_order() {
-        let ranges: Vec<_> = Slice::all().map(Slice::uuid_range).collect();
-        assert_eq!(ranges.len() as u32, Slice::COUNT);
-        assert_eq!(ranges[0].0, uuid::Uuid::nil());
-        assert_eq!(ranges.last().unwrap().1, None, "the last runs to the end");
-        for pair in ranges.windows(2) {
-            assert_eq!(pair[0].1, Some(pair[1].0), "no gap, no overlap");
-            assert!(pair[0].0 < pair[1].0);
-        }
-        // PostgreSQL compares uuids as 16 bytes, first to last: the u128 the bounds are
-        // made from, big-endian.
-        let x = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210_u128;
-        assert_eq!(*uuid::Uuid::from_u128(x).as_bytes(), x.to_be_bytes());
-        // Each uuid falls in exactly one slice.
-        for probe in [0u128, 1, u128::MAX / 16, u128::MAX / 16 + 1, x, u128::MAX] {
-            let id = uuid::Uuid::from_u128(probe);
-            let holding = ranges
-                .iter()
-                .filter(|(from, to)| id >= *from && to.is_none_or(|to| id < to))
-                .count();
-            assert_eq!(holding, 1, "{id}");
-        }
-    }
 
     #[test]
     fn a_copy_field_escapes_what_copy_text_format_reads_as_structure() {

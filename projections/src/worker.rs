@@ -8,7 +8,7 @@ use crate::membership::{Membership, Watchdog};
 use crate::poll::{Poller, Polling};
 use crate::projection::{
     apply_batch, apply_decoded_in, apply_in, decode, ensure_schema, schema_of, write_offsets,
-    BatchOutcome, LabEvent, OffsetMap, Offsets, Projection, ProjectionError, Slice,
+    BatchOutcome, LabEvent, OffsetMap, Offsets, Projection, ProjectionError,
 };
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -234,6 +234,8 @@ fn next_offsets(messages: &[OwnedMessage]) -> Result<TopicPartitionList, WorkerE
 pub struct RebuildReport {
     pub events: u64,
     pub outcome: BatchOutcome,
+    /// Of `events`, those applied after the bulk phase: stored while it ran.
+    pub caught_up: u64,
 }
 
 /// Events per batch of a rebuild's bulk replay.
@@ -252,6 +254,17 @@ pub async fn rebuild(
     Ok(reports.remove(0))
 }
 
+/// [`rebuild_all`] reading `batch` events at a time (5,000 by default): a test's small
+/// store then takes many batches, as a lab's does.
+pub async fn rebuild_all_in_batches(
+    pool: &PgPool,
+    projections: &[&dyn Projection],
+    batch: i64,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<Vec<RebuildReport>, WorkerError> {
+    rebuild_with(pool, projections, batch.max(1), progress).await
+}
+
 /// [`rebuild`] for several models at once, from one read of the event store: each
 /// batch is read and decoded once, then written to every model at the same time, each
 /// on its own connection. Needs a connection per model and one more; `progress` is
@@ -263,6 +276,15 @@ pub async fn rebuild(
 pub async fn rebuild_all(
     pool: &PgPool,
     projections: &[&dyn Projection],
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<Vec<RebuildReport>, WorkerError> {
+    rebuild_with(pool, projections, REBUILD_BATCH, progress).await
+}
+
+async fn rebuild_with(
+    pool: &PgPool,
+    projections: &[&dyn Projection],
+    batch: i64,
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<Vec<RebuildReport>, WorkerError> {
     let mut models = Vec::with_capacity(projections.len());
@@ -278,30 +300,28 @@ pub async fn rebuild_all(
     // keep coming; what comes later is caught up in `finish`.
     let read_ahead = |after: FeedPosition| {
         let pool = pool.clone();
-        tokio::spawn(async move { read_decoded(&pool, after).await })
+        tokio::spawn(async move { read_decoded(&pool, after, batch).await })
     };
-    let mut next = read_ahead(at);
-    loop {
-        let (mut events, mut last) = next
+    let full = batch as usize;
+    let mut next = Some(read_ahead(at));
+    while let Some(reading) = next.take() {
+        let (mut events, mut last) = reading
             .await
             .map_err(|e| WorkerError::ReadAhead(e.to_string()))??;
-        if events.len() < REBUILD_BATCH as usize {
+        if events.len() < full {
             // Read while our own transactions were open, the feed may have stopped short.
-            (events, last) = read_decoded(pool, at).await?;
+            (events, last) = read_decoded(pool, at, batch).await?;
         }
         let Some(last) = last else {
             break;
         };
-        let full = events.len() == REBUILD_BATCH as usize;
-        // After a batch that is not full this read is not awaited: the loop ends.
-        next = read_ahead(last);
+        if events.len() == full {
+            next = Some(read_ahead(last));
+        }
         futures::future::try_join_all(models.iter_mut().map(|m| m.apply(&events, last))).await?;
         read += events.len() as u64;
         at = last;
         progress(read);
-        if !full {
-            break;
-        }
     }
     tracing::info!(
         events = read,
@@ -313,7 +333,7 @@ pub async fn rebuild_all(
     futures::future::try_join_all(models.iter_mut().map(|m| m.prepare())).await?;
     let mut reports = Vec::with_capacity(models.len());
     for model in models {
-        reports.push(model.finish(pool, at).await?);
+        reports.push(model.finish(pool, at, batch).await?);
     }
     progress(read);
     Ok(reports)
@@ -323,8 +343,9 @@ pub async fn rebuild_all(
 async fn read_decoded(
     pool: &PgPool,
     after: FeedPosition,
+    batch: i64,
 ) -> Result<(Vec<(Envelope, LabEvent)>, Option<FeedPosition>), WorkerError> {
-    let events = read_after(pool, after, REBUILD_BATCH).await?;
+    let events = read_after(pool, after, batch).await?;
     let last = events.last().map(|e| e.feed_position());
     let decoded = events
         .iter()
@@ -350,6 +371,28 @@ struct Rebuilding<'a> {
     deferred: Vec<String>,
     /// Whether [`Rebuilding::prepare`] has run.
     prepared: bool,
+}
+
+/// Drops `schema`, if it exists, a table per transaction and then the rest. Dropping a
+/// large table holds a transaction id while its buffers are cleared: a model's whole
+/// old schema at 1M events took 1.1 s in one transaction, and for that long the ordered
+/// feed handed nothing on.
+async fn drop_schema_by_table(conn: &mut PgConnection, schema: &str) -> Result<(), WorkerError> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT quote_ident(tablename) FROM pg_tables WHERE schemaname = $1 ORDER BY 1",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await?;
+    for table in tables {
+        sqlx::query(&format!("DROP TABLE IF EXISTS {schema}.{table} CASCADE"))
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// Drops the non-unique indexes of `schema` and returns their definitions. Maintaining
@@ -395,9 +438,10 @@ impl<'a> Rebuilding<'a> {
         let live = schema_of(projection.name());
         let fresh = format!("{live}_rebuild");
         let mut conn = pool.acquire().await?;
-        sqlx::query(&format!("DROP SCHEMA IF EXISTS {fresh} CASCADE"))
-            .execute(&mut *conn)
-            .await?;
+        // A half-built schema of a rebuild that stopped, and an old one left by a
+        // rebuild that stopped between its swap and the drop.
+        drop_schema_by_table(&mut conn, &fresh).await?;
+        drop_schema_by_table(&mut conn, &format!("{live}_old")).await?;
         ensure_schema(&mut conn, projection, &fresh).await?;
         // The swap locks the live offsets, so they must exist. Only when they do not is
         // the live schema made here: `CREATE … IF NOT EXISTS` locks each existing table
@@ -451,7 +495,7 @@ impl<'a> Rebuilding<'a> {
     /// None of it may hold a transaction id for long: while one is held, the ordered feed
     /// hands nothing on to the live models and the relay. So each index is built
     /// `CONCURRENTLY` (which takes none while it scans; a plain `CREATE INDEX` held one
-    /// for 1.1–1.5 s at 1M events), the derived tables a [`Slice`] at a time, and the
+    /// for 1.1–1.5 s at 1M events), the derived tables a part at a time, and the
     /// offsets by several `COPY`s, each in its own transaction. Nothing reads the fresh
     /// schema until the swap, so its parts may commit one by one; a rebuild that stops
     /// half-way leaves a fresh schema the next one drops.
@@ -466,13 +510,17 @@ impl<'a> Rebuilding<'a> {
                 .await?;
         }
         let indexed = Instant::now();
-        for slice in Slice::all() {
+        let mut after = None;
+        loop {
             let mut tx = self.conn.begin().await?;
             sqlx::query(&format!("SET LOCAL search_path TO {}, public", self.fresh))
                 .execute(&mut *tx)
                 .await?;
-            self.projection.build_derived(&mut tx, slice).await?;
+            after = self.projection.build_derived(&mut tx, after).await?;
             tx.commit().await?;
+            if after.is_none() {
+                break;
+            }
         }
         let derived = Instant::now();
         write_offsets(
@@ -503,26 +551,36 @@ impl<'a> Rebuilding<'a> {
     /// live model stops, and a transaction id is held, only for that last stretch.
     ///
     /// Each catch-up ends at its first batch that is not full, not at an empty read:
-    /// while commands keep coming a read is rarely empty. The fresh schema need not hold
-    /// every event when it is swapped in: the live worker carries on from its feed
-    /// position.
+    /// while commands keep coming a read is rarely empty. What the swap relies on: the
+    /// last read comes after the lock is held. A live batch commits holding its offsets
+    /// rows, so every batch the live model committed is done by then, and each event it
+    /// applied had been handed on by the ordered feed (directly, or through the relay in
+    /// Kafka mode), whose horizon only moves forward. A batch that is not full means the
+    /// feed had nothing more up to its horizon, so the fresh schema holds at least every
+    /// event the live model holds. Events stored later are the live worker's to apply
+    /// after the swap: from the fresh schema's feed position in single-node mode, from
+    /// its Kafka offsets (past none of them) in Kafka mode; the per-aggregate offsets
+    /// skip any it meets twice.
     async fn finish(
         mut self,
         pool: &PgPool,
         at: FeedPosition,
+        batch: i64,
     ) -> Result<RebuildReport, WorkerError> {
         self.prepare().await?;
+        let full = batch as usize;
         let mut at = at;
         loop {
             let mut tx = self.conn.begin().await?;
-            let next = catch_up(&mut tx, pool, self.projection, &self.fresh, at).await?;
+            let next = catch_up(&mut tx, pool, self.projection, &self.fresh, at, batch).await?;
             tx.commit().await?;
             let Some((last, events, outcome)) = next else {
                 break;
             };
             self.report.add(events, &outcome);
+            self.report.caught_up += events as u64;
             at = last;
-            if events < REBUILD_BATCH as usize {
+            if events < full {
                 break;
             }
         }
@@ -532,11 +590,12 @@ impl<'a> Rebuilding<'a> {
             .execute(&mut *tx)
             .await?;
         while let Some((last, events, outcome)) =
-            catch_up(&mut tx, pool, self.projection, fresh, at).await?
+            catch_up(&mut tx, pool, self.projection, fresh, at, batch).await?
         {
             self.report.add(events, &outcome);
+            self.report.caught_up += events as u64;
             at = last;
-            if events < REBUILD_BATCH as usize {
+            if events < full {
                 break;
             }
         }
@@ -547,10 +606,8 @@ impl<'a> Rebuilding<'a> {
         sqlx::query(&format!("ALTER SCHEMA {fresh} RENAME TO {live}"))
             .execute(&mut *tx)
             .await?;
-        sqlx::query(&format!("DROP SCHEMA {old} CASCADE"))
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
+        drop_schema_by_table(&mut self.conn, &old).await?;
         tracing::info!(
             projection = self.projection.name(),
             events = self.report.events,
@@ -576,8 +633,9 @@ async fn catch_up(
     projection: &dyn Projection,
     fresh: &str,
     at: FeedPosition,
+    batch: i64,
 ) -> Result<Option<(FeedPosition, usize, BatchOutcome)>, WorkerError> {
-    let events = read_after(pool, at, REBUILD_BATCH).await?;
+    let events = read_after(pool, at, batch).await?;
     let Some(last) = events.last().map(|e| e.feed_position()) else {
         return Ok(None);
     };

@@ -10,7 +10,7 @@ use lis_projections::envelope::Envelope;
 use lis_projections::feed::read_after;
 use lis_projections::models;
 use lis_projections::projection::{apply_batch, ensure_schema, schema_of, ProjectionError};
-use lis_projections::worker::{rebuild, rebuild_all, run_from_feed, Batching};
+use lis_projections::worker::{rebuild, rebuild_all_in_batches, run_from_feed, Batching};
 use lis_tests::{
     assert_models_equal_rebuilds, dump_schema, lab_day, lab_day_numbered, place, received_serum,
     released_k, TestDb,
@@ -253,13 +253,19 @@ async fn indexes(pool: &sqlx::PgPool, schema: &str) -> Vec<(String, String, bool
 #[tokio::test]
 async fn rebuilding_every_model_from_one_read_equals_the_incrementally_built_ones() {
     let db = TestDb::new().await;
-    // Several patients, so that the reports are built in more than one slice.
+    // Seven patients, their reports rebuilt two at a time: four parts.
     let ledger = db.ledger().await;
-    for n in 0..6 {
+    for n in 0..7 {
         lab_day_numbered(&ledger, 610 + n).await;
     }
     project_all(&db.app).await;
-    let all = models::all();
+    let all: Vec<std::sync::Arc<dyn lis_projections::projection::Projection>> = models::all()
+        .into_iter()
+        .map(|p| match p.name() {
+            "results" => std::sync::Arc::new(models::results::Results::with_reports_per_part(2)),
+            _ => p,
+        })
+        .collect();
     let mut incremental = Vec::new();
     for p in &all {
         let schema = schema_of(p.name());
@@ -274,8 +280,9 @@ async fn rebuilding_every_model_from_one_read_equals_the_incrementally_built_one
         .unwrap();
     let projections: Vec<&dyn lis_projections::projection::Projection> =
         all.iter().map(|p| p.as_ref()).collect();
+    // Seven events a batch: many batches, each read ahead while the last is written.
     let mut seen = 0;
-    let reports = lis_projections::worker::rebuild_all(&db.app, &projections, &mut |n| seen = n)
+    let reports = rebuild_all_in_batches(&db.app, &projections, 7, &mut |n| seen = n)
         .await
         .unwrap();
     // Each event read once, and every model was given all of them.
@@ -301,7 +308,7 @@ async fn rebuilding_every_model_from_one_read_equals_the_incrementally_built_one
     db.drop().await;
 }
 
-/// Rebuilds while commands are written and the live workers run: every event stored
+/// Rebuilds while lab days are written and the live workers run: every event stored
 /// during a rebuild's bulk phase, preparation and catch-up reaches the swapped-in model
 /// once, the live workers carry on from its offsets, and in the end each model equals
 /// one rebuilt at rest.
@@ -312,8 +319,11 @@ async fn rebuilds_under_live_writes_and_live_workers_lose_and_double_nothing() {
     for n in 0..3 {
         lab_day_numbered(&ledger, 630 + n).await;
     }
+    // The live models exist before the rebuilds start (a rebuild and a worker making a
+    // model's schema at the same moment is `processes_starting_together…`'s case).
+    project_all(&db.app).await;
     let all = models::all();
-    let workers: Vec<_> = all
+    let mut workers: Vec<_> = all
         .iter()
         .map(|p| {
             tokio::spawn(run_from_feed(
@@ -323,25 +333,38 @@ async fn rebuilds_under_live_writes_and_live_workers_lose_and_double_nothing() {
             ))
         })
         .collect();
+    // Lab days are written until the rebuilds are done.
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let writer = {
-        let ledger = ledger.clone();
+        let (ledger, writing) = (ledger.clone(), writing.clone());
         tokio::spawn(async move {
-            for n in 0..10 {
-                lab_day_numbered(&ledger, 640 + n).await;
+            let mut n = 640;
+            while writing.load(std::sync::atomic::Ordering::SeqCst) {
+                lab_day_numbered(&ledger, n).await;
+                n += 1;
             }
         })
     };
     let projections: Vec<&dyn lis_projections::projection::Projection> =
         all.iter().map(|p| p.as_ref()).collect();
-    let mut rebuilds = 0;
-    while !writer.is_finished() {
-        rebuild_all(&db.app, &projections, &mut |_| {})
+    // Small batches, so that each phase runs for several. Rebuilds go on until one has
+    // caught up with events stored during its bulk phase (at least two, at most 20).
+    let (mut rebuilds, mut caught_up) = (0, 0);
+    while rebuilds < 2 || (caught_up == 0 && rebuilds < 20) {
+        for report in rebuild_all_in_batches(&db.app, &projections, 7, &mut |_| {})
             .await
-            .unwrap();
+            .unwrap()
+        {
+            caught_up += report.caught_up;
+        }
         rebuilds += 1;
     }
+    writing.store(false, std::sync::atomic::Ordering::SeqCst);
     writer.await.unwrap();
-    assert!(rebuilds > 0, "no rebuild ran while commands were written");
+    assert!(
+        caught_up > 0,
+        "no event was stored during a bulk phase in {rebuilds} rebuilds"
+    );
 
     // The live workers account for every event, each once.
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
@@ -360,6 +383,9 @@ async fn rebuilds_under_live_writes_and_live_workers_lose_and_double_nothing() {
             .unwrap();
             if applied == Some(stored) {
                 break;
+            }
+            if let Some(stopped) = workers.iter_mut().find(|w| w.is_finished()) {
+                panic!("a live worker stopped: {:?}", stopped.await);
             }
             assert!(
                 std::time::Instant::now() < deadline,
@@ -383,6 +409,12 @@ async fn a_rebuilt_model_equals_the_incrementally_built_one() {
     let db = TestDb::new().await;
     lab_day(&db).await;
     project_all(&db.app).await;
+    // What a rebuild that stopped after its swap, before dropping the old schema,
+    // leaves behind: the next one clears it (its swap renames the live schema to it).
+    sqlx::raw_sql("CREATE SCHEMA proj_orders_old; CREATE TABLE proj_orders_old.orders (x int)")
+        .execute(&db.app)
+        .await
+        .unwrap();
     for p in models::all() {
         let schema = schema_of(p.name());
         let incremental = dump_schema(&db.app, &schema).await;
@@ -399,6 +431,13 @@ async fn a_rebuilt_model_equals_the_incrementally_built_one() {
             p.name()
         );
     }
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'proj\\_%\\_old' OR nspname LIKE 'proj\\_%\\_rebuild'",
+    )
+    .fetch_all(&db.app)
+    .await
+    .unwrap();
+    assert!(left.is_empty(), "{left:?}");
     // The rebuilt schema is live: the worker carries on from where the rebuild stopped.
     let ledger = db.ledger().await;
     place(&ledger, "MRN-602", &["K"]).await;

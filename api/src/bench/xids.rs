@@ -2,7 +2,9 @@
 //! hands on no event of a transaction newer than the oldest one still open with an id
 //! (`pg_snapshot_xmin`), so each such transaction stalls every reader of the feed, the
 //! live models and the relay, for as long as it lives. Sampled from `pg_stat_activity`
-//! every 20 ms: each figure is a lower bound, short by up to one interval.
+//! every 20 ms: each figure is a lower bound, short by up to one interval. Only this
+//! database's sessions are watched (the feed's horizon is the whole cluster's; on a
+//! benchmark's own database the others are what runs beside it).
 
 use sqlx::PgPool;
 use std::collections::HashMap;

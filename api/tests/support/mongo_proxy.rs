@@ -1,7 +1,9 @@
 //! A TCP proxy in front of the test's MongoDB-wire server that breaks on cue: it
 //! forwards every message until the client has sent its N-th command of a given name,
-//! then drops that message and every connection, and refuses new ones — MongoDB gone
-//! half-way through a piece of work, at a point the test chooses.
+//! then drops that message and its connection, refuses new connections, and closes
+//! each other one when it next sends — MongoDB gone half-way through a piece of work,
+//! at a point the test chooses. Compressed messages are not looked into (the test's
+//! clients do not compress).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -20,6 +22,17 @@ pub struct MongoProxy {
     pub cut: Arc<AtomicBool>,
 }
 
+/// What the connections share.
+#[derive(Clone)]
+struct Cue {
+    command: &'static str,
+    nth: usize,
+    /// Commands named `command` sent by clients, the one cut on included.
+    seen: Arc<AtomicUsize>,
+    forwarded: Arc<AtomicUsize>,
+    cut: Arc<AtomicBool>,
+}
+
 impl MongoProxy {
     /// Proxies to `upstream` (`host:port`); cuts on the `nth` (1-based) `command` sent.
     pub async fn start(upstream: String, command: &'static str, nth: usize) -> Self {
@@ -27,20 +40,26 @@ impl MongoProxy {
         let addr = listener.local_addr().unwrap().to_string();
         let forwarded = Arc::new(AtomicUsize::new(0));
         let cut = Arc::new(AtomicBool::new(false));
-        let (f, c) = (forwarded.clone(), cut.clone());
+        let cue = Cue {
+            command,
+            nth,
+            seen: Arc::new(AtomicUsize::new(0)),
+            forwarded: forwarded.clone(),
+            cut: cut.clone(),
+        };
         tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
-                if c.load(Ordering::SeqCst) {
+                if cue.cut.load(Ordering::SeqCst) {
                     drop(client);
                     continue;
                 }
                 let Ok(server) = TcpStream::connect(&upstream).await else {
                     continue;
                 };
-                tokio::spawn(pipe(client, server, command, nth, f.clone(), c.clone()));
+                tokio::spawn(pipe(client, server, cue.clone()));
             }
         });
         Self {
@@ -52,14 +71,7 @@ impl MongoProxy {
 }
 
 /// One connection: messages from the client one at a time, bytes back as they come.
-async fn pipe(
-    client: TcpStream,
-    server: TcpStream,
-    command: &'static str,
-    nth: usize,
-    forwarded: Arc<AtomicUsize>,
-    cut: Arc<AtomicBool>,
-) {
+async fn pipe(client: TcpStream, server: TcpStream, cue: Cue) {
     let (mut client_rx, mut client_tx) = client.into_split();
     let (mut server_rx, mut server_tx) = server.into_split();
     let back = tokio::spawn(async move {
@@ -67,7 +79,7 @@ async fn pipe(
     });
     loop {
         let mut header = [0u8; 16];
-        if client_rx.read_exact(&mut header).await.is_err() || cut.load(Ordering::SeqCst) {
+        if client_rx.read_exact(&mut header).await.is_err() || cue.cut.load(Ordering::SeqCst) {
             break;
         }
         let length = i32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
@@ -76,14 +88,14 @@ async fn pipe(
             break;
         }
         let op = i32::from_le_bytes(header[12..16].try_into().unwrap());
-        if op == OP_MSG && command_name(&body) == Some(command) {
-            if forwarded.load(Ordering::SeqCst) + 1 >= nth {
-                cut.store(true, Ordering::SeqCst);
+        if op == OP_MSG && command_name(&body) == Some(cue.command) {
+            if cue.seen.fetch_add(1, Ordering::SeqCst) + 1 >= cue.nth {
+                cue.cut.store(true, Ordering::SeqCst);
                 break;
             }
-            forwarded.fetch_add(1, Ordering::SeqCst);
+            cue.forwarded.fetch_add(1, Ordering::SeqCst);
         }
-        if cut.load(Ordering::SeqCst)
+        if cue.cut.load(Ordering::SeqCst)
             || server_tx.write_all(&header).await.is_err()
             || server_tx.write_all(&body).await.is_err()
         {

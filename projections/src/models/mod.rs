@@ -22,7 +22,7 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
     vec![
         Arc::new(orders::Orders),
         Arc::new(specimens::Specimens),
-        Arc::new(results::Results),
+        Arc::new(results::Results::default()),
     ]
 }
 
