@@ -134,31 +134,62 @@ struct State {
 pub struct Relay {
     pool: PgPool,
     config: RelayConfig,
-    producer: Option<FutureProducer>,
+    /// Made anew after a failed publish ([`Relay::renew_producer`]).
+    producer: std::sync::Mutex<Option<FutureProducer>>,
     sealer: Sealer,
+}
+
+/// The idempotent producer of `config`'s Kafka, if it has one.
+fn make_producer(config: &RelayConfig) -> Result<Option<FutureProducer>, RelayError> {
+    Ok(match &config.kafka {
+        Some(k) => Some(
+            ClientConfig::new()
+                .set("bootstrap.servers", &k.brokers)
+                .set("enable.idempotence", "true")
+                .set("acks", "all")
+                .set("max.in.flight.requests.per.connection", "5")
+                .set("message.timeout.ms", "30000")
+                .set("linger.ms", "2")
+                .create()?,
+        ),
+        None => None,
+    })
 }
 
 impl Relay {
     pub fn new(pool: PgPool, config: RelayConfig, sealer: Sealer) -> Result<Self, RelayError> {
-        let producer = match &config.kafka {
-            Some(k) => Some(
-                ClientConfig::new()
-                    .set("bootstrap.servers", &k.brokers)
-                    .set("enable.idempotence", "true")
-                    .set("acks", "all")
-                    .set("max.in.flight.requests.per.connection", "5")
-                    .set("message.timeout.ms", "30000")
-                    .set("linger.ms", "2")
-                    .create()?,
-            ),
-            None => None,
-        };
+        let producer = std::sync::Mutex::new(make_producer(&config)?);
         Ok(Self {
             pool,
             config,
             producer,
             sealer,
         })
+    }
+
+    /// The current producer (a handle to it: cheap to clone).
+    fn producer(&self) -> Option<FutureProducer> {
+        self.producer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Replaces the producer with a new one. After a broker restart a producer once kept
+    /// a partition's old leader and timed out every message for minutes ("new leader not
+    /// found in cache", seen in the broker-restart test); a new one asks for the
+    /// metadata afresh. Re-publishing is safe: consumers skip what they have by sequence.
+    fn renew_producer(&self) {
+        match make_producer(&self.config) {
+            Ok(fresh) => {
+                *self
+                    .producer
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh;
+                tracing::info!("relay: Kafka producer made anew");
+            }
+            Err(e) => tracing::warn!(error = %e, "relay: cannot make a new Kafka producer"),
+        }
     }
 
     /// Creates the topics if they are missing.
@@ -231,6 +262,9 @@ impl Relay {
                 Err(RelayError::LostLeadership) => break Err(RelayError::LostLeadership),
                 Err(e) => {
                     tracing::error!(error = %e, "relay failed; keeping the lead and retrying");
+                    if matches!(e, RelayError::Kafka(_)) {
+                        self.renew_producer();
+                    }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     if sqlx::query("SELECT 1").execute(&mut lock).await.is_err() {
                         break Err(RelayError::LostLeadership);
@@ -308,7 +342,7 @@ impl Relay {
     }
 
     async fn publish(&self, batch: &[StoredEvent]) -> Result<(), RelayError> {
-        let (Some(producer), Some(k)) = (&self.producer, &self.config.kafka) else {
+        let (Some(producer), Some(k)) = (self.producer(), &self.config.kafka) else {
             return Ok(());
         };
         let mut deliveries = Vec::with_capacity(batch.len());
@@ -402,7 +436,7 @@ impl Relay {
     }
 
     async fn publish_seal(&self, tree_size: u64, note: &str) -> Result<(), RelayError> {
-        let (Some(producer), Some(k)) = (&self.producer, &self.config.kafka) else {
+        let (Some(producer), Some(k)) = (self.producer(), &self.config.kafka) else {
             return Ok(());
         };
         let key = tree_size.to_string();
