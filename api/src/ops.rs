@@ -198,8 +198,7 @@ pub async fn rebuild(config: &Config, pool: PgPool, name: &str) -> anyhow::Resul
             // node) or stops at a gap (Kafka), never empty facts under offsets that say
             // every event is there.
             let live = lis_projections::projection::schema_of(analytics.name());
-            sqlx::query(&format!("DROP SCHEMA IF EXISTS {live} CASCADE"))
-                .execute(&pool)
+            lis_projections::projection::drop_schema(&mut *pool.acquire().await?, &live)
                 .await
                 .with_context(|| format!("cannot drop {live}"))?;
             analytics
