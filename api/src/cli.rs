@@ -58,7 +58,7 @@ enum Command {
     Serve,
     /// Load a synthetic lab day through the real command path (and demo users).
     Demo {
-        /// How many orders (1–4 tests each).
+        /// How many orders.
         #[arg(long, default_value_t = 200, conflicts_with = "tests")]
         orders: usize,
         /// Instead of a number of orders: orders until this many tests are ordered (a lab
@@ -74,6 +74,10 @@ enum Command {
         /// Concurrent clients (for large days; 1 = the reproducible sequential day).
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
+        /// The order mix: a CSV of test profiles and weights (default: the compiled-in
+        /// deploy/seed/order-mix.csv), or `uniform` (1–4 tests, each alike).
+        #[arg(long)]
+        mix: Option<String>,
     },
     /// API users.
     Users {
@@ -341,10 +345,12 @@ pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
             seed,
             if_empty,
             concurrency,
+            mix,
         } => {
             let pool = pool(&config.database_url, 4.max(concurrency as u32 + 2)).await?;
             let size = tests.map_or(DaySize::Orders(orders), DaySize::Tests);
-            return ops::demo(&config, &pool, size, seed, if_empty, concurrency).await;
+            let mix = mix.as_deref();
+            return ops::demo(&config, &pool, size, seed, if_empty, concurrency, mix).await;
         }
         Command::Serve => {
             let pool = pool(&config.database_url, config.db_max_connections).await?;

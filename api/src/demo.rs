@@ -1,18 +1,19 @@
 //! `lisledger demo`: a realistic synthetic lab day, through the real command path.
 //!
-//! Orders draw 1–4 tests from the catalogue, each test alike (the catalogue carries no
-//! volumes); each order's tests go into one tube per specimen type; about 5% of tubes are
-//! rejected (and recollected), about 3% of all results are critical (notified with
-//! read-back before release), about 1% of released results are amended. Values are drawn
-//! around each test's reference interval. The same generator serves the benchmarks:
-//! `--orders` or `--tests` scales it.
+//! Orders draw their tests from the order mix ([`crate::mix`]: profiles such as a blood
+//! count or a liver panel, by weight); each order's tests go into one tube per specimen
+//! type and container; about 5% of tubes are rejected (and recollected), about 3% of all
+//! results are critical (notified with read-back before release), about 1% of released
+//! results are amended. Values are drawn around each test's reference interval. The same
+//! generator serves the benchmarks: `--orders` or `--tests` scales it.
 
+use crate::mix::{can_be_critical, OrderMix};
 use anyhow::Context;
 use chrono::{Duration, Utc};
 use lis_commands::ledger::NewOrder;
 use lis_commands::{CommandContext, Ledger};
 use lis_domain::actor::{Actor, ActorId, Role};
-use lis_domain::catalogue::{Catalogue, ResultKind, TestDefinition};
+use lis_domain::catalogue::{ResultKind, TestDefinition};
 use lis_domain::ids::{AccessionNumber, ResultId, SampleId, TestCode};
 use lis_domain::order::Priority;
 use lis_domain::patient::{NewPatient, RawPatient};
@@ -48,13 +49,10 @@ fn ctx(id: &str, role: Role) -> CommandContext {
     c
 }
 
-/// The share of all results drawn critical.
-const CRITICAL_SHARE: f64 = 0.03;
-
 /// How big a day to make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DaySize {
-    /// This many orders (1–4 tests each).
+    /// This many orders.
     Orders(usize),
     /// Orders until this many tests are ordered (the last order takes what is left).
     Tests(usize),
@@ -81,7 +79,7 @@ impl DaySize {
         }
     }
 
-    /// Tests for the next order: 1–4, no more than a test count has left.
+    /// Tests for the next order: those drawn, no more than a test count has left.
     fn next_order_tests(self, report: &DemoReport, drawn: usize) -> usize {
         match self {
             DaySize::Orders(_) => drawn,
@@ -100,28 +98,6 @@ pub struct DemoReport {
     pub results: usize,
     pub critical: usize,
     pub amended: usize,
-}
-
-/// The chance to draw a value critical, for a test that has critical limits, such that
-/// [`CRITICAL_SHARE`] of all results are critical when tests are drawn alike from `tests`
-/// (only numeric tests with limits can be; without any, nothing is).
-pub(crate) fn critical_draw<'a>(tests: impl IntoIterator<Item = &'a TestDefinition>) -> f64 {
-    let (mut all, mut can) = (0usize, 0usize);
-    for t in tests {
-        all += 1;
-        if can_be_critical(t) {
-            can += 1;
-        }
-    }
-    if can == 0 {
-        return 0.0;
-    }
-    (CRITICAL_SHARE * all as f64 / can as f64).min(1.0)
-}
-
-fn can_be_critical(def: &TestDefinition) -> bool {
-    matches!(def.kind, ResultKind::Numeric { .. })
-        && (def.critical.low.is_some() || def.critical.high.is_some())
 }
 
 /// A value for `def`: critical with probability `p_critical`, else around the interval.
@@ -187,7 +163,7 @@ pub(crate) fn amended(value: &ResultValue) -> Option<ResultValue> {
 /// day, seeded `seed + part`), and adds up what they did.
 pub async fn run(
     ledger: &Ledger,
-    catalogue: &Catalogue,
+    mix: &OrderMix,
     size: DaySize,
     seed: u64,
     concurrency: usize,
@@ -198,7 +174,7 @@ pub async fn run(
         let share = n / parts + usize::from(part < n % parts);
         run_part(
             ledger,
-            catalogue,
+            mix,
             size.with_count(share),
             seed + part as u64,
             part,
@@ -220,19 +196,17 @@ pub async fn run(
 
 async fn run_part(
     ledger: &Ledger,
-    catalogue: &Catalogue,
+    mix: &OrderMix,
     size: DaySize,
     seed: u64,
     part: usize,
 ) -> anyhow::Result<DemoReport> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let tests: Vec<&TestDefinition> = catalogue.tests.values().collect();
-    anyhow::ensure!(!tests.is_empty(), "the catalogue holds no tests");
-    let p_critical = critical_draw(tests.iter().copied());
-    // Patients: about one for every two orders, so some come back (2.5 tests an order).
+    let p_critical = mix.p_critical();
+    // Patients: about one for every two orders, so some come back.
     let patients = match size {
         DaySize::Orders(n) => n / 2,
-        DaySize::Tests(n) => n / 5,
+        DaySize::Tests(n) => (n as f64 / mix.mean_tests() / 2.0) as usize,
     }
     .max(1);
     let (reception, phleb, tech, path) = (
@@ -267,14 +241,8 @@ async fn run_part(
         };
         let patient = NewPatient::parse(raw, Utc::now().date_naive())
             .map_err(|e| anyhow::anyhow!("demo patient: {e}"))?;
-        let n = size.next_order_tests(&report, rng.gen_range(1..=4.min(tests.len())));
-        let mut chosen: Vec<&TestDefinition> = Vec::new();
-        while chosen.len() < n {
-            let t = tests[rng.gen_range(0..tests.len())];
-            if !chosen.iter().any(|c| c.code == t.code) {
-                chosen.push(t);
-            }
-        }
+        let mut chosen = mix.draw(&mut rng);
+        chosen.truncate(size.next_order_tests(&report, chosen.len()));
         let priority = match rng.gen_range(0..100) {
             0..=79 => Priority::Routine,
             80..=94 => Priority::Urgent,
@@ -438,6 +406,7 @@ async fn run_part(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mix::CRITICAL_SHARE;
     use lis_domain::catalogue::parse_csv;
     use lis_domain::flags::flags_for;
 
@@ -445,28 +414,43 @@ mod tests {
         parse_csv(include_str!("../../deploy/seed/test-catalogue.csv")).unwrap()
     }
 
-    /// Drawn as the demo draws (tests alike, values by `value_for`), the share of results
-    /// that are critical by the catalogue's own limits is near 3% of all results, not 3%
-    /// of the few tests that have limits.
+    /// The share of `orders` orders' results drawn as the demo draws them (orders from the
+    /// mix, values by `value_for`) that are critical by the catalogue's own limits.
+    fn critical_share(mix: &OrderMix, orders: usize) -> f64 {
+        let mut rng = StdRng::seed_from_u64(11);
+        let (mut results, mut critical) = (0usize, 0usize);
+        for _ in 0..orders {
+            for def in mix.draw(&mut rng) {
+                let (value, drawn) = value_for(def, &mut rng, mix.p_critical());
+                let flagged = flags_for(&value, None, &def.critical, None)
+                    .iter()
+                    .any(|f| f.is_critical());
+                assert!(!drawn || flagged, "{} {value} drawn critical", def.code);
+                results += 1;
+                critical += usize::from(flagged);
+            }
+        }
+        critical as f64 / results as f64
+    }
+
+    /// Near 3% of all results are critical, whatever the mix: not 3% of the tests that
+    /// have limits, which a blood-count-heavy mix orders more often than a uniform one.
     #[test]
     fn about_three_in_a_hundred_results_are_critical() {
         let tests = seed_catalogue();
-        let p = critical_draw(&tests);
-        assert!(p > CRITICAL_SHARE && p <= 1.0, "{p}");
-        let mut rng = StdRng::seed_from_u64(11);
-        let draws = 100_000;
-        let mut critical = 0;
-        for _ in 0..draws {
-            let def = &tests[rng.gen_range(0..tests.len())];
-            let (value, drawn) = value_for(def, &mut rng, p);
-            let flagged = flags_for(&value, None, &def.critical, None)
-                .iter()
-                .any(|f| f.is_critical());
-            assert!(!drawn || flagged, "{} {value} drawn critical", def.code);
-            critical += usize::from(flagged);
+        for mix in [
+            OrderMix::parse(crate::mix::SEED, &tests).unwrap(),
+            OrderMix::uniform(&tests).unwrap(),
+        ] {
+            let p = mix.p_critical();
+            assert!(p > CRITICAL_SHARE && p <= 1.0, "{p}");
+            let share = critical_share(&mix, 30_000);
+            assert!(
+                (0.027..0.033).contains(&share),
+                "{share} ({})",
+                mix.describe()
+            );
         }
-        let share = critical as f64 / f64::from(draws);
-        assert!((0.027..0.033).contains(&share), "{share}");
     }
 
     #[test]
@@ -476,7 +460,9 @@ mod tests {
             .filter(|t| !can_be_critical(t))
             .collect();
         assert!(!tests.is_empty());
-        assert_eq!(critical_draw(&tests), 0.0);
+        let mix = OrderMix::uniform(&tests).unwrap();
+        assert_eq!(mix.p_critical(), 0.0);
+        assert_eq!(critical_share(&mix, 1_000), 0.0);
     }
 
     /// A day sized in tests orders exactly that many: the last order takes what is left.

@@ -17,6 +17,7 @@ macro_rules! say {
 mod bench;
 mod cli;
 mod demo;
+mod mix;
 mod ops;
 
 use lis_api::config;

@@ -524,6 +524,7 @@ pub async fn demo(
     seed: u64,
     if_empty: bool,
     concurrency: usize,
+    mix: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(pool)
@@ -536,9 +537,12 @@ pub async fn demo(
         .await?
         .context("import a catalogue first (lisledger catalogue import)")?;
     let catalogue = lis_commands::catalogue::load(pool, version).await?;
+    let tests: Vec<_> = catalogue.tests.into_values().collect();
+    let mix = crate::mix::load(mix, &tests)?;
+    say!("order mix: {}", mix.describe());
     let ledger = ledger(config, pool.clone()).await?;
     let started = std::time::Instant::now();
-    let report = crate::demo::run(&ledger, &catalogue, size, seed, concurrency).await?;
+    let report = crate::demo::run(&ledger, &mix, size, seed, concurrency).await?;
     say!(
         "demo lab day: {} orders, {} tests, {} tubes ({} rejected and recollected), {} results ({} critical, {} amended) in {:.1} s",
         report.orders, report.tests, report.samples, report.rejected, report.results, report.critical, report.amended,

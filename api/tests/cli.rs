@@ -164,6 +164,71 @@ async fn a_demo_day_sized_in_tests_orders_exactly_that_many() {
     db.drop().await;
 }
 
+/// `--mix FILE` is the day's order mix: each order is one of its profiles (here the only
+/// one); a mix naming a test the catalogue lacks is refused before anything is written.
+#[tokio::test]
+async fn a_demo_day_orders_from_the_mix_it_is_given_and_refuses_a_bad_one() {
+    let db = TestDb::new().await;
+    let dir = std::env::temp_dir().join(format!("lis-cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad-mix.csv");
+    std::fs::write(
+        &bad,
+        "profile,weight,tests\nThyroid,1,TSH FT4\nKidney,2,CREA UREA\n",
+    )
+    .unwrap();
+    let out = lisledger(
+        &db,
+        &["demo", "--orders", "3", "--mix", bad.to_str().unwrap()],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("line 3: profile `Kidney`: test `UREA` is not in the catalogue"),
+        "{stderr}"
+    );
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.app)
+        .await
+        .unwrap();
+    assert_eq!(events, 0, "a refused mix writes nothing");
+
+    let good = dir.join("mix.csv");
+    std::fs::write(
+        &good,
+        "# thyroid clinic\nprofile,weight,tests\nThyroid,1,TSH FT4\n",
+    )
+    .unwrap();
+    let out = lisledger(
+        &db,
+        &["demo", "--orders", "4", "--mix", good.to_str().unwrap()],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("order mix: 1 profiles, 2.0 tests an order"),
+        "{stdout}"
+    );
+    let ordered: Vec<String> = sqlx::query_scalar(
+        "SELECT string_agg(t->>'code', ' ' ORDER BY n)
+         FROM events, json_array_elements(payload->'OrderPlaced'->'tests') WITH ORDINALITY e(t, n)
+         WHERE event_type = 'OrderPlaced' GROUP BY sequence, aggregate_id",
+    )
+    .fetch_all(&db.app)
+    .await
+    .unwrap();
+    assert_eq!(ordered.len(), 4);
+    for tests in ordered {
+        assert_eq!(tests, "TSH FT4");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    db.drop().await;
+}
+
 #[tokio::test]
 async fn a_missing_malformed_or_different_kek_stops_start_up_naming_the_problem() {
     let db = TestDb::new().await;

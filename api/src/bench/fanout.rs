@@ -9,7 +9,7 @@
 use super::client::{Answer, Api, Tokens};
 use super::labflow::{Flow, Kind, Sink};
 use super::stats::Latencies;
-use lis_domain::catalogue::TestDefinition;
+use crate::mix::OrderMix;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use sqlx::PgPool;
@@ -95,7 +95,7 @@ pub async fn run(
     pool: &PgPool,
     api: Arc<Api>,
     tokens: Arc<Tokens>,
-    tests: Arc<Vec<TestDefinition>>,
+    mix: Arc<OrderMix>,
     schemas: Vec<String>,
     clients: usize,
     rate: u32,
@@ -109,7 +109,7 @@ pub async fn run(
     let end = Instant::now() + Duration::from_secs(secs);
     let mut tasks = tokio::task::JoinSet::new();
     for client in 0..clients {
-        let (api, tokens, tests, pace) = (api.clone(), tokens.clone(), tests.clone(), pace.clone());
+        let (api, tokens, mix, pace) = (api.clone(), tokens.clone(), mix.clone(), pace.clone());
         let mut recorder = Recorder {
             committed: committed.clone(),
             models: schemas.len(),
@@ -119,8 +119,7 @@ pub async fn run(
             let flow = Flow {
                 api: &api,
                 tokens: &tokens,
-                tests: &tests,
-                p_critical: crate::demo::critical_draw(tests.iter()),
+                mix: &mix,
                 run,
                 client,
                 patients: 50,

@@ -1,9 +1,10 @@
 //! One order's realistic life through the HTTP API, with the demo generator's mix: order
-//! (1–4 tests from the catalogue) → collect one tube per specimen and container (about
+//! (tests drawn from the order mix, [`crate::mix`]) → collect one tube per specimen and container (about
 //! 5% rejected and recollected) → receive → record each result (about 3% of all
 //! critical, phoned through before release) → verify → authorise (about 1% later amended).
 
 use super::client::{Answer, Api, Tokens};
+use crate::mix::OrderMix;
 use chrono::Utc;
 use lis_domain::catalogue::TestDefinition;
 use lis_domain::result::{CriticalNotification, NotificationMethod};
@@ -36,9 +37,7 @@ pub trait Sink: Send {
 pub struct Flow<'a> {
     pub api: &'a Api,
     pub tokens: &'a Tokens,
-    pub tests: &'a [TestDefinition],
-    /// The chance to draw a result critical, for `tests` ([`crate::demo::critical_draw`]).
-    pub p_critical: f64,
+    pub mix: &'a OrderMix,
     /// Distinguishes this run and client in accession numbers and MRNs.
     pub run: u32,
     pub client: usize,
@@ -112,14 +111,7 @@ impl<'a> Flow<'a> {
     async fn run_order(&self, rng: &mut StdRng, i: usize, go: &mut Go<'_, '_>) -> Result<(), Stop> {
         let t = self.tokens;
         let patient_no = rng.gen_range(0..self.patients.max(1));
-        let n = rng.gen_range(1..=4.min(self.tests.len()));
-        let mut chosen: Vec<&TestDefinition> = Vec::new();
-        while chosen.len() < n {
-            let d = &self.tests[rng.gen_range(0..self.tests.len())];
-            if !chosen.iter().any(|c| c.code == d.code) {
-                chosen.push(d);
-            }
-        }
+        let chosen = self.mix.draw(rng);
         let priority = match rng.gen_range(0..100) {
             0..=79 => "routine",
             80..=94 => "urgent",
@@ -202,7 +194,7 @@ impl<'a> Flow<'a> {
         go: &mut Go<'_, '_>,
     ) -> Result<(), Stop> {
         let (t, k) = (self.tokens, Kind::Result);
-        let (value, critical) = crate::demo::value_for(def, rng, self.p_critical);
+        let (value, critical) = crate::demo::value_for(def, rng, self.mix.p_critical());
         let record = json!({"sample_id": sample, "test_code": def.code.as_str(),
                             "value": value, "instrument": "Analyser 1"});
         let Some(r) = go.send(k, &t.technologist, "/results", record).await? else {

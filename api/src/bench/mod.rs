@@ -57,6 +57,9 @@ pub enum BenchCommand {
         /// Send an Idempotency-Key with every command.
         #[arg(long)]
         idempotency_keys: bool,
+        /// The order mix (as `demo --mix`): a CSV of profiles, or `uniform`.
+        #[arg(long)]
+        mix: Option<String>,
     },
     /// Benchmark 2: a steady command rate through the API (with relay and project,
     /// started here); time from each command's answer to its event in each read model.
@@ -74,6 +77,9 @@ pub enum BenchCommand {
         /// Send an Idempotency-Key with every command.
         #[arg(long)]
         idempotency_keys: bool,
+        /// The order mix (as `demo --mix`): a CSV of profiles, or `uniform`.
+        #[arg(long)]
+        mix: Option<String>,
     },
     /// Benchmark 3: rebuild every read model (swapped in live) against COPY TO STDOUT.
     Replay,
@@ -116,6 +122,7 @@ pub async fn run(
             seed,
             dir,
             idempotency_keys,
+            mix,
         } => {
             let shape = Shape {
                 levels: clients,
@@ -123,6 +130,7 @@ pub async fn run(
                 warmup: Duration::from_secs(warmup_secs),
                 seed,
                 idempotency_keys,
+                mix,
             };
             commands(config, &app, &owner, &shape, &dir).await
         }
@@ -141,12 +149,14 @@ pub async fn run(
             clients,
             dir,
             idempotency_keys,
+            mix,
         } => {
             let load = FanOutLoad {
                 rate,
                 secs,
                 clients,
                 idempotency_keys,
+                mix,
             };
             fan_out(config, &app, &load, &dir).await
         }
@@ -161,13 +171,16 @@ pub async fn run(
     }
 }
 
-/// The catalogue in force, as the load generators' test mix.
-async fn test_mix(pool: &PgPool) -> anyhow::Result<Vec<lis_domain::catalogue::TestDefinition>> {
+/// The load generators' order mix (`--mix`), over the catalogue in force.
+async fn order_mix(pool: &PgPool, mix: Option<&str>) -> anyhow::Result<crate::mix::OrderMix> {
     let version = lis_commands::catalogue::current_version(pool)
         .await?
         .context("import a catalogue first (lisledger catalogue import)")?;
     let catalogue = lis_commands::catalogue::load(pool, version).await?;
-    Ok(catalogue.tests.into_values().collect())
+    let tests: Vec<_> = catalogue.tests.into_values().collect();
+    let mix = crate::mix::load(mix, &tests)?;
+    say!("order mix: {}", mix.describe());
+    Ok(mix)
 }
 
 fn base_url(config: &Config) -> String {
@@ -181,6 +194,7 @@ struct Shape {
     warmup: Duration,
     seed: u64,
     idempotency_keys: bool,
+    mix: Option<String>,
 }
 
 async fn commands(
@@ -196,9 +210,10 @@ async fn commands(
         warmup,
         seed,
         idempotency_keys,
+        mix,
     } = shape;
     let (secs, warmup, seed) = (*secs, *warmup, *seed);
-    let tests = test_mix(app).await?;
+    let mix = order_mix(app, mix.as_deref()).await?;
     let base = base_url(config);
     let mut roles = roles::Roles::start(&base, &["relay", "project"], dir).await?;
     let mut api = client::Api::new(&base)?;
@@ -214,7 +229,7 @@ async fn commands(
     let setup = Arc::new(throughput::Setup {
         api,
         tokens,
-        tests,
+        mix,
         run: rand::random(),
         seed,
     });
@@ -318,6 +333,7 @@ struct FanOutLoad {
     secs: u64,
     clients: usize,
     idempotency_keys: bool,
+    mix: Option<String>,
 }
 
 async fn fan_out(
@@ -331,8 +347,9 @@ async fn fan_out(
         secs,
         clients,
         idempotency_keys,
+        ref mix,
     } = *load;
-    let tests = Arc::new(test_mix(app).await?);
+    let mix = Arc::new(order_mix(app, mix.as_deref()).await?);
     let base = base_url(config);
     let mut roles = roles::Roles::start(&base, &["relay", "project"], dir).await?;
     let mut api = client::Api::new(&base)?;
@@ -365,7 +382,7 @@ async fn fan_out(
         schemas.join(", ")
     );
     let api = Arc::new(api);
-    let mut lags = fanout::run(app, api, tokens, tests, schemas, clients, rate, secs).await?;
+    let mut lags = fanout::run(app, api, tokens, mix, schemas, clients, rate, secs).await?;
     roles.check_alive()?;
     say!(
         "  achieved {:.0} commands/s; {} events not seen everywhere within 10 s of the end",

@@ -6,7 +6,7 @@ use super::client::{Answer, Api, Tokens};
 use super::labflow::{Flow, Kind, Sink};
 use super::pgbench;
 use super::stats::{percent, Latencies};
-use lis_domain::catalogue::TestDefinition;
+use crate::mix::OrderMix;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::collections::BTreeMap;
@@ -46,7 +46,7 @@ pub struct Level {
 pub struct Setup {
     pub api: Api,
     pub tokens: Tokens,
-    pub tests: Vec<TestDefinition>,
+    pub mix: OrderMix,
     pub run: u32,
     pub seed: u64,
 }
@@ -68,8 +68,7 @@ pub async fn level(
             let flow = Flow {
                 api: &setup.api,
                 tokens: &setup.tokens,
-                tests: &setup.tests,
-                p_critical: crate::demo::critical_draw(setup.tests.iter()),
+                mix: &setup.mix,
                 run: setup.run,
                 client: clients * 1000 + client,
                 patients: 50,
