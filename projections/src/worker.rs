@@ -563,13 +563,16 @@ impl<'a> Rebuilding<'a> {
         }
         let (live, fresh) = (&self.live, &self.fresh);
         let mut tx = self.conn.begin().await?;
+        let locked = Instant::now();
         sqlx::query(&format!("LOCK TABLE {live}.offsets IN EXCLUSIVE MODE"))
             .execute(&mut *tx)
             .await?;
+        let mut locked_events = 0;
         while let Some((last, events, outcome)) =
             catch_up(&mut tx, pool, self.projection, fresh, at, batch).await?
         {
             self.report.add_caught_up(events, &outcome);
+            locked_events += events;
             at = last;
             if events < full {
                 break;
@@ -583,10 +586,15 @@ impl<'a> Rebuilding<'a> {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        // From asking for the lock (it waits for a live batch in flight) to the commit:
+        // how long the live model stood still.
+        let locked_ms = locked.elapsed().as_millis() as u64;
         drop_schema(&mut self.conn, &old).await?;
         tracing::info!(
             projection = self.projection.name(),
             events = self.report.events,
+            locked_ms,
+            locked_events,
             "rebuilt read model is live"
         );
         Ok(self.report)

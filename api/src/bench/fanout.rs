@@ -1,6 +1,7 @@
 //! Benchmark 2: fan-out lag. Clients send the lab flow at a steady command rate (one
 //! event per command); a watcher polls every read model's offsets (one query over all
-//! of them) and notes when each command's event became visible there. The lag runs from
+//! of them, and over two baselines: the `events` table and the ordered feed) and notes
+//! when each command's event became visible there. The lag runs from
 //! the command's answer (its commit happened just before) to the poll that saw it, so
 //! it is rounded up by at most one polling interval. MongoDB: the analytics
 //! projection writes its documents before it commits its offsets, so its offset time is
@@ -19,6 +20,12 @@ use std::time::{Duration, Instant};
 /// The baseline's name among the models: the events table itself, so the polling's own
 /// delay is measured in the same run.
 pub const BASELINE: &str = "events";
+
+/// The ordered feed: the event row once the feed hands it on (every older transaction
+/// has ended, [`lis_projections::feed`]). Between the baseline and it: how long appends
+/// in flight hold the feed back; between it and a model: the model's polling, lingering
+/// and batch.
+pub const FEED: &str = "feed";
 
 /// A committed event not yet seen in every model.
 struct Watched {
@@ -74,16 +81,26 @@ pub struct Lags {
     pub unseen: usize,
 }
 
-/// The baseline, then the read models whose offsets exist (`proj_<name>.offsets`).
-pub async fn models(pool: &PgPool) -> anyhow::Result<Vec<String>> {
+/// The baseline, the feed, then the read models `project` runs whose offsets exist yet
+/// (`proj_<name>.offsets`).
+pub async fn models(pool: &PgPool, analytics: bool) -> anyhow::Result<Vec<String>> {
+    // Analytics only with MongoDB: a schema an earlier run with analytics left behind is
+    // not watched, or its events would never be seen and the watcher's query would grow.
+    let running: Vec<String> = lis_projections::models::all()
+        .iter()
+        .map(|p| p.name())
+        .chain(analytics.then_some("analytics"))
+        .map(lis_projections::projection::schema_of)
+        .collect();
     let models: Vec<String> = sqlx::query_scalar(
-        "SELECT table_schema FROM information_schema.tables
-          WHERE table_name = 'offsets' AND table_schema LIKE 'proj\\_%'
-            AND table_schema NOT LIKE '%\\_rebuild' ORDER BY 1",
+        "SELECT table_schema::text FROM information_schema.tables
+          WHERE table_name = 'offsets' AND table_schema = ANY($1) ORDER BY 1",
     )
+    .bind(&running)
     .fetch_all(pool)
     .await?;
-    Ok(std::iter::once(BASELINE.to_string())
+    Ok([BASELINE.to_string(), FEED.to_string()]
+        .into_iter()
         .chain(models)
         .collect())
 }
@@ -194,13 +211,17 @@ async fn seen_now(
         .enumerate()
         .map(|(m, s)| {
             // The baseline: the event row itself, seen by the same watcher.
-            let (table, sequence) = match s.as_str() {
-                BASELINE => ("events".to_string(), "sequence"),
-                _ => (format!("{s}.offsets"), "last_sequence"),
+            let (table, seen) = match s.as_str() {
+                BASELINE => ("events".to_string(), "o.sequence = k.s"),
+                FEED => (
+                    "events".to_string(),
+                    "o.sequence = k.s AND o.tx_id < pg_snapshot_xmin(pg_current_snapshot())",
+                ),
+                _ => (format!("{s}.offsets"), "o.last_sequence >= k.s"),
             };
             format!(
                 "SELECT {m} AS model, k.n FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[]) AS k(t, i, s, n)
-                   JOIN {table} o ON o.aggregate_type = k.t AND o.aggregate_id = k.i AND o.{sequence} >= k.s"
+                   JOIN {table} o ON o.aggregate_type = k.t AND o.aggregate_id = k.i AND {seen}"
             )
         })
         .collect::<Vec<_>>()

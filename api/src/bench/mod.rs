@@ -359,12 +359,15 @@ async fn fan_out(
     let until = std::time::Instant::now() + Duration::from_secs(300);
     let schemas = loop {
         roles.check_alive()?;
-        let schemas = fanout::models(app).await?;
+        let schemas = fanout::models(app, config.mongo_url.is_some()).await?;
         let last: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM events")
             .fetch_one(app)
             .await?;
-        let mut behind = schemas.len() < 4;
-        for s in schemas.iter().filter(|s| *s != fanout::BASELINE) {
+        let mut behind = schemas.len() < 5 + usize::from(config.mongo_url.is_some());
+        for s in schemas
+            .iter()
+            .filter(|s| ![fanout::BASELINE, fanout::FEED].contains(&s.as_str()))
+        {
             let at: Option<i64> =
                 sqlx::query_scalar(&format!("SELECT max(max_position) FROM {s}.progress"))
                     .fetch_one(app)
