@@ -295,9 +295,40 @@ pub async fn ensure_schema(
     projection: &dyn Projection,
     schema: &str,
 ) -> Result<(), ProjectionError> {
+    create_with_retries(conn, projection, schema, Existing::BringUpToDate).await
+}
+
+/// Creates the schema and tables only if the schema has no `offsets` table yet, checked
+/// under the schema lock. For a rebuild, which must not run the DDL over a live model's
+/// existing tables: `CREATE … IF NOT EXISTS` locks each existing table before it skips
+/// it, and deadlocks with a live worker writing them. Checked under the lock, so that a
+/// worker creating its schema at that moment is waited for, not raced.
+pub async fn ensure_schema_exists(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    schema: &str,
+) -> Result<(), ProjectionError> {
+    create_with_retries(conn, projection, schema, Existing::Leave).await
+}
+
+/// What [`create_schema`] does with a schema that already has its tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Existing {
+    /// Runs the DDL over it (new tables and indexes of a newer release).
+    BringUpToDate,
+    /// Leaves it as it is.
+    Leave,
+}
+
+async fn create_with_retries(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    schema: &str,
+    existing: Existing,
+) -> Result<(), ProjectionError> {
     let mut attempt = 1;
     loop {
-        match create_schema(conn, projection, schema).await {
+        match create_schema(conn, projection, schema, existing).await {
             Err(ProjectionError::Database(sqlx::Error::Database(e)))
                 if attempt < 5 && matches!(e.code().as_deref(), Some("40P01" | "23505")) =>
             {
@@ -337,12 +368,27 @@ async fn create_schema(
     conn: &mut PgConnection,
     projection: &dyn Projection,
     schema: &str,
+    existing: Existing,
 ) -> Result<(), ProjectionError> {
     let mut tx = conn.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(SCHEMA_LOCK)
         .execute(&mut *tx)
         .await?;
+    if existing == Existing::Leave {
+        // A query of the catalogue, not `to_regclass`: its snapshot is taken after the
+        // lock, so it sees a schema another creator committed while this one waited.
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT FROM pg_tables WHERE schemaname = $1 AND tablename = 'offsets')",
+        )
+        .bind(schema)
+        .fetch_one(&mut *tx)
+        .await?;
+        if exists {
+            tx.commit().await?;
+            return Ok(());
+        }
+    }
     sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
         .execute(&mut *tx)
         .await?;

@@ -7,8 +7,9 @@ use crate::feed::{read_after, read_after_saved, FeedPosition};
 use crate::membership::{Membership, Watchdog};
 use crate::poll::{Poller, Polling};
 use crate::projection::{
-    apply_batch, apply_decoded_in, apply_in, decode, drop_schema, ensure_schema, schema_of,
-    write_offsets, BatchOutcome, LabEvent, OffsetMap, Offsets, Projection, ProjectionError,
+    apply_batch, apply_decoded_in, apply_in, decode, drop_schema, ensure_schema,
+    ensure_schema_exists, schema_of, write_offsets, BatchOutcome, LabEvent, OffsetMap, Offsets,
+    Projection, ProjectionError,
 };
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -421,17 +422,9 @@ impl<'a> Rebuilding<'a> {
         drop_schema(&mut conn, &fresh).await?;
         drop_schema(&mut conn, &format!("{live}_old")).await?;
         ensure_schema(&mut conn, projection, &fresh).await?;
-        // The swap locks the live offsets, so they must exist. Only when they do not is
-        // the live schema made here: `CREATE … IF NOT EXISTS` locks each existing table
-        // before it skips it, and live workers writing those tables then deadlocked with
-        // the rebuild.
-        let live_exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-            .bind(format!("{live}.offsets"))
-            .fetch_one(&mut *conn)
-            .await?;
-        if !live_exists {
-            ensure_schema(&mut conn, projection, &live).await?;
-        }
+        // The swap locks the live offsets, so they must exist; an existing live schema
+        // is left alone (its DDL deadlocked live workers writing its tables).
+        ensure_schema_exists(&mut conn, projection, &live).await?;
         let deferred = drop_secondary_indexes(&mut conn, &fresh).await?;
         Ok(Self {
             deferred,

@@ -9,7 +9,9 @@ use lis_domain::value::ResultValue;
 use lis_projections::envelope::Envelope;
 use lis_projections::feed::read_after;
 use lis_projections::models;
-use lis_projections::projection::{apply_batch, ensure_schema, schema_of, ProjectionError};
+use lis_projections::projection::{
+    apply_batch, ensure_schema, ensure_schema_exists, schema_of, ProjectionError,
+};
 use lis_projections::worker::{rebuild, rebuild_all_in_batches, run_from_feed, Batching};
 use lis_tests::{
     assert_models_equal_rebuilds, dump_schema, lab_day, lab_day_numbered, place, received_serum,
@@ -49,6 +51,54 @@ async fn processes_starting_together_all_create_the_schemas() {
     for started in futures::future::join_all(starts).await {
         started.unwrap().unwrap();
     }
+    db.drop().await;
+}
+
+/// A rebuild makes the live schema only if it is missing: over an existing one it runs no
+/// DDL, which would lock each table and wait for (or deadlock with) a live worker's batch
+/// in flight. The same DDL, as a worker's start runs it, does wait: the test can fail.
+#[tokio::test]
+async fn a_rebuild_leaves_an_existing_live_schema_and_its_locks_alone() {
+    let db = TestDb::new().await;
+    let orders = models::by_name("orders").unwrap();
+    let live = schema_of(orders.name());
+    let mut conn = db.app.acquire().await.unwrap();
+    ensure_schema_exists(&mut conn, orders.as_ref(), &live)
+        .await
+        .unwrap();
+    let made: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tablename = 'offsets'",
+    )
+    .bind(&live)
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(made, 1, "a missing schema is made");
+    // A live batch in flight: it holds its tables' row-exclusive locks until it commits.
+    let mut batch = db.app.begin().await.unwrap();
+    for table in ["offsets", "orders"] {
+        sqlx::query(&format!("LOCK TABLE {live}.{table} IN ROW EXCLUSIVE MODE"))
+            .execute(&mut *batch)
+            .await
+            .unwrap();
+    }
+    let left = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        ensure_schema_exists(&mut conn, orders.as_ref(), &live),
+    )
+    .await;
+    assert!(matches!(left, Ok(Ok(()))), "{left:?}");
+    sqlx::query("SET lock_timeout = '300ms'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let waited = ensure_schema(&mut conn, orders.as_ref(), &live).await;
+    assert!(
+        matches!(&waited, Err(ProjectionError::Database(sqlx::Error::Database(e))) if e.code().as_deref() == Some("55P03")),
+        "{waited:?}"
+    );
+    batch.rollback().await.unwrap();
+    drop(conn);
     db.drop().await;
 }
 
