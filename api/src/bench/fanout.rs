@@ -1,6 +1,7 @@
 //! Benchmark 2: fan-out lag. Clients send the lab flow at a steady command rate (one
 //! event per command); a watcher polls every read model's offsets (one query over all
-//! of them, and over two baselines: the `events` table and the ordered feed) and notes
+//! of them, and over the baselines: the `events` table, the ordered feed and, in Kafka
+//! mode, the relay's saved place) and notes
 //! when each command's event became visible there. The lag runs from
 //! the command's answer (its commit happened just before) to the poll that saw it, so
 //! it is rounded up by at most one polling interval. MongoDB: the analytics
@@ -26,6 +27,13 @@ pub const BASELINE: &str = "events";
 /// in flight hold the feed back; between it and a model: the model's polling, lingering
 /// and batch.
 pub const FEED: &str = "feed";
+
+/// Kafka mode: the event row once the relay has published it and saved its place (its
+/// `feed_checkpoints` row). Between it and a model: Kafka and the consumer.
+pub const RELAYED: &str = "relayed";
+
+/// The rows watched before the models: none of them is a read model.
+pub const BASELINES: [&str; 3] = [BASELINE, FEED, RELAYED];
 
 /// A committed event not yet seen in every model.
 struct Watched {
@@ -81,9 +89,10 @@ pub struct Lags {
     pub unseen: usize,
 }
 
-/// The baseline, the feed, then the read models `project` runs whose offsets exist yet
+/// The baseline, the feed, the relay (Kafka mode), then the read models `project` runs
+/// whose offsets exist yet
 /// (`proj_<name>.offsets`).
-pub async fn models(pool: &PgPool, analytics: bool) -> anyhow::Result<Vec<String>> {
+pub async fn models(pool: &PgPool, analytics: bool, kafka: bool) -> anyhow::Result<Vec<String>> {
     // Analytics only with MongoDB: a schema an earlier run with analytics left behind is
     // not watched, or its events would never be seen and the watcher's query would grow.
     let running: Vec<String> = lis_projections::models::all()
@@ -99,8 +108,10 @@ pub async fn models(pool: &PgPool, analytics: bool) -> anyhow::Result<Vec<String
     .bind(&running)
     .fetch_all(pool)
     .await?;
-    Ok([BASELINE.to_string(), FEED.to_string()]
+    Ok([BASELINE, FEED]
         .into_iter()
+        .chain(kafka.then_some(RELAYED))
+        .map(str::to_string)
         .chain(models)
         .collect())
 }
@@ -216,6 +227,10 @@ async fn seen_now(
                 FEED => (
                     "events".to_string(),
                     "o.sequence = k.s AND o.tx_id < pg_snapshot_xmin(pg_current_snapshot())",
+                ),
+                RELAYED => (
+                    "events".to_string(),
+                    "o.sequence = k.s AND (o.tx_id, o.position) <= (SELECT tx_id, position FROM feed_checkpoints WHERE consumer = 'relay')",
                 ),
                 _ => (format!("{s}.offsets"), "o.last_sequence >= k.s"),
             };

@@ -359,15 +359,20 @@ async fn fan_out(
     let until = std::time::Instant::now() + Duration::from_secs(300);
     let schemas = loop {
         roles.check_alive()?;
-        let schemas = fanout::models(app, config.mongo_url.is_some()).await?;
+        let schemas = fanout::models(
+            app,
+            config.mongo_url.is_some(),
+            config.kafka_brokers.is_some(),
+        )
+        .await?;
         let last: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM events")
             .fetch_one(app)
             .await?;
-        let mut behind = schemas.len() < 5 + usize::from(config.mongo_url.is_some());
-        for s in schemas
+        let models = schemas
             .iter()
-            .filter(|s| ![fanout::BASELINE, fanout::FEED].contains(&s.as_str()))
-        {
+            .filter(|s| !fanout::BASELINES.contains(&s.as_str()));
+        let mut behind = models.clone().count() < 3 + usize::from(config.mongo_url.is_some());
+        for s in models {
             let at: Option<i64> =
                 sqlx::query_scalar(&format!("SELECT max(max_position) FROM {s}.progress"))
                     .fetch_one(app)
