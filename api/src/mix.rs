@@ -6,7 +6,8 @@
 //! mid-sized hospital laboratory) is compiled in as the default, and a lab passes its
 //! own with `--mix FILE`. An order takes one, two or three distinct profiles (60, 28 and
 //! 12 orders in 100), each test once. `--mix uniform` draws 1–4 tests, each test of the
-//! catalogue alike (the generator's mix before profiles). Both the demo day and the
+//! catalogue alike (the generator's mix before profiles, though not the same days from
+//! the same seeds). Both the demo day and the
 //! benchmarks' lab flow draw their orders here.
 
 use lis_domain::catalogue::{ResultKind, TestDefinition};
@@ -60,13 +61,15 @@ pub struct OrderMix {
 impl OrderMix {
     /// Reads a mix file against the catalogue's `tests`: every code must be in it.
     pub fn parse(text: &str, tests: &[TestDefinition]) -> Result<Self, MixError> {
+        // A byte-order mark (a spreadsheet's CSV export) is not part of the first line.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut lines = text
             .lines()
             .enumerate()
             .map(|(i, l)| (i + 1, l.trim()))
             .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
         match lines.next() {
-            Some((_, HEADER)) => {}
+            Some((_, header)) if fields(header) == HEADER.split(',').collect::<Vec<_>>() => {}
             Some((line, other)) => {
                 return Err(MixError::Line {
                     line,
@@ -78,7 +81,7 @@ impl OrderMix {
         let mut profiles: Vec<Profile> = Vec::new();
         for (line, text) in lines {
             let err = |what: String| MixError::Line { line, what };
-            let fields: Vec<&str> = text.split(',').map(str::trim).collect();
+            let fields = fields(text);
             let [name, weight, codes] = fields[..] else {
                 return Err(err(format!(
                     "expected 3 fields (profile,weight,tests), found {}",
@@ -191,8 +194,8 @@ impl OrderMix {
         tests
     }
 
-    /// The chance to draw a result critical, for a test that can be (see [`value_for`]
-    /// in `demo`): [`CRITICAL_SHARE`] of all results this mix orders.
+    /// The chance to draw a result critical, for a test that can be (the demo's
+    /// `value_for` draws with it): [`CRITICAL_SHARE`] of all results this mix orders.
     pub fn p_critical(&self) -> f64 {
         self.p_critical
     }
@@ -202,14 +205,20 @@ impl OrderMix {
         self.mean_tests
     }
 
-    /// The profiles' names, for the operator.
+    /// What the mix orders, for the operator.
     pub fn describe(&self) -> String {
+        let n = self.profiles.len();
         format!(
-            "{} profiles, {:.1} tests an order on average",
-            self.profiles.len(),
+            "{n} profile{}, {:.1} tests an order on average",
+            if n == 1 { "" } else { "s" },
             self.mean_tests
         )
     }
+}
+
+/// A line's comma-separated fields, trimmed.
+fn fields(line: &str) -> Vec<&str> {
+    line.split(',').map(str::trim).collect()
 }
 
 /// Reads `--mix`: a file, `uniform`, or (none given) the seed mix.
@@ -324,6 +333,12 @@ mod tests {
             ("profile,weight,tests\nA,1\n", "order mix, line 2: expected 3 fields (profile,weight,tests), found 2"),
             ("profile,weight,tests\n,1,HB\n", "order mix, line 2: the profile has no name"),
         ];
+        for ok in [
+            "\u{feff}profile,weight,tests\nA,1,HB\n",
+            "profile, weight, tests\nA, 1, HB\n",
+        ] {
+            assert!(OrderMix::parse(ok, &tests).is_ok(), "{ok:?}");
+        }
         for (text, said) in cases {
             let e = OrderMix::parse(text, &tests).unwrap_err();
             assert_eq!(e.to_string(), said, "{text:?}");

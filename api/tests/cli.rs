@@ -187,11 +187,12 @@ async fn a_demo_day_orders_from_the_mix_it_is_given_and_refuses_a_bad_one() {
         stderr.contains("line 3: profile `Kidney`: test `UREA` is not in the catalogue"),
         "{stderr}"
     );
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&db.app)
-        .await
-        .unwrap();
-    assert_eq!(events, 0, "a refused mix writes nothing");
+    let (events, users): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM users)")
+            .fetch_one(&db.app)
+            .await
+            .unwrap();
+    assert_eq!((events, users), (0, 0), "a refused mix writes nothing");
 
     let good = dir.join("mix.csv");
     std::fs::write(
@@ -210,7 +211,7 @@ async fn a_demo_day_orders_from_the_mix_it_is_given_and_refuses_a_bad_one() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("order mix: 1 profiles, 2.0 tests an order"),
+        stdout.contains("order mix: 1 profile, 2.0 tests an order"),
         "{stdout}"
     );
     let ordered: Vec<String> = sqlx::query_scalar(

@@ -277,7 +277,7 @@ pub fn schema_of(name: &str) -> String {
 }
 
 /// The advisory lock held while a read model's schema is created or brought up to date.
-const SCHEMA_LOCK: i64 = 7_302_418;
+pub const SCHEMA_LOCK: i64 = 7_302_418;
 
 /// Creates the schema and tables if missing.
 ///

@@ -556,10 +556,11 @@ impl<'a> Rebuilding<'a> {
         }
         let (live, fresh) = (&self.live, &self.fresh);
         let mut tx = self.conn.begin().await?;
-        let locked = Instant::now();
+        let asked = Instant::now();
         sqlx::query(&format!("LOCK TABLE {live}.offsets IN EXCLUSIVE MODE"))
             .execute(&mut *tx)
             .await?;
+        let locked = Instant::now();
         let mut locked_events = 0;
         while let Some((last, events, outcome)) =
             catch_up(&mut tx, pool, self.projection, fresh, at, batch).await?
@@ -579,13 +580,17 @@ impl<'a> Rebuilding<'a> {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        // From asking for the lock (it waits for a live batch in flight) to the commit:
-        // how long the live model stood still.
-        let locked_ms = locked.elapsed().as_millis() as u64;
+        // How long the live model stood still: from getting the lock to the commit. (The
+        // wait for it is a live batch in flight finishing, while the model still works.)
+        let (lock_wait_ms, locked_ms) = (
+            (locked - asked).as_millis() as u64,
+            locked.elapsed().as_millis() as u64,
+        );
         drop_schema(&mut self.conn, &old).await?;
         tracing::info!(
             projection = self.projection.name(),
             events = self.report.events,
+            lock_wait_ms,
             locked_ms,
             locked_events,
             "rebuilt read model is live"

@@ -10,7 +10,7 @@ use lis_projections::envelope::Envelope;
 use lis_projections::feed::read_after;
 use lis_projections::models;
 use lis_projections::projection::{
-    apply_batch, ensure_schema, ensure_schema_exists, schema_of, ProjectionError,
+    apply_batch, ensure_schema, ensure_schema_exists, schema_of, ProjectionError, SCHEMA_LOCK,
 };
 use lis_projections::worker::{rebuild, rebuild_all_in_batches, run_from_feed, Batching};
 use lis_tests::{
@@ -99,6 +99,73 @@ async fn a_rebuild_leaves_an_existing_live_schema_and_its_locks_alone() {
     );
     batch.rollback().await.unwrap();
     drop(conn);
+    db.drop().await;
+}
+
+/// The rebuild asks whether the live schema exists under the schema lock, so a schema
+/// another process is creating at that moment is waited for and then left as that
+/// process made it (the DDL run over it deadlocked that process's first batch). Here the
+/// other creator makes only the offsets table: a rebuild that had looked before taking
+/// the lock would run the whole DDL once it got it, and add the model's tables.
+#[tokio::test]
+async fn a_rebuild_waits_for_a_live_schema_being_created_and_leaves_it_as_made() {
+    let db = TestDb::new().await;
+    let live = schema_of("orders");
+    let mut creator = db.app.begin().await.unwrap();
+    for statement in [
+        "SELECT pg_advisory_xact_lock($1)".to_string(),
+        format!("CREATE SCHEMA {live}"),
+        format!(
+            "CREATE TABLE {live}.offsets (aggregate_type text, aggregate_id text,
+               last_sequence bigint NOT NULL, PRIMARY KEY (aggregate_type, aggregate_id))"
+        ),
+    ] {
+        let query = sqlx::query(&statement);
+        let query = if statement.contains("$1") {
+            query.bind(SCHEMA_LOCK)
+        } else {
+            query
+        };
+        query.execute(&mut *creator).await.unwrap();
+    }
+    let (pool, schema) = (db.app.clone(), live.clone());
+    let rebuild = tokio::spawn(async move {
+        let orders = models::by_name("orders").unwrap();
+        let mut conn = pool.acquire().await.unwrap();
+        ensure_schema_exists(&mut conn, orders.as_ref(), &schema).await
+    });
+    // Until the rebuild waits for the lock.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'advisory'",
+        )
+        .fetch_one(&db.app)
+        .await
+        .unwrap();
+        if waiting == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rebuild never waited for the lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    creator.commit().await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), rebuild)
+        .await
+        .expect("the rebuild ends once the creator commits")
+        .unwrap()
+        .unwrap();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = $1 ORDER BY 1",
+    )
+    .bind(&live)
+    .fetch_all(&db.app)
+    .await
+    .unwrap();
+    assert_eq!(tables, ["offsets"], "the schema as its creator made it");
     db.drop().await;
 }
 

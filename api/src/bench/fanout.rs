@@ -29,7 +29,9 @@ pub const BASELINE: &str = "events";
 pub const FEED: &str = "feed";
 
 /// Kafka mode: the event row once the relay has published it and saved its place (its
-/// `feed_checkpoints` row). Between it and a model: Kafka and the consumer.
+/// `feed_checkpoints` row, committed after the broker acknowledged the batch and its
+/// Merkle leaves were written). An upper bound of the relay's part: a consumer may apply
+/// the event before the relay's commit.
 pub const RELAYED: &str = "relayed";
 
 /// The rows watched before the models: none of them is a read model.

@@ -371,7 +371,9 @@ async fn fan_out(
         let models = schemas
             .iter()
             .filter(|s| !fanout::BASELINES.contains(&s.as_str()));
-        let mut behind = models.clone().count() < 3 + usize::from(config.mongo_url.is_some());
+        let running =
+            lis_projections::models::all().len() + usize::from(config.mongo_url.is_some());
+        let mut behind = models.clone().count() < running;
         for s in models {
             let at: Option<i64> =
                 sqlx::query_scalar(&format!("SELECT max(max_position) FROM {s}.progress"))
