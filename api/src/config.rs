@@ -33,7 +33,7 @@
 //! | `LIS_CORS_ORIGINS` | unset | comma-separated browser origins allowed to call the API |
 //! | `LIS_RATE_PER_ADDRESS` / `LIS_RATE_PER_USER` | `1200` / `600` | requests a minute per client address / per user (0 = off) |
 //! | `LIS_PROJECT_BATCH` | `500` | events a projection worker applies per transaction at most |
-//! | `LIS_PROJECT_LINGER_MS` | `10` | how long a projection worker lets a part-full batch fill before applying the next (0 = not at all) |
+//! | `LIS_PROJECT_LINGER_MS` | `10` | how long a projection worker lets the next batch fill after a part-full one (single-node: from that batch's read; 0 = not at all) |
 //! | `LIS_MONGO_URL` | unset | MongoDB for the analytics projection (e.g. `mongodb://127.0.0.1:27017/?directConnection=true`); unset = no analytics |
 //! | `RUST_LOG` | `info` | log filter (tracing-subscriber syntax) |
 
