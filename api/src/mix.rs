@@ -221,8 +221,21 @@ fn fields(line: &str) -> Vec<&str> {
     line.split(',').map(str::trim).collect()
 }
 
+/// The order mix `--mix` names, over the catalogue in force (and says what it orders).
+pub async fn in_force(pool: &sqlx::PgPool, arg: Option<&str>) -> anyhow::Result<OrderMix> {
+    use anyhow::Context;
+    let version = lis_commands::catalogue::current_version(pool)
+        .await?
+        .context("import a catalogue first (lisledger catalogue import)")?;
+    let catalogue = lis_commands::catalogue::load(pool, version).await?;
+    let tests: Vec<_> = catalogue.tests.into_values().collect();
+    let mix = load(arg, &tests)?;
+    say!("order mix: {}", mix.describe());
+    Ok(mix)
+}
+
 /// Reads `--mix`: a file, `uniform`, or (none given) the seed mix.
-pub fn load(arg: Option<&str>, tests: &[TestDefinition]) -> anyhow::Result<OrderMix> {
+fn load(arg: Option<&str>, tests: &[TestDefinition]) -> anyhow::Result<OrderMix> {
     use anyhow::Context;
     Ok(match arg {
         None => OrderMix::parse(SEED, tests).context(

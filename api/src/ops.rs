@@ -533,13 +533,7 @@ pub async fn demo(
         say!("the ledger already holds {events} events; no demo loaded");
         return Ok(ExitCode::SUCCESS);
     }
-    let version = lis_commands::catalogue::current_version(pool)
-        .await?
-        .context("import a catalogue first (lisledger catalogue import)")?;
-    let catalogue = lis_commands::catalogue::load(pool, version).await?;
-    let tests: Vec<_> = catalogue.tests.into_values().collect();
-    let mix = crate::mix::load(mix, &tests)?;
-    say!("order mix: {}", mix.describe());
+    let mix = crate::mix::in_force(pool, mix).await?;
     let ledger = ledger(config, pool.clone()).await?;
     let started = std::time::Instant::now();
     let report = crate::demo::run(&ledger, &mix, size, seed, concurrency).await?;

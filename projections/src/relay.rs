@@ -135,7 +135,7 @@ pub struct Relay {
     pool: PgPool,
     config: RelayConfig,
     /// Made anew after a failed publish ([`Relay::renew_producer`]).
-    producer: std::sync::Mutex<Option<FutureProducer>>,
+    producer: Option<FutureProducer>,
     sealer: Sealer,
 }
 
@@ -158,7 +158,7 @@ fn make_producer(config: &RelayConfig) -> Result<Option<FutureProducer>, RelayEr
 
 impl Relay {
     pub fn new(pool: PgPool, config: RelayConfig, sealer: Sealer) -> Result<Self, RelayError> {
-        let producer = std::sync::Mutex::new(make_producer(&config)?);
+        let producer = make_producer(&config)?;
         Ok(Self {
             pool,
             config,
@@ -167,25 +167,14 @@ impl Relay {
         })
     }
 
-    /// The current producer (a handle to it: cheap to clone).
-    fn producer(&self) -> Option<FutureProducer> {
-        self.producer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
-
     /// Replaces the producer with a new one. After a broker restart a producer once kept
     /// a partition's old leader and timed out every message for minutes ("new leader not
     /// found in cache", seen in the broker-restart test); a new one asks for the
     /// metadata afresh. Re-publishing is safe: consumers skip what they have by sequence.
-    fn renew_producer(&self) {
+    fn renew_producer(&mut self) {
         match make_producer(&self.config) {
             Ok(fresh) => {
-                *self
-                    .producer
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh;
+                self.producer = fresh;
                 tracing::info!("relay: Kafka producer made anew");
             }
             Err(e) => tracing::warn!(error = %e, "relay: cannot make a new Kafka producer"),
@@ -221,7 +210,7 @@ impl Relay {
     /// Runs until `stop` resolves: waits as a standby until it holds the leader lock,
     /// then relays. Other failures keep the lead (see `lead_once`); when the lock's
     /// connection is lost it backs off and stands by again.
-    pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
+    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
         loop {
             tokio::select! {
@@ -236,7 +225,7 @@ impl Relay {
         }
     }
 
-    async fn lead_once(&self) -> Result<(), RelayError> {
+    async fn lead_once(&mut self) -> Result<(), RelayError> {
         let mut lock = self.pool.acquire().await?.detach();
         loop {
             let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
@@ -342,7 +331,7 @@ impl Relay {
     }
 
     async fn publish(&self, batch: &[StoredEvent]) -> Result<(), RelayError> {
-        let (Some(producer), Some(k)) = (self.producer(), &self.config.kafka) else {
+        let (Some(producer), Some(k)) = (&self.producer, &self.config.kafka) else {
             return Ok(());
         };
         let mut deliveries = Vec::with_capacity(batch.len());
@@ -436,7 +425,7 @@ impl Relay {
     }
 
     async fn publish_seal(&self, tree_size: u64, note: &str) -> Result<(), RelayError> {
-        let (Some(producer), Some(k)) = (self.producer(), &self.config.kafka) else {
+        let (Some(producer), Some(k)) = (&self.producer, &self.config.kafka) else {
             return Ok(());
         };
         let key = tree_size.to_string();

@@ -91,23 +91,26 @@ pub struct Lags {
     pub unseen: usize,
 }
 
-/// The baseline, the feed, the relay (Kafka mode), then the read models `project` runs
-/// whose offsets exist yet
-/// (`proj_<name>.offsets`).
-pub async fn models(pool: &PgPool, analytics: bool, kafka: bool) -> anyhow::Result<Vec<String>> {
-    // Analytics only with MongoDB: a schema an earlier run with analytics left behind is
-    // not watched, or its events would never be seen and the watcher's query would grow.
-    let running: Vec<String> = lis_projections::models::all()
+/// The schemas of the read models `project` runs: analytics only with MongoDB (a schema
+/// an earlier run with analytics left behind is not watched, or its events would never
+/// be seen and the watcher's query would grow).
+pub fn running(analytics: bool) -> Vec<String> {
+    lis_projections::models::all()
         .iter()
         .map(|p| p.name())
         .chain(analytics.then_some("analytics"))
         .map(lis_projections::projection::schema_of)
-        .collect();
+        .collect()
+}
+
+/// The baseline, the feed, the relay (Kafka mode), then those of the [`running`] models
+/// whose offsets exist yet (`proj_<name>.offsets`).
+pub async fn models(pool: &PgPool, analytics: bool, kafka: bool) -> anyhow::Result<Vec<String>> {
     let models: Vec<String> = sqlx::query_scalar(
         "SELECT table_schema::text FROM information_schema.tables
           WHERE table_name = 'offsets' AND table_schema = ANY($1) ORDER BY 1",
     )
-    .bind(&running)
+    .bind(running(analytics))
     .fetch_all(pool)
     .await?;
     Ok([BASELINE, FEED]

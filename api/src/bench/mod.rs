@@ -171,18 +171,6 @@ pub async fn run(
     }
 }
 
-/// The load generators' order mix (`--mix`), over the catalogue in force.
-async fn order_mix(pool: &PgPool, mix: Option<&str>) -> anyhow::Result<crate::mix::OrderMix> {
-    let version = lis_commands::catalogue::current_version(pool)
-        .await?
-        .context("import a catalogue first (lisledger catalogue import)")?;
-    let catalogue = lis_commands::catalogue::load(pool, version).await?;
-    let tests: Vec<_> = catalogue.tests.into_values().collect();
-    let mix = crate::mix::load(mix, &tests)?;
-    say!("order mix: {}", mix.describe());
-    Ok(mix)
-}
-
 fn base_url(config: &Config) -> String {
     format!("http://{}", config.http_addr)
 }
@@ -213,7 +201,7 @@ async fn commands(
         mix,
     } = shape;
     let (secs, warmup, seed) = (*secs, *warmup, *seed);
-    let mix = order_mix(app, mix.as_deref()).await?;
+    let mix = crate::mix::in_force(app, mix.as_deref()).await?;
     let base = base_url(config);
     let mut roles = roles::Roles::start(&base, &["relay", "project"], dir).await?;
     let mut api = client::Api::new(&base)?;
@@ -349,7 +337,7 @@ async fn fan_out(
         idempotency_keys,
         ref mix,
     } = *load;
-    let mix = Arc::new(order_mix(app, mix.as_deref()).await?);
+    let mix = Arc::new(crate::mix::in_force(app, mix.as_deref()).await?);
     let base = base_url(config);
     let mut roles = roles::Roles::start(&base, &["relay", "project"], dir).await?;
     let mut api = client::Api::new(&base)?;
@@ -371,8 +359,7 @@ async fn fan_out(
         let models = schemas
             .iter()
             .filter(|s| !fanout::BASELINES.contains(&s.as_str()));
-        let running =
-            lis_projections::models::all().len() + usize::from(config.mongo_url.is_some());
+        let running = fanout::running(config.mongo_url.is_some()).len();
         let mut behind = models.clone().count() < running;
         for s in models {
             let at: Option<i64> =
