@@ -114,6 +114,17 @@ enum KeysCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Re-wrap every stored key (the ledger's own and each patient's data key) from the
+    /// previous key-encryption key (LIS_KEK_PREVIOUS) to the current one (LIS_KEK), as the
+    /// owner role (LIS_MIGRATION_DATABASE_URL). Restartable; recorded in `kek_rotations`.
+    Rotate {
+        /// Why (recorded in `kek_rotations`).
+        #[arg(long)]
+        reason: String,
+        /// Who is rotating (recorded in `kek_rotations`).
+        #[arg(long, env = "USER", default_value = "operator")]
+        actor: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -359,6 +370,12 @@ pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
         Command::Keys {
             command: KeysCommand::Generate { out },
         } => return ops::generate_kek(out.as_deref()),
+        Command::Keys {
+            command: KeysCommand::Rotate { reason, actor },
+        } => {
+            let owner = pool(&config.migration_database_url, 2).await?;
+            return ops::rotate_kek(&config, owner, &actor, &reason).await;
+        }
         Command::Patients {
             command:
                 PatientsCommand::Erase {

@@ -24,6 +24,7 @@
 //! | `LIS_MONGO_DATABASE` | `lis_analytics` | the analytics database |
 //! | `LIS_KEK` | unset | key-encryption key of patient data keys: base64 of 32 bytes (`lisledger keys generate`); else read from `LIS_KEK_FILE`. Required by `serve`, `demo` and `patients`; a wrong one is refused at start-up |
 //! | `LIS_KEK_FILE` | `deploy/.local/kek` | file holding the key-encryption key (`deploy/run.sh` makes one) |
+//! | `LIS_KEK_PREVIOUS` / `LIS_KEK_PREVIOUS_FILE` | unset | during a KEK rotation only: the key-encryption key being retired (or a file holding it); keys still wrapped by it open, new ones are wrapped by `LIS_KEK`. `lisledger keys rotate` needs it |
 //! | `LIS_HTTP_ADDR` | `127.0.0.1:8080` | where `lisledger serve` listens |
 //! | `LIS_JWT_SECRET` | unset | HMAC key of access tokens (32+ bytes); else read from `LIS_JWT_SECRET_FILE` |
 //! | `LIS_JWT_SECRET_FILE` | `deploy/.local/jwt.secret` | file holding the token key (`deploy/run.sh` makes one) |
@@ -73,6 +74,8 @@ pub struct Config {
     pub http_addr: String,
     pub kek: Option<String>,
     pub kek_file: String,
+    pub kek_previous: Option<String>,
+    pub kek_previous_file: Option<String>,
     pub jwt_secret: Option<String>,
     pub jwt_secret_file: String,
     pub jwt_issuer: String,
@@ -232,6 +235,14 @@ impl Config {
                 .filter(|k| !k.trim().is_empty())
                 .cloned(),
             kek_file: get("LIS_KEK_FILE", "deploy/.local/kek"),
+            kek_previous: vars
+                .get("LIS_KEK_PREVIOUS")
+                .filter(|k| !k.trim().is_empty())
+                .cloned(),
+            kek_previous_file: vars
+                .get("LIS_KEK_PREVIOUS_FILE")
+                .filter(|f| !f.trim().is_empty())
+                .cloned(),
             jwt_secret: vars
                 .get("LIS_JWT_SECRET")
                 .filter(|s| !s.trim().is_empty())

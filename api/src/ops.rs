@@ -339,13 +339,23 @@ pub async fn prove(config: &Config, pool: &PgPool, position: i64) -> anyhow::Res
     })
 }
 
-/// The patient key vault, with the KEK from `LIS_KEK` or `LIS_KEK_FILE`: a missing,
-/// malformed or wrong KEK stops start-up with a message that says which.
+/// The patient key vault, with the KEK from `LIS_KEK` or `LIS_KEK_FILE` (and, during a
+/// rotation, the previous one from `LIS_KEK_PREVIOUS` or `LIS_KEK_PREVIOUS_FILE`): a
+/// missing, malformed or wrong KEK stops start-up with a message that says which.
 pub async fn vault(
     config: &Config,
     pool: &PgPool,
 ) -> anyhow::Result<std::sync::Arc<lis_commands::keys::PatientVault>> {
-    use lis_commands::keys::{KeyError, LocalKek, PatientVault};
+    let vault = lis_commands::keys::PatientVault::connect_with(pool.clone(), keks(config)?)
+        .await
+        .context("opening the patient key vault")?;
+    Ok(std::sync::Arc::new(vault))
+}
+
+/// The configured KEKs: the current one, and the previous one when set.
+pub fn keks(config: &Config) -> anyhow::Result<lis_commands::keys::Keks> {
+    use lis_commands::keys::{Keks, KeyError, LocalKek};
+    use std::sync::Arc;
     let text = match &config.kek {
         Some(k) => k.clone(),
         None => std::fs::read_to_string(&config.kek_file).map_err(|e| {
@@ -356,11 +366,58 @@ pub async fn vault(
             )
         })?,
     };
-    let kek = LocalKek::from_base64(&text).context("LIS_KEK / LIS_KEK_FILE")?;
-    let vault = PatientVault::connect(pool.clone(), std::sync::Arc::new(kek))
-        .await
-        .context("opening the patient key vault")?;
-    Ok(std::sync::Arc::new(vault))
+    let current = Arc::new(LocalKek::from_base64(&text).context("LIS_KEK / LIS_KEK_FILE")?);
+    let previous =
+        match (&config.kek_previous, &config.kek_previous_file) {
+            (Some(k), _) => Some(k.clone()),
+            (None, Some(file)) => Some(std::fs::read_to_string(file).map_err(|e| {
+                anyhow::anyhow!("LIS_KEK_PREVIOUS_FILE: {file} cannot be read: {e}")
+            })?),
+            (None, None) => None,
+        };
+    Ok(match previous {
+        None => Keks::new(current),
+        Some(text) => {
+            let previous =
+                LocalKek::from_base64(&text).context("LIS_KEK_PREVIOUS / LIS_KEK_PREVIOUS_FILE")?;
+            Keks::rotating(current, Arc::new(previous))?
+        }
+    })
+}
+
+/// Re-wraps every stored key from the previous KEK (`LIS_KEK_PREVIOUS`) to the current
+/// one (`LIS_KEK`), as the owner role, and says what is left to do.
+pub async fn rotate_kek(
+    config: &Config,
+    owner: PgPool,
+    actor: &str,
+    reason: &str,
+) -> anyhow::Result<ExitCode> {
+    use lis_commands::keys::{rotate, RotationBy};
+    let keks = keks(config)?;
+    if keks.previous().is_none() {
+        bail!("keys rotate: set LIS_KEK_PREVIOUS (or LIS_KEK_PREVIOUS_FILE) to the key-encryption key being retired, and LIS_KEK to the new one (`lisledger keys generate`)");
+    }
+    let actor = lis_domain::actor::ActorId::parse(actor)
+        .map_err(|e| anyhow::anyhow!("--actor: {}", e.message))?;
+    let reason = lis_domain::text::Reason::parse(reason)
+        .map_err(|e| anyhow::anyhow!("--reason: {}", e.message))?;
+    let started = std::time::Instant::now();
+    let by = RotationBy {
+        actor: actor.as_str(),
+        reason: reason.as_str(),
+    };
+    let report = rotate(&owner, &keks, by, lis_commands::keys::rotate::ROTATE_BATCH).await?;
+    say!(
+        "re-wrapped {} ledger keys and {} patient keys from {} to {} in {:.1} s; no live key is wrapped by {} any more: unset LIS_KEK_PREVIOUS and restart every role that holds the KEK (serve, demo, patients)",
+        report.ledger_keys,
+        report.patient_keys,
+        report.from,
+        report.to,
+        started.elapsed().as_secs_f64(),
+        report.from
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Writes a fresh key-encryption key (base64) to `out`, or prints it.

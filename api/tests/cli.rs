@@ -2,7 +2,7 @@
 //! a refused catalogue import, and plain-text logs when standard error is not a terminal.
 
 use lis_domain::actor::Role;
-use lis_eventstore_migrations::APP_ROLE;
+use lis_eventstore_migrations::{APP_ROLE, OWNER_ROLE};
 use lis_tests::{actor, code, place, TestDb};
 use std::process::{Command, Output};
 
@@ -14,6 +14,17 @@ fn lisledger(db: &TestDb, args: &[&str]) -> Output {
         .env("RUST_LOG", "warn")
         .output()
         .expect("run lisledger")
+}
+
+/// Whether `c` succeeded, and all it printed.
+fn outcome(c: &mut Command) -> (bool, String) {
+    let out = c.output().expect("run lisledger");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
 
 #[tokio::test]
@@ -246,13 +257,7 @@ async fn a_missing_malformed_or_different_kek_stops_start_up_naming_the_problem(
         if let Some(k) = kek {
             c.env("LIS_KEK", k);
         }
-        let out = c.output().expect("run lisledger");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        outcome(&mut c)
     };
     let (ok, text) = erase(None);
     assert!(
@@ -275,6 +280,67 @@ async fn a_missing_malformed_or_different_kek_stops_start_up_naming_the_problem(
         .await
         .unwrap();
     assert_eq!(events, 0);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn keys_rotate_rewraps_under_the_new_kek_which_alone_then_opens_the_ledger() {
+    let db = TestDb::new().await;
+    let ledger = db.ledger().await;
+    let placed = place(&ledger, "MRN-CLI-ROT", &["K"]).await;
+    let patient = ledger
+        .order(placed.order_id)
+        .await
+        .unwrap()
+        .facts()
+        .unwrap()
+        .patient_id
+        .to_string();
+    let new = lis_commands::keys::LocalKek::generate();
+    let run = |args: &[&str], kek: &str, previous: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_lisledger"));
+        c.args(args)
+            .env("LIS_DATABASE_URL", db.url_as(APP_ROLE))
+            .env("LIS_MIGRATION_DATABASE_URL", db.url_as(OWNER_ROLE))
+            .env("LIS_KEK", kek)
+            .env("RUST_LOG", "warn")
+            .env_remove("LIS_KEK_PREVIOUS")
+            .env_remove("LIS_KEK_PREVIOUS_FILE");
+        if let Some(p) = previous {
+            c.env("LIS_KEK_PREVIOUS", p);
+        }
+        outcome(&mut c)
+    };
+    let rotate = [
+        "keys",
+        "rotate",
+        "--reason",
+        "scheduled rotation",
+        "--actor",
+        "sec.officer",
+    ];
+    // Without the retired KEK there is nothing to rotate from: said, and nothing changes.
+    let (ok, text) = run(&rotate, &new, None);
+    assert!(!ok && text.contains("LIS_KEK_PREVIOUS"), "{text}");
+    let (ok, text) = run(&rotate, &new, Some(lis_tests::TEST_KEK));
+    assert!(
+        ok && text.contains("re-wrapped 2 ledger keys and 1 patient keys"),
+        "{text}"
+    );
+    let who: (String, String) = sqlx::query_as("SELECT actor_id, reason FROM kek_rotations")
+        .fetch_one(&db.app)
+        .await
+        .unwrap();
+    assert_eq!(who, ("sec.officer".into(), "scheduled rotation".into()));
+    // The retired KEK alone is refused; the new one alone opens the vault and erases.
+    let erase = ["patients", "erase", patient.as_str(), "--reason", "asked"];
+    let (ok, text) = run(&erase, lis_tests::TEST_KEK, None);
+    assert!(
+        !ok && text.contains("is not the one this ledger's keys are wrapped with"),
+        "{text}"
+    );
+    let (ok, text) = run(&erase, &new, None);
+    assert!(ok && text.contains("erased"), "{text}");
     db.drop().await;
 }
 

@@ -3,15 +3,18 @@
 //! - [`kek`]: the key-encryption key from configuration, behind a trait so that a cloud
 //!   KMS can take its place;
 //! - [`vault`]: per-patient data keys (wrapped by the KEK, in `patient_keys`), sealing and
-//!   opening identities, the MRN pseudonym index, and erasure.
+//!   opening identities, the MRN pseudonym index, and erasure;
+//! - [`rotate`]: re-wrapping every stored key from the previous KEK to the current one.
 //!
 //! See docs/privacy.md for which fields are sealed and where every field lives.
 
 pub mod kek;
+pub mod rotate;
 pub mod vault;
 
 pub use kek::{KeyEncryptionKey, LocalKek};
-pub use vault::{Opened, PatientVault};
+pub use rotate::{rotate, RotationBy, RotationReport};
+pub use vault::{Keks, Opened, PatientVault};
 
 /// What went wrong with keys or sealed data.
 #[derive(Debug, thiserror::Error)]

@@ -7,6 +7,10 @@
 //! message, can then only be reported as erased. The MRN → pseudonymous patient id index
 //! holds HMAC-SHA-256 of the MRN, never the MRN, and loses the patient's row on erasure.
 //! Nothing is cached: an erasure is effective for every process at once.
+//!
+//! Each wrapped key names the KEK that wrapped it (`kek_id`). The vault holds the current
+//! KEK and, while a rotation is under way, the previous one ([`Keks`]): it opens a key
+//! with whichever KEK its row names and wraps new keys with the current one only.
 
 use super::kek::KeyEncryptionKey;
 use super::KeyError;
@@ -78,8 +82,71 @@ impl Sealer {
 
 pub struct PatientVault {
     pool: PgPool,
-    kek: Arc<dyn KeyEncryptionKey>,
+    keks: Keks,
     index_key: Zeroizing<Vec<u8>>,
+}
+
+/// The KEKs a process holds: the current one, which wraps every new key, and during a
+/// rotation (`lisledger keys rotate`) the previous one, which still opens the keys not
+/// yet re-wrapped.
+#[derive(Clone)]
+pub struct Keks {
+    current: Arc<dyn KeyEncryptionKey>,
+    previous: Option<Arc<dyn KeyEncryptionKey>>,
+}
+
+impl Keks {
+    /// The current KEK alone.
+    pub fn new(current: Arc<dyn KeyEncryptionKey>) -> Self {
+        Self {
+            current,
+            previous: None,
+        }
+    }
+
+    /// The current KEK and the previous one. Refused when they are the same key.
+    pub fn rotating(
+        current: Arc<dyn KeyEncryptionKey>,
+        previous: Arc<dyn KeyEncryptionKey>,
+    ) -> Result<Self, KeyError> {
+        if current.id() == previous.id() {
+            return Err(KeyError::BadKek(format!(
+                "the previous key-encryption key is the current one ({})",
+                current.id()
+            )));
+        }
+        Ok(Self {
+            current,
+            previous: Some(previous),
+        })
+    }
+
+    pub fn current(&self) -> &dyn KeyEncryptionKey {
+        self.current.as_ref()
+    }
+
+    pub fn previous(&self) -> Option<&dyn KeyEncryptionKey> {
+        self.previous.as_deref()
+    }
+
+    /// The KEK whose id a row names, or why none of ours is it.
+    pub fn by_id(&self, stored: &str) -> Result<&dyn KeyEncryptionKey, KeyError> {
+        std::iter::once(self.current())
+            .chain(self.previous())
+            .find(|k| k.id() == stored)
+            .ok_or_else(|| KeyError::WrongKek {
+                configured: self.ids(),
+                stored: stored.to_string(),
+            })
+    }
+
+    /// `local:…`, or `local:… (previous local:…)`.
+    fn ids(&self) -> String {
+        match self.previous() {
+            Some(p) => format!("{} (previous {})", self.current.id(), p.id()),
+            None => self.current.id().to_string(),
+        }
+    }
 }
 
 fn random_key() -> Zeroizing<Vec<u8>> {
@@ -88,7 +155,7 @@ fn random_key() -> Zeroizing<Vec<u8>> {
     key
 }
 
-fn patient_key_aad(patient: PatientId) -> Vec<u8> {
+pub(crate) fn patient_key_aad(patient: PatientId) -> Vec<u8> {
     format!("lisledger/v1/patient-key/{patient}").into_bytes()
 }
 
@@ -100,11 +167,17 @@ impl PatientVault {
     /// Opens the vault with `kek`, refusing a KEK other than the one this ledger's keys
     /// are wrapped with. On a new ledger it creates the check value and the index key.
     pub async fn connect(pool: PgPool, kek: Arc<dyn KeyEncryptionKey>) -> Result<Self, KeyError> {
-        ledger_key(&pool, kek.as_ref(), "kek-check").await?;
-        let index_key = ledger_key(&pool, kek.as_ref(), "mrn-index").await?;
+        Self::connect_with(pool, Keks::new(kek)).await
+    }
+
+    /// [`PatientVault::connect`] with the previous KEK too, during a rotation: the
+    /// ledger's keys may be wrapped by either.
+    pub async fn connect_with(pool: PgPool, keks: Keks) -> Result<Self, KeyError> {
+        ledger_key(&pool, &keks, "kek-check").await?;
+        let index_key = ledger_key(&pool, &keks, "mrn-index").await?;
         Ok(Self {
             pool,
-            kek,
+            keks,
             index_key,
         })
     }
@@ -175,13 +248,14 @@ impl PatientVault {
         if row.is_none() && create {
             // The patient's first sealed value: make their key (a KEK call, so only on a
             // miss; of racing first orders one insert wins and all read the winner).
-            let wrapped = self.kek.wrap(&random_key(), &aad).await?;
+            let kek = self.keks.current();
+            let wrapped = kek.wrap(&random_key(), &aad).await?;
             sqlx::query(
                 "INSERT INTO patient_keys (patient_id, kek_id, wrapped_key) VALUES ($1, $2, $3)
                  ON CONFLICT (patient_id) DO NOTHING",
             )
             .bind(patient.as_uuid())
-            .bind(self.kek.id())
+            .bind(kek.id())
             .bind(&wrapped)
             .execute(&self.pool)
             .await?;
@@ -192,13 +266,9 @@ impl PatientVault {
             return Ok(None);
         };
         let stored: String = row.get("kek_id");
-        if stored != self.kek.id() {
-            return Err(KeyError::WrongKek {
-                configured: self.kek.id().to_string(),
-                stored,
-            });
-        }
-        Ok(Some(self.kek.unwrap(&wrapped, &aad).await?))
+        Ok(Some(
+            self.keks.by_id(&stored)?.unwrap(&wrapped, &aad).await?,
+        ))
     }
 
     /// A sealer for the patient's values, with their data key (created if this is their
@@ -281,13 +351,18 @@ impl PatientVault {
     }
 }
 
-/// A key of the ledger itself (`kek-check`, `mrn-index`), created on first use.
+pub(crate) fn ledger_key_aad(name: &str) -> Vec<u8> {
+    format!("lisledger/v1/ledger-key/{name}").into_bytes()
+}
+
+/// A key of the ledger itself (`kek-check`, `mrn-index`), created on first use (wrapped
+/// by the current KEK), opened with the KEK its row names.
 async fn ledger_key(
     pool: &PgPool,
-    kek: &dyn KeyEncryptionKey,
+    keks: &Keks,
     name: &str,
 ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-    let aad = format!("lisledger/v1/ledger-key/{name}").into_bytes();
+    let aad = ledger_key_aad(name);
     let read = || {
         sqlx::query("SELECT kek_id, wrapped FROM ledger_keys WHERE name = $1")
             .bind(name)
@@ -297,6 +372,7 @@ async fn ledger_key(
         Some(row) => row,
         None => {
             // A new ledger: make the key (racing starts: one insert wins).
+            let kek = keks.current();
             let wrapped = kek.wrap(&random_key(), &aad).await?;
             sqlx::query(
                 "INSERT INTO ledger_keys (name, kek_id, wrapped) VALUES ($1, $2, $3)
@@ -313,14 +389,11 @@ async fn ledger_key(
         }
     };
     let stored: String = row.get("kek_id");
-    let wrong = || KeyError::WrongKek {
-        configured: kek.id().to_string(),
-        stored: stored.clone(),
-    };
-    if stored != kek.id() {
-        return Err(wrong());
-    }
+    let kek = keks.by_id(&stored)?;
     kek.unwrap(&row.get::<Vec<u8>, _>("wrapped"), &aad)
         .await
-        .map_err(|_| wrong())
+        .map_err(|_| KeyError::WrongKek {
+            configured: keks.ids(),
+            stored: stored.clone(),
+        })
 }
