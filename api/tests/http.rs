@@ -381,6 +381,52 @@ async fn a_lab_day_through_the_api() {
 }
 
 #[tokio::test]
+async fn auditors_see_each_rotation_of_the_key_encryption_key() {
+    use lis_commands::keys::{rotate, Keks, KeyEncryptionKey, LocalKek, RotationBy};
+    let api = Api::start().await;
+    let auditor = api.token("audit.1").await;
+    let (s, none) = api.get(&auditor, "/audit/key-rotations").await;
+    assert_eq!(s, StatusCode::OK, "{none}");
+    assert_eq!(none["rotations"], json!([]));
+    let old = Arc::new(LocalKek::from_base64(lis_tests::TEST_KEK).unwrap());
+    let new = Arc::new(LocalKek::from_base64(&LocalKek::generate()).unwrap());
+    let by = RotationBy {
+        actor: "sec.officer",
+        reason: "staff change",
+    };
+    let keks = Keks::rotating(new.clone(), old.clone()).unwrap();
+    rotate(&api.db.owner, &keks, by, 1000).await.unwrap();
+    let (s, seen) = api.get(&auditor, "/audit/key-rotations").await;
+    assert_eq!(s, StatusCode::OK, "{seen}");
+    let r = &seen["rotations"][0];
+    assert_eq!(
+        seen["rotations"].as_array().map(Vec::len),
+        Some(1),
+        "{seen}"
+    );
+    assert_eq!(
+        (
+            &r["from_kek_id"],
+            &r["to_kek_id"],
+            &r["actor"],
+            &r["reason"]
+        ),
+        (
+            &json!(old.id()),
+            &json!(new.id()),
+            &json!("sec.officer"),
+            &json!("staff change")
+        )
+    );
+    assert_eq!(
+        (&r["ledger_keys"], &r["patient_keys"]),
+        (&json!(2), &json!(0))
+    );
+    assert!(r["finished_at"].is_string(), "{r}");
+    api.db.drop().await;
+}
+
+#[tokio::test]
 async fn roles_and_errors_are_answered_with_problems() {
     let api = Api::start().await;
     let reception = api.token("reception.1").await;
@@ -1084,6 +1130,71 @@ async fn identity_is_shown_as_each_role_may_see_it_and_only_an_admin_erases() {
             format!("audit/orders/{order_id}")
         )]
     );
+    // Auditors review the break-glass reads: all of them over a range, each user's with
+    // their activity; a range before the read holds none, and a reversed one is refused.
+    let range = |from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>| {
+        format!(
+            "from={}&to={}",
+            from.to_rfc3339().replace('+', "%2B"),
+            to.to_rfc3339().replace('+', "%2B")
+        )
+    };
+    let now = chrono::Utc::now();
+    let around = range(
+        now - chrono::Duration::hours(1),
+        now + chrono::Duration::hours(1),
+    );
+    let (s, reads) = api
+        .get(&auditor, &format!("/audit/break-glass?{around}"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{reads}");
+    let read = &reads["reads"][0];
+    assert_eq!(reads["reads"].as_array().map(Vec::len), Some(1), "{reads}");
+    assert_eq!(
+        (
+            &read["actor"],
+            &read["role"],
+            &read["reason"],
+            &read["resource"]
+        ),
+        (
+            &json!("audit.1"),
+            &json!("auditor"),
+            &json!("NABL assessment, request 12"),
+            &json!(format!("audit/orders/{order_id}"))
+        )
+    );
+    assert!(
+        read["request_id"].as_str().is_some_and(|r| !r.is_empty()),
+        "{read}"
+    );
+    let (s, did) = api
+        .get(&auditor, &format!("/audit/actors/audit.1?{around}"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{did}");
+    assert_eq!(did["break_glass"], reads["reads"], "{did}");
+    let (_, did) = api
+        .get(&auditor, &format!("/audit/actors/reception.1?{around}"))
+        .await;
+    assert_eq!(did["break_glass"], json!([]), "{did}");
+    let before = range(
+        now - chrono::Duration::hours(2),
+        now - chrono::Duration::hours(1),
+    );
+    let (_, none) = api
+        .get(&auditor, &format!("/audit/break-glass?{before}"))
+        .await;
+    assert_eq!(none["reads"], json!([]), "{none}");
+    let reversed = range(now + chrono::Duration::hours(1), now);
+    let (s, problem) = api
+        .get(&auditor, &format!("/audit/break-glass?{reversed}"))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(problem["errors"][0]["pointer"], "/from", "{problem}");
+    let (s, _) = api
+        .get(&reception, &format!("/audit/break-glass?{around}"))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
     let r = with_glass(&admin, &format!("/patients/{patient}"), "curious")
         .await
         .unwrap();

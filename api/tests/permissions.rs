@@ -90,6 +90,8 @@ const GOVERNED_BY: &[(&str, &str)] = &[
     ("GET /audit/{kind}/{id}", "audit history"),
     ("GET /audit/actors/{user}", "audit history"),
     ("GET /audit/verification", "audit history"),
+    ("GET /audit/break-glass", "audit history"),
+    ("GET /audit/key-rotations", "audit history"),
     ("GET /events/stream", "event stream"),
     ("GET /analytics/{report}", "analytics"),
     ("GET /patients/{id}", "patient identity"),

@@ -1,4 +1,6 @@
--- Key-encryption key rotation (`lisledger keys rotate`, docs/privacy.md).
+-- Key-encryption key rotation (`lisledger keys rotate`, docs/privacy.md), and the
+-- auditors' reads of the key and break-glass records (GET /audit/key-rotations,
+-- GET /audit/break-glass).
 --
 -- A rotation re-wraps the ledger's own keys and every live patient data key from the
 -- previous KEK to the current one, as the owner role; the data keys, and so every sealed
@@ -27,3 +29,7 @@ CREATE TRIGGER kek_rotations_no_truncate BEFORE TRUNCATE ON kek_rotations
 REVOKE ALL ON kek_rotations FROM PUBLIC;
 -- The ledger may read the record (auditors); only the owner rotates.
 GRANT SELECT ON kek_rotations TO lisledger_app;
+
+-- Break-glass reads by time range, and by actor (GET /audit/actors/{user}).
+CREATE INDEX break_glass_log_at ON break_glass_log (at);
+CREATE INDEX break_glass_log_by_actor ON break_glass_log (actor_id, at);

@@ -233,27 +233,36 @@ mod tests {
     }
 }
 
+/// A time range: `from` (inclusive) to `to` (exclusive).
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
-pub struct ActivityQuery {
+pub struct TimeRange {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
 }
 
-/// Everything one user did in a time range, oldest first.
+impl TimeRange {
+    fn check(&self) -> Result<(), Problem> {
+        if self.from > self.to {
+            return Err(Problem::invalid(vec![super::problem::FieldProblem {
+                pointer: "/from".into(),
+                detail: "from is after to".into(),
+            }]));
+        }
+        Ok(())
+    }
+}
+
+/// Everything one user did in a time range, oldest first: the events they wrote, and
+/// their break-glass reads of patient identity.
 pub async fn activity(
     State(s): State<AppState>,
     caller: Caller,
     Path(user): Path<String>,
-    Params(q): Params<ActivityQuery>,
+    Params(q): Params<TimeRange>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadAudit)?;
     let user = super::commands::id(&user, ActorId::parse, "user")?.to_string();
-    if q.from > q.to {
-        return Err(Problem::invalid(vec![super::problem::FieldProblem {
-            pointer: "/from".into(),
-            detail: "from is after to".into(),
-        }]));
-    }
+    q.check()?;
     let events: Option<Value> = sqlx::query_scalar(
         "SELECT json_agg(json_build_object(
                    'position', position, 'aggregate_type', aggregate_type, 'aggregate_id', aggregate_id,
@@ -269,9 +278,64 @@ pub async fn activity(
     .bind(q.to)
     .fetch_one(&s.pool)
     .await?;
-    Ok(Json(
-        json!({ "actor": user, "from": q.from, "to": q.to, "events": events.unwrap_or(json!([])) }),
-    ))
+    let break_glass = break_glass_reads(&s, Some(&user), &q).await?;
+    Ok(Json(json!({
+        "actor": user, "from": q.from, "to": q.to,
+        "events": events.unwrap_or(json!([])), "break_glass": break_glass,
+    })))
+}
+
+/// Every break-glass read of patient identity in a time range, oldest first: who, in
+/// what role, why, what was read, and the request (`break_glass_log`, append-only).
+pub async fn break_glass(
+    State(s): State<AppState>,
+    caller: Caller,
+    Params(q): Params<TimeRange>,
+) -> Result<Json<Value>, Problem> {
+    caller.require(Action::ReadAudit)?;
+    q.check()?;
+    let reads = break_glass_reads(&s, None, &q).await?;
+    Ok(Json(json!({ "from": q.from, "to": q.to, "reads": reads })))
+}
+
+/// The break-glass reads in `range`, of one actor or of all.
+async fn break_glass_reads(
+    s: &AppState,
+    actor: Option<&str>,
+    range: &TimeRange,
+) -> Result<Value, Problem> {
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce(json_agg(json_build_object(
+                   'at', at, 'actor', actor_id, 'role', actor_role, 'reason', reason,
+                   'resource', resource, 'request_id', request_id) ORDER BY at, id), '[]')
+           FROM break_glass_log
+          WHERE at >= $1 AND at < $2 AND ($3::text IS NULL OR actor_id = $3)",
+    )
+    .bind(range.from)
+    .bind(range.to)
+    .bind(actor)
+    .fetch_one(&s.pool)
+    .await?)
+}
+
+/// Every rotation of the key-encryption key, oldest first: when, by whom, why, from
+/// which KEK to which (fingerprints, never keys) and how many keys were re-wrapped
+/// (`kek_rotations`, written by `lisledger keys rotate`).
+pub async fn key_rotations(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, Problem> {
+    caller.require(Action::ReadAudit)?;
+    let rotations: Value = sqlx::query_scalar(
+        "SELECT coalesce(json_agg(json_build_object(
+                   'finished_at', finished_at, 'from_kek_id', from_kek_id, 'to_kek_id', to_kek_id,
+                   'ledger_keys', ledger_keys, 'patient_keys', patient_keys,
+                   'actor', actor_id, 'reason', reason) ORDER BY id), '[]')
+           FROM kek_rotations",
+    )
+    .fetch_one(&s.pool)
+    .await?;
+    Ok(Json(json!({ "rotations": rotations })))
 }
 
 /// One CSV field, quoted when it needs to be.

@@ -145,6 +145,8 @@ pub fn router(state: AppState) -> Router {
         .route("/turnaround", get(q::turnaround))
         .route("/audit/actors/{user}", get(audit::activity))
         .route("/audit/verification", get(audit::verification))
+        .route("/audit/break-glass", get(audit::break_glass))
+        .route("/audit/key-rotations", get(audit::key_rotations))
         .route("/audit/{kind}/{id}", get(audit::history))
         .route("/events/stream", get(stream::events))
         .route("/analytics/{report}", get(analytics::report))

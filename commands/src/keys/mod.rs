@@ -37,6 +37,8 @@ pub enum KeyError {
     Erased(String),
     #[error("patient {0} has no data key")]
     UnknownPatient(String),
+    #[error("the key-encryption key rotation is unfinished: {0}")]
+    Unfinished(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }

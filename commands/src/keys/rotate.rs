@@ -76,8 +76,8 @@ pub async fn rotate(
     .fetch_one(owner)
     .await?;
     if left > 0 {
-        return Err(KeyError::Unwrap(format!(
-            "{left} patient keys are still wrapped by {} after the rotation; run it again",
+        return Err(KeyError::Unfinished(format!(
+            "{left} patient keys are still wrapped by {}; run it again",
             previous.id()
         )));
     }
