@@ -46,6 +46,29 @@ pub enum LogFormat {
     Json,
 }
 
+/// A secret from the environment (a key, a token key): its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// `name`'s value as a secret, unless unset or blank.
+fn secret(vars: &HashMap<String, String>, name: &str) -> Option<Secret> {
+    vars.get(name)
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| Secret(v.clone()))
+}
+
 /// Everything the `lisledger` binary can be configured with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -59,7 +82,7 @@ pub struct Config {
     pub kafka_brokers: Option<String>,
     pub topics: Topics,
     pub kafka_partitions: u32,
-    pub seal_key: Option<String>,
+    pub seal_key: Option<Secret>,
     pub seal_key_file: String,
     pub seal_public_key: Option<String>,
     pub seal_key_name: String,
@@ -72,11 +95,11 @@ pub struct Config {
     pub project_batch: usize,
     pub project_linger_ms: u64,
     pub http_addr: String,
-    pub kek: Option<String>,
+    pub kek: Option<Secret>,
     pub kek_file: String,
-    pub kek_previous: Option<String>,
+    pub kek_previous: Option<Secret>,
     pub kek_previous_file: Option<String>,
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
     pub jwt_secret_file: String,
     pub jwt_issuer: String,
     pub jwt_audience: String,
@@ -208,10 +231,7 @@ impl Config {
                 seals: get("LIS_TOPIC_SEALS", "lis.audit-seals"),
             },
             kafka_partitions: number(vars, "LIS_KAFKA_PARTITIONS", "3")?,
-            seal_key: vars
-                .get("LIS_SEAL_KEY")
-                .filter(|k| !k.trim().is_empty())
-                .cloned(),
+            seal_key: secret(vars, "LIS_SEAL_KEY"),
             seal_key_file: get("LIS_SEAL_KEY_FILE", "deploy/.local/seal.key"),
             seal_public_key: vars
                 .get("LIS_SEAL_PUBLIC_KEY")
@@ -230,23 +250,14 @@ impl Config {
             project_batch: number(vars, "LIS_PROJECT_BATCH", "500")?,
             project_linger_ms: whole(vars, "LIS_PROJECT_LINGER_MS", "10")?,
             http_addr: get("LIS_HTTP_ADDR", "127.0.0.1:8080"),
-            kek: vars
-                .get("LIS_KEK")
-                .filter(|k| !k.trim().is_empty())
-                .cloned(),
+            kek: secret(vars, "LIS_KEK"),
             kek_file: get("LIS_KEK_FILE", "deploy/.local/kek"),
-            kek_previous: vars
-                .get("LIS_KEK_PREVIOUS")
-                .filter(|k| !k.trim().is_empty())
-                .cloned(),
+            kek_previous: secret(vars, "LIS_KEK_PREVIOUS"),
             kek_previous_file: vars
                 .get("LIS_KEK_PREVIOUS_FILE")
                 .filter(|f| !f.trim().is_empty())
                 .cloned(),
-            jwt_secret: vars
-                .get("LIS_JWT_SECRET")
-                .filter(|s| !s.trim().is_empty())
-                .cloned(),
+            jwt_secret: secret(vars, "LIS_JWT_SECRET"),
             jwt_secret_file: get("LIS_JWT_SECRET_FILE", "deploy/.local/jwt.secret"),
             jwt_issuer: get("LIS_JWT_ISSUER", "lisledger"),
             jwt_audience: get("LIS_JWT_AUDIENCE", "lisledger-api"),
@@ -274,6 +285,27 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let vars: HashMap<String, String> = [
+            "LIS_KEK",
+            "LIS_KEK_PREVIOUS",
+            "LIS_JWT_SECRET",
+            "LIS_SEAL_KEY",
+        ]
+        .iter()
+        .map(|v| (v.to_string(), format!("{v}-value-0123456789")))
+        .collect();
+        let c = Config::from_vars(&vars).unwrap();
+        assert_eq!(
+            c.kek.as_ref().map(Secret::expose),
+            Some("LIS_KEK-value-0123456789")
+        );
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("-value-"), "{shown}");
+        assert!(shown.contains("[redacted]"), "{shown}");
+    }
 
     #[test]
     fn defaults_match_the_local_stack() {

@@ -32,7 +32,7 @@ fn topics(config: &Config) -> Topics {
 /// The signing seed: `LIS_SEAL_KEY`, else the key file.
 fn seal_seed(config: &Config) -> anyhow::Result<String> {
     if let Some(k) = &config.seal_key {
-        return Ok(k.clone());
+        return Ok(k.expose().to_string());
     }
     std::fs::read_to_string(&config.seal_key_file).with_context(|| {
         format!(
@@ -357,7 +357,7 @@ pub fn keks(config: &Config) -> anyhow::Result<lis_commands::keys::Keks> {
     use lis_commands::keys::{Keks, KeyError, LocalKek};
     use std::sync::Arc;
     let text = match &config.kek {
-        Some(k) => k.clone(),
+        Some(k) => k.expose().to_string(),
         None => std::fs::read_to_string(&config.kek_file).map_err(|e| {
             anyhow::anyhow!(
                 "{} (LIS_KEK is unset and {} cannot be read: {e})",
@@ -369,7 +369,7 @@ pub fn keks(config: &Config) -> anyhow::Result<lis_commands::keys::Keks> {
     let current = Arc::new(LocalKek::from_base64(&text).context("LIS_KEK / LIS_KEK_FILE")?);
     let previous =
         match (&config.kek_previous, &config.kek_previous_file) {
-            (Some(k), _) => Some(k.clone()),
+            (Some(k), _) => Some(k.expose().to_string()),
             (None, Some(file)) => Some(std::fs::read_to_string(file).map_err(|e| {
                 anyhow::anyhow!("LIS_KEK_PREVIOUS_FILE: {file} cannot be read: {e}")
             })?),
@@ -409,12 +409,13 @@ pub async fn rotate_kek(
     };
     let report = rotate(&owner, &keks, by, lis_commands::keys::rotate::ROTATE_BATCH).await?;
     say!(
-        "re-wrapped {} ledger keys and {} patient keys from {} to {} in {:.1} s; no live key is wrapped by {} any more: unset LIS_KEK_PREVIOUS and restart every role that holds the KEK (serve, demo, patients)",
+        "re-wrapped {} ledger keys and {} patient keys from {} to {} in {:.1} s (run {}); no live key was wrapped by {} when it finished: unset LIS_KEK_PREVIOUS and restart every role that holds the KEK (serve, demo, patients)",
         report.ledger_keys,
         report.patient_keys,
         report.from,
         report.to,
         started.elapsed().as_secs_f64(),
+        report.run,
         report.from
     );
     Ok(ExitCode::SUCCESS)
@@ -488,7 +489,7 @@ pub async fn ledger(config: &Config, pool: PgPool) -> anyhow::Result<lis_command
 /// The token key: `LIS_JWT_SECRET`, else the secret file. At least 32 bytes.
 fn jwt_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
     let secret = match &config.jwt_secret {
-        Some(s) => s.clone(),
+        Some(s) => s.expose().to_string(),
         None => std::fs::read_to_string(&config.jwt_secret_file).with_context(|| {
             format!(
                 "no token key: set LIS_JWT_SECRET or write 32+ random bytes to {}",

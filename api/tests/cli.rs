@@ -320,18 +320,33 @@ async fn keys_rotate_rewraps_under_the_new_kek_which_alone_then_opens_the_ledger
         "sec.officer",
     ];
     // Without the retired KEK there is nothing to rotate from: said, and nothing changes.
+    let kek_ids = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT kek_id FROM ledger_keys UNION ALL SELECT kek_id FROM patient_keys ORDER BY 1",
+        )
+        .fetch_all(&db.owner)
+        .await
+        .unwrap()
+    };
+    let before = kek_ids().await;
     let (ok, text) = run(&rotate, &new, None);
     assert!(!ok && text.contains("LIS_KEK_PREVIOUS"), "{text}");
+    assert_eq!(kek_ids().await, before);
     let (ok, text) = run(&rotate, &new, Some(lis_tests::TEST_KEK));
     assert!(
         ok && text.contains("re-wrapped 2 ledger keys and 1 patient keys"),
         "{text}"
     );
-    let who: (String, String) = sqlx::query_as("SELECT actor_id, reason FROM kek_rotations")
-        .fetch_one(&db.app)
-        .await
-        .unwrap();
-    assert_eq!(who, ("sec.officer".into(), "scheduled rotation".into()));
+    let who: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT step, actor_id, reason FROM kek_rotations ORDER BY id")
+            .fetch_all(&db.app)
+            .await
+            .unwrap();
+    let step = |s: &str| (s.into(), "sec.officer".into(), "scheduled rotation".into());
+    assert_eq!(
+        who,
+        [step("ledger-keys"), step("patient-keys"), step("finished")]
+    );
     // The retired KEK alone is refused; the new one alone opens the vault and erases.
     let erase = ["patients", "erase", patient.as_str(), "--reason", "asked"];
     let (ok, text) = run(&erase, lis_tests::TEST_KEK, None);

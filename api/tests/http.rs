@@ -395,7 +395,7 @@ async fn auditors_see_each_rotation_of_the_key_encryption_key() {
         reason: "staff change",
     };
     let keks = Keks::rotating(new.clone(), old.clone()).unwrap();
-    rotate(&api.db.owner, &keks, by, 1000).await.unwrap();
+    let report = rotate(&api.db.owner, &keks, by, 1000).await.unwrap();
     let (s, seen) = api.get(&auditor, "/audit/key-rotations").await;
     assert_eq!(s, StatusCode::OK, "{seen}");
     let r = &seen["rotations"][0];
@@ -422,7 +422,11 @@ async fn auditors_see_each_rotation_of_the_key_encryption_key() {
         (&r["ledger_keys"], &r["patient_keys"]),
         (&json!(2), &json!(0))
     );
-    assert!(r["finished_at"].is_string(), "{r}");
+    assert!(
+        r["started_at"].is_string() && r["finished_at"].is_string(),
+        "{r}"
+    );
+    assert_eq!(r["run"], json!(report.run.to_string()));
     api.db.drop().await;
 }
 

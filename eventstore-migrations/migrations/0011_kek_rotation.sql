@@ -4,21 +4,25 @@
 --
 -- A rotation re-wraps the ledger's own keys and every live patient data key from the
 -- previous KEK to the current one, as the owner role; the data keys, and so every sealed
--- value in the events, are unchanged. Each finished rotation is recorded here: who, why,
--- when, from which KEK to which (ids are fingerprints, never keys), and how many keys.
--- Append-only, like the events.
+-- value in the events, are unchanged. Each step of a run is recorded here in the same
+-- transaction as the keys it re-wrapped (`ledger-keys`, `patient-keys` batches), and the
+-- run's end once no live key is left under the previous KEK (`finished`): who, why,
+-- when, from which KEK to which (ids are fingerprints, never keys), how many keys. A run
+-- that stopped part-way shows as one without `finished`. Append-only, like the events.
 
 CREATE TABLE kek_rotations
 (
-    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    finished_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
-    from_kek_id  text        NOT NULL,
-    to_kek_id    text        NOT NULL CHECK (to_kek_id <> from_kek_id),
-    ledger_keys  bigint      NOT NULL CHECK (ledger_keys >= 0),
-    patient_keys bigint      NOT NULL CHECK (patient_keys >= 0),
-    actor_id     text        NOT NULL CHECK (length(btrim(actor_id)) > 0),
-    reason       text        NOT NULL CHECK (length(btrim(reason)) > 0)
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id      uuid        NOT NULL,
+    step        text        NOT NULL CHECK (step IN ('ledger-keys', 'patient-keys', 'finished')),
+    at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    from_kek_id text        NOT NULL,
+    to_kek_id   text        NOT NULL CHECK (to_kek_id <> from_kek_id),
+    keys        bigint      NOT NULL CHECK (keys >= 0),
+    actor_id    text        NOT NULL CHECK (length(btrim(actor_id)) > 0),
+    reason      text        NOT NULL CHECK (length(btrim(reason)) > 0)
 );
+CREATE INDEX kek_rotations_by_run ON kek_rotations (run_id);
 CREATE TRIGGER kek_rotations_no_update BEFORE UPDATE ON kek_rotations
     FOR EACH ROW EXECUTE FUNCTION lis_refuse_change();
 CREATE TRIGGER kek_rotations_no_delete BEFORE DELETE ON kek_rotations
@@ -29,6 +33,30 @@ CREATE TRIGGER kek_rotations_no_truncate BEFORE TRUNCATE ON kek_rotations
 REVOKE ALL ON kek_rotations FROM PUBLIC;
 -- The ledger may read the record (auditors); only the owner rotates.
 GRANT SELECT ON kek_rotations TO lisledger_app;
+
+-- A live key changes only by being re-wrapped under another KEK (a rotation) or
+-- destroyed (an erasure): never overwritten in place under the same KEK, which would
+-- lose the patient's identity as surely as an erasure, with no record of one.
+CREATE OR REPLACE FUNCTION patient_keys_guard() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        RAISE EXCEPTION 'patient_keys rows are never deleted (erase sets wrapped_key to NULL)'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF OLD.erased_at IS NOT NULL THEN
+        RAISE EXCEPTION 'patient % is erased; its key cannot be restored', OLD.patient_id
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF NEW.wrapped_key IS NOT NULL AND NEW.wrapped_key IS DISTINCT FROM OLD.wrapped_key
+        AND NEW.kek_id = OLD.kek_id THEN
+        RAISE EXCEPTION 'patient %''s key is re-wrapped only under another key-encryption key', OLD.patient_id
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END
+$$;
 
 -- Break-glass reads by time range, and by actor (GET /audit/actors/{user}).
 CREATE INDEX break_glass_log_at ON break_glass_log (at);

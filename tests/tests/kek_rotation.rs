@@ -1,7 +1,9 @@
 //! Key-encryption key rotation: every live key re-wrapped from the previous KEK to the
 //! current one, the ledger readable throughout with both and afterwards with the new one
-//! alone; erased patients stay erased, pseudonyms and hash chains stay as they were, and
-//! a key under a KEK that is neither stops the rotation before it changes anything.
+//! alone; erased patients stay erased (an erasure in the middle of a batch too),
+//! pseudonyms and hash chains stay as they were; a run that stops part-way is recorded
+//! as such and finished by the next; a key under a KEK that is neither stops the
+//! rotation before it changes anything, and a key that does not open is named.
 
 use lis_commands::keys::rotate::RotationReport;
 use lis_commands::keys::{
@@ -16,7 +18,10 @@ use lis_domain::sealed::Sealed;
 use lis_domain::text::Reason;
 use lis_tests::{actor, place, TestDb, TEST_KEK};
 use sqlx::PgPool;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use tokio::sync::Notify;
+use zeroize::Zeroizing;
 
 fn kek(text: &str) -> Arc<dyn KeyEncryptionKey> {
     Arc::new(LocalKek::from_base64(text).unwrap())
@@ -67,6 +72,69 @@ async fn ledger_kek_ids(pool: &PgPool) -> Vec<(String, String)> {
         .unwrap()
 }
 
+/// `(run, step, keys)` of every record, in order.
+async fn records(pool: &PgPool) -> Vec<(uuid::Uuid, String, i64)> {
+    sqlx::query_as("SELECT run_id, step, keys FROM kek_rotations ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// A KEK (the same key and id as `inner`) whose n-th wrap fails, or waits for `go` after
+/// telling `reached`: a KMS that goes away, or is slow, in the middle of a rotation.
+struct Scripted {
+    inner: LocalKek,
+    wraps: AtomicUsize,
+    fail_at: Option<usize>,
+    pause_at: Option<(usize, Arc<Notify>, Arc<Notify>)>,
+}
+
+impl Scripted {
+    fn new(text: &str) -> Self {
+        Self {
+            inner: LocalKek::from_base64(text).unwrap(),
+            wraps: AtomicUsize::new(0),
+            fail_at: None,
+            pause_at: None,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyEncryptionKey for Scripted {
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+
+    async fn wrap(&self, key: &[u8], aad: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let n = self.wraps.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fail_at == Some(n) {
+            return Err(KeyError::Unwrap("the KMS is unreachable (test)".into()));
+        }
+        if let Some((at, reached, go)) = &self.pause_at {
+            if *at == n {
+                reached.notify_one();
+                go.notified().await;
+            }
+        }
+        self.inner.wrap(key, aad).await
+    }
+
+    async fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        self.inner.unwrap(wrapped, aad).await
+    }
+}
+
+/// Places an order for each MRN; their patients and sealed identities.
+async fn patients(ledger: &Ledger, mrns: &[&str]) -> Vec<(PatientId, Sealed)> {
+    let mut out = Vec::new();
+    for mrn in mrns {
+        let placed = place(ledger, mrn, &["K"]).await;
+        out.push(sealed_identity(ledger, &placed).await);
+    }
+    out
+}
+
 #[tokio::test]
 async fn a_rotation_rewraps_every_live_key_and_the_new_kek_alone_then_reads_everything() {
     let db = TestDb::new().await;
@@ -104,17 +172,34 @@ async fn a_rotation_rewraps_every_live_key_and_the_new_kek_alone_then_reads_ever
         ids
     };
 
-    // Two keys a batch: the four live ones take two transactions (and one more, empty).
+    // Two keys a batch: the four live ones take two transactions, each recorded with
+    // its keys, after the ledger's own two; then the run's end.
     let keks = Keks::rotating(new.clone(), old.clone()).unwrap();
     let report = rotate(&db.owner, &keks, by(), 2).await.unwrap();
     assert_eq!(
         report,
         RotationReport {
+            run: report.run,
             from: old.id().to_string(),
             to: new.id().to_string(),
             ledger_keys: 2,
             patient_keys: 4,
         }
+    );
+    let steps = |run: uuid::Uuid, list: &[(&str, i64)]| -> Vec<(uuid::Uuid, String, i64)> {
+        list.iter().map(|(s, k)| (run, s.to_string(), *k)).collect()
+    };
+    assert_eq!(
+        records(&db.app).await,
+        steps(
+            report.run,
+            &[
+                ("ledger-keys", 2),
+                ("patient-keys", 2),
+                ("patient-keys", 2),
+                ("finished", 0)
+            ]
+        )
     );
     // Every live key is under the new KEK; the erased one is still erased, as it was.
     let after = key_rows(&db.owner).await;
@@ -162,24 +247,7 @@ async fn a_rotation_rewraps_every_live_key_and_the_new_kek_alone_then_reads_ever
     let chains = audit::verify_chains(&db.app, &mut |_| {}).await.unwrap();
     assert!(chains.broken.is_empty(), "{:?}", chains.broken);
 
-    // Recorded, append-only; the ledger's role may read the record but not write it.
-    let recorded: (String, String, i64, i64, String, String) = sqlx::query_as(
-        "SELECT from_kek_id, to_kek_id, ledger_keys, patient_keys, actor_id, reason FROM kek_rotations",
-    )
-    .fetch_one(&db.app)
-    .await
-    .unwrap();
-    assert_eq!(
-        recorded,
-        (
-            old.id().to_string(),
-            new.id().to_string(),
-            2,
-            4,
-            "security.officer".to_string(),
-            "annual key rotation".to_string()
-        )
-    );
+    // The record is append-only; the ledger's role may read it but not write it.
     for statement in [
         "UPDATE kek_rotations SET reason = 'x'",
         "DELETE FROM kek_rotations",
@@ -190,16 +258,31 @@ async fn a_rotation_rewraps_every_live_key_and_the_new_kek_alone_then_reads_ever
         );
     }
     assert!(sqlx::query(
-        "INSERT INTO kek_rotations (from_kek_id, to_kek_id, ledger_keys, patient_keys, actor_id, reason)
-         VALUES ('a', 'b', 0, 0, 'x', 'y')"
+        "INSERT INTO kek_rotations (run_id, step, from_kek_id, to_kek_id, keys, actor_id, reason)
+         VALUES (gen_random_uuid(), 'finished', 'a', 'b', 0, 'x', 'y')"
     )
     .execute(&db.app)
     .await
     .is_err());
+    // A live key is not overwritten in place, not even by the owner.
+    let overwrite =
+        sqlx::query("UPDATE patient_keys SET wrapped_key = '\\x00' WHERE wrapped_key IS NOT NULL")
+            .execute(&db.owner)
+            .await
+            .unwrap_err()
+            .to_string();
+    assert!(
+        overwrite.contains("re-wrapped only under another"),
+        "{overwrite}"
+    );
 
-    // Run again (a rotation that stopped part-way is finished so): nothing left to do.
+    // Run again: nothing is left to re-wrap, and the run says so in its one record.
     let again = rotate(&db.owner, &keks, by(), 2).await.unwrap();
     assert_eq!((again.ledger_keys, again.patient_keys), (0, 0));
+    assert_eq!(
+        records(&db.app).await.last(),
+        Some(&(again.run, "finished".to_string(), 0))
+    );
     db.drop().await;
 }
 
@@ -258,29 +341,185 @@ async fn during_a_rotation_keys_under_either_kek_open_and_new_keys_take_the_curr
 #[tokio::test]
 async fn a_key_under_a_kek_that_is_neither_stops_the_rotation_before_it_changes_anything() {
     let db = TestDb::new().await;
-    let ledger = db.ledger().await;
-    place(&ledger, "MRN-THIRD", &["K"]).await;
+    let (a, b, c) = (
+        kek(TEST_KEK),
+        kek(&LocalKek::generate()),
+        kek(&LocalKek::generate()),
+    );
+    // Keys under A (the one to retire), and one under C: a third KEK, from a role that
+    // was given another key by mistake.
+    patients(&db.ledger().await, &["MRN-A-1", "MRN-A-2"]).await;
+    let stray = Keks::rotating(c.clone(), a.clone()).unwrap();
+    let vault = Arc::new(
+        PatientVault::connect_with(db.app.clone(), stray)
+            .await
+            .unwrap(),
+    );
+    let ledger = Ledger::new(db.app.clone(), LedgerConfig::default(), vault);
+    patients(&ledger, &["MRN-C-1"]).await;
     let before = (key_rows(&db.owner).await, ledger_kek_ids(&db.owner).await);
-    let (b, c) = (kek(&LocalKek::generate()), kek(&LocalKek::generate()));
-    let keks = Keks::rotating(c.clone(), b.clone()).unwrap();
+    assert_eq!(
+        before.0.iter().filter(|(_, k, _)| k == a.id()).count(),
+        2,
+        "{before:?}"
+    );
+
+    let keks = Keks::rotating(b.clone(), a.clone()).unwrap();
     let err = rotate(&db.owner, &keks, by(), 1000).await.unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, KeyError::WrongKek { .. }), "{text}");
-    assert!(
-        text.contains(kek(TEST_KEK).id()),
-        "names the KEK it found: {text}"
-    );
+    assert!(matches!(err, KeyError::ForeignKek { .. }), "{text}");
+    assert!(text.contains(&format!("1 under {}", c.id())), "{text}");
     assert_eq!(
         (key_rows(&db.owner).await, ledger_kek_ids(&db.owner).await),
         before
     );
-    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM kek_rotations")
-        .fetch_one(&db.owner)
-        .await
-        .unwrap();
-    assert_eq!(recorded, 0);
+    assert!(records(&db.owner).await.is_empty());
     // The same KEK as current and previous, and no previous at all, are refused too.
     assert!(Keks::rotating(b.clone(), b.clone()).is_err());
     assert!(rotate(&db.owner, &Keks::new(b), by(), 1000).await.is_err());
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_run_that_stops_part_way_is_recorded_as_such_and_the_next_finishes_it() {
+    let db = TestDb::new().await;
+    let old = kek(TEST_KEK);
+    let new_text = LocalKek::generate();
+    let ledger = db.ledger().await;
+    let mrns = ["MRN-P-1", "MRN-P-2", "MRN-P-3", "MRN-P-4", "MRN-P-5"];
+    let sealed = patients(&ledger, &mrns).await;
+    // The KMS goes away at the fifth wrap: the ledger's two keys and one batch of two
+    // patient keys are done, the second batch is not.
+    let flaky = Scripted {
+        fail_at: Some(5),
+        ..Scripted::new(&new_text)
+    };
+    let keks = Keks::rotating(Arc::new(flaky), old.clone()).unwrap();
+    let err = rotate(&db.owner, &keks, by(), 2).await.unwrap_err();
+    assert!(err.to_string().contains("KMS is unreachable"), "{err}");
+    let first = records(&db.app).await;
+    let run = first[0].0;
+    assert_eq!(
+        first,
+        [
+            (run, "ledger-keys".to_string(), 2),
+            (run, "patient-keys".to_string(), 2)
+        ]
+    );
+    // Meanwhile every key opens with the two KEKs.
+    let new = kek(&new_text);
+    let both = Keks::rotating(new.clone(), old.clone()).unwrap();
+    let vault = PatientVault::connect_with(db.app.clone(), both.clone())
+        .await
+        .unwrap();
+    for ((patient, s), mrn) in sealed.iter().zip(mrns) {
+        assert_eq!(mrn_of(&vault, *patient, s).await.as_deref(), Some(mrn));
+    }
+    // The next run does the rest and ends the rotation.
+    let report = rotate(&db.owner, &both, by(), 2).await.unwrap();
+    assert_eq!((report.ledger_keys, report.patient_keys), (0, 3));
+    let all = records(&db.app).await;
+    assert_eq!(
+        all[2..],
+        [
+            (report.run, "patient-keys".to_string(), 2),
+            (report.run, "patient-keys".to_string(), 1),
+            (report.run, "finished".to_string(), 0)
+        ]
+    );
+    let vault = PatientVault::connect(db.app.clone(), new).await.unwrap();
+    for ((patient, s), mrn) in sealed.iter().zip(mrns) {
+        assert_eq!(mrn_of(&vault, *patient, s).await.as_deref(), Some(mrn));
+    }
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn an_erasure_in_the_middle_of_a_batch_wins_and_its_key_stays_destroyed() {
+    let db = TestDb::new().await;
+    let old = kek(TEST_KEK);
+    let new_text = LocalKek::generate();
+    let ledger = db.ledger().await;
+    let sealed = patients(&ledger, &["MRN-E-1", "MRN-E-2", "MRN-E-3"]).await;
+    let (erased, _) = sealed[1].clone();
+    // The rotation waits at its first patient key's wrap (after the ledger's two): the
+    // batch has been read, nothing of it written.
+    let (reached, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let slow = Scripted {
+        pause_at: Some((3, reached.clone(), go.clone())),
+        ..Scripted::new(&new_text)
+    };
+    let keks = Keks::rotating(Arc::new(slow), old.clone()).unwrap();
+    let owner = db.owner.clone();
+    let rotation = tokio::spawn(async move { rotate(&owner, &keks, by(), 1000).await });
+    reached.notified().await;
+    // The erasure takes no lock of the rotation's, so it is done at once.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        ledger.erase_patient(
+            erased,
+            Reason::parse("patient asked").unwrap(),
+            &actor("admin.1", Role::Admin),
+        ),
+    )
+    .await
+    .expect("the erasure does not wait for the rotation")
+    .unwrap();
+    go.notify_one();
+    let report = rotation.await.unwrap().unwrap();
+    assert_eq!(report.patient_keys, 2, "the erased key is not written back");
+    let rows = key_rows(&db.owner).await;
+    let row = rows
+        .iter()
+        .find(|(id, _, _)| *id == erased.as_uuid())
+        .unwrap();
+    assert!(!row.2, "the erased patient's key stays destroyed: {row:?}");
+    let vault = PatientVault::connect(db.app.clone(), kek(&new_text))
+        .await
+        .unwrap();
+    for (patient, s) in &sealed {
+        let opened = mrn_of(&vault, *patient, s).await;
+        assert_eq!(
+            opened.is_none(),
+            *patient == erased,
+            "{patient}: {opened:?}"
+        );
+    }
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_key_that_does_not_open_is_left_as_it_is_and_named() {
+    let db = TestDb::new().await;
+    let old = kek(TEST_KEK);
+    let new = kek(&LocalKek::generate());
+    let sealed = patients(&db.ledger().await, &["MRN-D-1", "MRN-D-2", "MRN-D-3"]).await;
+    let (damaged, _) = sealed[0].clone();
+    db.tamper(&[&format!(
+        "UPDATE patient_keys SET wrapped_key = overlay(wrapped_key placing '\\xff' from 20 for 1)
+          WHERE patient_id = '{}'",
+        damaged.as_uuid()
+    )])
+    .await;
+    let keks = Keks::rotating(new.clone(), old.clone()).unwrap();
+    let err = rotate(&db.owner, &keks, by(), 1000).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, KeyError::Unfinished(_)), "{text}");
+    assert!(
+        text.contains(&damaged.to_string()) && text.contains("1 patient keys"),
+        "{text}"
+    );
+    // The others are re-wrapped and recorded; the run is not finished.
+    let rows = key_rows(&db.owner).await;
+    for (id, kek_id, _) in &rows {
+        let expected = if *id == damaged.as_uuid() {
+            old.id()
+        } else {
+            new.id()
+        };
+        assert_eq!(kek_id, expected, "{id}");
+    }
+    let steps: Vec<String> = records(&db.app).await.into_iter().map(|r| r.1).collect();
+    assert_eq!(steps, ["ledger-keys", "patient-keys"]);
     db.drop().await;
 }

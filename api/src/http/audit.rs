@@ -1,7 +1,9 @@
 //! Auditors' replay of history: every event of an order, specimen or result with who did
 //! it, in what role, why and when, and a field-level diff of the aggregate's state before
 //! and after; or the state as of any instant (`as_of=`). Read straight from the event
-//! store — the audit trail itself, not a read model.
+//! store — the audit trail itself, not a read model. Beside it, the other append-only
+//! records an assessor asks for: break-glass reads of identity (`break_glass_log`) and
+//! rotations of the key-encryption key (`kek_rotations`).
 
 use super::auth::{Action, Caller};
 use super::params::Params;
@@ -318,9 +320,10 @@ async fn break_glass_reads(
     .await?)
 }
 
-/// Every rotation of the key-encryption key, oldest first: when, by whom, why, from
-/// which KEK to which (fingerprints, never keys) and how many keys were re-wrapped
-/// (`kek_rotations`, written by `lisledger keys rotate`).
+/// Every run of `lisledger keys rotate`, oldest first: when it started and finished (no
+/// `finished_at`: it stopped part-way), by whom, why, from which KEK to which
+/// (fingerprints, never keys) and how many keys it re-wrapped (`kek_rotations`, one row
+/// per step, each written with the keys it re-wrapped).
 pub async fn key_rotations(
     State(s): State<AppState>,
     caller: Caller,
@@ -328,10 +331,17 @@ pub async fn key_rotations(
     caller.require(Action::ReadAudit)?;
     let rotations: Value = sqlx::query_scalar(
         "SELECT coalesce(json_agg(json_build_object(
-                   'finished_at', finished_at, 'from_kek_id', from_kek_id, 'to_kek_id', to_kek_id,
+                   'run', run_id, 'started_at', started_at, 'finished_at', finished_at,
+                   'from_kek_id', from_kek_id, 'to_kek_id', to_kek_id,
                    'ledger_keys', ledger_keys, 'patient_keys', patient_keys,
-                   'actor', actor_id, 'reason', reason) ORDER BY id), '[]')
-           FROM kek_rotations",
+                   'actor', actor_id, 'reason', reason) ORDER BY started_at, run_id), '[]')
+           FROM (SELECT run_id, from_kek_id, to_kek_id, actor_id, reason,
+                        min(at) AS started_at,
+                        max(at) FILTER (WHERE step = 'finished') AS finished_at,
+                        coalesce(sum(keys) FILTER (WHERE step = 'ledger-keys'), 0) AS ledger_keys,
+                        coalesce(sum(keys) FILTER (WHERE step = 'patient-keys'), 0) AS patient_keys
+                   FROM kek_rotations
+                  GROUP BY run_id, from_kek_id, to_kek_id, actor_id, reason) runs",
     )
     .fetch_one(&s.pool)
     .await?;

@@ -23,8 +23,14 @@ pub enum KeyError {
     MissingKek,
     #[error("the key-encryption key is malformed: {0}")]
     BadKek(String),
-    #[error("the configured key-encryption key ({configured}) is not the one this ledger's keys are wrapped with ({stored}); refusing to start rather than write keys nobody can open")]
+    #[error("the configured key-encryption key ({configured}) is not the one this ledger's keys are wrapped with ({stored}); set it (and, during a rotation, LIS_KEK_PREVIOUS) before anything is sealed or opened")]
     WrongKek { configured: String, stored: String },
+    #[error("keys are wrapped by a key-encryption key that is neither the current ({current}) nor the previous ({previous}): {found}; no rotation from here can open them, and nothing was changed")]
+    ForeignKek {
+        current: String,
+        previous: String,
+        found: String,
+    },
     #[error("a wrapped key could not be opened with the key-encryption key: {0}")]
     Unwrap(String),
     #[error("sealed {what} of patient {patient} cannot be opened: {reason}")]

@@ -4,24 +4,31 @@
 //! Only the wrapping changes. The data keys themselves, so every sealed value in the
 //! events, and the pseudonym index's HMAC key, so every pseudonym, stay as they were; the
 //! hash chains are untouched. Each row names the KEK that wraps it (`kek_id`) and is
-//! re-wrapped in place with a compare-and-set, in batches of their own transactions: a
-//! rotation that stops part-way leaves every key readable with the two KEKs and is
-//! finished by running it again. Erased patients have no key left to re-wrap.
-//! A finished rotation is recorded in the append-only `kek_rotations` (migration 0011).
+//! re-wrapped in place by a compare-and-set on its old wrapped value, with no row lock
+//! held while the KEKs work (a KMS call may be slow): an erasure that lands first wins,
+//! and its key stays destroyed. Batches commit one by one, each writing its own record
+//! to the append-only `kek_rotations` in its transaction, so the record always says what
+//! was done, even by a run that stopped part-way; running again finishes it, and writes
+//! the run's `finished` record once no live key is left under the previous KEK.
 
 use super::kek::KeyEncryptionKey;
 use super::vault::{ledger_key_aad, patient_key_aad, Keks};
 use super::KeyError;
 use lis_domain::ids::PatientId;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 /// Keys re-wrapped per transaction.
 pub const ROTATE_BATCH: i64 = 1000;
 
-/// What a rotation did.
+/// Held for a whole run, so that two runs never interleave.
+const ROTATION_LOCK: i64 = 0x6c69_735f_6b65_6b00; // "lis_kek\0"
+
+/// What a rotation run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RotationReport {
+    /// The run's id in `kek_rotations`.
+    pub run: Uuid,
     pub from: String,
     pub to: String,
     /// `kek-check` and `mrn-index`, when still wrapped by the previous KEK.
@@ -36,11 +43,46 @@ pub struct RotationBy<'a> {
     pub reason: &'a str,
 }
 
-/// Re-wraps every live key wrapped by `keks`' previous KEK with its current one, `batch`
-/// keys a transaction, until none is left (keys a process that still runs with only the
-/// previous KEK adds meanwhile are re-wrapped too). Refused, changing nothing, when a key
-/// is wrapped by a KEK that is neither. `owner` must be allowed to update the key tables
-/// (the owner role).
+/// One run's context: its id, who and why, the two KEKs.
+struct Run<'a> {
+    id: Uuid,
+    by: RotationBy<'a>,
+    previous: &'a dyn KeyEncryptionKey,
+    current: &'a dyn KeyEncryptionKey,
+}
+
+impl Run<'_> {
+    /// Appends a step of this run to `kek_rotations`, in `tx`.
+    async fn record(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        step: &str,
+        keys: u64,
+    ) -> Result<(), KeyError> {
+        sqlx::query(
+            "INSERT INTO kek_rotations (run_id, step, from_kek_id, to_kek_id, keys, actor_id, reason)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(self.id)
+        .bind(step)
+        .bind(self.previous.id())
+        .bind(self.current.id())
+        .bind(keys as i64)
+        .bind(self.by.actor)
+        .bind(self.by.reason)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Re-wraps every live key wrapped by `keys`' previous KEK with its current one, `batch`
+/// keys a transaction, pass after pass until a pass finds none (keys a process still
+/// running with only the previous KEK adds meanwhile are re-wrapped too). Refused,
+/// changing nothing, when a live key is wrapped by a KEK that is neither, or another
+/// run holds the rotation lock. A key the previous KEK cannot open is left as it is and
+/// named at the end ([`KeyError::Unfinished`]); so is a run that could not finish.
+/// `owner` must be allowed to update the key tables (the owner role).
 pub async fn rotate(
     owner: &PgPool,
     keks: &Keks,
@@ -51,53 +93,119 @@ pub async fn rotate(
         KeyError::BadKek("a rotation needs the previous key-encryption key too".into())
     })?;
     let current = keks.current();
+    let mut lock = owner.acquire().await?;
+    let has_table: bool = sqlx::query_scalar("SELECT to_regclass('kek_rotations') IS NOT NULL")
+        .fetch_one(&mut *lock)
+        .await?;
+    if !has_table {
+        return Err(KeyError::Unfinished(
+            "this database has no kek_rotations table yet: run `lisledger migrate` first".into(),
+        ));
+    }
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(ROTATION_LOCK)
+        .fetch_one(&mut *lock)
+        .await?;
+    if !locked {
+        return Err(KeyError::Unfinished(
+            "another `keys rotate` is running on this database".into(),
+        ));
+    }
+    let run = Run {
+        id: Uuid::new_v4(),
+        by,
+        previous,
+        current,
+    };
+    let outcome = rotate_locked(owner, keks, &run, batch.max(1)).await;
+    // The lock goes with the session too, should this fail.
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(ROTATION_LOCK)
+        .execute(&mut *lock)
+        .await;
+    outcome
+}
+
+async fn rotate_locked(
+    owner: &PgPool,
+    keks: &Keks,
+    run: &Run<'_>,
+    batch: i64,
+) -> Result<RotationReport, KeyError> {
     refuse_foreign_keks(owner, keks).await?;
     let mut report = RotationReport {
-        from: previous.id().to_string(),
-        to: current.id().to_string(),
-        ledger_keys: rewrap_ledger_keys(owner, previous, current).await?,
+        run: run.id,
+        from: run.previous.id().to_string(),
+        to: run.current.id().to_string(),
+        ledger_keys: rewrap_ledger_keys(owner, run).await?,
         patient_keys: 0,
     };
+    // Passes in patient id order, each batch after the last one's last key (a scan from
+    // the start every batch would pass over every key already re-wrapped). A key added
+    // behind the pass by a process still wrapping with the previous KEK is found by the
+    // next pass; the rotation ends with a pass that re-wraps none.
+    let mut unopened: Vec<Uuid> = Vec::new();
     loop {
-        let n = rewrap_patient_keys(owner, previous, current, batch.max(1)).await?;
-        if n == 0 {
+        let mut pass = 0;
+        let mut after = Uuid::nil();
+        while let Some(done) = rewrap_patient_keys(owner, run, after, batch).await? {
+            after = done.last;
+            pass += done.rewrapped;
+            for id in done.unopened {
+                if !unopened.contains(&id) {
+                    unopened.push(id);
+                }
+            }
+            report.patient_keys += done.rewrapped;
+            tracing::info!(
+                patient_keys = report.patient_keys,
+                "keys rotate: patient keys re-wrapped"
+            );
+        }
+        if pass == 0 {
             break;
         }
-        report.patient_keys += n;
-        tracing::info!(
-            patient_keys = report.patient_keys,
-            "keys rotate: patient keys re-wrapped"
-        );
     }
-    let left: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM patient_keys WHERE kek_id = $1 AND wrapped_key IS NOT NULL",
-    )
-    .bind(previous.id())
-    .fetch_one(owner)
-    .await?;
-    if left > 0 {
+    if !unopened.is_empty() {
+        let shown: Vec<String> = unopened.iter().take(20).map(Uuid::to_string).collect();
         return Err(KeyError::Unfinished(format!(
-            "{left} patient keys are still wrapped by {}; run it again",
-            previous.id()
+            "{} patient keys could not be opened with {} and are still wrapped by it (patients {}{}); every other key is re-wrapped",
+            unopened.len(),
+            run.previous.id(),
+            shown.join(", "),
+            if unopened.len() > shown.len() { ", …" } else { "" }
         )));
     }
-    sqlx::query(
-        "INSERT INTO kek_rotations (from_kek_id, to_kek_id, ledger_keys, patient_keys, actor_id, reason)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(&report.from)
-    .bind(&report.to)
-    .bind(report.ledger_keys as i64)
-    .bind(report.patient_keys as i64)
-    .bind(by.actor)
-    .bind(by.reason)
-    .execute(owner)
-    .await?;
+    // Done when no live key is left under the previous KEK: recorded in the same
+    // transaction as that check.
+    let mut tx = owner.begin().await?;
+    let left = live_keys_under(&mut tx, run.previous.id()).await?;
+    if left > 0 {
+        return Err(KeyError::Unfinished(format!(
+            "{left} keys are still wrapped by {}; run it again",
+            run.previous.id()
+        )));
+    }
+    run.record(&mut tx, "finished", 0).await?;
+    tx.commit().await?;
     Ok(report)
 }
 
-/// The live keys per KEK id that is neither of `keks`: a key no rotation here can open.
+/// Live keys (the ledger's and patients') wrapped by `kek_id`.
+async fn live_keys_under(conn: &mut PgConnection, kek_id: &str) -> Result<i64, KeyError> {
+    Ok(sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM ledger_keys WHERE kek_id = $1)
+              + (SELECT count(*) FROM patient_keys WHERE kek_id = $1 AND wrapped_key IS NOT NULL)",
+    )
+    .bind(kek_id)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Refuses a live key wrapped by a KEK that is neither of `keks`: no rotation here can
+/// open it.
 async fn refuse_foreign_keks(owner: &PgPool, keks: &Keks) -> Result<(), KeyError> {
+    let previous = keks.previous().map(|p| p.id()).unwrap_or_default();
     let foreign: Vec<(String, i64)> = sqlx::query_as(
         "SELECT kek_id, count(*) FROM (
              SELECT kek_id FROM ledger_keys
@@ -106,90 +214,126 @@ async fn refuse_foreign_keks(owner: &PgPool, keks: &Keks) -> Result<(), KeyError
           GROUP BY kek_id ORDER BY kek_id",
     )
     .bind(keks.current().id())
-    .bind(keks.previous().map(|p| p.id()).unwrap_or_default())
+    .bind(previous)
     .fetch_all(owner)
     .await?;
-    match foreign.first() {
-        None => Ok(()),
-        Some((id, n)) => Err(KeyError::WrongKek {
-            configured: format!(
-                "{} and the previous {} ({n} keys are wrapped by neither)",
-                keks.current().id(),
-                keks.previous().map(|p| p.id()).unwrap_or_default()
-            ),
-            stored: id.clone(),
-        }),
+    if foreign.is_empty() {
+        return Ok(());
     }
+    Err(KeyError::ForeignKek {
+        current: keks.current().id().to_string(),
+        previous: previous.to_string(),
+        found: foreign
+            .iter()
+            .map(|(id, n)| format!("{n} under {id}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
 }
 
-/// The ledger's own keys, in one transaction.
-async fn rewrap_ledger_keys(
-    owner: &PgPool,
-    previous: &dyn KeyEncryptionKey,
-    current: &dyn KeyEncryptionKey,
-) -> Result<u64, KeyError> {
+/// The ledger's own keys, in one transaction with their record.
+async fn rewrap_ledger_keys(owner: &PgPool, run: &Run<'_>) -> Result<u64, KeyError> {
     let mut tx = owner.begin().await?;
     let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
         "SELECT name, wrapped FROM ledger_keys WHERE kek_id = $1 ORDER BY name FOR UPDATE",
     )
-    .bind(previous.id())
+    .bind(run.previous.id())
     .fetch_all(&mut *tx)
     .await?;
     for (name, wrapped) in &rows {
         let aad = ledger_key_aad(name);
-        let key = previous.unwrap(wrapped, &aad).await?;
+        let key = run.previous.unwrap(wrapped, &aad).await.map_err(|e| {
+            KeyError::Unwrap(format!(
+                "ledger key {name} under {}: {e}",
+                run.previous.id()
+            ))
+        })?;
         sqlx::query("UPDATE ledger_keys SET kek_id = $2, wrapped = $3 WHERE name = $1")
             .bind(name)
-            .bind(current.id())
-            .bind(current.wrap(&key, &aad).await?)
+            .bind(run.current.id())
+            .bind(run.current.wrap(&key, &aad).await?)
             .execute(&mut *tx)
+            .await?;
+    }
+    if !rows.is_empty() {
+        run.record(&mut tx, "ledger-keys", rows.len() as u64)
             .await?;
     }
     tx.commit().await?;
     Ok(rows.len() as u64)
 }
 
-/// Up to `batch` patient keys, in one transaction; how many were re-wrapped.
+/// What one batch of patient keys did.
+struct Batch {
+    /// The last patient id read: the next batch starts after it.
+    last: Uuid,
+    rewrapped: u64,
+    /// Keys the previous KEK could not open, left as they are.
+    unopened: Vec<Uuid>,
+}
+
+/// Up to `batch` live patient keys under the previous KEK after `after`, in patient id
+/// order; `None` when none is left. Read without locks, opened and wrapped again, then
+/// each written only if its row still holds what was read (an erasure meanwhile wins),
+/// in one transaction with the batch's record.
 async fn rewrap_patient_keys(
     owner: &PgPool,
-    previous: &dyn KeyEncryptionKey,
-    current: &dyn KeyEncryptionKey,
+    run: &Run<'_>,
+    after: Uuid,
     batch: i64,
-) -> Result<u64, KeyError> {
-    let mut tx = owner.begin().await?;
-    // Locked: an erasure of one of these waits for the commit, then destroys the
-    // re-wrapped key.
+) -> Result<Option<Batch>, KeyError> {
     let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
         "SELECT patient_id, wrapped_key FROM patient_keys
-          WHERE kek_id = $1 AND wrapped_key IS NOT NULL
-          ORDER BY patient_id LIMIT $2 FOR UPDATE",
+          WHERE patient_id > $3 AND kek_id = $1 AND wrapped_key IS NOT NULL
+          ORDER BY patient_id LIMIT $2",
     )
-    .bind(previous.id())
+    .bind(run.previous.id())
     .bind(batch)
-    .fetch_all(&mut *tx)
+    .bind(after)
+    .fetch_all(owner)
     .await?;
+    let Some(&(last, _)) = rows.last() else {
+        return Ok(None);
+    };
     let mut ids = Vec::with_capacity(rows.len());
-    let mut rewrapped = Vec::with_capacity(rows.len());
-    for (id, wrapped) in &rows {
-        let aad = patient_key_aad(PatientId::from_uuid(*id));
-        let key = previous.unwrap(wrapped, &aad).await.map_err(|e| {
-            KeyError::Unwrap(format!("patient {id}'s key under {}: {e}", previous.id()))
-        })?;
-        ids.push(*id);
-        rewrapped.push(current.wrap(&key, &aad).await?);
+    let mut old = Vec::with_capacity(rows.len());
+    let mut new = Vec::with_capacity(rows.len());
+    let mut unopened = Vec::new();
+    for (id, wrapped) in rows {
+        let aad = patient_key_aad(PatientId::from_uuid(id));
+        match run.previous.unwrap(&wrapped, &aad).await {
+            Ok(key) => {
+                new.push(run.current.wrap(&key, &aad).await?);
+                ids.push(id);
+                old.push(wrapped);
+            }
+            Err(e) => {
+                tracing::warn!(patient = %id, error = %e, "keys rotate: a patient key does not open with the previous KEK; left as it is");
+                unopened.push(id);
+            }
+        }
     }
-    let updated = sqlx::query(
-        "UPDATE patient_keys p SET kek_id = $2, wrapped_key = u.wrapped
-           FROM unnest($1::uuid[], $3::bytea[]) AS u(patient_id, wrapped)
-          WHERE p.patient_id = u.patient_id AND p.kek_id = $4",
+    let mut tx = owner.begin().await?;
+    let rewrapped = sqlx::query(
+        "UPDATE patient_keys p SET kek_id = $2, wrapped_key = u.new
+           FROM unnest($1::uuid[], $3::bytea[], $4::bytea[]) AS u(patient_id, old, new)
+          WHERE p.patient_id = u.patient_id AND p.kek_id = $5 AND p.wrapped_key = u.old",
     )
     .bind(&ids)
-    .bind(current.id())
-    .bind(&rewrapped)
-    .bind(previous.id())
+    .bind(run.current.id())
+    .bind(&old)
+    .bind(&new)
+    .bind(run.previous.id())
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    if rewrapped > 0 {
+        run.record(&mut tx, "patient-keys", rewrapped).await?;
+    }
     tx.commit().await?;
-    Ok(updated)
+    Ok(Some(Batch {
+        last,
+        rewrapped,
+        unopened,
+    }))
 }

@@ -121,10 +121,12 @@ impl Keks {
         })
     }
 
+    /// The KEK that wraps every new key.
     pub fn current(&self) -> &dyn KeyEncryptionKey {
         self.current.as_ref()
     }
 
+    /// The KEK being retired, during a rotation.
     pub fn previous(&self) -> Option<&dyn KeyEncryptionKey> {
         self.previous.as_deref()
     }
@@ -175,6 +177,21 @@ impl PatientVault {
     pub async fn connect_with(pool: PgPool, keks: Keks) -> Result<Self, KeyError> {
         ledger_key(&pool, &keks, "kek-check").await?;
         let index_key = ledger_key(&pool, &keks, "mrn-index").await?;
+        if let Some(previous) = keks.previous() {
+            let in_use: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT FROM ledger_keys WHERE kek_id = $1)
+                     OR EXISTS (SELECT FROM patient_keys WHERE kek_id = $1 AND wrapped_key IS NOT NULL)",
+            )
+            .bind(previous.id())
+            .fetch_one(&pool)
+            .await?;
+            if !in_use {
+                tracing::warn!(
+                    previous = previous.id(),
+                    "the previous key-encryption key wraps no key any more: unset LIS_KEK_PREVIOUS so that the retired key is not held"
+                );
+            }
+        }
         Ok(Self {
             pool,
             keks,
@@ -392,8 +409,5 @@ async fn ledger_key(
     let kek = keks.by_id(&stored)?;
     kek.unwrap(&row.get::<Vec<u8>, _>("wrapped"), &aad)
         .await
-        .map_err(|_| KeyError::WrongKek {
-            configured: keks.ids(),
-            stored: stored.clone(),
-        })
+        .map_err(|e| KeyError::Unwrap(format!("ledger key {name} under {stored} is damaged: {e}")))
 }
