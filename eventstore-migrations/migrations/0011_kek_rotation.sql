@@ -34,6 +34,10 @@ REVOKE ALL ON kek_rotations FROM PUBLIC;
 -- The ledger may read the record (auditors); only the owner rotates.
 GRANT SELECT ON kek_rotations TO lisledger_app;
 
+-- The live keys under one KEK, in patient id order: a rotation's batches, and the
+-- checks that count what is left, read these whatever the planner's statistics say.
+CREATE INDEX patient_keys_by_kek ON patient_keys (kek_id, patient_id) WHERE wrapped_key IS NOT NULL;
+
 -- A live key changes only by being re-wrapped under another KEK (a rotation) or
 -- destroyed (an erasure): never overwritten in place under the same KEK, which would
 -- lose the patient's identity as surely as an erasure, with no record of one.
