@@ -1,5 +1,6 @@
 //! The `lisledger` binary against a real database: audit verify's exit codes and report,
-//! a refused catalogue import, and plain-text logs when standard error is not a terminal.
+//! a refused catalogue import, the demo day, KEK checks at start-up and `keys rotate`,
+//! and plain-text logs when standard error is not a terminal.
 
 use lis_domain::actor::Role;
 use lis_eventstore_migrations::{APP_ROLE, OWNER_ROLE};

@@ -1,6 +1,7 @@
 //! The HTTP API end to end against real PostgreSQL: a lab day through the API, each
 //! role's allowed and forbidden calls, every error class, idempotent retries, the
-//! auditor's history, and the OpenAPI document matching the routes.
+//! auditor's history, break-glass reads and key rotations, and the OpenAPI document
+//! matching the routes.
 
 use lis_api::http::{self, auth, AppState};
 use lis_domain::actor::{ActorId, Role};
@@ -427,6 +428,31 @@ async fn auditors_see_each_rotation_of_the_key_encryption_key() {
         "{r}"
     );
     assert_eq!(r["run"], json!(report.run.to_string()));
+    // A run that stopped part-way: its batches add up, and it has no finished_at.
+    let stopped = uuid::Uuid::new_v4();
+    for (step, keys) in [
+        ("ledger-keys", 2),
+        ("patient-keys", 1000),
+        ("patient-keys", 500),
+    ] {
+        sqlx::query(
+            "INSERT INTO kek_rotations (run_id, step, from_kek_id, to_kek_id, keys, actor_id, reason)
+             VALUES ($1, $2, 'local:aaaa', 'local:bbbb', $3, 'sec.officer', 'staff change')",
+        )
+        .bind(stopped)
+        .bind(step)
+        .bind(keys as i64)
+        .execute(&api.db.owner)
+        .await
+        .unwrap();
+    }
+    let (_, seen) = api.get(&auditor, "/audit/key-rotations").await;
+    let r = &seen["rotations"][1];
+    assert_eq!(r["run"], json!(stopped.to_string()), "{seen}");
+    assert_eq!(
+        (&r["ledger_keys"], &r["patient_keys"], &r["finished_at"]),
+        (&json!(2), &json!(1500), &Value::Null)
+    );
     api.db.drop().await;
 }
 

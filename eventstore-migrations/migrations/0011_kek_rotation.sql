@@ -38,9 +38,10 @@ GRANT SELECT ON kek_rotations TO lisledger_app;
 -- checks that count what is left, read these whatever the planner's statistics say.
 CREATE INDEX patient_keys_by_kek ON patient_keys (kek_id, patient_id) WHERE wrapped_key IS NOT NULL;
 
--- A live key changes only by being re-wrapped under another KEK (a rotation) or
--- destroyed (an erasure): never overwritten in place under the same KEK, which would
--- lose the patient's identity as surely as an erasure, with no record of one.
+-- A live key changes only by being re-wrapped under another KEK (a rotation: new bytes
+-- and a new kek_id together) or destroyed (an erasure): never overwritten in place under
+-- the same KEK, nor relabelled with another KEK's id, either of which would lose the
+-- patient's identity as surely as an erasure, with no record of one.
 CREATE OR REPLACE FUNCTION patient_keys_guard() RETURNS trigger
     LANGUAGE plpgsql AS
 $$
@@ -53,14 +54,37 @@ BEGIN
         RAISE EXCEPTION 'patient % is erased; its key cannot be restored', OLD.patient_id
             USING ERRCODE = 'insufficient_privilege';
     END IF;
-    IF NEW.wrapped_key IS NOT NULL AND NEW.wrapped_key IS DISTINCT FROM OLD.wrapped_key
-        AND NEW.kek_id = OLD.kek_id THEN
-        RAISE EXCEPTION 'patient %''s key is re-wrapped only under another key-encryption key', OLD.patient_id
+    IF NEW.wrapped_key IS NOT NULL
+        AND (NEW.wrapped_key = OLD.wrapped_key) <> (NEW.kek_id = OLD.kek_id) THEN
+        RAISE EXCEPTION 'patient %''s key changes only by being re-wrapped under another key-encryption key (new bytes and new kek_id together)', OLD.patient_id
             USING ERRCODE = 'insufficient_privilege';
     END IF;
     RETURN NEW;
 END
 $$;
+
+-- The ledger's own keys likewise: never deleted (the pseudonym index's key is every
+-- pseudonym), renamed or overwritten; only re-wrapped under another KEK.
+CREATE FUNCTION ledger_keys_guard() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        RAISE EXCEPTION 'ledger key % is never deleted', OLD.name
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF NEW.name <> OLD.name OR (NEW.wrapped = OLD.wrapped) <> (NEW.kek_id = OLD.kek_id)
+        OR NEW.created_at <> OLD.created_at THEN
+        RAISE EXCEPTION 'ledger key % changes only by being re-wrapped under another key-encryption key', OLD.name
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER ledger_keys_guard BEFORE UPDATE OR DELETE ON ledger_keys
+    FOR EACH ROW EXECUTE FUNCTION ledger_keys_guard();
+CREATE TRIGGER ledger_keys_no_truncate BEFORE TRUNCATE ON ledger_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION lis_refuse_change();
 
 -- Break-glass reads by time range, and by actor (GET /audit/actors/{user}).
 CREATE INDEX break_glass_log_at ON break_glass_log (at);

@@ -3,7 +3,8 @@
 //! alone; erased patients stay erased (an erasure in the middle of a batch too),
 //! pseudonyms and hash chains stay as they were; a run that stops part-way is recorded
 //! as such and finished by the next; a key under a KEK that is neither stops the
-//! rotation before it changes anything, and a key that does not open is named.
+//! rotation before it changes anything, and a key that does not open is named; a key a
+//! stale role adds during a run is re-wrapped too; two runs never overlap.
 
 use lis_commands::keys::rotate::RotationReport;
 use lis_commands::keys::{
@@ -123,6 +124,28 @@ impl KeyEncryptionKey for Scripted {
     async fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         self.inner.unwrap(wrapped, aad).await
     }
+}
+
+/// A rotation from the test KEK to `new_text`, started and paused at its `at`-th wrap;
+/// `go` lets it carry on.
+async fn paused_rotation(
+    db: &TestDb,
+    new_text: &str,
+    at: usize,
+) -> (
+    tokio::task::JoinHandle<Result<RotationReport, KeyError>>,
+    Arc<Notify>,
+) {
+    let (reached, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let slow = Scripted {
+        pause_at: Some((at, reached.clone(), go.clone())),
+        ..Scripted::new(new_text)
+    };
+    let keks = Keks::rotating(Arc::new(slow), kek(TEST_KEK)).unwrap();
+    let owner = db.owner.clone();
+    let run = tokio::spawn(async move { rotate(&owner, &keks, by(), 1000).await });
+    reached.notified().await;
+    (run, go)
 }
 
 /// Places an order for each MRN; their patients and sealed identities.
@@ -251,6 +274,11 @@ async fn a_rotation_rewraps_every_live_key_and_the_new_kek_alone_then_reads_ever
     for statement in [
         "UPDATE kek_rotations SET reason = 'x'",
         "DELETE FROM kek_rotations",
+        "TRUNCATE kek_rotations",
+        "DELETE FROM ledger_keys",
+        "UPDATE ledger_keys SET wrapped = wrapped || '\\x00'::bytea",
+        "UPDATE ledger_keys SET kek_id = 'local:0000000000000000'",
+        "UPDATE patient_keys SET kek_id = 'local:0000000000000000' WHERE wrapped_key IS NOT NULL",
     ] {
         assert!(
             sqlx::query(statement).execute(&db.owner).await.is_err(),
@@ -272,7 +300,7 @@ async fn a_rotation_rewraps_every_live_key_and_the_new_kek_alone_then_reads_ever
             .unwrap_err()
             .to_string();
     assert!(
-        overwrite.contains("re-wrapped only under another"),
+        overwrite.contains("changes only by being re-wrapped"),
         "{overwrite}"
     );
 
@@ -437,22 +465,13 @@ async fn a_run_that_stops_part_way_is_recorded_as_such_and_the_next_finishes_it(
 #[tokio::test]
 async fn an_erasure_in_the_middle_of_a_batch_wins_and_its_key_stays_destroyed() {
     let db = TestDb::new().await;
-    let old = kek(TEST_KEK);
     let new_text = LocalKek::generate();
     let ledger = db.ledger().await;
     let sealed = patients(&ledger, &["MRN-E-1", "MRN-E-2", "MRN-E-3"]).await;
     let (erased, _) = sealed[1].clone();
     // The rotation waits at its first patient key's wrap (after the ledger's two): the
     // batch has been read, nothing of it written.
-    let (reached, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let slow = Scripted {
-        pause_at: Some((3, reached.clone(), go.clone())),
-        ..Scripted::new(&new_text)
-    };
-    let keks = Keks::rotating(Arc::new(slow), old.clone()).unwrap();
-    let owner = db.owner.clone();
-    let rotation = tokio::spawn(async move { rotate(&owner, &keks, by(), 1000).await });
-    reached.notified().await;
+    let (rotation, go) = paused_rotation(&db, &new_text, 3).await;
     // The erasure takes no lock of the rotation's, so it is done at once.
     tokio::time::timeout(
         std::time::Duration::from_secs(5),
@@ -496,7 +515,7 @@ async fn a_key_that_does_not_open_is_left_as_it_is_and_named() {
     let sealed = patients(&db.ledger().await, &["MRN-D-1", "MRN-D-2", "MRN-D-3"]).await;
     let (damaged, _) = sealed[0].clone();
     db.tamper(&[&format!(
-        "UPDATE patient_keys SET wrapped_key = overlay(wrapped_key placing '\\xff' from 20 for 1)
+        "UPDATE patient_keys SET wrapped_key = set_byte(wrapped_key, 19, get_byte(wrapped_key, 19) # 255)
           WHERE patient_id = '{}'",
         damaged.as_uuid()
     )])
@@ -521,5 +540,47 @@ async fn a_key_that_does_not_open_is_left_as_it_is_and_named() {
     }
     let steps: Vec<String> = records(&db.app).await.into_iter().map(|r| r.1).collect();
     assert_eq!(steps, ["ledger-keys", "patient-keys"]);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_key_a_stale_role_adds_during_the_run_is_rewrapped_too() {
+    let db = TestDb::new().await;
+    let new_text = LocalKek::generate();
+    let ledger = db.ledger().await;
+    patients(&ledger, &["MRN-S-1", "MRN-S-2"]).await;
+    let (rotation, go) = paused_rotation(&db, &new_text, 3).await;
+    // A role still holding only the old KEK seals a new patient's identity meanwhile:
+    // their key is wrapped by the old KEK, after the run's batch was read.
+    let late = patients(&ledger, &["MRN-S-3"]).await.remove(0);
+    go.notify_one();
+    let report = rotation.await.unwrap().unwrap();
+    assert_eq!(report.patient_keys, 3, "{report:?}");
+    let rows = key_rows(&db.owner).await;
+    let new = kek(&new_text);
+    assert!(rows.iter().all(|(_, k, _)| k == new.id()), "{rows:?}");
+    let vault = PatientVault::connect(db.app.clone(), new).await.unwrap();
+    assert_eq!(
+        mrn_of(&vault, late.0, &late.1).await.as_deref(),
+        Some("MRN-S-3")
+    );
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_second_run_is_refused_while_one_is_running() {
+    let db = TestDb::new().await;
+    patients(&db.ledger().await, &["MRN-L-1"]).await;
+    let new_text = LocalKek::generate();
+    let (first, go) = paused_rotation(&db, &new_text, 1).await;
+    let other = Keks::rotating(kek(&new_text), kek(TEST_KEK)).unwrap();
+    let err = rotate(&db.owner, &other, by(), 1000).await.unwrap_err();
+    assert!(matches!(err, KeyError::RotationRunning), "{err}");
+    go.notify_one();
+    let report = first.await.unwrap().unwrap();
+    assert_eq!((report.ledger_keys, report.patient_keys), (2, 1));
+    // The lock went with the run: the next one starts (and finds nothing to do).
+    let again = rotate(&db.owner, &other, by(), 1000).await.unwrap();
+    assert_eq!((again.ledger_keys, again.patient_keys), (0, 0));
     db.drop().await;
 }

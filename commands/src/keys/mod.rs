@@ -45,6 +45,10 @@ pub enum KeyError {
     UnknownPatient(String),
     #[error("the key-encryption key rotation is unfinished: {0}")]
     Unfinished(String),
+    #[error("another `keys rotate` is running on this database; wait for it to end")]
+    RotationRunning,
+    #[error("this database has no kek_rotations table yet: run `lisledger migrate` first")]
+    NotMigrated,
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 }

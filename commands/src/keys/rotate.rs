@@ -3,19 +3,21 @@
 //!
 //! Only the wrapping changes. The data keys themselves, so every sealed value in the
 //! events, and the pseudonym index's HMAC key, so every pseudonym, stay as they were; the
-//! hash chains are untouched. Each row names the KEK that wraps it (`kek_id`) and is
-//! re-wrapped in place by a compare-and-set on its old wrapped value, with no row lock
-//! held while the KEKs work (a KMS call may be slow): an erasure that lands first wins,
-//! and its key stays destroyed. Batches commit one by one, each writing its own record
+//! hash chains are untouched. Each row names the KEK that wraps it (`kek_id`). A patient
+//! key is re-wrapped in place by a compare-and-set on its old wrapped value, with no row
+//! lock held while the KEKs work (a KMS call may be slow): an erasure that lands first
+//! wins, and its key stays destroyed. The ledger's own two keys are re-wrapped under a
+//! row lock, in one transaction. Batches commit one by one, each writing its own record
 //! to the append-only `kek_rotations` in its transaction, so the record always says what
-//! was done, even by a run that stopped part-way; running again finishes it, and writes
-//! the run's `finished` record once no live key is left under the previous KEK.
+//! was done, even by a run that stopped part-way; a later run finishes the rotation, and
+//! writes its `finished` record once every live key is under the current KEK.
 
 use super::kek::KeyEncryptionKey;
 use super::vault::{ledger_key_aad, patient_key_aad, Keks};
 use super::KeyError;
 use lis_domain::ids::PatientId;
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
+use std::collections::BTreeSet;
 use uuid::Uuid;
 
 /// Keys re-wrapped per transaction.
@@ -93,23 +95,21 @@ pub async fn rotate(
         KeyError::BadKek("a rotation needs the previous key-encryption key too".into())
     })?;
     let current = keks.current();
-    let mut lock = owner.acquire().await?;
+    // The lock's own connection, taken out of the pool: the session lock ends with it on
+    // every path (a pooled connection would go back to the pool still holding it).
+    let mut lock = owner.acquire().await?.detach();
     let has_table: bool = sqlx::query_scalar("SELECT to_regclass('kek_rotations') IS NOT NULL")
-        .fetch_one(&mut *lock)
+        .fetch_one(&mut lock)
         .await?;
     if !has_table {
-        return Err(KeyError::Unfinished(
-            "this database has no kek_rotations table yet: run `lisledger migrate` first".into(),
-        ));
+        return Err(KeyError::NotMigrated);
     }
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(ROTATION_LOCK)
-        .fetch_one(&mut *lock)
+        .fetch_one(&mut lock)
         .await?;
     if !locked {
-        return Err(KeyError::Unfinished(
-            "another `keys rotate` is running on this database".into(),
-        ));
+        return Err(KeyError::RotationRunning);
     }
     let run = Run {
         id: Uuid::new_v4(),
@@ -118,11 +118,8 @@ pub async fn rotate(
         current,
     };
     let outcome = rotate_locked(owner, keks, &run, batch.max(1)).await;
-    // The lock goes with the session too, should this fail.
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(ROTATION_LOCK)
-        .execute(&mut *lock)
-        .await;
+    // Closing the session releases the lock (dropped unclosed, the session ends too).
+    let _ = lock.close().await;
     outcome
 }
 
@@ -144,18 +141,14 @@ async fn rotate_locked(
     // the start every batch would pass over every key already re-wrapped). A key added
     // behind the pass by a process still wrapping with the previous KEK is found by the
     // next pass; the rotation ends with a pass that re-wraps none.
-    let mut unopened: Vec<Uuid> = Vec::new();
+    let mut unopened: BTreeSet<Uuid> = BTreeSet::new();
     loop {
         let mut pass = 0;
         let mut after = Uuid::nil();
         while let Some(done) = rewrap_patient_keys(owner, run, after, batch).await? {
             after = done.last;
             pass += done.rewrapped;
-            for id in done.unopened {
-                if !unopened.contains(&id) {
-                    unopened.push(id);
-                }
-            }
+            unopened.extend(done.unopened);
             report.patient_keys += done.rewrapped;
             tracing::info!(
                 patient_keys = report.patient_keys,
@@ -176,14 +169,14 @@ async fn rotate_locked(
             if unopened.len() > shown.len() { ", …" } else { "" }
         )));
     }
-    // Done when no live key is left under the previous KEK: recorded in the same
+    // Done when every live key is under the current KEK: recorded in the same
     // transaction as that check.
     let mut tx = owner.begin().await?;
-    let left = live_keys_under(&mut tx, run.previous.id()).await?;
+    let left = live_keys_not_under(&mut tx, run.current.id()).await?;
     if left > 0 {
         return Err(KeyError::Unfinished(format!(
-            "{left} keys are still wrapped by {}; run it again",
-            run.previous.id()
+            "{left} keys are wrapped by a KEK other than {} (added while it ran?); run it again",
+            run.current.id()
         )));
     }
     run.record(&mut tx, "finished", 0).await?;
@@ -191,11 +184,11 @@ async fn rotate_locked(
     Ok(report)
 }
 
-/// Live keys (the ledger's and patients') wrapped by `kek_id`.
-async fn live_keys_under(conn: &mut PgConnection, kek_id: &str) -> Result<i64, KeyError> {
+/// Live keys (the ledger's and patients') wrapped by a KEK other than `kek_id`.
+async fn live_keys_not_under(conn: &mut PgConnection, kek_id: &str) -> Result<i64, KeyError> {
     Ok(sqlx::query_scalar(
-        "SELECT (SELECT count(*) FROM ledger_keys WHERE kek_id = $1)
-              + (SELECT count(*) FROM patient_keys WHERE kek_id = $1 AND wrapped_key IS NOT NULL)",
+        "SELECT (SELECT count(*) FROM ledger_keys WHERE kek_id <> $1)
+              + (SELECT count(*) FROM patient_keys WHERE kek_id <> $1 AND wrapped_key IS NOT NULL)",
     )
     .bind(kek_id)
     .fetch_one(conn)
@@ -310,10 +303,13 @@ async fn rewrap_patient_keys(
                 ids.push(id);
                 old.push(wrapped);
             }
-            Err(e) => {
+            // The key does not open (damaged, or not this KEK's): left, and named.
+            Err(e @ KeyError::Unwrap(_)) => {
                 tracing::warn!(patient = %id, error = %e, "keys rotate: a patient key does not open with the previous KEK; left as it is");
                 unopened.push(id);
             }
+            // Anything else (a KMS away) stops the run.
+            Err(e) => return Err(e),
         }
     }
     let mut tx = owner.begin().await?;
