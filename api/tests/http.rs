@@ -378,6 +378,51 @@ async fn a_lab_day_through_the_api() {
         kinds,
         ["SampleReceived", "ResultRecorded", "ResultVerified"]
     );
+    assert_eq!(did["next_after"], Value::Null);
+    // A page at a time: the pages join up to the whole, in order, with nothing twice.
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..3 {
+        let cursor = after
+            .as_ref()
+            .map(|a| format!("&after={a}"))
+            .unwrap_or_default();
+        let (s, page) = api
+            .get(
+                &auditor,
+                &format!("/audit/actors/tech.1?from={from}&to={to}&limit=2{cursor}"),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        assert_eq!(
+            page.get("break_glass").is_some(),
+            after.is_none(),
+            "break-glass reads come with the first page only: {page}"
+        );
+        paged.extend(page["events"].as_array().unwrap().iter().cloned());
+        after = page["next_after"].as_str().map(str::to_string);
+        if after.is_none() {
+            break;
+        }
+    }
+    assert_eq!(paged, did["events"].as_array().unwrap().clone());
+    for (query, pointer) in [
+        ("&limit=0", "/limit"),
+        ("&limit=10001", "/limit"),
+        ("&after=x.1", "/after"),
+    ] {
+        let (s, problem) = api
+            .get(
+                &auditor,
+                &format!("/audit/actors/tech.1?from={from}&to={to}{query}"),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {problem}");
+        assert_eq!(
+            problem["errors"][0]["pointer"], pointer,
+            "{query}: {problem}"
+        );
+    }
     api.db.drop().await;
 }
 
@@ -1215,6 +1260,40 @@ async fn identity_is_shown_as_each_role_may_see_it_and_only_an_admin_erases() {
         .get(&auditor, &format!("/audit/break-glass?{before}"))
         .await;
     assert_eq!(none["reads"], json!([]), "{none}");
+    // Two more reads; a page of two, then the rest.
+    for reason in ["NABL assessment, request 13", "NABL assessment, request 14"] {
+        let r = with_glass(&auditor, &history, reason).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let (_, first) = api
+        .get(&auditor, &format!("/audit/break-glass?{around}&limit=2"))
+        .await;
+    let next = first["next_after"]
+        .as_str()
+        .expect("a second page")
+        .to_string();
+    let (_, second) = api
+        .get(
+            &auditor,
+            &format!("/audit/break-glass?{around}&limit=2&after={next}"),
+        )
+        .await;
+    let reasons: Vec<&str> = first["reads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["reads"].as_array().unwrap())
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "NABL assessment, request 12",
+            "NABL assessment, request 13",
+            "NABL assessment, request 14"
+        ]
+    );
+    assert_eq!(second["next_after"], Value::Null, "{second}");
     let reversed = range(now + chrono::Duration::hours(1), now);
     let (s, problem) = api
         .get(&auditor, &format!("/audit/break-glass?{reversed}"))

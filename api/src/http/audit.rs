@@ -235,98 +235,187 @@ mod tests {
     }
 }
 
-/// A time range: `from` (inclusive) to `to` (exclusive).
+/// A time range, `from` (inclusive) to `to` (exclusive), read a page at a time.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
-pub struct TimeRange {
+pub struct PagedRange {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
+    /// Entries per page: 1 to 10,000 (default 1,000).
+    pub limit: Option<u32>,
+    /// Where the previous page ended: its `next_after`, as given (opaque).
+    pub after: Option<String>,
 }
 
-impl TimeRange {
-    fn check(&self) -> Result<(), Problem> {
+/// Entries per page unless `limit` says otherwise, and at most.
+const PAGE: u32 = 1_000;
+const MAX_PAGE: u32 = 10_000;
+
+impl PagedRange {
+    /// The page size, or a problem naming what is wrong with the range or the limit.
+    fn check(&self) -> Result<i64, Problem> {
+        let mut errors = Vec::new();
         if self.from > self.to {
-            return Err(Problem::invalid(vec![super::problem::FieldProblem {
+            errors.push(super::problem::FieldProblem {
                 pointer: "/from".into(),
                 detail: "from is after to".into(),
-            }]));
+            });
         }
-        Ok(())
+        let limit = self.limit.unwrap_or(PAGE);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            errors.push(super::problem::FieldProblem {
+                pointer: "/limit".into(),
+                detail: format!("limit must be 1 to {MAX_PAGE}"),
+            });
+        }
+        if errors.is_empty() {
+            Ok(i64::from(limit))
+        } else {
+            Err(Problem::invalid(errors))
+        }
+    }
+
+    /// The cursor `after` as its parts, parsed by `parse`; a bad one is a problem at
+    /// `/after`.
+    fn cursor<T>(&self, parse: impl Fn(&str) -> Option<T>) -> Result<Option<T>, Problem> {
+        match &self.after {
+            None => Ok(None),
+            Some(text) => parse(text).map(Some).ok_or_else(|| {
+                Problem::invalid(vec![super::problem::FieldProblem {
+                    pointer: "/after".into(),
+                    detail: "not a cursor this endpoint gave (use a page's next_after as given)"
+                        .into(),
+                }])
+            }),
+        }
     }
 }
 
-/// Everything one user did in a time range, oldest first: the events they wrote, and
-/// their break-glass reads of patient identity.
+/// An events page's cursor: the last event's time (microseconds) and position.
+fn event_cursor(text: &str) -> Option<(DateTime<Utc>, i64)> {
+    let (micros, position) = text.split_once('.')?;
+    let at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+    Some((at, position.parse().ok()?))
+}
+
+/// Everything one user did in a time range, oldest first, a page at a time: the events
+/// they wrote, and (on the first page) their break-glass reads of patient identity.
 pub async fn activity(
     State(s): State<AppState>,
     caller: Caller,
     Path(user): Path<String>,
-    Params(q): Params<TimeRange>,
+    Params(q): Params<PagedRange>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadAudit)?;
     let user = super::commands::id(&user, ActorId::parse, "user")?.to_string();
-    q.check()?;
-    let events: Option<Value> = sqlx::query_scalar(
-        "SELECT json_agg(json_build_object(
+    let limit = q.check()?;
+    let after = q.cursor(event_cursor)?;
+    macro_rules! events {
+        ($after:literal) => {
+            concat!(
+                "SELECT json_build_object(
                    'position', position, 'aggregate_type', aggregate_type, 'aggregate_id', aggregate_id,
                    'sequence', sequence, 'event_type', event_type, 'recorded_at', recorded_at,
                    'role', metadata ->> 'actor_role', 'reason', metadata ->> 'reason',
-                   'client_addr', metadata ->> 'client_addr', 'correlation_id', metadata ->> 'correlation_id')
-                 ORDER BY recorded_at, position)
-           FROM events
-          WHERE metadata ->> 'actor_id' = $1 AND recorded_at >= $2 AND recorded_at < $3",
-    )
-    .bind(&user)
-    .bind(q.from)
-    .bind(q.to)
-    .fetch_one(&s.pool)
-    .await?;
-    let break_glass = break_glass_reads(&s, Some(&user), &q).await?;
-    Ok(Json(json!({
-        "actor": user, "from": q.from, "to": q.to,
-        "events": events.unwrap_or(json!([])), "break_glass": break_glass,
-    })))
+                   'client_addr', metadata ->> 'client_addr', 'correlation_id', metadata ->> 'correlation_id'),
+                        recorded_at, position
+                   FROM events
+                  WHERE metadata ->> 'actor_id' = $1 AND recorded_at >= $2 AND recorded_at < $3",
+                $after,
+                " ORDER BY recorded_at, position LIMIT $4"
+            )
+        };
+    }
+    let sql = match after {
+        None => events!(""),
+        Some(_) => events!(" AND (recorded_at, position) > ($5, $6)"),
+    };
+    let mut query = sqlx::query_as::<_, (Value, DateTime<Utc>, i64)>(sql)
+        .bind(&user)
+        .bind(q.from)
+        .bind(q.to)
+        .bind(limit + 1);
+    if let Some((at, position)) = after {
+        query = query.bind(at).bind(position);
+    }
+    let mut rows = query.fetch_all(&s.pool).await?;
+    let next_after = (rows.len() as i64 > limit).then(|| {
+        rows.truncate(limit as usize);
+        let (_, at, position) = rows.last().expect("a full page");
+        format!("{}.{position}", at.timestamp_micros())
+    });
+    let events: Vec<Value> = rows.into_iter().map(|(event, _, _)| event).collect();
+    let mut page = json!({
+        "actor": user, "from": q.from, "to": q.to, "events": events, "next_after": next_after,
+    });
+    if after.is_none() {
+        let (reads, more) =
+            break_glass_reads(&s, Some(&user), &q, None, i64::from(MAX_PAGE)).await?;
+        page["break_glass"] = reads;
+        page["break_glass_truncated"] = json!(more.is_some());
+    }
+    Ok(Json(page))
 }
 
-/// Every break-glass read of patient identity in a time range, oldest first: who, in
-/// what role, why, what was read, and the request (`break_glass_log`, append-only).
+/// Every break-glass read of patient identity in a time range, oldest first, a page at a
+/// time: who, in what role, why, what was read, and the request (`break_glass_log`,
+/// append-only).
 pub async fn break_glass(
     State(s): State<AppState>,
     caller: Caller,
-    Params(q): Params<TimeRange>,
+    Params(q): Params<PagedRange>,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadAudit)?;
-    q.check()?;
-    let reads = break_glass_reads(&s, None, &q).await?;
-    Ok(Json(json!({ "from": q.from, "to": q.to, "reads": reads })))
+    let limit = q.check()?;
+    let after = q.cursor(|text| text.parse::<i64>().ok())?;
+    let (reads, next_after) = break_glass_reads(&s, None, &q, after, limit).await?;
+    Ok(Json(
+        json!({ "from": q.from, "to": q.to, "reads": reads, "next_after": next_after }),
+    ))
 }
 
-/// The break-glass reads in `range`, of one actor or of all (two statements, so that
-/// each keeps a plan that uses its index).
+/// Up to `limit` break-glass reads in `range` after the read `after`, of one actor or of
+/// all, and the cursor of the next page if there is more (one statement per shape, so
+/// that each keeps a plan that uses its index).
 async fn break_glass_reads(
     s: &AppState,
     actor: Option<&str>,
-    range: &TimeRange,
-) -> Result<Value, Problem> {
+    range: &PagedRange,
+    after: Option<i64>,
+    limit: i64,
+) -> Result<(Value, Option<String>), Problem> {
     macro_rules! reads {
         ($actor:literal) => {
             concat!(
-                "SELECT coalesce(json_agg(json_build_object(
+                "SELECT json_build_object(
                    'at', at, 'actor', actor_id, 'role', actor_role, 'reason', reason,
-                   'resource', resource, 'request_id', request_id) ORDER BY at, id), '[]')
-                   FROM break_glass_log WHERE at >= $1 AND at < $2",
-                $actor
+                   'resource', resource, 'request_id', request_id), id
+                   FROM break_glass_log WHERE at >= $1 AND at < $2 AND id > $3",
+                $actor,
+                " ORDER BY id LIMIT $4"
             )
         };
     }
     let sql = match actor {
         None => reads!(""),
-        Some(_) => reads!(" AND actor_id = $3"),
+        Some(_) => reads!(" AND actor_id = $5"),
     };
-    let mut query = sqlx::query_scalar(sql).bind(range.from).bind(range.to);
+    let mut query = sqlx::query_as::<_, (Value, i64)>(sql)
+        .bind(range.from)
+        .bind(range.to)
+        .bind(after.unwrap_or(0))
+        .bind(limit + 1);
     if let Some(actor) = actor {
         query = query.bind(actor);
     }
-    Ok(query.fetch_one(&s.pool).await?)
+    let mut rows = query.fetch_all(&s.pool).await?;
+    let next = (rows.len() as i64 > limit).then(|| {
+        rows.truncate(limit as usize);
+        rows.last().expect("a full page").1.to_string()
+    });
+    Ok((
+        Value::Array(rows.into_iter().map(|(read, _)| read).collect()),
+        next,
+    ))
 }
 
 /// Every run of `lisledger keys rotate`, oldest first: when it started and finished (no
