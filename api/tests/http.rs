@@ -427,6 +427,73 @@ async fn a_lab_day_through_the_api() {
 }
 
 #[tokio::test]
+async fn a_worklist_sends_the_most_urgent_first_up_to_its_limit_with_the_whole_count() {
+    let api = Api::start().await;
+    let reception = api.token("reception.1").await;
+    let tech = api.token("tech.1").await;
+    // Three orders of two tests each, placed one after another: six tests to collect.
+    let mut orders = Vec::new();
+    for mrn in ["MRN-WL-1", "MRN-WL-2", "MRN-WL-3"] {
+        let (s, order) = api.post(&reception, "/orders", order_body(mrn)).await;
+        assert_eq!(s, StatusCode::CREATED, "{order}");
+        orders.push(order["id"].as_str().unwrap().to_string());
+    }
+    api.project().await;
+    let get = |path: String| {
+        let (client, base, tech) = (api.client.clone(), api.base.clone(), tech.clone());
+        async move {
+            let r = client
+                .get(format!("{base}{path}"))
+                .bearer_auth(tech)
+                .send()
+                .await
+                .unwrap();
+            let total = r
+                .headers()
+                .get("x-total-count")
+                .map(|v| v.to_str().unwrap().to_string());
+            (r.status(), total, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, total, all) = get("/worklists?stage=to_collect".into()).await;
+    assert_eq!(s, StatusCode::OK, "{all}");
+    assert_eq!(total.as_deref(), Some("6"));
+    let in_order: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["order_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(in_order.len(), 6);
+    // None is overdue yet: the oldest orders come first.
+    assert!(all
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|w| w["overdue"] == false));
+    assert_eq!(in_order[0], orders[0]);
+    assert_eq!(in_order[5], orders[2]);
+    // Up to the limit, the same rows in the same order; the count is still the whole.
+    let (s, total, top) = get("/worklists?stage=to_collect&limit=4".into()).await;
+    assert_eq!(s, StatusCode::OK, "{top}");
+    assert_eq!(total.as_deref(), Some("6"));
+    assert_eq!(top.as_array().unwrap()[..], all.as_array().unwrap()[..4]);
+    for (query, pointer) in [
+        ("limit=0", "/limit"),
+        ("limit=10001", "/limit"),
+        ("stage=done", "/stage"),
+    ] {
+        let (s, _, problem) = get(format!("/worklists?{query}")).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {problem}");
+        assert_eq!(
+            problem["errors"][0]["pointer"], pointer,
+            "{query}: {problem}"
+        );
+    }
+    api.db.drop().await;
+}
+
+#[tokio::test]
 async fn auditors_see_each_rotation_of_the_key_encryption_key() {
     use lis_commands::keys::{rotate, Keks, KeyEncryptionKey, LocalKek, RotationBy};
     let api = Api::start().await;
