@@ -438,6 +438,12 @@ async fn a_worklist_sends_the_most_urgent_first_up_to_its_limit_with_the_whole_c
         assert_eq!(s, StatusCode::CREATED, "{order}");
         orders.push(order["id"].as_str().unwrap().to_string());
     }
+    // Then a STAT order: its target is far shorter, so its tests are due first.
+    let mut stat = order_body("MRN-WL-STAT");
+    stat["priority"] = json!("stat");
+    let (s, order) = api.post(&reception, "/orders", stat).await;
+    assert_eq!(s, StatusCode::CREATED, "{order}");
+    let stat_order = order["id"].as_str().unwrap().to_string();
     api.project().await;
     let get = |path: String| {
         let (client, base, tech) = (api.client.clone(), api.base.clone(), tech.clone());
@@ -457,26 +463,32 @@ async fn a_worklist_sends_the_most_urgent_first_up_to_its_limit_with_the_whole_c
     };
     let (s, total, all) = get("/worklists?stage=to_collect".into()).await;
     assert_eq!(s, StatusCode::OK, "{all}");
-    assert_eq!(total.as_deref(), Some("6"));
+    assert_eq!(total.as_deref(), Some("8"));
     let in_order: Vec<&str> = all
         .as_array()
         .unwrap()
         .iter()
         .map(|w| w["order_id"].as_str().unwrap())
         .collect();
-    assert_eq!(in_order.len(), 6);
-    // None is overdue yet: the oldest orders come first.
+    assert_eq!(in_order.len(), 8);
+    // None is overdue yet: the STAT tests first (due soonest), then the routine ones,
+    // the oldest first; each row says when it is due.
     assert!(all
         .as_array()
         .unwrap()
         .iter()
         .all(|w| w["overdue"] == false));
-    assert_eq!(in_order[0], orders[0]);
-    assert_eq!(in_order[5], orders[2]);
+    assert_eq!(in_order[..2], [stat_order.as_str(), stat_order.as_str()]);
+    assert_eq!(in_order[2], orders[0]);
+    assert_eq!(in_order[7], orders[2]);
+    assert!(
+        all.as_array().unwrap().iter().all(|w| w["due"].is_string()),
+        "{all}"
+    );
     // Up to the limit, the same rows in the same order; the count is still the whole.
     let (s, total, top) = get("/worklists?stage=to_collect&limit=4".into()).await;
     assert_eq!(s, StatusCode::OK, "{top}");
-    assert_eq!(total.as_deref(), Some("6"));
+    assert_eq!(total.as_deref(), Some("8"));
     assert_eq!(top.as_array().unwrap()[..], all.as_array().unwrap()[..4]);
     for (query, pointer) in [
         ("limit=0", "/limit"),
@@ -1332,19 +1344,64 @@ async fn identity_is_shown_as_each_role_may_see_it_and_only_an_admin_erases() {
         let r = with_glass(&auditor, &history, reason).await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
     }
-    let (_, first) = api
+    let (s, first) = api
         .get(&auditor, &format!("/audit/break-glass?{around}&limit=2"))
         .await;
+    assert_eq!(s, StatusCode::OK, "{first}");
     let next = first["next_after"]
         .as_str()
         .expect("a second page")
         .to_string();
-    let (_, second) = api
+    let (s, second) = api
         .get(
             &auditor,
             &format!("/audit/break-glass?{around}&limit=2&after={next}"),
         )
         .await;
+    assert_eq!(s, StatusCode::OK, "{second}");
+    let (_, did) = api
+        .get(&auditor, &format!("/audit/actors/audit.1?{around}"))
+        .await;
+    assert_eq!(
+        did["break_glass"].as_array().map(Vec::len),
+        Some(3),
+        "{did}"
+    );
+    assert_eq!(did["break_glass_truncated"], false, "{did}");
+    for (query, pointer) in [
+        ("&limit=0", "/limit"),
+        ("&after=1", "/after"),
+        ("&after=-300000000000000000.1", "/after"),
+    ] {
+        let (s, problem) = api
+            .get(&auditor, &format!("/audit/break-glass?{around}{query}"))
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {problem}");
+        assert_eq!(
+            problem["errors"][0]["pointer"], pointer,
+            "{query}: {problem}"
+        );
+    }
+    // Times the database cannot hold are refused by name, not failed on.
+    let as_of = format!("{history}?as_of=-5000-01-01T00:00:00Z");
+    for (path, pointer) in [
+        (
+            "/audit/break-glass?from=-5000-01-01T00:00:00Z&to=2026-01-01T00:00:00Z",
+            "/from",
+        ),
+        (
+            "/audit/actors/audit.1?from=2026-01-01T00:00:00Z&to=%2B20000-01-01T00:00:00Z",
+            "/to",
+        ),
+        (as_of.as_str(), "/as_of"),
+    ] {
+        let (s, problem) = api.get(&auditor, path).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {problem}");
+        assert_eq!(
+            problem["errors"][0]["pointer"], pointer,
+            "{path}: {problem}"
+        );
+    }
     let reasons: Vec<&str> = first["reads"]
         .as_array()
         .unwrap()

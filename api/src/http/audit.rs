@@ -137,6 +137,9 @@ pub async fn history(
             }]))
         }
     };
+    if let Some(problem) = q.as_of.as_ref().and_then(|at| unstorable(at, "/as_of")) {
+        return Err(Problem::invalid(vec![problem]));
+    }
     let mut history = history_json(&s, &caller, &kind, &id, q.as_of).await?;
     let view =
         super::privacy::view_for(&s, &caller, &headers, &format!("audit/{kind}/{id}")).await?;
@@ -224,6 +227,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cursors_round_trip_and_refuse_what_the_database_cannot_hold() {
+        let at = DateTime::parse_from_rfc3339("2026-03-03T10:15:30.123456Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(cursor_of(&cursor_after(&at, 42)), Some((at, 42)));
+        let early = DateTime::parse_from_rfc3339("0001-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(cursor_of(&cursor_after(&early, 1)), Some((early, 1)));
+        for bad in [
+            "-300000000000000000.1",
+            "999999999999999999.1",
+            "1.x",
+            "x.1",
+            "17",
+            "",
+        ] {
+            assert_eq!(cursor_of(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn diff_names_each_changed_field() {
         let a = json!({"status": "recorded", "value": {"value": 4.1, "unit": "mmol/L"}, "gone": 1});
         let b = json!({"status": "verified", "value": {"value": 4.1, "unit": "mmol/L"}, "new/key": true});
@@ -241,6 +266,7 @@ pub struct PagedRange {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     /// Entries per page: 1 to 10,000 (default 1,000).
+    #[schemars(range(min = 1, max = 10_000))]
     pub limit: Option<u32>,
     /// Where the previous page ended: its `next_after`, as given (opaque).
     pub after: Option<String>,
@@ -253,7 +279,10 @@ const MAX_PAGE: u32 = 10_000;
 impl PagedRange {
     /// The page size, or a problem naming what is wrong with the range or the limit.
     fn check(&self) -> Result<i64, Problem> {
-        let mut errors = Vec::new();
+        let mut errors: Vec<_> = [(&self.from, "/from"), (&self.to, "/to")]
+            .into_iter()
+            .filter_map(|(at, pointer)| unstorable(at, pointer))
+            .collect();
         if self.from > self.to {
             errors.push(super::problem::FieldProblem {
                 pointer: "/from".into(),
@@ -290,11 +319,31 @@ impl PagedRange {
     }
 }
 
-/// An events page's cursor: the last event's time (microseconds) and position.
-fn event_cursor(text: &str) -> Option<(DateTime<Utc>, i64)> {
-    let (micros, position) = text.split_once('.')?;
+/// A page's cursor: the last entry's time (microseconds) and its unique number (an
+/// event's position, a break-glass read's id), as `micros.number`. Only times the
+/// database can hold are accepted.
+fn cursor_of(text: &str) -> Option<(DateTime<Utc>, i64)> {
+    let (micros, number) = text.split_once('.')?;
     let at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
-    Some((at, position.parse().ok()?))
+    if unstorable(&at, "").is_some() {
+        return None;
+    }
+    Some((at, number.parse().ok()?))
+}
+
+/// The cursor of the page that ends at `at`, `number`.
+fn cursor_after(at: &DateTime<Utc>, number: i64) -> String {
+    format!("{}.{number}", at.timestamp_micros())
+}
+
+/// A problem at `pointer` if `at` lies outside the years the ledger stores (1 to 9999;
+/// PostgreSQL refuses times before 4713 BC, chrono accepts far more).
+fn unstorable(at: &DateTime<Utc>, pointer: &str) -> Option<super::problem::FieldProblem> {
+    use chrono::Datelike;
+    (!(1..=9999).contains(&at.year())).then(|| super::problem::FieldProblem {
+        pointer: pointer.into(),
+        detail: "a time between the years 1 and 9999".into(),
+    })
 }
 
 /// Everything one user did in a time range, oldest first, a page at a time: the events
@@ -308,7 +357,7 @@ pub async fn activity(
     caller.require(Action::ReadAudit)?;
     let user = super::commands::id(&user, ActorId::parse, "user")?.to_string();
     let limit = q.check()?;
-    let after = q.cursor(event_cursor)?;
+    let after = q.cursor(cursor_of)?;
     macro_rules! events {
         ($after:literal) => {
             concat!(
@@ -341,7 +390,7 @@ pub async fn activity(
     let next_after = (rows.len() as i64 > limit).then(|| {
         rows.truncate(limit as usize);
         let (_, at, position) = rows.last().expect("a full page");
-        format!("{}.{position}", at.timestamp_micros())
+        cursor_after(at, *position)
     });
     let events: Vec<Value> = rows.into_iter().map(|(event, _, _)| event).collect();
     let mut page = json!({
@@ -366,54 +415,59 @@ pub async fn break_glass(
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadAudit)?;
     let limit = q.check()?;
-    let after = q.cursor(|text| text.parse::<i64>().ok())?;
+    let after = q.cursor(cursor_of)?;
     let (reads, next_after) = break_glass_reads(&s, None, &q, after, limit).await?;
     Ok(Json(
         json!({ "from": q.from, "to": q.to, "reads": reads, "next_after": next_after }),
     ))
 }
 
-/// Up to `limit` break-glass reads in `range` after the read `after`, of one actor or of
-/// all, and the cursor of the next page if there is more (one statement per shape, so
-/// that each keeps a plan that uses its index).
+/// Up to `limit` break-glass reads in `range` after the cursor `after` (a read's time
+/// and id), of one actor or of all, and the cursor of the next page if there is more
+/// (one statement per shape, each an index range scan in (at, id) order).
 async fn break_glass_reads(
     s: &AppState,
     actor: Option<&str>,
     range: &PagedRange,
-    after: Option<i64>,
+    after: Option<(DateTime<Utc>, i64)>,
     limit: i64,
 ) -> Result<(Value, Option<String>), Problem> {
     macro_rules! reads {
-        ($actor:literal) => {
+        ($filter:literal) => {
             concat!(
                 "SELECT json_build_object(
                    'at', at, 'actor', actor_id, 'role', actor_role, 'reason', reason,
-                   'resource', resource, 'request_id', request_id), id
-                   FROM break_glass_log WHERE at >= $1 AND at < $2 AND id > $3",
-                $actor,
-                " ORDER BY id LIMIT $4"
+                   'resource', resource, 'request_id', request_id), at, id
+                   FROM break_glass_log WHERE at >= $1 AND at < $2",
+                $filter,
+                " ORDER BY at, id LIMIT $3"
             )
         };
     }
-    let sql = match actor {
-        None => reads!(""),
-        Some(_) => reads!(" AND actor_id = $5"),
+    let sql = match (actor, after) {
+        (None, None) => reads!(""),
+        (None, Some(_)) => reads!(" AND (at, id) > ($4, $5)"),
+        (Some(_), None) => reads!(" AND actor_id = $4"),
+        (Some(_), Some(_)) => reads!(" AND actor_id = $4 AND (at, id) > ($5, $6)"),
     };
-    let mut query = sqlx::query_as::<_, (Value, i64)>(sql)
+    let mut query = sqlx::query_as::<_, (Value, DateTime<Utc>, i64)>(sql)
         .bind(range.from)
         .bind(range.to)
-        .bind(after.unwrap_or(0))
         .bind(limit + 1);
     if let Some(actor) = actor {
         query = query.bind(actor);
     }
+    if let Some((at, id)) = after {
+        query = query.bind(at).bind(id);
+    }
     let mut rows = query.fetch_all(&s.pool).await?;
     let next = (rows.len() as i64 > limit).then(|| {
         rows.truncate(limit as usize);
-        rows.last().expect("a full page").1.to_string()
+        let (_, at, id) = rows.last().expect("a full page");
+        cursor_after(at, *id)
     });
     Ok((
-        Value::Array(rows.into_iter().map(|(read, _)| read).collect()),
+        Value::Array(rows.into_iter().map(|(read, _, _)| read).collect()),
         next,
     ))
 }

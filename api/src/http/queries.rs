@@ -283,8 +283,10 @@ pub struct WorklistQuery {
     pub department: Option<String>,
     #[schemars(extend("enum" = STAGES))]
     pub stage: Option<String>,
-    /// Rows to send, the most urgent first (overdue, then the oldest): 1 to 10,000
-    /// (default 1,000). The `X-Total-Count` header says how many are waiting in all.
+    /// Rows to send, the most urgent first (the earliest due: ordered plus the test's
+    /// turnaround target for its priority, so overdue tests lead): 1 to 10,000 (default
+    /// 1,000). The `X-Total-Count` header says how many are waiting in all.
+    #[schemars(range(min = 1, max = 10_000))]
     pub limit: Option<u32>,
 }
 
@@ -292,9 +294,11 @@ pub struct WorklistQuery {
 const WORKLIST_ROWS: u32 = 1_000;
 const MAX_WORKLIST_ROWS: u32 = 10_000;
 
-/// What waits at each stage, per department: the most urgent first, at most `limit`
-/// rows, with the whole count in `X-Total-Count` (a busy lab's backlog need not travel
-/// whole to every bench's screen).
+/// What waits at each stage, per department: the most urgent first (the earliest due,
+/// so a STAT test ordered a minute ago comes before a routine one ordered an hour ago
+/// that is not yet due, and overdue tests lead), at most `limit` rows, with the whole
+/// count in `X-Total-Count` (a busy lab's backlog need not travel whole to every bench's
+/// screen). A test with no target (not in the catalogue) comes last.
 pub async fn worklist(
     State(s): State<AppState>,
     caller: Caller,
@@ -325,12 +329,13 @@ pub async fn worklist(
         "WITH w AS (
            SELECT department, stage, order_id, order_number, test_code, priority, sample_id, result_id,
                   recollection, ordered_at, stage_since, extract(epoch FROM age)::bigint / 60 AS age_minutes,
-                  extract(epoch FROM target)::bigint / 60 AS target_minutes, overdue
+                  extract(epoch FROM target)::bigint / 60 AS target_minutes, ordered_at + target AS due,
+                  overdue
              FROM proj_orders.worklist
             WHERE ($1::text IS NULL OR department = $1) AND ($2::text IS NULL OR stage = $2))
-         SELECT coalesce((SELECT json_agg(p ORDER BY p.overdue DESC, p.ordered_at, p.order_id, p.test_code)
-                            FROM (SELECT * FROM w ORDER BY overdue DESC, ordered_at, order_id, test_code
-                                  LIMIT $3) p), '[]'),
+         SELECT coalesce((SELECT json_agg(p ORDER BY p.due NULLS LAST, p.ordered_at, p.order_id, p.test_code)
+                            FROM (SELECT * FROM w ORDER BY due NULLS LAST, ordered_at, order_id, test_code
+                                   LIMIT $3) p), '[]'),
                 (SELECT count(*) FROM w)",
     )
     .bind(&department)
