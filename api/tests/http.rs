@@ -138,6 +138,16 @@ impl Api {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Asserts that GET `path` is refused with a 422 whose first problem is at `pointer`.
+    async fn refused_at(&self, token: &str, path: &str, pointer: &str) {
+        let (s, problem) = self.get(token, path).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {problem}");
+        assert_eq!(
+            problem["errors"][0]["pointer"], pointer,
+            "{path}: {problem}"
+        );
+    }
+
     async fn project(&self) {
         for p in models::all() {
             ensure_schema(
@@ -411,17 +421,8 @@ async fn a_lab_day_through_the_api() {
         ("&limit=10001", "/limit"),
         ("&after=x.1", "/after"),
     ] {
-        let (s, problem) = api
-            .get(
-                &auditor,
-                &format!("/audit/actors/tech.1?from={from}&to={to}{query}"),
-            )
-            .await;
-        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {problem}");
-        assert_eq!(
-            problem["errors"][0]["pointer"], pointer,
-            "{query}: {problem}"
-        );
+        let path = format!("/audit/actors/tech.1?from={from}&to={to}{query}");
+        api.refused_at(&auditor, &path, pointer).await;
     }
     api.db.drop().await;
 }
@@ -495,12 +496,8 @@ async fn a_worklist_sends_the_most_urgent_first_up_to_its_limit_with_the_whole_c
         ("limit=10001", "/limit"),
         ("stage=done", "/stage"),
     ] {
-        let (s, _, problem) = get(format!("/worklists?{query}")).await;
-        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {problem}");
-        assert_eq!(
-            problem["errors"][0]["pointer"], pointer,
-            "{query}: {problem}"
-        );
+        api.refused_at(&tech, &format!("/worklists?{query}"), pointer)
+            .await;
     }
     api.db.drop().await;
 }
@@ -1373,14 +1370,8 @@ async fn identity_is_shown_as_each_role_may_see_it_and_only_an_admin_erases() {
         ("&after=1", "/after"),
         ("&after=-300000000000000000.1", "/after"),
     ] {
-        let (s, problem) = api
-            .get(&auditor, &format!("/audit/break-glass?{around}{query}"))
-            .await;
-        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {problem}");
-        assert_eq!(
-            problem["errors"][0]["pointer"], pointer,
-            "{query}: {problem}"
-        );
+        let path = format!("/audit/break-glass?{around}{query}");
+        api.refused_at(&auditor, &path, pointer).await;
     }
     // Times the database cannot hold are refused by name, not failed on.
     let as_of = format!("{history}?as_of=-5000-01-01T00:00:00Z");
@@ -1395,12 +1386,7 @@ async fn identity_is_shown_as_each_role_may_see_it_and_only_an_admin_erases() {
         ),
         (as_of.as_str(), "/as_of"),
     ] {
-        let (s, problem) = api.get(&auditor, path).await;
-        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {problem}");
-        assert_eq!(
-            problem["errors"][0]["pointer"], pointer,
-            "{path}: {problem}"
-        );
+        api.refused_at(&auditor, path, pointer).await;
     }
     let reasons: Vec<&str> = first["reads"]
         .as_array()
@@ -1419,11 +1405,8 @@ async fn identity_is_shown_as_each_role_may_see_it_and_only_an_admin_erases() {
     );
     assert_eq!(second["next_after"], Value::Null, "{second}");
     let reversed = range(now + chrono::Duration::hours(1), now);
-    let (s, problem) = api
-        .get(&auditor, &format!("/audit/break-glass?{reversed}"))
+    api.refused_at(&auditor, &format!("/audit/break-glass?{reversed}"), "/from")
         .await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
-    assert_eq!(problem["errors"][0]["pointer"], "/from", "{problem}");
     let (s, _) = api
         .get(&reception, &format!("/audit/break-glass?{around}"))
         .await;

@@ -272,10 +272,6 @@ pub struct PagedRange {
     pub after: Option<String>,
 }
 
-/// Entries per page unless `limit` says otherwise, and at most.
-const PAGE: u32 = 1_000;
-const MAX_PAGE: u32 = 10_000;
-
 impl PagedRange {
     /// The page size, or a problem naming what is wrong with the range or the limit.
     fn check(&self) -> Result<i64, Problem> {
@@ -289,26 +285,21 @@ impl PagedRange {
                 detail: "from is after to".into(),
             });
         }
-        let limit = self.limit.unwrap_or(PAGE);
-        if !(1..=MAX_PAGE).contains(&limit) {
-            errors.push(super::problem::FieldProblem {
-                pointer: "/limit".into(),
-                detail: format!("limit must be 1 to {MAX_PAGE}"),
-            });
-        }
-        if errors.is_empty() {
-            Ok(i64::from(limit))
-        } else {
-            Err(Problem::invalid(errors))
+        let limit = super::params::limit(self.limit);
+        match (limit, errors.is_empty()) {
+            (Ok(limit), true) => Ok(limit),
+            (limit, _) => {
+                errors.extend(limit.err());
+                Err(Problem::invalid(errors))
+            }
         }
     }
 
-    /// The cursor `after` as its parts, parsed by `parse`; a bad one is a problem at
-    /// `/after`.
-    fn cursor<T>(&self, parse: impl Fn(&str) -> Option<T>) -> Result<Option<T>, Problem> {
+    /// The cursor `after` ([`cursor_of`]); a bad one is a problem at `/after`.
+    fn cursor(&self) -> Result<Option<(DateTime<Utc>, i64)>, Problem> {
         match &self.after {
             None => Ok(None),
-            Some(text) => parse(text).map(Some).ok_or_else(|| {
+            Some(text) => cursor_of(text).map(Some).ok_or_else(|| {
                 Problem::invalid(vec![super::problem::FieldProblem {
                     pointer: "/after".into(),
                     detail: "not a cursor this endpoint gave (use a page's next_after as given)"
@@ -336,6 +327,17 @@ fn cursor_after(at: &DateTime<Utc>, number: i64) -> String {
     format!("{}.{number}", at.timestamp_micros())
 }
 
+/// A page of `rows` (read `limit` + 1 of them, keyed by time and number): its first
+/// `limit` entries, and the cursor of the next page if the extra row showed there is one.
+fn page(mut rows: Vec<(Value, DateTime<Utc>, i64)>, limit: i64) -> (Vec<Value>, Option<String>) {
+    let next = (rows.len() as i64 > limit).then(|| {
+        rows.truncate(limit as usize);
+        let (_, at, number) = rows.last().expect("a full page");
+        cursor_after(at, *number)
+    });
+    (rows.into_iter().map(|(entry, _, _)| entry).collect(), next)
+}
+
 /// A problem at `pointer` if `at` lies outside the years the ledger stores (1 to 9999;
 /// PostgreSQL refuses times before 4713 BC, chrono accepts far more).
 fn unstorable(at: &DateTime<Utc>, pointer: &str) -> Option<super::problem::FieldProblem> {
@@ -357,7 +359,7 @@ pub async fn activity(
     caller.require(Action::ReadAudit)?;
     let user = super::commands::id(&user, ActorId::parse, "user")?.to_string();
     let limit = q.check()?;
-    let after = q.cursor(cursor_of)?;
+    let after = q.cursor()?;
     macro_rules! events {
         ($after:literal) => {
             concat!(
@@ -386,23 +388,17 @@ pub async fn activity(
     if let Some((at, position)) = after {
         query = query.bind(at).bind(position);
     }
-    let mut rows = query.fetch_all(&s.pool).await?;
-    let next_after = (rows.len() as i64 > limit).then(|| {
-        rows.truncate(limit as usize);
-        let (_, at, position) = rows.last().expect("a full page");
-        cursor_after(at, *position)
-    });
-    let events: Vec<Value> = rows.into_iter().map(|(event, _, _)| event).collect();
-    let mut page = json!({
+    let (events, next_after) = page(query.fetch_all(&s.pool).await?, limit);
+    let mut answer = json!({
         "actor": user, "from": q.from, "to": q.to, "events": events, "next_after": next_after,
     });
     if after.is_none() {
-        let (reads, more) =
-            break_glass_reads(&s, Some(&user), &q, None, i64::from(MAX_PAGE)).await?;
-        page["break_glass"] = reads;
-        page["break_glass_truncated"] = json!(more.is_some());
+        let most = i64::from(super::params::MAX_LIMIT);
+        let (reads, more) = break_glass_reads(&s, Some(&user), &q, None, most).await?;
+        answer["break_glass"] = json!(reads);
+        answer["break_glass_truncated"] = json!(more.is_some());
     }
-    Ok(Json(page))
+    Ok(Json(answer))
 }
 
 /// Every break-glass read of patient identity in a time range, oldest first, a page at a
@@ -415,7 +411,7 @@ pub async fn break_glass(
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadAudit)?;
     let limit = q.check()?;
-    let after = q.cursor(cursor_of)?;
+    let after = q.cursor()?;
     let (reads, next_after) = break_glass_reads(&s, None, &q, after, limit).await?;
     Ok(Json(
         json!({ "from": q.from, "to": q.to, "reads": reads, "next_after": next_after }),
@@ -431,7 +427,7 @@ async fn break_glass_reads(
     range: &PagedRange,
     after: Option<(DateTime<Utc>, i64)>,
     limit: i64,
-) -> Result<(Value, Option<String>), Problem> {
+) -> Result<(Vec<Value>, Option<String>), Problem> {
     macro_rules! reads {
         ($filter:literal) => {
             concat!(
@@ -460,16 +456,7 @@ async fn break_glass_reads(
     if let Some((at, id)) = after {
         query = query.bind(at).bind(id);
     }
-    let mut rows = query.fetch_all(&s.pool).await?;
-    let next = (rows.len() as i64 > limit).then(|| {
-        rows.truncate(limit as usize);
-        let (_, at, id) = rows.last().expect("a full page");
-        cursor_after(at, *id)
-    });
-    Ok((
-        Value::Array(rows.into_iter().map(|(read, _, _)| read).collect()),
-        next,
-    ))
+    Ok(page(query.fetch_all(&s.pool).await?, limit))
 }
 
 /// Every run of `lisledger keys rotate`, oldest first: when it started and finished (no

@@ -40,6 +40,24 @@ pub fn parse<T: DeserializeOwned>(query: &str) -> Result<T, Problem> {
     })
 }
 
+/// Rows an answer carries unless its `limit` parameter says otherwise, and at most
+/// (`GET /worklists`, the audit pages).
+pub const DEFAULT_LIMIT: u32 = 1_000;
+pub const MAX_LIMIT: u32 = 10_000;
+
+/// A `limit` parameter as a row count, or the problem at `/limit`.
+pub fn limit(value: Option<u32>) -> Result<i64, FieldProblem> {
+    let limit = value.unwrap_or(DEFAULT_LIMIT);
+    if (1..=MAX_LIMIT).contains(&limit) {
+        Ok(i64::from(limit))
+    } else {
+        Err(FieldProblem {
+            pointer: "/limit".into(),
+            detail: format!("limit must be 1 to {MAX_LIMIT}"),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

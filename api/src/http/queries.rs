@@ -290,10 +290,6 @@ pub struct WorklistQuery {
     pub limit: Option<u32>,
 }
 
-/// Worklist rows per answer unless `limit` says otherwise, and at most.
-const WORKLIST_ROWS: u32 = 1_000;
-const MAX_WORKLIST_ROWS: u32 = 10_000;
-
 /// What waits at each stage, per department: the most urgent first (the earliest due,
 /// so a STAT test ordered a minute ago comes before a routine one ordered an hour ago
 /// that is not yet due, and overdue tests lead), at most `limit` rows, with the whole
@@ -314,16 +310,13 @@ pub async fn worklist(
             });
         }
     }
-    let limit = q.limit.unwrap_or(WORKLIST_ROWS);
-    if !(1..=MAX_WORKLIST_ROWS).contains(&limit) {
-        errors.push(super::problem::FieldProblem {
-            pointer: "/limit".into(),
-            detail: format!("limit must be 1 to {MAX_WORKLIST_ROWS}"),
-        });
-    }
-    if !errors.is_empty() {
-        return Err(Problem::invalid(errors));
-    }
+    let limit = match super::params::limit(q.limit) {
+        Ok(limit) if errors.is_empty() => limit,
+        limit => {
+            errors.extend(limit.err());
+            return Err(Problem::invalid(errors));
+        }
+    };
     let department = q.department.map(|d| d.trim().to_ascii_uppercase());
     let (rows, total): (Value, i64) = sqlx::query_as(
         "WITH w AS (
@@ -340,7 +333,7 @@ pub async fn worklist(
     )
     .bind(&department)
     .bind(&q.stage)
-    .bind(i64::from(limit))
+    .bind(limit)
     .fetch_one(&s.pool)
     .await?;
     Ok((

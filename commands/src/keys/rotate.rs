@@ -172,7 +172,12 @@ async fn rotate_locked(
     // Done when every live key is under the current KEK: recorded in the same
     // transaction as that check.
     let mut tx = owner.begin().await?;
-    let left = live_keys_not_under(&mut tx, run.current.id()).await?;
+    let left: i64 = live_keys_per_kek(&mut tx)
+        .await?
+        .into_iter()
+        .filter(|(id, _)| id != run.current.id())
+        .map(|(_, n)| n)
+        .sum();
     if left > 0 {
         return Err(KeyError::Unfinished(format!(
             "{left} keys are wrapped by a KEK other than {} (added while it ran?); run it again",
@@ -184,43 +189,36 @@ async fn rotate_locked(
     Ok(report)
 }
 
-/// Live keys (the ledger's and patients') wrapped by a KEK other than `kek_id`.
-async fn live_keys_not_under(conn: &mut PgConnection, kek_id: &str) -> Result<i64, KeyError> {
-    Ok(sqlx::query_scalar(
-        "SELECT (SELECT count(*) FROM ledger_keys WHERE kek_id <> $1)
-              + (SELECT count(*) FROM patient_keys WHERE kek_id <> $1 AND wrapped_key IS NOT NULL)",
+/// Live keys (the ledger's and patients') per KEK id that wraps them: what the checks
+/// before and after a run are worked out from.
+async fn live_keys_per_kek(conn: &mut PgConnection) -> Result<Vec<(String, i64)>, KeyError> {
+    Ok(sqlx::query_as(
+        "SELECT kek_id, count(*) FROM (
+             SELECT kek_id FROM ledger_keys
+             UNION ALL SELECT kek_id FROM patient_keys WHERE wrapped_key IS NOT NULL) k
+          GROUP BY kek_id ORDER BY kek_id",
     )
-    .bind(kek_id)
-    .fetch_one(conn)
+    .fetch_all(conn)
     .await?)
 }
 
 /// Refuses a live key wrapped by a KEK that is neither of `keks`: no rotation here can
 /// open it.
 async fn refuse_foreign_keks(owner: &PgPool, keks: &Keks) -> Result<(), KeyError> {
-    let previous = keks.previous().map(|p| p.id()).unwrap_or_default();
-    let foreign: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT kek_id, count(*) FROM (
-             SELECT kek_id FROM ledger_keys
-             UNION ALL SELECT kek_id FROM patient_keys WHERE wrapped_key IS NOT NULL) k
-          WHERE kek_id NOT IN ($1, $2)
-          GROUP BY kek_id ORDER BY kek_id",
-    )
-    .bind(keks.current().id())
-    .bind(previous)
-    .fetch_all(owner)
-    .await?;
-    if foreign.is_empty() {
+    let (current, previous) = (keks.current().id(), keks.previous().map(|p| p.id()));
+    let found: Vec<String> = live_keys_per_kek(&mut *owner.acquire().await?)
+        .await?
+        .into_iter()
+        .filter(|(id, _)| id != current && Some(id.as_str()) != previous)
+        .map(|(id, n)| format!("{n} under {id}"))
+        .collect();
+    if found.is_empty() {
         return Ok(());
     }
     Err(KeyError::ForeignKek {
-        current: keks.current().id().to_string(),
-        previous: previous.to_string(),
-        found: foreign
-            .iter()
-            .map(|(id, n)| format!("{n} under {id}"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        current: current.to_string(),
+        previous: previous.unwrap_or_default().to_string(),
+        found: found.join(", "),
     })
 }
 
