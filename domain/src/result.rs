@@ -23,7 +23,7 @@ use crate::flags::{
 use crate::ids::{OrderId, PatientId, ResultId, SampleId, TestCode};
 use crate::patient::Sex;
 use crate::sample::{SampleStatus, SpecimenCondition};
-use crate::services::{LabServices, LookupError, CLOCK_SKEW};
+use crate::services::{storable, LabServices, LookupError, CLOCK_SKEW};
 use crate::text::{Label, Note, PersonName, Reason};
 use crate::validation::{FieldError, FieldErrors};
 use crate::value::{ResultValue, ValueSpec};
@@ -605,7 +605,12 @@ impl Aggregate for LabResult {
                         "the value as conveyed must be given",
                     ));
                 }
-                if notification.notified_at > services.now() + CLOCK_SKEW {
+                if !storable(&notification.notified_at) {
+                    errors.push(FieldError::new(
+                        "notified_at",
+                        "the call's time must fall between the years 1 and 9999",
+                    ));
+                } else if notification.notified_at > services.now() + CLOCK_SKEW {
                     errors.push(FieldError::new(
                         "notified_at",
                         "the call cannot be in the future",

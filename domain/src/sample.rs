@@ -6,7 +6,7 @@
 
 use crate::actor::ActorId;
 use crate::ids::{AccessionNumber, OrderId, SampleId, TestCode};
-use crate::services::{LabServices, LookupError, CLOCK_SKEW};
+use crate::services::{stated_time_problem, LabServices, LookupError};
 use crate::text::{Label, Note, PersonName, Place};
 use crate::validation::{FieldError, FieldErrors};
 use chrono::{DateTime, Utc};
@@ -341,9 +341,10 @@ impl Sample {
     }
 }
 
+/// A stated time: storable, and not in the future ([`stated_time_problem`]).
 fn not_in_future(field: &str, at: DateTime<Utc>, now: DateTime<Utc>, errors: &mut Vec<FieldError>) {
-    if at > now + CLOCK_SKEW {
-        errors.push(FieldError::new(field, format!("{at} is in the future")));
+    if let Some(problem) = stated_time_problem(at, now) {
+        errors.push(FieldError::new(field, problem));
     }
 }
 

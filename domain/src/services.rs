@@ -109,3 +109,30 @@ impl std::ops::Deref for LabServices {
 /// How far in the future a stated time (collection, receipt, call) may be: clock skew
 /// between a ward PC and the server, nothing more.
 pub const CLOCK_SKEW: chrono::Duration = chrono::Duration::minutes(5);
+
+/// The years a time may fall in: the read models and the audit queries keep times as
+/// PostgreSQL timestamps, which end before 4713 BC, while JSON and chrono take any year
+/// to ±262,143. A time outside them would be stored in an event that no read model
+/// could then apply.
+pub const STORABLE_YEARS: std::ops::RangeInclusive<i32> = 1..=9999;
+
+/// Whether `at` falls in [`STORABLE_YEARS`].
+pub fn storable(at: &chrono::DateTime<chrono::Utc>) -> bool {
+    use chrono::Datelike;
+    STORABLE_YEARS.contains(&at.year())
+}
+
+/// What is wrong with a time the lab states (collection, hand-over, receipt, a call), if
+/// anything: outside [`STORABLE_YEARS`], or later than now plus [`CLOCK_SKEW`].
+pub fn stated_time_problem(
+    at: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<String> {
+    if !storable(&at) {
+        Some(format!("{at} is not a time between the years 1 and 9999"))
+    } else if at > now + CLOCK_SKEW {
+        Some(format!("{at} is in the future"))
+    } else {
+        None
+    }
+}

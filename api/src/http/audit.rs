@@ -338,11 +338,10 @@ fn page(mut rows: Vec<(Value, DateTime<Utc>, i64)>, limit: i64) -> (Vec<Value>, 
     (rows.into_iter().map(|(entry, _, _)| entry).collect(), next)
 }
 
-/// A problem at `pointer` if `at` lies outside the years the ledger stores (1 to 9999;
-/// PostgreSQL refuses times before 4713 BC, chrono accepts far more).
+/// A problem at `pointer` if `at` lies outside the years the ledger stores
+/// ([`lis_domain::services::storable`]).
 fn unstorable(at: &DateTime<Utc>, pointer: &str) -> Option<super::problem::FieldProblem> {
-    use chrono::Datelike;
-    (!(1..=9999).contains(&at.year())).then(|| super::problem::FieldProblem {
+    (!lis_domain::services::storable(at)).then(|| super::problem::FieldProblem {
         pointer: pointer.into(),
         detail: "a time between the years 1 and 9999".into(),
     })

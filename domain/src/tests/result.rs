@@ -378,6 +378,25 @@ fn a_critical_result_is_not_released_before_a_read_back_notification() {
 }
 
 #[test]
+fn a_call_time_no_read_model_could_store_is_refused() {
+    let mut call = notification(true);
+    call.notified_at = "+20000-01-01T00:00:00Z".parse().unwrap();
+    ResultTester::with(lab().services())
+        .given(vec![recorded_k(7.1, vec![Flag::HH])])
+        .when(ResultCommand::RecordCriticalNotification {
+            by: actor("tech.1"),
+            notification: call,
+        })
+        .then_expect_error(ResultError::Invalid(
+            FieldError::new(
+                "notified_at",
+                "the call's time must fall between the years 1 and 9999",
+            )
+            .into(),
+        ));
+}
+
+#[test]
 fn a_notification_made_before_a_correction_does_not_cover_the_new_value() {
     ResultTester::with(lab().services())
         .given(vec![

@@ -90,6 +90,24 @@ fn the_container_must_suit_every_test_on_the_tube() {
 }
 
 #[test]
+fn a_collection_time_no_read_model_could_store_is_refused() {
+    // JSON and chrono take year -5000; PostgreSQL does not, so a projection would stop
+    // at the event for good.
+    let mut c = collect(&["K"], "serum", "red/SST");
+    c.collected_at = "-5000-01-01T00:00:00Z".parse().unwrap();
+    SampleTester::with(lab().services())
+        .given_no_previous_events()
+        .when(SampleCommand::Collect(c))
+        .then_expect_error(SampleError::Invalid(
+            FieldError::new(
+                "collected_at",
+                "-5000-01-01 00:00:00 UTC is not a time between the years 1 and 9999",
+            )
+            .into(),
+        ));
+}
+
+#[test]
 fn only_active_tests_of_the_order_go_on_a_tube() {
     SampleTester::with(lab().services())
         .given_no_previous_events()
