@@ -1,11 +1,12 @@
 //! The subcommands of `lisledger` and what each prints for its operator.
 
 use crate::demo::DaySize;
-use crate::ops;
+use crate::ops::{self, UserChange};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use lis_api::config::{Config, LogFormat};
+use lis_api::http::users::ChangedBy;
 use lis_commands::{audit, catalogue};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
@@ -159,7 +160,47 @@ enum UsersCommand {
         username: String,
         #[arg(long)]
         role: String,
+        /// Why they are given access (recorded in `user_changes`).
+        #[arg(long, default_value = "added from the command line")]
+        reason: String,
+        /// Who is adding them (recorded in `user_changes`).
+        #[arg(long, env = "USER", default_value = "operator")]
+        actor: String,
     },
+    /// Every user: name, role, whether disabled.
+    List,
+    /// Disable a user: no log-in, and their tokens refused.
+    Disable(AccountChange),
+    /// Enable a disabled user again.
+    Enable(AccountChange),
+    /// Give a user another role; their tokens in the old one are refused.
+    Role {
+        #[command(flatten)]
+        change: AccountChange,
+        #[arg(long)]
+        role: String,
+    },
+    /// Reset a user's password, read from standard input; their tokens are refused.
+    Password(AccountChange),
+}
+
+/// Whose account changes, why, and who changes it (recorded in `user_changes`).
+#[derive(Debug, clap::Args)]
+struct AccountChange {
+    username: String,
+    /// Why (recorded in `user_changes`).
+    #[arg(long)]
+    reason: String,
+    /// Who is making the change (recorded in `user_changes`).
+    #[arg(long, env = "USER", default_value = "operator")]
+    actor: String,
+}
+
+impl AccountChange {
+    async fn run(self, pool: &PgPool, change: UserChange) -> anyhow::Result<ExitCode> {
+        let by = ChangedBy::operator(&self.actor, &self.reason)?;
+        ops::change_user(pool, &self.username, change, &by).await
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -396,11 +437,31 @@ pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
                 _ = ops::shutdown_signal() => Ok(ExitCode::FAILURE),
             };
         }
-        Command::Users {
-            command: UsersCommand::Add { username, role },
-        } => {
+        Command::Users { command } => {
             let pool = pool(&config.database_url, 2).await?;
-            return ops::add_user(&pool, &username, &role).await;
+            return match command {
+                UsersCommand::Add {
+                    username,
+                    role,
+                    reason,
+                    actor,
+                } => {
+                    ops::add_user(
+                        &pool,
+                        &username,
+                        &role,
+                        &ChangedBy::operator(&actor, &reason)?,
+                    )
+                    .await
+                }
+                UsersCommand::List => ops::list_users(&pool).await,
+                UsersCommand::Disable(a) => a.run(&pool, UserChange::Disable).await,
+                UsersCommand::Enable(a) => a.run(&pool, UserChange::Enable).await,
+                UsersCommand::Role { change, role } => {
+                    change.run(&pool, UserChange::Role(role)).await
+                }
+                UsersCommand::Password(a) => a.run(&pool, UserChange::Password).await,
+            };
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -7,6 +7,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use indicatif::{ProgressBar, ProgressStyle};
 use lis_api::config::Config;
+use lis_api::http::users::{self, ChangedBy, Password, PersonRole};
 use lis_projections::models;
 use lis_projections::models::analytics::Analytics;
 use lis_projections::projection::Projection;
@@ -521,6 +522,9 @@ pub async fn serve(config: &Config, pool: PgPool) -> anyhow::Result<ExitCode> {
         )),
         None => None,
     };
+    let revocations = http::revocation::Revocations::start(pool.clone())
+        .await
+        .context("reading revoked tokens (is the database migrated?)")?;
     let state = AppState {
         pool,
         ledger: std::sync::Arc::new(ledger),
@@ -538,6 +542,7 @@ pub async fn serve(config: &Config, pool: PgPool) -> anyhow::Result<ExitCode> {
         per_user: std::sync::Arc::new(http::limits::RateLimiter::new(config.rate_per_user)),
         in_flight: http::overload::InFlight::new(config.max_in_flight),
         seal_verifier: verifier(config).ok(),
+        revocations,
         cors_origins: config
             .cors_origins
             .iter()
@@ -561,17 +566,99 @@ pub async fn serve(config: &Config, pool: PgPool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn add_user(pool: &PgPool, username: &str, role: &str) -> anyhow::Result<ExitCode> {
+/// A user name and role as typed on the command line.
+fn user_and_role(
+    username: &str,
+    role: Option<&str>,
+) -> anyhow::Result<(lis_domain::actor::ActorId, Option<PersonRole>)> {
     use lis_domain::actor::{ActorId, Role};
     let user = ActorId::parse(username).map_err(|e| anyhow::anyhow!("user name: {}", e.message))?;
-    let role = Role::parse(role).map_err(|e| anyhow::anyhow!("role: {}", e.message))?;
+    let role = role
+        .map(|r| {
+            let role = Role::parse(r).map_err(|e| anyhow::anyhow!("role: {}", e.message))?;
+            PersonRole::parse(role).map_err(|e| anyhow::anyhow!("role: {e}"))
+        })
+        .transpose()?;
+    Ok((user, role))
+}
+
+/// A password from standard input (one line).
+fn password_from_stdin() -> anyhow::Result<Password> {
     let mut password = String::new();
     std::io::stdin()
         .read_line(&mut password)
         .context("reading the password from standard input")?;
-    let password = password.trim_end_matches(['\n', '\r']);
-    lis_api::http::auth::add_user(pool, &user, role, password).await?;
+    Ok(Password::parse(password.trim_end_matches(['\n', '\r']))?)
+}
+
+pub async fn add_user(
+    pool: &PgPool,
+    username: &str,
+    role: &str,
+    by: &ChangedBy,
+) -> anyhow::Result<ExitCode> {
+    let (user, role) = user_and_role(username, Some(role))?;
+    let role = role.expect("a role was given");
+    let password = password_from_stdin()?;
+    users::add(pool, &user, role, &password, by).await?;
     say!("user {user} added with role {role}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn list_users(pool: &PgPool) -> anyhow::Result<ExitCode> {
+    for account in users::list(pool).await? {
+        say!(
+            "{:<32} {:<13} {}",
+            account["username"].as_str().unwrap_or_default(),
+            account["role"].as_str().unwrap_or_default(),
+            if account["disabled"] == true {
+                "disabled"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A change to a user's account from the command line.
+pub enum UserChange {
+    Disable,
+    Enable,
+    Role(String),
+    Password,
+}
+
+pub async fn change_user(
+    pool: &PgPool,
+    username: &str,
+    change: UserChange,
+    by: &ChangedBy,
+) -> anyhow::Result<ExitCode> {
+    let role = match &change {
+        UserChange::Role(role) => Some(role.as_str()),
+        _ => None,
+    };
+    let (user, role) = user_and_role(username, role)?;
+    let done = match (change, role) {
+        (UserChange::Disable, _) => users::set_disabled(pool, &user, true, by)
+            .await
+            .map(|()| "disabled"),
+        (UserChange::Enable, _) => users::set_disabled(pool, &user, false, by)
+            .await
+            .map(|()| "enabled"),
+        (UserChange::Role(_), Some(role)) => users::set_role(pool, &user, role, by)
+            .await
+            .map(|()| "given the new role"),
+        (UserChange::Role(_), None) => unreachable!("a role change always names its role"),
+        (UserChange::Password, _) => {
+            let password = password_from_stdin()?;
+            users::reset_password(pool, &user, &password, by)
+                .await
+                .map(|()| "given a new password")
+        }
+    }?;
+    say!("user {user} {done}; their earlier tokens are refused from now on");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -611,16 +698,18 @@ pub async fn demo(
         ("analyst.demo", Role::Analyst),
     ] {
         let password = B64.encode(rand::random::<[u8; 12]>());
-        match lis_api::http::auth::add_user(
+        let by = ChangedBy::tool("lisledger demo", "a demo user of the synthetic lab day");
+        match users::add_user(
             pool,
             &ActorId::parse(name).expect("static"),
             role,
             &password,
+            &by,
         )
         .await
         {
             Ok(()) => say!("  user {name:<15} role {role:<13} password {password}"),
-            Err(lis_api::http::auth::UserError::Exists(_)) => {
+            Err(users::UserError::Exists(_)) => {
                 say!("  user {name:<15} exists (password unchanged)")
             }
             Err(e) => return Err(e.into()),

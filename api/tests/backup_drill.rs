@@ -80,11 +80,12 @@ async fn a_restored_backup_verifies_and_rebuilds_every_projection_identically() 
         &["project", "orders", "specimens", "results", "analytics"],
     );
     let ledger = db.ledger().await;
-    lis_api::http::auth::add_user(
+    lis_api::http::users::add_user(
         &db.app,
         &lis_domain::actor::ActorId::parse("audit.1").unwrap(),
         lis_domain::actor::Role::Auditor,
         "correct horse battery",
+        &lis_api::http::users::ChangedBy::tool("backup drill", "the drill's auditor"),
     )
     .await
     .unwrap();

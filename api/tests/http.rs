@@ -3,7 +3,7 @@
 //! auditor's history, break-glass reads and key rotations, and the OpenAPI document
 //! matching the routes.
 
-use lis_api::http::{self, auth, AppState};
+use lis_api::http::{self, auth, users, AppState};
 use lis_domain::actor::{ActorId, Role};
 use lis_projections::models;
 use lis_projections::projection::{ensure_schema, schema_of};
@@ -62,11 +62,12 @@ impl Api {
             ("analyst.1", Role::Analyst),
             ("admin.1", Role::Admin),
         ] {
-            auth::add_user(
+            users::add_user(
                 &db.app,
                 &ActorId::parse(user).unwrap(),
                 role,
                 "correct horse battery",
+                &users::ChangedBy::tool("api tests", "a user of the HTTP tests"),
             )
             .await
             .unwrap();
@@ -88,6 +89,9 @@ impl Api {
             in_flight: http::overload::InFlight::new(in_flight),
             seal_verifier: None,
             cors_origins: vec!["https://ward.example".parse().unwrap()],
+            revocations: http::revocation::Revocations::start(db.app.clone())
+                .await
+                .unwrap(),
         };
         http::prepare_read_models(&db.app).await.unwrap();
         let base = serve(state).await;
@@ -611,6 +615,7 @@ async fn roles_and_errors_are_answered_with_problems() {
         },
         &ActorId::parse("reception.1").unwrap(),
         Role::Admin,
+        0,
     )
     .unwrap()
     .0;
@@ -1098,6 +1103,7 @@ async fn with_postgresql_down_the_api_answers_503_never_500() {
         &auth_config,
         &ActorId::parse("reception.1").unwrap(),
         Role::Reception,
+        0,
     )
     .unwrap()
     .0;
@@ -1117,6 +1123,8 @@ async fn with_postgresql_down_the_api_answers_503_never_500() {
         in_flight: Default::default(),
         seal_verifier: None,
         cors_origins: vec![],
+        // Nothing revoked: the database is away.
+        revocations: Default::default(),
     };
     let base = serve(state).await;
     let client = Client::new();

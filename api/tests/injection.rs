@@ -320,6 +320,63 @@ async fn injection_strings_in_every_free_text_field_are_stored_verbatim_or_refus
     c.ok(&admin, &format!("/patients/{patient_b}/erase"), erase)
         .await;
 
+    // A user added, changed and reset with such reasons and passwords: each reason is in
+    // the record as sent, and each password works as sent.
+    let before = events().await;
+    let password = e.text("POST /users /password");
+    let mut reasons = vec![e.text("POST /users /reason")];
+    let add = json!({"username": "inj.1", "role": "technologist", "password": password,
+                     "reason": reasons[0]});
+    assert_eq!(c.post(&admin, "/users", &add).await.0, StatusCode::CREATED);
+    let logged_in = json!({"username": "inj.1", "password": password});
+    assert_eq!(
+        c.post("", "/auth/login", &logged_in).await.0,
+        StatusCode::OK
+    );
+    for (action, mut body) in [
+        ("disable", json!({})),
+        ("enable", json!({})),
+        ("role", json!({"role": "pathologist"})),
+        (
+            "password",
+            json!({"password": e.text("POST /users/{user}/password /password")}),
+        ),
+    ] {
+        let reason = e.text(&format!("POST /users/{{user}}/{action} /reason"));
+        body["reason"] = json!(reason);
+        reasons.push(reason);
+        let (status, answer) = c
+            .post(&admin, &format!("/users/inj.1/{action}"), &body)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{action}: {answer}");
+        if action == "password" {
+            let login = json!({"username": "inj.1", "password": body["password"]});
+            assert_eq!(c.post("", "/auth/login", &login).await.0, StatusCode::OK);
+        }
+    }
+    let r = c
+        .http
+        .get(format!(
+            "{base}/audit/users?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z"
+        ))
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .unwrap();
+    let record: Value = r.json().await.unwrap();
+    let recorded: Vec<&str> = record["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(recorded, reasons, "{record}");
+    assert_eq!(
+        events().await,
+        before,
+        "user administration writes no event"
+    );
+
     // A login as such a user, or with such a password, is an ordinary refusal.
     let before = events().await;
     for login in [
@@ -382,6 +439,7 @@ async fn injection_strings_in_every_free_text_field_are_stored_verbatim_or_refus
         "events",
         "snapshots",
         "users",
+        "user_changes",
         "idempotency_keys",
         "patient_keys",
         "ledger_keys",

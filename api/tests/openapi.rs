@@ -99,6 +99,11 @@ fn every_command_body_has_its_exact_schema() {
             ],
         ),
         ("/results/{id}/acknowledge", &[]),
+        ("/users", &["username", "role", "password", "reason"]),
+        ("/users/{user}/disable", &["reason"]),
+        ("/users/{user}/enable", &["reason"]),
+        ("/users/{user}/role", &["role", "reason"]),
+        ("/users/{user}/password", &["password", "reason"]),
     ];
     let posts: Vec<&str> = ENDPOINTS
         .iter()

@@ -80,6 +80,18 @@ pub enum Role {
 }
 
 impl Role {
+    /// The roles a person may hold: all but [`Role::System`].
+    pub const PEOPLE: [Role; 8] = [
+        Role::Reception,
+        Role::Phlebotomist,
+        Role::Technologist,
+        Role::Pathologist,
+        Role::Clinician,
+        Role::Auditor,
+        Role::Analyst,
+        Role::Admin,
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Role::Reception => "reception",

@@ -4,6 +4,7 @@
 use anyhow::{bail, Context};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use lis_api::http::users::{self, ChangedBy};
 use lis_domain::actor::{ActorId, Role};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -55,7 +56,8 @@ impl Api {
             let password = B64.encode(rand::random::<[u8; 18]>());
             async move {
                 let user = ActorId::parse(&name).map_err(|e| anyhow::anyhow!(e.message))?;
-                lis_api::http::auth::add_user(pool, &user, role, &password).await?;
+                let by = ChangedBy::tool("lisledger bench", "a user of one benchmark run");
+                users::add_user(pool, &user, role, &password, &by).await?;
                 self.login(&name, &password).await
             }
         };

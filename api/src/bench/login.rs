@@ -10,6 +10,7 @@ use super::stats::Latencies;
 use anyhow::bail;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use lis_api::http::users::{self, ChangedBy};
 use lis_domain::actor::{ActorId, Role};
 use rand::seq::SliceRandom;
 use reqwest::StatusCode;
@@ -46,7 +47,8 @@ pub async fn run(api: &Api, pool: &PgPool, attempts: usize) -> anyhow::Result<()
     let name = format!("bench.login.{run:08x}");
     let password = B64.encode(rand::random::<[u8; 18]>());
     let user = ActorId::parse(&name).map_err(|e| anyhow::anyhow!(e.message))?;
-    lis_api::http::auth::add_user(pool, &user, Role::Clinician, &password).await?;
+    let by = ChangedBy::tool("lisledger bench", "the user of a log-in timing run");
+    users::add_user(pool, &user, Role::Clinician, &password, &by).await?;
     let mut order: Vec<Attempt> = KINDS
         .iter()
         .flat_map(|&a| std::iter::repeat_n(a, attempts))

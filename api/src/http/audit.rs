@@ -439,21 +439,36 @@ async fn break_glass_reads(
             )
         };
     }
-    let sql = match (actor, after) {
-        (None, None) => reads!(""),
-        (None, Some(_)) => reads!(" AND (at, id) > ($4, $5)"),
-        (Some(_), None) => reads!(" AND actor_id = $4"),
-        (Some(_), Some(_)) => reads!(" AND actor_id = $4 AND (at, id) > ($5, $6)"),
+    let sql = match actor {
+        None => [reads!(""), reads!(" AND (at, id) > ($4, $5)")],
+        Some(_) => [
+            reads!(" AND actor_id = $4"),
+            reads!(" AND (at, id) > ($4, $5) AND actor_id = $6"),
+        ],
     };
-    let mut query = sqlx::query_as::<_, (Value, DateTime<Utc>, i64)>(sql)
+    page_of(s, sql, range, after, actor, limit).await
+}
+
+/// One page of a table keyed by (time, id): read by `sql[0]` for the first page, by
+/// `sql[1]` after the cursor `after`. $1 and $2 are the range, $3 the page size plus
+/// the look-ahead row, then the cursor ($4, $5) if given, then `filter` if given.
+async fn page_of(
+    s: &AppState,
+    sql: [&'static str; 2],
+    range: &PagedRange,
+    after: Option<(DateTime<Utc>, i64)>,
+    filter: Option<&str>,
+    limit: i64,
+) -> Result<(Vec<Value>, Option<String>), Problem> {
+    let mut query = sqlx::query_as::<_, (Value, DateTime<Utc>, i64)>(sql[after.is_some() as usize])
         .bind(range.from)
         .bind(range.to)
         .bind(limit + 1);
-    if let Some(actor) = actor {
-        query = query.bind(actor);
-    }
     if let Some((at, id)) = after {
         query = query.bind(at).bind(id);
+    }
+    if let Some(filter) = filter {
+        query = query.bind(filter);
     }
     Ok(page(query.fetch_all(&s.pool).await?, limit))
 }
@@ -484,6 +499,37 @@ pub async fn key_rotations(
     .fetch_one(&s.pool)
     .await?;
     Ok(Json(json!({ "rotations": rotations })))
+}
+
+/// Every change to a user account in a time range, oldest first, a page at a time:
+/// added, disabled, enabled, role changed or password reset, by whom, in what role, why
+/// and in which request (`user_changes`, append-only, written by a trigger on `users`).
+pub async fn user_changes(
+    State(s): State<AppState>,
+    caller: Caller,
+    Params(q): Params<PagedRange>,
+) -> Result<Json<Value>, Problem> {
+    caller.require(Action::ReadAudit)?;
+    let limit = q.check()?;
+    let after = q.cursor()?;
+    macro_rules! changes {
+        ($after:literal) => {
+            concat!(
+                "SELECT json_build_object(
+                   'at', at, 'user', username, 'change', change, 'role_before', role_before,
+                   'role_after', role_after, 'actor', actor_id, 'actor_role', actor_role,
+                   'reason', reason, 'request_id', request_id), at, id
+                   FROM user_changes WHERE at >= $1 AND at < $2",
+                $after,
+                " ORDER BY at, id LIMIT $3"
+            )
+        };
+    }
+    let sql = [changes!(""), changes!(" AND (at, id) > ($4, $5)")];
+    let (changes, next_after) = page_of(&s, sql, &q, after, None, limit).await?;
+    Ok(Json(
+        json!({ "from": q.from, "to": q.to, "changes": changes, "next_after": next_after }),
+    ))
 }
 
 /// One CSV field, quoted when it needs to be.

@@ -6,9 +6,7 @@
 
 use super::problem::Problem;
 use super::AppState;
-use argon2::password_hash::{
-    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
-};
+use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use argon2::Argon2;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
@@ -38,10 +36,20 @@ struct Claims {
     iat: u64,
     exp: u64,
     jti: String,
+    /// The user's token generation when it was issued ([`super::revocation`]); tokens
+    /// made before generations existed are generation 0.
+    #[serde(default)]
+    generation: i64,
 }
 
-/// Issues a token for a user; returns it and its lifetime in seconds.
-pub fn issue(config: &AuthConfig, user: &ActorId, role: Role) -> Result<(String, u64), Problem> {
+/// Issues a token for a user at their token `generation`; returns it and its lifetime in
+/// seconds.
+pub fn issue(
+    config: &AuthConfig,
+    user: &ActorId,
+    role: Role,
+    generation: i64,
+) -> Result<(String, u64), Problem> {
     let now = chrono::Utc::now().timestamp() as u64;
     let claims = Claims {
         sub: user.to_string(),
@@ -51,6 +59,7 @@ pub fn issue(config: &AuthConfig, user: &ActorId, role: Role) -> Result<(String,
         iat: now,
         exp: now + config.ttl_secs,
         jti: Uuid::new_v4().to_string(),
+        generation,
     };
     let token = encode(
         &Header::new(Algorithm::HS256),
@@ -119,6 +128,10 @@ impl FromRequestParts<AppState> for Caller {
         let claims = verify(&state.auth, token.trim())?;
         let id = ActorId::parse(&claims.sub)
             .map_err(|_| Problem::unauthorized("the token names no valid user"))?;
+        state
+            .revocations
+            .admit(&state.pool, id.as_str(), claims.generation)
+            .await?;
         state.per_user.check(&format!("user:{id}"))?;
         let actor = Actor::new(id, claims.role);
         let mut context = CommandContext::new(actor.clone());
@@ -158,6 +171,8 @@ pub enum Action {
     ReadStream,
     ReadAnalytics,
     ErasePatients,
+    ManageUsers,
+    ReadUsers,
 }
 
 impl Action {
@@ -180,6 +195,8 @@ impl Action {
             Action::ReadStream => "read the event stream",
             Action::ReadAnalytics => "read analytics",
             Action::ErasePatients => "erase patients",
+            Action::ManageUsers => "add users or change their accounts",
+            Action::ReadUsers => "read the list of users",
         }
     }
 }
@@ -213,65 +230,22 @@ pub fn allowed(role: Role, action: Action) -> bool {
         ReadAudit => matches!(role, Auditor),
         ReadStream => matches!(role, Analyst | Auditor),
         ReadAnalytics => matches!(role, Analyst | Auditor | Pathologist | Admin),
-        ErasePatients => matches!(role, Admin),
+        ErasePatients | ManageUsers => matches!(role, Admin),
+        ReadUsers => matches!(role, Admin | Auditor),
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum UserError {
-    #[error("password must be at least 12 characters")]
-    WeakPassword,
-    #[error("user {0} already exists")]
-    Exists(String),
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("hashing failed: {0}")]
-    Hash(String),
-}
-
-/// Adds a user with an Argon2id hash of `password`.
-pub async fn add_user(
-    pool: &PgPool,
-    user: &ActorId,
-    role: Role,
-    password: &str,
-) -> Result<(), UserError> {
-    if password.chars().count() < 12 {
-        return Err(UserError::WeakPassword);
-    }
-    let password = password.to_string();
-    let hash = tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-    })
-    .await
-    .map_err(|e| UserError::Hash(e.to_string()))?
-    .map_err(|e| UserError::Hash(e.to_string()))?;
-    let inserted = sqlx::query(
-        "INSERT INTO users (username, role, password_hash) VALUES ($1, $2, $3) ON CONFLICT (username) DO NOTHING",
-    )
-    .bind(user.as_str())
-    .bind(role.as_str())
-    .bind(hash)
-    .execute(pool)
-    .await?;
-    if inserted.rows_affected() == 0 {
-        return Err(UserError::Exists(user.to_string()));
-    }
-    Ok(())
-}
-
-/// The user and role if `password` is theirs. Always spends the hashing time, so that a
-/// wrong user name cannot be told from a wrong password by timing.
+/// The user, role and token generation if `password` is theirs (and they are not
+/// disabled). Always spends the hashing time, so that a wrong user name (or a disabled
+/// user) cannot be told from a wrong password by timing.
 pub async fn check_password(
     pool: &PgPool,
     user: &str,
     password: &str,
-) -> Result<Option<(ActorId, Role)>, sqlx::Error> {
-    let row: Option<(String, String, String)> = sqlx::query_as(
-        "SELECT username, role, password_hash FROM users WHERE username = $1 AND NOT disabled",
+) -> Result<Option<(ActorId, Role, i64)>, sqlx::Error> {
+    let row: Option<(String, String, String, i64)> = sqlx::query_as(
+        "SELECT username, role, password_hash, token_generation FROM users
+          WHERE username = $1 AND NOT disabled",
     )
     .bind(user)
     .fetch_optional(pool)
@@ -291,10 +265,12 @@ pub async fn check_password(
     .await
     .unwrap_or(false);
     Ok(match (ok, row) {
-        (true, Some((name, role, _))) => match (ActorId::parse(&name), Role::parse(&role)) {
-            (Ok(id), Ok(role)) => Some((id, role)),
-            _ => None,
-        },
+        (true, Some((name, role, _, generation))) => {
+            match (ActorId::parse(&name), Role::parse(&role)) {
+                (Ok(id), Ok(role)) => Some((id, role, generation)),
+                _ => None,
+            }
+        }
         _ => None,
     })
 }

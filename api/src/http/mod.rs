@@ -6,7 +6,8 @@
 //! - [`audit`]: history, field-level diffs and state as of an instant;
 //! - [`stream`]: the event store as Server-Sent Events; [`analytics`]: dashboard rollups;
 //! - [`privacy`]: who sees patient identity (masking, break-glass) and erasure;
-//! - [`auth`]: users, tokens and the permission matrix; [`problem`]: RFC 9457 errors.
+//! - [`auth`]: log-in, tokens and the permission matrix; [`problem`]: RFC 9457 errors;
+//! - [`users`]: user administration, recorded; [`revocation`]: tokens no longer valid.
 //!
 //! Every error leaves as `application/problem+json`, including the framework's own
 //! (unknown route, wrong method, body too large): [`problem_for_plain_errors`] rewrites
@@ -28,7 +29,9 @@ pub mod params;
 pub mod privacy;
 pub mod problem;
 pub mod queries;
+pub mod revocation;
 pub mod stream;
+pub mod users;
 
 use auth::AuthConfig;
 use axum::body::Bytes;
@@ -67,6 +70,8 @@ pub struct AppState {
     pub seal_verifier: Option<lis_projections::seal::NoteVerifier>,
     /// Browser origins allowed to call the API (CORS); empty = none.
     pub cors_origins: Vec<HeaderValue>,
+    /// Tokens revoked by changes to their users since they were issued.
+    pub revocations: Arc<revocation::Revocations>,
 }
 
 fn cors(origins: &[HeaderValue]) -> tower_http::cors::CorsLayer {
@@ -149,9 +154,12 @@ pub fn router(state: AppState) -> Router {
         .route("/audit/verification", get(audit::verification))
         .route("/audit/break-glass", get(audit::break_glass))
         .route("/audit/key-rotations", get(audit::key_rotations))
+        .route("/audit/users", get(audit::user_changes))
         .route("/audit/{kind}/{id}", get(audit::history))
         .route("/events/stream", get(stream::events))
         .route("/analytics/{report}", get(analytics::report))
+        .route("/users", get(users::accounts).post(users::add_account))
+        .route("/users/{user}/{change}", post(users::change_account))
         .fallback(|| async {
             Problem::not_found("no such endpoint (GET /openapi.json lists them)")
         })
@@ -343,8 +351,8 @@ struct Token {
 async fn login(State(s): State<AppState>, body: Bytes) -> Result<Json<serde_json::Value>, Problem> {
     let login: Login = body::parse(&body)?;
     match auth::check_password(&s.pool, login.username.trim(), &login.password).await? {
-        Some((user, role)) => {
-            let (token, ttl) = auth::issue(&s.auth, &user, role)?;
+        Some((user, role, generation)) => {
+            let (token, ttl) = auth::issue(&s.auth, &user, role, generation)?;
             tracing::info!(user = %user, role = %role, "login");
             Ok(Json(serde_json::json!(Token {
                 access_token: token,

@@ -9,6 +9,7 @@
 
 use super::commands as c;
 use super::queries as q;
+use super::users as u;
 use super::{analytics, audit, privacy, stream, Login, Token};
 use axum::http::StatusCode;
 use axum::Json;
@@ -182,6 +183,13 @@ pub const ENDPOINTS: &[Endpoint] = &[
     get("/audit/actors/{user}", "Everything one user did between from and to, a page at a time (limit, after = the previous page's next_after; complete once the range has ended): events written, and break-glass reads (up to 10,000, break_glass_truncated when cut) on the first page", "audit").query::<audit::PagedRange>(),
     get("/audit/break-glass", "Break-glass reads of patient identity between from and to, a page at a time (limit, after = the previous page's next_after): who, role, reason, what, request id", "audit").query::<audit::PagedRange>(),
     get("/audit/key-rotations", "Rotations of the key-encryption key: when, by whom, why, from which KEK id to which, how many keys", "audit"),
+    get("/audit/users", "Every change to a user account between from and to, a page at a time (limit, after = the previous page's next_after): added, disabled, enabled, role changed or password reset; by whom, in what role, why, in which request", "audit").query::<audit::PagedRange>(),
+    get("/users", "Every user account: name, role, whether disabled, when added (admins and auditors)", "users"),
+    post::<u::NewUserBody, u::Account>(CREATED, "/users", "Add a user (admin), with the reason they are given access", "users"),
+    post::<u::ReasonBody, u::Account>(OK, "/users/{user}/disable", "Disable a user (admin; not your own account): no log-in, their tokens refused", "users"),
+    post::<u::ReasonBody, u::Account>(OK, "/users/{user}/enable", "Enable a disabled user again (admin; not your own account)", "users"),
+    post::<u::RoleBody, u::Account>(OK, "/users/{user}/role", "Give a user another role (admin; not your own account); their tokens in the old role are refused", "users"),
+    post::<u::PasswordBody, u::Account>(OK, "/users/{user}/password", "Reset a user's password (admin); their tokens are refused", "users"),
     get("/events/stream", "Server-Sent Events from a cursor (Last-Event-ID), filterable by aggregate_type and event_type", "streams").query::<stream::StreamQuery>(),
     get("/analytics/{report}", "Dashboard rollups over from..to: volumes, turnaround, rejections, rates", "analytics").query::<analytics::Range>(),
     get("/metrics", "Prometheus metrics (latency, commands, relay and projection lag)", "operations"),

@@ -116,6 +116,25 @@ impl Stack {
     pub fn run(&self, args: &[&str]) -> std::process::Output {
         self.command(args).output().expect("run lisledger")
     }
+
+    /// Runs `lisledger ARGS` to completion with `input` on its standard input.
+    pub fn run_with_input(&self, args: &[&str], input: &str) -> std::process::Output {
+        use std::io::Write;
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start lisledger");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().expect("run lisledger")
+    }
 }
 
 /// A running role; killed with SIGKILL when dropped.
@@ -242,6 +261,7 @@ pub fn token(user: &str, role: lis_domain::actor::Role) -> String {
         &config,
         &lis_domain::actor::ActorId::parse(user).unwrap(),
         role,
+        0,
     )
     .unwrap()
     .0

@@ -1,0 +1,157 @@
+//! Tokens that no longer speak for their user.
+//!
+//! A token is signed for its whole lifetime (`LIS_TOKEN_TTL_SECS`) and carries the token
+//! generation of its user when it was issued. Disabling a user, giving them another role
+//! or a new password bumps their generation (a trigger on `users`, migration 0012), and
+//! a token of an older generation, or of a disabled user, is refused from then on.
+//!
+//! Each `serve` keeps the generations of the users that have any (few: most never change)
+//! in memory, so a request costs no database round trip. It reloads them when
+//! `user_changes` has grown, polled every [`POLL`], and at once after a change it made
+//! itself: a change holds at once on the instance that made it, and on the others within
+//! about a second.
+
+use super::problem::Problem;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+/// How often each instance looks for changes to users.
+pub const POLL: Duration = Duration::from_secs(1);
+
+/// What this instance knows of users whose tokens may have been revoked.
+#[derive(Default)]
+pub struct Revocations {
+    known: RwLock<Known>,
+}
+
+#[derive(Default)]
+struct Known {
+    /// `user_changes`' row count and largest id when `users` was last read: the record is
+    /// append-only, so any change committed since moves the count.
+    mark: (i64, i64),
+    /// User → (token generation, disabled), for users with a generation above 0 or
+    /// disabled; anyone else's tokens stand.
+    users: HashMap<String, (i64, bool)>,
+}
+
+impl Revocations {
+    /// Reads what is revoked now, and keeps it current every [`POLL`] for as long as the
+    /// returned value lives.
+    pub async fn start(pool: PgPool) -> Result<Arc<Self>, sqlx::Error> {
+        let revocations = Arc::new(Self::default());
+        revocations.refresh(&pool).await?;
+        let weak: Weak<Self> = Arc::downgrade(&revocations);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(POLL).await;
+                let Some(revocations) = weak.upgrade() else {
+                    return;
+                };
+                if let Err(e) = revocations.refresh(&pool).await {
+                    tracing::warn!(error = %e, "could not look for revoked tokens; keeping what is known");
+                }
+            }
+        });
+        Ok(revocations)
+    }
+
+    /// Reloads the users' generations if `user_changes` has grown since the last load.
+    pub async fn refresh(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let mark: (i64, i64) =
+            sqlx::query_as("SELECT count(*), coalesce(max(id), 0) FROM user_changes")
+                .fetch_one(pool)
+                .await?;
+        if self.known.read().map(|k| k.mark == mark).unwrap_or(false) {
+            return Ok(());
+        }
+        let rows: Vec<(String, i64, bool)> = sqlx::query_as(
+            "SELECT username, token_generation, disabled FROM users
+              WHERE token_generation > 0 OR disabled",
+        )
+        .fetch_all(pool)
+        .await?;
+        let users = rows.into_iter().map(|(u, g, d)| (u, (g, d))).collect();
+        // A lock poisoned by a panic elsewhere still holds a whole map: take it over.
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        *known = Known { mark, users };
+        Ok(())
+    }
+
+    /// Whether a token of `user` issued under `generation` stands.
+    pub fn check(&self, user: &str, generation: i64) -> Verdict {
+        let known = self.known.read().unwrap_or_else(|p| p.into_inner());
+        let (current, disabled) = known.users.get(user).copied().unwrap_or((0, false));
+        if generation > current {
+            Verdict::Newer
+        } else if disabled {
+            Verdict::Revoked("this user is disabled; their tokens are no longer accepted")
+        } else if generation < current {
+            Verdict::Revoked(
+                "this token was revoked: the user's role or password has changed since it was issued; log in again",
+            )
+        } else {
+            Verdict::Stands
+        }
+    }
+
+    /// Refuses a token of `user` issued under `generation` if it has been revoked. A
+    /// token newer than this instance knows of (issued by another instance after a
+    /// change not yet seen here) makes it look again first.
+    pub async fn admit(&self, pool: &PgPool, user: &str, generation: i64) -> Result<(), Problem> {
+        let mut verdict = self.check(user, generation);
+        if verdict == Verdict::Newer {
+            self.refresh(pool).await?;
+            verdict = self.check(user, generation);
+        }
+        match verdict {
+            Verdict::Stands => Ok(()),
+            Verdict::Revoked(why) => Err(Problem::unauthorized(why)),
+            // Still unknown after a fresh look: not a generation this database gave
+            // (restored from an older backup, say). Refused; logging in again mends it.
+            Verdict::Newer => Err(Problem::unauthorized(
+                "this token names a newer generation of its user than the database holds; log in again",
+            )),
+        }
+    }
+}
+
+/// What [`Revocations::check`] says of a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Stands,
+    Revoked(&'static str),
+    /// Issued under a generation this instance has not seen yet.
+    Newer,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn knowing(users: &[(&str, i64, bool)]) -> Revocations {
+        let r = Revocations::default();
+        r.known.write().unwrap().users = users
+            .iter()
+            .map(|(u, g, d)| (u.to_string(), (*g, *d)))
+            .collect();
+        r
+    }
+
+    #[test]
+    fn older_generations_and_disabled_users_are_refused_newer_ones_looked_up() {
+        let r = knowing(&[("tech.1", 2, false), ("gone.1", 1, true)]);
+        assert_eq!(r.check("tech.1", 2), Verdict::Stands);
+        assert!(matches!(r.check("tech.1", 1), Verdict::Revoked(_)));
+        assert!(matches!(r.check("tech.1", 0), Verdict::Revoked(_)));
+        assert_eq!(r.check("tech.1", 3), Verdict::Newer);
+        assert!(matches!(r.check("gone.1", 1), Verdict::Revoked(_)));
+        assert!(matches!(r.check("gone.1", 0), Verdict::Revoked(_)));
+        // Disabled, then enabled and logged in elsewhere: not refused on stale knowledge.
+        assert_eq!(r.check("gone.1", 2), Verdict::Newer);
+        // Users never changed stand at generation 0.
+        assert_eq!(r.check("dr.rao", 0), Verdict::Stands);
+        assert_eq!(r.check("dr.rao", 1), Verdict::Newer);
+    }
+}

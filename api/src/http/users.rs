@@ -1,0 +1,531 @@
+//! User accounts and their administration: adding a user, disabling and enabling them,
+//! giving them another role and resetting their password, by an admin over HTTP or by an
+//! operator with `lisledger users …`.
+//!
+//! The database keeps the record (migration 0012): a trigger on `users` writes every
+//! change to the append-only `user_changes`, with the actor, their role, the reason and
+//! the request id that [`begin`] sets for the change's transaction, and refuses a change
+//! that names none. The same trigger bumps the user's token generation, so that tokens
+//! issued before the change stop working ([`super::revocation`]). Auditors read the
+//! record at `GET /audit/users`.
+
+use super::auth::{Action, Caller};
+use super::body::parse;
+use super::commands::{id, idempotent};
+use super::problem::{FieldProblem, Problem};
+use super::AppState;
+use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+use argon2::Argon2;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use lis_domain::actor::{ActorId, Role};
+use lis_domain::text::Reason;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sqlx::{PgPool, Postgres, Transaction};
+
+/// The shortest password accepted.
+pub const PASSWORD_MIN: usize = 12;
+/// The longest password accepted (it is hashed whole).
+const PASSWORD_MAX: usize = 1024;
+
+/// Who makes a change to a user, in what role, why, and in which request: written with
+/// the change to `user_changes`.
+#[derive(Debug, Clone)]
+pub struct ChangedBy {
+    /// A user name, or the operator's login for `lisledger users …`.
+    pub actor: String,
+    /// The actor's role (`admin` over HTTP, `operator` from the command line).
+    pub role: String,
+    pub reason: String,
+    pub request_id: Option<String>,
+}
+
+impl ChangedBy {
+    /// A change made from the command line (`lisledger users …`) by an operator holding
+    /// the database's credentials, who names themself and says why.
+    pub fn operator(actor: &str, reason: &str) -> Result<Self, UserError> {
+        if actor.trim().is_empty() {
+            return Err(UserError::Unnamed);
+        }
+        let reason = Reason::parse(reason).map_err(|e| UserError::NoReason(e.message))?;
+        Ok(Self {
+            actor: actor.trim().to_string(),
+            role: "operator".into(),
+            reason: reason.as_str().to_string(),
+            request_id: None,
+        })
+    }
+
+    /// A change made by one of the ledger's own tools (the demo, the benches), not by a
+    /// person.
+    pub fn tool(tool: &str, reason: &str) -> Self {
+        Self {
+            actor: tool.to_string(),
+            role: Role::System.as_str().into(),
+            reason: reason.to_string(),
+            request_id: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("password must be {PASSWORD_MIN} to {PASSWORD_MAX} characters")]
+    WeakPassword,
+    #[error("role system is the ledger itself, never a person")]
+    SystemRole,
+    #[error("name who is making the change (--actor; USER is empty)")]
+    Unnamed,
+    #[error("say why: {0}")]
+    NoReason(String),
+    #[error("user {0} already exists")]
+    Exists(String),
+    #[error("no user {0}")]
+    NotFound(String),
+    #[error("user {user} is already {state}")]
+    Unchanged { user: String, state: String },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("hashing failed: {0}")]
+    Hash(String),
+}
+
+impl From<UserError> for Problem {
+    fn from(e: UserError) -> Self {
+        let at = |pointer: &str, e: &UserError| {
+            Problem::invalid(vec![FieldProblem {
+                pointer: pointer.into(),
+                detail: e.to_string(),
+            }])
+        };
+        match e {
+            UserError::WeakPassword => at("/password", &e),
+            UserError::SystemRole => at("/role", &e),
+            UserError::Exists(_) => {
+                Problem::conflict("user-exists", "The user already exists", e.to_string())
+            }
+            UserError::NotFound(_) => Problem::not_found(e.to_string()),
+            UserError::Unchanged { .. } => {
+                Problem::conflict("user-unchanged", "Nothing to change", e.to_string())
+            }
+            UserError::Database(e) => Problem::from(e),
+            // The API names the actor from the token and reads the reason as a `Reason`.
+            UserError::Unnamed | UserError::NoReason(_) => {
+                tracing::error!(error = %e, "a user change without actor or reason");
+                Problem::internal()
+            }
+            UserError::Hash(e) => {
+                tracing::error!(error = %e, "password hashing failed");
+                Problem::internal()
+            }
+        }
+    }
+}
+
+/// A password as a user is given one: 12 to 1,024 characters. Never shown in logs.
+#[derive(Deserialize, JsonSchema)]
+#[serde(try_from = "String")]
+#[schemars(extend("minLength" = PASSWORD_MIN, "maxLength" = PASSWORD_MAX))]
+pub struct Password(String);
+
+impl Password {
+    pub fn parse(text: &str) -> Result<Self, UserError> {
+        let n = text.chars().count();
+        if (PASSWORD_MIN..=PASSWORD_MAX).contains(&n) {
+            Ok(Self(text.to_string()))
+        } else {
+            Err(UserError::WeakPassword)
+        }
+    }
+}
+
+impl TryFrom<String> for Password {
+    type Error = UserError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(…)")
+    }
+}
+
+/// A role a person may hold: any but `system`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "Role")]
+pub struct PersonRole(Role);
+
+impl PersonRole {
+    pub fn parse(role: Role) -> Result<Self, UserError> {
+        match role {
+            Role::System => Err(UserError::SystemRole),
+            role => Ok(Self(role)),
+        }
+    }
+}
+
+impl TryFrom<Role> for PersonRole {
+    type Error = UserError;
+    fn try_from(role: Role) -> Result<Self, Self::Error> {
+        Self::parse(role)
+    }
+}
+
+impl std::fmt::Display for PersonRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl JsonSchema for PersonRole {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "PersonRole".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let roles: Vec<&str> = Role::PEOPLE.iter().map(Role::as_str).collect();
+        schemars::json_schema!({ "type": "string", "enum": roles,
+            "description": "A role a person may hold (system is the ledger itself)" })
+    }
+}
+
+/// One account as the API shows it (never its password hash).
+#[derive(Serialize, JsonSchema, sqlx::FromRow)]
+pub(super) struct Account {
+    #[schemars(with = "ActorId")]
+    username: String,
+    #[schemars(with = "Role")]
+    role: String,
+    disabled: bool,
+    created_at: DateTime<Utc>,
+}
+
+/// Opens the transaction of a change, naming who makes it for the record.
+async fn begin(
+    pool: &PgPool,
+    by: &ChangedBy,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "SELECT set_config('lis.actor_id', $1, true), set_config('lis.actor_role', $2, true),
+                set_config('lis.reason', $3, true), set_config('lis.request_id', $4, true)",
+    )
+    .bind(&by.actor)
+    .bind(&by.role)
+    .bind(&by.reason)
+    .bind(by.request_id.as_deref().unwrap_or_default())
+    .execute(&mut *tx)
+    .await?;
+    Ok(tx)
+}
+
+/// An Argon2id hash of `password`, made off the async workers.
+async fn hash(password: &Password) -> Result<String, UserError> {
+    let password = password.0.clone();
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+    })
+    .await
+    .map_err(|e| UserError::Hash(e.to_string()))?
+    .map_err(|e| UserError::Hash(e.to_string()))
+}
+
+/// Adds a user with an Argon2id hash of `password`.
+pub async fn add(
+    pool: &PgPool,
+    user: &ActorId,
+    role: PersonRole,
+    password: &Password,
+    by: &ChangedBy,
+) -> Result<(), UserError> {
+    let hash = hash(password).await?;
+    let mut tx = begin(pool, by).await?;
+    let inserted = sqlx::query(
+        "INSERT INTO users (username, role, password_hash) VALUES ($1, $2, $3)
+         ON CONFLICT (username) DO NOTHING",
+    )
+    .bind(user.as_str())
+    .bind(role.0.as_str())
+    .bind(hash)
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(UserError::Exists(user.to_string()));
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// [`add`] from unchecked parts: the role and password are checked first.
+pub async fn add_user(
+    pool: &PgPool,
+    user: &ActorId,
+    role: Role,
+    password: &str,
+    by: &ChangedBy,
+) -> Result<(), UserError> {
+    add(
+        pool,
+        user,
+        PersonRole::parse(role)?,
+        &Password::parse(password)?,
+        by,
+    )
+    .await
+}
+
+/// Runs `update` (binding the user name as $1 and `value` as $2) in a change's
+/// transaction; no row changed is "no such user", or `unchanged` if the user exists.
+async fn change<T>(
+    pool: &PgPool,
+    user: &ActorId,
+    by: &ChangedBy,
+    update: &'static str,
+    value: T,
+    unchanged: &str,
+) -> Result<(), UserError>
+where
+    T: for<'q> sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Send,
+{
+    let mut tx = begin(pool, by).await?;
+    let changed = sqlx::query(update)
+        .bind(user.as_str())
+        .bind(value)
+        .execute(&mut *tx)
+        .await?;
+    if changed.rows_affected() == 0 {
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE username = $1)")
+                .bind(user.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+        return Err(if exists {
+            UserError::Unchanged {
+                user: user.to_string(),
+                state: unchanged.to_string(),
+            }
+        } else {
+            UserError::NotFound(user.to_string())
+        });
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Disables a user (no log-in; their tokens refused) or enables them again.
+pub async fn set_disabled(
+    pool: &PgPool,
+    user: &ActorId,
+    disabled: bool,
+    by: &ChangedBy,
+) -> Result<(), UserError> {
+    let state = if disabled { "disabled" } else { "enabled" };
+    change(
+        pool,
+        user,
+        by,
+        "UPDATE users SET disabled = $2 WHERE username = $1 AND disabled <> $2",
+        disabled,
+        state,
+    )
+    .await
+}
+
+/// Gives a user another role; their tokens in the old one are refused from then on.
+pub async fn set_role(
+    pool: &PgPool,
+    user: &ActorId,
+    role: PersonRole,
+    by: &ChangedBy,
+) -> Result<(), UserError> {
+    change(
+        pool,
+        user,
+        by,
+        "UPDATE users SET role = $2 WHERE username = $1 AND role <> $2",
+        role.0.as_str(),
+        &format!("in role {}", role.0),
+    )
+    .await
+}
+
+/// Gives a user a new password; their tokens are refused from then on.
+pub async fn reset_password(
+    pool: &PgPool,
+    user: &ActorId,
+    password: &Password,
+    by: &ChangedBy,
+) -> Result<(), UserError> {
+    let hash = hash(password).await?;
+    change(
+        pool,
+        user,
+        by,
+        "UPDATE users SET password_hash = $2 WHERE username = $1",
+        hash,
+        "",
+    )
+    .await
+}
+
+/// Every account, by name.
+pub async fn list(pool: &PgPool) -> Result<Vec<Value>, sqlx::Error> {
+    let accounts: Vec<Account> =
+        sqlx::query_as("SELECT username, role, disabled, created_at FROM users ORDER BY username")
+            .fetch_all(pool)
+            .await?;
+    Ok(accounts.iter().map(|a| json!(a)).collect())
+}
+
+async fn account(pool: &PgPool, user: &ActorId) -> Result<Value, Problem> {
+    let account: Account = sqlx::query_as(
+        "SELECT username, role, disabled, created_at FROM users WHERE username = $1",
+    )
+    .bind(user.as_str())
+    .fetch_one(pool)
+    .await?;
+    Ok(json!(account))
+}
+
+// --- HTTP -----------------------------------------------------------------------------
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewUserBody {
+    username: ActorId,
+    role: PersonRole,
+    password: Password,
+    /// Why this person is given access (their post, who asked for it).
+    reason: Reason,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReasonBody {
+    reason: Reason,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RoleBody {
+    role: PersonRole,
+    reason: Reason,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PasswordBody {
+    password: Password,
+    reason: Reason,
+}
+
+fn changed_by(caller: &Caller, reason: &Reason) -> ChangedBy {
+    ChangedBy {
+        actor: caller.actor.id.to_string(),
+        role: caller.actor.role.as_str().to_string(),
+        reason: reason.as_str().to_string(),
+        request_id: Some(caller.context.correlation_id.to_string()),
+    }
+}
+
+/// Every account (admins and auditors).
+pub async fn accounts(State(s): State<AppState>, caller: Caller) -> Result<Json<Value>, Problem> {
+    caller.require(Action::ReadUsers)?;
+    Ok(Json(json!({ "users": list(&s.pool).await? })))
+}
+
+/// Adds a user (admin).
+pub async fn add_account(
+    State(s): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    caller.require(Action::ManageUsers)?;
+    Ok(
+        idempotent(&s, &caller, &headers, &body, StatusCode::CREATED, async {
+            let b: NewUserBody = parse(&body)?;
+            add(
+                &s.pool,
+                &b.username,
+                b.role,
+                &b.password,
+                &changed_by(&caller, &b.reason),
+            )
+            .await?;
+            tracing::info!(user = %b.username, role = %b.role, by = %caller.actor.id, "user added");
+            account(&s.pool, &b.username).await
+        })
+        .await,
+    )
+}
+
+/// The changes an admin makes to an account: the last segment of its path.
+const CHANGES: [&str; 4] = ["disable", "enable", "role", "password"];
+
+/// One change to the account named in the path (admin), `POST /users/{user}/{change}`:
+/// `disable` (no log-in, tokens refused), `enable`, `role` (tokens in the old role
+/// refused) or `password` (tokens refused). Answers with the account as it now stands.
+///
+/// An admin may not disable, enable or re-role their own account: a lab is never left
+/// without the admin who made the change, and nobody raises their own access.
+pub async fn change_account(
+    State(s): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path((raw, change)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    if !CHANGES.contains(&change.as_str()) {
+        return Err(Problem::not_found(format!(
+            "no such resource: /users/{raw}/{change}"
+        )));
+    }
+    caller.require(Action::ManageUsers)?;
+    let user = id(&raw, ActorId::parse, "user")?;
+    if change != "password" && caller.actor.id == user {
+        return Err(Problem::conflict(
+            "own-account",
+            "Not on your own account",
+            "another admin must disable, enable or change the role of your own account",
+        ));
+    }
+    Ok(
+        idempotent(&s, &caller, &headers, &body, StatusCode::OK, async {
+            match change.as_str() {
+                "role" => {
+                    let b: RoleBody = parse(&body)?;
+                    set_role(&s.pool, &user, b.role, &changed_by(&caller, &b.reason)).await?
+                }
+                "password" => {
+                    let b: PasswordBody = parse(&body)?;
+                    let by = changed_by(&caller, &b.reason);
+                    reset_password(&s.pool, &user, &b.password, &by).await?
+                }
+                disable_or_enable => {
+                    let b: ReasonBody = parse(&body)?;
+                    let disable = disable_or_enable == "disable";
+                    set_disabled(&s.pool, &user, disable, &changed_by(&caller, &b.reason)).await?
+                }
+            }
+            // This instance refuses the user's old tokens at once; the others within a
+            // poll ([`super::revocation`]).
+            if let Err(e) = s.revocations.refresh(&s.pool).await {
+                tracing::warn!(error = %e, "could not reload revoked tokens after a user change");
+            }
+            tracing::info!(user = %user, change, by = %caller.actor.id, "user account changed");
+            account(&s.pool, &user).await
+        })
+        .await,
+    )
+}

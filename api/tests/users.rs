@@ -1,0 +1,599 @@
+//! User administration against the real `lisledger serve` and PostgreSQL: an admin adds,
+//! disables, enables, re-roles and resets users over HTTP (and an operator from the
+//! command line); a user's earlier tokens stop working at once on the instance that made
+//! the change and within a poll on another; every change is in the auditors' record with
+//! who, in what role, why and in which request; and the database refuses any change to
+//! users that names no actor and reason, and any edit of the record.
+
+mod support;
+
+use lis_tests::TestDb;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use support::{wait_healthy, ApiClient, Stack};
+
+const ADMIN_PASSWORD: &str = "admin horse battery staple";
+
+/// A token for `user`, or the status the log-in was refused with.
+async fn login(api: &ApiClient, user: &str, password: &str) -> Result<String, StatusCode> {
+    let r = api
+        .http
+        .post(format!("{}/auth/login", api.base))
+        .json(&json!({ "username": user, "password": password }))
+        .send()
+        .await
+        .unwrap();
+    match r.status() {
+        StatusCode::OK => Ok(r.json::<Value>().await.unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string()),
+        s => Err(s),
+    }
+}
+
+async fn get(api: &ApiClient, bearer: &str, path: &str) -> (StatusCode, Value) {
+    let r = api
+        .http
+        .get(format!("{}{path}", api.base))
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits until `api` refuses `token` (a change made elsewhere reaches an instance within
+/// its poll of a second); fails if it still accepts it after 10 s.
+async fn refused_within_a_poll(api: &ApiClient, token: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match get(api, token, "/worklists").await.0 {
+            StatusCode::UNAUTHORIZED => return,
+            StatusCode::OK if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            StatusCode::OK => panic!("{} still accepts the token after 10 s", api.base),
+            other => panic!("{} answered {other}", api.base),
+        }
+    }
+}
+
+/// A migrated database with `admin.1` added from the command line, and `serve` on it.
+async fn started() -> (TestDb, Stack, ApiClient, support::Role) {
+    let db = TestDb::new().await;
+    let mut stack = Stack::new(&db, false);
+    let base = stack.with_api();
+    let added = stack.run_with_input(
+        &[
+            "users",
+            "add",
+            "admin.1",
+            "--role",
+            "admin",
+            "--reason",
+            "the lab's first admin",
+            "--actor",
+            "it.ops",
+        ],
+        &format!("{ADMIN_PASSWORD}\n"),
+    );
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let serve = stack.spawn("serve", &["serve"]);
+    wait_healthy(&base, &serve, Duration::from_secs(30)).await;
+    (db, stack, ApiClient::new(&base), serve)
+}
+
+#[tokio::test]
+async fn an_admin_manages_users_and_a_changed_users_tokens_stop_working_at_once() {
+    let (db, stack, api, _serve) = started().await;
+    let admin = login(&api, "admin.1", ADMIN_PASSWORD).await.unwrap();
+
+    // Added over HTTP; they log in and work.
+    let (status, account) = api
+        .post(
+            &admin,
+            "/users",
+            &json!({ "username": "tech.9", "role": "technologist",
+                     "password": "tech nine's passphrase", "reason": "joined biochemistry, 3 March" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{account}");
+    assert_eq!(
+        (&account["username"], &account["role"], &account["disabled"]),
+        (&json!("tech.9"), &json!("technologist"), &json!(false))
+    );
+    let tech = login(&api, "tech.9", "tech nine's passphrase")
+        .await
+        .unwrap();
+    assert_eq!(get(&api, &tech, "/worklists").await.0, StatusCode::OK);
+
+    // Disabled: the token in hand is refused at once, and so is a new log-in.
+    let reason = json!({ "reason": "left the lab" });
+    let (status, account) = api.post(&admin, "/users/tech.9/disable", &reason).await;
+    assert_eq!(
+        (status, &account["disabled"]),
+        (StatusCode::OK, &json!(true))
+    );
+    let (status, problem) = get(&api, &tech, "/worklists").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("disabled"));
+    assert_eq!(
+        login(&api, "tech.9", "tech nine's passphrase").await,
+        Err(StatusCode::UNAUTHORIZED)
+    );
+    let (status, problem) = api.post(&admin, "/users/tech.9/disable", &reason).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert!(problem["type"]
+        .as_str()
+        .unwrap()
+        .ends_with("/user-unchanged"));
+
+    // Enabled again: a new log-in works; the token from before the disabling does not.
+    let back = json!({ "reason": "rejoined" });
+    assert_eq!(
+        api.post(&admin, "/users/tech.9/enable", &back).await.0,
+        StatusCode::OK
+    );
+    let tech2 = login(&api, "tech.9", "tech nine's passphrase")
+        .await
+        .unwrap();
+    assert_eq!(get(&api, &tech2, "/worklists").await.0, StatusCode::OK);
+    assert_eq!(
+        get(&api, &tech, "/worklists").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Another role: tokens in the old one are refused; a new log-in carries the new one.
+    let promote = json!({ "role": "pathologist", "reason": "appointed consultant pathologist" });
+    let (status, account) = api.post(&admin, "/users/tech.9/role", &promote).await;
+    assert_eq!(
+        (status, &account["role"]),
+        (StatusCode::OK, &json!("pathologist"))
+    );
+    assert_eq!(
+        get(&api, &tech2, "/worklists").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let r = api
+        .http
+        .post(format!("{}/auth/login", api.base))
+        .json(&json!({ "username": "tech.9", "password": "tech nine's passphrase" }))
+        .send()
+        .await
+        .unwrap();
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["role"], "pathologist");
+    let path9 = answer["access_token"].as_str().unwrap().to_string();
+    assert_eq!(get(&api, &path9, "/worklists").await.0, StatusCode::OK);
+    assert_eq!(
+        api.post(&admin, "/users/tech.9/role", &promote).await.0,
+        StatusCode::CONFLICT
+    );
+
+    // A new password: the old one and the tokens made with it stop working.
+    let reset = json!({ "password": "a brand new passphrase", "reason": "forgotten password, identity checked in person" });
+    assert_eq!(
+        api.post(&admin, "/users/tech.9/password", &reset).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&api, &path9, "/worklists").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        login(&api, "tech.9", "tech nine's passphrase").await,
+        Err(StatusCode::UNAUTHORIZED)
+    );
+    let path9 = login(&api, "tech.9", "a brand new passphrase")
+        .await
+        .unwrap();
+    assert_eq!(get(&api, &path9, "/worklists").await.0, StatusCode::OK);
+
+    // What is refused, and where.
+    for (path, body, status) in [
+        (
+            "/users/admin.1/disable",
+            json!({ "reason": "x" }),
+            StatusCode::CONFLICT,
+        ),
+        (
+            "/users/admin.1/role",
+            json!({ "role": "auditor", "reason": "x" }),
+            StatusCode::CONFLICT,
+        ),
+        (
+            "/users/nobody.9/disable",
+            json!({ "reason": "x" }),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "/users/nobody.9/password",
+            json!({ "password": "long enough password", "reason": "x" }),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "/users/a%20b/disable",
+            json!({ "reason": "x" }),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "/users",
+            json!({ "username": "tech.9", "role": "technologist", "password": "long enough password", "reason": "again" }),
+            StatusCode::CONFLICT,
+        ),
+    ] {
+        let (got, problem) = api.post(&admin, path, &body).await;
+        assert_eq!(got, status, "{path} {body}: {problem}");
+    }
+    let new = |field: &str, value: Value| {
+        let mut body = json!({ "username": "new.1", "role": "clinician",
+                               "password": "long enough password", "reason": "new" });
+        body[field] = value;
+        body
+    };
+    api.refused(
+        &admin,
+        "/users",
+        new("password", json!("short")),
+        "/password",
+    )
+    .await;
+    api.refused(&admin, "/users", new("role", json!("system")), "/role")
+        .await;
+    api.refused(&admin, "/users", new("role", json!("wizard")), "/role")
+        .await;
+    api.refused(&admin, "/users", new("username", json!("a b")), "/username")
+        .await;
+    api.refused(&admin, "/users", new("reason", json!(" ")), "/reason")
+        .await;
+    api.refused(&admin, "/users/tech.9/disable", json!({}), "")
+        .await;
+    api.refused(
+        &admin,
+        "/users/tech.9/role",
+        json!({ "role": "system", "reason": "x" }),
+        "/role",
+    )
+    .await;
+    // An admin may reset their own password (their tokens then go too).
+    let own = json!({ "password": "a newer admin passphrase", "reason": "routine change" });
+    assert_eq!(
+        api.post(&admin, "/users/admin.1/password", &own).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&api, &admin, "/users").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let admin = login(&api, "admin.1", "a newer admin passphrase")
+        .await
+        .unwrap();
+
+    // The accounts as they stand, for admins and auditors.
+    let (status, list) = get(&api, &admin, "/users").await;
+    assert_eq!(status, StatusCode::OK);
+    let listed: Vec<(&str, &str, bool)> = list["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            assert!(u.get("password_hash").is_none(), "{u}");
+            (
+                u["username"].as_str().unwrap(),
+                u["role"].as_str().unwrap(),
+                u["disabled"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("admin.1", "admin", false),
+            ("tech.9", "pathologist", false)
+        ]
+    );
+
+    // The record: every change, in order, by whom, in what role, why.
+    let auditor_added = json!({ "username": "audit.1", "role": "auditor",
+                                "password": "auditor passphrase", "reason": "NABL assessment" });
+    assert_eq!(
+        api.post(&admin, "/users", &auditor_added).await.0,
+        StatusCode::CREATED
+    );
+    let auditor = login(&api, "audit.1", "auditor passphrase").await.unwrap();
+    let range = "from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z";
+    let (status, record) = get(&api, &auditor, &format!("/audit/users?{range}")).await;
+    assert_eq!(status, StatusCode::OK, "{record}");
+    let changes = record["changes"].as_array().unwrap();
+    let seen: Vec<(&str, &str, &str, &str)> = changes
+        .iter()
+        .map(|c| {
+            (
+                c["user"].as_str().unwrap(),
+                c["change"].as_str().unwrap(),
+                c["actor"].as_str().unwrap(),
+                c["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("admin.1", "added", "it.ops", "the lab's first admin"),
+            ("tech.9", "added", "admin.1", "joined biochemistry, 3 March"),
+            ("tech.9", "disabled", "admin.1", "left the lab"),
+            ("tech.9", "enabled", "admin.1", "rejoined"),
+            (
+                "tech.9",
+                "role-changed",
+                "admin.1",
+                "appointed consultant pathologist"
+            ),
+            (
+                "tech.9",
+                "password-reset",
+                "admin.1",
+                "forgotten password, identity checked in person"
+            ),
+            ("admin.1", "password-reset", "admin.1", "routine change"),
+            ("audit.1", "added", "admin.1", "NABL assessment"),
+        ]
+    );
+    assert_eq!(changes[0]["actor_role"], "operator");
+    assert!(changes[0]["request_id"].is_null());
+    let promotion = &changes[4];
+    assert_eq!(
+        (
+            &promotion["role_before"],
+            &promotion["role_after"],
+            &promotion["actor_role"]
+        ),
+        (
+            &json!("technologist"),
+            &json!("pathologist"),
+            &json!("admin")
+        )
+    );
+    assert!(
+        uuid::Uuid::parse_str(promotion["request_id"].as_str().unwrap()).is_ok(),
+        "{promotion}"
+    );
+    // A page at a time: the pages join up to the whole.
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let cursor = after.map(|a| format!("&after={a}")).unwrap_or_default();
+        let (status, page) = get(
+            &api,
+            &auditor,
+            &format!("/audit/users?{range}&limit=3{cursor}"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let entries = page["changes"].as_array().unwrap();
+        assert!(entries.len() <= 3);
+        paged.extend(entries.iter().cloned());
+        match page["next_after"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(&paged, changes);
+    // Auditors read the accounts and the record; they change nothing.
+    assert_eq!(get(&api, &auditor, "/users").await.0, StatusCode::OK);
+    assert_eq!(
+        api.post(&auditor, "/users/tech.9/disable", &reason).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (events,): (i64,) = sqlx::query_as("SELECT count(*) FROM events")
+        .fetch_one(&db.app)
+        .await
+        .unwrap();
+    assert_eq!(events, 0, "user administration writes no lab event");
+
+    // From the command line: a change without a reason or an actor is refused before
+    // anything is written; one with both is recorded as the operator's.
+    let cli = |args: &[&str]| {
+        let out = stack.run(args);
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = cli(&[
+        "users", "disable", "tech.9", "--reason", " ", "--actor", "it.ops",
+    ]);
+    assert!(!ok && text.contains("say why"), "{text}");
+    let (ok, text) = cli(&[
+        "users", "disable", "tech.9", "--reason", "x", "--actor", " ",
+    ]);
+    assert!(!ok && text.contains("--actor"), "{text}");
+    let (ok, text) = cli(&[
+        "users", "role", "tech.9", "--role", "system", "--reason", "x",
+    ]);
+    assert!(!ok && text.contains("never a person"), "{text}");
+    let (ok, text) = cli(&[
+        "users",
+        "disable",
+        "tech.9",
+        "--reason",
+        "contract ended",
+        "--actor",
+        "it.ops",
+    ]);
+    assert!(ok, "{text}");
+    refused_within_a_poll(&api, &path9).await;
+    let (ok, text) = cli(&["users", "list"]);
+    assert!(
+        ok && text
+            .lines()
+            .any(|l| l.starts_with("tech.9") && l.ends_with("disabled")),
+        "{text}"
+    );
+    let (_, record) = get(&api, &auditor, &format!("/audit/users?{range}")).await;
+    let last = record["changes"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            &last["change"],
+            &last["actor"],
+            &last["actor_role"],
+            &last["reason"]
+        ),
+        (
+            &json!("disabled"),
+            &json!("it.ops"),
+            &json!("operator"),
+            &json!("contract ended")
+        )
+    );
+    assert_eq!(
+        record["changes"].as_array().unwrap().len(),
+        changes.len() + 1
+    );
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_change_made_through_one_instance_holds_on_another_within_a_poll() {
+    let (db, mut stack, a, _serve_a) = started().await;
+    let base_b = stack.with_api();
+    let serve_b = stack.spawn("serve-b", &["serve"]);
+    wait_healthy(&base_b, &serve_b, Duration::from_secs(30)).await;
+    let b = ApiClient::new(&base_b);
+    let admin = login(&a, "admin.1", ADMIN_PASSWORD).await.unwrap();
+    let add = json!({ "username": "dr.9", "role": "clinician",
+                      "password": "doctor nine passphrase", "reason": "ward 4 consultant" });
+    assert_eq!(a.post(&admin, "/users", &add).await.0, StatusCode::CREATED);
+    let doctor = login(&a, "dr.9", "doctor nine passphrase").await.unwrap();
+    assert_eq!(
+        get(&b, &doctor, "/critical-results").await.0,
+        StatusCode::OK
+    );
+
+    // A new role given through A, and a log-in there: B accepts the new token at once,
+    // though it may not have seen the change yet (it looks when a token is newer).
+    let role = json!({ "role": "pathologist", "reason": "appointed" });
+    assert_eq!(
+        a.post(&admin, "/users/dr.9/role", &role).await.0,
+        StatusCode::OK
+    );
+    let pathologist = login(&a, "dr.9", "doctor nine passphrase").await.unwrap();
+    assert_eq!(get(&b, &pathologist, "/worklists").await.0, StatusCode::OK);
+    assert_eq!(
+        get(&b, &doctor, "/critical-results").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Disabled through A: B refuses the token within a poll or two.
+    let disable = json!({ "reason": "left" });
+    assert_eq!(
+        a.post(&admin, "/users/dr.9/disable", &disable).await.0,
+        StatusCode::OK
+    );
+    refused_within_a_poll(&b, &pathologist).await;
+    assert_eq!(
+        get(&a, &pathologist, "/worklists").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn the_database_records_every_change_to_users_and_refuses_edits_of_the_record() {
+    let db = TestDb::new().await;
+    let by = lis_api::http::users::ChangedBy::operator("it.ops", "first user").unwrap();
+    lis_api::http::users::add_user(
+        &db.app,
+        &lis_domain::actor::ActorId::parse("tech.1").unwrap(),
+        lis_domain::actor::Role::Technologist,
+        "correct horse battery",
+        &by,
+    )
+    .await
+    .unwrap();
+
+    // Changing users without naming an actor and reason is refused, as the application
+    // role and as the owner; so is deleting or renaming a user, or truncating the table.
+    for pool in [&db.app, &db.owner] {
+        for sql in [
+            "UPDATE users SET disabled = true WHERE username = 'tech.1'",
+            "UPDATE users SET role = 'admin' WHERE username = 'tech.1'",
+            "INSERT INTO users (username, role, password_hash) VALUES ('sneaky.1', 'admin', 'x')",
+        ] {
+            let e = sqlx::query(sql).execute(pool).await.unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("must name its actor, role and reason"),
+                "{sql}: {e}"
+            );
+        }
+    }
+    let named = "SELECT set_config('lis.actor_id', 'it.ops', true), set_config('lis.actor_role', 'operator', true), set_config('lis.reason', 'test', true)";
+    for (pool, sql) in [
+        (&db.owner, "DELETE FROM users WHERE username = 'tech.1'"),
+        (&db.owner, "UPDATE users SET username = 'tech.2' WHERE username = 'tech.1'"),
+        (&db.owner, "TRUNCATE users CASCADE"),
+        (&db.app, "DELETE FROM users WHERE username = 'tech.1'"),
+        (&db.app, "UPDATE users SET username = 'tech.2' WHERE username = 'tech.1'"),
+        (&db.app, "UPDATE users SET token_generation = 0 WHERE username = 'tech.1'"),
+        (&db.app, "INSERT INTO user_changes (username, change, role_after, actor_id, actor_role, reason) VALUES ('tech.1', 'added', 'admin', 'x', 'x', 'x')"),
+        (&db.app, "UPDATE user_changes SET reason = 'other'"),
+        (&db.app, "DELETE FROM user_changes"),
+        (&db.owner, "UPDATE user_changes SET reason = 'other'"),
+        (&db.owner, "DELETE FROM user_changes"),
+        (&db.owner, "TRUNCATE user_changes"),
+    ] {
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query(named).execute(&mut *tx).await.unwrap();
+        let refused = sqlx::query(sql).execute(&mut *tx).await;
+        assert!(refused.is_err(), "{sql} was allowed");
+    }
+
+    // A change that names its actor is recorded, and bumps the token generation, in the
+    // same transaction; a statement that changes nothing records nothing.
+    let mut tx = db.app.begin().await.unwrap();
+    sqlx::query(named).execute(&mut *tx).await.unwrap();
+    sqlx::query("UPDATE users SET disabled = true WHERE username = 'tech.1'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE users SET role = role WHERE username = 'tech.1'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let record: Vec<(String, String, String, String)> =
+        sqlx::query_as("SELECT change, actor_id, actor_role, reason FROM user_changes ORDER BY id")
+            .fetch_all(&db.app)
+            .await
+            .unwrap();
+    let record: Vec<(&str, &str, &str, &str)> = record
+        .iter()
+        .map(|(a, b, c, d)| (a.as_str(), b.as_str(), c.as_str(), d.as_str()))
+        .collect();
+    assert_eq!(
+        record,
+        [
+            ("added", "it.ops", "operator", "first user"),
+            ("disabled", "it.ops", "operator", "test"),
+        ]
+    );
+    let generation: i64 =
+        sqlx::query_scalar("SELECT token_generation FROM users WHERE username = 'tech.1'")
+            .fetch_one(&db.app)
+            .await
+            .unwrap();
+    assert_eq!(generation, 1);
+    db.drop().await;
+}

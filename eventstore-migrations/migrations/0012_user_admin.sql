@@ -1,0 +1,127 @@
+-- User administration, recorded (GET /users, POST /users…, `lisledger users …`,
+-- GET /audit/users; docs/security.md).
+--
+-- Who may release results, and since when, is part of the audit trail: an assessor asks
+-- who gave a person the pathologist role, when and why, and when their access ended.
+-- Every change to `users` is therefore written to the append-only `user_changes` by a
+-- trigger, in the same transaction, with the actor, their role, the reason and the
+-- request id that the change names for its transaction (`lis.actor_id`, `lis.actor_role`,
+-- `lis.reason`, `lis.request_id`); a change that names none is refused. Users are never
+-- deleted (disabled instead) nor renamed.
+--
+-- Each change also bumps the user's token generation: a token carries the generation it
+-- was issued under, and the API refuses one issued before the user was disabled, given
+-- another role or a new password.
+
+ALTER TABLE users ADD COLUMN token_generation bigint NOT NULL DEFAULT 0;
+
+CREATE TABLE user_changes
+(
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    username    text        NOT NULL,
+    change      text        NOT NULL CHECK (change IN ('existing', 'added', 'disabled', 'enabled',
+                                                       'role-changed', 'password-reset')),
+    role_before text,
+    role_after  text        NOT NULL,
+    actor_id    text        NOT NULL CHECK (length(btrim(actor_id)) > 0),
+    actor_role  text        NOT NULL CHECK (length(btrim(actor_role)) > 0),
+    reason      text        NOT NULL CHECK (length(btrim(reason)) > 0),
+    request_id  text
+);
+CREATE INDEX user_changes_at ON user_changes (at, id);
+CREATE INDEX user_changes_by_user ON user_changes (username, at);
+CREATE TRIGGER user_changes_no_update BEFORE UPDATE ON user_changes
+    FOR EACH ROW EXECUTE FUNCTION lis_refuse_change();
+CREATE TRIGGER user_changes_no_delete BEFORE DELETE ON user_changes
+    FOR EACH ROW EXECUTE FUNCTION lis_refuse_change();
+CREATE TRIGGER user_changes_no_truncate BEFORE TRUNCATE ON user_changes
+    FOR EACH STATEMENT EXECUTE FUNCTION lis_refuse_change();
+
+-- The accounts already there when the record began, so that every user has one.
+INSERT INTO user_changes (username, change, role_after, actor_id, actor_role, reason)
+SELECT username, 'existing', role, 'migration 0012', 'system',
+       'present when user changes began to be recorded (added ' || created_at::text
+           || CASE WHEN disabled THEN '; disabled' ELSE '' END || ')'
+  FROM users
+ ORDER BY created_at, username;
+
+-- What a change must name, and what never changes; bumps the token generation.
+CREATE FUNCTION users_guard() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        RAISE EXCEPTION 'user % is never deleted (disable them instead)', OLD.username
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF coalesce(btrim(current_setting('lis.actor_id', true)), '') = ''
+        OR coalesce(btrim(current_setting('lis.actor_role', true)), '') = ''
+        OR coalesce(btrim(current_setting('lis.reason', true)), '') = '' THEN
+        RAISE EXCEPTION 'a change to users must name its actor, role and reason (lis.actor_id, lis.actor_role, lis.reason)'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.disabled THEN
+            RAISE EXCEPTION 'user % cannot be added disabled', NEW.username
+                USING ERRCODE = 'check_violation';
+        END IF;
+        NEW.token_generation := 0;
+        RETURN NEW;
+    END IF;
+    IF NEW.username <> OLD.username OR NEW.created_at <> OLD.created_at THEN
+        RAISE EXCEPTION 'user %''s name and creation time never change', OLD.username
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    NEW.token_generation := OLD.token_generation
+        + CASE WHEN (NEW.role, NEW.disabled, NEW.password_hash)
+                    IS DISTINCT FROM (OLD.role, OLD.disabled, OLD.password_hash) THEN 1 ELSE 0 END;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER users_guard BEFORE INSERT OR UPDATE OR DELETE ON users
+    FOR EACH ROW EXECUTE FUNCTION users_guard();
+CREATE TRIGGER users_no_truncate BEFORE TRUNCATE ON users
+    FOR EACH STATEMENT EXECUTE FUNCTION lis_refuse_change();
+
+-- The record of each change, written as the owner: the application role cannot write
+-- `user_changes` itself, only change `users` and have the change recorded.
+CREATE FUNCTION users_record() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS
+$$
+DECLARE
+    actor      text := btrim(current_setting('lis.actor_id', true));
+    actor_role text := btrim(current_setting('lis.actor_role', true));
+    why        text := btrim(current_setting('lis.reason', true));
+    request    text := nullif(current_setting('lis.request_id', true), '');
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO user_changes (username, change, role_after, actor_id, actor_role, reason, request_id)
+        VALUES (NEW.username, 'added', NEW.role, actor, actor_role, why, request);
+        RETURN NULL;
+    END IF;
+    IF NEW.role <> OLD.role THEN
+        INSERT INTO user_changes (username, change, role_before, role_after, actor_id, actor_role, reason, request_id)
+        VALUES (NEW.username, 'role-changed', OLD.role, NEW.role, actor, actor_role, why, request);
+    END IF;
+    IF NEW.disabled <> OLD.disabled THEN
+        INSERT INTO user_changes (username, change, role_before, role_after, actor_id, actor_role, reason, request_id)
+        VALUES (NEW.username, CASE WHEN NEW.disabled THEN 'disabled' ELSE 'enabled' END,
+                OLD.role, NEW.role, actor, actor_role, why, request);
+    END IF;
+    IF NEW.password_hash <> OLD.password_hash THEN
+        INSERT INTO user_changes (username, change, role_before, role_after, actor_id, actor_role, reason, request_id)
+        VALUES (NEW.username, 'password-reset', OLD.role, NEW.role, actor, actor_role, why, request);
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION users_record() FROM PUBLIC;
+CREATE TRIGGER users_record AFTER INSERT OR UPDATE ON users
+    FOR EACH ROW EXECUTE FUNCTION users_record();
+
+REVOKE ALL ON user_changes FROM PUBLIC;
+-- The ledger reads the record (auditors; the API's view of revoked tokens) and changes
+-- a user's role, password and whether they are disabled; never the record itself.
+GRANT SELECT ON user_changes TO lisledger_app;
+GRANT UPDATE (role, password_hash, disabled) ON users TO lisledger_app;
