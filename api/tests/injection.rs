@@ -350,7 +350,24 @@ async fn injection_strings_in_every_free_text_field_are_stored_verbatim_or_refus
             .await;
         assert_eq!(status, StatusCode::OK, "{action}: {answer}");
         if action == "password" {
+            // They log in with it, and change it themself: a wrong current password
+            // is refused, the right one works.
             let login = json!({"username": "inj.1", "password": body["password"]});
+            let (status, token) = c.post("", "/auth/login", &login).await;
+            assert_eq!(status, StatusCode::OK);
+            let own = token["access_token"].as_str().unwrap();
+            let new = e.text("POST /auth/password /new_password");
+            let wrong = json!({"current_password": e.text("POST /auth/password /current_password"),
+                               "new_password": new});
+            let (status, _) = c.post(own, "/auth/password", &wrong).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+            let right = json!({"current_password": body["password"], "new_password": new});
+            assert_eq!(
+                c.post(own, "/auth/password", &right).await.0,
+                StatusCode::OK
+            );
+            reasons.push("changed by the user".into());
+            let login = json!({"username": "inj.1", "password": new});
             assert_eq!(c.post("", "/auth/login", &login).await.0, StatusCode::OK);
         }
     }

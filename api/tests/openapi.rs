@@ -51,6 +51,7 @@ fn every_command_body_has_its_exact_schema() {
     // (path, the body's required fields); an empty list: the command takes no input.
     let expected: &[(&str, &[&str])] = &[
         ("/auth/login", &["username", "password"]),
+        ("/auth/password", &["current_password", "new_password"]),
         (
             "/orders",
             &[

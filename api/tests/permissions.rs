@@ -86,6 +86,7 @@ const GOVERNED_BY: &[(&str, &str)] = &[
     ("GET /audit/key-rotations", "audit history"),
     ("GET /audit/users", "audit history"),
     ("GET /users", "list users"),
+    ("POST /auth/password", "change one's own password"),
     ("POST /users", "manage users"),
     ("POST /users/{user}/disable", "manage users"),
     ("POST /users/{user}/enable", "manage users"),

@@ -196,6 +196,41 @@ async fn an_admin_manages_users_and_a_changed_users_tokens_stop_working_at_once(
         .unwrap();
     assert_eq!(get(&api, &path9, "/worklists").await.0, StatusCode::OK);
 
+    // The user then changes it themself, giving the current one; their tokens, this one
+    // included, are refused afterwards.
+    api.refused(
+        &path9,
+        "/auth/password",
+        json!({ "current_password": "not the password", "new_password": "mine and only mine" }),
+        "/current_password",
+    )
+    .await;
+    api.refused(
+        &path9,
+        "/auth/password",
+        json!({ "current_password": "a brand new passphrase", "new_password": "a brand new passphrase" }),
+        "/new_password",
+    )
+    .await;
+    api.refused(
+        &path9,
+        "/auth/password",
+        json!({ "current_password": "a brand new passphrase", "new_password": "short" }),
+        "/new_password",
+    )
+    .await;
+    let own = json!({ "current_password": "a brand new passphrase", "new_password": "mine and only mine" });
+    assert_eq!(
+        api.post(&path9, "/auth/password", &own).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&api, &path9, "/worklists").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let path9 = login(&api, "tech.9", "mine and only mine").await.unwrap();
+    assert_eq!(get(&api, &path9, "/worklists").await.0, StatusCode::OK);
+
     // What is refused, and where.
     for (path, body, status) in [
         (
@@ -342,12 +377,19 @@ async fn an_admin_manages_users_and_a_changed_users_tokens_stop_working_at_once(
                 "admin.1",
                 "forgotten password, identity checked in person"
             ),
-            ("admin.1", "password-reset", "admin.1", "routine change"),
+            (
+                "tech.9",
+                "password-changed",
+                "tech.9",
+                "changed by the user"
+            ),
+            ("admin.1", "password-changed", "admin.1", "routine change"),
             ("audit.1", "added", "admin.1", "NABL assessment"),
         ]
     );
     assert_eq!(changes[0]["actor_role"], "operator");
     assert!(changes[0]["request_id"].is_null());
+    assert_eq!(changes[6]["actor_role"], "pathologist", "{}", changes[6]);
     let promotion = &changes[4];
     assert_eq!(
         (

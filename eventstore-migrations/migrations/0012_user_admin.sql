@@ -21,7 +21,8 @@ CREATE TABLE user_changes
     at          timestamptz NOT NULL DEFAULT clock_timestamp(),
     username    text        NOT NULL,
     change      text        NOT NULL CHECK (change IN ('existing', 'added', 'disabled', 'enabled',
-                                                       'role-changed', 'password-reset')),
+                                                       'role-changed', 'password-reset',
+                                                       'password-changed')),
     role_before text,
     role_after  text        NOT NULL,
     actor_id    text        NOT NULL CHECK (length(btrim(actor_id)) > 0),
@@ -109,9 +110,11 @@ BEGIN
         VALUES (NEW.username, CASE WHEN NEW.disabled THEN 'disabled' ELSE 'enabled' END,
                 OLD.role, NEW.role, actor, actor_role, why, request);
     END IF;
+    -- A password set by its own user is changed; by anyone else, reset.
     IF NEW.password_hash <> OLD.password_hash THEN
         INSERT INTO user_changes (username, change, role_before, role_after, actor_id, actor_role, reason, request_id)
-        VALUES (NEW.username, 'password-reset', OLD.role, NEW.role, actor, actor_role, why, request);
+        VALUES (NEW.username, CASE WHEN actor = NEW.username THEN 'password-changed' ELSE 'password-reset' END,
+                OLD.role, NEW.role, actor, actor_role, why, request);
     END IF;
     RETURN NULL;
 END

@@ -173,6 +173,7 @@ pub enum Action {
     ErasePatients,
     ManageUsers,
     ReadUsers,
+    ChangeOwnPassword,
 }
 
 impl Action {
@@ -197,6 +198,7 @@ impl Action {
             Action::ErasePatients => "erase patients",
             Action::ManageUsers => "add users or change their accounts",
             Action::ReadUsers => "read the list of users",
+            Action::ChangeOwnPassword => "change a password (system is not a person)",
         }
     }
 }
@@ -232,6 +234,7 @@ pub fn allowed(role: Role, action: Action) -> bool {
         ReadAnalytics => matches!(role, Analyst | Auditor | Pathologist | Admin),
         ErasePatients | ManageUsers => matches!(role, Admin),
         ReadUsers => matches!(role, Admin | Auditor),
+        ChangeOwnPassword => Role::PEOPLE.contains(&role),
     }
 }
 

@@ -113,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::document))
         .route("/metrics", get(metrics::scrape))
         .route("/auth/login", post(login))
+        .route("/auth/password", post(users::change_own_password))
         .route("/orders", post(c::place_order))
         .route("/orders/{id}", get(q::order))
         .route("/orders/{id}/tests", post(c::add_tests))

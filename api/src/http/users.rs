@@ -470,6 +470,65 @@ pub async fn add_account(
     )
 }
 
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct OwnPasswordBody {
+    current_password: String,
+    new_password: Password,
+}
+
+/// A user changes their own password, giving the current one. Their tokens, the one
+/// that made the change included, are refused from then on: they log in again.
+pub async fn change_own_password(
+    State(s): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    caller.require(Action::ChangeOwnPassword)?;
+    Ok(
+        idempotent(&s, &caller, &headers, &body, StatusCode::OK, async {
+            let b: OwnPasswordBody = parse(&body)?;
+            let user = &caller.actor.id;
+            let field = |pointer: &str, detail: &str| {
+                Problem::invalid(vec![FieldProblem {
+                    pointer: pointer.into(),
+                    detail: detail.into(),
+                }])
+            };
+            let current = super::auth::check_password(&s.pool, user.as_str(), &b.current_password);
+            if current.await?.is_none() {
+                return Err(field("/current_password", "not your current password"));
+            }
+            if b.new_password.0 == b.current_password {
+                return Err(field(
+                    "/new_password",
+                    "the new password must differ from the current one",
+                ));
+            }
+            let by = ChangedBy {
+                actor: user.to_string(),
+                role: caller.actor.role.as_str().to_string(),
+                reason: "changed by the user".into(),
+                request_id: Some(caller.context.correlation_id.to_string()),
+            };
+            reset_password(&s.pool, user, &b.new_password, &by).await?;
+            refreshed(&s).await;
+            tracing::info!(user = %user, "password changed by its user");
+            account(&s.pool, user).await
+        })
+        .await,
+    )
+}
+
+/// After a change made here, this instance refuses the user's old tokens at once; the
+/// others within a poll ([`super::revocation`]).
+async fn refreshed(s: &AppState) {
+    if let Err(e) = s.revocations.refresh(&s.pool).await {
+        tracing::warn!(error = %e, "could not reload revoked tokens after a user change");
+    }
+}
+
 /// The changes an admin makes to an account: the last segment of its path.
 const CHANGES: [&str; 4] = ["disable", "enable", "role", "password"];
 
@@ -518,11 +577,7 @@ pub async fn change_account(
                     set_disabled(&s.pool, &user, disable, &changed_by(&caller, &b.reason)).await?
                 }
             }
-            // This instance refuses the user's old tokens at once; the others within a
-            // poll ([`super::revocation`]).
-            if let Err(e) = s.revocations.refresh(&s.pool).await {
-                tracing::warn!(error = %e, "could not reload revoked tokens after a user change");
-            }
+            refreshed(&s).await;
             tracing::info!(user = %user, change, by = %caller.actor.id, "user account changed");
             account(&s.pool, &user).await
         })
