@@ -78,7 +78,7 @@ LIS Ledger is running on PostgreSQL at 127.0.0.1:${LIS_PG_PORT} (database ${LIS_
 $( [ -n "${LIS_KAFKA_BROKERS:-}" ] && echo "publishing to Kafka at ${LIS_KAFKA_BROKERS}" || echo "in single-node mode (no Kafka)").
   API:           http://${LIS_HTTP_ADDR:-127.0.0.1:8080}  (GET /openapi.json)
   demo users:    printed above on the first run (one per role)
-  first user:    echo 'a long passphrase' | $bin users add admin.1 --role admin
+  first user:    echo 'a long passphrase' | $bin users add admin.1 --role admin --reason 'first admin' --actor YOUR.NAME
   log in:        curl -s -X POST http://${LIS_HTTP_ADDR:-127.0.0.1:8080}/auth/login -H 'content-type: application/json' \\
                    -d '{"username":"admin.1","password":"a long passphrase"}'
   what to query: GET /worklists?department=BIOCHEMISTRY, GET /critical-results, GET /turnaround,

@@ -40,7 +40,8 @@ psql "$LIS_ADMIN_DATABASE_URL" -qc "DROP DATABASE IF EXISTS ${db} WITH (FORCE)"
 roles=(pathologist clinician phlebotomist technologist admin auditor)
 password="$(head -c 18 /dev/urandom | base64 -w0)"
 for role in "${roles[@]}"; do
-  echo "$password" | "$bin" users add "st.${role}" --role "$role" >/dev/null
+  echo "$password" | "$bin" users add "st.${role}" --role "$role" \
+    --reason "a schemathesis run's ${role}" --actor schemathesis >/dev/null
 done
 
 # The read models are kept by the projection workers, as in production: without them a

@@ -122,8 +122,8 @@ enum KeysCommand {
         /// Why (recorded in `kek_rotations`).
         #[arg(long)]
         reason: String,
-        /// Who is rotating (recorded in `kek_rotations`).
-        #[arg(long, env = "USER", default_value = "operator")]
+        /// Who is rotating (recorded in `kek_rotations`; default: $USER).
+        #[arg(long, env = "USER")]
         actor: String,
     },
 }
@@ -161,10 +161,10 @@ enum UsersCommand {
         #[arg(long)]
         role: String,
         /// Why they are given access (recorded in `user_changes`).
-        #[arg(long, default_value = "added from the command line")]
+        #[arg(long)]
         reason: String,
-        /// Who is adding them (recorded in `user_changes`).
-        #[arg(long, env = "USER", default_value = "operator")]
+        /// Who is adding them (recorded in `user_changes`; default: $USER).
+        #[arg(long, env = "USER")]
         actor: String,
     },
     /// Every user: name, role, whether disabled.
@@ -191,8 +191,8 @@ struct AccountChange {
     /// Why (recorded in `user_changes`).
     #[arg(long)]
     reason: String,
-    /// Who is making the change (recorded in `user_changes`).
-    #[arg(long, env = "USER", default_value = "operator")]
+    /// Who is making the change (recorded in `user_changes`; default: $USER).
+    #[arg(long, env = "USER")]
     actor: String,
 }
 

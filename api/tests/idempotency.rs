@@ -14,7 +14,16 @@ async fn a_claimed_key_holds_no_transaction_id_until_its_response_is_stored() {
     let mut headers = HeaderMap::new();
     headers.insert("idempotency-key", "order/42 retry".parse().unwrap());
     let body = br#"{"tests": ["K"]}"#;
-    let attempt = || claim(&db.app, &headers, "reception.1", body, StatusCode::CREATED);
+    let attempt = || {
+        claim(
+            &db.app,
+            &headers,
+            "reception.1",
+            "POST /orders",
+            body,
+            StatusCode::CREATED,
+        )
+    };
     let Ok(Claim::Run(Some(held))) = attempt().await else {
         panic!("the first attempt runs its command");
     };

@@ -88,7 +88,9 @@ CREATE TRIGGER users_no_truncate BEFORE TRUNCATE ON users
 -- The record of each change, written as the owner: the application role cannot write
 -- `user_changes` itself, only change `users` and have the change recorded.
 CREATE FUNCTION users_record() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS
+    -- pg_temp last: otherwise a session's temporary table named user_changes would take
+    -- the record's place (temporary tables are searched first unless placed).
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS
 $$
 DECLARE
     actor      text := btrim(current_setting('lis.actor_id', true));
@@ -97,22 +99,22 @@ DECLARE
     request    text := nullif(current_setting('lis.request_id', true), '');
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        INSERT INTO user_changes (username, change, role_after, actor_id, actor_role, reason, request_id)
+        INSERT INTO public.user_changes (username, change, role_after, actor_id, actor_role, reason, request_id)
         VALUES (NEW.username, 'added', NEW.role, actor, actor_role, why, request);
         RETURN NULL;
     END IF;
     IF NEW.role <> OLD.role THEN
-        INSERT INTO user_changes (username, change, role_before, role_after, actor_id, actor_role, reason, request_id)
+        INSERT INTO public.user_changes (username, change, role_before, role_after, actor_id, actor_role, reason, request_id)
         VALUES (NEW.username, 'role-changed', OLD.role, NEW.role, actor, actor_role, why, request);
     END IF;
     IF NEW.disabled <> OLD.disabled THEN
-        INSERT INTO user_changes (username, change, role_before, role_after, actor_id, actor_role, reason, request_id)
+        INSERT INTO public.user_changes (username, change, role_before, role_after, actor_id, actor_role, reason, request_id)
         VALUES (NEW.username, CASE WHEN NEW.disabled THEN 'disabled' ELSE 'enabled' END,
                 OLD.role, NEW.role, actor, actor_role, why, request);
     END IF;
     -- A password set by its own user is changed; by anyone else, reset.
     IF NEW.password_hash <> OLD.password_hash THEN
-        INSERT INTO user_changes (username, change, role_before, role_after, actor_id, actor_role, reason, request_id)
+        INSERT INTO public.user_changes (username, change, role_before, role_after, actor_id, actor_role, reason, request_id)
         VALUES (NEW.username, CASE WHEN actor = NEW.username THEN 'password-changed' ELSE 'password-reset' END,
                 OLD.role, NEW.role, actor, actor_role, why, request);
     END IF;
@@ -123,8 +125,17 @@ REVOKE ALL ON FUNCTION users_record() FROM PUBLIC;
 CREATE TRIGGER users_record AFTER INSERT OR UPDATE ON users
     FOR EACH ROW EXECUTE FUNCTION users_record();
 
+-- A person's role only (`system` is the ledger itself). NOT VALID: an account made
+-- before this check is left as it is (log-in refuses a system account anyway).
+ALTER TABLE users ADD CONSTRAINT users_person_role
+    CHECK (role IN ('reception', 'phlebotomist', 'technologist', 'pathologist', 'clinician',
+                    'auditor', 'analyst', 'admin')) NOT VALID;
+
 REVOKE ALL ON user_changes FROM PUBLIC;
 -- The ledger reads the record (auditors; the API's view of revoked tokens) and changes
 -- a user's role, password and whether they are disabled; never the record itself.
 GRANT SELECT ON user_changes TO lisledger_app;
+-- The ledger names a new user's name, role and password; the database sets the rest.
+REVOKE INSERT ON users FROM lisledger_app;
+GRANT INSERT (username, role, password_hash) ON users TO lisledger_app;
 GRANT UPDATE (role, password_hash, disabled) ON users TO lisledger_app;

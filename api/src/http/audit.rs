@@ -393,7 +393,7 @@ pub async fn activity(
     });
     if after.is_none() {
         let most = i64::from(super::params::MAX_LIMIT);
-        let (reads, more) = break_glass_reads(&s, Some(&user), &q, None, most).await?;
+        let (reads, more) = break_glass_of(&s, &user, &q, most).await?;
         answer["break_glass"] = json!(reads);
         answer["break_glass_truncated"] = json!(more.is_some());
     }
@@ -411,42 +411,52 @@ pub async fn break_glass(
     caller.require(Action::ReadAudit)?;
     let limit = q.check()?;
     let after = q.cursor()?;
-    let (reads, next_after) = break_glass_reads(&s, None, &q, after, limit).await?;
+    let (reads, next_after) = break_glass_page(&s, &q, after, limit).await?;
     Ok(Json(
         json!({ "from": q.from, "to": q.to, "reads": reads, "next_after": next_after }),
     ))
 }
 
-/// Up to `limit` break-glass reads in `range` after the cursor `after` (a read's time
-/// and id), of one actor or of all, and the cursor of the next page if there is more
-/// (one statement per shape, each an index range scan in (at, id) order).
-async fn break_glass_reads(
+/// The break-glass reads in `range`, oldest first, with `filter` appended to the
+/// condition.
+macro_rules! break_glass_reads {
+    ($filter:literal) => {
+        concat!(
+            "SELECT json_build_object(
+               'at', at, 'actor', actor_id, 'role', actor_role, 'reason', reason,
+               'resource', resource, 'request_id', request_id), at, id
+               FROM break_glass_log WHERE at >= $1 AND at < $2",
+            $filter,
+            " ORDER BY at, id LIMIT $3"
+        )
+    };
+}
+
+/// A page of every break-glass read in `range` after the cursor `after`, and the cursor
+/// of the next page if there is more (an index range scan in (at, id) order).
+async fn break_glass_page(
     s: &AppState,
-    actor: Option<&str>,
     range: &PagedRange,
     after: Option<(DateTime<Utc>, i64)>,
     limit: i64,
 ) -> Result<(Vec<Value>, Option<String>), Problem> {
-    macro_rules! reads {
-        ($filter:literal) => {
-            concat!(
-                "SELECT json_build_object(
-                   'at', at, 'actor', actor_id, 'role', actor_role, 'reason', reason,
-                   'resource', resource, 'request_id', request_id), at, id
-                   FROM break_glass_log WHERE at >= $1 AND at < $2",
-                $filter,
-                " ORDER BY at, id LIMIT $3"
-            )
-        };
-    }
-    let sql = match actor {
-        None => [reads!(""), reads!(" AND (at, id) > ($4, $5)")],
-        Some(_) => [
-            reads!(" AND actor_id = $4"),
-            reads!(" AND (at, id) > ($4, $5) AND actor_id = $6"),
-        ],
-    };
-    page_of(s, sql, range, after, actor, limit).await
+    let sql = [
+        break_glass_reads!(""),
+        break_glass_reads!(" AND (at, id) > ($4, $5)"),
+    ];
+    page_of(s, sql, range, after, None, limit).await
+}
+
+/// The first `limit` break-glass reads of one actor in `range`, and whether there are
+/// more (a cursor, unused: their activity shows them on its first page).
+async fn break_glass_of(
+    s: &AppState,
+    actor: &str,
+    range: &PagedRange,
+    limit: i64,
+) -> Result<(Vec<Value>, Option<String>), Problem> {
+    let sql = break_glass_reads!(" AND actor_id = $4");
+    page_of(s, [sql, sql], range, None, Some(actor), limit).await
 }
 
 /// One page of a table keyed by (time, id): read by `sql[0]` for the first page, by

@@ -91,6 +91,19 @@ fn verify(config: &AuthConfig, token: &str) -> Result<Claims, Problem> {
 pub struct Caller {
     pub actor: Actor,
     pub context: CommandContext,
+    /// The request's method and path (`POST /results/…/verify`): what an
+    /// `Idempotency-Key` is bound to, with the body.
+    pub request: String,
+    /// The token's user generation and expiry (seconds since the epoch): a long-lived
+    /// answer (an event stream) checks them again as it goes.
+    pub token: TokenStanding,
+}
+
+/// What a verified token says of its own validity.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenStanding {
+    pub generation: i64,
+    pub expires: u64,
 }
 
 impl Caller {
@@ -147,7 +160,15 @@ impl FromRequestParts<AppState> for Caller {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip().to_string());
-        Ok(Self { actor, context })
+        Ok(Self {
+            actor,
+            context,
+            request: format!("{} {}", parts.method, parts.uri.path()),
+            token: TokenStanding {
+                generation: claims.generation,
+                expires: claims.exp,
+            },
+        })
     }
 }
 
@@ -270,7 +291,8 @@ pub async fn check_password(
     Ok(match (ok, row) {
         (true, Some((name, role, _, generation))) => {
             match (ActorId::parse(&name), Role::parse(&role)) {
-                (Ok(id), Ok(role)) => Some((id, role, generation)),
+                // `system` is the ledger itself: no person logs in as it.
+                (Ok(id), Ok(role)) if role != Role::System => Some((id, role, generation)),
                 _ => None,
             }
         }

@@ -3,8 +3,9 @@
 //!
 //! The key is claimed (a row per caller and key, with the command id the attempt will
 //! write its events with) before the command runs, and the attempt holds the key's lock
-//! until its response is stored with it. A retry with the same body gets the stored
-//! response; the same key with a different body is refused (422); a retry while the
+//! until its response is stored with it. A retry of the same request (method, path and
+//! body) gets the stored response; the same key with another request is refused (422);
+//! a retry while the
 //! first attempt still holds the lock gets 409.
 //!
 //! The lock is a transaction-level advisory lock, not a row lock: a row lock gives the
@@ -65,12 +66,14 @@ pub fn is_key(k: &str) -> bool {
         && k.as_bytes().last().is_some_and(visible)
 }
 
-/// Claims `Idempotency-Key` for this caller and body, or finds its response. `ok` is the
-/// status the command answers with when it succeeds (for an answer rebuilt from events).
+/// Claims `Idempotency-Key` for this caller and request (`request`: its method and path;
+/// `body`), or finds its response. `ok` is the status the command answers with when it
+/// succeeds (for an answer rebuilt from events).
 pub async fn claim(
     pool: &PgPool,
     headers: &HeaderMap,
     actor: &str,
+    request: &str,
     body: &[u8],
     ok: StatusCode,
 ) -> Result<Claim, Problem> {
@@ -86,7 +89,15 @@ pub async fn claim(
             )
         })?
         .to_string();
-    let hash = Sha256::digest(body).to_vec();
+    // The method and path as well as the body: the same body sent to another resource
+    // (`{}` to verify another result, a reason to disable another user) is another
+    // request, not a retry.
+    let hash = Sha256::new()
+        .chain_update(request.as_bytes())
+        .chain_update(b"\n")
+        .chain_update(body)
+        .finalize()
+        .to_vec();
     let inserted = sqlx::query(
         "INSERT INTO idempotency_keys (actor_id, key, request_sha256, events_after)
          VALUES ($1, $2, $3, (SELECT coalesce(max(position), 0) FROM events))
@@ -116,7 +127,7 @@ pub async fn claim(
             "idempotency-key-reused",
             "Idempotency-Key reused",
         )
-        .detail("this Idempotency-Key was used with a different request body"));
+        .detail("this Idempotency-Key was used with a different request (method, path or body)"));
     }
     let mut tx = claims_pool(pool).begin().await?;
     // The lock first, in a statement of its own: the read below then sees what an

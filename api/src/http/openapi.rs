@@ -365,7 +365,7 @@ fn operation(e: &Endpoint, generator: &mut SchemaGenerator) -> Value {
             "content": { "application/json": { "schema": body(generator) } } });
         if e.secured() {
             params.push(json!({ "name": "Idempotency-Key", "in": "header", "required": false,
-                "description": "Retries with the same key and body get the first answer; the same key with another body is refused (422)",
+                "description": "Retries of the same request (method, path and body) with the same key get the first answer; the same key with another request is refused (422)",
                 "schema": { "type": "string", "minLength": 1, "maxLength": super::idempotency::KEY_MAX, "pattern": "^[!-~]([ -~]*[!-~])?$" } }));
         }
     }

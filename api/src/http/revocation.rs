@@ -9,25 +9,34 @@
 //! in memory, so a request costs no database round trip. It reloads them when
 //! `user_changes` has grown, polled every [`POLL`], and at once after a change it made
 //! itself: a change holds at once on the instance that made it, and on the others within
-//! about a second.
+//! about a second. Refreshes run one at a time, so an older read never overwrites a newer
+//! one. If the records cannot be read for [`STALE`] (the database away), tokens are not
+//! trusted on old knowledge: requests are answered 503 until a read succeeds.
 
 use super::problem::Problem;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often each instance looks for changes to users.
 pub const POLL: Duration = Duration::from_secs(1);
+
+/// How old what an instance knows may be before it stops admitting tokens on it.
+pub const STALE: Duration = Duration::from_secs(10);
 
 /// What this instance knows of users whose tokens may have been revoked.
 #[derive(Default)]
 pub struct Revocations {
     known: RwLock<Known>,
+    /// Held by the refresh under way.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
 struct Known {
+    /// When the records were last read (whether or not they had changed).
+    read_at: Option<Instant>,
     /// `user_changes`' row count and largest id when `users` was last read: the record is
     /// append-only, so any change committed since moves the count.
     mark: (i64, i64),
@@ -59,12 +68,18 @@ impl Revocations {
 
     /// Reloads the users' generations if `user_changes` has grown since the last load.
     pub async fn refresh(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        let read_at = Instant::now();
         let mark: (i64, i64) =
             sqlx::query_as("SELECT count(*), coalesce(max(id), 0) FROM user_changes")
                 .fetch_one(pool)
                 .await?;
-        if self.known.read().map(|k| k.mark == mark).unwrap_or(false) {
-            return Ok(());
+        {
+            let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+            if known.read_at.is_some() && known.mark == mark {
+                known.read_at = Some(read_at);
+                return Ok(());
+            }
         }
         let rows: Vec<(String, i64, bool)> = sqlx::query_as(
             "SELECT username, token_generation, disabled FROM users
@@ -75,8 +90,18 @@ impl Revocations {
         let users = rows.into_iter().map(|(u, g, d)| (u, (g, d))).collect();
         // A lock poisoned by a panic elsewhere still holds a whole map: take it over.
         let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
-        *known = Known { mark, users };
+        *known = Known {
+            read_at: Some(read_at),
+            mark,
+            users,
+        };
         Ok(())
+    }
+
+    /// Whether the records were read within [`STALE`].
+    fn current(&self) -> bool {
+        let known = self.known.read().unwrap_or_else(|p| p.into_inner());
+        known.read_at.is_some_and(|at| at.elapsed() < STALE)
     }
 
     /// Whether a token of `user` issued under `generation` stands.
@@ -100,6 +125,11 @@ impl Revocations {
     /// token newer than this instance knows of (issued by another instance after a
     /// change not yet seen here) makes it look again first.
     pub async fn admit(&self, pool: &PgPool, user: &str, generation: i64) -> Result<(), Problem> {
+        if !self.current() {
+            return Err(Problem::unavailable(
+                "the user records could not be read lately, so no token can be confirmed; try again shortly",
+            ));
+        }
         let mut verdict = self.check(user, generation);
         if verdict == Verdict::Newer {
             self.refresh(pool).await?;

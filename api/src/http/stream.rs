@@ -3,10 +3,13 @@
 //! feed cursor (`<tx_id>:<position>`), so a client resumes with `Last-Event-ID` and
 //! neither misses nor repeats an event. Filter by `aggregate_type` and `event_type`.
 //! Analysts get de-identified events (no patient identity); auditors get them whole.
+//! A stream ends when its token expires or is revoked (the user disabled, given another
+//! role or a new password): it is checked again before every read of the store.
 
 use super::auth::{Action, Caller};
 use super::params::Params;
 use super::problem::{FieldProblem, Problem};
+use super::revocation::Verdict;
 use super::AppState;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -78,12 +81,23 @@ pub async fn events(
     let deidentify = caller.actor.role != Role::Auditor;
     let (aggregate_type, event_type) = (q.aggregate_type, q.event_type);
     let state = (s.pool.clone(), start, VecDeque::<Event>::new());
+    let (revocations, user, token) = (s.revocations.clone(), caller.actor.id, caller.token);
     let stream = futures::stream::unfold(state, move |(pool, mut at, mut pending)| {
         let (aggregate_type, event_type) = (aggregate_type.clone(), event_type.clone());
+        let (revocations, user) = (revocations.clone(), user.clone());
         async move {
             loop {
                 if let Some(event) = pending.pop_front() {
                     return Some((Ok(event), (pool, at, pending)));
+                }
+                let now = chrono::Utc::now().timestamp() as u64;
+                let revoked = matches!(
+                    revocations.check(user.as_str(), token.generation),
+                    Verdict::Revoked(_)
+                );
+                if revoked || now > token.expires {
+                    tracing::info!(user = %user, revoked, "event stream ended: its token expired or was revoked");
+                    return None;
                 }
                 match read_after(&pool, at, 500).await {
                     Ok(batch) if !batch.is_empty() => {

@@ -536,8 +536,9 @@ const CHANGES: [&str; 4] = ["disable", "enable", "role", "password"];
 /// `disable` (no log-in, tokens refused), `enable`, `role` (tokens in the old role
 /// refused) or `password` (tokens refused). Answers with the account as it now stands.
 ///
-/// An admin may not disable, enable or re-role their own account: a lab is never left
-/// without the admin who made the change, and nobody raises their own access.
+/// An admin may not change their own account this way: a lab is never left without the
+/// admin who made the change, nobody raises their own access, and a password is changed
+/// by its user only with the current one (`POST /auth/password`).
 pub async fn change_account(
     State(s): State<AppState>,
     caller: Caller,
@@ -552,11 +553,11 @@ pub async fn change_account(
     }
     caller.require(Action::ManageUsers)?;
     let user = id(&raw, ActorId::parse, "user")?;
-    if change != "password" && caller.actor.id == user {
+    if caller.actor.id == user {
         return Err(Problem::conflict(
             "own-account",
             "Not on your own account",
-            "another admin must disable, enable or change the role of your own account",
+            "another admin must change your own account; change your own password with POST /auth/password, giving the current one",
         ));
     }
     Ok(
