@@ -445,6 +445,25 @@ async fn an_admin_manages_users_and_a_changed_users_tokens_stop_working_at_once(
         }
     }
     assert_eq!(&paged, changes);
+    // Each user's activity holds the account changes they made, and those made to theirs.
+    for user in ["admin.1", "tech.9", "audit.1"] {
+        let (status, activity) =
+            get(&api, &auditor, &format!("/audit/actors/{user}?{range}")).await;
+        assert_eq!(status, StatusCode::OK, "{activity}");
+        let expected: Vec<&Value> = changes
+            .iter()
+            .filter(|c| c["user"] == user || c["actor"] == user)
+            .collect();
+        assert!(!expected.is_empty());
+        let got: Vec<&Value> = activity["account_changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .collect();
+        assert_eq!(got, expected, "{user}");
+        assert_eq!(activity["account_changes_truncated"], false);
+    }
+
     // Auditors read the accounts and the record; they change nothing.
     assert_eq!(get(&api, &auditor, "/users").await.0, StatusCode::OK);
     assert_eq!(

@@ -347,8 +347,25 @@ fn unstorable(at: &DateTime<Utc>, pointer: &str) -> Option<super::problem::Field
     })
 }
 
+/// The changes to user accounts in `range`, oldest first, with `filter` appended to the
+/// condition.
+macro_rules! user_changes {
+    ($filter:literal) => {
+        concat!(
+            "SELECT json_build_object(
+               'at', at, 'user', username, 'change', change, 'role_before', role_before,
+               'role_after', role_after, 'actor', actor_id, 'actor_role', actor_role,
+               'reason', reason, 'request_id', request_id), at, id
+               FROM user_changes WHERE at >= $1 AND at < $2",
+            $filter,
+            " ORDER BY at, id LIMIT $3"
+        )
+    };
+}
+
 /// Everything one user did in a time range, oldest first, a page at a time: the events
-/// they wrote, and (on the first page) their break-glass reads of patient identity.
+/// they wrote, and (on the first page) their break-glass reads of patient identity and
+/// the changes to user accounts they made or that were made to theirs.
 pub async fn activity(
     State(s): State<AppState>,
     caller: Caller,
@@ -396,6 +413,11 @@ pub async fn activity(
         let (reads, more) = break_glass_of(&s, &user, &q, most).await?;
         answer["break_glass"] = json!(reads);
         answer["break_glass_truncated"] = json!(more.is_some());
+        // The user administration they did, and what was done to their own account.
+        let sql = user_changes!(" AND (username = $4 OR actor_id = $4)");
+        let (changes, more) = page_of(&s, [sql, sql], &q, None, Some(&user), most).await?;
+        answer["account_changes"] = json!(changes);
+        answer["account_changes_truncated"] = json!(more.is_some());
     }
     Ok(Json(answer))
 }
@@ -522,20 +544,7 @@ pub async fn user_changes(
     caller.require(Action::ReadAudit)?;
     let limit = q.check()?;
     let after = q.cursor()?;
-    macro_rules! changes {
-        ($after:literal) => {
-            concat!(
-                "SELECT json_build_object(
-                   'at', at, 'user', username, 'change', change, 'role_before', role_before,
-                   'role_after', role_after, 'actor', actor_id, 'actor_role', actor_role,
-                   'reason', reason, 'request_id', request_id), at, id
-                   FROM user_changes WHERE at >= $1 AND at < $2",
-                $after,
-                " ORDER BY at, id LIMIT $3"
-            )
-        };
-    }
-    let sql = [changes!(""), changes!(" AND (at, id) > ($4, $5)")];
+    let sql = [user_changes!(""), user_changes!(" AND (at, id) > ($4, $5)")];
     let (changes, next_after) = page_of(&s, sql, &q, after, None, limit).await?;
     Ok(Json(
         json!({ "from": q.from, "to": q.to, "changes": changes, "next_after": next_after }),

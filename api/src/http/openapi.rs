@@ -181,7 +181,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     get("/turnaround", "Turnaround per test, priority and stage", "lab"),
     get("/audit/{kind}/{id}", "Full history with actors, reasons and field diffs; as_of for the state at an instant; format=csv", "audit").query::<audit::HistoryQuery>(),
     get("/audit/verification", "Recompute every hash chain and check the audit seals now", "audit"),
-    get("/audit/actors/{user}", "Everything one user did between from and to, a page at a time (limit, after = the previous page's next_after; complete once the range has ended): events written, and break-glass reads (up to 10,000, break_glass_truncated when cut) on the first page", "audit").query::<audit::PagedRange>(),
+    get("/audit/actors/{user}", "Everything one user did between from and to, a page at a time (limit, after = the previous page's next_after; complete once the range has ended): events written; on the first page, break-glass reads and changes to user accounts made by or to the user (up to 10,000 each, *_truncated when cut)", "audit").query::<audit::PagedRange>(),
     get("/audit/break-glass", "Break-glass reads of patient identity between from and to, a page at a time (limit, after = the previous page's next_after): who, role, reason, what, request id", "audit").query::<audit::PagedRange>(),
     get("/audit/key-rotations", "Rotations of the key-encryption key: when, by whom, why, from which KEK id to which, how many keys", "audit"),
     get("/audit/users", "Every change to a user account between from and to, a page at a time (limit, after = the previous page's next_after): added, disabled, enabled, role changed or password reset; by whom, in what role, why, in which request", "audit").query::<audit::PagedRange>(),
