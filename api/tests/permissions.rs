@@ -85,6 +85,7 @@ const GOVERNED_BY: &[(&str, &str)] = &[
     ("GET /audit/break-glass", "audit history"),
     ("GET /audit/key-rotations", "audit history"),
     ("GET /audit/users", "audit history"),
+    ("GET /audit/logins", "audit history"),
     ("GET /users", "list users"),
     ("POST /auth/password", "change one's own password"),
     ("POST /users", "manage users"),

@@ -464,6 +464,49 @@ async fn an_admin_manages_users_and_a_changed_users_tokens_stop_working_at_once(
         assert_eq!(activity["account_changes_truncated"], false);
     }
 
+    // Every log-in attempt is recorded: who, whether it succeeded; a name that is no
+    // account is not kept.
+    assert_eq!(
+        login(&api, "no.such.user", "perhaps a password").await,
+        Err(StatusCode::UNAUTHORIZED)
+    );
+    let (status, record) = get(&api, &auditor, &format!("/audit/logins?{range}")).await;
+    assert_eq!(status, StatusCode::OK, "{record}");
+    let attempts: Vec<(Option<&str>, bool)> = record["logins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            assert_eq!(l["client_addr"], "127.0.0.1", "{l}");
+            (l["user"].as_str(), l["succeeded"].as_bool().unwrap())
+        })
+        .collect();
+    let (ok, refused) = (true, false);
+    assert_eq!(
+        attempts,
+        [
+            (Some("admin.1"), ok),
+            (Some("tech.9"), ok),
+            (Some("tech.9"), refused), // disabled
+            (Some("tech.9"), ok),
+            (Some("tech.9"), ok),      // the new role
+            (Some("tech.9"), refused), // the old password
+            (Some("tech.9"), ok),
+            (Some("tech.9"), ok), // their own new password
+            (Some("admin.1"), ok),
+            (Some("audit.1"), ok),
+            (None, refused),
+        ]
+    );
+    let (_, activity) = get(&api, &auditor, &format!("/audit/actors/tech.9?{range}")).await;
+    assert_eq!(
+        activity["logins"].as_array().unwrap().len(),
+        7,
+        "{activity}"
+    );
+    let (_, list) = get(&api, &admin, "/users").await;
+    assert!(list["users"][0]["last_login"].is_string(), "{list}");
+
     // Auditors read the accounts and the record; they change nothing.
     assert_eq!(get(&api, &auditor, "/users").await.0, StatusCode::OK);
     assert_eq!(
@@ -677,6 +720,12 @@ async fn the_database_records_every_change_to_users_and_refuses_edits_of_the_rec
         }
     }
     let named = "SELECT set_config('lis.actor_id', 'it.ops', true), set_config('lis.actor_role', 'operator', true), set_config('lis.reason', 'test', true)";
+    sqlx::query(
+        "INSERT INTO logins (username, succeeded, client_addr) VALUES ('tech.1', true, '10.0.0.9')",
+    )
+    .execute(&db.app)
+    .await
+    .unwrap();
     let (trigger, privileges) = ("never", "permission denied");
     let append_only = "is append-only";
     for (pool, sql, refusal) in [
@@ -694,6 +743,12 @@ async fn the_database_records_every_change_to_users_and_refuses_edits_of_the_rec
         (&db.owner, "UPDATE user_changes SET reason = 'other'", append_only),
         (&db.owner, "DELETE FROM user_changes", append_only),
         (&db.owner, "TRUNCATE user_changes", append_only),
+        (&db.app, "INSERT INTO logins (at, username, succeeded) VALUES ('2001-01-01', 'tech.1', true)", privileges),
+        (&db.app, "UPDATE logins SET succeeded = false", privileges),
+        (&db.app, "DELETE FROM logins", privileges),
+        (&db.owner, "UPDATE logins SET succeeded = false", append_only),
+        (&db.owner, "DELETE FROM logins", append_only),
+        (&db.owner, "TRUNCATE logins", append_only),
     ] {
         let mut tx = pool.begin().await.unwrap();
         sqlx::query(named).execute(&mut *tx).await.unwrap();

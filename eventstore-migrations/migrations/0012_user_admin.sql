@@ -1,5 +1,5 @@
--- User administration, recorded (GET /users, POST /users…, `lisledger users …`,
--- GET /audit/users; docs/security.md).
+-- User administration and log-ins, recorded (GET /users, POST /users…, `lisledger users …`,
+-- GET /audit/users, GET /audit/logins; docs/security.md).
 --
 -- Who may release results, and since when, is part of the audit trail: an assessor asks
 -- who gave a person the pathologist role, when and why, and when their access ended.
@@ -139,3 +139,28 @@ GRANT SELECT ON user_changes TO lisledger_app;
 REVOKE INSERT ON users FROM lisledger_app;
 GRANT INSERT (username, role, password_hash) ON users TO lisledger_app;
 GRANT UPDATE (role, password_hash, disabled) ON users TO lisledger_app;
+
+-- Every log-in attempt (POST /auth/login), for the auditors' review of who had access and
+-- used it (GET /audit/logins, and each user's on their activity): when, which account,
+-- whether it succeeded, from which address. An attempt naming no account keeps no name:
+-- what was typed there may be a password. Append-only; written by the ledger.
+CREATE TABLE logins
+(
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    username    text,
+    succeeded   boolean     NOT NULL,
+    client_addr text,
+    CHECK (username IS NOT NULL OR NOT succeeded)
+);
+CREATE INDEX logins_at ON logins (at, id);
+CREATE INDEX logins_by_user ON logins (username, at);
+CREATE TRIGGER logins_no_update BEFORE UPDATE ON logins
+    FOR EACH ROW EXECUTE FUNCTION lis_refuse_change();
+CREATE TRIGGER logins_no_delete BEFORE DELETE ON logins
+    FOR EACH ROW EXECUTE FUNCTION lis_refuse_change();
+CREATE TRIGGER logins_no_truncate BEFORE TRUNCATE ON logins
+    FOR EACH STATEMENT EXECUTE FUNCTION lis_refuse_change();
+REVOKE ALL ON logins FROM PUBLIC;
+GRANT SELECT ON logins TO lisledger_app;
+GRANT INSERT (username, succeeded, client_addr) ON logins TO lisledger_app;

@@ -363,9 +363,23 @@ macro_rules! user_changes {
     };
 }
 
+/// The log-in attempts in `range`, oldest first, with `filter` appended to the condition.
+macro_rules! logins {
+    ($filter:literal) => {
+        concat!(
+            "SELECT json_build_object(
+               'at', at, 'user', username, 'succeeded', succeeded, 'client_addr', client_addr),
+                    at, id
+               FROM logins WHERE at >= $1 AND at < $2",
+            $filter,
+            " ORDER BY at, id LIMIT $3"
+        )
+    };
+}
+
 /// Everything one user did in a time range, oldest first, a page at a time: the events
-/// they wrote, and (on the first page) their break-glass reads of patient identity and
-/// the changes to user accounts they made or that were made to theirs.
+/// they wrote, and (on the first page) their break-glass reads of patient identity, the
+/// changes to user accounts they made or that were made to theirs, and their log-ins.
 pub async fn activity(
     State(s): State<AppState>,
     caller: Caller,
@@ -418,6 +432,10 @@ pub async fn activity(
         let (changes, more) = page_of(&s, [sql, sql], &q, None, Some(&user), most).await?;
         answer["account_changes"] = json!(changes);
         answer["account_changes_truncated"] = json!(more.is_some());
+        let sql = logins!(" AND username = $4");
+        let (logins, more) = page_of(&s, [sql, sql], &q, None, Some(&user), most).await?;
+        answer["logins"] = json!(logins);
+        answer["logins_truncated"] = json!(more.is_some());
     }
     Ok(Json(answer))
 }
@@ -548,6 +566,24 @@ pub async fn user_changes(
     let (changes, next_after) = page_of(&s, sql, &q, after, None, limit).await?;
     Ok(Json(
         json!({ "from": q.from, "to": q.to, "changes": changes, "next_after": next_after }),
+    ))
+}
+
+/// Every log-in attempt in a time range, oldest first, a page at a time: when, which
+/// account (none for a name that is no account), whether it succeeded, from where
+/// (`logins`, append-only).
+pub async fn logins(
+    State(s): State<AppState>,
+    caller: Caller,
+    Params(q): Params<PagedRange>,
+) -> Result<Json<Value>, Problem> {
+    caller.require(Action::ReadAudit)?;
+    let limit = q.check()?;
+    let after = q.cursor()?;
+    let sql = [logins!(""), logins!(" AND (at, id) > ($4, $5)")];
+    let (logins, next_after) = page_of(&s, sql, &q, after, None, limit).await?;
+    Ok(Json(
+        json!({ "from": q.from, "to": q.to, "logins": logins, "next_after": next_after }),
     ))
 }
 

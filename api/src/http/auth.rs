@@ -259,17 +259,25 @@ pub fn allowed(role: Role, action: Action) -> bool {
     }
 }
 
-/// The user, role and token generation if `password` is theirs (and they are not
-/// disabled). Always spends the hashing time, so that a wrong user name (or a disabled
-/// user) cannot be told from a wrong password by timing.
+/// What a password check found.
+pub struct PasswordCheck {
+    /// The account named, if there is one (disabled or not).
+    pub account: Option<String>,
+    /// The user, role and token generation, if the password is theirs and they may log in
+    /// (not disabled, and a person's role).
+    pub granted: Option<(ActorId, Role, i64)>,
+}
+
+/// Checks `password` against `user`'s. Always spends the hashing time, so that a wrong
+/// user name (or a disabled user) cannot be told from a wrong password by timing.
 pub async fn check_password(
     pool: &PgPool,
     user: &str,
     password: &str,
-) -> Result<Option<(ActorId, Role, i64)>, sqlx::Error> {
-    let row: Option<(String, String, String, i64)> = sqlx::query_as(
-        "SELECT username, role, password_hash, token_generation FROM users
-          WHERE username = $1 AND NOT disabled",
+) -> Result<PasswordCheck, sqlx::Error> {
+    let row: Option<(String, String, String, i64, bool)> = sqlx::query_as(
+        "SELECT username, role, password_hash, token_generation, disabled FROM users
+          WHERE username = $1",
     )
     .bind(user)
     .fetch_optional(pool)
@@ -288,8 +296,9 @@ pub async fn check_password(
     })
     .await
     .unwrap_or(false);
-    Ok(match (ok, row) {
-        (true, Some((name, role, _, generation))) => {
+    let account = row.as_ref().map(|r| r.0.clone());
+    let granted = match (ok, row) {
+        (true, Some((name, role, _, generation, false))) => {
             match (ActorId::parse(&name), Role::parse(&role)) {
                 // `system` is the ledger itself: no person logs in as it.
                 (Ok(id), Ok(role)) if role != Role::System => Some((id, role, generation)),
@@ -297,5 +306,6 @@ pub async fn check_password(
             }
         }
         _ => None,
-    })
+    };
+    Ok(PasswordCheck { account, granted })
 }

@@ -156,6 +156,7 @@ pub fn router(state: AppState) -> Router {
         .route("/audit/break-glass", get(audit::break_glass))
         .route("/audit/key-rotations", get(audit::key_rotations))
         .route("/audit/users", get(audit::user_changes))
+        .route("/audit/logins", get(audit::logins))
         .route("/audit/{kind}/{id}", get(audit::history))
         .route("/events/stream", get(stream::events))
         .route("/analytics/{report}", get(analytics::report))
@@ -349,9 +350,23 @@ struct Token {
     role: lis_domain::actor::Role,
 }
 
-async fn login(State(s): State<AppState>, body: Bytes) -> Result<Json<serde_json::Value>, Problem> {
+async fn login(
+    State(s): State<AppState>,
+    connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, Problem> {
     let login: Login = body::parse(&body)?;
-    match auth::check_password(&s.pool, login.username.trim(), &login.password).await? {
+    let check = auth::check_password(&s.pool, login.username.trim(), &login.password).await?;
+    // Every attempt is recorded before it is answered; one naming no account keeps no
+    // name (what was typed may be a password).
+    sqlx::query("INSERT INTO logins (username, succeeded, client_addr) VALUES ($1, $2, $3)")
+        .bind(&check.account)
+        .bind(check.granted.is_some())
+        .bind(connect.map(|c| c.0 .0.ip().to_string()))
+        .execute(&s.pool)
+        .await?;
+    let account = check.account.unwrap_or_else(|| "(no such account)".into());
+    match check.granted {
         Some((user, role, generation)) => {
             let (token, ttl) = auth::issue(&s.auth, &user, role, generation)?;
             tracing::info!(user = %user, role = %role, "login");
@@ -363,7 +378,7 @@ async fn login(State(s): State<AppState>, body: Bytes) -> Result<Json<serde_json
             })))
         }
         None => {
-            tracing::warn!(user = %login.username, "failed login");
+            tracing::warn!(account, "failed login");
             Err(Problem::unauthorized("wrong user name or password"))
         }
     }

@@ -205,6 +205,17 @@ pub(super) struct Account {
     role: String,
     disabled: bool,
     created_at: DateTime<Utc>,
+    /// The last successful log-in, if any.
+    last_login: Option<DateTime<Utc>>,
+}
+
+/// An account's row as [`Account`] reads it.
+macro_rules! account_sql {
+    () => {
+        "SELECT username, role, disabled, created_at,
+                (SELECT max(at) FROM logins l WHERE l.username = u.username AND succeeded) AS last_login
+           FROM users u"
+    };
 }
 
 /// Opens the transaction of a change, naming who makes it for the record.
@@ -380,20 +391,17 @@ pub async fn reset_password(
 
 /// Every account, by name.
 pub async fn list(pool: &PgPool) -> Result<Vec<Value>, sqlx::Error> {
-    let accounts: Vec<Account> =
-        sqlx::query_as("SELECT username, role, disabled, created_at FROM users ORDER BY username")
-            .fetch_all(pool)
-            .await?;
+    let accounts: Vec<Account> = sqlx::query_as(concat!(account_sql!(), " ORDER BY username"))
+        .fetch_all(pool)
+        .await?;
     Ok(accounts.iter().map(|a| json!(a)).collect())
 }
 
 async fn account(pool: &PgPool, user: &ActorId) -> Result<Value, Problem> {
-    let account: Account = sqlx::query_as(
-        "SELECT username, role, disabled, created_at FROM users WHERE username = $1",
-    )
-    .bind(user.as_str())
-    .fetch_one(pool)
-    .await?;
+    let account: Account = sqlx::query_as(concat!(account_sql!(), " WHERE username = $1"))
+        .bind(user.as_str())
+        .fetch_one(pool)
+        .await?;
     Ok(json!(account))
 }
 
@@ -497,7 +505,7 @@ pub async fn change_own_password(
                 }])
             };
             let current = super::auth::check_password(&s.pool, user.as_str(), &b.current_password);
-            if current.await?.is_none() {
+            if current.await?.granted.is_none() {
                 return Err(field("/current_password", "not your current password"));
             }
             if b.new_password.0 == b.current_password {
