@@ -347,6 +347,21 @@ fn unstorable(at: &DateTime<Utc>, pointer: &str) -> Option<super::problem::Field
     })
 }
 
+/// The break-glass reads in `range`, oldest first, with `filter` appended to the
+/// condition.
+macro_rules! break_glass_reads {
+    ($filter:literal) => {
+        concat!(
+            "SELECT json_build_object(
+               'at', at, 'actor', actor_id, 'role', actor_role, 'reason', reason,
+               'resource', resource, 'request_id', request_id), at, id
+               FROM break_glass_log WHERE at >= $1 AND at < $2",
+            $filter,
+            " ORDER BY at, id LIMIT $3"
+        )
+    };
+}
+
 /// The changes to user accounts in `range`, oldest first, with `filter` appended to the
 /// condition.
 macro_rules! user_changes {
@@ -448,43 +463,11 @@ pub async fn break_glass(
     caller: Caller,
     Params(q): Params<PagedRange>,
 ) -> Result<Json<Value>, Problem> {
-    caller.require(Action::ReadAudit)?;
-    let limit = q.check()?;
-    let after = q.cursor()?;
-    let (reads, next_after) = break_glass_page(&s, &q, after, limit).await?;
-    Ok(Json(
-        json!({ "from": q.from, "to": q.to, "reads": reads, "next_after": next_after }),
-    ))
-}
-
-/// The break-glass reads in `range`, oldest first, with `filter` appended to the
-/// condition.
-macro_rules! break_glass_reads {
-    ($filter:literal) => {
-        concat!(
-            "SELECT json_build_object(
-               'at', at, 'actor', actor_id, 'role', actor_role, 'reason', reason,
-               'resource', resource, 'request_id', request_id), at, id
-               FROM break_glass_log WHERE at >= $1 AND at < $2",
-            $filter,
-            " ORDER BY at, id LIMIT $3"
-        )
-    };
-}
-
-/// A page of every break-glass read in `range` after the cursor `after`, and the cursor
-/// of the next page if there is more (an index range scan in (at, id) order).
-async fn break_glass_page(
-    s: &AppState,
-    range: &PagedRange,
-    after: Option<(DateTime<Utc>, i64)>,
-    limit: i64,
-) -> Result<(Vec<Value>, Option<String>), Problem> {
     let sql = [
         break_glass_reads!(""),
         break_glass_reads!(" AND (at, id) > ($4, $5)"),
     ];
-    page_of(s, sql, range, after, None, limit).await
+    audit_page(&s, &caller, &q, sql, "reads").await
 }
 
 /// The first `limit` break-glass reads of one actor in `range`, and whether there are
@@ -559,14 +542,8 @@ pub async fn user_changes(
     caller: Caller,
     Params(q): Params<PagedRange>,
 ) -> Result<Json<Value>, Problem> {
-    caller.require(Action::ReadAudit)?;
-    let limit = q.check()?;
-    let after = q.cursor()?;
     let sql = [user_changes!(""), user_changes!(" AND (at, id) > ($4, $5)")];
-    let (changes, next_after) = page_of(&s, sql, &q, after, None, limit).await?;
-    Ok(Json(
-        json!({ "from": q.from, "to": q.to, "changes": changes, "next_after": next_after }),
-    ))
+    audit_page(&s, &caller, &q, sql, "changes").await
 }
 
 /// Every log-in attempt in a time range, oldest first, a page at a time: when, which
@@ -577,13 +554,25 @@ pub async fn logins(
     caller: Caller,
     Params(q): Params<PagedRange>,
 ) -> Result<Json<Value>, Problem> {
+    let sql = [logins!(""), logins!(" AND (at, id) > ($4, $5)")];
+    audit_page(&s, &caller, &q, sql, "logins").await
+}
+
+/// An auditor's page of one of the append-only records keyed by (time, id), read by
+/// `sql` ([`page_of`]), its entries under `key`.
+async fn audit_page(
+    s: &AppState,
+    caller: &Caller,
+    q: &PagedRange,
+    sql: [&'static str; 2],
+    key: &str,
+) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadAudit)?;
     let limit = q.check()?;
     let after = q.cursor()?;
-    let sql = [logins!(""), logins!(" AND (at, id) > ($4, $5)")];
-    let (logins, next_after) = page_of(&s, sql, &q, after, None, limit).await?;
+    let (entries, next_after) = page_of(s, sql, q, after, None, limit).await?;
     Ok(Json(
-        json!({ "from": q.from, "to": q.to, "logins": logins, "next_after": next_after }),
+        json!({ "from": q.from, "to": q.to, key: entries, "next_after": next_after }),
     ))
 }
 
