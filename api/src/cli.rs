@@ -138,8 +138,8 @@ enum PatientsCommand {
         /// Why (recorded in the audit trail).
         #[arg(long)]
         reason: String,
-        /// Who is erasing (recorded as the actor, role admin).
-        #[arg(long, env = "USER", default_value = "operator")]
+        /// Who is erasing (recorded as the actor, role admin; default: $USER).
+        #[arg(long, env = "USER")]
         actor: String,
     },
 }

@@ -543,6 +543,7 @@ pub async fn serve(config: &Config, pool: PgPool) -> anyhow::Result<ExitCode> {
         in_flight: http::overload::InFlight::new(config.max_in_flight),
         seal_verifier: verifier(config).ok(),
         revocations,
+        password_strikes: Default::default(),
         cors_origins: config
             .cors_origins
             .iter()

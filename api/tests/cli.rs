@@ -250,11 +250,13 @@ async fn a_missing_malformed_or_different_kek_stops_start_up_naming_the_problem(
     let patient = uuid::Uuid::new_v4().to_string();
     let erase = |kek: Option<&str>| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_lisledger"));
-        c.args(["patients", "erase", &patient, "--reason", "test"])
-            .env("LIS_DATABASE_URL", db.url_as(APP_ROLE))
-            .env("LIS_KEK_FILE", "/nonexistent/lisledger-kek")
-            .env("RUST_LOG", "warn")
-            .env_remove("LIS_KEK");
+        c.args([
+            "patients", "erase", &patient, "--reason", "test", "--actor", "dpo.1",
+        ])
+        .env("LIS_DATABASE_URL", db.url_as(APP_ROLE))
+        .env("LIS_KEK_FILE", "/nonexistent/lisledger-kek")
+        .env("RUST_LOG", "warn")
+        .env_remove("LIS_KEK");
         if let Some(k) = kek {
             c.env("LIS_KEK", k);
         }
@@ -349,7 +351,15 @@ async fn keys_rotate_rewraps_under_the_new_kek_which_alone_then_opens_the_ledger
         [step("ledger-keys"), step("patient-keys"), step("finished")]
     );
     // The retired KEK alone is refused; the new one alone opens the vault and erases.
-    let erase = ["patients", "erase", patient.as_str(), "--reason", "asked"];
+    let erase = [
+        "patients",
+        "erase",
+        patient.as_str(),
+        "--reason",
+        "asked",
+        "--actor",
+        "dpo.1",
+    ];
     let (ok, text) = run(&erase, lis_tests::TEST_KEK, None);
     assert!(
         !ok && text.contains("is not the one this ledger's keys are wrapped with"),

@@ -92,6 +92,7 @@ impl Api {
             revocations: http::revocation::Revocations::start(db.app.clone())
                 .await
                 .unwrap(),
+            password_strikes: Default::default(),
         };
         http::prepare_read_models(&db.app).await.unwrap();
         let base = serve(state).await;
@@ -1125,6 +1126,7 @@ async fn with_postgresql_down_the_api_answers_503_never_500() {
         cors_origins: vec![],
         // Nothing revoked: the database is away.
         revocations: Default::default(),
+        password_strikes: Default::default(),
     };
     let base = serve(state).await;
     let client = Client::new();

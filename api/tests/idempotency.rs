@@ -1,7 +1,10 @@
 //! An `Idempotency-Key` claim against real PostgreSQL: while its command runs, the claim
 //! holds the key's lock but no transaction id (the ordered feed would otherwise hold
 //! back every event committed after it, for every read model); a retry meanwhile is a
-//! 409; once the response is stored, a retry gets it back.
+//! 409; once the response is stored, a retry gets it back. A key is one request: the same
+//! key and body sent to another path, or with another method, is refused; the request
+//! is kept as an HMAC under the server's key, not as a plain hash of a body that may hold
+//! a password.
 
 use axum::http::{HeaderMap, StatusCode};
 use lis_api::http::idempotency::{claim, finish, Claim};
@@ -14,16 +17,19 @@ async fn a_claimed_key_holds_no_transaction_id_until_its_response_is_stored() {
     let mut headers = HeaderMap::new();
     headers.insert("idempotency-key", "order/42 retry".parse().unwrap());
     let body = br#"{"tests": ["K"]}"#;
-    let attempt = || {
+    const SECRET: &[u8] = b"the server's token key, 32 bytes!";
+    let attempt_at = |request: &'static str| {
         claim(
             &db.app,
             &headers,
             "reception.1",
-            "POST /orders",
+            request,
             body,
+            SECRET,
             StatusCode::CREATED,
         )
     };
+    let attempt = || attempt_at("POST /orders");
     let Ok(Claim::Run(Some(held))) = attempt().await else {
         panic!("the first attempt runs its command");
     };
@@ -54,5 +60,35 @@ async fn a_claimed_key_holds_no_transaction_id_until_its_response_is_stored() {
         }
         _ => panic!("a retry after the answer was stored gets it back"),
     }
+    for other in [
+        "POST /orders/2f1c4c2e-2c1a-4e39-9a1b-3f3d2b1e0c11/tests",
+        "PUT /orders",
+    ] {
+        match attempt_at(other).await {
+            Err(p) => assert_eq!(
+                (p.status, p.kind),
+                (422, "idempotency-key-reused"),
+                "{other}"
+            ),
+            Ok(_) => panic!("{other}: the same key and body for another request was not refused"),
+        }
+    }
+    let stored: Vec<u8> = sqlx::query_scalar(
+        "SELECT request_sha256 FROM idempotency_keys WHERE key = 'order/42 retry'",
+    )
+    .fetch_one(&db.app)
+    .await
+    .unwrap();
+    use sha2::Digest;
+    let plain = sha2::Sha256::new()
+        .chain_update(b"POST /orders\n")
+        .chain_update(body)
+        .finalize();
+    assert_ne!(
+        stored,
+        plain.to_vec(),
+        "the request is kept as a plain hash"
+    );
+    assert_ne!(stored, sha2::Sha256::digest(body).to_vec());
     db.drop().await;
 }

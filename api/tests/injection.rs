@@ -359,8 +359,8 @@ async fn injection_strings_in_every_free_text_field_are_stored_verbatim_or_refus
             let new = e.text("POST /auth/password /new_password");
             let wrong = json!({"current_password": e.text("POST /auth/password /current_password"),
                                "new_password": new});
-            let (status, _) = c.post(own, "/auth/password", &wrong).await;
-            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+            c.refused(own, "/auth/password", wrong, "/current_password")
+                .await;
             let right = json!({"current_password": body["password"], "new_password": new});
             assert_eq!(
                 c.post(own, "/auth/password", &right).await.0,

@@ -620,10 +620,11 @@ async fn a_change_made_through_one_instance_holds_on_another_within_a_poll() {
         StatusCode::OK
     );
     let ended = tokio::time::timeout(Duration::from_secs(4), stream.text()).await;
-    assert!(
-        ended.is_ok(),
-        "the stream of a disabled user still runs after 4 s"
-    );
+    match ended {
+        Ok(Ok(_)) => {} // the server ended the stream: a whole, well-formed answer
+        Ok(Err(e)) => panic!("the stream broke rather than ended: {e}"),
+        Err(_) => panic!("the stream of a disabled user still runs after 4 s"),
+    }
 
     // One Idempotency-Key is one request: the same key and body sent to disable
     // another user is refused, not answered with the first user's account.
@@ -682,6 +683,35 @@ async fn a_change_made_through_one_instance_holds_on_another_within_a_poll() {
         StatusCode::OK
     );
     refused_within_a_poll(&b, &pathologist).await;
+
+    // A token cannot be used to guess the password behind it: after five wrong current
+    // passwords, even the right one is refused for a while.
+    let add = json!({ "username": "pw.9", "role": "clinician",
+                      "password": "pw nine passphrase", "reason": "guessing test" });
+    assert_eq!(a.post(&admin, "/users", &add).await.0, StatusCode::CREATED);
+    let stolen = login(&a, "pw.9", "pw nine passphrase").await.unwrap();
+    for guess in 0..5 {
+        let wrong = json!({ "current_password": format!("guess number {guess}"),
+                            "new_password": "the attacker's own" });
+        a.refused(&stolen, "/auth/password", wrong, "/current_password")
+            .await;
+    }
+    let right =
+        json!({ "current_password": "pw nine passphrase", "new_password": "the attacker's own" });
+    let r = a
+        .http
+        .post(format!("{}/auth/password", a.base))
+        .bearer_auth(&stolen)
+        .json(&right)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(
+        login(&a, "pw.9", "pw nine passphrase").await.is_ok(),
+        "the password was changed"
+    );
     assert_eq!(
         get(&a, &pathologist, "/worklists").await.0,
         StatusCode::UNAUTHORIZED
@@ -783,6 +813,51 @@ async fn the_database_records_every_change_to_users_and_refuses_edits_of_the_rec
     assert_eq!(shadowed, 0, "the change was recorded in a temporary table");
     tx.commit().await.unwrap();
 
+    // An operator of the session's own, placed before pg_catalog, does not run inside
+    // the guards: a password change still bumps the token generation.
+    let before: i64 =
+        sqlx::query_scalar("SELECT token_generation FROM users WHERE username = 'tech.1'")
+            .fetch_one(&db.app)
+            .await
+            .unwrap();
+    let mut tx = db.app.begin().await.unwrap();
+    sqlx::query(named).execute(&mut *tx).await.unwrap();
+    for sql in [
+        "CREATE SCHEMA evil",
+        "CREATE FUNCTION evil.same(text, text) RETURNS boolean LANGUAGE sql AS 'SELECT true'",
+        "CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.same)",
+        "SET LOCAL search_path = evil, pg_catalog, public",
+        "UPDATE users SET password_hash = 'another hash' WHERE username = 'tech.1'",
+    ] {
+        sqlx::query(sql).execute(&mut *tx).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let after: i64 =
+        sqlx::query_scalar("SELECT token_generation FROM users WHERE username = 'tech.1'")
+            .fetch_one(&db.app)
+            .await
+            .unwrap();
+    assert_eq!(
+        after,
+        before + 1,
+        "a password change left the token generation"
+    );
+    // Every trigger function of the ledger is pinned so, the ones to come included.
+    let unpinned: Vec<String> = sqlx::query_scalar(
+        "SELECT p.proname::text FROM pg_proc p
+           JOIN pg_namespace n ON n.oid = p.pronamespace
+           JOIN pg_language l ON l.oid = p.prolang
+          WHERE n.nspname = 'public' AND l.lanname = 'plpgsql'
+            AND NOT coalesce(p.proconfig::text LIKE '%search_path=pg_catalog%', false)",
+    )
+    .fetch_all(&db.owner)
+    .await
+    .unwrap();
+    assert!(
+        unpinned.is_empty(),
+        "functions without a pinned search_path: {unpinned:?}"
+    );
+
     // A change that names its actor is recorded, and bumps the token generation, in the
     // same transaction; a statement that changes nothing records nothing.
     let mut tx = db.app.begin().await.unwrap();
@@ -810,6 +885,7 @@ async fn the_database_records_every_change_to_users_and_refuses_edits_of_the_rec
         [
             ("added", "it.ops", "operator", "first user"),
             ("role-changed", "it.ops", "operator", "test"),
+            ("password-reset", "it.ops", "operator", "test"),
             ("disabled", "it.ops", "operator", "test"),
         ]
     );
@@ -818,6 +894,6 @@ async fn the_database_records_every_change_to_users_and_refuses_edits_of_the_rec
             .fetch_one(&db.app)
             .await
             .unwrap();
-    assert_eq!(generation, 2);
+    assert_eq!(generation, 3);
     db.drop().await;
 }

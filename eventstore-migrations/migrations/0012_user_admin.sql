@@ -49,7 +49,7 @@ SELECT username, 'existing', role, 'migration 0012', 'system',
 
 -- What a change must name, and what never changes; bumps the token generation.
 CREATE FUNCTION users_guard() RETURNS trigger
-    LANGUAGE plpgsql AS
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
 $$
 BEGIN
     IF TG_OP = 'DELETE' THEN
@@ -112,10 +112,13 @@ BEGIN
         VALUES (NEW.username, CASE WHEN NEW.disabled THEN 'disabled' ELSE 'enabled' END,
                 OLD.role, NEW.role, actor, actor_role, why, request);
     END IF;
-    -- A password set by its own user is changed; by anyone else, reset.
+    -- A password its own user set, giving the current one (POST /auth/password says so in
+    -- lis.own_password), is changed; one set by anyone else is reset.
     IF NEW.password_hash <> OLD.password_hash THEN
         INSERT INTO public.user_changes (username, change, role_before, role_after, actor_id, actor_role, reason, request_id)
-        VALUES (NEW.username, CASE WHEN actor = NEW.username THEN 'password-changed' ELSE 'password-reset' END,
+        VALUES (NEW.username,
+                CASE WHEN actor = NEW.username AND current_setting('lis.own_password', true) = 'yes'
+                     THEN 'password-changed' ELSE 'password-reset' END,
                 OLD.role, NEW.role, actor, actor_role, why, request);
     END IF;
     RETURN NULL;
@@ -125,11 +128,12 @@ REVOKE ALL ON FUNCTION users_record() FROM PUBLIC;
 CREATE TRIGGER users_record AFTER INSERT OR UPDATE ON users
     FOR EACH ROW EXECUTE FUNCTION users_record();
 
--- A person's role only (`system` is the ledger itself). NOT VALID: an account made
--- before this check is left as it is (log-in refuses a system account anyway).
+-- A person's role only (`system` is the ledger itself), unless disabled. NOT VALID: an
+-- account made before this check is left as it is (log-in refuses a system account),
+-- and can still be disabled, but not enabled again.
 ALTER TABLE users ADD CONSTRAINT users_person_role
-    CHECK (role IN ('reception', 'phlebotomist', 'technologist', 'pathologist', 'clinician',
-                    'auditor', 'analyst', 'admin')) NOT VALID;
+    CHECK (disabled OR role IN ('reception', 'phlebotomist', 'technologist', 'pathologist',
+                                'clinician', 'auditor', 'analyst', 'admin')) NOT VALID;
 
 REVOKE ALL ON user_changes FROM PUBLIC;
 -- The ledger reads the record (auditors; the API's view of revoked tokens) and changes
@@ -164,3 +168,24 @@ CREATE TRIGGER logins_no_truncate BEFORE TRUNCATE ON logins
 REVOKE ALL ON logins FROM PUBLIC;
 GRANT SELECT ON logins TO lisledger_app;
 GRANT INSERT (username, succeeded, client_addr) ON logins TO lisledger_app;
+
+-- Every trigger function of the ledger resolves names in the system catalog first and
+-- never in a schema a session puts before it: the application role may create schemas
+-- (for the read models), and an operator of its own (`=` for text, say) placed ahead of
+-- pg_catalog in its search_path would otherwise run inside these guards. The SQL helpers
+-- they call run under the caller's path, so they are covered and stay inlinable.
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN
+        SELECT p.oid::regprocedure
+          FROM pg_proc p
+          JOIN pg_namespace n ON n.oid = p.pronamespace
+          JOIN pg_language l ON l.oid = p.prolang
+         WHERE n.nspname = 'public' AND l.lanname = 'plpgsql' AND p.proconfig IS NULL
+    LOOP
+        EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, public, pg_temp', f);
+    END LOOP;
+END
+$$;

@@ -266,6 +266,8 @@ pub struct PasswordCheck {
     /// The user, role and token generation, if the password is theirs and they may log in
     /// (not disabled, and a person's role).
     pub granted: Option<(ActorId, Role, i64)>,
+    /// The stored hash the password matched, when granted.
+    pub granted_hash: Option<String>,
 }
 
 /// Checks `password` against `user`'s. Always spends the hashing time, so that a wrong
@@ -297,15 +299,21 @@ pub async fn check_password(
     .await
     .unwrap_or(false);
     let account = row.as_ref().map(|r| r.0.clone());
-    let granted = match (ok, row) {
-        (true, Some((name, role, _, generation, false))) => {
+    let (granted, granted_hash) = match (ok, row) {
+        (true, Some((name, role, hash, generation, false))) => {
             match (ActorId::parse(&name), Role::parse(&role)) {
                 // `system` is the ledger itself: no person logs in as it.
-                (Ok(id), Ok(role)) if role != Role::System => Some((id, role, generation)),
-                _ => None,
+                (Ok(id), Ok(role)) if role != Role::System => {
+                    (Some((id, role, generation)), Some(hash))
+                }
+                _ => (None, None),
             }
         }
-        _ => None,
+        _ => (None, None),
     };
-    Ok(PasswordCheck { account, granted })
+    Ok(PasswordCheck {
+        account,
+        granted,
+        granted_hash,
+    })
 }

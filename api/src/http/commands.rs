@@ -47,7 +47,18 @@ where
     F: Future<Output = Result<Value, Problem>>,
 {
     let actor = caller.actor.id.to_string();
-    let held = match claim(&state.pool, headers, &actor, &caller.request, body, ok).await {
+    let secret = &state.auth.secret;
+    let held = match claim(
+        &state.pool,
+        headers,
+        &actor,
+        &caller.request,
+        body,
+        secret,
+        ok,
+    )
+    .await
+    {
         Ok(Claim::Replay(status, body)) => {
             let mut response = (status, Json(body)).into_response();
             if status.is_client_error() {

@@ -23,8 +23,9 @@
 
 use super::problem::Problem;
 use axum::http::{HeaderMap, StatusCode};
+use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::HashMap;
@@ -68,13 +69,16 @@ pub fn is_key(k: &str) -> bool {
 
 /// Claims `Idempotency-Key` for this caller and request (`request`: its method and path;
 /// `body`), or finds its response. `ok` is the status the command answers with when it
-/// succeeds (for an answer rebuilt from events).
+/// succeeds (for an answer rebuilt from events). The request is stored as an HMAC under
+/// `secret` (the server's token key), never as a plain hash: a body may hold a password,
+/// which a plain SHA-256 would let anyone with the table guess at hashing speed.
 pub async fn claim(
     pool: &PgPool,
     headers: &HeaderMap,
     actor: &str,
     request: &str,
     body: &[u8],
+    secret: &[u8],
     ok: StatusCode,
 ) -> Result<Claim, Problem> {
     let Some(key) = headers.get("idempotency-key") else {
@@ -92,11 +96,13 @@ pub async fn claim(
     // The method and path as well as the body: the same body sent to another resource
     // (`{}` to verify another result, a reason to disable another user) is another
     // request, not a retry.
-    let hash = Sha256::new()
+    let hash = <Hmac<Sha256> as Mac>::new_from_slice(secret)
+        .expect("HMAC takes a key of any length")
         .chain_update(request.as_bytes())
         .chain_update(b"\n")
         .chain_update(body)
         .finalize()
+        .into_bytes()
         .to_vec();
     let inserted = sqlx::query(
         "INSERT INTO idempotency_keys (actor_id, key, request_sha256, events_after)

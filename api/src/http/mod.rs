@@ -72,6 +72,8 @@ pub struct AppState {
     pub cors_origins: Vec<HeaderValue>,
     /// Tokens revoked by changes to their users since they were issued.
     pub revocations: Arc<revocation::Revocations>,
+    /// Wrong current passwords given in password changes (per user, this instance).
+    pub password_strikes: Arc<users::Strikes>,
 }
 
 fn cors(origins: &[HeaderValue]) -> tower_http::cors::CorsLayer {
@@ -311,6 +313,11 @@ async fn readyz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, Pr
         .execute(&s.pool)
         .await
         .map_err(|_| Problem::unavailable("PostgreSQL is not answering"))?;
+    if !s.revocations.current() {
+        return Err(Problem::unavailable(
+            "the user records have not been read lately: tokens cannot be confirmed",
+        ));
+    }
     let mut status = serde_json::json!({ "postgresql": "ok" });
     if let Some(k) = &s.kafka {
         match k.brokers(std::time::Duration::from_secs(2)).await {

@@ -47,10 +47,15 @@ struct Known {
 
 impl Revocations {
     /// Reads what is revoked now, and keeps it current every [`POLL`] for as long as the
-    /// returned value lives.
+    /// returned value lives, on a connection of its own (a pool busy with requests does
+    /// not make it stale).
     pub async fn start(pool: PgPool) -> Result<Arc<Self>, sqlx::Error> {
         let revocations = Arc::new(Self::default());
         revocations.refresh(&pool).await?;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(POLL * 5)
+            .connect_lazy_with((*pool.connect_options()).clone());
         let weak: Weak<Self> = Arc::downgrade(&revocations);
         tokio::spawn(async move {
             loop {
@@ -99,7 +104,7 @@ impl Revocations {
     }
 
     /// Whether the records were read within [`STALE`].
-    fn current(&self) -> bool {
+    pub fn current(&self) -> bool {
         let known = self.known.read().unwrap_or_else(|p| p.into_inner());
         known.read_at.is_some_and(|at| at.elapsed() < STALE)
     }
@@ -183,5 +188,22 @@ mod tests {
         // Users never changed stand at generation 0.
         assert_eq!(r.check("dr.rao", 0), Verdict::Stands);
         assert_eq!(r.check("dr.rao", 1), Verdict::Newer);
+    }
+
+    #[tokio::test]
+    async fn knowledge_older_than_stale_admits_no_token() {
+        // A pool that never connects: admitting must not need the database to refuse.
+        let nowhere = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let r = knowing(&[]);
+        let never_read = r.admit(&nowhere, "dr.rao", 0).await.unwrap_err();
+        assert_eq!(never_read.status, 503);
+        r.known.write().unwrap().read_at = Some(Instant::now());
+        assert!(r.admit(&nowhere, "dr.rao", 0).await.is_ok());
+        let long_ago = Instant::now().checked_sub(STALE + Duration::from_secs(1));
+        r.known.write().unwrap().read_at = long_ago;
+        let stale = r.admit(&nowhere, "dr.rao", 0).await.unwrap_err();
+        assert_eq!((stale.status, stale.retry_after.is_some()), (503, true));
     }
 }

@@ -95,7 +95,9 @@ pub async fn events(
                     revocations.check(user.as_str(), token.generation),
                     Verdict::Revoked(_)
                 );
-                if revoked || now > token.expires {
+                // Knowledge too old to trust ends the stream too; the client resumes
+                // from its last event id once the records can be read again.
+                if revoked || now > token.expires || !revocations.current() {
                     tracing::info!(user = %user, revoked, "event stream ended: its token expired or was revoked");
                     return None;
                 }

@@ -389,6 +389,33 @@ pub async fn reset_password(
     .await
 }
 
+/// Gives `user` the password `new` in place of the one they proved they know, whose
+/// stored hash was `current_hash`: recorded as changed by its user (not reset), and
+/// refused if the password was reset meanwhile.
+async fn change_own(
+    pool: &PgPool,
+    user: &ActorId,
+    current_hash: &str,
+    new: &Password,
+    by: &ChangedBy,
+) -> Result<bool, UserError> {
+    let hash = hash(new).await?;
+    let mut tx = begin(pool, by).await?;
+    sqlx::query("SELECT set_config('lis.own_password', 'yes', true)")
+        .execute(&mut *tx)
+        .await?;
+    let changed = sqlx::query(
+        "UPDATE users SET password_hash = $2 WHERE username = $1 AND password_hash = $3",
+    )
+    .bind(user.as_str())
+    .bind(hash)
+    .bind(current_hash)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(changed.rows_affected() == 1)
+}
+
 /// Every account, by name.
 pub async fn list(pool: &PgPool) -> Result<Vec<Value>, sqlx::Error> {
     let accounts: Vec<Account> = sqlx::query_as(concat!(account_sql!(), " ORDER BY username"))
@@ -478,6 +505,45 @@ pub async fn add_account(
     )
 }
 
+/// Wrong current passwords allowed per user in [`STRIKE_WINDOW`] (per instance); beyond,
+/// every password change of theirs is refused until the window has passed, so a stolen
+/// token cannot be used to guess the password behind it.
+pub const STRIKES: usize = 5;
+pub const STRIKE_WINDOW: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// The wrong current passwords given in password changes, per user, in this instance.
+#[derive(Default)]
+pub struct Strikes(std::sync::Mutex<std::collections::HashMap<String, Vec<std::time::Instant>>>);
+
+impl Strikes {
+    /// Seconds until `user` may try again, if they have used their strikes.
+    pub fn refused(&self, user: &str) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let strikes = all.get_mut(user)?;
+        strikes.retain(|at| now.duration_since(*at) < STRIKE_WINDOW);
+        (strikes.len() >= STRIKES).then(|| {
+            let oldest = strikes[0];
+            STRIKE_WINDOW
+                .saturating_sub(now.duration_since(oldest))
+                .as_secs()
+                .max(1)
+        })
+    }
+
+    /// Counts one wrong current password of `user`.
+    pub fn strike(&self, user: &str) {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if all.len() > 50_000 {
+            let now = std::time::Instant::now();
+            all.retain(|_, s| s.iter().any(|at| now.duration_since(*at) < STRIKE_WINDOW));
+        }
+        all.entry(user.to_string())
+            .or_default()
+            .push(std::time::Instant::now());
+    }
+}
+
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct OwnPasswordBody {
@@ -504,10 +570,25 @@ pub async fn change_own_password(
                     detail: detail.into(),
                 }])
             };
-            let current = super::auth::check_password(&s.pool, user.as_str(), &b.current_password);
-            if current.await?.granted.is_none() {
-                return Err(field("/current_password", "not your current password"));
+            if let Some(wait) = s.password_strikes.refused(user.as_str()) {
+                let mut p = Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "password-strikes",
+                    "Too many wrong passwords",
+                )
+                .detail(format!(
+                    "{STRIKES} wrong current passwords in {} minutes; retry in {wait} s",
+                    STRIKE_WINDOW.as_secs() / 60
+                ));
+                p.retry_after = Some(wait.min(u64::from(u16::MAX)) as u16);
+                return Err(p);
             }
+            let current = super::auth::check_password(&s.pool, user.as_str(), &b.current_password);
+            let Some(current_hash) = current.await?.granted_hash else {
+                s.password_strikes.strike(user.as_str());
+                tracing::warn!(user = %user, "wrong current password in a password change");
+                return Err(field("/current_password", "not your current password"));
+            };
             if b.new_password.0 == b.current_password {
                 return Err(field(
                     "/new_password",
@@ -520,7 +601,13 @@ pub async fn change_own_password(
                 reason: "changed by the user".into(),
                 request_id: Some(caller.context.correlation_id.to_string()),
             };
-            reset_password(&s.pool, user, &b.new_password, &by).await?;
+            if !change_own(&s.pool, user, &current_hash, &b.new_password, &by).await? {
+                return Err(Problem::conflict(
+                    "password-changed-meanwhile",
+                    "The password changed meanwhile",
+                    "your password was reset or changed while this request ran; log in again",
+                ));
+            }
             refreshed(&s).await;
             tracing::info!(user = %user, "password changed by its user");
             account(&s.pool, user).await
