@@ -5,9 +5,10 @@
 //! The database keeps the record (migration 0012): a trigger on `users` writes every
 //! change to the append-only `user_changes`, with the actor, their role, the reason and
 //! the request id that [`begin`] sets for the change's transaction, and refuses a change
-//! that names none. The same trigger bumps the user's token generation, so that tokens
+//! that names none. A second trigger bumps the user's token generation, so that tokens
 //! issued before the change stop working ([`super::revocation`]). Auditors read the
-//! record at `GET /audit/users`.
+//! record at `GET /audit/users`. Users also change their own password here
+//! (`POST /auth/password`), giving the current one.
 
 use super::auth::{Action, Caller};
 use super::body::parse;
