@@ -601,7 +601,7 @@ pub async fn add_user(
     let (user, role) = user_and_role(username, Some(role))?;
     let role = role.expect("a role was given");
     let password = password_from_stdin()?;
-    users::add(pool, &user, role, &password, by).await?;
+    users::add(pool, &user, role, &password, false, by).await?;
     say!("user {user} added with role {role}");
     Ok(ExitCode::SUCCESS)
 }
@@ -654,7 +654,7 @@ pub async fn change_user(
         (UserChange::Role(_), None) => unreachable!("a role change always names its role"),
         (UserChange::Password, _) => {
             let password = password_from_stdin()?;
-            users::reset_password(pool, &user, &password, by)
+            users::reset_password(pool, &user, &password, false, by)
                 .await
                 .map(|()| "given a new password")
         }

@@ -614,9 +614,7 @@ async fn roles_and_errors_are_answered_with_problems() {
             audience: "lisledger-api".into(),
             ttl_secs: 60,
         },
-        &ActorId::parse("reception.1").unwrap(),
-        Role::Admin,
-        0,
+        &auth::Grant::standing(ActorId::parse("reception.1").unwrap(), Role::Admin),
     )
     .unwrap()
     .0;
@@ -1102,9 +1100,7 @@ async fn with_postgresql_down_the_api_answers_503_never_500() {
     };
     let token = auth::issue(
         &auth_config,
-        &ActorId::parse("reception.1").unwrap(),
-        Role::Reception,
-        0,
+        &auth::Grant::standing(ActorId::parse("reception.1").unwrap(), Role::Reception),
     )
     .unwrap()
     .0;

@@ -62,6 +62,34 @@ async fn refused_within_a_poll(api: &ApiClient, token: &str) {
     }
 }
 
+/// The first log-in of a user whose password an admin set: the token may only change
+/// it (every other call is 403 `password-change-required`); it is changed to `chosen`.
+async fn settle(api: &ApiClient, user: &str, temporary: &str, chosen: &str) {
+    let r = api
+        .http
+        .post(format!("{}/auth/login", api.base))
+        .json(&json!({ "username": user, "password": temporary }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["password_change_required"], true, "{answer}");
+    let token = answer["access_token"].as_str().unwrap();
+    let (status, problem) = get(api, token, "/worklists").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{problem}");
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("/password-change-required"),
+        "{problem}"
+    );
+    let change = json!({ "current_password": temporary, "new_password": chosen });
+    let (status, answer) = api.post(token, "/auth/password", &change).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+}
+
 /// A migrated database with `admin.1` added from the command line, and `serve` on it.
 async fn started() -> (TestDb, Stack, ApiClient, support::Role) {
     let db = TestDb::new().await;
@@ -102,7 +130,7 @@ async fn an_admin_manages_users_and_a_changed_users_tokens_stop_working_at_once(
             &admin,
             "/users",
             &json!({ "username": "tech.9", "role": "technologist",
-                     "password": "tech nine's passphrase", "reason": "joined biochemistry, 3 March" }),
+                     "password": "tech nine's temporary", "reason": "joined biochemistry, 3 March" }),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{account}");
@@ -110,6 +138,14 @@ async fn an_admin_manages_users_and_a_changed_users_tokens_stop_working_at_once(
         (&account["username"], &account["role"], &account["disabled"]),
         (&json!("tech.9"), &json!("technologist"), &json!(false))
     );
+    // The password the admin set is temporary: the first log-in may only change it.
+    settle(
+        &api,
+        "tech.9",
+        "tech nine's temporary",
+        "tech nine's passphrase",
+    )
+    .await;
     let tech = login(&api, "tech.9", "tech nine's passphrase")
         .await
         .unwrap();
@@ -195,7 +231,11 @@ async fn an_admin_manages_users_and_a_changed_users_tokens_stop_working_at_once(
     let path9 = login(&api, "tech.9", "a brand new passphrase")
         .await
         .unwrap();
-    assert_eq!(get(&api, &path9, "/worklists").await.0, StatusCode::OK);
+    // A reset password is temporary too: this token may only change it.
+    assert_eq!(
+        get(&api, &path9, "/worklists").await.0,
+        StatusCode::FORBIDDEN
+    );
 
     // The user then changes it themself, giving the current one; their tokens, this one
     // included, are refused afterwards.
@@ -349,11 +389,12 @@ async fn an_admin_manages_users_and_a_changed_users_tokens_stop_working_at_once(
 
     // The record: every change, in order, by whom, in what role, why.
     let auditor_added = json!({ "username": "audit.1", "role": "auditor",
-                                "password": "auditor passphrase", "reason": "NABL assessment" });
+                                "password": "auditor temporary", "reason": "NABL assessment" });
     assert_eq!(
         api.post(&admin, "/users", &auditor_added).await.0,
         StatusCode::CREATED
     );
+    settle(&api, "audit.1", "auditor temporary", "auditor passphrase").await;
     let auditor = login(&api, "audit.1", "auditor passphrase").await.unwrap();
     let range = "from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z";
     let (status, record) = get(&api, &auditor, &format!("/audit/users?{range}")).await;
@@ -375,6 +416,7 @@ async fn an_admin_manages_users_and_a_changed_users_tokens_stop_working_at_once(
         [
             ("admin.1", "added", "it.ops", "the lab's first admin"),
             ("tech.9", "added", "admin.1", "joined biochemistry, 3 March"),
+            ("tech.9", "password-changed", "tech.9", "changed by the user"),
             ("tech.9", "disabled", "admin.1", "left the lab"),
             ("tech.9", "enabled", "admin.1", "rejoined"),
             (
@@ -402,12 +444,13 @@ async fn an_admin_manages_users_and_a_changed_users_tokens_stop_working_at_once(
                 "changed by the user"
             ),
             ("audit.1", "added", "admin.1", "NABL assessment"),
+            ("audit.1", "password-changed", "audit.1", "changed by the user"),
         ]
     );
     assert_eq!(changes[0]["actor_role"], "operator");
     assert!(changes[0]["request_id"].is_null());
-    assert_eq!(changes[6]["actor_role"], "pathologist", "{}", changes[6]);
-    let promotion = &changes[4];
+    assert_eq!(changes[7]["actor_role"], "pathologist", "{}", changes[7]);
+    let promotion = &changes[5];
     assert_eq!(
         (
             &promotion["role_before"],
@@ -486,14 +529,16 @@ async fn an_admin_manages_users_and_a_changed_users_tokens_stop_working_at_once(
         attempts,
         [
             (Some("admin.1"), ok),
+            (Some("tech.9"), ok), // the temporary password, to change it
             (Some("tech.9"), ok),
             (Some("tech.9"), refused), // disabled
             (Some("tech.9"), ok),
             (Some("tech.9"), ok),      // the new role
             (Some("tech.9"), refused), // the old password
-            (Some("tech.9"), ok),
-            (Some("tech.9"), ok), // their own new password
+            (Some("tech.9"), ok),      // the reset, temporary one
+            (Some("tech.9"), ok),      // their own new password
             (Some("admin.1"), ok),
+            (Some("audit.1"), ok), // temporary
             (Some("audit.1"), ok),
             (None, refused),
         ]
@@ -501,7 +546,7 @@ async fn an_admin_manages_users_and_a_changed_users_tokens_stop_working_at_once(
     let (_, activity) = get(&api, &auditor, &format!("/audit/actors/tech.9?{range}")).await;
     assert_eq!(
         activity["logins"].as_array().unwrap().len(),
-        7,
+        8,
         "{activity}"
     );
     let (_, list) = get(&api, &admin, "/users").await;
@@ -594,8 +639,15 @@ async fn a_change_made_through_one_instance_holds_on_another_within_a_poll() {
     let b = ApiClient::new(&base_b);
     let admin = login(&a, "admin.1", ADMIN_PASSWORD).await.unwrap();
     let add = json!({ "username": "dr.9", "role": "clinician",
-                      "password": "doctor nine passphrase", "reason": "ward 4 consultant" });
+                      "password": "doctor nine temporary", "reason": "ward 4 consultant" });
     assert_eq!(a.post(&admin, "/users", &add).await.0, StatusCode::CREATED);
+    settle(
+        &a,
+        "dr.9",
+        "doctor nine temporary",
+        "doctor nine passphrase",
+    )
+    .await;
     let doctor = login(&a, "dr.9", "doctor nine passphrase").await.unwrap();
     assert_eq!(
         get(&b, &doctor, "/critical-results").await.0,
@@ -604,8 +656,15 @@ async fn a_change_made_through_one_instance_holds_on_another_within_a_poll() {
 
     // An analyst's event stream open on B ends once A has disabled them.
     let add = json!({ "username": "an.9", "role": "analyst",
-                      "password": "analyst nine passphrase", "reason": "dashboards" });
+                      "password": "analyst nine temporary", "reason": "dashboards" });
     assert_eq!(a.post(&admin, "/users", &add).await.0, StatusCode::CREATED);
+    settle(
+        &a,
+        "an.9",
+        "analyst nine temporary",
+        "analyst nine passphrase",
+    )
+    .await;
     let analyst = login(&a, "an.9", "analyst nine passphrase").await.unwrap();
     let stream = reqwest::Client::new()
         .get(format!("{base_b}/events/stream"))
@@ -687,8 +746,9 @@ async fn a_change_made_through_one_instance_holds_on_another_within_a_poll() {
     // A token cannot be used to guess the password behind it: after five wrong current
     // passwords, even the right one is refused for a while.
     let add = json!({ "username": "pw.9", "role": "clinician",
-                      "password": "pw nine passphrase", "reason": "guessing test" });
+                      "password": "pw nine temporary", "reason": "guessing test" });
     assert_eq!(a.post(&admin, "/users", &add).await.0, StatusCode::CREATED);
+    settle(&a, "pw.9", "pw nine temporary", "pw nine passphrase").await;
     let stolen = login(&a, "pw.9", "pw nine passphrase").await.unwrap();
     for guess in 0..5 {
         let wrong = json!({ "current_password": format!("guess number {guess}"),

@@ -14,6 +14,9 @@
 -- another role or a new password.
 
 ALTER TABLE users ADD COLUMN token_generation bigint NOT NULL DEFAULT 0;
+-- A password another person set over the API (an admin adding the user or resetting
+-- it) is temporary: its user must change it before doing anything else.
+ALTER TABLE users ADD COLUMN password_must_change boolean NOT NULL DEFAULT false;
 
 CREATE TABLE user_changes
 (
@@ -141,8 +144,8 @@ REVOKE ALL ON user_changes FROM PUBLIC;
 GRANT SELECT ON user_changes TO lisledger_app;
 -- The ledger names a new user's name, role and password; the database sets the rest.
 REVOKE INSERT ON users FROM lisledger_app;
-GRANT INSERT (username, role, password_hash) ON users TO lisledger_app;
-GRANT UPDATE (role, password_hash, disabled) ON users TO lisledger_app;
+GRANT INSERT (username, role, password_hash, password_must_change) ON users TO lisledger_app;
+GRANT UPDATE (role, password_hash, disabled, password_must_change) ON users TO lisledger_app;
 
 -- Every log-in attempt (POST /auth/login), for the auditors' review of who had access and
 -- used it (GET /audit/logins, and each user's on their activity): when, which account,

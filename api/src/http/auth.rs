@@ -40,26 +40,30 @@ struct Claims {
     /// made before generations existed are generation 0.
     #[serde(default)]
     generation: i64,
+    /// The user's password is temporary: this token may only change it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    password_change_required: bool,
 }
 
-/// Issues a token for a user at their token `generation`; returns it and its lifetime in
-/// seconds.
-pub fn issue(
-    config: &AuthConfig,
-    user: &ActorId,
-    role: Role,
-    generation: i64,
-) -> Result<(String, u64), Problem> {
+/// Issues a token for what a log-in was granted; returns it and its lifetime in seconds.
+pub fn issue(config: &AuthConfig, grant: &Grant) -> Result<(String, u64), Problem> {
+    let Grant {
+        user,
+        role,
+        generation,
+        password_change_required,
+    } = grant;
     let now = chrono::Utc::now().timestamp() as u64;
     let claims = Claims {
         sub: user.to_string(),
-        role,
+        role: *role,
         iss: config.issuer.clone(),
         aud: config.audience.clone(),
         iat: now,
         exp: now + config.ttl_secs,
         jti: Uuid::new_v4().to_string(),
-        generation,
+        generation: *generation,
+        password_change_required: *password_change_required,
     };
     let token = encode(
         &Header::new(Algorithm::HS256),
@@ -104,11 +108,44 @@ pub struct Caller {
 pub struct TokenStanding {
     pub generation: i64,
     pub expires: u64,
+    /// Its user's password is temporary: the token may only change it.
+    pub password_change_required: bool,
+}
+
+/// What a log-in grants: a token for this user, role and generation.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub user: ActorId,
+    pub role: Role,
+    pub generation: i64,
+    /// The password is temporary (set by another person over the API).
+    pub password_change_required: bool,
+}
+
+impl Grant {
+    /// A grant for a user whose password stands, at generation 0 (tests, tools).
+    pub fn standing(user: ActorId, role: Role) -> Self {
+        Self {
+            user,
+            role,
+            generation: 0,
+            password_change_required: false,
+        }
+    }
 }
 
 impl Caller {
-    /// Refuses the request unless the caller's role may do `action`.
+    /// Refuses the request unless the caller's role may do `action`, and their password
+    /// stands (a temporary one allows changing it, nothing else).
     pub fn require(&self, action: Action) -> Result<(), Problem> {
+        if self.token.password_change_required && action != Action::ChangeOwnPassword {
+            return Err(Problem::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "password-change-required",
+                "Change your password first",
+            )
+            .detail("your password was set by someone else: change it with POST /auth/password, then log in again"));
+        }
         if allowed(self.actor.role, action) {
             Ok(())
         } else {
@@ -167,6 +204,7 @@ impl FromRequestParts<AppState> for Caller {
             token: TokenStanding {
                 generation: claims.generation,
                 expires: claims.exp,
+                password_change_required: claims.password_change_required,
             },
         })
     }
@@ -263,9 +301,9 @@ pub fn allowed(role: Role, action: Action) -> bool {
 pub struct PasswordCheck {
     /// The account named, if there is one (disabled or not).
     pub account: Option<String>,
-    /// The user, role and token generation, if the password is theirs and they may log in
-    /// (not disabled, and a person's role).
-    pub granted: Option<(ActorId, Role, i64)>,
+    /// What the log-in grants, if the password is theirs and they may log in (not
+    /// disabled, and a person's role).
+    pub granted: Option<Grant>,
     /// The stored hash the password matched, when granted.
     pub granted_hash: Option<String>,
 }
@@ -277,9 +315,10 @@ pub async fn check_password(
     user: &str,
     password: &str,
 ) -> Result<PasswordCheck, sqlx::Error> {
-    let row: Option<(String, String, String, i64, bool)> = sqlx::query_as(
-        "SELECT username, role, password_hash, token_generation, disabled FROM users
-          WHERE username = $1",
+    type Row = (String, String, String, i64, bool, bool);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT username, role, password_hash, token_generation, disabled, password_must_change
+           FROM users WHERE username = $1",
     )
     .bind(user)
     .fetch_optional(pool)
@@ -300,11 +339,17 @@ pub async fn check_password(
     .unwrap_or(false);
     let account = row.as_ref().map(|r| r.0.clone());
     let (granted, granted_hash) = match (ok, row) {
-        (true, Some((name, role, hash, generation, false))) => {
+        (true, Some((name, role, hash, generation, false, must_change))) => {
             match (ActorId::parse(&name), Role::parse(&role)) {
                 // `system` is the ledger itself: no person logs in as it.
-                (Ok(id), Ok(role)) if role != Role::System => {
-                    (Some((id, role, generation)), Some(hash))
+                (Ok(user), Ok(role)) if role != Role::System => {
+                    let grant = Grant {
+                        user,
+                        role,
+                        generation,
+                        password_change_required: must_change,
+                    };
+                    (Some(grant), Some(hash))
                 }
                 _ => (None, None),
             }

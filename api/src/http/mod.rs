@@ -355,6 +355,9 @@ struct Token {
     /// Seconds until the token expires.
     expires_in: u64,
     role: lis_domain::actor::Role,
+    /// The password was set by someone else: this token may only change it
+    /// (`POST /auth/password`); log in again afterwards.
+    password_change_required: bool,
 }
 
 async fn login(
@@ -374,14 +377,16 @@ async fn login(
         .await?;
     let account = check.account.unwrap_or_else(|| "(no such account)".into());
     match check.granted {
-        Some((user, role, generation)) => {
-            let (token, ttl) = auth::issue(&s.auth, &user, role, generation)?;
-            tracing::info!(user = %user, role = %role, "login");
+        Some(grant) => {
+            let (token, ttl) = auth::issue(&s.auth, &grant)?;
+            let must_change = grant.password_change_required;
+            tracing::info!(user = %grant.user, role = %grant.role, must_change, "login");
             Ok(Json(serde_json::json!(Token {
                 access_token: token,
                 token_type: "Bearer",
                 expires_in: ttl,
-                role,
+                role: grant.role,
+                password_change_required: must_change,
             })))
         }
         None => {

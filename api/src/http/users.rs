@@ -208,13 +208,17 @@ pub(super) struct Account {
     created_at: DateTime<Utc>,
     /// The last successful log-in, if any.
     last_login: Option<DateTime<Utc>>,
+    /// The password was set by someone else: the user must change it at their next
+    /// log-in, before doing anything else.
+    password_change_required: bool,
 }
 
 /// An account's row as [`Account`] reads it.
 macro_rules! account_sql {
     () => {
         "SELECT username, role, disabled, created_at,
-                (SELECT max(at) FROM logins l WHERE l.username = u.username AND succeeded) AS last_login
+                (SELECT max(at) FROM logins l WHERE l.username = u.username AND succeeded) AS last_login,
+                password_must_change AS password_change_required
            FROM users u"
     };
 }
@@ -252,23 +256,27 @@ async fn hash(password: &Password) -> Result<String, UserError> {
     .map_err(|e| UserError::Hash(e.to_string()))
 }
 
-/// Adds a user with an Argon2id hash of `password`.
+/// Adds a user with an Argon2id hash of `password`; `temporary`: they must change it
+/// before doing anything else (it was set by another person over the API).
 pub async fn add(
     pool: &PgPool,
     user: &ActorId,
     role: PersonRole,
     password: &Password,
+    temporary: bool,
     by: &ChangedBy,
 ) -> Result<(), UserError> {
     let hash = hash(password).await?;
     let mut tx = begin(pool, by).await?;
     let inserted = sqlx::query(
-        "INSERT INTO users (username, role, password_hash) VALUES ($1, $2, $3)
+        "INSERT INTO users (username, role, password_hash, password_must_change)
+         VALUES ($1, $2, $3, $4)
          ON CONFLICT (username) DO NOTHING",
     )
     .bind(user.as_str())
     .bind(role.0.as_str())
     .bind(hash)
+    .bind(temporary)
     .execute(&mut *tx)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -278,7 +286,8 @@ pub async fn add(
     Ok(())
 }
 
-/// [`add`] from unchecked parts: the role and password are checked first.
+/// [`add`] from unchecked parts (the role and password are checked first), with a
+/// password that stands: for the ledger's own tools and tests.
 pub async fn add_user(
     pool: &PgPool,
     user: &ActorId,
@@ -291,30 +300,33 @@ pub async fn add_user(
         user,
         PersonRole::parse(role)?,
         &Password::parse(password)?,
+        false,
         by,
     )
     .await
 }
 
-/// Runs `update` (binding the user name as $1 and `value` as $2) in a change's
-/// transaction; no row changed is "no such user", or `unchanged` if the user exists.
+/// Runs `update` (binding the user name as $1, `value` as $2 and, where it has one,
+/// `extra` as $3) in a change's transaction; no row changed is "no such user", or
+/// `unchanged` if the user exists.
 async fn change<T>(
     pool: &PgPool,
     user: &ActorId,
     by: &ChangedBy,
     update: &'static str,
     value: T,
+    extra: Option<bool>,
     unchanged: &str,
 ) -> Result<(), UserError>
 where
     T: for<'q> sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Send,
 {
     let mut tx = begin(pool, by).await?;
-    let changed = sqlx::query(update)
-        .bind(user.as_str())
-        .bind(value)
-        .execute(&mut *tx)
-        .await?;
+    let mut query = sqlx::query(update).bind(user.as_str()).bind(value);
+    if let Some(extra) = extra {
+        query = query.bind(extra);
+    }
+    let changed = query.execute(&mut *tx).await?;
     if changed.rows_affected() == 0 {
         let exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE username = $1)")
@@ -348,6 +360,7 @@ pub async fn set_disabled(
         by,
         "UPDATE users SET disabled = $2 WHERE username = $1 AND disabled <> $2",
         disabled,
+        None,
         state,
     )
     .await
@@ -366,16 +379,19 @@ pub async fn set_role(
         by,
         "UPDATE users SET role = $2 WHERE username = $1 AND role <> $2",
         role.0.as_str(),
+        None,
         &format!("in role {}", role.0),
     )
     .await
 }
 
-/// Gives a user a new password; their tokens are refused from then on.
+/// Gives a user a new password; their tokens are refused from then on. `temporary`:
+/// they must change it before doing anything else.
 pub async fn reset_password(
     pool: &PgPool,
     user: &ActorId,
     password: &Password,
+    temporary: bool,
     by: &ChangedBy,
 ) -> Result<(), UserError> {
     let hash = hash(password).await?;
@@ -383,8 +399,9 @@ pub async fn reset_password(
         pool,
         user,
         by,
-        "UPDATE users SET password_hash = $2 WHERE username = $1",
+        "UPDATE users SET password_hash = $2, password_must_change = $3 WHERE username = $1",
         hash,
+        Some(temporary),
         "",
     )
     .await
@@ -406,7 +423,8 @@ async fn change_own(
         .execute(&mut *tx)
         .await?;
     let changed = sqlx::query(
-        "UPDATE users SET password_hash = $2 WHERE username = $1 AND password_hash = $3",
+        "UPDATE users SET password_hash = $2, password_must_change = false
+          WHERE username = $1 AND password_hash = $3",
     )
     .bind(user.as_str())
     .bind(hash)
@@ -496,6 +514,7 @@ pub async fn add_account(
                 &b.username,
                 b.role,
                 &b.password,
+                true,
                 &changed_by(&caller, &b.reason),
             )
             .await?;
@@ -666,7 +685,7 @@ pub async fn change_account(
                 "password" => {
                     let b: PasswordBody = parse(&body)?;
                     let by = changed_by(&caller, &b.reason);
-                    reset_password(&s.pool, &user, &b.password, &by).await?
+                    reset_password(&s.pool, &user, &b.password, true, &by).await?
                 }
                 disable_or_enable => {
                     let b: ReasonBody = parse(&body)?;

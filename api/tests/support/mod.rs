@@ -259,9 +259,7 @@ pub fn token(user: &str, role: lis_domain::actor::Role) -> String {
     };
     auth::issue(
         &config,
-        &lis_domain::actor::ActorId::parse(user).unwrap(),
-        role,
-        0,
+        &auth::Grant::standing(lis_domain::actor::ActorId::parse(user).unwrap(), role),
     )
     .unwrap()
     .0
