@@ -416,7 +416,12 @@ async fn an_admin_manages_users_and_a_changed_users_tokens_stop_working_at_once(
         [
             ("admin.1", "added", "it.ops", "the lab's first admin"),
             ("tech.9", "added", "admin.1", "joined biochemistry, 3 March"),
-            ("tech.9", "password-changed", "tech.9", "changed by the user"),
+            (
+                "tech.9",
+                "password-changed",
+                "tech.9",
+                "changed by the user"
+            ),
             ("tech.9", "disabled", "admin.1", "left the lab"),
             ("tech.9", "enabled", "admin.1", "rejoined"),
             (
@@ -444,7 +449,12 @@ async fn an_admin_manages_users_and_a_changed_users_tokens_stop_working_at_once(
                 "changed by the user"
             ),
             ("audit.1", "added", "admin.1", "NABL assessment"),
-            ("audit.1", "password-changed", "audit.1", "changed by the user"),
+            (
+                "audit.1",
+                "password-changed",
+                "audit.1",
+                "changed by the user"
+            ),
         ]
     );
     assert_eq!(changes[0]["actor_role"], "operator");
