@@ -835,6 +835,7 @@ async fn the_database_records_every_change_to_users_and_refuses_edits_of_the_rec
         (&db.app, "DELETE FROM users WHERE username = 'tech.1'", privileges),
         (&db.app, "UPDATE users SET username = 'tech.2' WHERE username = 'tech.1'", privileges),
         (&db.app, "UPDATE users SET token_generation = 0 WHERE username = 'tech.1'", privileges),
+        (&db.app, "UPDATE users SET password_must_change = true WHERE username = 'tech.1'", "stays temporary"),
         (&db.app, "INSERT INTO users (username, role, password_hash, created_at) VALUES ('old.1', 'admin', 'x', '2001-01-01')", privileges),
         (&db.app, "UPDATE users SET role = 'system' WHERE username = 'tech.1'", "users_person_role"),
         (&db.app, "INSERT INTO user_changes (username, change, role_after, actor_id, actor_role, reason) VALUES ('tech.1', 'added', 'admin', 'x', 'x', 'x')", privileges),

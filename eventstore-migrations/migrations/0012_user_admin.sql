@@ -77,6 +77,12 @@ BEGIN
         RAISE EXCEPTION 'user %''s name and creation time never change', OLD.username
             USING ERRCODE = 'insufficient_privilege';
     END IF;
+    -- Whether a password is temporary changes only with the password itself.
+    IF NEW.password_must_change <> OLD.password_must_change
+        AND NEW.password_hash = OLD.password_hash THEN
+        RAISE EXCEPTION 'user %''s password stays temporary until it is changed', OLD.username
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     NEW.token_generation := OLD.token_generation
         + CASE WHEN (NEW.role, NEW.disabled, NEW.password_hash)
                     IS DISTINCT FROM (OLD.role, OLD.disabled, OLD.password_hash) THEN 1 ELSE 0 END;
