@@ -155,11 +155,15 @@ enum ProjectionsCommand {
 
 #[derive(Debug, Subcommand)]
 enum UsersCommand {
-    /// Add a user; the password (12+ characters) is read from standard input.
+    /// Add a user; the password (12+ characters) is read from standard input. It stands
+    /// unless --temporary (then the user must change it at their first log-in).
     Add {
         username: String,
         #[arg(long)]
         role: String,
+        /// The user must change the password at their first log-in.
+        #[arg(long)]
+        temporary: bool,
         /// Why they are given access (recorded in `user_changes`).
         #[arg(long)]
         reason: String,
@@ -167,7 +171,7 @@ enum UsersCommand {
         #[arg(long, env = "USER")]
         actor: String,
     },
-    /// Every user: name, role, whether disabled.
+    /// Every user: name, role, whether disabled, last log-in, whether a password change is due.
     List,
     /// Disable a user: no log-in, and their tokens refused.
     Disable(AccountChange),
@@ -180,8 +184,15 @@ enum UsersCommand {
         #[arg(long)]
         role: String,
     },
-    /// Reset a user's password, read from standard input; their tokens are refused.
-    Password(AccountChange),
+    /// Reset a user's password, read from standard input; their tokens are refused. It
+    /// stands unless --temporary (then they must change it at their next log-in).
+    Password {
+        #[command(flatten)]
+        change: AccountChange,
+        /// The user must change the password at their next log-in.
+        #[arg(long)]
+        temporary: bool,
+    },
 }
 
 /// Whose account changes, why, and who changes it (recorded in `user_changes`).
@@ -443,16 +454,12 @@ pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
                 UsersCommand::Add {
                     username,
                     role,
+                    temporary,
                     reason,
                     actor,
                 } => {
-                    ops::add_user(
-                        &pool,
-                        &username,
-                        &role,
-                        &ChangedBy::operator(&actor, &reason)?,
-                    )
-                    .await
+                    let by = ChangedBy::operator(&actor, &reason)?;
+                    ops::add_user(&pool, &username, &role, temporary, &by).await
                 }
                 UsersCommand::List => ops::list_users(&pool).await,
                 UsersCommand::Disable(a) => a.run(&pool, UserChange::Disable).await,
@@ -460,7 +467,9 @@ pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
                 UsersCommand::Role { change, role } => {
                     change.run(&pool, UserChange::Role(role)).await
                 }
-                UsersCommand::Password(a) => a.run(&pool, UserChange::Password).await,
+                UsersCommand::Password { change, temporary } => {
+                    change.run(&pool, UserChange::Password { temporary }).await
+                }
             };
         }
     }

@@ -596,27 +596,34 @@ pub async fn add_user(
     pool: &PgPool,
     username: &str,
     role: &str,
+    temporary: bool,
     by: &ChangedBy,
 ) -> anyhow::Result<ExitCode> {
     let (user, role) = user_and_role(username, Some(role))?;
     let role = role.expect("a role was given");
     let password = password_from_stdin()?;
-    users::add(pool, &user, role, &password, false, by).await?;
-    say!("user {user} added with role {role}");
+    users::add(pool, &user, role, &password, temporary, by).await?;
+    let stands = if temporary { "temporary" } else { "standing" };
+    say!("user {user} added with role {role} and a {stands} password");
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn list_users(pool: &PgPool) -> anyhow::Result<ExitCode> {
     for account in users::list(pool).await? {
+        let flag = |name: &str, shown: &'static str| {
+            if account[name] == true {
+                shown
+            } else {
+                "-"
+            }
+        };
         say!(
-            "{:<32} {:<13} {}",
+            "{:<32} {:<13} {:<8} {:<15} last log-in {}",
             account["username"].as_str().unwrap_or_default(),
             account["role"].as_str().unwrap_or_default(),
-            if account["disabled"] == true {
-                "disabled"
-            } else {
-                ""
-            }
+            flag("disabled", "disabled"),
+            flag("password_change_required", "must-change"),
+            account["last_login"].as_str().unwrap_or("never")
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -627,7 +634,7 @@ pub enum UserChange {
     Disable,
     Enable,
     Role(String),
-    Password,
+    Password { temporary: bool },
 }
 
 pub async fn change_user(
@@ -652,11 +659,17 @@ pub async fn change_user(
             .await
             .map(|()| "given the new role"),
         (UserChange::Role(_), None) => unreachable!("a role change always names its role"),
-        (UserChange::Password, _) => {
+        (UserChange::Password { temporary }, _) => {
             let password = password_from_stdin()?;
-            users::reset_password(pool, &user, &password, false, by)
+            users::reset_password(pool, &user, &password, temporary, by)
                 .await
-                .map(|()| "given a new password")
+                .map(|()| {
+                    if temporary {
+                        "given a new temporary password"
+                    } else {
+                        "given a new standing password"
+                    }
+                })
         }
     }?;
     say!("user {user} {done}; their earlier tokens are refused from now on");

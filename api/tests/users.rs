@@ -232,10 +232,12 @@ async fn an_admin_manages_users_and_a_changed_users_tokens_stop_working_at_once(
         .await
         .unwrap();
     // A reset password is temporary too: this token may only change it.
-    assert_eq!(
-        get(&api, &path9, "/worklists").await.0,
-        StatusCode::FORBIDDEN
-    );
+    let (status, problem) = get(&api, &path9, "/worklists").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(problem["type"]
+        .as_str()
+        .unwrap()
+        .ends_with("/password-change-required"));
 
     // The user then changes it themself, giving the current one; their tokens, this one
     // included, are refused afterwards.
@@ -582,6 +584,54 @@ async fn an_admin_manages_users_and_a_changed_users_tokens_stop_working_at_once(
             + &String::from_utf8_lossy(&out.stderr);
         (out.status.success(), text)
     };
+    // A password an operator sets stands, unless they say it is temporary.
+    let required = |password: &'static str| {
+        let api = &api;
+        async move {
+            let r = api
+                .http
+                .post(format!("{}/auth/login", api.base))
+                .json(&json!({ "username": "audit.1", "password": password }))
+                .send()
+                .await
+                .unwrap();
+            let answer: Value = r.json().await.unwrap();
+            answer["password_change_required"].clone()
+        }
+    };
+    for (flags, password, must_change) in [
+        (&[][..], "operator set this one", false),
+        (&["--temporary"][..], "operator set a temporary", true),
+    ] {
+        let mut args = vec![
+            "users", "password", "audit.1", "--reason", "recovery", "--actor", "it.ops",
+        ];
+        args.extend_from_slice(flags);
+        let out = stack.run_with_input(&args, &format!("{password}\n"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(required(password).await, json!(must_change), "{flags:?}");
+    }
+    let (_, list) = get(&api, &admin, "/users").await;
+    let audit1 = list["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == "audit.1")
+        .unwrap()
+        .clone();
+    assert_eq!(audit1["password_change_required"], true, "{audit1}");
+    settle(
+        &api,
+        "audit.1",
+        "operator set a temporary",
+        "auditor passphrase",
+    )
+    .await;
+    let auditor = login(&api, "audit.1", "auditor passphrase").await.unwrap();
     let (ok, text) = cli(&[
         "users", "disable", "tech.9", "--reason", " ", "--actor", "it.ops",
     ]);
@@ -606,12 +656,17 @@ async fn an_admin_manages_users_and_a_changed_users_tokens_stop_working_at_once(
     assert!(ok, "{text}");
     refused_within_a_poll(&api, &path9).await;
     let (ok, text) = cli(&["users", "list"]);
-    assert!(
-        ok && text
-            .lines()
-            .any(|l| l.starts_with("tech.9") && l.ends_with("disabled")),
-        "{text}"
+    let columns = |user: &str| -> Vec<String> {
+        let line = text.lines().find(|l| l.starts_with(user));
+        let line = line.unwrap_or_else(|| panic!("{user} not listed: {text}"));
+        line.split_whitespace().take(4).map(String::from).collect()
+    };
+    assert!(ok, "{text}");
+    assert_eq!(
+        columns("tech.9"),
+        ["tech.9", "pathologist", "disabled", "-"]
     );
+    assert_eq!(columns("audit.1"), ["audit.1", "auditor", "-", "-"]);
     let (_, record) = get(&api, &auditor, &format!("/audit/users?{range}")).await;
     let last = record["changes"]
         .as_array()
@@ -633,9 +688,10 @@ async fn an_admin_manages_users_and_a_changed_users_tokens_stop_working_at_once(
             &json!("contract ended")
         )
     );
+    // Two resets and a change of audit.1's password, then the disabling.
     assert_eq!(
         record["changes"].as_array().unwrap().len(),
-        changes.len() + 1
+        changes.len() + 4
     );
     db.drop().await;
 }
