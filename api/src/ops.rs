@@ -643,23 +643,22 @@ pub async fn change_user(
     change: UserChange,
     by: &ChangedBy,
 ) -> anyhow::Result<ExitCode> {
-    let role = match &change {
-        UserChange::Role(role) => Some(role.as_str()),
-        _ => None,
-    };
-    let (user, role) = user_and_role(username, role)?;
-    let done = match (change, role) {
-        (UserChange::Disable, _) => users::set_disabled(pool, &user, true, by)
+    let (user, _) = user_and_role(username, None)?;
+    let done = match change {
+        UserChange::Disable => users::set_disabled(pool, &user, true, by)
             .await
             .map(|()| "disabled"),
-        (UserChange::Enable, _) => users::set_disabled(pool, &user, false, by)
+        UserChange::Enable => users::set_disabled(pool, &user, false, by)
             .await
             .map(|()| "enabled"),
-        (UserChange::Role(_), Some(role)) => users::set_role(pool, &user, role, by)
-            .await
-            .map(|()| "given the new role"),
-        (UserChange::Role(_), None) => unreachable!("a role change always names its role"),
-        (UserChange::Password { temporary }, _) => {
+        UserChange::Role(role) => {
+            let (_, role) = user_and_role(username, Some(&role))?;
+            let role = role.ok_or_else(|| anyhow::anyhow!("role: none given"))?;
+            users::set_role(pool, &user, role, by)
+                .await
+                .map(|()| "given the new role")
+        }
+        UserChange::Password { temporary } => {
             let password = password_from_stdin()?;
             users::reset_password(pool, &user, &password, temporary, by)
                 .await
