@@ -567,20 +567,17 @@ pub async fn serve(config: &Config, pool: PgPool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A user name and role as typed on the command line.
-fn user_and_role(
-    username: &str,
-    role: Option<&str>,
-) -> anyhow::Result<(lis_domain::actor::ActorId, Option<PersonRole>)> {
-    use lis_domain::actor::{ActorId, Role};
-    let user = ActorId::parse(username).map_err(|e| anyhow::anyhow!("user name: {}", e.message))?;
-    let role = role
-        .map(|r| {
-            let role = Role::parse(r).map_err(|e| anyhow::anyhow!("role: {}", e.message))?;
-            PersonRole::parse(role).map_err(|e| anyhow::anyhow!("role: {e}"))
-        })
-        .transpose()?;
-    Ok((user, role))
+/// A user name as typed on the command line.
+fn user_named(username: &str) -> anyhow::Result<lis_domain::actor::ActorId> {
+    lis_domain::actor::ActorId::parse(username)
+        .map_err(|e| anyhow::anyhow!("user name: {}", e.message))
+}
+
+/// A person's role as typed on the command line.
+fn person_role(role: &str) -> anyhow::Result<PersonRole> {
+    let role =
+        lis_domain::actor::Role::parse(role).map_err(|e| anyhow::anyhow!("role: {}", e.message))?;
+    PersonRole::parse(role).map_err(|e| anyhow::anyhow!("role: {e}"))
 }
 
 /// A password from standard input (one line).
@@ -599,8 +596,7 @@ pub async fn add_user(
     temporary: bool,
     by: &ChangedBy,
 ) -> anyhow::Result<ExitCode> {
-    let (user, role) = user_and_role(username, Some(role))?;
-    let role = role.expect("a role was given");
+    let (user, role) = (user_named(username)?, person_role(role)?);
     let password = password_from_stdin()?;
     users::add(pool, &user, role, &password, temporary, by).await?;
     let stands = if temporary { "temporary" } else { "standing" };
@@ -609,21 +605,15 @@ pub async fn add_user(
 }
 
 pub async fn list_users(pool: &PgPool) -> anyhow::Result<ExitCode> {
-    for account in users::list(pool).await? {
-        let flag = |name: &str, shown: &'static str| {
-            if account[name] == true {
-                shown
-            } else {
-                "-"
-            }
-        };
+    let flag = |set: bool, shown: &'static str| if set { shown } else { "-" };
+    for a in users::list(pool).await? {
         say!(
             "{:<32} {:<13} {:<8} {:<15} last log-in {}",
-            account["username"].as_str().unwrap_or_default(),
-            account["role"].as_str().unwrap_or_default(),
-            flag("disabled", "disabled"),
-            flag("password_change_required", "must-change"),
-            account["last_login"].as_str().unwrap_or("never")
+            a.username,
+            a.role,
+            flag(a.disabled, "disabled"),
+            flag(a.password_change_required, "must-change"),
+            a.last_login.map_or("never".into(), |at| at.to_rfc3339())
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -643,7 +633,7 @@ pub async fn change_user(
     change: UserChange,
     by: &ChangedBy,
 ) -> anyhow::Result<ExitCode> {
-    let (user, _) = user_and_role(username, None)?;
+    let user = user_named(username)?;
     let done = match change {
         UserChange::Disable => users::set_disabled(pool, &user, true, by)
             .await
@@ -651,13 +641,9 @@ pub async fn change_user(
         UserChange::Enable => users::set_disabled(pool, &user, false, by)
             .await
             .map(|()| "enabled"),
-        UserChange::Role(role) => {
-            let (_, role) = user_and_role(username, Some(&role))?;
-            let role = role.ok_or_else(|| anyhow::anyhow!("role: none given"))?;
-            users::set_role(pool, &user, role, by)
-                .await
-                .map(|()| "given the new role")
-        }
+        UserChange::Role(role) => users::set_role(pool, &user, person_role(&role)?, by)
+            .await
+            .map(|()| "given the new role"),
         UserChange::Password { temporary } => {
             let password = password_from_stdin()?;
             users::reset_password(pool, &user, &password, temporary, by)

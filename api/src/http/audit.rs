@@ -347,47 +347,63 @@ fn unstorable(at: &DateTime<Utc>, pointer: &str) -> Option<super::problem::Field
     })
 }
 
-/// The break-glass reads in `range`, oldest first, with `filter` appended to the
-/// condition.
+/// A statement over one of the append-only records keyed by (at, id): the entries in the
+/// range $1..$2, oldest first, at most $3, as `json_build_object($object)` with their
+/// time and id; `$filter` is appended to the condition.
+macro_rules! by_time {
+    ($object:literal, $table:literal, $filter:literal) => {
+        concat!(
+            "SELECT json_build_object(",
+            $object,
+            "), at, id FROM ",
+            $table,
+            " WHERE at >= $1 AND at < $2",
+            $filter,
+            " ORDER BY at, id LIMIT $3"
+        )
+    };
+}
+
+/// The statements of a record's first page and of a page after a cursor ($4, $5), for
+/// [`page_of`].
+macro_rules! pages {
+    ($record:ident) => {
+        [$record!(""), $record!(" AND (at, id) > ($4, $5)")]
+    };
+}
+
+/// Break-glass reads of patient identity.
 macro_rules! break_glass_reads {
     ($filter:literal) => {
-        concat!(
-            "SELECT json_build_object(
-               'at', at, 'actor', actor_id, 'role', actor_role, 'reason', reason,
-               'resource', resource, 'request_id', request_id), at, id
-               FROM break_glass_log WHERE at >= $1 AND at < $2",
-            $filter,
-            " ORDER BY at, id LIMIT $3"
+        by_time!(
+            "'at', at, 'actor', actor_id, 'role', actor_role, 'reason', reason,
+             'resource', resource, 'request_id', request_id",
+            "break_glass_log",
+            $filter
         )
     };
 }
 
-/// The changes to user accounts in `range`, oldest first, with `filter` appended to the
-/// condition.
+/// Changes to user accounts.
 macro_rules! user_changes {
     ($filter:literal) => {
-        concat!(
-            "SELECT json_build_object(
-               'at', at, 'user', username, 'change', change, 'role_before', role_before,
-               'role_after', role_after, 'actor', actor_id, 'actor_role', actor_role,
-               'reason', reason, 'request_id', request_id), at, id
-               FROM user_changes WHERE at >= $1 AND at < $2",
-            $filter,
-            " ORDER BY at, id LIMIT $3"
+        by_time!(
+            "'at', at, 'user', username, 'change', change, 'role_before', role_before,
+             'role_after', role_after, 'actor', actor_id, 'actor_role', actor_role,
+             'reason', reason, 'request_id', request_id",
+            "user_changes",
+            $filter
         )
     };
 }
 
-/// The log-in attempts in `range`, oldest first, with `filter` appended to the condition.
+/// Log-in attempts.
 macro_rules! logins {
     ($filter:literal) => {
-        concat!(
-            "SELECT json_build_object(
-               'at', at, 'user', username, 'succeeded', succeeded, 'client_addr', client_addr),
-                    at, id
-               FROM logins WHERE at >= $1 AND at < $2",
-            $filter,
-            " ORDER BY at, id LIMIT $3"
+        by_time!(
+            "'at', at, 'user', username, 'succeeded', succeeded, 'client_addr', client_addr",
+            "logins",
+            $filter
         )
     };
 }
@@ -438,19 +454,22 @@ pub async fn activity(
         "actor": user, "from": q.from, "to": q.to, "events": events, "next_after": next_after,
     });
     if after.is_none() {
+        // On the first page, whole up to MAX_LIMIT each (flagged when cut): their
+        // break-glass reads, the user administration they did or that was done to their
+        // own account, and their log-ins.
         let most = i64::from(super::params::MAX_LIMIT);
-        let (reads, more) = break_glass_of(&s, &user, &q, most).await?;
-        answer["break_glass"] = json!(reads);
-        answer["break_glass_truncated"] = json!(more.is_some());
-        // The user administration they did, and what was done to their own account.
-        let sql = user_changes!(" AND (username = $4 OR actor_id = $4)");
-        let (changes, more) = page_of(&s, [sql, sql], &q, None, Some(&user), most).await?;
-        answer["account_changes"] = json!(changes);
-        answer["account_changes_truncated"] = json!(more.is_some());
-        let sql = logins!(" AND username = $4");
-        let (logins, more) = page_of(&s, [sql, sql], &q, None, Some(&user), most).await?;
-        answer["logins"] = json!(logins);
-        answer["logins_truncated"] = json!(more.is_some());
+        for (key, sql) in [
+            ("break_glass", break_glass_reads!(" AND actor_id = $4")),
+            (
+                "account_changes",
+                user_changes!(" AND (username = $4 OR actor_id = $4)"),
+            ),
+            ("logins", logins!(" AND username = $4")),
+        ] {
+            let (entries, more) = page_of(&s, [sql, sql], &q, None, Some(&user), most).await?;
+            answer[key] = json!(entries);
+            answer[format!("{key}_truncated")] = json!(more.is_some());
+        }
     }
     Ok(Json(answer))
 }
@@ -463,23 +482,7 @@ pub async fn break_glass(
     caller: Caller,
     Params(q): Params<PagedRange>,
 ) -> Result<Json<Value>, Problem> {
-    let sql = [
-        break_glass_reads!(""),
-        break_glass_reads!(" AND (at, id) > ($4, $5)"),
-    ];
-    audit_page(&s, &caller, &q, sql, "reads").await
-}
-
-/// The first `limit` break-glass reads of one actor in `range`, and whether there are
-/// more (a cursor, unused: their activity shows them on its first page).
-async fn break_glass_of(
-    s: &AppState,
-    actor: &str,
-    range: &PagedRange,
-    limit: i64,
-) -> Result<(Vec<Value>, Option<String>), Problem> {
-    let sql = break_glass_reads!(" AND actor_id = $4");
-    page_of(s, [sql, sql], range, None, Some(actor), limit).await
+    audit_page(&s, &caller, &q, pages!(break_glass_reads), "reads").await
 }
 
 /// One page of a table keyed by (time, id): read by `sql[0]` for the first page, by
@@ -542,8 +545,7 @@ pub async fn user_changes(
     caller: Caller,
     Params(q): Params<PagedRange>,
 ) -> Result<Json<Value>, Problem> {
-    let sql = [user_changes!(""), user_changes!(" AND (at, id) > ($4, $5)")];
-    audit_page(&s, &caller, &q, sql, "changes").await
+    audit_page(&s, &caller, &q, pages!(user_changes), "changes").await
 }
 
 /// Every log-in attempt in a time range, oldest first, a page at a time: when, which
@@ -554,8 +556,7 @@ pub async fn logins(
     caller: Caller,
     Params(q): Params<PagedRange>,
 ) -> Result<Json<Value>, Problem> {
-    let sql = [logins!(""), logins!(" AND (at, id) > ($4, $5)")];
-    audit_page(&s, &caller, &q, sql, "logins").await
+    audit_page(&s, &caller, &q, pages!(logins), "logins").await
 }
 
 /// An auditor's page of one of the append-only records keyed by (time, id), read by

@@ -45,6 +45,13 @@ struct Known {
     users: HashMap<String, (i64, bool)>,
 }
 
+impl Known {
+    /// Whether the records were read within [`STALE`].
+    fn fresh(&self) -> bool {
+        self.read_at.is_some_and(|at| at.elapsed() < STALE)
+    }
+}
+
 impl Revocations {
     /// Reads what is revoked now, and keeps it current every [`POLL`] for as long as the
     /// returned value lives, on a connection of its own (a pool busy with requests does
@@ -105,13 +112,15 @@ impl Revocations {
 
     /// Whether the records were read within [`STALE`].
     pub fn current(&self) -> bool {
-        let known = self.known.read().unwrap_or_else(|p| p.into_inner());
-        known.read_at.is_some_and(|at| at.elapsed() < STALE)
+        self.known.read().unwrap_or_else(|p| p.into_inner()).fresh()
     }
 
-    /// Whether a token of `user` issued under `generation` stands.
+    /// Whether a token of `user` issued under `generation` stands, on what is known now.
     pub fn check(&self, user: &str, generation: i64) -> Verdict {
         let known = self.known.read().unwrap_or_else(|p| p.into_inner());
+        if !known.fresh() {
+            return Verdict::Stale;
+        }
         let (current, disabled) = known.users.get(user).copied().unwrap_or((0, false));
         if generation > current {
             Verdict::Newer
@@ -130,11 +139,6 @@ impl Revocations {
     /// token newer than this instance knows of (issued by another instance after a
     /// change not yet seen here) makes it look again first.
     pub async fn admit(&self, pool: &PgPool, user: &str, generation: i64) -> Result<(), Problem> {
-        if !self.current() {
-            return Err(Problem::unavailable(
-                "the user records could not be read lately, so no token can be confirmed; try again shortly",
-            ));
-        }
         let mut verdict = self.check(user, generation);
         if verdict == Verdict::Newer {
             self.refresh(pool).await?;
@@ -143,6 +147,9 @@ impl Revocations {
         match verdict {
             Verdict::Stands => Ok(()),
             Verdict::Revoked(why) => Err(Problem::unauthorized(why)),
+            Verdict::Stale => Err(Problem::unavailable(
+                "the user records could not be read lately, so no token can be confirmed; try again shortly",
+            )),
             // Still unknown after a fresh look: not a generation this database gave
             // (restored from an older backup, say). Refused; logging in again mends it.
             Verdict::Newer => Err(Problem::unauthorized(
@@ -159,6 +166,8 @@ pub enum Verdict {
     Revoked(&'static str),
     /// Issued under a generation this instance has not seen yet.
     Newer,
+    /// The records were not read within [`STALE`]: nothing can be said.
+    Stale,
 }
 
 #[cfg(test)]
@@ -167,10 +176,13 @@ mod tests {
 
     fn knowing(users: &[(&str, i64, bool)]) -> Revocations {
         let r = Revocations::default();
-        r.known.write().unwrap().users = users
+        let mut known = r.known.write().unwrap();
+        known.read_at = Some(Instant::now());
+        known.users = users
             .iter()
             .map(|(u, g, d)| (u.to_string(), (*g, *d)))
             .collect();
+        drop(known);
         r
     }
 
@@ -188,6 +200,8 @@ mod tests {
         // Users never changed stand at generation 0.
         assert_eq!(r.check("dr.rao", 0), Verdict::Stands);
         assert_eq!(r.check("dr.rao", 1), Verdict::Newer);
+        // Nothing is said before the records have been read.
+        assert_eq!(Revocations::default().check("dr.rao", 0), Verdict::Stale);
     }
 
     #[tokio::test]
@@ -196,7 +210,7 @@ mod tests {
         let nowhere = sqlx::postgres::PgPoolOptions::new()
             .connect_lazy("postgres://nobody@127.0.0.1:1/none")
             .unwrap();
-        let r = knowing(&[]);
+        let r = Revocations::default();
         let never_read = r.admit(&nowhere, "dr.rao", 0).await.unwrap_err();
         assert_eq!(never_read.status, 503);
         r.known.write().unwrap().read_at = Some(Instant::now());

@@ -91,13 +91,11 @@ pub async fn events(
                     return Some((Ok(event), (pool, at, pending)));
                 }
                 let now = chrono::Utc::now().timestamp() as u64;
-                let revoked = matches!(
-                    revocations.check(user.as_str(), token.generation),
-                    Verdict::Revoked(_)
-                );
-                // Knowledge too old to trust ends the stream too; the client resumes
-                // from its last event id once the records can be read again.
-                if revoked || now > token.expires || !revocations.current() {
+                // Revoked, or knowledge too old to trust (the client resumes from its
+                // last event id once the records can be read again), or expired.
+                let verdict = revocations.check(user.as_str(), token.generation);
+                let revoked = matches!(verdict, Verdict::Revoked(_) | Verdict::Stale);
+                if revoked || now > token.expires {
                     tracing::info!(user = %user, revoked, "event stream ended: its token expired or was revoked");
                     return None;
                 }

@@ -197,20 +197,20 @@ impl JsonSchema for PersonRole {
     }
 }
 
-/// One account as the API shows it (never its password hash).
+/// One account as the API and `lisledger users list` show it (never its password hash).
 #[derive(Serialize, JsonSchema, sqlx::FromRow)]
-pub(super) struct Account {
+pub struct Account {
     #[schemars(with = "ActorId")]
-    username: String,
+    pub username: String,
     #[schemars(with = "Role")]
-    role: String,
-    disabled: bool,
-    created_at: DateTime<Utc>,
+    pub role: String,
+    pub disabled: bool,
+    pub created_at: DateTime<Utc>,
     /// The last successful log-in, if any.
-    last_login: Option<DateTime<Utc>>,
+    pub last_login: Option<DateTime<Utc>>,
     /// The password was set by someone else: the user must change it at their next
     /// log-in, before doing anything else.
-    password_change_required: bool,
+    pub password_change_required: bool,
 }
 
 /// An account's row as [`Account`] reads it.
@@ -436,11 +436,10 @@ async fn change_own(
 }
 
 /// Every account, by name.
-pub async fn list(pool: &PgPool) -> Result<Vec<Value>, sqlx::Error> {
-    let accounts: Vec<Account> = sqlx::query_as(concat!(account_sql!(), " ORDER BY username"))
+pub async fn list(pool: &PgPool) -> Result<Vec<Account>, sqlx::Error> {
+    sqlx::query_as(concat!(account_sql!(), " ORDER BY username"))
         .fetch_all(pool)
-        .await?;
-    Ok(accounts.iter().map(|a| json!(a)).collect())
+        .await
 }
 
 async fn account(pool: &PgPool, user: &ActorId) -> Result<Value, Problem> {
