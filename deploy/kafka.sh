@@ -6,7 +6,7 @@
 #   config/  server.properties and log4j2 configs, generated from deploy/kafka/*.in each start
 #   data/    the broker's log.dirs (topics, KRaft metadata), formatted once with a random cluster id
 #   logs/    server.log (the broker's log4j2 output), stdout.log (the JVM's own output, last
-#            start only), format.log and mvn.log
+#            start only) and format.log; mvn's output is in jars.mvn.log
 #   kafka.pid
 # Usage: deploy/kafka.sh [start]   idempotent: a broker already answering is only reported
 #        deploy/kafka.sh stop      stops the broker started here (by pid) and waits for it
@@ -65,25 +65,7 @@ ensure_java() {
 }
 
 ensure_jars() { # fetch the jars once; again only when deploy/kafka/pom.xml changes
-  local want
-  want="$(sha256sum "$pom" | cut -d' ' -f1)"
-  if [ -f "$jars/.pom.sha256" ] && [ "$(cat "$jars/.pom.sha256")" = "$want" ]; then
-    return 0
-  fi
-  if ! command -v mvn >/dev/null 2>&1; then
-    log "installing Maven (Debian package)"
-    apt_install maven
-  fi
-  log "fetching Kafka's jars from Maven Central into $jars"
-  rm -rf "$jars.tmp"
-  mkdir -p "$logs"
-  mvn -q -B -f "$pom" dependency:copy-dependencies -DincludeScope=runtime \
-    -DoutputDirectory="$jars.tmp" > "$logs/mvn.log" 2>&1 \
-    || { tail -n 30 "$logs/mvn.log" >&2; die "mvn dependency:copy-dependencies failed"; }
-  ls "$jars.tmp"/kafka_2.13-*.jar >/dev/null 2>&1 || die "no kafka_2.13 jar in $jars.tmp"
-  printf '%s\n' "$want" > "$jars.tmp/.pom.sha256"
-  rm -rf "$jars"
-  mv "$jars.tmp" "$jars"
+  "$here/maven-jars.sh" "$pom" "$jars" kafka_2.13-
 }
 
 have_jars() { [ -f "$jars/.pom.sha256" ]; }

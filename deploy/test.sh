@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: starts (installing if needed) the local
-# PostgreSQL, MongoDB-wire server and Kafka broker, then formatting, lints and every
-# test against them.
+# PostgreSQL, MongoDB-wire server and Kafka broker (and fetches the FHIR validator), then
+# formatting, lints and every test against them.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -17,6 +17,7 @@ log "free disk for target/: $(df -h --output=avail "$root" | tail -1 | tr -d ' '
 deploy/postgres.sh
 deploy/mongo.sh
 deploy/kafka.sh
+deploy/fhir-check.sh install   # HAPI FHIR's validator, which api/tests/fhir.rs runs
 export LIS_KAFKA_BROKERS="127.0.0.1:${LIS_KAFKA_PORT:-9092}"
 export LIS_MONGO_URL="${LIS_MONGO_URL:-mongodb://127.0.0.1:${LIS_MONGO_PORT:-27017}/?directConnection=true}"
 

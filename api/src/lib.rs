@@ -2,4 +2,5 @@
 //! binary (src/main.rs) wires them to the command line.
 
 pub mod config;
+pub mod fhir;
 pub mod http;

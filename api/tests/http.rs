@@ -865,7 +865,7 @@ async fn every_documented_endpoint_exists() {
             .await
             .unwrap();
             let expected = match path.as_str() {
-                "/healthz" | "/readyz" | "/metrics" => StatusCode::OK,
+                "/healthz" | "/readyz" | "/metrics" | "/fhir/metadata" => StatusCode::OK,
                 "/auth/login" => StatusCode::UNPROCESSABLE_ENTITY,
                 _ => StatusCode::UNAUTHORIZED,
             };

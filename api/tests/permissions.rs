@@ -77,6 +77,8 @@ const GOVERNED_BY: &[(&str, &str)] = &[
     ("GET /results/{id}", "read results"),
     ("GET /patients/{id}/results", "read results"),
     ("GET /critical-results", "read results"),
+    ("GET /fhir/Observation", "read results"),
+    ("GET /fhir/Observation/{id}", "read results"),
     ("GET /worklists", "worklists, turnaround"),
     ("GET /turnaround", "worklists, turnaround"),
     ("GET /audit/{kind}/{id}", "audit history"),
@@ -99,9 +101,11 @@ const GOVERNED_BY: &[(&str, &str)] = &[
     ("POST /patients/{id}/erase", "erase a patient"),
 ];
 
-/// Operations anyone may call: probes, the document itself, metrics and the login.
-const PUBLIC: [&str; 5] = [
+/// Operations anyone may call: probes, the documents themselves (OpenAPI, FHIR
+/// capabilities), metrics and the login.
+const PUBLIC: [&str; 6] = [
     "GET /healthz",
+    "GET /fhir/metadata",
     "GET /readyz",
     "GET /openapi.json",
     "GET /metrics",

@@ -20,6 +20,7 @@ pub mod body;
 #[cfg(test)]
 mod body_properties;
 pub mod commands;
+pub mod fhir;
 pub mod idempotency;
 pub mod limits;
 pub mod metrics;
@@ -153,6 +154,9 @@ pub fn router(state: AppState) -> Router {
         .route("/worklists", get(q::worklist))
         .route("/critical-results", get(q::critical))
         .route("/turnaround", get(q::turnaround))
+        .route("/fhir/metadata", get(fhir::metadata))
+        .route("/fhir/Observation", get(fhir::search_observations))
+        .route("/fhir/Observation/{id}", get(fhir::observation))
         .route("/audit/actors/{user}", get(audit::activity))
         .route("/audit/verification", get(audit::verification))
         .route("/audit/break-glass", get(audit::break_glass))

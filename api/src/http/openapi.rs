@@ -10,7 +10,7 @@
 use super::commands as c;
 use super::queries as q;
 use super::users as u;
-use super::{analytics, audit, privacy, stream, Login, Token};
+use super::{analytics, audit, fhir, privacy, stream, Login, Token};
 use axum::http::StatusCode;
 use axum::Json;
 use lis_domain::result::CriticalNotification;
@@ -106,7 +106,7 @@ impl Endpoint {
     fn secured(&self) -> bool {
         !matches!(
             self.path,
-            "/auth/login" | "/healthz" | "/readyz" | "/metrics"
+            "/auth/login" | "/healthz" | "/readyz" | "/metrics" | "/fhir/metadata"
         )
     }
 }
@@ -179,6 +179,9 @@ pub const ENDPOINTS: &[Endpoint] = &[
     get("/worklists", "Worklist by department and stage, the earliest due first, with age, due time and overdue flag; at most limit rows, the whole count in X-Total-Count", "lab").query::<q::WorklistQuery>(),
     get("/critical-results", "Critical results awaiting notification or acknowledgement", "results"),
     get("/turnaround", "Turnaround per test, priority and stage", "lab"),
+    get("/fhir/metadata", "FHIR R4: the CapabilityStatement (no token needed)", "fhir"),
+    get("/fhir/Observation", "FHIR R4: a patient's results as a searchset Bundle of Observations, the most recently collected first (patient, code, _count; an unsupported parameter is refused, not ignored)", "fhir").query::<fhir::ObservationSearch>(),
+    get("/fhir/Observation/{id}", "FHIR R4: one result as an Observation (preliminary, registered, final, amended, cancelled or entered-in-error; clinicians: released results and those withdrawn after release)", "fhir"),
     get("/audit/{kind}/{id}", "Full history with actors, reasons and field diffs; as_of for the state at an instant; format=csv", "audit").query::<audit::HistoryQuery>(),
     get("/audit/verification", "Recompute every hash chain and check the audit seals now", "audit"),
     get("/audit/actors/{user}", "Everything one user did between from and to, a page at a time (limit, after = the previous page's next_after; complete once the range has ended): events written; on the first page, break-glass reads, changes to user accounts made by or to the user, and log-in attempts (up to 10,000 each, *_truncated when cut)", "audit").query::<audit::PagedRange>(),
@@ -341,6 +344,9 @@ fn operation(e: &Endpoint, generator: &mut SchemaGenerator) -> Value {
                 "/healthz" | "/metrics" => json!({ "text/plain": text }),
                 "/events/stream" => json!({ "text/event-stream": text }),
                 "/audit/{kind}/{id}" => json!({ "application/json": json, "text/csv": text }),
+                p if p.starts_with("/fhir/") => {
+                    json!({ crate::fhir::FHIR_JSON: { "schema": { "type": "object" } } })
+                }
                 _ => json!({ "application/json": json }),
             };
             responses.insert(

@@ -241,6 +241,7 @@ CREATE TABLE IF NOT EXISTS results (
     updated_at        timestamptz NOT NULL);
 CREATE INDEX IF NOT EXISTS results_cumulative ON results (patient_id, test_code, collected_at) WHERE status = 'released';
 CREATE INDEX IF NOT EXISTS results_critical ON results (recorded_at) WHERE critical AND status <> 'retracted';
+CREATE INDEX IF NOT EXISTS results_by_patient ON results (patient_id, collected_at DESC, result_id);
 CREATE OR REPLACE VIEW cumulative_results AS
 SELECT result_id, patient_id, order_id, sample_id, test_code, loinc, collected_at, value, numeric_value, unit,
        flags, reference_low, reference_high, reference_basis, catalogue_version, specimen_note,

@@ -1,0 +1,339 @@
+//! The ledger's results as HL7 FHIR R4 resources (4.0.1): an `Observation` per result,
+//! a `searchset` `Bundle` of them, and the server's `CapabilityStatement`.
+//!
+//! Pure mapping, no I/O: the HTTP handlers (`http::fhir`) read the results model and
+//! hand each row here. What a clinician's system must not misread is the status: a
+//! result the lab has not released is `preliminary`, a released one `final`, one changed
+//! after release `amended`, and one withdrawn `entered-in-error`, which a clinician who
+//! saw it released must still be shown.
+
+use chrono::{DateTime, Utc};
+use lis_domain::result::ResultStatus;
+use lis_domain::value::ResultValue;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// The FHIR version served.
+pub const FHIR_VERSION: &str = "4.0.1";
+/// The media type of every FHIR answer.
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+const LOINC: &str = "http://loinc.org";
+const UCUM: &str = "http://unitsofmeasure.org";
+const CATEGORY: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
+const INTERPRETATION: &str = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation";
+/// Identifiers of the ledger's own objects (results, patients, specimens, orders) are
+/// their UUIDs, written as URNs (RFC 4122), the form FHIR names for them.
+const URI: &str = "urn:ietf:rfc:3986";
+
+/// One row of the results model, as the handlers read it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ResultRow {
+    pub result_id: Uuid,
+    pub sample_id: Uuid,
+    pub order_id: Uuid,
+    pub patient_id: Uuid,
+    pub test_code: String,
+    pub loinc: String,
+    /// The test's name in the catalogue version the result was recorded under.
+    pub test_name: Option<String>,
+    pub collected_at: DateTime<Utc>,
+    pub value: sqlx::types::Json<ResultValue>,
+    pub flags: Vec<String>,
+    pub reference_low: Option<f64>,
+    pub reference_high: Option<f64>,
+    pub reference_basis: String,
+    pub specimen_note: Option<String>,
+    pub status: sqlx::types::Json<ResultStatus>,
+    pub amendments: i32,
+    pub verified_by: Option<String>,
+    pub released_by: Option<String>,
+    pub released_at: Option<DateTime<Utc>>,
+    pub retraction_reason: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `Observation.status` for a result in `status`, amended `amendments` times, released
+/// or not. Retraction before release is `cancelled` (no one outside the lab saw it);
+/// after release it is `entered-in-error`.
+pub fn observation_status(status: ResultStatus, amendments: i32, released: bool) -> &'static str {
+    match status {
+        ResultStatus::Recorded | ResultStatus::Verified => "preliminary",
+        ResultStatus::RerunRequested => "registered",
+        ResultStatus::Released if amendments > 0 => "amended",
+        ResultStatus::Released => "final",
+        ResultStatus::Retracted if released => "entered-in-error",
+        ResultStatus::Retracted => "cancelled",
+    }
+}
+
+/// `Observation.interpretation`: the flags a lab prints (L, H, LL, HH) as the HL7 v3
+/// codes of the same name; `N` for a numeric value inside its reference interval. The
+/// delta flag says a change without its direction, which no v3 code does: it is left
+/// to the note.
+fn interpretation(flags: &[String], value: &ResultValue, has_range: bool) -> Option<Value> {
+    let named = |code: &str| {
+        let display = match code {
+            "L" => "Low",
+            "H" => "High",
+            "LL" => "Critical low",
+            "HH" => "Critical high",
+            _ => "Normal",
+        };
+        json!({ "coding": [{ "system": INTERPRETATION, "code": code, "display": display }] })
+    };
+    let codes: Vec<Value> = flags
+        .iter()
+        .filter(|f| matches!(f.as_str(), "L" | "H" | "LL" | "HH"))
+        .map(|f| named(f))
+        .collect();
+    if !codes.is_empty() {
+        return Some(Value::Array(codes));
+    }
+    match value {
+        ResultValue::Numeric { .. } if has_range => Some(json!([named("N")])),
+        _ => None,
+    }
+}
+
+fn quantity(value: f64, unit: &str) -> Value {
+    json!({ "value": value, "unit": unit, "system": UCUM, "code": unit })
+}
+
+fn by_user(user: &str) -> Value {
+    json!({ "display": user })
+}
+
+/// The result as an R4 `Observation`.
+pub fn observation(r: &ResultRow) -> Value {
+    let status = observation_status(r.status.0, r.amendments, r.released_at.is_some());
+    let mut code = json!({ "coding": [{ "system": LOINC, "code": r.loinc }] });
+    code["text"] = json!(r.test_name.as_deref().unwrap_or(&r.test_code));
+    let mut o = json!({
+        "resourceType": "Observation",
+        "id": r.result_id,
+        "meta": { "lastUpdated": r.updated_at.to_rfc3339() },
+        "identifier": [{ "system": URI, "value": format!("urn:uuid:{}", r.result_id) }],
+        "basedOn": [{ "type": "ServiceRequest",
+                      "identifier": { "system": URI, "value": format!("urn:uuid:{}", r.order_id) } }],
+        "status": status,
+        "category": [{ "coding": [{ "system": CATEGORY, "code": "laboratory", "display": "Laboratory" }] }],
+        "code": code,
+        "subject": { "type": "Patient",
+                     "identifier": { "system": URI, "value": format!("urn:uuid:{}", r.patient_id) } },
+        "effectiveDateTime": r.collected_at.to_rfc3339(),
+        "specimen": { "type": "Specimen",
+                      "identifier": { "system": URI, "value": format!("urn:uuid:{}", r.sample_id) } },
+    });
+    if let Some(at) = r.released_at {
+        o["issued"] = json!(at.to_rfc3339());
+    }
+    // Who released it (ISO 15189 7.4.1.2), else who verified it.
+    if let Some(user) = r.released_by.as_deref().or(r.verified_by.as_deref()) {
+        o["performer"] = json!([by_user(user)]);
+    }
+    let unit = match &r.value.0 {
+        ResultValue::Numeric { value, unit } => {
+            o["valueQuantity"] = quantity(*value, unit);
+            Some(unit.as_str())
+        }
+        ResultValue::Coded { answer } => {
+            o["valueCodeableConcept"] = json!({ "text": answer });
+            None
+        }
+    };
+    let has_range = r.reference_low.is_some() || r.reference_high.is_some();
+    if let Some(i) = interpretation(&r.flags, &r.value.0, has_range) {
+        o["interpretation"] = i;
+    }
+    if has_range {
+        let mut range = json!({ "text": r.reference_basis });
+        for (key, bound) in [("low", r.reference_low), ("high", r.reference_high)] {
+            if let Some(b) = bound {
+                range[key] = match unit {
+                    Some(u) => quantity(b, u),
+                    None => json!({ "value": b }),
+                };
+            }
+        }
+        o["referenceRange"] = json!([range]);
+    }
+    let mut notes = Vec::new();
+    if let Some(note) = &r.specimen_note {
+        notes.push(json!({ "text": format!("Specimen: {note}") }));
+    }
+    if r.flags.iter().any(|f| f == "D") {
+        notes.push(json!({ "text": "Delta check: changed more than the test's threshold since the previous released result" }));
+    }
+    if r.amendments > 0 {
+        notes.push(json!({ "text": format!(
+            "Amended after release ({} time{}); every earlier value, who changed it and why: the ledger's audit history of result {}",
+            r.amendments, if r.amendments == 1 { "" } else { "s" }, r.result_id) }));
+    }
+    if let Some(reason) = &r.retraction_reason {
+        notes.push(json!({ "text": format!("Retracted: {reason}") }));
+    }
+    if !notes.is_empty() {
+        o["note"] = Value::Array(notes);
+    }
+    o
+}
+
+/// A `searchset` `Bundle` of `resources`, `total` matching in all (more than sent
+/// when the page size cut them), found by the search at `self_link`.
+pub fn searchset(resources: Vec<Value>, total: i64, self_link: &str, at: DateTime<Utc>) -> Value {
+    let entries: Vec<Value> = resources
+        .into_iter()
+        .map(|r| {
+            let full_url = format!("urn:uuid:{}", r["id"].as_str().unwrap_or_default());
+            json!({ "fullUrl": full_url, "resource": r, "search": { "mode": "match" } })
+        })
+        .collect();
+    let mut bundle = json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "timestamp": at.to_rfc3339(),
+        "total": total,
+        "link": [{ "relation": "self", "url": self_link }],
+    });
+    // FHIR has no empty arrays: a search that found nothing has no `entry`.
+    if !entries.is_empty() {
+        bundle["entry"] = Value::Array(entries);
+    }
+    bundle
+}
+
+/// The search parameters of `GET /fhir/Observation`.
+pub const SEARCH_PARAMS: [(&str, &str, &str); 3] = [
+    ("patient", "reference", "The patient, by the ledger's id (a UUID, or Patient/<uuid>); required"),
+    ("code", "token", "A LOINC code, bare or as http://loinc.org|<code>"),
+    ("_count", "number", "How many to send, the most recently collected first: 1 to 1000 (default 100); Bundle.total says how many match"),
+];
+
+/// What this server does, for `GET /fhir/metadata` (published once the binary is built).
+pub fn capability_statement(software_version: &str, built: DateTime<Utc>) -> Value {
+    let params: Vec<Value> = SEARCH_PARAMS
+        .iter()
+        .map(|(name, kind, doc)| json!({ "name": name, "type": kind, "documentation": doc }))
+        .collect();
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": built.to_rfc3339(),
+        "publisher": "LIS Ledger",
+        "kind": "instance",
+        "software": { "name": "LIS Ledger", "version": software_version },
+        "implementation": { "description": "LIS Ledger: laboratory results, read-only" },
+        "fhirVersion": FHIR_VERSION,
+        "format": ["json"],
+        "rest": [{
+            "mode": "server",
+            "documentation": "Read-only. Clinicians see released results and those withdrawn after release (entered-in-error); lab roles see every result. Errors are RFC 9457 problem details.",
+            "security": {
+                "description": "A bearer token from POST /auth/login, in the Authorization header."
+            },
+            "resource": [{
+                "type": "Observation",
+                "interaction": [{ "code": "read" }, { "code": "search-type" }],
+                "searchParam": params,
+            }],
+        }],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(status: ResultStatus) -> ResultRow {
+        let at = "2026-03-03T09:30:00Z".parse().unwrap();
+        ResultRow {
+            result_id: Uuid::from_u128(1),
+            sample_id: Uuid::from_u128(2),
+            order_id: Uuid::from_u128(3),
+            patient_id: Uuid::from_u128(4),
+            test_code: "K".into(),
+            loinc: "2823-3".into(),
+            test_name: Some("Potassium".into()),
+            collected_at: at,
+            value: sqlx::types::Json(ResultValue::Numeric {
+                value: 6.8,
+                unit: "mmol/L".into(),
+            }),
+            flags: vec!["HH".into(), "D".into()],
+            reference_low: Some(3.5),
+            reference_high: Some(5.1),
+            reference_basis: "adult".into(),
+            specimen_note: None,
+            status: sqlx::types::Json(status),
+            amendments: 0,
+            verified_by: Some("tech.1".into()),
+            released_by: None,
+            released_at: None,
+            retraction_reason: None,
+            updated_at: at,
+        }
+    }
+
+    #[test]
+    fn every_status_maps_and_withdrawal_after_release_is_entered_in_error() {
+        use ResultStatus::*;
+        let cases = [
+            (Recorded, 0, false, "preliminary"),
+            (Verified, 0, false, "preliminary"),
+            (RerunRequested, 0, false, "registered"),
+            (Released, 0, true, "final"),
+            (Released, 2, true, "amended"),
+            (Retracted, 0, false, "cancelled"),
+            (Retracted, 1, true, "entered-in-error"),
+        ];
+        for (status, amendments, released, fhir) in cases {
+            assert_eq!(
+                observation_status(status, amendments, released),
+                fhir,
+                "{status:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_critical_value_carries_its_code_unit_range_and_flags() {
+        let mut r = row(ResultStatus::Released);
+        r.released_by = Some("path.1".into());
+        r.released_at = Some("2026-03-03T10:00:00Z".parse().unwrap());
+        let o = observation(&r);
+        assert_eq!(o["status"], "final");
+        assert_eq!(o["code"]["coding"][0]["code"], "2823-3");
+        assert_eq!(o["code"]["text"], "Potassium");
+        assert_eq!(o["valueQuantity"]["value"], 6.8);
+        assert_eq!(o["valueQuantity"]["code"], "mmol/L");
+        assert_eq!(o["interpretation"][0]["coding"][0]["code"], "HH");
+        assert_eq!(o["interpretation"].as_array().unwrap().len(), 1);
+        assert_eq!(o["referenceRange"][0]["high"]["value"], 5.1);
+        assert_eq!(o["performer"][0]["display"], "path.1");
+        assert_eq!(o["issued"], "2026-03-03T10:00:00+00:00");
+        assert!(o["note"][0]["text"].as_str().unwrap().starts_with("Delta"));
+    }
+
+    #[test]
+    fn an_unflagged_number_in_range_is_normal_and_a_coded_answer_is_text() {
+        let mut r = row(ResultStatus::Verified);
+        r.flags.clear();
+        assert_eq!(
+            observation(&r)["interpretation"][0]["coding"][0]["code"],
+            "N"
+        );
+        assert!(observation(&r).get("issued").is_none());
+        assert_eq!(observation(&r)["performer"][0]["display"], "tech.1");
+        r.value = sqlx::types::Json(ResultValue::Coded {
+            answer: "positive".into(),
+        });
+        r.reference_low = None;
+        r.reference_high = None;
+        let o = observation(&r);
+        assert_eq!(o["valueCodeableConcept"]["text"], "positive");
+        assert!(o.get("valueQuantity").is_none());
+        assert!(o.get("interpretation").is_none());
+        assert!(o.get("referenceRange").is_none());
+    }
+}

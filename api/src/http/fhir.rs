@@ -1,0 +1,237 @@
+//! The FHIR R4 read interface: `GET /fhir/metadata`, `GET /fhir/Observation/{id}` and
+//! `GET /fhir/Observation?patient=…`, for clinicians' systems (EMR, ABDM gateways) that
+//! speak FHIR rather than this API's own JSON.
+//!
+//! Read from the results model as `GET /results/{id}` is, with the same permission;
+//! mapped by [`crate::fhir`]. A clinician sees what the lab released, and a result
+//! withdrawn after release as `entered-in-error`. A search parameter the server does
+//! not support is refused (422), not ignored: an ignored filter would send more results
+//! than the caller asked for, and a clinical system could take them as filtered.
+
+use super::auth::{Action, Caller};
+use super::params::Params;
+use super::problem::{FieldProblem, Problem};
+use super::AppState;
+use crate::fhir::{self, ResultRow};
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use lis_domain::actor::Role;
+use lis_domain::ids::{PatientId, ResultId};
+use serde::Deserialize;
+use serde_json::Value;
+use std::sync::LazyLock;
+
+/// The largest `_count`, and the default.
+const MAX_COUNT: u32 = 1_000;
+const DEFAULT_COUNT: u32 = 100;
+
+/// The columns [`ResultRow`] reads, `r` being `proj_results.results`.
+macro_rules! result_rows {
+    ($where:literal, $tail:literal) => {
+        concat!(
+            "SELECT r.result_id, r.sample_id, r.order_id, r.patient_id, r.test_code, r.loinc,
+                    t.name AS test_name, r.collected_at, r.value, r.flags, r.reference_low,
+                    r.reference_high, r.reference_basis, r.specimen_note,
+                    to_jsonb(r.status) AS status, r.amendments, r.verified_by, r.released_by,
+                    r.released_at, r.retraction_reason, r.updated_at, count(*) OVER () AS total
+               FROM proj_results.results r
+               LEFT JOIN catalogue_tests t ON t.version = r.catalogue_version AND t.code = r.test_code
+              WHERE ",
+            $where,
+            // What a clinician may see ($2 true): released, or withdrawn after release.
+            " AND (NOT $2 OR r.status = 'released' OR (r.status = 'retracted' AND r.released_at IS NOT NULL))",
+            $tail
+        )
+    };
+}
+
+#[derive(sqlx::FromRow)]
+struct Found {
+    #[sqlx(flatten)]
+    row: ResultRow,
+    total: i64,
+}
+
+/// Whether the caller sees only what was released to clinicians.
+fn released_only(caller: &Caller) -> bool {
+    caller.actor.role == Role::Clinician
+}
+
+fn fhir_json(v: &Value) -> Response {
+    (
+        [(header::CONTENT_TYPE, fhir::FHIR_JSON)],
+        serde_json::to_string(v).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+/// Built once: what the server can do does not change while it runs.
+static CAPABILITIES: LazyLock<Value> =
+    LazyLock::new(|| fhir::capability_statement(env!("CARGO_PKG_VERSION"), chrono::Utc::now()));
+
+/// The `CapabilityStatement`, unauthenticated as FHIR clients expect it to be.
+pub async fn metadata() -> Response {
+    fhir_json(&CAPABILITIES)
+}
+
+/// One result as an `Observation`.
+pub async fn observation(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<Response, Problem> {
+    caller.require(Action::ReadResults)?;
+    let id = super::commands::id(&raw, ResultId::parse, "Observation")?;
+    let found: Option<Found> = sqlx::query_as(result_rows!("r.result_id = $1", ""))
+        .bind(id.as_uuid())
+        .bind(released_only(&caller))
+        .fetch_optional(&s.pool)
+        .await?;
+    match found {
+        Some(f) => Ok(fhir_json(&fhir::observation(&f.row))),
+        None => Err(Problem::not_found(format!("no Observation {raw}"))),
+    }
+}
+
+/// A patient as `GET /fhir/Observation` takes them: the ledger's id, hyphenated, bare or
+/// as a FHIR reference.
+const PATIENT_PATTERN: &str =
+    "^(Patient/)?[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$";
+/// A LOINC code (digits, a hyphen, a check digit), bare or with its system.
+const CODE_PATTERN: &str = r"^(http://loinc\.org\|)?[0-9]{1,8}-[0-9]$";
+
+/// The search parameters of `GET /fhir/Observation` ([`fhir::SEARCH_PARAMS`]).
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ObservationSearch {
+    /// The patient, by the ledger's id: a UUID, or `Patient/<uuid>`.
+    #[schemars(extend("pattern" = PATIENT_PATTERN))]
+    pub patient: String,
+    /// A LOINC code, bare (`2823-3`) or with its system (`http://loinc.org|2823-3`).
+    #[schemars(extend("pattern" = CODE_PATTERN))]
+    pub code: Option<String>,
+    /// How many to send, the most recently collected first: 1 to 1000 (default 100).
+    /// `Bundle.total` says how many match in all.
+    #[serde(rename = "_count")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub count: Option<u32>,
+}
+
+/// The UUID in `id` if it is written as 8-4-4-4-12 hexadecimal digits, nothing else
+/// (the parser would also take braces, a URN or no hyphens, which the pattern does not).
+fn hyphenated_uuid(id: &str) -> Option<uuid::Uuid> {
+    let shape = id.len() == 36
+        && id.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        });
+    shape.then(|| uuid::Uuid::parse_str(id).ok()).flatten()
+}
+
+/// Whether `code` is a LOINC code's form: 1 to 8 digits, a hyphen, a check digit.
+fn loinc_form(code: &str) -> bool {
+    code.split_once('-').is_some_and(|(number, check)| {
+        (1..=8).contains(&number.len())
+            && number.bytes().all(|b| b.is_ascii_digit())
+            && check.len() == 1
+            && check.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+impl ObservationSearch {
+    /// The patient, the LOINC code and the count, or a problem naming each bad one.
+    fn check(&self) -> Result<(PatientId, Option<String>, u32), Problem> {
+        let mut errors = Vec::new();
+        let mut problem = |pointer: &str, detail: String| {
+            errors.push(FieldProblem {
+                pointer: pointer.into(),
+                detail,
+            })
+        };
+        let raw = &self.patient;
+        let patient =
+            hyphenated_uuid(raw.strip_prefix("Patient/").unwrap_or(raw)).map(PatientId::from_uuid);
+        if patient.is_none() {
+            problem(
+                "/patient",
+                "patient must be the ledger's patient id: a UUID (8-4-4-4-12 hexadecimal digits), or Patient/<uuid>".into(),
+            );
+        }
+        let code = self
+            .code
+            .as_deref()
+            .map(|c| c.strip_prefix("http://loinc.org|").unwrap_or(c).to_string());
+        if code.as_deref().is_some_and(|c| !loinc_form(c)) {
+            problem(
+                "/code",
+                "code must be a LOINC code (such as 2823-3), bare or as http://loinc.org|<code>"
+                    .into(),
+            );
+        }
+        let count = self.count.unwrap_or(DEFAULT_COUNT);
+        if !(1..=MAX_COUNT).contains(&count) {
+            problem("/_count", format!("_count must be 1 to {MAX_COUNT}"));
+        }
+        match patient {
+            Some(p) if errors.is_empty() => Ok((p, code, count)),
+            _ => Err(Problem::invalid(errors)),
+        }
+    }
+}
+
+/// A patient's results as a `searchset` `Bundle`, the most recently collected first.
+pub async fn search_observations(
+    State(s): State<AppState>,
+    caller: Caller,
+    Params(q): Params<ObservationSearch>,
+) -> Result<Response, Problem> {
+    caller.require(Action::ReadResults)?;
+    let (patient, code, count) = q.check()?;
+    let found: Vec<Found> = sqlx::query_as(result_rows!(
+        "r.patient_id = $1 AND ($3::text IS NULL OR r.loinc = $3)",
+        " ORDER BY r.collected_at DESC, r.result_id LIMIT $4"
+    ))
+    .bind(patient.as_uuid())
+    .bind(released_only(&caller))
+    .bind(&code)
+    .bind(i64::from(count))
+    .fetch_all(&s.pool)
+    .await?;
+    let total = found.first().map_or(0, |f| f.total);
+    let mut link = format!("/fhir/Observation?patient=Patient/{}", patient.as_uuid());
+    if let Some(c) = &code {
+        link.push_str(&format!("&code=http://loinc.org%7C{c}"));
+    }
+    link.push_str(&format!("&_count={count}"));
+    let resources = found.iter().map(|f| fhir::observation(&f.row)).collect();
+    Ok(fhir_json(&fhir::searchset(
+        resources,
+        total,
+        &link,
+        chrono::Utc::now(),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_patient_is_a_hyphenated_uuid_and_a_code_is_a_loinc_code() {
+        let id = "0b4a9a5e-1111-4c3a-9d7e-2d2c4c9a0002";
+        assert!(hyphenated_uuid(id).is_some());
+        for not in [
+            "0b4a9a5e11114c3a9d7e2d2c4c9a0002",
+            "{0b4a9a5e-1111-4c3a-9d7e-2d2c4c9a0002}",
+            " 0b4a9a5e-1111-4c3a-9d7e-2d2c4c9a0002",
+            "0b4a9a5e-1111-4c3a-9d7e-2d2c4c9a000g",
+        ] {
+            assert_eq!(hyphenated_uuid(not), None, "{not}");
+        }
+        assert!(loinc_form("2823-3") && loinc_form("1-8") && loinc_form("12345678-9"));
+        for not in ["2823", "2823-33", "-3", "123456789-0", "2823-x", " 2823-3"] {
+            assert!(!loinc_form(not), "{not}");
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! The FHIR R4 interface end to end: results in every state of their life, read through
+//! `serve` as Observations and a searchset Bundle, each status as a clinician's system
+//! must read it, what a clinician may see, the refusals, and every answer checked
+//! against the FHIR specification by HAPI FHIR's validator (`deploy/fhir-check.sh`).
+
+mod support;
+
+use lis_domain::actor::Role;
+use lis_tests::TestDb;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use support::{token, wait_healthy, wait_projected, ApiClient, Stack};
+
+/// GET `path` with `bearer`: the status, the content type and the JSON answer.
+async fn get(api: &ApiClient, bearer: Option<&str>, path: &str) -> (StatusCode, String, Value) {
+    let mut r = api.http.get(format!("{}{path}", api.base));
+    if let Some(b) = bearer {
+        r = r.bearer_auth(b);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status();
+    let kind = r.headers()["content-type"].to_str().unwrap().to_string();
+    (status, kind, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Runs `deploy/fhir-check.sh` over `files`: whether it passed, and what it printed.
+fn fhir_check(files: &[PathBuf]) -> (bool, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/fhir-check.sh");
+    let out = std::process::Command::new(script)
+        .args(files)
+        .output()
+        .expect("run deploy/fhir-check.sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn numeric(value: f64) -> Value {
+    json!({"kind": "numeric", "value": value, "unit": "mmol/L"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_are_served_as_valid_fhir_observations_in_every_state() {
+    let db = TestDb::new().await;
+    let mut stack = Stack::new(&db, false);
+    let base = stack.with_api();
+    let serve = stack.spawn("serve", &["serve"]);
+    let project = stack.spawn("project", &["project", "orders", "results"]);
+    wait_healthy(&base, &serve, Duration::from_secs(30)).await;
+    let api = ApiClient::new(&base);
+    let reception = token("reception.1", Role::Reception);
+    let phleb = token("phleb.1", Role::Phlebotomist);
+    let tech = token("tech.1", Role::Technologist);
+    let path = token("path.1", Role::Pathologist);
+    let clinician = token("dr.rao", Role::Clinician);
+    let analyst = token("analyst.1", Role::Analyst);
+
+    // One serum tube, six tests, each taken to another point of a result's life.
+    let tests = ["K", "NA", "CL", "DENGUE_NS1", "HBSAG", "HIV"];
+    let order = api
+        .ok(&reception, "/orders", json!({
+            "patient": {"mrn": "MRN-FHIR-1", "name": "Asha Verma", "sex": "female", "date_of_birth": "1980-05-17"},
+            "ordering_clinician": "Dr Rao", "priority": "routine", "collection_site": "OPD 2", "tests": tests}))
+        .await;
+    let sample = api
+        .ok(
+            &phleb,
+            "/samples",
+            json!({"order_id": order, "accession_number": "ACC-FHIR-1",
+            "specimen_type": "serum", "container": "red/SST", "tests": tests}),
+        )
+        .await;
+    api.ok(&tech, &format!("/samples/{sample}/receive"), json!({}))
+        .await;
+    let mut ids = std::collections::BTreeMap::new();
+    for (test, value) in [
+        ("K", numeric(5.5)),
+        (
+            "NA",
+            json!({"kind": "numeric", "value": 140, "unit": "mmol/L"}),
+        ),
+        (
+            "CL",
+            json!({"kind": "numeric", "value": 100, "unit": "mmol/L"}),
+        ),
+        ("DENGUE_NS1", json!({"kind": "coded", "answer": "Positive"})),
+        ("HBSAG", json!({"kind": "coded", "answer": "Nonreactive"})),
+        ("HIV", json!({"kind": "coded", "answer": "Nonreactive"})),
+    ] {
+        let id = api
+            .ok(
+                &tech,
+                "/results",
+                json!({"sample_id": sample, "test_code": test, "value": value}),
+            )
+            .await;
+        ids.insert(test, id);
+    }
+    let reason = json!({"reason": "checking the FHIR interface"});
+    for test in ["K", "NA", "DENGUE_NS1"] {
+        api.ok(&tech, &format!("/results/{}/verify", ids[test]), json!({}))
+            .await;
+        api.ok(
+            &path,
+            &format!("/results/{}/authorise", ids[test]),
+            json!({}),
+        )
+        .await;
+    }
+    api.ok(
+        &path,
+        &format!("/results/{}/amend", ids["K"]),
+        json!({"value": numeric(5.9), "reason": "instrument recalibrated"}),
+    )
+    .await;
+    api.ok(
+        &path,
+        &format!("/results/{}/retract", ids["NA"]),
+        reason.clone(),
+    )
+    .await;
+    api.ok(
+        &path,
+        &format!("/results/{}/retract", ids["HBSAG"]),
+        reason.clone(),
+    )
+    .await;
+    api.ok(&tech, &format!("/results/{}/rerun", ids["HIV"]), reason)
+        .await;
+    wait_projected(
+        &db,
+        &["orders", "results"],
+        Duration::from_secs(60),
+        &[&serve, &project],
+    )
+    .await;
+    let (_, _, placed) = get(&api, Some(&reception), &format!("/orders/{order}")).await;
+    let patient = placed["patient_id"].as_str().unwrap().to_string();
+
+    // What the lab sees: all six, in the status each has.
+    let search = format!("/fhir/Observation?patient=Patient/{patient}");
+    let (s, kind, lab) = get(&api, Some(&tech), &search).await;
+    assert_eq!(
+        (s, kind.as_str()),
+        (StatusCode::OK, "application/fhir+json"),
+        "{lab}"
+    );
+    assert_eq!(
+        (lab["resourceType"].as_str(), lab["type"].as_str()),
+        (Some("Bundle"), Some("searchset"))
+    );
+    let status_of = |bundle: &Value| -> std::collections::BTreeMap<String, String> {
+        bundle["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let o = &e["resource"];
+                let test = ids.iter().find(|(_, id)| o["id"] == id.as_str()).unwrap().0;
+                (test.to_string(), o["status"].as_str().unwrap().to_string())
+            })
+            .collect()
+    };
+    let expected = [
+        ("CL", "preliminary"),
+        ("DENGUE_NS1", "final"),
+        ("HBSAG", "cancelled"),
+        ("HIV", "registered"),
+        ("K", "amended"),
+        ("NA", "entered-in-error"),
+    ];
+    let as_map = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    assert_eq!(status_of(&lab), as_map(&expected));
+    assert_eq!(lab["total"], 6);
+
+    // A clinician: what was released, and what was withdrawn after they could see it.
+    let (s, _, seen) = get(&api, Some(&clinician), &search).await;
+    assert_eq!(s, StatusCode::OK, "{seen}");
+    assert_eq!(
+        status_of(&seen),
+        as_map(&[
+            ("DENGUE_NS1", "final"),
+            ("K", "amended"),
+            ("NA", "entered-in-error")
+        ])
+    );
+    assert_eq!(seen["total"], 3);
+    for hidden in ["CL", "HBSAG", "HIV"] {
+        let (s, kind, problem) = get(
+            &api,
+            Some(&clinician),
+            &format!("/fhir/Observation/{}", ids[hidden]),
+        )
+        .await;
+        assert_eq!(
+            (s, kind.as_str()),
+            (StatusCode::NOT_FOUND, "application/problem+json"),
+            "{problem}"
+        );
+    }
+
+    // One result, read alone: the amended potassium, with what a report must show.
+    let (s, kind, k) = get(
+        &api,
+        Some(&clinician),
+        &format!("/fhir/Observation/{}", ids["K"]),
+    )
+    .await;
+    assert_eq!(
+        (s, kind.as_str()),
+        (StatusCode::OK, "application/fhir+json"),
+        "{k}"
+    );
+    assert_eq!(k["status"], "amended");
+    assert_eq!(
+        k["code"]["coding"][0],
+        json!({"system": "http://loinc.org", "code": "2823-3"})
+    );
+    assert_eq!(k["code"]["text"], "Potassium");
+    assert_eq!(k["valueQuantity"]["value"], 5.9);
+    assert_eq!(k["valueQuantity"]["system"], "http://unitsofmeasure.org");
+    assert_eq!(k["interpretation"][0]["coding"][0]["code"], "H");
+    assert_eq!(k["referenceRange"][0]["low"]["value"], 3.5);
+    assert_eq!(k["referenceRange"][0]["high"]["value"], 5.2);
+    assert_eq!(k["performer"][0]["display"], "path.1");
+    assert!(k["issued"].is_string());
+    assert_eq!(
+        k["subject"]["identifier"]["value"],
+        format!("urn:uuid:{patient}")
+    );
+    assert_eq!(
+        k["specimen"]["identifier"]["value"],
+        format!("urn:uuid:{sample}")
+    );
+    let (_, _, na) = get(
+        &api,
+        Some(&clinician),
+        &format!("/fhir/Observation/{}", ids["NA"]),
+    )
+    .await;
+    assert_eq!(
+        na["note"][0]["text"],
+        "Retracted: checking the FHIR interface"
+    );
+    let (_, _, dengue) = get(
+        &api,
+        Some(&tech),
+        &format!("/fhir/Observation/{}", ids["DENGUE_NS1"]),
+    )
+    .await;
+    assert_eq!(dengue["valueCodeableConcept"]["text"], "Positive");
+
+    // Narrowed by code and cut by _count; the total still counts every match.
+    let (_, _, only_k) = get(
+        &api,
+        Some(&tech),
+        &format!("{search}&code=http://loinc.org%7C2823-3"),
+    )
+    .await;
+    assert_eq!(status_of(&only_k), as_map(&[("K", "amended")]));
+    let (_, _, bare) = get(
+        &api,
+        Some(&tech),
+        &format!("/fhir/Observation?patient={patient}&code=2823-3"),
+    )
+    .await;
+    assert_eq!(bare["entry"], only_k["entry"]);
+    let (_, _, two) = get(&api, Some(&tech), &format!("{search}&_count=2")).await;
+    assert_eq!(
+        (
+            two["entry"].as_array().unwrap().len(),
+            two["total"].as_i64()
+        ),
+        (2, Some(6))
+    );
+    let (_, _, nobody) = get(
+        &api,
+        Some(&tech),
+        &format!("/fhir/Observation?patient={}", uuid::Uuid::new_v4()),
+    )
+    .await;
+    assert_eq!(
+        (nobody["total"].as_i64(), nobody.get("entry")),
+        (Some(0), None),
+        "{nobody}"
+    );
+
+    // Refused, each naming its parameter; an unsupported filter is not ignored.
+    for (query, pointer) in [
+        ("patient=x", "/patient"),
+        (&format!("patient={patient}&_count=0") as &str, "/_count"),
+        (&format!("patient={patient}&_count=1001"), "/_count"),
+        (
+            &format!("patient={patient}&code=http://snomed.info/sct%7C1234"),
+            "/code",
+        ),
+        (&format!("patient={patient}&date=ge2026-03-03"), "/date"),
+    ] {
+        let (s, kind, problem) =
+            get(&api, Some(&tech), &format!("/fhir/Observation?{query}")).await;
+        assert_eq!(
+            (s, kind.as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "application/problem+json"),
+            "{query}: {problem}"
+        );
+        assert_eq!(
+            problem["errors"][0]["pointer"], pointer,
+            "{query}: {problem}"
+        );
+    }
+    let (s, _, _) = get(&api, None, &search).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, _) = get(&api, Some(&analyst), &search).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // The capability statement, without a token.
+    let (s, kind, capabilities) = get(&api, None, "/fhir/metadata").await;
+    assert_eq!(
+        (s, kind.as_str()),
+        (StatusCode::OK, "application/fhir+json")
+    );
+    assert_eq!(capabilities["fhirVersion"], "4.0.1");
+
+    // Every answer is valid FHIR R4 to HAPI FHIR's validator…
+    let dir = stack.logs.join("fhir");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = Vec::new();
+    let mut write = |name: &str, v: &Value| {
+        let file = dir.join(format!("{name}.json"));
+        std::fs::write(&file, serde_json::to_vec_pretty(v).unwrap()).unwrap();
+        files.push(file);
+    };
+    write("lab-bundle", &lab);
+    write("clinician-bundle", &seen);
+    write("empty-bundle", &nobody);
+    write("capabilities", &capabilities);
+    for entry in lab["entry"].as_array().unwrap() {
+        let o = &entry["resource"];
+        write(&format!("observation-{}", o["status"].as_str().unwrap()), o);
+    }
+    let (valid, report) = fhir_check(&files);
+    assert!(valid, "HAPI FHIR's validator found errors:\n{report}");
+    assert!(
+        report.contains(&format!("files: {}, errors: 0", files.len())),
+        "{report}"
+    );
+
+    // …which does refuse what is not: a status FHIR does not have, a value with no number.
+    let mut wrong = k.clone();
+    wrong["status"] = json!("released");
+    wrong["valueQuantity"]["value"] = json!("5.9 mmol/L");
+    let bad = dir.join("wrong.json");
+    std::fs::write(&bad, serde_json::to_vec(&wrong).unwrap()).unwrap();
+    let (valid, report) = fhir_check(&[bad]);
+    assert!(
+        !valid,
+        "the validator passed an invalid Observation:\n{report}"
+    );
+    assert!(report.contains("released"), "{report}");
+
+    drop((serve, project));
+    db.drop().await;
+}
