@@ -1,5 +1,6 @@
 //! The ledger's results as HL7 FHIR R4 resources (4.0.1): an `Observation` per result,
-//! a `searchset` `Bundle` of them, and the server's `CapabilityStatement`.
+//! a `DiagnosticReport` per order (what was released of it), `searchset` `Bundle`s of
+//! them, and the server's `CapabilityStatement`.
 //!
 //! Pure mapping, no I/O: the HTTP handlers (`http::fhir`) read the results model and
 //! hand each row here. What a clinician's system must not misread is the status: a
@@ -179,6 +180,119 @@ pub fn observation(r: &ResultRow) -> Value {
     o
 }
 
+/// An order as a report's header reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OrderRow {
+    pub order_id: Uuid,
+    pub order_number: String,
+    pub patient_id: Uuid,
+    pub placed_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One test of an order, and whether it was cancelled.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OrderTest {
+    pub order_id: Uuid,
+    pub test_code: String,
+    pub cancelled: bool,
+}
+
+/// `DiagnosticReport.status` of an order whose tests not cancelled are `tests`, and
+/// whose results, in any status, are `results`. The report holds what was released:
+/// - nothing left to report (every test cancelled, or retracted before release):
+///   `cancelled`;
+/// - nothing released yet: `registered`;
+/// - some released, some tests still to come: `partial`;
+/// - every test done: `final`; `amended` if a released result was amended or withdrawn
+///   since; `entered-in-error` if every released result was withdrawn.
+///
+/// A test is still to come while it has no released result and a result not retracted,
+/// or no result at all.
+pub fn report_status(tests: &[&str], results: &[&ResultRow]) -> &'static str {
+    let pending = tests.iter().any(|&t| {
+        let statuses: Vec<ResultStatus> = results
+            .iter()
+            .filter(|r| r.test_code == t)
+            .map(|r| r.status.0)
+            .collect();
+        !statuses.contains(&ResultStatus::Released)
+            && (statuses.is_empty() || statuses.iter().any(|s| *s != ResultStatus::Retracted))
+    });
+    let issued: Vec<&&ResultRow> = results.iter().filter(|r| r.released_at.is_some()).collect();
+    let standing = issued
+        .iter()
+        .filter(|r| r.status.0 == ResultStatus::Released)
+        .count();
+    let changed = issued
+        .iter()
+        .any(|r| r.status.0 == ResultStatus::Retracted || r.amendments > 0);
+    match () {
+        _ if issued.is_empty() && !pending => "cancelled",
+        _ if issued.is_empty() => "registered",
+        _ if pending => "partial",
+        _ if standing == 0 => "entered-in-error",
+        _ if changed => "amended",
+        _ => "final",
+    }
+}
+
+/// LOINC's code for a laboratory report.
+const LAB_REPORT: (&str, &str) = ("11502-2", "Laboratory report");
+
+/// The order as an R4 `DiagnosticReport`: what of it was released (each result as an
+/// `Observation` reference, withdrawn ones included, marked `entered-in-error` there),
+/// with the status of the whole. `tests` and `results` are the order's own.
+pub fn diagnostic_report(order: &OrderRow, tests: &[&OrderTest], results: &[&ResultRow]) -> Value {
+    let open: Vec<&str> = tests
+        .iter()
+        .filter(|t| !t.cancelled)
+        .map(|t| t.test_code.as_str())
+        .collect();
+    let issued: Vec<&&ResultRow> = results.iter().filter(|r| r.released_at.is_some()).collect();
+    let order_uri = format!("urn:uuid:{}", order.order_id);
+    let mut report = json!({
+        "resourceType": "DiagnosticReport",
+        "id": order.order_id,
+        "meta": { "lastUpdated": results.iter().map(|r| r.updated_at)
+                      .chain([order.updated_at]).max().unwrap_or(order.updated_at).to_rfc3339() },
+        "identifier": [
+            { "system": URI, "value": order_uri },
+            { "type": { "text": "Order number" }, "value": order.order_number },
+        ],
+        "basedOn": [{ "type": "ServiceRequest", "identifier": { "system": URI, "value": order_uri } }],
+        "status": report_status(&open, results),
+        "category": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v2-0074",
+                                    "code": "LAB", "display": "Laboratory" }] }],
+        "code": { "coding": [{ "system": LOINC, "code": LAB_REPORT.0, "display": LAB_REPORT.1 }],
+                  "text": LAB_REPORT.1 },
+        "subject": { "type": "Patient",
+                     "identifier": { "system": URI, "value": format!("urn:uuid:{}", order.patient_id) } },
+    });
+    if let Some(first) = issued.iter().map(|r| r.collected_at).min() {
+        report["effectiveDateTime"] = json!(first.to_rfc3339());
+    }
+    if let Some(last) = issued.iter().filter_map(|r| r.released_at).max() {
+        report["issued"] = json!(last.to_rfc3339());
+    }
+    let mut releasers: Vec<&str> = issued
+        .iter()
+        .filter_map(|r| r.released_by.as_deref())
+        .collect();
+    releasers.sort_unstable();
+    releasers.dedup();
+    if !releasers.is_empty() {
+        report["performer"] = Value::Array(releasers.into_iter().map(by_user).collect());
+    }
+    if !issued.is_empty() {
+        report["result"] = issued
+            .iter()
+            .map(|r| json!({ "reference": format!("Observation/{}", r.result_id) }))
+            .collect();
+    }
+    report
+}
+
 /// A `searchset` `Bundle` of `resources`, `total` matching in all (more than sent
 /// when the page size cut them), found by the search at `self_link`.
 pub fn searchset(resources: Vec<Value>, total: i64, self_link: &str, at: DateTime<Utc>) -> Value {
@@ -210,12 +324,25 @@ pub const SEARCH_PARAMS: [(&str, &str, &str); 3] = [
     ("_count", "number", "How many to send, the most recently collected first: 1 to 1000 (default 100); Bundle.total says how many match"),
 ];
 
-/// What this server does, for `GET /fhir/metadata` (published once the binary is built).
+/// The search parameters of `GET /fhir/DiagnosticReport`.
+pub const REPORT_SEARCH_PARAMS: [(&str, &str, &str); 2] = [
+    ("patient", "reference", "The patient, by the ledger's id (a UUID, or Patient/<uuid>); required"),
+    ("_count", "number", "How many to send, the most recently placed order first: 1 to 1000 (default 100); Bundle.total says how many match"),
+];
+
+/// What this server does, for `GET /fhir/metadata` (as of when the server started).
 pub fn capability_statement(software_version: &str, built: DateTime<Utc>) -> Value {
-    let params: Vec<Value> = SEARCH_PARAMS
-        .iter()
-        .map(|(name, kind, doc)| json!({ "name": name, "type": kind, "documentation": doc }))
-        .collect();
+    let resource = |kind: &str, params: &[(&str, &str, &str)]| {
+        let params: Vec<Value> = params
+            .iter()
+            .map(|(name, kind, doc)| json!({ "name": name, "type": kind, "documentation": doc }))
+            .collect();
+        json!({
+            "type": kind,
+            "interaction": [{ "code": "read" }, { "code": "search-type" }],
+            "searchParam": params,
+        })
+    };
     json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -228,15 +355,14 @@ pub fn capability_statement(software_version: &str, built: DateTime<Utc>) -> Val
         "format": ["json"],
         "rest": [{
             "mode": "server",
-            "documentation": "Read-only. Clinicians see released results and those withdrawn after release (entered-in-error); lab roles see every result. Errors are RFC 9457 problem details.",
+            "documentation": "Read-only. A DiagnosticReport per order holds what was released of it. Clinicians see released results and those withdrawn after release (entered-in-error); lab roles see every result. Errors are RFC 9457 problem details; an unsupported search parameter is refused.",
             "security": {
                 "description": "A bearer token from POST /auth/login, in the Authorization header."
             },
-            "resource": [{
-                "type": "Observation",
-                "interaction": [{ "code": "read" }, { "code": "search-type" }],
-                "searchParam": params,
-            }],
+            "resource": [
+                resource("DiagnosticReport", &REPORT_SEARCH_PARAMS),
+                resource("Observation", &SEARCH_PARAMS),
+            ],
         }],
     })
 }
@@ -313,6 +439,126 @@ mod tests {
         assert_eq!(o["performer"][0]["display"], "path.1");
         assert_eq!(o["issued"], "2026-03-03T10:00:00+00:00");
         assert!(o["note"][0]["text"].as_str().unwrap().starts_with("Delta"));
+    }
+
+    /// A result of `test` in `status`, released (or not) and amended `amendments` times.
+    fn result(test: &str, status: ResultStatus, released: bool, amendments: i32) -> ResultRow {
+        let mut r = row(status);
+        r.result_id = Uuid::new_v4();
+        r.test_code = test.into();
+        r.amendments = amendments;
+        if released {
+            r.released_at = Some("2026-03-03T10:00:00Z".parse().unwrap());
+            r.released_by = Some("path.1".into());
+        }
+        r
+    }
+
+    #[test]
+    fn a_report_is_as_final_as_what_was_released_of_its_order() {
+        use ResultStatus::*;
+        let cases: [(&[&str], Vec<ResultRow>, &str); 11] = [
+            (&["K", "NA"], vec![], "registered"),
+            (
+                &["K", "NA"],
+                vec![result("K", Verified, false, 0)],
+                "registered",
+            ),
+            (
+                &["K", "NA"],
+                vec![result("K", Released, true, 0)],
+                "partial",
+            ),
+            (
+                &["K", "NA"],
+                vec![
+                    result("K", Released, true, 0),
+                    result("NA", Released, true, 0),
+                ],
+                "final",
+            ),
+            (&["K"], vec![result("K", Released, true, 1)], "amended"),
+            (
+                &["K", "NA"],
+                vec![
+                    result("K", Released, true, 0),
+                    result("NA", Retracted, true, 0),
+                ],
+                "amended",
+            ),
+            (
+                &["K"],
+                vec![result("K", Retracted, true, 0)],
+                "entered-in-error",
+            ),
+            (&["K"], vec![result("K", Retracted, false, 0)], "cancelled"),
+            (&[], vec![], "cancelled"),
+            // Withdrawn after release and recorded again: the new value is to come.
+            (
+                &["K"],
+                vec![
+                    result("K", Retracted, true, 0),
+                    result("K", Recorded, false, 0),
+                ],
+                "partial",
+            ),
+            // Released again after a withdrawal.
+            (
+                &["K"],
+                vec![
+                    result("K", Retracted, true, 0),
+                    result("K", Released, true, 0),
+                ],
+                "amended",
+            ),
+        ];
+        for (tests, results, status) in cases {
+            let refs: Vec<&ResultRow> = results.iter().collect();
+            assert_eq!(
+                report_status(tests, &refs),
+                status,
+                "{tests:?} {:?}",
+                results
+                    .iter()
+                    .map(|r| (r.status.0, r.released_at.is_some()))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
+    fn a_report_refers_to_what_was_released_and_names_who_released_it() {
+        let order = OrderRow {
+            order_id: Uuid::from_u128(3),
+            order_number: "ORD-260303-0001".into(),
+            patient_id: Uuid::from_u128(4),
+            placed_at: "2026-03-03T08:00:00Z".parse().unwrap(),
+            updated_at: "2026-03-03T08:00:00Z".parse().unwrap(),
+        };
+        let tests =
+            [("K", false), ("NA", false), ("CL", true)].map(|(code, cancelled)| OrderTest {
+                order_id: order.order_id,
+                test_code: code.into(),
+                cancelled,
+            });
+        let k = result("K", ResultStatus::Released, true, 0);
+        let na = result("NA", ResultStatus::Verified, false, 0);
+        let report = diagnostic_report(&order, &tests.iter().collect::<Vec<_>>(), &[&k, &na]);
+        assert_eq!(report["status"], "partial");
+        assert_eq!(report["id"], order.order_id.to_string());
+        assert_eq!(report["identifier"][1]["value"], "ORD-260303-0001");
+        assert_eq!(
+            report["result"],
+            json!([{ "reference": format!("Observation/{}", k.result_id) }])
+        );
+        assert_eq!(report["performer"], json!([{ "display": "path.1" }]));
+        assert_eq!(report["issued"], "2026-03-03T10:00:00+00:00");
+        assert_eq!(report["effectiveDateTime"], "2026-03-03T09:30:00+00:00");
+        let nothing = diagnostic_report(&order, &tests.iter().collect::<Vec<_>>(), &[&na]);
+        assert_eq!(nothing["status"], "registered");
+        for absent in ["result", "performer", "issued", "effectiveDateTime"] {
+            assert!(nothing.get(absent).is_none(), "{absent}: {nothing}");
+        }
     }
 
     #[test]

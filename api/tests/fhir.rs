@@ -1,7 +1,8 @@
 //! The FHIR R4 interface end to end: results in every state of their life, read through
-//! `serve` as Observations and a searchset Bundle, each status as a clinician's system
-//! must read it, what a clinician may see, the refusals, and every answer checked
-//! against the FHIR specification by HAPI FHIR's validator (`deploy/fhir-check.sh`).
+//! `serve` as Observations, orders as DiagnosticReports, and searchset Bundles of both;
+//! each status as a clinician's system must read it, what a clinician may see, the
+//! refusals, and every answer checked against the FHIR specification by HAPI FHIR's
+//! validator (`deploy/fhir-check.sh`).
 
 mod support;
 
@@ -45,7 +46,7 @@ fn numeric(value: f64) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn results_are_served_as_valid_fhir_observations_in_every_state() {
+async fn results_and_reports_are_served_as_valid_fhir_in_every_state() {
     let db = TestDb::new().await;
     let mut stack = Stack::new(&db, false);
     let base = stack.with_api();
@@ -331,6 +332,126 @@ async fn results_are_served_as_valid_fhir_observations_in_every_state() {
     );
     assert_eq!(capabilities["fhirVersion"], "4.0.1");
 
+    // The order as a report: partial (a chloride and an HIV test are still to come),
+    // holding what was released of it, the withdrawn sodium included.
+    let (s, kind, report) = get(
+        &api,
+        Some(&clinician),
+        &format!("/fhir/DiagnosticReport/{order}"),
+    )
+    .await;
+    assert_eq!(
+        (s, kind.as_str()),
+        (StatusCode::OK, "application/fhir+json"),
+        "{report}"
+    );
+    assert_eq!(report["status"], "partial");
+    let referenced: std::collections::BTreeSet<String> = report["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["reference"].as_str().unwrap().to_string())
+        .collect();
+    let released: std::collections::BTreeSet<String> = ["K", "NA", "DENGUE_NS1"]
+        .iter()
+        .map(|t| format!("Observation/{}", ids[t]))
+        .collect();
+    assert_eq!(referenced, released);
+    assert_eq!(report["performer"], json!([{"display": "path.1"}]));
+    assert_eq!(report["identifier"][1]["value"], placed["order_number"]);
+    // A second order for the same patient, released whole: final, and listed first.
+    let second = api
+        .ok(&reception, "/orders", json!({
+            "patient": {"mrn": "MRN-FHIR-1", "name": "Asha Verma", "sex": "female", "date_of_birth": "1980-05-17"},
+            "ordering_clinician": "Dr Rao", "priority": "routine", "collection_site": "OPD 2", "tests": ["NA"]}))
+        .await;
+    let tube = api
+        .ok(
+            &phleb,
+            "/samples",
+            json!({"order_id": second, "accession_number": "ACC-FHIR-2",
+            "specimen_type": "serum", "container": "red/SST", "tests": ["NA"]}),
+        )
+        .await;
+    api.ok(&tech, &format!("/samples/{tube}/receive"), json!({}))
+        .await;
+    let sodium = api
+        .ok(
+            &tech,
+            "/results",
+            json!({"sample_id": tube, "test_code": "NA",
+            "value": {"kind": "numeric", "value": 141, "unit": "mmol/L"}}),
+        )
+        .await;
+    api.ok(&tech, &format!("/results/{sodium}/verify"), json!({}))
+        .await;
+    api.ok(&path, &format!("/results/{sodium}/authorise"), json!({}))
+        .await;
+    wait_projected(
+        &db,
+        &["orders", "results"],
+        Duration::from_secs(60),
+        &[&serve, &project],
+    )
+    .await;
+    let reports = format!("/fhir/DiagnosticReport?patient=Patient/{patient}");
+    let (s, kind, both) = get(&api, Some(&clinician), &reports).await;
+    assert_eq!(
+        (s, kind.as_str()),
+        (StatusCode::OK, "application/fhir+json"),
+        "{both}"
+    );
+    let listed: Vec<(&str, &str)> = both["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["resource"]["id"].as_str().unwrap(),
+                e["resource"]["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [(second.as_str(), "final"), (order.as_str(), "partial")],
+        "{both}"
+    );
+    assert_eq!(both["total"], 2);
+    let (_, _, newest) = get(&api, Some(&clinician), &format!("{reports}&_count=1")).await;
+    assert_eq!(
+        (
+            newest["total"].as_i64(),
+            newest["entry"].as_array().map(Vec::len)
+        ),
+        (Some(2), Some(1))
+    );
+    let (s, _, _) = get(
+        &api,
+        Some(&clinician),
+        &format!("/fhir/DiagnosticReport/{}", uuid::Uuid::new_v4()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    for (query, pointer) in [
+        ("patient=Patient/x", "/patient"),
+        (&format!("patient={patient}&code=11502-2") as &str, "/code"),
+    ] {
+        let (s, _, problem) = get(
+            &api,
+            Some(&tech),
+            &format!("/fhir/DiagnosticReport?{query}"),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {problem}");
+        assert_eq!(
+            problem["errors"][0]["pointer"], pointer,
+            "{query}: {problem}"
+        );
+    }
+    let (s, _, _) = get(&api, Some(&analyst), &reports).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
     // Every answer is valid FHIR R4 to HAPI FHIR's validator…
     let dir = stack.logs.join("fhir");
     std::fs::create_dir_all(&dir).unwrap();
@@ -344,6 +465,8 @@ async fn results_are_served_as_valid_fhir_observations_in_every_state() {
     write("clinician-bundle", &seen);
     write("empty-bundle", &nobody);
     write("capabilities", &capabilities);
+    write("report-partial", &report);
+    write("report-bundle", &both);
     for entry in lab["entry"].as_array().unwrap() {
         let o = &entry["resource"];
         write(&format!("observation-{}", o["status"].as_str().unwrap()), o);

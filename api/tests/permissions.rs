@@ -79,6 +79,8 @@ const GOVERNED_BY: &[(&str, &str)] = &[
     ("GET /critical-results", "read results"),
     ("GET /fhir/Observation", "read results"),
     ("GET /fhir/Observation/{id}", "read results"),
+    ("GET /fhir/DiagnosticReport", "read results"),
+    ("GET /fhir/DiagnosticReport/{id}", "read results"),
     ("GET /worklists", "worklists, turnaround"),
     ("GET /turnaround", "worklists, turnaround"),
     ("GET /audit/{kind}/{id}", "audit history"),

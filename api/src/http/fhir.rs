@@ -17,7 +17,7 @@ use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use lis_domain::actor::Role;
-use lis_domain::ids::{PatientId, ResultId};
+use lis_domain::ids::{OrderId, PatientId, ResultId};
 use serde::Deserialize;
 use serde_json::Value;
 use std::sync::LazyLock;
@@ -139,40 +139,49 @@ fn loinc_form(code: &str) -> bool {
     })
 }
 
+/// The `patient` parameter as an id, else a problem at `/patient` in `errors`.
+fn patient_param(raw: &str, errors: &mut Vec<FieldProblem>) -> Option<PatientId> {
+    let patient =
+        hyphenated_uuid(raw.strip_prefix("Patient/").unwrap_or(raw)).map(PatientId::from_uuid);
+    if patient.is_none() {
+        errors.push(FieldProblem {
+            pointer: "/patient".into(),
+            detail: "patient must be the ledger's patient id: a UUID (8-4-4-4-12 hexadecimal digits), or Patient/<uuid>".into(),
+        });
+    }
+    patient
+}
+
+/// The `_count` parameter (default [`DEFAULT_COUNT`]), or a problem at `/_count`.
+fn count_param(count: Option<u32>, errors: &mut Vec<FieldProblem>) -> u32 {
+    let count = count.unwrap_or(DEFAULT_COUNT);
+    if !(1..=MAX_COUNT).contains(&count) {
+        errors.push(FieldProblem {
+            pointer: "/_count".into(),
+            detail: format!("_count must be 1 to {MAX_COUNT}"),
+        });
+    }
+    count
+}
+
 impl ObservationSearch {
     /// The patient, the LOINC code and the count, or a problem naming each bad one.
     fn check(&self) -> Result<(PatientId, Option<String>, u32), Problem> {
         let mut errors = Vec::new();
-        let mut problem = |pointer: &str, detail: String| {
-            errors.push(FieldProblem {
-                pointer: pointer.into(),
-                detail,
-            })
-        };
-        let raw = &self.patient;
-        let patient =
-            hyphenated_uuid(raw.strip_prefix("Patient/").unwrap_or(raw)).map(PatientId::from_uuid);
-        if patient.is_none() {
-            problem(
-                "/patient",
-                "patient must be the ledger's patient id: a UUID (8-4-4-4-12 hexadecimal digits), or Patient/<uuid>".into(),
-            );
-        }
+        let patient = patient_param(&self.patient, &mut errors);
         let code = self
             .code
             .as_deref()
             .map(|c| c.strip_prefix("http://loinc.org|").unwrap_or(c).to_string());
         if code.as_deref().is_some_and(|c| !loinc_form(c)) {
-            problem(
-                "/code",
-                "code must be a LOINC code (such as 2823-3), bare or as http://loinc.org|<code>"
-                    .into(),
-            );
+            errors.push(FieldProblem {
+                pointer: "/code".into(),
+                detail:
+                    "code must be a LOINC code (such as 2823-3), bare or as http://loinc.org|<code>"
+                        .into(),
+            });
         }
-        let count = self.count.unwrap_or(DEFAULT_COUNT);
-        if !(1..=MAX_COUNT).contains(&count) {
-            problem("/_count", format!("_count must be 1 to {MAX_COUNT}"));
-        }
+        let count = count_param(self.count, &mut errors);
         match patient {
             Some(p) if errors.is_empty() => Ok((p, code, count)),
             _ => Err(Problem::invalid(errors)),
@@ -205,6 +214,128 @@ pub async fn search_observations(
     }
     link.push_str(&format!("&_count={count}"));
     let resources = found.iter().map(|f| fhir::observation(&f.row)).collect();
+    Ok(fhir_json(&fhir::searchset(
+        resources,
+        total,
+        &link,
+        chrono::Utc::now(),
+    )))
+}
+
+/// The search parameters of `GET /fhir/DiagnosticReport` ([`fhir::REPORT_SEARCH_PARAMS`]).
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSearch {
+    /// The patient, by the ledger's id: a UUID, or `Patient/<uuid>`.
+    #[schemars(extend("pattern" = PATIENT_PATTERN))]
+    pub patient: String,
+    /// How many to send, the most recently placed order first: 1 to 1000 (default 100).
+    /// `Bundle.total` says how many match in all.
+    #[serde(rename = "_count")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub count: Option<u32>,
+}
+
+/// `orders` as `DiagnosticReport`s, in their order: each with its tests and every one of
+/// its results (a report's status needs those not yet released too), read in two
+/// statements for them all.
+async fn reports(s: &AppState, orders: &[OrderFound]) -> Result<Vec<Value>, Problem> {
+    let ids: Vec<uuid::Uuid> = orders.iter().map(|o| o.order.order_id).collect();
+    let tests: Vec<fhir::OrderTest> = sqlx::query_as(
+        "SELECT order_id, test_code, cancelled_at IS NOT NULL AS cancelled
+           FROM proj_orders.order_tests WHERE order_id = ANY ($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&s.pool)
+    .await?;
+    let patients: Vec<uuid::Uuid> = orders.iter().map(|o| o.order.patient_id).collect();
+    // By patient as well as order: the results model's index is by patient.
+    let results: Vec<Found> = sqlx::query_as(result_rows!(
+        "r.patient_id = ANY ($1) AND r.order_id = ANY ($3)",
+        " ORDER BY r.collected_at, r.test_code, r.result_id"
+    ))
+    .bind(&patients)
+    .bind(false)
+    .bind(&ids)
+    .fetch_all(&s.pool)
+    .await?;
+    Ok(orders
+        .iter()
+        .map(|o| {
+            let id = o.order.order_id;
+            let tests: Vec<&fhir::OrderTest> = tests.iter().filter(|t| t.order_id == id).collect();
+            let results: Vec<&ResultRow> = results
+                .iter()
+                .map(|f| &f.row)
+                .filter(|r| r.order_id == id)
+                .collect();
+            fhir::diagnostic_report(&o.order, &tests, &results)
+        })
+        .collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct OrderFound {
+    #[sqlx(flatten)]
+    order: fhir::OrderRow,
+    total: i64,
+}
+
+/// The order columns [`fhir::OrderRow`] reads, with the count of every match.
+macro_rules! order_rows {
+    ($rest:literal) => {
+        concat!(
+            "SELECT order_id, order_number, patient_id, placed_at, updated_at, count(*) OVER () AS total
+               FROM proj_orders.orders WHERE ",
+            $rest
+        )
+    };
+}
+
+/// One order's report, as released so far.
+pub async fn report(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<Response, Problem> {
+    caller.require(Action::ReadResults)?;
+    let id = super::commands::id(&raw, OrderId::parse, "DiagnosticReport")?;
+    let order: Option<OrderFound> = sqlx::query_as(order_rows!("order_id = $1"))
+        .bind(id.as_uuid())
+        .fetch_optional(&s.pool)
+        .await?;
+    let order = order.ok_or_else(|| Problem::not_found(format!("no DiagnosticReport {raw}")))?;
+    let mut one = reports(&s, std::slice::from_ref(&order)).await?;
+    Ok(fhir_json(&one.remove(0)))
+}
+
+/// A patient's reports, one per order, the most recently placed first.
+pub async fn search_reports(
+    State(s): State<AppState>,
+    caller: Caller,
+    Params(q): Params<ReportSearch>,
+) -> Result<Response, Problem> {
+    caller.require(Action::ReadResults)?;
+    let mut errors = Vec::new();
+    let patient = patient_param(&q.patient, &mut errors);
+    let count = count_param(q.count, &mut errors);
+    let patient = match patient {
+        Some(p) if errors.is_empty() => p,
+        _ => return Err(Problem::invalid(errors)),
+    };
+    let orders: Vec<OrderFound> = sqlx::query_as(order_rows!(
+        "patient_id = $1 ORDER BY placed_at DESC, order_id LIMIT $2"
+    ))
+    .bind(patient.as_uuid())
+    .bind(i64::from(count))
+    .fetch_all(&s.pool)
+    .await?;
+    let total = orders.first().map_or(0, |o| o.total);
+    let link = format!(
+        "/fhir/DiagnosticReport?patient=Patient/{}&_count={count}",
+        patient.as_uuid()
+    );
+    let resources = reports(&s, &orders).await?;
     Ok(fhir_json(&fhir::searchset(
         resources,
         total,

@@ -157,6 +157,8 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir/metadata", get(fhir::metadata))
         .route("/fhir/Observation", get(fhir::search_observations))
         .route("/fhir/Observation/{id}", get(fhir::observation))
+        .route("/fhir/DiagnosticReport", get(fhir::search_reports))
+        .route("/fhir/DiagnosticReport/{id}", get(fhir::report))
         .route("/audit/actors/{user}", get(audit::activity))
         .route("/audit/verification", get(audit::verification))
         .route("/audit/break-glass", get(audit::break_glass))
