@@ -45,9 +45,15 @@ ensure_classes() { # compiled once per version of FhirCheck.java and of the jars
   mv "$classes.tmp" "$classes"
 }
 
+java_major() { # the major version of the java binary $1, or nothing
+  "$1" -version 2>&1 | sed -n 's/.*version "\([0-9]*\)[."].*/\1/p' | head -n 1
+}
+
 [ "$#" -ge 1 ] || die "usage: $0 install | FILE…"
 ensure_jars
 ensure_classes
+major="$(java_major "$java_bin")"
+[ "${major:-0}" -ge 17 ] || die "$java_bin is Java ${major:-unknown}; HAPI FHIR needs 17 or newer: set JAVA_HOME"
 if [ "$1" = install ]; then
   log "ready ($(ls "$jars" | grep -c '\.jar$') jars in $jars)"
   exit 0

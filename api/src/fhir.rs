@@ -52,6 +52,17 @@ pub struct ResultRow {
     pub released_at: Option<DateTime<Utc>>,
     pub retraction_reason: Option<String>,
     pub updated_at: DateTime<Utc>,
+    /// The latest amendment's time, and the value it replaced.
+    pub amended_at: Option<DateTime<Utc>>,
+    pub previous_value: Option<sqlx::types::Json<ResultValue>>,
+}
+
+impl ResultRow {
+    /// When this version of the result was made available to clinicians: its latest
+    /// amendment, else its release.
+    pub fn issued(&self) -> Option<DateTime<Utc>> {
+        self.released_at.map(|r| self.amended_at.unwrap_or(r))
+    }
 }
 
 /// `Observation.status` for a result in `status`, amended `amendments` times, released
@@ -126,13 +137,51 @@ pub fn observation(r: &ResultRow) -> Value {
         "specimen": { "type": "Specimen",
                       "identifier": { "system": URI, "value": format!("urn:uuid:{}", r.sample_id) } },
     });
-    if let Some(at) = r.released_at {
+    if let Some(at) = r.issued() {
         o["issued"] = json!(at.to_rfc3339());
     }
-    // Who released it (ISO 15189 7.4.1.2), else who verified it.
-    if let Some(user) = r.released_by.as_deref().or(r.verified_by.as_deref()) {
-        o["performer"] = json!([by_user(user)]);
+    // Who released it (ISO 15189 7.4.1.2), then who verified it.
+    let mut performers: Vec<&str> = [r.released_by.as_deref(), r.verified_by.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    performers.dedup();
+    if !performers.is_empty() {
+        o["performer"] = performers.into_iter().map(by_user).collect();
     }
+    let mut notes = Vec::new();
+    // A result awaiting a rerun, or withdrawn before release, has no value to read.
+    if !matches!(status, "registered" | "cancelled") {
+        value_and_range(&mut o, &mut notes, r);
+    }
+    if let Some(note) = &r.specimen_note {
+        notes.push(json!({ "text": format!("Specimen: {note}") }));
+    }
+    if r.flags.iter().any(|f| f == "D") {
+        notes.push(json!({ "text": "Delta check: changed more than the test's threshold since the previous released result" }));
+    }
+    if r.amendments > 0 {
+        let before = r
+            .previous_value
+            .as_ref()
+            .map(|v| format!("; the value before the latest amendment: {}", v.0))
+            .unwrap_or_default();
+        notes.push(json!({ "text": format!(
+            "Amended after release ({} time{}){before}",
+            r.amendments, if r.amendments == 1 { "" } else { "s" }) }));
+    }
+    if let Some(reason) = &r.retraction_reason {
+        notes.push(json!({ "text": format!("Retracted: {reason}") }));
+    }
+    if !notes.is_empty() {
+        o["note"] = Value::Array(notes);
+    }
+    o
+}
+
+/// The value, its interpretation and the reference range it was judged against, onto
+/// `o`; where no range applied, why not, into `notes`.
+fn value_and_range(o: &mut Value, notes: &mut Vec<Value>, r: &ResultRow) {
     let unit = match &r.value.0 {
         ResultValue::Numeric { value, unit } => {
             o["valueQuantity"] = quantity(*value, unit);
@@ -147,37 +196,29 @@ pub fn observation(r: &ResultRow) -> Value {
     if let Some(i) = interpretation(&r.flags, &r.value.0, has_range) {
         o["interpretation"] = i;
     }
-    if has_range {
-        let mut range = json!({ "text": r.reference_basis });
-        for (key, bound) in [("low", r.reference_low), ("high", r.reference_high)] {
-            if let Some(b) = bound {
-                range[key] = match unit {
-                    Some(u) => quantity(b, u),
-                    None => json!({ "value": b }),
-                };
-            }
+    if !has_range {
+        if matches!(r.value.0, ResultValue::Numeric { .. }) {
+            notes.push(json!({ "text": format!("No reference range: {}", r.reference_basis) }));
         }
-        o["referenceRange"] = json!([range]);
+        return;
     }
-    let mut notes = Vec::new();
-    if let Some(note) = &r.specimen_note {
-        notes.push(json!({ "text": format!("Specimen: {note}") }));
+    let unit_text = unit.map(|u| format!(" {u}")).unwrap_or_default();
+    let text = match (r.reference_low, r.reference_high) {
+        (Some(low), Some(high)) => format!("{low}–{high}{unit_text}"),
+        (Some(low), None) => format!("≥ {low}{unit_text}"),
+        (None, Some(high)) => format!("≤ {high}{unit_text}"),
+        (None, None) => String::new(),
+    };
+    let mut range = json!({ "text": text, "appliesTo": [{ "text": r.reference_basis }] });
+    for (key, bound) in [("low", r.reference_low), ("high", r.reference_high)] {
+        if let Some(b) = bound {
+            range[key] = match unit {
+                Some(u) => quantity(b, u),
+                None => json!({ "value": b }),
+            };
+        }
     }
-    if r.flags.iter().any(|f| f == "D") {
-        notes.push(json!({ "text": "Delta check: changed more than the test's threshold since the previous released result" }));
-    }
-    if r.amendments > 0 {
-        notes.push(json!({ "text": format!(
-            "Amended after release ({} time{}); every earlier value, who changed it and why: the ledger's audit history of result {}",
-            r.amendments, if r.amendments == 1 { "" } else { "s" }, r.result_id) }));
-    }
-    if let Some(reason) = &r.retraction_reason {
-        notes.push(json!({ "text": format!("Retracted: {reason}") }));
-    }
-    if !notes.is_empty() {
-        o["note"] = Value::Array(notes);
-    }
-    o
+    o["referenceRange"] = json!([range]);
 }
 
 /// An order as a report's header reads it.
@@ -272,7 +313,7 @@ pub fn diagnostic_report(order: &OrderRow, tests: &[&OrderTest], results: &[&Res
     if let Some(first) = issued.iter().map(|r| r.collected_at).min() {
         report["effectiveDateTime"] = json!(first.to_rfc3339());
     }
-    if let Some(last) = issued.iter().filter_map(|r| r.released_at).max() {
+    if let Some(last) = issued.iter().filter_map(|r| r.issued()).max() {
         report["issued"] = json!(last.to_rfc3339());
     }
     let mut releasers: Vec<&str> = issued
@@ -294,8 +335,15 @@ pub fn diagnostic_report(order: &OrderRow, tests: &[&OrderTest], results: &[&Res
 }
 
 /// A `searchset` `Bundle` of `resources`, `total` matching in all (more than sent
-/// when the page size cut them), found by the search at `self_link`.
-pub fn searchset(resources: Vec<Value>, total: i64, self_link: &str, at: DateTime<Utc>) -> Value {
+/// when the page size cut them), found by the search at `self_link`; the next page at
+/// `next_link`, if there is one.
+pub fn searchset(
+    resources: Vec<Value>,
+    total: i64,
+    self_link: &str,
+    next_link: Option<&str>,
+    at: DateTime<Utc>,
+) -> Value {
     let entries: Vec<Value> = resources
         .into_iter()
         .map(|r| {
@@ -310,6 +358,12 @@ pub fn searchset(resources: Vec<Value>, total: i64, self_link: &str, at: DateTim
         "total": total,
         "link": [{ "relation": "self", "url": self_link }],
     });
+    if let Some(next) = next_link {
+        bundle["link"]
+            .as_array_mut()
+            .expect("the links are an array")
+            .push(json!({ "relation": "next", "url": next }));
+    }
     // FHIR has no empty arrays: a search that found nothing has no `entry`.
     if !entries.is_empty() {
         bundle["entry"] = Value::Array(entries);
@@ -321,16 +375,16 @@ pub fn searchset(resources: Vec<Value>, total: i64, self_link: &str, at: DateTim
 pub const SEARCH_PARAMS: [(&str, &str, &str); 3] = [
     ("patient", "reference", "The patient, by the ledger's id (a UUID, or Patient/<uuid>); required"),
     ("code", "token", "A LOINC code, bare or as http://loinc.org|<code>"),
-    ("_count", "number", "How many to send, the most recently collected first: 1 to 1000 (default 100); Bundle.total says how many match"),
+    ("_count", "number", "How many to send, the most recently collected first: 1 to 1000 (default 100); Bundle.total says how many match, and a next link leads to the rest"),
 ];
 
 /// The search parameters of `GET /fhir/DiagnosticReport`.
 pub const REPORT_SEARCH_PARAMS: [(&str, &str, &str); 2] = [
     ("patient", "reference", "The patient, by the ledger's id (a UUID, or Patient/<uuid>); required"),
-    ("_count", "number", "How many to send, the most recently placed order first: 1 to 1000 (default 100); Bundle.total says how many match"),
+    ("_count", "number", "How many to send, the most recently placed order first: 1 to 1000 (default 100); Bundle.total says how many match, and a next link leads to the rest"),
 ];
 
-/// What this server does, for `GET /fhir/metadata` (as of when the server started).
+/// What this server does, for `GET /fhir/metadata`; `built` is when the server started.
 pub fn capability_statement(software_version: &str, built: DateTime<Utc>) -> Value {
     let resource = |kind: &str, params: &[(&str, &str, &str)]| {
         let params: Vec<Value> = params
@@ -398,6 +452,8 @@ mod tests {
             released_at: None,
             retraction_reason: None,
             updated_at: at,
+            amended_at: None,
+            previous_value: None,
         }
     }
 
@@ -559,6 +615,53 @@ mod tests {
         for absent in ["result", "performer", "issued", "effectiveDateTime"] {
             assert!(nothing.get(absent).is_none(), "{absent}: {nothing}");
         }
+    }
+
+    #[test]
+    fn an_amended_result_is_issued_when_amended_and_says_what_it_replaced() {
+        let mut r = result("K", ResultStatus::Released, true, 1);
+        r.amended_at = Some("2026-03-04T08:00:00Z".parse().unwrap());
+        r.previous_value = Some(sqlx::types::Json(ResultValue::Numeric {
+            value: 6.1,
+            unit: "mmol/L".into(),
+        }));
+        let o = observation(&r);
+        assert_eq!(o["status"], "amended");
+        assert_eq!(o["issued"], "2026-03-04T08:00:00+00:00");
+        let notes: Vec<&str> = o["note"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["text"].as_str().unwrap())
+            .collect();
+        assert!(
+            notes.contains(&"Amended after release (1 time); the value before the latest amendment: 6.1 mmol/L"),
+            "{notes:?}"
+        );
+        assert_eq!(
+            o["performer"],
+            json!([{ "display": "path.1" }, { "display": "tech.1" }])
+        );
+        assert_eq!(o["referenceRange"][0]["text"], "3.5–5.1 mmol/L");
+        assert_eq!(o["referenceRange"][0]["appliesTo"][0]["text"], "adult");
+    }
+
+    #[test]
+    fn a_result_awaiting_a_rerun_or_withdrawn_unreleased_shows_no_value() {
+        for status in [ResultStatus::RerunRequested, ResultStatus::Retracted] {
+            let o = observation(&row(status));
+            for absent in ["valueQuantity", "interpretation", "referenceRange"] {
+                assert!(o.get(absent).is_none(), "{status:?} {absent}: {o}");
+            }
+        }
+        let mut child = row(ResultStatus::Verified);
+        child.reference_low = None;
+        child.reference_high = None;
+        child.reference_basis = "no interval for age 7 y (catalogue holds adult intervals)".into();
+        let o = observation(&child);
+        assert!(o.get("referenceRange").is_none());
+        assert!(o["note"].as_array().unwrap().iter().any(|n| n["text"]
+            == "No reference range: no interval for age 7 y (catalogue holds adult intervals)"));
     }
 
     #[test]

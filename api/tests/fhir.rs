@@ -41,6 +41,31 @@ fn fhir_check(files: &[PathBuf]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// The bundles of a search from `first`, following each `next` link; each says `total`.
+async fn follow(api: &ApiClient, bearer: &str, first: &str, total: i64) -> Vec<Value> {
+    let mut pages = Vec::new();
+    let mut at = Some(first.to_string());
+    while let Some(path) = at {
+        let (s, _, bundle) = get(api, Some(bearer), &path).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {bundle}");
+        assert_eq!(bundle["total"], total, "{path}: {bundle}");
+        assert_eq!(
+            bundle["link"][0]["url"],
+            path.as_str(),
+            "the self link: {bundle}"
+        );
+        at = bundle["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_string());
+        pages.push(bundle);
+        assert!(pages.len() <= 10, "the next links go round: {pages:?}");
+    }
+    pages
+}
+
 fn numeric(value: f64) -> Value {
     json!({"kind": "numeric", "value": value, "unit": "mmol/L"})
 }
@@ -62,7 +87,7 @@ async fn results_and_reports_are_served_as_valid_fhir_in_every_state() {
     let analyst = token("analyst.1", Role::Analyst);
 
     // One serum tube, six tests, each taken to another point of a result's life.
-    let tests = ["K", "NA", "CL", "DENGUE_NS1", "HBSAG", "HIV"];
+    let tests = ["K", "NA", "CL", "CO2", "DENGUE_NS1", "HBSAG", "HIV"];
     let order = api
         .ok(&reception, "/orders", json!({
             "patient": {"mrn": "MRN-FHIR-1", "name": "Asha Verma", "sex": "female", "date_of_birth": "1980-05-17"},
@@ -89,6 +114,10 @@ async fn results_and_reports_are_served_as_valid_fhir_in_every_state() {
             "CL",
             json!({"kind": "numeric", "value": 100, "unit": "mmol/L"}),
         ),
+        (
+            "CO2",
+            json!({"kind": "numeric", "value": 24, "unit": "mmol/L"}),
+        ),
         ("DENGUE_NS1", json!({"kind": "coded", "answer": "Positive"})),
         ("HBSAG", json!({"kind": "coded", "answer": "Nonreactive"})),
         ("HIV", json!({"kind": "coded", "answer": "Nonreactive"})),
@@ -113,6 +142,9 @@ async fn results_and_reports_are_served_as_valid_fhir_in_every_state() {
         )
         .await;
     }
+    // Chloride verified, carbon dioxide only recorded: neither released.
+    api.ok(&tech, &format!("/results/{}/verify", ids["CL"]), json!({}))
+        .await;
     api.ok(
         &path,
         &format!("/results/{}/amend", ids["K"]),
@@ -169,6 +201,7 @@ async fn results_and_reports_are_served_as_valid_fhir_in_every_state() {
     };
     let expected = [
         ("CL", "preliminary"),
+        ("CO2", "preliminary"),
         ("DENGUE_NS1", "final"),
         ("HBSAG", "cancelled"),
         ("HIV", "registered"),
@@ -182,7 +215,7 @@ async fn results_and_reports_are_served_as_valid_fhir_in_every_state() {
             .collect()
     };
     assert_eq!(status_of(&lab), as_map(&expected));
-    assert_eq!(lab["total"], 6);
+    assert_eq!(lab["total"], 7);
 
     // A clinician: what was released, and what was withdrawn after they could see it.
     let (s, _, seen) = get(&api, Some(&clinician), &search).await;
@@ -196,7 +229,7 @@ async fn results_and_reports_are_served_as_valid_fhir_in_every_state() {
         ])
     );
     assert_eq!(seen["total"], 3);
-    for hidden in ["CL", "HBSAG", "HIV"] {
+    for hidden in ["CL", "CO2", "HBSAG", "HIV"] {
         let (s, kind, problem) = get(
             &api,
             Some(&clinician),
@@ -233,8 +266,21 @@ async fn results_and_reports_are_served_as_valid_fhir_in_every_state() {
     assert_eq!(k["interpretation"][0]["coding"][0]["code"], "H");
     assert_eq!(k["referenceRange"][0]["low"]["value"], 3.5);
     assert_eq!(k["referenceRange"][0]["high"]["value"], 5.2);
-    assert_eq!(k["performer"][0]["display"], "path.1");
-    assert!(k["issued"].is_string());
+    assert_eq!(
+        k["referenceRange"][0]["text"], "3.5–5.2 mmol/L",
+        "{}",
+        k["referenceRange"]
+    );
+    assert_eq!(
+        k["performer"],
+        json!([{"display": "path.1"}, {"display": "tech.1"}])
+    );
+    assert!(
+        k["note"].as_array().unwrap().iter().any(|n| n["text"]
+            == "Amended after release (1 time); the value before the latest amendment: 5.5 mmol/L"),
+        "{}",
+        k["note"]
+    );
     assert_eq!(
         k["subject"]["identifier"]["value"],
         format!("urn:uuid:{patient}")
@@ -260,6 +306,15 @@ async fn results_and_reports_are_served_as_valid_fhir_in_every_state() {
     )
     .await;
     assert_eq!(dengue["valueCodeableConcept"]["text"], "Positive");
+    // The amended potassium is issued when it was amended, after the dengue result that
+    // was released with it (RFC 3339 in UTC compares as text).
+    let issued = |o: &Value| o["issued"].as_str().unwrap().to_string();
+    assert!(
+        issued(&k) > issued(&dengue),
+        "{} {}",
+        issued(&k),
+        issued(&dengue)
+    );
 
     // Narrowed by code and cut by _count; the total still counts every match.
     let (_, _, only_k) = get(
@@ -276,14 +331,22 @@ async fn results_and_reports_are_served_as_valid_fhir_in_every_state() {
     )
     .await;
     assert_eq!(bare["entry"], only_k["entry"]);
-    let (_, _, two) = get(&api, Some(&tech), &format!("{search}&_count=2")).await;
-    assert_eq!(
-        (
-            two["entry"].as_array().unwrap().len(),
-            two["total"].as_i64()
-        ),
-        (2, Some(6))
-    );
+    // Two at a time: the next links lead through all seven, in the one page's order.
+    let paged = follow(&api, &tech, &format!("{search}&_count=2"), 7).await;
+    assert_eq!(paged.len(), 4, "pages of 2, 2, 2 and 1");
+    let ids_of = |bundles: &[Value]| -> Vec<Value> {
+        bundles
+            .iter()
+            .flat_map(|b| {
+                b["entry"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["resource"]["id"].clone())
+            })
+            .collect()
+    };
+    assert_eq!(ids_of(&paged), ids_of(std::slice::from_ref(&lab)));
     let (_, _, nobody) = get(
         &api,
         Some(&tech),
@@ -306,6 +369,7 @@ async fn results_and_reports_are_served_as_valid_fhir_in_every_state() {
             "/code",
         ),
         (&format!("patient={patient}&date=ge2026-03-03"), "/date"),
+        (&format!("patient={patient}&_page=1.x"), "/_page"),
     ] {
         let (s, kind, problem) =
             get(&api, Some(&tech), &format!("/fhir/Observation?{query}")).await;
@@ -394,6 +458,14 @@ async fn results_and_reports_are_served_as_valid_fhir_in_every_state() {
         &[&serve, &project],
     )
     .await;
+    // Its sodium, collected last, leads the patient's results.
+    let (_, _, latest) = get(&api, Some(&clinician), &format!("{search}&_count=1")).await;
+    assert_eq!(
+        latest["entry"][0]["resource"]["id"],
+        sodium.as_str(),
+        "{latest}"
+    );
+    assert_eq!(latest["total"], 4);
     let reports = format!("/fhir/DiagnosticReport?patient=Patient/{patient}");
     let (s, kind, both) = get(&api, Some(&clinician), &reports).await;
     assert_eq!(
@@ -418,14 +490,8 @@ async fn results_and_reports_are_served_as_valid_fhir_in_every_state() {
         "{both}"
     );
     assert_eq!(both["total"], 2);
-    let (_, _, newest) = get(&api, Some(&clinician), &format!("{reports}&_count=1")).await;
-    assert_eq!(
-        (
-            newest["total"].as_i64(),
-            newest["entry"].as_array().map(Vec::len)
-        ),
-        (Some(2), Some(1))
-    );
+    let one_by_one = follow(&api, &clinician, &format!("{reports}&_count=1"), 2).await;
+    assert_eq!(ids_of(&one_by_one), [json!(second), json!(order)]);
     let (s, _, _) = get(
         &api,
         Some(&clinician),
@@ -467,9 +533,11 @@ async fn results_and_reports_are_served_as_valid_fhir_in_every_state() {
     write("capabilities", &capabilities);
     write("report-partial", &report);
     write("report-bundle", &both);
+    write("paged-bundle", &paged[0]);
     for entry in lab["entry"].as_array().unwrap() {
         let o = &entry["resource"];
-        write(&format!("observation-{}", o["status"].as_str().unwrap()), o);
+        let test = ids.iter().find(|(_, id)| o["id"] == id.as_str()).unwrap().0;
+        write(&format!("observation-{test}"), o);
     }
     let (valid, report) = fhir_check(&files);
     assert!(valid, "HAPI FHIR's validator found errors:\n{report}");
@@ -479,17 +547,26 @@ async fn results_and_reports_are_served_as_valid_fhir_in_every_state() {
     );
 
     // …which does refuse what is not: a status FHIR does not have, a value with no number.
-    let mut wrong = k.clone();
-    wrong["status"] = json!("released");
-    wrong["valueQuantity"]["value"] = json!("5.9 mmol/L");
-    let bad = dir.join("wrong.json");
-    std::fs::write(&bad, serde_json::to_vec(&wrong).unwrap()).unwrap();
-    let (valid, report) = fhir_check(&[bad]);
-    assert!(
-        !valid,
-        "the validator passed an invalid Observation:\n{report}"
-    );
-    assert!(report.contains("released"), "{report}");
+    for (name, pointer, wrong, said) in [
+        ("status", "/status", json!("released"), "released"),
+        (
+            "value",
+            "/valueQuantity/value",
+            json!("5.9 mmol/L"),
+            "5.9 mmol/L",
+        ),
+    ] {
+        let mut bad = k.clone();
+        *bad.pointer_mut(pointer).unwrap() = wrong;
+        let file = dir.join(format!("wrong-{name}.json"));
+        std::fs::write(&file, serde_json::to_vec(&bad).unwrap()).unwrap();
+        let (valid, report) = fhir_check(&[file]);
+        assert!(
+            !valid,
+            "the validator passed an Observation with a wrong {name}:\n{report}"
+        );
+        assert!(report.contains(said), "{report}");
+    }
 
     drop((serve, project));
     db.drop().await;

@@ -401,12 +401,39 @@ async fn create_schema(
         .chain(crate::erasure::DDL.split(';'))
         .chain(projection.ddl().split(';'))
     {
-        if !statement.trim().is_empty() {
-            sqlx::query(statement).execute(&mut *tx).await?;
+        if statement.trim().is_empty() {
+            continue;
         }
+        if let Some((table, column)) = added_column(statement) {
+            // `ADD COLUMN IF NOT EXISTS` takes the table's ACCESS EXCLUSIVE lock before
+            // it looks, and every reader queues behind it: look first.
+            let present: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT FROM pg_attribute
+                                 WHERE attrelid = to_regclass($1) AND attname = $2 AND NOT attisdropped)",
+            )
+            .bind(table)
+            .bind(column)
+            .fetch_one(&mut *tx)
+            .await?;
+            if present {
+                continue;
+            }
+        }
+        sqlx::query(statement).execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// The table and column of an `ALTER TABLE t ADD COLUMN IF NOT EXISTS c …` statement
+/// (a column a newer release adds to an existing model).
+fn added_column(statement: &str) -> Option<(&str, &str)> {
+    match statement.split_whitespace().collect::<Vec<_>>()[..] {
+        ["ALTER", "TABLE", table, "ADD", "COLUMN", "IF", "NOT", "EXISTS", column, ..] => {
+            Some((table, column))
+        }
+        _ => None,
+    }
 }
 
 /// What a batch did.
@@ -753,6 +780,22 @@ pub async fn feed_position(
 mod tests {
     use super::*;
     use lis_domain::sample::SampleEvent;
+
+    #[test]
+    fn an_added_column_is_named_from_its_statement() {
+        assert_eq!(
+            added_column("\nALTER TABLE results ADD COLUMN IF NOT EXISTS amended_at timestamptz"),
+            Some(("results", "amended_at"))
+        );
+        assert_eq!(
+            added_column("ALTER TABLE results ADD COLUMN amended_at timestamptz"),
+            None
+        );
+        assert_eq!(
+            added_column("CREATE TABLE IF NOT EXISTS results (x int)"),
+            None
+        );
+    }
 
     #[test]
     fn a_copy_field_escapes_what_copy_text_format_reads_as_structure() {

@@ -57,6 +57,57 @@ async fn processes_starting_together_all_create_the_schemas() {
 /// A rebuild makes the live schema only if it is missing: over an existing one it runs no
 /// DDL, which would lock each table and wait for (or deadlock with) a live worker's batch
 /// in flight. The same DDL, as a worker's start runs it, does wait: the test can fail.
+/// A newer release's column reaches a model built by an older one when a process starts,
+/// and once it is there, starting does not lock the table against its readers.
+#[tokio::test]
+async fn a_new_column_is_added_once_without_locking_out_readers() {
+    let db = TestDb::new().await;
+    let results = models::all()
+        .into_iter()
+        .find(|p| p.name() == "results")
+        .unwrap();
+    let schema = schema_of("results");
+    let ensure = || async {
+        ensure_schema(
+            &mut db.app.acquire().await.unwrap(),
+            results.as_ref(),
+            &schema,
+        )
+        .await
+    };
+    ensure().await.unwrap();
+    // As an older release left it.
+    sqlx::query(
+        "ALTER TABLE proj_results.results DROP COLUMN amended_at, DROP COLUMN previous_value",
+    )
+    .execute(&db.app)
+    .await
+    .unwrap();
+    ensure().await.unwrap();
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT column_name::text FROM information_schema.columns
+          WHERE table_schema = 'proj_results' AND table_name = 'results'
+            AND column_name IN ('amended_at', 'previous_value') ORDER BY 1",
+    )
+    .fetch_all(&db.app)
+    .await
+    .unwrap();
+    assert_eq!(columns, ["amended_at", "previous_value"]);
+    // A reader's open transaction holds ACCESS SHARE on the table; a start must not wait
+    // for it (an ALTER TABLE would, and every later reader behind that).
+    let mut reader = db.app.begin().await.unwrap();
+    sqlx::query("SELECT count(*) FROM proj_results.results")
+        .execute(&mut *reader)
+        .await
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), ensure())
+        .await
+        .expect("a start waited for a reader of the results")
+        .unwrap();
+    reader.rollback().await.unwrap();
+    db.drop().await;
+}
+
 #[tokio::test]
 async fn a_rebuild_leaves_an_existing_live_schema_and_its_locks_alone() {
     let db = TestDb::new().await;

@@ -26,24 +26,92 @@ use std::sync::LazyLock;
 const MAX_COUNT: u32 = 1_000;
 const DEFAULT_COUNT: u32 = 100;
 
-/// The columns [`ResultRow`] reads, `r` being `proj_results.results`.
+/// The rows of `proj_results.results` (as `r`) matching `$where` that the caller may
+/// see, as [`ResultRow`]s: those on the page (`$page`, then `$tail`), each with the
+/// count of every match.
 macro_rules! result_rows {
-    ($where:literal, $tail:literal) => {
+    ($where:literal, $page:literal, $tail:literal) => {
         concat!(
-            "SELECT r.result_id, r.sample_id, r.order_id, r.patient_id, r.test_code, r.loinc,
+            "WITH m AS (SELECT r.* FROM proj_results.results r WHERE ",
+            $where,
+            // What a clinician may see ($2 true): released, or withdrawn after release.
+            " AND (NOT $2 OR r.status = 'released' OR (r.status = 'retracted' AND r.released_at IS NOT NULL)))
+             SELECT r.result_id, r.sample_id, r.order_id, r.patient_id, r.test_code, r.loinc,
                     t.name AS test_name, r.collected_at, r.value, r.flags, r.reference_low,
                     r.reference_high, r.reference_basis, r.specimen_note,
                     to_jsonb(r.status) AS status, r.amendments, r.verified_by, r.released_by,
-                    r.released_at, r.retraction_reason, r.updated_at, count(*) OVER () AS total
-               FROM proj_results.results r
+                    r.released_at, r.retraction_reason, r.updated_at, r.amended_at,
+                    r.previous_value, (SELECT count(*) FROM m) AS total
+               FROM m r
                LEFT JOIN catalogue_tests t ON t.version = r.catalogue_version AND t.code = r.test_code
               WHERE ",
-            $where,
-            // What a clinician may see ($2 true): released, or withdrawn after release.
-            " AND (NOT $2 OR r.status = 'released' OR (r.status = 'retracted' AND r.released_at IS NOT NULL))",
+            $page,
             $tail
         )
     };
+}
+
+/// Where a page starts: after the entry with this sort key (a time and an id, in the
+/// search's descending order), written `<microseconds since 1970>.<uuid>` in the
+/// `_page` parameter of a Bundle's `next` link.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Cursor {
+    at: chrono::DateTime<chrono::Utc>,
+    id: uuid::Uuid,
+}
+
+impl Cursor {
+    fn parse(raw: &str) -> Option<Self> {
+        let (micros, id) = raw.split_once('.')?;
+        let digits = micros.strip_prefix('-').unwrap_or(micros);
+        if !(1..=18).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let micros: i64 = micros.parse().ok()?;
+        Some(Self {
+            at: chrono::DateTime::from_timestamp_micros(micros)?,
+            id: hyphenated_uuid(id)?,
+        })
+    }
+
+    fn text(&self) -> String {
+        format!("{}.{}", self.at.timestamp_micros(), self.id)
+    }
+}
+
+/// The `_page` parameter, or a problem at `/_page`.
+fn page_param(raw: Option<&str>, errors: &mut Vec<FieldProblem>) -> Option<Cursor> {
+    let raw = raw?;
+    let cursor = Cursor::parse(raw);
+    if cursor.is_none() {
+        errors.push(FieldProblem {
+            pointer: "/_page".into(),
+            detail: "_page must be as a Bundle's next link gives it".into(),
+        });
+    }
+    cursor
+}
+
+/// `rows` as fetched with one more than `count`: the page, and the cursor of the next
+/// page if that one more came.
+fn page_of<T>(
+    mut rows: Vec<T>,
+    count: u32,
+    key: impl Fn(&T) -> Cursor,
+) -> (Vec<T>, Option<Cursor>) {
+    let count = count as usize;
+    if rows.len() <= count {
+        return (rows, None);
+    }
+    rows.truncate(count);
+    let next = rows.last().map(key);
+    (rows, next)
+}
+
+/// The `self` and `next` links of a search at `base` (its parameters but the page).
+fn links(base: &str, page: Option<Cursor>, next: Option<Cursor>) -> (String, Option<String>) {
+    let at = |c: Cursor| format!("{base}&_page={}", c.text());
+    (page.map_or_else(|| base.to_string(), at), next.map(at))
 }
 
 #[derive(sqlx::FromRow)]
@@ -83,7 +151,7 @@ pub async fn observation(
 ) -> Result<Response, Problem> {
     caller.require(Action::ReadResults)?;
     let id = super::commands::id(&raw, ResultId::parse, "Observation")?;
-    let found: Option<Found> = sqlx::query_as(result_rows!("r.result_id = $1", ""))
+    let found: Option<Found> = sqlx::query_as(result_rows!("r.result_id = $1", "true", ""))
         .bind(id.as_uuid())
         .bind(released_only(&caller))
         .fetch_optional(&s.pool)
@@ -112,11 +180,19 @@ pub struct ObservationSearch {
     #[schemars(extend("pattern" = CODE_PATTERN))]
     pub code: Option<String>,
     /// How many to send, the most recently collected first: 1 to 1000 (default 100).
-    /// `Bundle.total` says how many match in all.
+    /// `Bundle.total` says how many match in all; a `next` link leads on.
     #[serde(rename = "_count")]
     #[schemars(range(min = 1, max = 1000))]
     pub count: Option<u32>,
+    /// Where the page starts, as a Bundle's `next` link gives it.
+    #[serde(rename = "_page")]
+    #[schemars(extend("pattern" = PAGE_PATTERN))]
+    pub page: Option<String>,
 }
+
+/// The form of a `_page` cursor.
+const PAGE_PATTERN: &str =
+    "^-?[0-9]{1,18}\\.[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$";
 
 /// The UUID in `id` if it is written as 8-4-4-4-12 hexadecimal digits, nothing else
 /// (the parser would also take braces, a URN or no hyphens, which the pattern does not).
@@ -165,8 +241,9 @@ fn count_param(count: Option<u32>, errors: &mut Vec<FieldProblem>) -> u32 {
 }
 
 impl ObservationSearch {
-    /// The patient, the LOINC code and the count, or a problem naming each bad one.
-    fn check(&self) -> Result<(PatientId, Option<String>, u32), Problem> {
+    /// The patient, the LOINC code, the count and the page, or a problem naming each bad
+    /// one.
+    fn check(&self) -> Result<(PatientId, Option<String>, u32, Option<Cursor>), Problem> {
         let mut errors = Vec::new();
         let patient = patient_param(&self.patient, &mut errors);
         let code = self
@@ -182,8 +259,9 @@ impl ObservationSearch {
             });
         }
         let count = count_param(self.count, &mut errors);
+        let page = page_param(self.page.as_deref(), &mut errors);
         match patient {
-            Some(p) if errors.is_empty() => Ok((p, code, count)),
+            Some(p) if errors.is_empty() => Ok((p, code, count, page)),
             _ => Err(Problem::invalid(errors)),
         }
     }
@@ -196,28 +274,37 @@ pub async fn search_observations(
     Params(q): Params<ObservationSearch>,
 ) -> Result<Response, Problem> {
     caller.require(Action::ReadResults)?;
-    let (patient, code, count) = q.check()?;
+    let (patient, code, count, page) = q.check()?;
     let found: Vec<Found> = sqlx::query_as(result_rows!(
         "r.patient_id = $1 AND ($3::text IS NULL OR r.loinc = $3)",
-        " ORDER BY r.collected_at DESC, r.result_id LIMIT $4"
+        "($5::timestamptz IS NULL OR (r.collected_at, r.result_id) < ($5, $6::uuid))",
+        " ORDER BY r.collected_at DESC, r.result_id DESC LIMIT $4"
     ))
     .bind(patient.as_uuid())
     .bind(released_only(&caller))
     .bind(&code)
-    .bind(i64::from(count))
+    .bind(i64::from(count) + 1)
+    .bind(page.map(|c| c.at))
+    .bind(page.map(|c| c.id))
     .fetch_all(&s.pool)
     .await?;
     let total = found.first().map_or(0, |f| f.total);
-    let mut link = format!("/fhir/Observation?patient=Patient/{}", patient.as_uuid());
+    let (found, next) = page_of(found, count, |f| Cursor {
+        at: f.row.collected_at,
+        id: f.row.result_id,
+    });
+    let mut base = format!("/fhir/Observation?patient=Patient/{}", patient.as_uuid());
     if let Some(c) = &code {
-        link.push_str(&format!("&code=http://loinc.org%7C{c}"));
+        base.push_str(&format!("&code=http://loinc.org%7C{c}"));
     }
-    link.push_str(&format!("&_count={count}"));
+    base.push_str(&format!("&_count={count}"));
+    let (this, next) = links(&base, page, next);
     let resources = found.iter().map(|f| fhir::observation(&f.row)).collect();
     Ok(fhir_json(&fhir::searchset(
         resources,
         total,
-        &link,
+        &this,
+        next.as_deref(),
         chrono::Utc::now(),
     )))
 }
@@ -230,10 +317,14 @@ pub struct ReportSearch {
     #[schemars(extend("pattern" = PATIENT_PATTERN))]
     pub patient: String,
     /// How many to send, the most recently placed order first: 1 to 1000 (default 100).
-    /// `Bundle.total` says how many match in all.
+    /// `Bundle.total` says how many match in all; a `next` link leads on.
     #[serde(rename = "_count")]
     #[schemars(range(min = 1, max = 1000))]
     pub count: Option<u32>,
+    /// Where the page starts, as a Bundle's `next` link gives it.
+    #[serde(rename = "_page")]
+    #[schemars(extend("pattern" = PAGE_PATTERN))]
+    pub page: Option<String>,
 }
 
 /// `orders` as `DiagnosticReport`s, in their order: each with its tests and every one of
@@ -252,6 +343,7 @@ async fn reports(s: &AppState, orders: &[OrderFound]) -> Result<Vec<Value>, Prob
     // By patient as well as order: the results model's index is by patient.
     let results: Vec<Found> = sqlx::query_as(result_rows!(
         "r.patient_id = ANY ($1) AND r.order_id = ANY ($3)",
+        "true",
         " ORDER BY r.collected_at, r.test_code, r.result_id"
     ))
     .bind(&patients)
@@ -281,13 +373,19 @@ struct OrderFound {
     total: i64,
 }
 
-/// The order columns [`fhir::OrderRow`] reads, with the count of every match.
+/// The orders matching `$where` as [`fhir::OrderRow`]s: those on the page (`$page`, then
+/// `$tail`), each with the count of every match.
 macro_rules! order_rows {
-    ($rest:literal) => {
+    ($where:literal, $page:literal, $tail:literal) => {
         concat!(
-            "SELECT order_id, order_number, patient_id, placed_at, updated_at, count(*) OVER () AS total
-               FROM proj_orders.orders WHERE ",
-            $rest
+            "WITH m AS (SELECT * FROM proj_orders.orders WHERE ",
+            $where,
+            ")
+             SELECT order_id, order_number, patient_id, placed_at, updated_at,
+                    (SELECT count(*) FROM m) AS total
+               FROM m WHERE ",
+            $page,
+            $tail
         )
     };
 }
@@ -300,7 +398,7 @@ pub async fn report(
 ) -> Result<Response, Problem> {
     caller.require(Action::ReadResults)?;
     let id = super::commands::id(&raw, OrderId::parse, "DiagnosticReport")?;
-    let order: Option<OrderFound> = sqlx::query_as(order_rows!("order_id = $1"))
+    let order: Option<OrderFound> = sqlx::query_as(order_rows!("order_id = $1", "true", ""))
         .bind(id.as_uuid())
         .fetch_optional(&s.pool)
         .await?;
@@ -319,27 +417,38 @@ pub async fn search_reports(
     let mut errors = Vec::new();
     let patient = patient_param(&q.patient, &mut errors);
     let count = count_param(q.count, &mut errors);
+    let page = page_param(q.page.as_deref(), &mut errors);
     let patient = match patient {
         Some(p) if errors.is_empty() => p,
         _ => return Err(Problem::invalid(errors)),
     };
     let orders: Vec<OrderFound> = sqlx::query_as(order_rows!(
-        "patient_id = $1 ORDER BY placed_at DESC, order_id LIMIT $2"
+        "patient_id = $1",
+        "($3::timestamptz IS NULL OR (placed_at, order_id) < ($3, $4::uuid))",
+        " ORDER BY placed_at DESC, order_id DESC LIMIT $2"
     ))
     .bind(patient.as_uuid())
-    .bind(i64::from(count))
+    .bind(i64::from(count) + 1)
+    .bind(page.map(|c| c.at))
+    .bind(page.map(|c| c.id))
     .fetch_all(&s.pool)
     .await?;
     let total = orders.first().map_or(0, |o| o.total);
-    let link = format!(
+    let (orders, next) = page_of(orders, count, |o| Cursor {
+        at: o.order.placed_at,
+        id: o.order.order_id,
+    });
+    let base = format!(
         "/fhir/DiagnosticReport?patient=Patient/{}&_count={count}",
         patient.as_uuid()
     );
+    let (this, next) = links(&base, page, next);
     let resources = reports(&s, &orders).await?;
     Ok(fhir_json(&fhir::searchset(
         resources,
         total,
-        &link,
+        &this,
+        next.as_deref(),
         chrono::Utc::now(),
     )))
 }
@@ -361,6 +470,20 @@ mod tests {
             assert_eq!(hyphenated_uuid(not), None, "{not}");
         }
         assert!(loinc_form("2823-3") && loinc_form("1-8") && loinc_form("12345678-9"));
+        let cursor = Cursor {
+            at: "2026-03-03T09:30:00.123456Z".parse().unwrap(),
+            id: hyphenated_uuid(id).unwrap(),
+        };
+        assert_eq!(Cursor::parse(&cursor.text()), Some(cursor));
+        for not in [
+            format!("+1.{id}"),
+            format!("1234567890123456789.{id}"),
+            format!("1.{}", &id[1..]),
+            "1".to_string(),
+            format!(".{id}"),
+        ] {
+            assert_eq!(Cursor::parse(&not), None, "{not}");
+        }
         for not in ["2823", "2823-33", "-3", "123456789-0", "2823-x", " 2823-3"] {
             assert!(!loinc_form(not), "{not}");
         }

@@ -1,6 +1,7 @@
 //! Results as the lab and clinicians see them: the current value, flags, interval
-//! applied, status, who verified and released, amendment count, and the critical-value
-//! follow-up (notified, acknowledged). A patient's cumulative report is the released rows
+//! applied, status, who verified and released, amendment count (with the latest
+//! amendment's time and the value it replaced), and the critical-value follow-up
+//! (notified, acknowledged). A patient's cumulative report is the released rows
 //! (amended ones marked); retracted results leave it.
 
 use crate::envelope::Envelope;
@@ -238,10 +239,14 @@ CREATE TABLE IF NOT EXISTS results (
     released_by       text,
     released_at       timestamptz,
     retraction_reason text,
-    updated_at        timestamptz NOT NULL);
+    updated_at        timestamptz NOT NULL,
+    amended_at        timestamptz,
+    previous_value    jsonb);
+ALTER TABLE results ADD COLUMN IF NOT EXISTS amended_at timestamptz;
+ALTER TABLE results ADD COLUMN IF NOT EXISTS previous_value jsonb;
 CREATE INDEX IF NOT EXISTS results_cumulative ON results (patient_id, test_code, collected_at) WHERE status = 'released';
 CREATE INDEX IF NOT EXISTS results_critical ON results (recorded_at) WHERE critical AND status <> 'retracted';
-CREATE INDEX IF NOT EXISTS results_by_patient ON results (patient_id, collected_at DESC, result_id);
+CREATE INDEX IF NOT EXISTS results_by_patient ON results (patient_id, collected_at DESC, result_id DESC);
 CREATE OR REPLACE VIEW cumulative_results AS
 SELECT result_id, patient_id, order_id, sample_id, test_code, loinc, collected_at, value, numeric_value, unit,
        flags, reference_low, reference_high, reference_basis, catalogue_version, specimen_note,
@@ -415,6 +420,9 @@ struct Patch {
     amended: Option<StoredValue>,
     /// The latest amendment's number: the result's amendments so far.
     amendment: Option<i32>,
+    /// The latest amendment's time, and the value it replaced (JSON).
+    amended_at: Option<DateTime<Utc>>,
+    previous_value: Option<String>,
     updated_at: Option<DateTime<Utc>>,
 }
 
@@ -507,12 +515,15 @@ impl Pending for PendingResults {
             }
             ResultEvent::ResultAmended {
                 amendment,
+                previous,
                 value,
                 flags: f,
                 ..
             } => {
                 let p = self.patch(id);
                 p.amended = Some(StoredValue::of(value, f));
+                p.amended_at = Some(at);
+                p.previous_value = Some(serde_json::to_string(previous).unwrap_or_default());
                 p.amendment = Some(i32::try_from(*amendment).unwrap_or(i32::MAX));
                 p.notified = Some(false);
                 p.acknowledged = Some(false);
@@ -538,23 +549,26 @@ impl Pending for PendingResults {
                 "INSERT INTO results (result_id, sample_id, order_id, patient_id, test_code, loinc, collected_at,
                      value, numeric_value, unit, flags, reference_low, reference_high, reference_basis,
                      catalogue_version, specimen_note, status, critical, recorded_at, recorded_by, verified_by,
-                     released_by, released_at, notified, acknowledged, amendments, updated_at)
+                     released_by, released_at, notified, acknowledged, amendments, updated_at, amended_at,
+                     previous_value)
                  SELECT id, sample_id, order_id, patient_id, test_code, loinc, collected_at, value::jsonb,
                         numeric_value, unit, ARRAY(SELECT json_array_elements_text(flags::json)),
                         reference_low, reference_high, reference_basis, catalogue_version, specimen_note,
                         coalesce(status, 'recorded'), critical, recorded_at, recorded_by, verified_by,
                         released_by, released_at, coalesce(notified, false), coalesce(acknowledged, false),
-                        coalesce(amendment, 0), coalesce(updated_at, recorded_at)
+                        coalesce(amendment, 0), coalesce(updated_at, recorded_at), amended_at,
+                        previous_value::jsonb
                    FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
                                $7::timestamptz[], $8::text[], $9::float8[], $10::text[], $11::text[],
                                $12::float8[], $13::float8[], $14::text[], $15::int4[], $16::text[],
                                $17::bool[], $18::timestamptz[], $19::text[], $20::text[], $21::text[],
                                $22::text[], $23::timestamptz[], $24::bool[], $25::bool[], $26::int4[],
-                               $27::timestamptz[])
+                               $27::timestamptz[], $28::timestamptz[], $29::text[])
                      AS u(id, sample_id, order_id, patient_id, test_code, loinc, collected_at, value,
                           numeric_value, unit, flags, reference_low, reference_high, reference_basis,
                           catalogue_version, specimen_note, critical, recorded_at, recorded_by, status,
-                          verified_by, released_by, released_at, notified, acknowledged, amendment, updated_at)
+                          verified_by, released_by, released_at, notified, acknowledged, amendment, updated_at,
+                          amended_at, previous_value)
                  ON CONFLICT (result_id) DO UPDATE SET value = excluded.value, numeric_value = excluded.numeric_value,
                      flags = excluded.flags, critical = excluded.critical, status = excluded.status,
                      notified = excluded.notified, acknowledged = excluded.acknowledged,
@@ -566,7 +580,8 @@ impl Pending for PendingResults {
                      recorded_by = excluded.recorded_by, catalogue_version = excluded.catalogue_version,
                      loinc = excluded.loinc, unit = excluded.unit, reference_low = excluded.reference_low,
                      reference_high = excluded.reference_high, reference_basis = excluded.reference_basis,
-                     specimen_note = excluded.specimen_note, updated_at = excluded.updated_at",
+                     specimen_note = excluded.specimen_note, updated_at = excluded.updated_at,
+                     amended_at = excluded.amended_at, previous_value = excluded.previous_value",
             )
             .bind(recorded.iter().map(|r| r.id).collect::<Vec<_>>())
             .bind(recorded.iter().map(|r| r.sample_id).collect::<Vec<_>>())
@@ -595,6 +610,8 @@ impl Pending for PendingResults {
             .bind(recorded.iter().map(|r| r.patch.acknowledged).collect::<Vec<_>>())
             .bind(recorded.iter().map(|r| r.patch.amendment).collect::<Vec<_>>())
             .bind(recorded.iter().map(|r| r.patch.updated_at).collect::<Vec<_>>())
+            .bind(recorded.iter().map(|r| r.patch.amended_at).collect::<Vec<_>>())
+            .bind(recorded.iter().map(|r| r.patch.previous_value.clone()).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
         }
@@ -612,12 +629,14 @@ impl Pending for PendingResults {
                         flags = CASE WHEN u.amended THEN ARRAY(SELECT json_array_elements_text(u.flags::json))
                                      ELSE r.flags END,
                         critical = CASE WHEN u.amended THEN u.critical ELSE r.critical END,
-                        amendments = coalesce(u.amendment, r.amendments), updated_at = u.updated_at
+                        amendments = coalesce(u.amendment, r.amendments), updated_at = u.updated_at,
+                        amended_at = coalesce(u.amended_at, r.amended_at),
+                        previous_value = CASE WHEN u.amended THEN u.previous_value::jsonb ELSE r.previous_value END
                    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bool[],
                                $7::timestamptz[], $8::bool[], $9::bool[], $10::text[], $11::float8[],
-                               $12::text[], $13::bool[], $14::int4[])
+                               $12::text[], $13::bool[], $14::int4[], $15::timestamptz[], $16::text[])
                      AS u(id, status, verified_by, released_by, released_at, notified, updated_at, acknowledged,
-                          amended, value, numeric_value, flags, critical, amendment)
+                          amended, value, numeric_value, flags, critical, amendment, amended_at, previous_value)
                   WHERE r.result_id = u.id",
             )
             .bind(patches.iter().map(|(id, _)| *id).collect::<Vec<_>>())
@@ -634,6 +653,8 @@ impl Pending for PendingResults {
             .bind(patches.iter().map(|(_, p)| p.amended.as_ref().map(|a| a.flags.clone())).collect::<Vec<_>>())
             .bind(patches.iter().map(|(_, p)| p.amended.as_ref().map(|a| a.critical)).collect::<Vec<_>>())
             .bind(patches.iter().map(|(_, p)| p.amendment).collect::<Vec<_>>())
+            .bind(patches.iter().map(|(_, p)| p.amended_at).collect::<Vec<_>>())
+            .bind(patches.iter().map(|(_, p)| p.previous_value.clone()).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
         }
