@@ -68,8 +68,13 @@ impl Cursor {
             return None;
         }
         let micros: i64 = micros.parse().ok()?;
+        let at = chrono::DateTime::from_timestamp_micros(micros)?;
+        // Within what PostgreSQL's timestamptz holds (and any collection or order time).
+        if !(1..=9999).contains(&chrono::Datelike::year(&at)) {
+            return None;
+        }
         Some(Self {
-            at: chrono::DateTime::from_timestamp_micros(micros)?,
+            at,
             id: hyphenated_uuid(id)?,
         })
     }
@@ -477,6 +482,8 @@ mod tests {
         assert_eq!(Cursor::parse(&cursor.text()), Some(cursor));
         for not in [
             format!("+1.{id}"),
+            format!("-618541192078856786.{id}"),
+            format!("999999999999999999.{id}"),
             format!("1234567890123456789.{id}"),
             format!("1.{}", &id[1..]),
             "1".to_string(),
