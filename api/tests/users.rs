@@ -1024,3 +1024,116 @@ async fn the_database_records_every_change_to_users_and_refuses_edits_of_the_rec
     assert_eq!(generation, 3);
     db.drop().await;
 }
+
+/// `Dr.Rao` and `dr.rao` would be two accounts behind one name in every audit record: a
+/// name that differs from another only in case is refused, over HTTP, from the command
+/// line and by the database itself, even when two are added at the same moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_names_are_unique_regardless_of_case() {
+    use lis_api::http::users::{add_user, ChangedBy, UserError};
+    use lis_domain::actor::{ActorId, Role};
+    let (db, stack, api, _serve) = started().await;
+    let admin = login(&api, "admin.1", ADMIN_PASSWORD).await.unwrap();
+    let by = ChangedBy::operator("it.ops", "a test of names").unwrap();
+    let add = |name: &str| {
+        let (pool, by, name) = (db.app.clone(), by.clone(), name.to_string());
+        async move {
+            let name = ActorId::parse(&name).unwrap();
+            add_user(
+                &pool,
+                &name,
+                Role::Pathologist,
+                "correct horse battery",
+                &by,
+            )
+            .await
+        }
+    };
+    add("dr.rao").await.unwrap();
+
+    let (s, problem) = api
+        .post(
+            &admin,
+            "/users",
+            &json!({"username": "Dr.Rao", "role": "clinician",
+            "password": "correct horse battery", "reason": "a new clinician"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{problem}");
+    assert_eq!(
+        problem["detail"],
+        "user Dr.Rao already exists as dr.rao: names are unique regardless of case"
+    );
+    let cli = stack.run_with_input(
+        &[
+            "users",
+            "add",
+            "DR.RAO",
+            "--role",
+            "clinician",
+            "--reason",
+            "again",
+            "--actor",
+            "it.ops",
+        ],
+        "correct horse battery\n",
+    );
+    assert!(!cli.status.success());
+    assert!(
+        String::from_utf8_lossy(&cli.stderr).contains("already exists as dr.rao"),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    // The exact name is still "already exists", as before.
+    assert!(matches!(add("dr.rao").await, Err(UserError::Exists(_))));
+
+    // Two at once, many times: exactly one of each pair is added.
+    for round in 0..10 {
+        let (a, b) = (format!("race.{round}"), format!("RACE.{round}"));
+        let (x, y) = tokio::join!(tokio::spawn(add(&a)), tokio::spawn(add(&b)));
+        let outcomes = [x.unwrap(), y.unwrap()];
+        let added = outcomes.iter().filter(|o| o.is_ok()).count();
+        assert_eq!(added, 1, "{a} / {b}: {outcomes:?}");
+        assert!(
+            outcomes
+                .iter()
+                .any(|o| matches!(o, Err(UserError::ExistsAs { .. }))),
+            "{outcomes:?}"
+        );
+    }
+    let folded: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT lower(username), count(*) FROM users GROUP BY 1 HAVING count(*) > 1",
+    )
+    .fetch_all(&db.app)
+    .await
+    .unwrap();
+    assert_eq!(folded, []);
+
+    // The database refuses it to anyone who writes users directly, the owner included.
+    let mut tx = db.owner.begin().await.unwrap();
+    for (key, value) in [
+        ("lis.actor_id", "it.ops"),
+        ("lis.actor_role", "admin"),
+        ("lis.reason", "by hand"),
+    ] {
+        sqlx::query("SELECT set_config($1, $2, true)")
+            .bind(key)
+            .bind(value)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    let e = sqlx::query(
+        "INSERT INTO users (username, role, password_hash) VALUES ('DR.rao', 'clinician', 'x')",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap_err();
+    assert_eq!(
+        e.as_database_error().and_then(|d| d.constraint()),
+        Some("users_name_unique"),
+        "{e}"
+    );
+    drop(tx);
+    db.drop().await;
+}

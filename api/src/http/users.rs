@@ -87,6 +87,8 @@ pub enum UserError {
     NoReason(String),
     #[error("user {0} already exists")]
     Exists(String),
+    #[error("user {user} already exists as {existing}: names are unique regardless of case")]
+    ExistsAs { user: String, existing: String },
     #[error("no user {0}")]
     NotFound(String),
     #[error("user {user} is already {state}")]
@@ -108,7 +110,7 @@ impl From<UserError> for Problem {
         match e {
             UserError::WeakPassword => at("/password", &e),
             UserError::SystemRole => at("/role", &e),
-            UserError::Exists(_) => {
+            UserError::Exists(_) | UserError::ExistsAs { .. } => {
                 Problem::conflict("user-exists", "The user already exists", e.to_string())
             }
             UserError::NotFound(_) => Problem::not_found(e.to_string()),
@@ -278,7 +280,24 @@ pub async fn add(
     .bind(hash)
     .bind(temporary)
     .execute(&mut *tx)
-    .await?;
+    .await;
+    let inserted = match inserted {
+        // Migration 0013's trigger: the name differs from another only in case.
+        Err(sqlx::Error::Database(d)) if d.constraint() == Some("users_name_unique") => {
+            drop(tx);
+            let existing: String = sqlx::query_scalar(
+                "SELECT username FROM users WHERE lower(username) = lower($1) AND username <> $1 LIMIT 1",
+            )
+            .bind(user.as_str())
+            .fetch_one(pool)
+            .await?;
+            return Err(UserError::ExistsAs {
+                user: user.to_string(),
+                existing,
+            });
+        }
+        other => other?,
+    };
     if inserted.rows_affected() == 0 {
         return Err(UserError::Exists(user.to_string()));
     }
