@@ -1,6 +1,6 @@
 //! The ledger's results as HL7 FHIR R4 resources (4.0.1): an `Observation` per result,
-//! a `DiagnosticReport` per order (what was released of it), `searchset` `Bundle`s of
-//! them, and the server's `CapabilityStatement`.
+//! a `DiagnosticReport` per order (what was released of it), the `Patient` they are of,
+//! `searchset` `Bundle`s of them, and the server's `CapabilityStatement`.
 //!
 //! Pure mapping, no I/O: the HTTP handlers (`http::fhir`) read the results model and
 //! hand each row here. What a clinician's system must not misread is the status: a
@@ -112,6 +112,13 @@ fn quantity(value: f64, unit: &str) -> Value {
     json!({ "value": value, "unit": unit, "system": UCUM, "code": unit })
 }
 
+/// The patient a result or report is of: `Patient/{id}` (served here), and the ledger's
+/// id as an identifier for a system that keeps references apart from ids.
+fn subject(patient: Uuid) -> Value {
+    json!({ "reference": format!("Patient/{patient}"), "type": "Patient",
+            "identifier": { "system": URI, "value": format!("urn:uuid:{patient}") } })
+}
+
 fn by_user(user: &str) -> Value {
     json!({ "display": user })
 }
@@ -131,8 +138,7 @@ pub fn observation(r: &ResultRow) -> Value {
         "status": status,
         "category": [{ "coding": [{ "system": CATEGORY, "code": "laboratory", "display": "Laboratory" }] }],
         "code": code,
-        "subject": { "type": "Patient",
-                     "identifier": { "system": URI, "value": format!("urn:uuid:{}", r.patient_id) } },
+        "subject": subject(r.patient_id),
         "effectiveDateTime": r.collected_at.to_rfc3339(),
         "specimen": { "type": "Specimen",
                       "identifier": { "system": URI, "value": format!("urn:uuid:{}", r.sample_id) } },
@@ -307,8 +313,7 @@ pub fn diagnostic_report(order: &OrderRow, tests: &[&OrderTest], results: &[&Res
                                     "code": "LAB", "display": "Laboratory" }] }],
         "code": { "coding": [{ "system": LOINC, "code": LAB_REPORT.0, "display": LAB_REPORT.1 }],
                   "text": LAB_REPORT.1 },
-        "subject": { "type": "Patient",
-                     "identifier": { "system": URI, "value": format!("urn:uuid:{}", order.patient_id) } },
+        "subject": subject(order.patient_id),
     });
     if let Some(first) = issued.iter().map(|r| r.collected_at).min() {
         report["effectiveDateTime"] = json!(first.to_rfc3339());
@@ -332,6 +337,55 @@ pub fn diagnostic_report(order: &OrderRow, tests: &[&OrderTest], results: &[&Res
             .collect();
     }
     report
+}
+
+/// The patient as an R4 `Patient`, from their identity as the caller may see it
+/// (`identity`: `privacy::render_identity`'s rendering, clear or masked) and their sex
+/// as the latest order gave it. A masked identity is labelled so (`meta.security`), and
+/// its date of birth is the year alone, as FHIR has no masked date.
+pub fn patient(id: Uuid, sex: Option<&str>, identity: &Value) -> Value {
+    let masked = identity["masked"] == true;
+    let text = |key: &str| identity[key].as_str().map(str::to_string);
+    let mut p = json!({
+        "resourceType": "Patient",
+        "id": id,
+        "identifier": [{ "system": URI, "value": format!("urn:uuid:{id}") }],
+        "gender": sex
+            .filter(|s| matches!(*s, "male" | "female" | "other"))
+            .unwrap_or("unknown"),
+    });
+    if masked {
+        p["meta"] = json!({ "security": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+            "code": "MASKED", "display": "masked" }] });
+    }
+    let identifiers = p["identifier"].as_array_mut().expect("an array");
+    if let Some(mrn) = text("mrn") {
+        identifiers.push(json!({
+            "type": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                   "code": "MR", "display": "Medical record number" }] },
+            "value": mrn }));
+    }
+    if let Some(abha) = text("abha_number") {
+        identifiers.push(json!({ "type": { "text": "ABHA number" }, "value": abha }));
+    }
+    if let Some(name) = text("name") {
+        p["name"] = json!([{ "text": name }]);
+    }
+    if let Some(born) = text("date_of_birth") {
+        p["birthDate"] = json!(if masked {
+            born[..4.min(born.len())].to_string()
+        } else {
+            born
+        });
+    }
+    if let Some(phone) = text("phone") {
+        p["telecom"] = json!([{ "system": "phone", "value": phone }]);
+    }
+    if let Some(address) = text("address") {
+        p["address"] = json!([{ "text": address }]);
+    }
+    p
 }
 
 /// A `searchset` `Bundle` of `resources`, `total` matching in all (more than sent
@@ -378,6 +432,13 @@ pub const SEARCH_PARAMS: [(&str, &str, &str); 3] = [
     ("_count", "number", "How many to send, the most recently collected first: 1 to 1000 (default 100); Bundle.total says how many match, and a next link leads to the rest"),
 ];
 
+/// The search parameters of `GET /fhir/Patient`.
+pub const PATIENT_SEARCH_PARAMS: [(&str, &str, &str); 1] = [(
+    "identifier",
+    "token",
+    "The patient's medical record number (MRN), as the lab was given it; required",
+)];
+
 /// The search parameters of `GET /fhir/DiagnosticReport`.
 pub const REPORT_SEARCH_PARAMS: [(&str, &str, &str); 2] = [
     ("patient", "reference", "The patient, by the ledger's id (a UUID, or Patient/<uuid>); required"),
@@ -416,6 +477,7 @@ pub fn capability_statement(software_version: &str, built: DateTime<Utc>) -> Val
             "resource": [
                 resource("DiagnosticReport", &REPORT_SEARCH_PARAMS),
                 resource("Observation", &SEARCH_PARAMS),
+                resource("Patient", &PATIENT_SEARCH_PARAMS),
             ],
         }],
     })
@@ -662,6 +724,26 @@ mod tests {
         assert!(o.get("referenceRange").is_none());
         assert!(o["note"].as_array().unwrap().iter().any(|n| n["text"]
             == "No reference range: no interval for age 7 y (catalogue holds adult intervals)"));
+    }
+
+    #[test]
+    fn a_masked_patient_is_labelled_and_born_in_a_year() {
+        let masked = json!({"mrn": "***-*****-77", "abha_number": null, "name": "A*** V****",
+                            "date_of_birth": "1980-**-**", "phone": null, "address": "[masked]",
+                            "masked": true});
+        let p = patient(Uuid::from_u128(4), Some("female"), &masked);
+        assert_eq!(p["meta"]["security"][0]["code"], "MASKED");
+        assert_eq!(p["birthDate"], "1980");
+        assert_eq!(p["name"][0]["text"], "A*** V****");
+        assert_eq!(p["identifier"].as_array().unwrap().len(), 2, "{p}");
+        assert!(p.get("telecom").is_none());
+        let clear = json!({"mrn": "MRN-77", "name": "Asha Verma", "date_of_birth": "1980-05-17"});
+        let p = patient(Uuid::from_u128(4), Some("intersex"), &clear);
+        assert_eq!(
+            (p["birthDate"].as_str(), p["gender"].as_str()),
+            (Some("1980-05-17"), Some("unknown"))
+        );
+        assert!(p.get("meta").is_none());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The FHIR R4 interface end to end: results in every state of their life, read through
-//! `serve` as Observations, orders as DiagnosticReports, and searchset Bundles of both;
-//! each status as a clinician's system must read it, what a clinician may see, the
-//! refusals, and every answer checked against the FHIR specification by HAPI FHIR's
-//! validator (`deploy/fhir-check.sh`).
+//! `serve` as Observations, orders as DiagnosticReports, the patient found by MRN, and
+//! searchset Bundles of them; each status as a clinician's system must read it, what
+//! each role may see, the refusals, and every answer checked against the FHIR
+//! specification by HAPI FHIR's validator (`deploy/fhir-check.sh`).
 
 mod support;
 
@@ -71,7 +71,7 @@ fn numeric(value: f64) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn results_and_reports_are_served_as_valid_fhir_in_every_state() {
+async fn results_reports_and_patients_are_served_as_valid_fhir() {
     let db = TestDb::new().await;
     let mut stack = Stack::new(&db, false);
     let base = stack.with_api();
@@ -285,6 +285,7 @@ async fn results_and_reports_are_served_as_valid_fhir_in_every_state() {
         k["subject"]["identifier"]["value"],
         format!("urn:uuid:{patient}")
     );
+    assert_eq!(k["subject"]["reference"], format!("Patient/{patient}"));
     assert_eq!(
         k["specimen"]["identifier"]["value"],
         format!("urn:uuid:{sample}")
@@ -518,6 +519,102 @@ async fn results_and_reports_are_served_as_valid_fhir_in_every_state() {
     let (s, _, _) = get(&api, Some(&analyst), &reports).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 
+    // A clinician's system finds its patient by MRN (any case), then reads them.
+    let pseudonyms = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM patient_pseudonyms")
+            .fetch_one(&db.app)
+            .await
+            .unwrap()
+    };
+    let known = pseudonyms().await;
+    let (s, kind, by_mrn) = get(
+        &api,
+        Some(&clinician),
+        "/fhir/Patient?identifier=mrn-fhir-1",
+    )
+    .await;
+    assert_eq!(
+        (s, kind.as_str()),
+        (StatusCode::OK, "application/fhir+json"),
+        "{by_mrn}"
+    );
+    assert_eq!(by_mrn["total"], 1);
+    let asha = &by_mrn["entry"][0]["resource"];
+    assert_eq!(asha["id"], patient.as_str());
+    assert_eq!(asha["name"], json!([{"text": "Asha Verma"}]));
+    assert_eq!(
+        (asha["gender"].as_str(), asha["birthDate"].as_str()),
+        (Some("female"), Some("1980-05-17"))
+    );
+    assert!(
+        asha["identifier"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["value"] == "MRN-FHIR-1" && i["type"]["coding"][0]["code"] == "MR"),
+        "{asha}"
+    );
+    assert!(asha.get("meta").is_none(), "{asha}");
+    let (_, _, read) = get(&api, Some(&clinician), &format!("/fhir/Patient/{patient}")).await;
+    assert_eq!(&read, asha);
+    let (s, _, nobody) = get(
+        &api,
+        Some(&clinician),
+        "/fhir/Patient?identifier=MRN-NOT-HERE",
+    )
+    .await;
+    assert_eq!(
+        (s, nobody["total"].as_i64(), nobody.get("entry")),
+        (StatusCode::OK, Some(0), None)
+    );
+    assert_eq!(
+        pseudonyms().await,
+        known,
+        "asking for an MRN made a patient"
+    );
+    // An auditor sees them masked, and whole only by breaking glass, which is logged.
+    let auditor = token("audit.1", Role::Auditor);
+    let (_, _, masked) = get(&api, Some(&auditor), &format!("/fhir/Patient/{patient}")).await;
+    assert_eq!(masked["meta"]["security"][0]["code"], "MASKED", "{masked}");
+    assert_eq!(
+        (
+            masked["name"][0]["text"].as_str(),
+            masked["birthDate"].as_str()
+        ),
+        (Some("A*** V****"), Some("1980"))
+    );
+    let glass = api
+        .http
+        .get(format!("{base}/fhir/Patient/{patient}"))
+        .bearer_auth(&auditor)
+        .header(
+            "Break-Glass-Reason",
+            "NABL assessment of the FHIR interface",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(glass.status(), StatusCode::OK);
+    assert_eq!(glass.json::<Value>().await.unwrap(), *asha);
+    let logged: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM break_glass_log WHERE resource = $1")
+            .bind(format!("fhir/Patient/{patient}"))
+            .fetch_one(&db.app)
+            .await
+            .unwrap();
+    assert_eq!(logged, 1);
+    let (s, _, _) = get(&api, Some(&analyst), "/fhir/Patient?identifier=MRN-FHIR-1").await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    for bad in ["MRN%20FHIR", "%20MRN-FHIR-1"] {
+        let path = format!("/fhir/Patient?identifier={bad}");
+        let (s, _, problem) = get(&api, Some(&clinician), &path).await;
+        assert_eq!(
+            (s, problem["errors"][0]["pointer"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("/identifier")),
+            "{path}: {problem}"
+        );
+    }
+
     // Every answer is valid FHIR R4 to HAPI FHIR's validator…
     let dir = stack.logs.join("fhir");
     std::fs::create_dir_all(&dir).unwrap();
@@ -534,6 +631,8 @@ async fn results_and_reports_are_served_as_valid_fhir_in_every_state() {
     write("report-partial", &report);
     write("report-bundle", &both);
     write("paged-bundle", &paged[0]);
+    write("patient-bundle", &by_mrn);
+    write("patient-masked", &masked);
     for entry in lab["entry"].as_array().unwrap() {
         let o = &entry["resource"];
         let test = ids.iter().find(|(_, id)| o["id"] == id.as_str()).unwrap().0;
@@ -567,6 +666,28 @@ async fn results_and_reports_are_served_as_valid_fhir_in_every_state() {
         );
         assert!(report.contains(said), "{report}");
     }
+
+    // Erased: the patient is gone, and their MRN finds no one.
+    let admin = token("admin.1", Role::Admin);
+    api.ok(
+        &admin,
+        &format!("/patients/{patient}/erase"),
+        json!({"reason": "the patient asked to be forgotten"}),
+    )
+    .await;
+    let (s, kind, gone) = get(&api, Some(&clinician), &format!("/fhir/Patient/{patient}")).await;
+    assert_eq!(
+        (s, kind.as_str()),
+        (StatusCode::GONE, "application/problem+json"),
+        "{gone}"
+    );
+    let (_, _, none) = get(
+        &api,
+        Some(&clinician),
+        "/fhir/Patient?identifier=MRN-FHIR-1",
+    )
+    .await;
+    assert_eq!(none["total"], 0, "{none}");
 
     drop((serve, project));
     db.drop().await;

@@ -1,23 +1,29 @@
-//! The FHIR R4 read interface: `GET /fhir/metadata`, `GET /fhir/Observation/{id}` and
-//! `GET /fhir/Observation?patient=…`, for clinicians' systems (EMR, ABDM gateways) that
-//! speak FHIR rather than this API's own JSON.
+//! The FHIR R4 read interface: `GET /fhir/metadata`, `GET /fhir/Observation/{id}`,
+//! `GET /fhir/Observation?patient=…`, `GET /fhir/DiagnosticReport/{id}` and
+//! `GET /fhir/DiagnosticReport?patient=…`, for clinicians' systems (EMR, ABDM gateways)
+//! that speak FHIR rather than this API's own JSON.
 //!
-//! Read from the results model as `GET /results/{id}` is, with the same permission;
+//! Read from the results and orders models with the permission of `GET /results/{id}`;
 //! mapped by [`crate::fhir`]. A clinician sees what the lab released, and a result
-//! withdrawn after release as `entered-in-error`. A search parameter the server does
+//! withdrawn after release as `entered-in-error`. Searches page by a cursor (the sort
+//! key of a page's last entry) in the `next` link. A search parameter the server does
 //! not support is refused (422), not ignored: an ignored filter would send more results
 //! than the caller asked for, and a clinical system could take them as filtered.
 
 use super::auth::{Action, Caller};
 use super::params::Params;
+use super::privacy;
 use super::problem::{FieldProblem, Problem};
 use super::AppState;
 use crate::fhir::{self, ResultRow};
 use axum::extract::{Path, State};
-use axum::http::header;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use lis_commands::keys::vault::KeyStatus;
 use lis_domain::actor::Role;
 use lis_domain::ids::{OrderId, PatientId, ResultId};
+use lis_domain::patient::Mrn;
+use lis_domain::sealed::Sealed;
 use serde::Deserialize;
 use serde_json::Value;
 use std::sync::LazyLock;
@@ -454,6 +460,117 @@ pub async fn search_reports(
         total,
         &this,
         next.as_deref(),
+        chrono::Utc::now(),
+    )))
+}
+
+/// The patient as a `Patient`, as the caller may see them (`privacy::view_for`: clear
+/// for those who care for them, masked for auditors and admins, an auditor's
+/// break-glass read logged first); `None` if there is no such patient. An erased patient
+/// is gone (410).
+async fn patient_resource(
+    s: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    id: PatientId,
+) -> Result<Option<Value>, Problem> {
+    let status = s
+        .ledger
+        .vault()
+        .status(id)
+        .await
+        .map_err(lis_commands::CommandError::from)?;
+    match status {
+        None => return Ok(None),
+        Some(KeyStatus::Erased { at }) => {
+            return Err(
+                Problem::new(StatusCode::GONE, "erased", "The patient was erased")
+                    .detail(format!("patient {id} was erased at {at}")),
+            )
+        }
+        Some(KeyStatus::Active) => {}
+    }
+    let view = privacy::view_for(s, caller, headers, &format!("fhir/Patient/{id}")).await?;
+    let latest: Option<(Value, Option<String>)> = sqlx::query_as(
+        "SELECT payload -> 'OrderPlaced' -> 'identity', payload -> 'OrderPlaced' ->> 'sex' FROM events
+          WHERE event_type = 'OrderPlaced' AND payload -> 'OrderPlaced' ->> 'patient_id' = $1
+          ORDER BY position DESC LIMIT 1",
+    )
+    .bind(id.to_string())
+    .fetch_optional(&s.pool)
+    .await?;
+    let Some((sealed, sex)) = latest else {
+        return Ok(None);
+    };
+    let sealed: Sealed = serde_json::from_value(sealed).map_err(|e| {
+        tracing::error!(error = %e, patient = %id, "a stored identity is not a sealed value");
+        Problem::internal()
+    })?;
+    let identity = privacy::render(s, id, &sealed, view).await?;
+    Ok(Some(fhir::patient(id.as_uuid(), sex.as_deref(), &identity)))
+}
+
+/// One patient, by the ledger's id.
+pub async fn patient(
+    State(s): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, Problem> {
+    caller.require(Action::ReadOrders)?;
+    let id = super::commands::id(&raw, PatientId::parse, "Patient")?;
+    match patient_resource(&s, &caller, &headers, id).await? {
+        Some(p) => Ok(fhir_json(&p)),
+        None => Err(Problem::not_found(format!("no Patient {raw}"))),
+    }
+}
+
+/// The search parameters of `GET /fhir/Patient` ([`fhir::PATIENT_SEARCH_PARAMS`]).
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatientSearch {
+    /// The patient's medical record number, as the lab was given it (any case).
+    #[schemars(with = "lis_domain::patient::Mrn")]
+    pub identifier: String,
+}
+
+/// The patient with a medical record number: a clinician's system finds the ledger's id
+/// of its own patient here, to ask for their results. No patient is made by asking.
+pub async fn search_patients(
+    State(s): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Params(q): Params<PatientSearch>,
+) -> Result<Response, Problem> {
+    caller.require(Action::ReadOrders)?;
+    let bad = |detail: String| {
+        Problem::invalid(vec![FieldProblem {
+            pointer: "/identifier".into(),
+            detail,
+        }])
+    };
+    // As the schema has it: no spaces around (the parser would trim them).
+    if q.identifier.trim() != q.identifier {
+        return Err(bad("identifier must not begin or end with a space".into()));
+    }
+    let mrn = Mrn::parse(&q.identifier).map_err(|e| bad(e.message))?;
+    let id = s
+        .ledger
+        .vault()
+        .find_pseudonym(&mrn)
+        .await
+        .map_err(lis_commands::CommandError::from)?;
+    let found = match id {
+        Some(id) => patient_resource(&s, &caller, &headers, id).await?,
+        None => None,
+    };
+    let total = i64::from(found.is_some());
+    Ok(fhir_json(&fhir::searchset(
+        found.into_iter().collect(),
+        total,
+        // The MRN is not repeated in the link: it is identity.
+        "/fhir/Patient",
+        None,
         chrono::Utc::now(),
     )))
 }

@@ -159,6 +159,8 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir/Observation/{id}", get(fhir::observation))
         .route("/fhir/DiagnosticReport", get(fhir::search_reports))
         .route("/fhir/DiagnosticReport/{id}", get(fhir::report))
+        .route("/fhir/Patient", get(fhir::search_patients))
+        .route("/fhir/Patient/{id}", get(fhir::patient))
         .route("/audit/actors/{user}", get(audit::activity))
         .route("/audit/verification", get(audit::verification))
         .route("/audit/break-glass", get(audit::break_glass))

@@ -131,7 +131,7 @@ pub fn render_identity(identity: &PatientIdentity, view: IdentityView) -> Value 
 }
 
 /// Opens one sealed value of `patient` for `view`.
-async fn render(
+pub(super) async fn render(
     s: &AppState,
     patient: PatientId,
     sealed: &Sealed,

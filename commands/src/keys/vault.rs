@@ -199,13 +199,29 @@ impl PatientVault {
         })
     }
 
-    /// The pseudonymous patient id of `mrn`, created on first use. Safe under concurrency:
-    /// two first orders for one MRN get the same id.
-    pub async fn pseudonym(&self, mrn: &Mrn) -> Result<PatientId, KeyError> {
+    /// The index's HMAC of `mrn`.
+    fn mrn_digest(&self, mrn: &Mrn) -> Result<Vec<u8>, KeyError> {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.index_key)
             .map_err(|e| KeyError::BadKek(e.to_string()))?;
         mac.update(mrn.as_str().as_bytes());
-        let digest = mac.finalize().into_bytes().to_vec();
+        Ok(mac.finalize().into_bytes().to_vec())
+    }
+
+    /// The pseudonymous patient id of `mrn`, if a patient has it (none is made: a look-up
+    /// by MRN, as a clinician's system asks for its patient's results).
+    pub async fn find_pseudonym(&self, mrn: &Mrn) -> Result<Option<PatientId>, KeyError> {
+        let id: Option<Uuid> =
+            sqlx::query_scalar("SELECT patient_id FROM patient_pseudonyms WHERE mrn_hmac = $1")
+                .bind(self.mrn_digest(mrn)?)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(id.map(PatientId::from_uuid))
+    }
+
+    /// The pseudonymous patient id of `mrn`, created on first use. Safe under concurrency:
+    /// two first orders for one MRN get the same id.
+    pub async fn pseudonym(&self, mrn: &Mrn) -> Result<PatientId, KeyError> {
+        let digest = self.mrn_digest(mrn)?;
         // One round trip: insert unless present, and return the id either way. (A row
         // committed by a racing first order while this statement ran is read again.)
         let mut id: Option<Uuid> = sqlx::query_scalar(
