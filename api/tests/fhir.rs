@@ -348,6 +348,14 @@ async fn results_reports_and_patients_are_served_as_valid_fhir() {
             .collect()
     };
     assert_eq!(ids_of(&paged), ids_of(std::slice::from_ref(&lab)));
+    // A page past the last still counts every match.
+    let past = format!("{search}&_page=0.{}", uuid::Uuid::nil());
+    let (_, _, empty) = get(&api, Some(&tech), &past).await;
+    assert_eq!(
+        (empty["total"].as_i64(), empty.get("entry")),
+        (Some(7), None),
+        "{empty}"
+    );
     let (_, _, nobody) = get(
         &api,
         Some(&tech),
@@ -493,6 +501,17 @@ async fn results_reports_and_patients_are_served_as_valid_fhir() {
     assert_eq!(both["total"], 2);
     let one_by_one = follow(&api, &clinician, &format!("{reports}&_count=1"), 2).await;
     assert_eq!(ids_of(&one_by_one), [json!(second), json!(order)]);
+    let (_, _, empty) = get(
+        &api,
+        Some(&clinician),
+        &format!("{reports}&_page=0.{}", uuid::Uuid::nil()),
+    )
+    .await;
+    assert_eq!(
+        (empty["total"].as_i64(), empty.get("entry")),
+        (Some(2), None),
+        "{empty}"
+    );
     let (s, _, _) = get(
         &api,
         Some(&clinician),
@@ -583,6 +602,14 @@ async fn results_reports_and_patients_are_served_as_valid_fhir() {
         ),
         (Some("A*** V****"), Some("1980"))
     );
+    let shown = masked.to_string();
+    for secret in ["MRN-FHIR-1", "Verma", "1980-05-17"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    // An admin sees them masked too, and may not break glass.
+    let admin = token("admin.1", Role::Admin);
+    let (_, _, as_admin) = get(&api, Some(&admin), &format!("/fhir/Patient/{patient}")).await;
+    assert_eq!(as_admin, masked);
     let glass = api
         .http
         .get(format!("{base}/fhir/Patient/{patient}"))
@@ -603,6 +630,42 @@ async fn results_reports_and_patients_are_served_as_valid_fhir() {
             .await
             .unwrap();
     assert_eq!(logged, 1);
+    // Finding a patient by MRN ties a person to their record: refused to whoever sees
+    // identity masked, allowed to an auditor breaking glass, which is logged.
+    let by_mrn_path = format!("{base}/fhir/Patient?identifier=MRN-FHIR-1");
+    for (who, glass_reason) in [(&auditor, None), (&admin, None), (&admin, Some("curious"))] {
+        let mut request = api.http.get(&by_mrn_path).bearer_auth(who);
+        if let Some(reason) = glass_reason {
+            request = request.header("Break-Glass-Reason", reason);
+        }
+        assert_eq!(
+            request.send().await.unwrap().status(),
+            StatusCode::FORBIDDEN
+        );
+    }
+    let glass = api
+        .http
+        .get(&by_mrn_path)
+        .bearer_auth(&auditor)
+        .header(
+            "Break-Glass-Reason",
+            "tracing a complaint about this patient's report",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(glass.status(), StatusCode::OK);
+    assert_eq!(
+        glass.json::<Value>().await.unwrap()["entry"][0]["resource"],
+        *asha
+    );
+    let logged: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM break_glass_log WHERE resource = $1")
+            .bind(format!("fhir/Patient/{patient}"))
+            .fetch_one(&db.app)
+            .await
+            .unwrap();
+    assert_eq!(logged, 2);
     let (s, _, _) = get(&api, Some(&analyst), "/fhir/Patient?identifier=MRN-FHIR-1").await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     for bad in ["MRN%20FHIR", "%20MRN-FHIR-1"] {

@@ -81,7 +81,7 @@ const GOVERNED_BY: &[(&str, &str)] = &[
     ("GET /fhir/Observation/{id}", "read results"),
     ("GET /fhir/DiagnosticReport", "read results"),
     ("GET /fhir/DiagnosticReport/{id}", "read results"),
-    ("GET /fhir/Patient", "patient identity"),
+    ("GET /fhir/Patient", "find a patient by MRN"),
     ("GET /fhir/Patient/{id}", "patient identity"),
     ("GET /worklists", "worklists, turnaround"),
     ("GET /turnaround", "worklists, turnaround"),

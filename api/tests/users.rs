@@ -1110,7 +1110,65 @@ async fn user_names_are_unique_regardless_of_case() {
     assert_eq!(folded, []);
 
     // The database refuses it to anyone who writes users directly, the owner included.
-    let mut tx = db.owner.begin().await.unwrap();
+    let insert = |name: &str| {
+        format!(
+            "INSERT INTO users (username, role, password_hash) VALUES ('{name}', 'clinician', 'x')"
+        )
+    };
+    let mut tx = by_hand(&db.owner, false).await;
+    let e = sqlx::query(&insert("DR.rao"))
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.as_database_error().and_then(|d| d.constraint()),
+        Some("users_name_unique"),
+        "{e}"
+    );
+    drop(tx);
+
+    // One at a time: while a first add is open, a second waits for it, then is refused.
+    let mut first = by_hand(&db.owner, false).await;
+    sqlx::query(&insert("hold.me"))
+        .execute(&mut *first)
+        .await
+        .unwrap();
+    let second = tokio::spawn(add("HOLD.ME"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !second.is_finished(),
+        "the second add did not wait for the first"
+    );
+    first.commit().await.unwrap();
+    match second.await.unwrap() {
+        Err(UserError::ExistsAs { existing, .. }) => assert_eq!(existing, "hold.me"),
+        other => panic!("{other:?}"),
+    }
+    // Where a stricter isolation would read an older snapshot, adding is refused.
+    let mut strict = by_hand(&db.owner, true).await;
+    let e = sqlx::query(&insert("strict.one"))
+        .execute(&mut *strict)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.as_database_error().and_then(|d| d.code()).as_deref(),
+        Some("25000"),
+        "{e}"
+    );
+    drop(strict);
+    db.drop().await;
+}
+
+/// A transaction on `pool` that names an operator, their role and a reason, as a change
+/// to users must; at repeatable read if `strict`.
+async fn by_hand(pool: &sqlx::PgPool, strict: bool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.unwrap();
+    if strict {
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
     for (key, value) in [
         ("lis.actor_id", "it.ops"),
         ("lis.actor_role", "admin"),
@@ -1123,17 +1181,5 @@ async fn user_names_are_unique_regardless_of_case() {
             .await
             .unwrap();
     }
-    let e = sqlx::query(
-        "INSERT INTO users (username, role, password_hash) VALUES ('DR.rao', 'clinician', 'x')",
-    )
-    .execute(&mut *tx)
-    .await
-    .unwrap_err();
-    assert_eq!(
-        e.as_database_error().and_then(|d| d.constraint()),
-        Some("users_name_unique"),
-        "{e}"
-    );
-    drop(tx);
-    db.drop().await;
+    tx
 }

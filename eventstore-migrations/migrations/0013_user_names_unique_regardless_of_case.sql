@@ -16,8 +16,15 @@ DECLARE
     existing text;
 BEGIN
     -- One new user at a time: the look-up below runs after any other insert holding
-    -- this lock has committed, and (a volatile function's query, read committed) sees it.
-    PERFORM pg_advisory_xact_lock(hashtext('lisledger.users.name'));
+    -- this lock has committed, and sees it, as each query of a volatile function takes
+    -- a fresh snapshot at read committed. At a stricter level it would read the
+    -- transaction's first snapshot and could miss it: refused.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'users are added at read committed isolation, not %', current_setting('transaction_isolation')
+            USING ERRCODE = 'invalid_transaction_state';
+    END IF;
+    -- Lock class 7302422 (the ledger's advisory locks are 7302415 onwards), key 1.
+    PERFORM pg_advisory_xact_lock(7302422, 1);
     SELECT username INTO existing FROM public.users
      WHERE lower(username) = lower(NEW.username) AND username <> NEW.username
      LIMIT 1;

@@ -426,8 +426,12 @@ async fn create_schema(
 }
 
 /// The table and column of an `ALTER TABLE t ADD COLUMN IF NOT EXISTS c …` statement
-/// (a column a newer release adds to an existing model).
+/// (a column a newer release adds to an existing model). One column a statement: one
+/// that adds more (a comma) is run as it is, taking the lock.
 fn added_column(statement: &str) -> Option<(&str, &str)> {
+    if statement.contains(',') {
+        return None;
+    }
     match statement.split_whitespace().collect::<Vec<_>>()[..] {
         ["ALTER", "TABLE", table, "ADD", "COLUMN", "IF", "NOT", "EXISTS", column, ..] => {
             Some((table, column))
@@ -789,6 +793,12 @@ mod tests {
         );
         assert_eq!(
             added_column("ALTER TABLE results ADD COLUMN amended_at timestamptz"),
+            None
+        );
+        assert_eq!(
+            added_column(
+                "ALTER TABLE r ADD COLUMN IF NOT EXISTS a int, ADD COLUMN IF NOT EXISTS b int"
+            ),
             None
         );
         assert_eq!(

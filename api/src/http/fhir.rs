@@ -38,11 +38,8 @@ const DEFAULT_COUNT: u32 = 100;
 macro_rules! result_rows {
     ($where:literal, $page:literal, $tail:literal) => {
         concat!(
-            "WITH m AS (SELECT r.* FROM proj_results.results r WHERE ",
-            $where,
-            // What a clinician may see ($2 true): released, or withdrawn after release.
-            " AND (NOT $2 OR r.status = 'released' OR (r.status = 'retracted' AND r.released_at IS NOT NULL)))
-             SELECT r.result_id, r.sample_id, r.order_id, r.patient_id, r.test_code, r.loinc,
+            matching_results!($where),
+            " SELECT r.result_id, r.sample_id, r.order_id, r.patient_id, r.test_code, r.loinc,
                     t.name AS test_name, r.collected_at, r.value, r.flags, r.reference_low,
                     r.reference_high, r.reference_basis, r.specimen_note,
                     to_jsonb(r.status) AS status, r.amendments, r.verified_by, r.released_by,
@@ -53,6 +50,19 @@ macro_rules! result_rows {
               WHERE ",
             $page,
             $tail
+        )
+    };
+}
+
+/// `m`: the rows of `proj_results.results` matching `$where` that the caller may see
+/// (`$2`: whether they see only what was released to clinicians).
+macro_rules! matching_results {
+    ($where:literal) => {
+        concat!(
+            "WITH m AS (SELECT r.* FROM proj_results.results r WHERE ",
+            $where,
+            // What a clinician may see: released, or withdrawn after release.
+            " AND (NOT $2 OR r.status = 'released' OR (r.status = 'retracted' AND r.released_at IS NOT NULL)))"
         )
     };
 }
@@ -75,7 +85,8 @@ impl Cursor {
         }
         let micros: i64 = micros.parse().ok()?;
         let at = chrono::DateTime::from_timestamp_micros(micros)?;
-        // Within what PostgreSQL's timestamptz holds (and any collection or order time).
+        // Years any collection or order time can have; PostgreSQL's timestamptz holds
+        // 4713 BC to 294276 AD, and a cursor outside that range would fail the query.
         if !(1..=9999).contains(&chrono::Datelike::year(&at)) {
             return None;
         }
@@ -299,7 +310,22 @@ pub async fn search_observations(
     .bind(page.map(|c| c.id))
     .fetch_all(&s.pool)
     .await?;
-    let total = found.first().map_or(0, |f| f.total);
+    let total = match found.first() {
+        Some(f) => f.total,
+        // A page past the last: the matches are counted apart.
+        None if page.is_some() => {
+            sqlx::query_scalar(concat!(
+                matching_results!("r.patient_id = $1 AND ($3::text IS NULL OR r.loinc = $3)"),
+                " SELECT count(*) FROM m"
+            ))
+            .bind(patient.as_uuid())
+            .bind(released_only(&caller))
+            .bind(&code)
+            .fetch_one(&s.pool)
+            .await?
+        }
+        None => 0,
+    };
     let (found, next) = page_of(found, count, |f| Cursor {
         at: f.row.collected_at,
         id: f.row.result_id,
@@ -444,7 +470,17 @@ pub async fn search_reports(
     .bind(page.map(|c| c.id))
     .fetch_all(&s.pool)
     .await?;
-    let total = orders.first().map_or(0, |o| o.total);
+    let total = match orders.first() {
+        Some(o) => o.total,
+        // A page past the last: the matches are counted apart.
+        None if page.is_some() => {
+            sqlx::query_scalar("SELECT count(*) FROM proj_orders.orders WHERE patient_id = $1")
+                .bind(patient.as_uuid())
+                .fetch_one(&s.pool)
+                .await?
+        }
+        None => 0,
+    };
     let (orders, next) = page_of(orders, count, |o| Cursor {
         at: o.order.placed_at,
         id: o.order.order_id,
@@ -464,16 +500,22 @@ pub async fn search_reports(
     )))
 }
 
+/// What a look-up of one patient found.
+enum Lookup {
+    Found(Value),
+    Missing,
+    Erased(chrono::DateTime<chrono::Utc>),
+}
+
 /// The patient as a `Patient`, as the caller may see them (`privacy::view_for`: clear
 /// for those who care for them, masked for auditors and admins, an auditor's
-/// break-glass read logged first); `None` if there is no such patient. An erased patient
-/// is gone (410).
+/// break-glass read logged first).
 async fn patient_resource(
     s: &AppState,
     caller: &Caller,
     headers: &HeaderMap,
     id: PatientId,
-) -> Result<Option<Value>, Problem> {
+) -> Result<Lookup, Problem> {
     let status = s
         .ledger
         .vault()
@@ -481,13 +523,8 @@ async fn patient_resource(
         .await
         .map_err(lis_commands::CommandError::from)?;
     match status {
-        None => return Ok(None),
-        Some(KeyStatus::Erased { at }) => {
-            return Err(
-                Problem::new(StatusCode::GONE, "erased", "The patient was erased")
-                    .detail(format!("patient {id} was erased at {at}")),
-            )
-        }
+        None => return Ok(Lookup::Missing),
+        Some(KeyStatus::Erased { at }) => return Ok(Lookup::Erased(at)),
         Some(KeyStatus::Active) => {}
     }
     let view = privacy::view_for(s, caller, headers, &format!("fhir/Patient/{id}")).await?;
@@ -500,17 +537,21 @@ async fn patient_resource(
     .fetch_optional(&s.pool)
     .await?;
     let Some((sealed, sex)) = latest else {
-        return Ok(None);
+        return Ok(Lookup::Missing);
     };
     let sealed: Sealed = serde_json::from_value(sealed).map_err(|e| {
         tracing::error!(error = %e, patient = %id, "a stored identity is not a sealed value");
         Problem::internal()
     })?;
     let identity = privacy::render(s, id, &sealed, view).await?;
-    Ok(Some(fhir::patient(id.as_uuid(), sex.as_deref(), &identity)))
+    Ok(Lookup::Found(fhir::patient(
+        id.as_uuid(),
+        sex.as_deref(),
+        &identity,
+    )))
 }
 
-/// One patient, by the ledger's id.
+/// One patient, by the ledger's id; an erased one is gone (410).
 pub async fn patient(
     State(s): State<AppState>,
     caller: Caller,
@@ -520,8 +561,14 @@ pub async fn patient(
     caller.require(Action::ReadOrders)?;
     let id = super::commands::id(&raw, PatientId::parse, "Patient")?;
     match patient_resource(&s, &caller, &headers, id).await? {
-        Some(p) => Ok(fhir_json(&p)),
-        None => Err(Problem::not_found(format!("no Patient {raw}"))),
+        Lookup::Found(p) => Ok(fhir_json(&p)),
+        Lookup::Missing => Err(Problem::not_found(format!("no Patient {raw}"))),
+        Lookup::Erased(at) => {
+            Err(
+                Problem::new(StatusCode::GONE, "erased", "The patient was erased")
+                    .detail(format!("patient {id} was erased at {at}")),
+            )
+        }
     }
 }
 
@@ -529,13 +576,18 @@ pub async fn patient(
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatientSearch {
-    /// The patient's medical record number, as the lab was given it (any case).
+    /// The patient's medical record number, as the lab was given it (any case), alone:
+    /// not `system|value`.
     #[schemars(with = "lis_domain::patient::Mrn")]
     pub identifier: String,
 }
 
 /// The patient with a medical record number: a clinician's system finds the ledger's id
 /// of its own patient here, to ask for their results. No patient is made by asking.
+///
+/// Finding a patient by MRN ties a known person to their record, so it is for those who
+/// see identity in clear: auditors only with a break-glass reason (logged with the
+/// patient found), admins not at all.
 pub async fn search_patients(
     State(s): State<AppState>,
     caller: Caller,
@@ -543,6 +595,14 @@ pub async fn search_patients(
     Params(q): Params<PatientSearch>,
 ) -> Result<Response, Problem> {
     caller.require(Action::ReadOrders)?;
+    let role = caller.actor.role;
+    if privacy::planned_view(role, headers.contains_key(privacy::BREAK_GLASS))?
+        != privacy::IdentityView::Clear
+    {
+        return Err(Problem::forbidden(format!(
+            "role {role} may not find patients by MRN: it sees identity masked (an auditor may, giving a Break-Glass-Reason, which is logged)"
+        )));
+    }
     let bad = |detail: String| {
         Problem::invalid(vec![FieldProblem {
             pointer: "/identifier".into(),
@@ -560,8 +620,12 @@ pub async fn search_patients(
         .find_pseudonym(&mrn)
         .await
         .map_err(lis_commands::CommandError::from)?;
+    // Erased in between (erasure removes the MRN's pseudonym): no match.
     let found = match id {
-        Some(id) => patient_resource(&s, &caller, &headers, id).await?,
+        Some(id) => match patient_resource(&s, &caller, &headers, id).await? {
+            Lookup::Found(p) => Some(p),
+            Lookup::Missing | Lookup::Erased(_) => None,
+        },
         None => None,
     };
     let total = i64::from(found.is_some());

@@ -43,6 +43,25 @@ pub enum IdentityView {
     Hidden,
 }
 
+/// The view `role` gets, with or without a break-glass reason given (not yet checked or
+/// logged): what [`view_for`] will grant.
+pub fn planned_view(role: Role, glass: bool) -> Result<IdentityView, Problem> {
+    match role {
+        Role::Reception
+        | Role::Phlebotomist
+        | Role::Technologist
+        | Role::Pathologist
+        | Role::Clinician => Ok(IdentityView::Clear),
+        Role::Auditor if glass => Ok(IdentityView::Clear),
+        Role::Auditor => Ok(IdentityView::Masked),
+        _ if glass => Err(Problem::forbidden(format!(
+            "role {role} may not break glass; only auditors may, with a reason"
+        ))),
+        Role::Admin => Ok(IdentityView::Masked),
+        _ => Ok(IdentityView::Hidden),
+    }
+}
+
 /// The view of `caller` (logging a break-glass request before granting it).
 pub async fn view_for(
     s: &AppState,
@@ -54,16 +73,9 @@ pub async fn view_for(
         .get(BREAK_GLASS)
         .map(|v| v.to_str().unwrap_or_default().to_string());
     let role = caller.actor.role;
-    match role {
-        Role::Reception
-        | Role::Phlebotomist
-        | Role::Technologist
-        | Role::Pathologist
-        | Role::Clinician => Ok(IdentityView::Clear),
-        Role::Auditor => {
-            let Some(raw) = glass else {
-                return Ok(IdentityView::Masked);
-            };
+    let view = planned_view(role, glass.is_some())?;
+    match (role, glass) {
+        (Role::Auditor, Some(raw)) => {
             let reason = Reason::parse(&raw).map_err(|e| {
                 Problem::invalid(vec![FieldProblem {
                     pointer: "/headers/break-glass-reason".into(),
@@ -84,11 +96,7 @@ pub async fn view_for(
             tracing::warn!(actor = %caller.actor.id, resource, reason = reason.as_str(), "break-glass: identity shown unmasked");
             Ok(IdentityView::Clear)
         }
-        _ if glass.is_some() => Err(Problem::forbidden(format!(
-            "role {role} may not break glass; only auditors may, with a reason"
-        ))),
-        Role::Admin => Ok(IdentityView::Masked),
-        _ => Ok(IdentityView::Hidden),
+        _ => Ok(view),
     }
 }
 
