@@ -507,6 +507,118 @@ async fn a_worklist_sends_the_most_urgent_first_up_to_its_limit_with_the_whole_c
     api.db.drop().await;
 }
 
+/// A critical value waits for the lab's call (a lab list: clinicians do not see a value
+/// before it is released), then for the clinician's acknowledgement, and then leaves.
+#[tokio::test]
+async fn critical_results_wait_for_the_call_then_for_the_clinician() {
+    let api = Api::start().await;
+    let reception = &api.token("reception.1").await;
+    let phleb = &api.token("phleb.1").await;
+    let tech = &api.token("tech.1").await;
+    let path = &api.token("path.1").await;
+    let clinician = &api.token("dr.rao").await;
+    let (_, order) = api.post(reception, "/orders", order_body("MRN-CRIT")).await;
+    let (_, sample) = api
+        .post(
+            phleb,
+            "/samples",
+            json!({"order_id": order["id"], "accession_number": "ACC-CRIT",
+            "specimen_type": "serum", "container": "red/SST", "tests": ["K", "NA"]}),
+        )
+        .await;
+    let sample = sample["id"].as_str().unwrap().to_string();
+    api.post(tech, &format!("/samples/{sample}/receive"), json!({}))
+        .await;
+    let mut critical = Vec::new();
+    for (test, value) in [("K", 7.2), ("NA", 118.0)] {
+        let (s, r) = api
+            .post(
+                tech,
+                "/results",
+                json!({"sample_id": sample, "test_code": test,
+                "value": {"kind": "numeric", "value": value, "unit": "mmol/L"}}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{r}");
+        critical.push(r["id"].as_str().unwrap().to_string());
+    }
+    let list = |token: &str, query: &str| {
+        let request = api
+            .client
+            .get(format!("{}/critical-results{query}", api.base))
+            .bearer_auth(token);
+        async move {
+            let r = request.send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            let total = r.headers()["x-total-count"].to_str().unwrap().to_string();
+            let rows: Value = r.json().await.unwrap();
+            let rows: Vec<(String, String)> = rows
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    (
+                        c["test_code"].as_str().unwrap().into(),
+                        c["awaiting"].as_str().unwrap().into(),
+                    )
+                })
+                .collect();
+            (total, rows)
+        }
+    };
+    api.project().await;
+    let calls = |n: usize| {
+        [("K", "notification"), ("NA", "notification")][..n]
+            .iter()
+            .map(|(t, a)| (t.to_string(), a.to_string()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(list(tech, "").await, ("2".to_string(), calls(2)));
+    assert_eq!(list(tech, "?limit=1").await, ("2".to_string(), calls(1)));
+    assert_eq!(
+        list(clinician, "").await,
+        ("0".to_string(), vec![]),
+        "a value not yet released"
+    );
+    // Called through and released: now the clinician's to acknowledge.
+    let k = &critical[0];
+    let (s, r) = api
+        .post(
+            tech,
+            &format!("/results/{k}/critical-notifications"),
+            json!({
+            "notified_person": "Dr Rao", "method": "phone", "value_conveyed": "potassium 7.2",
+            "read_back_confirmed": true, "notified_at": chrono::Utc::now()}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    api.post(tech, &format!("/results/{k}/verify"), json!({}))
+        .await;
+    let (s, r) = api
+        .post(path, &format!("/results/{k}/authorise"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    api.project().await;
+    let waiting = vec![("K".to_string(), "acknowledgement".to_string())];
+    assert_eq!(list(clinician, "").await, ("1".to_string(), waiting));
+    let (s, _) = api
+        .post(clinician, &format!("/results/{k}/acknowledge"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    api.project().await;
+    assert_eq!(list(clinician, "").await, ("0".to_string(), vec![]));
+    assert_eq!(
+        list(tech, "").await,
+        (
+            "1".to_string(),
+            vec![("NA".to_string(), "notification".to_string())]
+        )
+    );
+    api.refused_at(tech, "/critical-results?limit=0", "/limit")
+        .await;
+    api.db.drop().await;
+}
+
 #[tokio::test]
 async fn auditors_see_each_rotation_of_the_key_encryption_key() {
     use lis_commands::keys::{rotate, Keks, KeyEncryptionKey, LocalKek, RotationBy};

@@ -177,7 +177,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     post::<CriticalNotification, c::Outcome>(OK, "/results/{id}/critical-notifications", "Record a critical-value notification", "results"),
     post::<c::Empty, c::Outcome>(OK, "/results/{id}/acknowledge", "Acknowledge a released result", "results").body_optional(),
     get("/worklists", "Worklist by department and stage, the earliest due first, with age, due time and overdue flag; at most limit rows, the whole count in X-Total-Count", "lab").query::<q::WorklistQuery>(),
-    get("/critical-results", "Critical results awaiting notification or acknowledgement", "results"),
+    get("/critical-results", "Critical results awaiting notification (lab roles: not yet released) or acknowledgement, the longest waiting first; clinicians see only those released to them; at most limit rows, the whole count in X-Total-Count", "results").query::<q::CriticalQuery>(),
     get("/turnaround", "Turnaround per test, priority and stage", "lab"),
     get("/fhir/metadata", "FHIR R4: the CapabilityStatement (no token needed)", "fhir"),
     get("/fhir/Observation", "FHIR R4: a patient's results as a searchset Bundle of Observations, the most recently collected first (patient, code, _count; an unsupported parameter is refused, not ignored)", "fhir").query::<fhir::ObservationSearch>(),

@@ -349,11 +349,47 @@ pub async fn worklist(
         .into_response())
 }
 
-pub async fn critical(State(s): State<AppState>, caller: Caller) -> Result<Json<Value>, Problem> {
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct CriticalQuery {
+    /// Rows to send, the longest waiting first: 1 to 10,000 (default 1,000). The
+    /// `X-Total-Count` header says how many are waiting in all.
+    #[schemars(range(min = 1, max = 10_000))]
+    pub limit: Option<u32>,
+}
+
+/// Critical results awaiting a call to the clinician (a lab list: the value is not yet
+/// released) or the clinician's acknowledgement of the released value, the longest
+/// waiting first. Clinicians see only the second kind: what was released to them.
+pub async fn critical(
+    State(s): State<AppState>,
+    caller: Caller,
+    Params(q): Params<CriticalQuery>,
+) -> Result<Response, Problem> {
     caller.require(Action::ReadResults)?;
-    Ok(Json(
-        json(&s, "SELECT coalesce(json_agg(c ORDER BY c.recorded_at), '[]') FROM proj_results.critical_pending c", &[]).await?,
-    ))
+    let limit = super::params::limit(q.limit).map_err(|e| Problem::invalid(vec![e]))?;
+    let released_only = caller.actor.role == Role::Clinician;
+    let (rows, total): (Value, i64) = sqlx::query_as(
+        "WITH c AS (SELECT * FROM proj_results.critical_pending
+                     WHERE NOT $1 OR status = 'released')
+         SELECT coalesce((SELECT json_agg(p ORDER BY p.recorded_at, p.result_id)
+                            FROM (SELECT * FROM c ORDER BY recorded_at, result_id LIMIT $2) p), '[]'),
+                (SELECT count(*) FROM c)",
+    )
+    .bind(released_only)
+    .bind(limit)
+    .fetch_one(&s.pool)
+    .await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json".to_string()),
+            (
+                header::HeaderName::from_static("x-total-count"),
+                total.to_string(),
+            ),
+        ],
+        rows.to_string(),
+    )
+        .into_response())
 }
 
 pub async fn turnaround(State(s): State<AppState>, caller: Caller) -> Result<Json<Value>, Problem> {
