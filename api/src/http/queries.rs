@@ -336,17 +336,7 @@ pub async fn worklist(
     .bind(limit)
     .fetch_one(&s.pool)
     .await?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/json".to_string()),
-            (
-                header::HeaderName::from_static("x-total-count"),
-                total.to_string(),
-            ),
-        ],
-        rows.to_string(),
-    )
-        .into_response())
+    Ok(counted(&rows, total))
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -379,7 +369,12 @@ pub async fn critical(
     .bind(limit)
     .fetch_one(&s.pool)
     .await?;
-    Ok((
+    Ok(counted(&rows, total))
+}
+
+/// `rows` as a JSON answer, with how many there are in all in `X-Total-Count`.
+fn counted(rows: &Value, total: i64) -> Response {
+    (
         [
             (header::CONTENT_TYPE, "application/json".to_string()),
             (
@@ -389,7 +384,7 @@ pub async fn critical(
         ],
         rows.to_string(),
     )
-        .into_response())
+        .into_response()
 }
 
 pub async fn turnaround(State(s): State<AppState>, caller: Caller) -> Result<Json<Value>, Problem> {
