@@ -390,20 +390,24 @@ pub fn patient(id: Uuid, sex: Option<&str>, identity: &Value) -> Value {
 
 /// A `searchset` `Bundle` of `resources`, `total` matching in all (more than sent
 /// when the page size cut them), found by the search at `self_link`; the next page at
-/// `next_link`, if there is one.
+/// `next_link`, if there is one; then `included`, the resources they refer to that were
+/// asked for with them (`_include`), which `total` does not count.
 pub fn searchset(
     resources: Vec<Value>,
+    included: Vec<Value>,
     total: i64,
     self_link: &str,
     next_link: Option<&str>,
     at: DateTime<Utc>,
 ) -> Value {
+    let entry = |r: Value, mode: &str| {
+        let full_url = format!("urn:uuid:{}", r["id"].as_str().unwrap_or_default());
+        json!({ "fullUrl": full_url, "resource": r, "search": { "mode": mode } })
+    };
     let entries: Vec<Value> = resources
         .into_iter()
-        .map(|r| {
-            let full_url = format!("urn:uuid:{}", r["id"].as_str().unwrap_or_default());
-            json!({ "fullUrl": full_url, "resource": r, "search": { "mode": "match" } })
-        })
+        .map(|r| entry(r, "match"))
+        .chain(included.into_iter().map(|r| entry(r, "include")))
         .collect();
     let mut bundle = json!({
         "resourceType": "Bundle",
@@ -440,7 +444,8 @@ pub const PATIENT_SEARCH_PARAMS: [(&str, &str, &str); 1] = [(
 )];
 
 /// The search parameters of `GET /fhir/DiagnosticReport`.
-pub const REPORT_SEARCH_PARAMS: [(&str, &str, &str); 2] = [
+pub const REPORT_SEARCH_PARAMS: [(&str, &str, &str); 3] = [
+    ("_include", "special", "DiagnosticReport:result: the reports' Observations in the same Bundle (search mode include)"),
     ("patient", "reference", "The patient, by the ledger's id (a UUID, or Patient/<uuid>); required"),
     ("_count", "number", "How many to send, the most recently placed order first: 1 to 1000 (default 100); Bundle.total says how many match, and a next link leads to the rest"),
 ];

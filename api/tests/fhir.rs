@@ -501,6 +501,39 @@ async fn results_reports_and_patients_are_served_as_valid_fhir() {
         "{both}"
     );
     assert_eq!(both["total"], 2);
+    // With the Observations they refer to, in one Bundle; the total counts the reports.
+    let (s, _, with_results) = get(
+        &api,
+        Some(&clinician),
+        &format!("{reports}&_include=DiagnosticReport:result"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{with_results}");
+    assert_eq!(with_results["total"], 2);
+    let entries = with_results["entry"].as_array().unwrap();
+    let in_mode = |mode: &str| -> std::collections::BTreeSet<String> {
+        entries
+            .iter()
+            .filter(|e| e["search"]["mode"] == mode)
+            .map(|e| {
+                format!(
+                    "{}/{}",
+                    e["resource"]["resourceType"].as_str().unwrap(),
+                    e["resource"]["id"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let referred: std::collections::BTreeSet<String> = both["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| e["resource"]["result"].as_array().unwrap().iter())
+        .map(|r| r["reference"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(referred.len(), 4, "{both}");
+    assert_eq!(in_mode("include"), referred);
+    assert_eq!(in_mode("match").len(), 2);
     let one_by_one = follow(&api, &clinician, &format!("{reports}&_count=1"), 2).await;
     assert_eq!(ids_of(&one_by_one), [json!(second), json!(order)]);
     empty_page(
@@ -520,6 +553,10 @@ async fn results_reports_and_patients_are_served_as_valid_fhir() {
     for (query, pointer) in [
         ("patient=Patient/x", "/patient"),
         (&format!("patient={patient}&code=11502-2") as &str, "/code"),
+        (
+            &format!("patient={patient}&_include=DiagnosticReport:subject"),
+            "/_include",
+        ),
     ] {
         let (s, _, problem) = get(
             &api,
@@ -691,6 +728,7 @@ async fn results_reports_and_patients_are_served_as_valid_fhir() {
     write("capabilities", &capabilities);
     write("report-partial", &report);
     write("report-bundle", &both);
+    write("report-bundle-with-results", &with_results);
     write("paged-bundle", &paged[0]);
     write("patient-bundle", &by_mrn);
     write("patient-masked", &masked);

@@ -339,6 +339,7 @@ pub async fn search_observations(
     let resources = found.iter().map(|f| fhir::observation(&f.row)).collect();
     Ok(fhir_json(&fhir::searchset(
         resources,
+        Vec::new(),
         total,
         &this,
         next.as_deref(),
@@ -362,12 +363,20 @@ pub struct ReportSearch {
     #[serde(rename = "_page")]
     #[schemars(extend("pattern" = PAGE_PATTERN))]
     pub page: Option<String>,
+    /// `DiagnosticReport:result`: the reports' Observations in the same Bundle.
+    #[serde(rename = "_include")]
+    #[schemars(extend("enum" = [INCLUDE_RESULTS]))]
+    pub include: Option<String>,
 }
+
+/// The one `_include` served.
+const INCLUDE_RESULTS: &str = "DiagnosticReport:result";
 
 /// `orders` as `DiagnosticReport`s, in their order: each with its tests and every one of
 /// its results (a report's status needs those not yet released too), read in two
 /// statements for them all.
-async fn reports(s: &AppState, orders: &[OrderFound]) -> Result<Vec<Value>, Problem> {
+/// With them, the Observations they refer to (those released, withdrawn ones included).
+async fn reports(s: &AppState, orders: &[OrderFound]) -> Result<(Vec<Value>, Vec<Value>), Problem> {
     let ids: Vec<uuid::Uuid> = orders.iter().map(|o| o.order.order_id).collect();
     let tests: Vec<fhir::OrderTest> = sqlx::query_as(
         "SELECT order_id, test_code, cancelled_at IS NOT NULL AS cancelled
@@ -388,7 +397,7 @@ async fn reports(s: &AppState, orders: &[OrderFound]) -> Result<Vec<Value>, Prob
     .bind(&ids)
     .fetch_all(&s.pool)
     .await?;
-    Ok(orders
+    let reports = orders
         .iter()
         .map(|o| {
             let id = o.order.order_id;
@@ -400,7 +409,13 @@ async fn reports(s: &AppState, orders: &[OrderFound]) -> Result<Vec<Value>, Prob
                 .collect();
             fhir::diagnostic_report(&o.order, &tests, &results)
         })
-        .collect())
+        .collect();
+    let referred = results
+        .iter()
+        .filter(|f| f.row.released_at.is_some())
+        .map(|f| fhir::observation(&f.row))
+        .collect();
+    Ok((reports, referred))
 }
 
 #[derive(sqlx::FromRow)]
@@ -440,7 +455,7 @@ pub async fn report(
         .fetch_optional(&s.pool)
         .await?;
     let order = order.ok_or_else(|| Problem::not_found(format!("no DiagnosticReport {raw}")))?;
-    let mut one = reports(&s, std::slice::from_ref(&order)).await?;
+    let (mut one, _) = reports(&s, std::slice::from_ref(&order)).await?;
     Ok(fhir_json(&one.remove(0)))
 }
 
@@ -455,6 +470,17 @@ pub async fn search_reports(
     let patient = patient_param(&q.patient, &mut errors);
     let count = count_param(q.count, &mut errors);
     let page = page_param(q.page.as_deref(), &mut errors);
+    let include = match q.include.as_deref() {
+        None => false,
+        Some(INCLUDE_RESULTS) => true,
+        Some(_) => {
+            errors.push(FieldProblem {
+                pointer: "/_include".into(),
+                detail: format!("_include may only be {INCLUDE_RESULTS}"),
+            });
+            false
+        }
+    };
     let patient = match patient {
         Some(p) if errors.is_empty() => p,
         _ => return Err(Problem::invalid(errors)),
@@ -485,14 +511,18 @@ pub async fn search_reports(
         at: o.order.placed_at,
         id: o.order.order_id,
     });
-    let base = format!(
+    let mut base = format!(
         "/fhir/DiagnosticReport?patient=Patient/{}&_count={count}",
         patient.as_uuid()
     );
+    if include {
+        base.push_str(&format!("&_include={INCLUDE_RESULTS}"));
+    }
     let (this, next) = links(&base, page, next);
-    let resources = reports(&s, &orders).await?;
+    let (resources, referred) = reports(&s, &orders).await?;
     Ok(fhir_json(&fhir::searchset(
         resources,
+        if include { referred } else { Vec::new() },
         total,
         &this,
         next.as_deref(),
@@ -631,6 +661,7 @@ pub async fn search_patients(
     let total = i64::from(found.is_some());
     Ok(fhir_json(&fhir::searchset(
         found.into_iter().collect(),
+        Vec::new(),
         total,
         // The MRN is not repeated in the link: it is identity.
         "/fhir/Patient",

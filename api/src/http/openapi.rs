@@ -181,7 +181,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     get("/turnaround", "Turnaround per test, priority and stage", "lab"),
     get("/fhir/metadata", "FHIR R4: the CapabilityStatement (no token needed)", "fhir"),
     get("/fhir/Observation", "FHIR R4: a patient's results as a searchset Bundle of Observations, the most recently collected first (patient, code, _count; an unsupported parameter is refused, not ignored)", "fhir").query::<fhir::ObservationSearch>(),
-    get("/fhir/DiagnosticReport", "FHIR R4: a patient's reports, one per order (what was released of it, with the status of the whole: registered, partial, final, amended, cancelled or entered-in-error), the most recently placed first (patient, _count)", "fhir").query::<fhir::ReportSearch>(),
+    get("/fhir/DiagnosticReport", "FHIR R4: a patient's reports, one per order (what was released of it, with the status of the whole: registered, partial, final, amended, cancelled or entered-in-error), the most recently placed first (patient, _count; _include=DiagnosticReport:result adds their Observations)", "fhir").query::<fhir::ReportSearch>(),
     get("/fhir/DiagnosticReport/{id}", "FHIR R4: one order's report (id: the order's id)", "fhir"),
     get("/fhir/Patient", "FHIR R4: the patient with a medical record number (identifier), for a clinician's system to find the ledger's id of its patient; identity as GET /patients/{id} shows it to the caller's role (masked for auditors and admins unless an auditor gives a Break-Glass-Reason, which is logged)", "fhir").query::<fhir::PatientSearch>(),
     get("/fhir/Patient/{id}", "FHIR R4: one patient, by the ledger's id (410 once erased)", "fhir"),
