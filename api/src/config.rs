@@ -32,6 +32,7 @@
 //! | `LIS_TOKEN_TTL_SECS` | `900` | access-token lifetime |
 //! | `LIS_MAX_IN_FLIGHT` | `256` | requests `serve` handles at once; beyond, 503 at once with Retry-After (0 = no bound) |
 //! | `LIS_CORS_ORIGINS` | unset | comma-separated browser origins allowed to call the API |
+//! | `LIS_PUBLIC_URL` | unset | the address clients reach the API at (`https://lis.example.org`, no path): FHIR bundles then carry absolute `fullUrl`s and links; unset, `urn:uuid:` ones and relative links |
 //! | `LIS_RATE_PER_ADDRESS` / `LIS_RATE_PER_USER` | `1200` / `600` | requests a minute per client address / per user (0 = off) |
 //! | `LIS_PROJECT_BATCH` | `500` | events a projection worker applies per transaction at most |
 //! | `LIS_PROJECT_LINGER_MS` | `10` | how long a projection worker lets the next batch fill after a part-full one (single-node: from that batch's read; 0 = not at all) |
@@ -108,6 +109,7 @@ pub struct Config {
     pub rate_per_user: u32,
     pub max_in_flight: usize,
     pub cors_origins: Vec<String>,
+    pub public_url: Option<String>,
 }
 
 /// Kafka topic names.
@@ -125,6 +127,26 @@ pub struct Topics {
 pub struct ConfigError {
     pub variable: &'static str,
     pub message: String,
+}
+
+/// `LIS_PUBLIC_URL`: an http(s) origin, nothing after it (a trailing `/` dropped).
+fn public_url(raw: Option<&str>) -> Result<Option<String>, ConfigError> {
+    let Some(raw) = raw.map(str::trim).filter(|r| !r.is_empty()) else {
+        return Ok(None);
+    };
+    let url = raw.trim_end_matches('/');
+    let host = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    match host {
+        Some(h) if !h.is_empty() && !h.contains(['/', '?', '#', ' ']) => Ok(Some(url.to_string())),
+        _ => Err(ConfigError {
+            variable: "LIS_PUBLIC_URL",
+            message: format!(
+                "`{raw}` is not an http(s) address without a path, such as https://lis.example.org"
+            ),
+        }),
+    }
 }
 
 /// A whole number setting, 0 allowed (0 = off, for the limits).
@@ -269,6 +291,7 @@ impl Config {
                 .filter(|o| !o.is_empty())
                 .collect(),
             rate_per_user: whole(vars, "LIS_RATE_PER_USER", "600")?,
+            public_url: public_url(vars.get("LIS_PUBLIC_URL").map(String::as_str))?,
             max_in_flight: match whole(vars, "LIS_MAX_IN_FLIGHT", "256")? {
                 n if n > tokio::sync::Semaphore::MAX_PERMITS => {
                     return Err(ConfigError {
@@ -284,6 +307,35 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_public_url_is_an_origin() {
+        use super::public_url;
+        assert_eq!(public_url(None).unwrap(), None);
+        assert_eq!(public_url(Some(" ")).unwrap(), None);
+        assert_eq!(
+            public_url(Some("https://lis.example.org/"))
+                .unwrap()
+                .as_deref(),
+            Some("https://lis.example.org")
+        );
+        assert_eq!(
+            public_url(Some("http://127.0.0.1:8080"))
+                .unwrap()
+                .as_deref(),
+            Some("http://127.0.0.1:8080")
+        );
+        for bad in [
+            "lis.example.org",
+            "https://",
+            "https://lis.example.org/fhir",
+            "ftp://x",
+            "https://a b",
+        ] {
+            let e = public_url(Some(bad)).unwrap_err();
+            assert_eq!(e.variable, "LIS_PUBLIC_URL", "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

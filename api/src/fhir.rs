@@ -388,20 +388,36 @@ pub fn patient(id: Uuid, sex: Option<&str>, identity: &Value) -> Value {
     p
 }
 
-/// A `searchset` `Bundle` of `resources`, `total` matching in all (more than sent
-/// when the page size cut them), found by the search at `self_link`; the next page at
-/// `next_link`, if there is one; then `included`, the resources they refer to that were
-/// asked for with them (`_include`), which `total` does not count.
+/// Where a `searchset` was found, and what it found.
+pub struct Search<'a> {
+    /// The address clients reach the server at, if configured: entries' `fullUrl`s are
+    /// then `{public}/fhir/{type}/{id}`, else `urn:uuid:{id}`.
+    pub public: Option<&'a str>,
+    /// The search itself (its links are already absolute where `public` is set).
+    pub self_link: &'a str,
+    /// The next page, if there is one.
+    pub next_link: Option<&'a str>,
+    /// How many match in all (more than sent when the page size cut them).
+    pub total: i64,
+}
+
+/// A `searchset` `Bundle` of `resources`, then `included`: the resources they refer to
+/// that were asked for with them (`_include`), which `total` does not count.
 pub fn searchset(
     resources: Vec<Value>,
     included: Vec<Value>,
-    total: i64,
-    self_link: &str,
-    next_link: Option<&str>,
+    search: &Search<'_>,
     at: DateTime<Utc>,
 ) -> Value {
     let entry = |r: Value, mode: &str| {
-        let full_url = format!("urn:uuid:{}", r["id"].as_str().unwrap_or_default());
+        let id = r["id"].as_str().unwrap_or_default();
+        let full_url = match search.public {
+            Some(base) => format!(
+                "{base}/fhir/{}/{id}",
+                r["resourceType"].as_str().unwrap_or_default()
+            ),
+            None => format!("urn:uuid:{id}"),
+        };
         json!({ "fullUrl": full_url, "resource": r, "search": { "mode": mode } })
     };
     let entries: Vec<Value> = resources
@@ -413,10 +429,10 @@ pub fn searchset(
         "resourceType": "Bundle",
         "type": "searchset",
         "timestamp": at.to_rfc3339(),
-        "total": total,
-        "link": [{ "relation": "self", "url": self_link }],
+        "total": search.total,
+        "link": [{ "relation": "self", "url": search.self_link }],
     });
-    if let Some(next) = next_link {
+    if let Some(next) = search.next_link {
         bundle["link"]
             .as_array_mut()
             .expect("the links are an array")
@@ -749,6 +765,33 @@ mod tests {
             (Some("1980-05-17"), Some("unknown"))
         );
         assert!(p.get("meta").is_none());
+    }
+
+    #[test]
+    fn entries_are_urn_uuids_without_a_public_address_and_urls_with_one() {
+        let o = observation(&row(ResultStatus::Released));
+        let at = "2026-03-03T10:00:00Z".parse().unwrap();
+        let mut search = Search {
+            public: None,
+            self_link: "/fhir/Observation?patient=x",
+            next_link: None,
+            total: 1,
+        };
+        let bundle = searchset(vec![o.clone()], Vec::new(), &search, at);
+        assert_eq!(
+            bundle["entry"][0]["fullUrl"],
+            format!("urn:uuid:{}", Uuid::from_u128(1))
+        );
+        search.public = Some("https://lis.example.org");
+        let bundle = searchset(vec![o], Vec::new(), &search, at);
+        assert_eq!(
+            bundle["entry"][0]["fullUrl"],
+            format!(
+                "https://lis.example.org/fhir/Observation/{}",
+                Uuid::from_u128(1)
+            )
+        );
+        assert_eq!(bundle["link"].as_array().unwrap().len(), 1, "no next link");
     }
 
     #[test]

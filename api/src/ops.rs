@@ -544,6 +544,7 @@ pub async fn serve(config: &Config, pool: PgPool) -> anyhow::Result<ExitCode> {
         seal_verifier: verifier(config).ok(),
         revocations,
         password_strikes: Default::default(),
+        public_url: config.public_url.clone(),
         cors_origins: config
             .cors_origins
             .iter()

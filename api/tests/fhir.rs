@@ -41,7 +41,11 @@ fn fhir_check(files: &[PathBuf]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// The bundles of a search from `first`, following each `next` link; each says `total`.
+/// The address the test's server says clients reach it at (`LIS_PUBLIC_URL`).
+const PUBLIC: &str = "https://lis.example.test";
+
+/// The bundles of a search from `first`, following each `next` link (absolute, at
+/// [`PUBLIC`]); each says `total`.
 async fn follow(api: &ApiClient, bearer: &str, first: &str, total: i64) -> Vec<Value> {
     let mut pages = Vec::new();
     let mut at = Some(first.to_string());
@@ -51,7 +55,7 @@ async fn follow(api: &ApiClient, bearer: &str, first: &str, total: i64) -> Vec<V
         assert_eq!(bundle["total"], total, "{path}: {bundle}");
         assert_eq!(
             bundle["link"][0]["url"],
-            path.as_str(),
+            format!("{PUBLIC}{path}"),
             "the self link: {bundle}"
         );
         at = bundle["link"]
@@ -59,7 +63,12 @@ async fn follow(api: &ApiClient, bearer: &str, first: &str, total: i64) -> Vec<V
             .unwrap()
             .iter()
             .find(|l| l["relation"] == "next")
-            .map(|l| l["url"].as_str().unwrap().to_string());
+            .map(|l| {
+                let url = l["url"].as_str().unwrap();
+                url.strip_prefix(PUBLIC)
+                    .expect("an absolute link")
+                    .to_string()
+            });
         pages.push(bundle);
         assert!(pages.len() <= 10, "the next links go round: {pages:?}");
     }
@@ -86,6 +95,7 @@ async fn results_reports_and_patients_are_served_as_valid_fhir() {
     let db = TestDb::new().await;
     let mut stack = Stack::new(&db, false);
     let base = stack.with_api();
+    stack.set("LIS_PUBLIC_URL", PUBLIC.to_string());
     let serve = stack.spawn("serve", &["serve"]);
     let project = stack.spawn("project", &["project", "orders", "results"]);
     wait_healthy(&base, &serve, Duration::from_secs(30)).await;
@@ -226,6 +236,10 @@ async fn results_reports_and_patients_are_served_as_valid_fhir() {
             .collect()
     };
     assert_eq!(status_of(&lab), as_map(&expected));
+    for entry in lab["entry"].as_array().unwrap() {
+        let id = entry["resource"]["id"].as_str().unwrap();
+        assert_eq!(entry["fullUrl"], format!("{PUBLIC}/fhir/Observation/{id}"));
+    }
     assert_eq!(lab["total"], 7);
 
     // A clinician: what was released, and what was withdrawn after they could see it.

@@ -93,6 +93,7 @@ impl Api {
                 .await
                 .unwrap(),
             password_strikes: Default::default(),
+            public_url: None,
         };
         http::prepare_read_models(&db.app).await.unwrap();
         let base = serve(state).await;
@@ -1235,6 +1236,7 @@ async fn with_postgresql_down_the_api_answers_503_never_500() {
         // Nothing revoked: the database is away.
         revocations: Default::default(),
         password_strikes: Default::default(),
+        public_url: None,
     };
     let base = serve(state).await;
     let client = Client::new();

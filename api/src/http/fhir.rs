@@ -130,10 +130,20 @@ fn page_of<T>(
     (rows, next)
 }
 
-/// The `self` and `next` links of a search at `base` (its parameters but the page).
-fn links(base: &str, page: Option<Cursor>, next: Option<Cursor>) -> (String, Option<String>) {
-    let at = |c: Cursor| format!("{base}&_page={}", c.text());
-    (page.map_or_else(|| base.to_string(), at), next.map(at))
+/// The `self` and `next` links of a search at `path` (its parameters but the page),
+/// absolute where the server's public address is configured.
+fn links(
+    s: &AppState,
+    path: &str,
+    page: Option<Cursor>,
+    next: Option<Cursor>,
+) -> (String, Option<String>) {
+    let origin = s.public_url.as_deref().unwrap_or_default();
+    let at = |c: Option<Cursor>| match c {
+        Some(c) => format!("{origin}{path}&_page={}", c.text()),
+        None => format!("{origin}{path}"),
+    };
+    (at(page), next.map(|n| at(Some(n))))
 }
 
 #[derive(sqlx::FromRow)]
@@ -335,14 +345,17 @@ pub async fn search_observations(
         base.push_str(&format!("&code=http://loinc.org%7C{c}"));
     }
     base.push_str(&format!("&_count={count}"));
-    let (this, next) = links(&base, page, next);
+    let (this, next) = links(&s, &base, page, next);
     let resources = found.iter().map(|f| fhir::observation(&f.row)).collect();
     Ok(fhir_json(&fhir::searchset(
         resources,
         Vec::new(),
-        total,
-        &this,
-        next.as_deref(),
+        &fhir::Search {
+            public: s.public_url.as_deref(),
+            self_link: &this,
+            next_link: next.as_deref(),
+            total,
+        },
         chrono::Utc::now(),
     )))
 }
@@ -518,14 +531,17 @@ pub async fn search_reports(
     if include {
         base.push_str(&format!("&_include={INCLUDE_RESULTS}"));
     }
-    let (this, next) = links(&base, page, next);
+    let (this, next) = links(&s, &base, page, next);
     let (resources, referred) = reports(&s, &orders).await?;
     Ok(fhir_json(&fhir::searchset(
         resources,
         if include { referred } else { Vec::new() },
-        total,
-        &this,
-        next.as_deref(),
+        &fhir::Search {
+            public: s.public_url.as_deref(),
+            self_link: &this,
+            next_link: next.as_deref(),
+            total,
+        },
         chrono::Utc::now(),
     )))
 }
@@ -659,13 +675,17 @@ pub async fn search_patients(
         None => None,
     };
     let total = i64::from(found.is_some());
+    // The MRN is not repeated in the link: it is identity.
+    let (this, _) = links(&s, "/fhir/Patient", None, None);
     Ok(fhir_json(&fhir::searchset(
         found.into_iter().collect(),
         Vec::new(),
-        total,
-        // The MRN is not repeated in the link: it is identity.
-        "/fhir/Patient",
-        None,
+        &fhir::Search {
+            public: s.public_url.as_deref(),
+            self_link: &this,
+            next_link: None,
+            total,
+        },
         chrono::Utc::now(),
     )))
 }

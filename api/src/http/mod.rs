@@ -75,6 +75,8 @@ pub struct AppState {
     pub revocations: Arc<revocation::Revocations>,
     /// Wrong current passwords given in password changes (per user, this instance).
     pub password_strikes: Arc<users::Strikes>,
+    /// The address clients reach the API at, for absolute links (`LIS_PUBLIC_URL`).
+    pub public_url: Option<String>,
 }
 
 fn cors(origins: &[HeaderValue]) -> tower_http::cors::CorsLayer {
