@@ -446,7 +446,8 @@ pub fn searchset(
 }
 
 /// The search parameters of `GET /fhir/Observation`.
-pub const SEARCH_PARAMS: [(&str, &str, &str); 3] = [
+pub const SEARCH_PARAMS: [(&str, &str, &str); 4] = [
+    ("status", "token", "Only results in these statuses, comma-separated (final,amended)"),
     ("patient", "reference", "The patient, by the ledger's id (a UUID, or Patient/<uuid>); required"),
     ("code", "token", "A LOINC code, bare or as http://loinc.org|<code>"),
     ("_count", "number", "How many to send, the most recently collected first: 1 to 1000 (default 100); Bundle.total says how many match, and a next link leads to the rest"),

@@ -240,6 +240,26 @@ async fn results_reports_and_patients_are_served_as_valid_fhir() {
         let id = entry["resource"]["id"].as_str().unwrap();
         assert_eq!(entry["fullUrl"], format!("{PUBLIC}/fhir/Observation/{id}"));
     }
+    // Searched by status, each finds what the mapping gives it (the database computes
+    // the status to filter on; the mapping computes what is sent). All six are here.
+    let statuses: std::collections::BTreeSet<&str> = expected.iter().map(|(_, s)| *s).collect();
+    assert_eq!(statuses.len(), 6);
+    for status in statuses {
+        let (s, _, only) = get(&api, Some(&tech), &format!("{search}&status={status}")).await;
+        assert_eq!(s, StatusCode::OK, "{only}");
+        let want: Vec<(&str, &str)> = expected
+            .iter()
+            .copied()
+            .filter(|(_, st)| *st == status)
+            .collect();
+        assert_eq!(status_of(&only), as_map(&want), "status={status}");
+        assert_eq!(only["total"], want.len(), "status={status}");
+    }
+    let (_, _, standing) = get(&api, Some(&tech), &format!("{search}&status=final,amended")).await;
+    assert_eq!(
+        status_of(&standing),
+        as_map(&[("DENGUE_NS1", "final"), ("K", "amended")])
+    );
     assert_eq!(lab["total"], 7);
 
     // A clinician: what was released, and what was withdrawn after they could see it.
@@ -395,6 +415,10 @@ async fn results_reports_and_patients_are_served_as_valid_fhir() {
         ),
         (&format!("patient={patient}&date=ge2026-03-03"), "/date"),
         (&format!("patient={patient}&_page=1.x"), "/_page"),
+        (
+            &format!("patient={patient}&status=final,released"),
+            "/status",
+        ),
     ] {
         let (s, kind, problem) =
             get(&api, Some(&tech), &format!("/fhir/Observation?{query}")).await;

@@ -36,7 +36,7 @@ const DEFAULT_COUNT: u32 = 100;
 /// see, as [`ResultRow`]s: those on the page (`$page`, then `$tail`), each with the
 /// count of every match.
 macro_rules! result_rows {
-    ($where:literal, $page:literal, $tail:literal) => {
+    ($where:expr, $page:literal, $tail:literal) => {
         concat!(
             matching_results!($where),
             " SELECT r.result_id, r.sample_id, r.order_id, r.patient_id, r.test_code, r.loinc,
@@ -57,7 +57,7 @@ macro_rules! result_rows {
 /// `m`: the rows of `proj_results.results` matching `$where` that the caller may see
 /// (`$2`: whether they see only what was released to clinicians).
 macro_rules! matching_results {
-    ($where:literal) => {
+    ($where:expr) => {
         concat!(
             "WITH m AS (SELECT r.* FROM proj_results.results r WHERE ",
             $where,
@@ -220,6 +220,37 @@ pub struct ObservationSearch {
     #[serde(rename = "_page")]
     #[schemars(extend("pattern" = PAGE_PATTERN))]
     pub page: Option<String>,
+    /// Only results in these statuses, comma-separated (`final,amended`).
+    #[schemars(extend("pattern" = STATUS_PATTERN))]
+    pub status: Option<String>,
+}
+
+/// The `Observation.status` codes a result can have ([`fhir::observation_status`]).
+const STATUSES: [&str; 6] = [
+    "preliminary",
+    "registered",
+    "final",
+    "amended",
+    "cancelled",
+    "entered-in-error",
+];
+const STATUS_PATTERN: &str = "^(preliminary|registered|final|amended|cancelled|entered-in-error)(,(preliminary|registered|final|amended|cancelled|entered-in-error))*$";
+
+/// What `GET /fhir/Observation` matches: the patient ($1), a LOINC code ($3, if given)
+/// and `Observation.status` in a list ($4, if given), the status as
+/// [`fhir::observation_status`] maps it (the end-to-end test searches for each status
+/// and compares).
+macro_rules! observation_filter {
+    () => {
+        "r.patient_id = $1 AND ($3::text IS NULL OR r.loinc = $3)
+         AND ($4::text[] IS NULL OR
+              CASE r.status WHEN 'recorded' THEN 'preliminary' WHEN 'verified' THEN 'preliminary'
+                            WHEN 'rerun_requested' THEN 'registered'
+                            WHEN 'released' THEN CASE WHEN r.amendments > 0 THEN 'amended' ELSE 'final' END
+                            WHEN 'retracted' THEN CASE WHEN r.released_at IS NOT NULL
+                                                       THEN 'entered-in-error' ELSE 'cancelled' END
+              END = ANY ($4))"
+    };
 }
 
 /// The form of a `_page` cursor.
@@ -273,9 +304,9 @@ fn count_param(count: Option<u32>, errors: &mut Vec<FieldProblem>) -> u32 {
 }
 
 impl ObservationSearch {
-    /// The patient, the LOINC code, the count and the page, or a problem naming each bad
-    /// one.
-    fn check(&self) -> Result<(PatientId, Option<String>, u32, Option<Cursor>), Problem> {
+    /// The patient, the LOINC code, the statuses, the count and the page, or a problem
+    /// naming each bad one.
+    fn check(&self) -> Result<ObservationQuery, Problem> {
         let mut errors = Vec::new();
         let patient = patient_param(&self.patient, &mut errors);
         let code = self
@@ -290,13 +321,44 @@ impl ObservationSearch {
                         .into(),
             });
         }
+        let statuses: Option<Vec<String>> = self
+            .status
+            .as_deref()
+            .map(|list| list.split(',').map(str::to_string).collect());
+        if statuses
+            .as_ref()
+            .is_some_and(|l| l.iter().any(|s| !STATUSES.contains(&s.as_str())))
+        {
+            errors.push(FieldProblem {
+                pointer: "/status".into(),
+                detail: format!(
+                    "status must be one or more of {}, comma-separated",
+                    STATUSES.join(", ")
+                ),
+            });
+        }
         let count = count_param(self.count, &mut errors);
         let page = page_param(self.page.as_deref(), &mut errors);
         match patient {
-            Some(p) if errors.is_empty() => Ok((p, code, count, page)),
+            Some(patient) if errors.is_empty() => Ok(ObservationQuery {
+                patient,
+                code,
+                statuses,
+                count,
+                page,
+            }),
             _ => Err(Problem::invalid(errors)),
         }
     }
+}
+
+/// A checked `GET /fhir/Observation` search.
+struct ObservationQuery {
+    patient: PatientId,
+    code: Option<String>,
+    statuses: Option<Vec<String>>,
+    count: u32,
+    page: Option<Cursor>,
 }
 
 /// A patient's results as a `searchset` `Bundle`, the most recently collected first.
@@ -306,15 +368,22 @@ pub async fn search_observations(
     Params(q): Params<ObservationSearch>,
 ) -> Result<Response, Problem> {
     caller.require(Action::ReadResults)?;
-    let (patient, code, count, page) = q.check()?;
+    let ObservationQuery {
+        patient,
+        code,
+        statuses,
+        count,
+        page,
+    } = q.check()?;
     let found: Vec<Found> = sqlx::query_as(result_rows!(
-        "r.patient_id = $1 AND ($3::text IS NULL OR r.loinc = $3)",
-        "($5::timestamptz IS NULL OR (r.collected_at, r.result_id) < ($5, $6::uuid))",
-        " ORDER BY r.collected_at DESC, r.result_id DESC LIMIT $4"
+        observation_filter!(),
+        "($6::timestamptz IS NULL OR (r.collected_at, r.result_id) < ($6, $7::uuid))",
+        " ORDER BY r.collected_at DESC, r.result_id DESC LIMIT $5"
     ))
     .bind(patient.as_uuid())
     .bind(released_only(&caller))
     .bind(&code)
+    .bind(&statuses)
     .bind(i64::from(count) + 1)
     .bind(page.map(|c| c.at))
     .bind(page.map(|c| c.id))
@@ -325,12 +394,13 @@ pub async fn search_observations(
         // A page past the last: the matches are counted apart.
         None if page.is_some() => {
             sqlx::query_scalar(concat!(
-                matching_results!("r.patient_id = $1 AND ($3::text IS NULL OR r.loinc = $3)"),
+                matching_results!(observation_filter!()),
                 " SELECT count(*) FROM m"
             ))
             .bind(patient.as_uuid())
             .bind(released_only(&caller))
             .bind(&code)
+            .bind(&statuses)
             .fetch_one(&s.pool)
             .await?
         }
@@ -343,6 +413,9 @@ pub async fn search_observations(
     let mut base = format!("/fhir/Observation?patient=Patient/{}", patient.as_uuid());
     if let Some(c) = &code {
         base.push_str(&format!("&code=http://loinc.org%7C{c}"));
+    }
+    if let Some(list) = &statuses {
+        base.push_str(&format!("&status={}", list.join(",")));
     }
     base.push_str(&format!("&_count={count}"));
     let (this, next) = links(&s, &base, page, next);
