@@ -1,16 +1,21 @@
-//! The FHIR R4 read interface: `GET /fhir/metadata`, `GET /fhir/Observation/{id}`,
-//! `GET /fhir/Observation?patient=…`, `GET /fhir/DiagnosticReport/{id}` and
-//! `GET /fhir/DiagnosticReport?patient=…`, for clinicians' systems (EMR, ABDM gateways)
-//! that speak FHIR rather than this API's own JSON.
+//! The FHIR R4 read interface's handlers: `GET /fhir/metadata`, Observations and
+//! DiagnosticReports (read, and searched by patient), and Patients (read, and found by
+//! MRN), for clinicians' systems (EMR, ABDM gateways) that speak FHIR rather than this
+//! API's own JSON.
 //!
-//! Read from the results and orders models with the permission of `GET /results/{id}`;
-//! mapped by [`crate::fhir`]. A clinician sees what the lab released, and a result
-//! withdrawn after release as `entered-in-error`. Searches page by a cursor (the sort
-//! key of a page's last entry) in the `next` link. A search parameter the server does
-//! not support is refused (422), not ignored: an ignored filter would send more results
-//! than the caller asked for, and a clinical system could take them as filtered.
+//! Observations and reports are read from the results and orders models with the
+//! permission of `GET /results/{id}`; Patients as `GET /patients/{id}` shows identity;
+//! all mapped by [`crate::fhir`]. A clinician sees what the lab released, and a result
+//! withdrawn after release as `entered-in-error`. Search parameters and paging are
+//! `http::fhir_search`'s; one the server does not support is refused (422), not
+//! ignored: an ignored filter would send more results than the caller asked for, and a
+//! clinical system could take them as filtered.
 
 use super::auth::{Action, Caller};
+use super::fhir_search::{
+    count_param, links, loinc_form, page_of, page_param, patient_param, Cursor, CODE_PATTERN,
+    PAGE_PATTERN, PATIENT_PATTERN, STATUSES, STATUS_PATTERN,
+};
 use super::params::Params;
 use super::privacy;
 use super::problem::{FieldProblem, Problem};
@@ -27,10 +32,6 @@ use lis_domain::sealed::Sealed;
 use serde::Deserialize;
 use serde_json::Value;
 use std::sync::LazyLock;
-
-/// The largest `_count`, and the default.
-const MAX_COUNT: u32 = 1_000;
-const DEFAULT_COUNT: u32 = 100;
 
 /// The rows of `proj_results.results` (as `r`) matching `$where` that the caller may
 /// see, as [`ResultRow`]s: those on the page (`$page`, then `$tail`), each with the
@@ -65,85 +66,6 @@ macro_rules! matching_results {
             " AND (NOT $2 OR r.status = 'released' OR (r.status = 'retracted' AND r.released_at IS NOT NULL)))"
         )
     };
-}
-
-/// Where a page starts: after the entry with this sort key (a time and an id, in the
-/// search's descending order), written `<microseconds since 1970>.<uuid>` in the
-/// `_page` parameter of a Bundle's `next` link.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Cursor {
-    at: chrono::DateTime<chrono::Utc>,
-    id: uuid::Uuid,
-}
-
-impl Cursor {
-    fn parse(raw: &str) -> Option<Self> {
-        let (micros, id) = raw.split_once('.')?;
-        let digits = micros.strip_prefix('-').unwrap_or(micros);
-        if !(1..=18).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let micros: i64 = micros.parse().ok()?;
-        let at = chrono::DateTime::from_timestamp_micros(micros)?;
-        // Years any collection or order time can have; PostgreSQL's timestamptz holds
-        // 4713 BC to 294276 AD, and a cursor outside that range would fail the query.
-        if !(1..=9999).contains(&chrono::Datelike::year(&at)) {
-            return None;
-        }
-        Some(Self {
-            at,
-            id: hyphenated_uuid(id)?,
-        })
-    }
-
-    fn text(&self) -> String {
-        format!("{}.{}", self.at.timestamp_micros(), self.id)
-    }
-}
-
-/// The `_page` parameter, or a problem at `/_page`.
-fn page_param(raw: Option<&str>, errors: &mut Vec<FieldProblem>) -> Option<Cursor> {
-    let raw = raw?;
-    let cursor = Cursor::parse(raw);
-    if cursor.is_none() {
-        errors.push(FieldProblem {
-            pointer: "/_page".into(),
-            detail: "_page must be as a Bundle's next link gives it".into(),
-        });
-    }
-    cursor
-}
-
-/// `rows` as fetched with one more than `count`: the page, and the cursor of the next
-/// page if that one more came.
-fn page_of<T>(
-    mut rows: Vec<T>,
-    count: u32,
-    key: impl Fn(&T) -> Cursor,
-) -> (Vec<T>, Option<Cursor>) {
-    let count = count as usize;
-    if rows.len() <= count {
-        return (rows, None);
-    }
-    rows.truncate(count);
-    let next = rows.last().map(key);
-    (rows, next)
-}
-
-/// The `self` and `next` links of a search at `path` (its parameters but the page),
-/// absolute where the server's public address is configured.
-fn links(
-    s: &AppState,
-    path: &str,
-    page: Option<Cursor>,
-    next: Option<Cursor>,
-) -> (String, Option<String>) {
-    let origin = s.public_url.as_deref().unwrap_or_default();
-    let at = |c: Option<Cursor>| match c {
-        Some(c) => format!("{origin}{path}&_page={}", c.text()),
-        None => format!("{origin}{path}"),
-    };
-    (at(page), next.map(|n| at(Some(n))))
 }
 
 #[derive(sqlx::FromRow)]
@@ -194,13 +116,6 @@ pub async fn observation(
     }
 }
 
-/// A patient as `GET /fhir/Observation` takes them: the ledger's id, hyphenated, bare or
-/// as a FHIR reference.
-const PATIENT_PATTERN: &str =
-    "^(Patient/)?[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$";
-/// A LOINC code (digits, a hyphen, a check digit), bare or with its system.
-const CODE_PATTERN: &str = r"^(http://loinc\.org\|)?[0-9]{1,8}-[0-9]$";
-
 /// The search parameters of `GET /fhir/Observation` ([`fhir::SEARCH_PARAMS`]).
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -225,17 +140,6 @@ pub struct ObservationSearch {
     pub status: Option<String>,
 }
 
-/// The `Observation.status` codes a result can have ([`fhir::observation_status`]).
-const STATUSES: [&str; 6] = [
-    "preliminary",
-    "registered",
-    "final",
-    "amended",
-    "cancelled",
-    "entered-in-error",
-];
-const STATUS_PATTERN: &str = "^(preliminary|registered|final|amended|cancelled|entered-in-error)(,(preliminary|registered|final|amended|cancelled|entered-in-error))*$";
-
 /// What `GET /fhir/Observation` matches: the patient ($1), a LOINC code ($3, if given)
 /// and `Observation.status` in a list ($4, if given), the status as
 /// [`fhir::observation_status`] maps it (the end-to-end test searches for each status
@@ -251,56 +155,6 @@ macro_rules! observation_filter {
                                                        THEN 'entered-in-error' ELSE 'cancelled' END
               END = ANY ($4))"
     };
-}
-
-/// The form of a `_page` cursor.
-const PAGE_PATTERN: &str =
-    "^-?[0-9]{1,18}\\.[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$";
-
-/// The UUID in `id` if it is written as 8-4-4-4-12 hexadecimal digits, nothing else
-/// (the parser would also take braces, a URN or no hyphens, which the pattern does not).
-fn hyphenated_uuid(id: &str) -> Option<uuid::Uuid> {
-    let shape = id.len() == 36
-        && id.char_indices().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => c == '-',
-            _ => c.is_ascii_hexdigit(),
-        });
-    shape.then(|| uuid::Uuid::parse_str(id).ok()).flatten()
-}
-
-/// Whether `code` is a LOINC code's form: 1 to 8 digits, a hyphen, a check digit.
-fn loinc_form(code: &str) -> bool {
-    code.split_once('-').is_some_and(|(number, check)| {
-        (1..=8).contains(&number.len())
-            && number.bytes().all(|b| b.is_ascii_digit())
-            && check.len() == 1
-            && check.bytes().all(|b| b.is_ascii_digit())
-    })
-}
-
-/// The `patient` parameter as an id, else a problem at `/patient` in `errors`.
-fn patient_param(raw: &str, errors: &mut Vec<FieldProblem>) -> Option<PatientId> {
-    let patient =
-        hyphenated_uuid(raw.strip_prefix("Patient/").unwrap_or(raw)).map(PatientId::from_uuid);
-    if patient.is_none() {
-        errors.push(FieldProblem {
-            pointer: "/patient".into(),
-            detail: "patient must be the ledger's patient id: a UUID (8-4-4-4-12 hexadecimal digits), or Patient/<uuid>".into(),
-        });
-    }
-    patient
-}
-
-/// The `_count` parameter (default [`DEFAULT_COUNT`]), or a problem at `/_count`.
-fn count_param(count: Option<u32>, errors: &mut Vec<FieldProblem>) -> u32 {
-    let count = count.unwrap_or(DEFAULT_COUNT);
-    if !(1..=MAX_COUNT).contains(&count) {
-        errors.push(FieldProblem {
-            pointer: "/_count".into(),
-            detail: format!("_count must be 1 to {MAX_COUNT}"),
-        });
-    }
-    count
 }
 
 impl ObservationSearch {
@@ -761,43 +615,4 @@ pub async fn search_patients(
         },
         chrono::Utc::now(),
     )))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_patient_is_a_hyphenated_uuid_and_a_code_is_a_loinc_code() {
-        let id = "0b4a9a5e-1111-4c3a-9d7e-2d2c4c9a0002";
-        assert!(hyphenated_uuid(id).is_some());
-        for not in [
-            "0b4a9a5e11114c3a9d7e2d2c4c9a0002",
-            "{0b4a9a5e-1111-4c3a-9d7e-2d2c4c9a0002}",
-            " 0b4a9a5e-1111-4c3a-9d7e-2d2c4c9a0002",
-            "0b4a9a5e-1111-4c3a-9d7e-2d2c4c9a000g",
-        ] {
-            assert_eq!(hyphenated_uuid(not), None, "{not}");
-        }
-        assert!(loinc_form("2823-3") && loinc_form("1-8") && loinc_form("12345678-9"));
-        let cursor = Cursor {
-            at: "2026-03-03T09:30:00.123456Z".parse().unwrap(),
-            id: hyphenated_uuid(id).unwrap(),
-        };
-        assert_eq!(Cursor::parse(&cursor.text()), Some(cursor));
-        for not in [
-            format!("+1.{id}"),
-            format!("-618541192078856786.{id}"),
-            format!("999999999999999999.{id}"),
-            format!("1234567890123456789.{id}"),
-            format!("1.{}", &id[1..]),
-            "1".to_string(),
-            format!(".{id}"),
-        ] {
-            assert_eq!(Cursor::parse(&not), None, "{not}");
-        }
-        for not in ["2823", "2823-33", "-3", "123456789-0", "2823-x", " 2823-3"] {
-            assert!(!loinc_form(not), "{not}");
-        }
-    }
 }

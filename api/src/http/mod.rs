@@ -21,6 +21,7 @@ pub mod body;
 mod body_properties;
 pub mod commands;
 pub mod fhir;
+mod fhir_search;
 pub mod idempotency;
 pub mod limits;
 pub mod metrics;
