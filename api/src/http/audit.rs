@@ -6,6 +6,7 @@
 //! rotations of the key-encryption key (`kek_rotations`).
 
 use super::auth::{Action, Caller};
+use super::cursor::{self, Cursor};
 use super::params::Params;
 use super::problem::{pointer_token, Problem};
 use super::AppState;
@@ -227,28 +228,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cursors_round_trip_and_refuse_what_the_database_cannot_hold() {
-        let at = DateTime::parse_from_rfc3339("2026-03-03T10:15:30.123456Z")
-            .unwrap()
-            .to_utc();
-        assert_eq!(cursor_of(&cursor_after(&at, 42)), Some((at, 42)));
-        let early = DateTime::parse_from_rfc3339("0001-01-01T00:00:00Z")
-            .unwrap()
-            .to_utc();
-        assert_eq!(cursor_of(&cursor_after(&early, 1)), Some((early, 1)));
-        for bad in [
-            "-300000000000000000.1",
-            "999999999999999999.1",
-            "1.x",
-            "x.1",
-            "17",
-            "",
-        ] {
-            assert_eq!(cursor_of(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
     fn diff_names_each_changed_field() {
         let a = json!({"status": "recorded", "value": {"value": 4.1, "unit": "mmol/L"}, "gone": 1});
         let b = json!({"status": "verified", "value": {"value": 4.1, "unit": "mmol/L"}, "new/key": true});
@@ -295,47 +274,36 @@ impl PagedRange {
         }
     }
 
-    /// The cursor `after` ([`cursor_of`]); a bad one is a problem at `/after`.
+    /// The cursor `after` ([`Cursor`]); a bad one is a problem at `/after`.
     fn cursor(&self) -> Result<Option<(DateTime<Utc>, i64)>, Problem> {
         match &self.after {
             None => Ok(None),
-            Some(text) => cursor_of(text).map(Some).ok_or_else(|| {
-                Problem::invalid(vec![super::problem::FieldProblem {
-                    pointer: "/after".into(),
-                    detail: "not a cursor this endpoint gave (use a page's next_after as given)"
-                        .into(),
-                }])
-            }),
+            Some(text) => Cursor::<i64>::parse(text)
+                .map(|c| Some((c.at, c.key)))
+                .ok_or_else(|| {
+                    Problem::invalid(vec![super::problem::FieldProblem {
+                        pointer: "/after".into(),
+                        detail:
+                            "not a cursor this endpoint gave (use a page's next_after as given)"
+                                .into(),
+                    }])
+                }),
         }
     }
 }
 
-/// A page's cursor: the last entry's time (microseconds) and its unique number (an
-/// event's position, a break-glass read's id), as `micros.number`. Only times the
-/// database can hold are accepted.
-fn cursor_of(text: &str) -> Option<(DateTime<Utc>, i64)> {
-    let (micros, number) = text.split_once('.')?;
-    let at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
-    if unstorable(&at, "").is_some() {
-        return None;
-    }
-    Some((at, number.parse().ok()?))
-}
-
-/// The cursor of the page that ends at `at`, `number`.
-fn cursor_after(at: &DateTime<Utc>, number: i64) -> String {
-    format!("{}.{number}", at.timestamp_micros())
-}
-
-/// A page of `rows` (read `limit` + 1 of them, keyed by time and number): its first
-/// `limit` entries, and the cursor of the next page if the extra row showed there is one.
-fn page(mut rows: Vec<(Value, DateTime<Utc>, i64)>, limit: i64) -> (Vec<Value>, Option<String>) {
-    let next = (rows.len() as i64 > limit).then(|| {
-        rows.truncate(limit as usize);
-        let (_, at, number) = rows.last().expect("a full page");
-        cursor_after(at, *number)
+/// A page of `rows` (read `limit` + 1 of them, keyed by time and unique number: an
+/// event's position, a break-glass read's id): its first `limit` entries, and the
+/// cursor of the next page if the extra row showed there is one.
+fn page(rows: Vec<(Value, DateTime<Utc>, i64)>, limit: i64) -> (Vec<Value>, Option<String>) {
+    let (rows, next) = cursor::page(rows, limit as usize, |(_, at, key)| Cursor {
+        at: *at,
+        key: *key,
     });
-    (rows.into_iter().map(|(entry, _, _)| entry).collect(), next)
+    (
+        rows.into_iter().map(|(entry, _, _)| entry).collect(),
+        next.map(|c| c.text()),
+    )
 }
 
 /// A problem at `pointer` if `at` lies outside the years the ledger stores

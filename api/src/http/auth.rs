@@ -135,6 +135,12 @@ impl Grant {
 }
 
 impl Caller {
+    /// Whether the caller reads only results released to clinicians (the permission
+    /// matrix's "read results (clinicians: released only)").
+    pub fn released_only(&self) -> bool {
+        self.actor.role == Role::Clinician
+    }
+
     /// Refuses the request unless the caller's role may do `action`, and their password
     /// stands (a temporary one allows changing it, nothing else).
     pub fn require(&self, action: Action) -> Result<(), Problem> {

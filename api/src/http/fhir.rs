@@ -12,9 +12,10 @@
 //! clinical system could take them as filtered.
 
 use super::auth::{Action, Caller};
+use super::cursor::{self, Cursor};
 use super::fhir_search::{
-    count_param, links, loinc_form, page_of, page_param, patient_param, Cursor, CODE_PATTERN,
-    PAGE_PATTERN, PATIENT_PATTERN, STATUSES, STATUS_PATTERN,
+    count_param, links, loinc_form, page_param, patient_param, CODE_PATTERN, PAGE_PATTERN,
+    PATIENT_PATTERN, STATUSES, STATUS_PATTERN,
 };
 use super::params::Params;
 use super::privacy;
@@ -25,7 +26,6 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use lis_commands::keys::vault::KeyStatus;
-use lis_domain::actor::Role;
 use lis_domain::ids::{OrderId, PatientId, ResultId};
 use lis_domain::patient::Mrn;
 use lis_domain::sealed::Sealed;
@@ -75,11 +75,6 @@ struct Found {
     total: i64,
 }
 
-/// Whether the caller sees only what was released to clinicians.
-fn released_only(caller: &Caller) -> bool {
-    caller.actor.role == Role::Clinician
-}
-
 fn fhir_json(v: &Value) -> Response {
     (
         [(header::CONTENT_TYPE, fhir::FHIR_JSON)],
@@ -107,7 +102,7 @@ pub async fn observation(
     let id = super::commands::id(&raw, ResultId::parse, "Observation")?;
     let found: Option<Found> = sqlx::query_as(result_rows!("r.result_id = $1", "true", ""))
         .bind(id.as_uuid())
-        .bind(released_only(&caller))
+        .bind(caller.released_only())
         .fetch_optional(&s.pool)
         .await?;
     match found {
@@ -212,7 +207,7 @@ struct ObservationQuery {
     code: Option<String>,
     statuses: Option<Vec<String>>,
     count: u32,
-    page: Option<Cursor>,
+    page: Option<Cursor<uuid::Uuid>>,
 }
 
 /// A patient's results as a `searchset` `Bundle`, the most recently collected first.
@@ -235,12 +230,12 @@ pub async fn search_observations(
         " ORDER BY r.collected_at DESC, r.result_id DESC LIMIT $5"
     ))
     .bind(patient.as_uuid())
-    .bind(released_only(&caller))
+    .bind(caller.released_only())
     .bind(&code)
     .bind(&statuses)
     .bind(i64::from(count) + 1)
     .bind(page.map(|c| c.at))
-    .bind(page.map(|c| c.id))
+    .bind(page.map(|c| c.key))
     .fetch_all(&s.pool)
     .await?;
     let total = match found.first() {
@@ -252,7 +247,7 @@ pub async fn search_observations(
                 " SELECT count(*) FROM m"
             ))
             .bind(patient.as_uuid())
-            .bind(released_only(&caller))
+            .bind(caller.released_only())
             .bind(&code)
             .bind(&statuses)
             .fetch_one(&s.pool)
@@ -260,9 +255,9 @@ pub async fn search_observations(
         }
         None => 0,
     };
-    let (found, next) = page_of(found, count, |f| Cursor {
+    let (found, next) = cursor::page(found, count as usize, |f| Cursor {
         at: f.row.collected_at,
-        id: f.row.result_id,
+        key: f.row.result_id,
     });
     let mut base = format!("/fhir/Observation?patient=Patient/{}", patient.as_uuid());
     if let Some(c) = &code {
@@ -272,11 +267,32 @@ pub async fn search_observations(
         base.push_str(&format!("&status={}", list.join(",")));
     }
     base.push_str(&format!("&_count={count}"));
-    let (this, next) = links(&s, &base, page, next);
     let resources = found.iter().map(|f| fhir::observation(&f.row)).collect();
-    Ok(fhir_json(&fhir::searchset(
+    Ok(bundle(
+        &s,
+        &base,
+        (page, next),
+        total,
         resources,
         Vec::new(),
+    ))
+}
+
+/// A search's answer: `resources`, then `included`, as a `searchset` Bundle of `total`
+/// matches, found at `path` (its parameters but the page) from `pages.0` and going on
+/// at `pages.1`.
+fn bundle(
+    s: &AppState,
+    path: &str,
+    pages: (Option<Cursor<uuid::Uuid>>, Option<Cursor<uuid::Uuid>>),
+    total: i64,
+    resources: Vec<Value>,
+    included: Vec<Value>,
+) -> Response {
+    let (this, next) = links(s, path, pages.0, pages.1);
+    fhir_json(&fhir::searchset(
+        resources,
+        included,
         &fhir::Search {
             public: s.public_url.as_deref(),
             self_link: &this,
@@ -284,7 +300,7 @@ pub async fn search_observations(
             total,
         },
         chrono::Utc::now(),
-    )))
+    ))
 }
 
 /// The search parameters of `GET /fhir/DiagnosticReport` ([`fhir::REPORT_SEARCH_PARAMS`]).
@@ -314,9 +330,13 @@ const INCLUDE_RESULTS: &str = "DiagnosticReport:result";
 
 /// `orders` as `DiagnosticReport`s, in their order: each with its tests and every one of
 /// its results (a report's status needs those not yet released too), read in two
-/// statements for them all.
-/// With them, the Observations they refer to (those released, withdrawn ones included).
-async fn reports(s: &AppState, orders: &[OrderFound]) -> Result<(Vec<Value>, Vec<Value>), Problem> {
+/// statements for them all; with them, if `include`, the Observations they refer to
+/// (those released, withdrawn ones included).
+async fn reports(
+    s: &AppState,
+    orders: &[OrderFound],
+    include: bool,
+) -> Result<(Vec<Value>, Vec<Value>), Problem> {
     let ids: Vec<uuid::Uuid> = orders.iter().map(|o| o.order.order_id).collect();
     let tests: Vec<fhir::OrderTest> = sqlx::query_as(
         "SELECT order_id, test_code, cancelled_at IS NOT NULL AS cancelled
@@ -352,7 +372,7 @@ async fn reports(s: &AppState, orders: &[OrderFound]) -> Result<(Vec<Value>, Vec
         .collect();
     let referred = results
         .iter()
-        .filter(|f| f.row.released_at.is_some())
+        .filter(|f| include && f.row.released_at.is_some())
         .map(|f| fhir::observation(&f.row))
         .collect();
     Ok((reports, referred))
@@ -395,7 +415,7 @@ pub async fn report(
         .fetch_optional(&s.pool)
         .await?;
     let order = order.ok_or_else(|| Problem::not_found(format!("no DiagnosticReport {raw}")))?;
-    let (mut one, _) = reports(&s, std::slice::from_ref(&order)).await?;
+    let (mut one, _) = reports(&s, std::slice::from_ref(&order), false).await?;
     Ok(fhir_json(&one.remove(0)))
 }
 
@@ -433,7 +453,7 @@ pub async fn search_reports(
     .bind(patient.as_uuid())
     .bind(i64::from(count) + 1)
     .bind(page.map(|c| c.at))
-    .bind(page.map(|c| c.id))
+    .bind(page.map(|c| c.key))
     .fetch_all(&s.pool)
     .await?;
     let total = match orders.first() {
@@ -447,9 +467,9 @@ pub async fn search_reports(
         }
         None => 0,
     };
-    let (orders, next) = page_of(orders, count, |o| Cursor {
+    let (orders, next) = cursor::page(orders, count as usize, |o| Cursor {
         at: o.order.placed_at,
-        id: o.order.order_id,
+        key: o.order.order_id,
     });
     let mut base = format!(
         "/fhir/DiagnosticReport?patient=Patient/{}&_count={count}",
@@ -458,19 +478,8 @@ pub async fn search_reports(
     if include {
         base.push_str(&format!("&_include={INCLUDE_RESULTS}"));
     }
-    let (this, next) = links(&s, &base, page, next);
-    let (resources, referred) = reports(&s, &orders).await?;
-    Ok(fhir_json(&fhir::searchset(
-        resources,
-        if include { referred } else { Vec::new() },
-        &fhir::Search {
-            public: s.public_url.as_deref(),
-            self_link: &this,
-            next_link: next.as_deref(),
-            total,
-        },
-        chrono::Utc::now(),
-    )))
+    let (resources, referred) = reports(&s, &orders, include).await?;
+    Ok(bundle(&s, &base, (page, next), total, resources, referred))
 }
 
 /// What a look-up of one patient found.
@@ -601,18 +610,15 @@ pub async fn search_patients(
         },
         None => None,
     };
-    let total = i64::from(found.is_some());
+    let found: Vec<Value> = found.into_iter().collect();
+    let total = found.len() as i64;
     // The MRN is not repeated in the link: it is identity.
-    let (this, _) = links(&s, "/fhir/Patient", None, None);
-    Ok(fhir_json(&fhir::searchset(
-        found.into_iter().collect(),
+    Ok(bundle(
+        &s,
+        "/fhir/Patient",
+        (None, None),
+        total,
+        found,
         Vec::new(),
-        &fhir::Search {
-            public: s.public_url.as_deref(),
-            self_link: &this,
-            next_link: None,
-            total,
-        },
-        chrono::Utc::now(),
-    )))
+    ))
 }

@@ -1,51 +1,23 @@
 //! The search parameters of the FHIR interface (`http::fhir`) and its paging: each
 //! parameter checked to exactly the form its schema documents (a problem naming it
-//! otherwise), and the cursor a Bundle's `next` link carries.
+//! otherwise), and the links of a page (its cursor: `http::cursor`).
 
+use super::cursor::Cursor;
+use super::params::hyphenated_uuid;
 use super::problem::FieldProblem;
 use super::AppState;
 use lis_domain::ids::PatientId;
+use uuid::Uuid;
 
 /// The largest `_count`, and the default.
 const MAX_COUNT: u32 = 1_000;
 const DEFAULT_COUNT: u32 = 100;
 
-/// Where a page starts: after the entry with this sort key (a time and an id, in the
-/// search's descending order), written `<microseconds since 1970>.<uuid>` in the
-/// `_page` parameter of a Bundle's `next` link.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) struct Cursor {
-    pub(super) at: chrono::DateTime<chrono::Utc>,
-    pub(super) id: uuid::Uuid,
-}
-
-impl Cursor {
-    pub(super) fn parse(raw: &str) -> Option<Self> {
-        let (micros, id) = raw.split_once('.')?;
-        let digits = micros.strip_prefix('-').unwrap_or(micros);
-        if !(1..=18).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let micros: i64 = micros.parse().ok()?;
-        let at = chrono::DateTime::from_timestamp_micros(micros)?;
-        // Years any collection or order time can have; PostgreSQL's timestamptz holds
-        // 4713 BC to 294276 AD, and a cursor outside that range would fail the query.
-        if !(1..=9999).contains(&chrono::Datelike::year(&at)) {
-            return None;
-        }
-        Some(Self {
-            at,
-            id: hyphenated_uuid(id)?,
-        })
-    }
-
-    pub(super) fn text(&self) -> String {
-        format!("{}.{}", self.at.timestamp_micros(), self.id)
-    }
-}
-
 /// The `_page` parameter, or a problem at `/_page`.
-pub(super) fn page_param(raw: Option<&str>, errors: &mut Vec<FieldProblem>) -> Option<Cursor> {
+pub(super) fn page_param(
+    raw: Option<&str>,
+    errors: &mut Vec<FieldProblem>,
+) -> Option<Cursor<Uuid>> {
     let raw = raw?;
     let cursor = Cursor::parse(raw);
     if cursor.is_none() {
@@ -57,32 +29,16 @@ pub(super) fn page_param(raw: Option<&str>, errors: &mut Vec<FieldProblem>) -> O
     cursor
 }
 
-/// `rows` as fetched with one more than `count`: the page, and the cursor of the next
-/// page if that one more came.
-pub(super) fn page_of<T>(
-    mut rows: Vec<T>,
-    count: u32,
-    key: impl Fn(&T) -> Cursor,
-) -> (Vec<T>, Option<Cursor>) {
-    let count = count as usize;
-    if rows.len() <= count {
-        return (rows, None);
-    }
-    rows.truncate(count);
-    let next = rows.last().map(key);
-    (rows, next)
-}
-
 /// The `self` and `next` links of a search at `path` (its parameters but the page),
 /// absolute where the server's public address is configured.
 pub(super) fn links(
     s: &AppState,
     path: &str,
-    page: Option<Cursor>,
-    next: Option<Cursor>,
+    page: Option<Cursor<Uuid>>,
+    next: Option<Cursor<Uuid>>,
 ) -> (String, Option<String>) {
     let origin = s.public_url.as_deref().unwrap_or_default();
-    let at = |c: Option<Cursor>| match c {
+    let at = |c: Option<Cursor<Uuid>>| match c {
         Some(c) => format!("{origin}{path}&_page={}", c.text()),
         None => format!("{origin}{path}"),
     };
@@ -110,17 +66,6 @@ pub(super) const STATUS_PATTERN: &str = "^(preliminary|registered|final|amended|
 /// The form of a `_page` cursor.
 pub(super) const PAGE_PATTERN: &str =
     "^-?[0-9]{1,18}\\.[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$";
-
-/// The UUID in `id` if it is written as 8-4-4-4-12 hexadecimal digits, nothing else
-/// (the parser would also take braces, a URN or no hyphens, which the pattern does not).
-pub(super) fn hyphenated_uuid(id: &str) -> Option<uuid::Uuid> {
-    let shape = id.len() == 36
-        && id.char_indices().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => c == '-',
-            _ => c.is_ascii_hexdigit(),
-        });
-    shape.then(|| uuid::Uuid::parse_str(id).ok()).flatten()
-}
 
 /// Whether `code` is a LOINC code's form: 1 to 8 digits, a hyphen, a check digit.
 pub(super) fn loinc_form(code: &str) -> bool {
@@ -176,7 +121,7 @@ mod tests {
         assert!(loinc_form("2823-3") && loinc_form("1-8") && loinc_form("12345678-9"));
         let cursor = Cursor {
             at: "2026-03-03T09:30:00.123456Z".parse().unwrap(),
-            id: hyphenated_uuid(id).unwrap(),
+            key: hyphenated_uuid(id).unwrap(),
         };
         assert_eq!(Cursor::parse(&cursor.text()), Some(cursor));
         for not in [
@@ -188,7 +133,7 @@ mod tests {
             "1".to_string(),
             format!(".{id}"),
         ] {
-            assert_eq!(Cursor::parse(&not), None, "{not}");
+            assert_eq!(Cursor::<Uuid>::parse(&not), None, "{not}");
         }
         for not in ["2823", "2823-33", "-3", "123456789-0", "2823-x", " 2823-3"] {
             assert!(!loinc_form(not), "{not}");

@@ -20,6 +20,7 @@ pub mod body;
 #[cfg(test)]
 mod body_properties;
 pub mod commands;
+mod cursor;
 pub mod fhir;
 mod fhir_search;
 pub mod idempotency;

@@ -58,6 +58,17 @@ pub fn limit(value: Option<u32>) -> Result<i64, FieldProblem> {
     }
 }
 
+/// The UUID in `id` if it is written as 8-4-4-4-12 hexadecimal digits, nothing else
+/// (the parser would also take braces, a URN or no hyphens, which the pattern does not).
+pub fn hyphenated_uuid(id: &str) -> Option<uuid::Uuid> {
+    let shape = id.len() == 36
+        && id.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        });
+    shape.then(|| uuid::Uuid::parse_str(id).ok()).flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

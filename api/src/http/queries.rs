@@ -12,7 +12,6 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::NaiveDate;
-use lis_domain::actor::Role;
 use lis_domain::ids::{AccessionNumber, OrderId, PatientId, ResultId, SampleId};
 use lis_projections::models::results::PATIENT_REPORT;
 use serde::Deserialize;
@@ -255,7 +254,7 @@ pub async fn result(
     caller.require(Action::ReadResults)?;
     let id = id(&raw, ResultId::parse, "result")?;
     wait_for(&s, "results", c.min_position).await?;
-    let released_only = caller.actor.role == Role::Clinician;
+    let released_only = caller.released_only();
     let v = json(
         &s,
         "SELECT row_to_json(r) FROM proj_results.results r
@@ -357,7 +356,7 @@ pub async fn critical(
 ) -> Result<Response, Problem> {
     caller.require(Action::ReadResults)?;
     let limit = super::params::limit(q.limit).map_err(|e| Problem::invalid(vec![e]))?;
-    let released_only = caller.actor.role == Role::Clinician;
+    let released_only = caller.released_only();
     let (rows, total): (Value, i64) = sqlx::query_as(
         "WITH c AS (SELECT * FROM proj_results.critical_pending
                      WHERE NOT $1 OR status = 'released')
