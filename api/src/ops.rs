@@ -555,6 +555,12 @@ pub async fn serve(config: &Config, pool: PgPool) -> anyhow::Result<ExitCode> {
             .collect::<anyhow::Result<_>>()?,
     };
     http::prepare_read_models(&state.pool).await?;
+    if !http::settled::can_see_other_sessions(&state.pool).await? {
+        tracing::warn!(
+            "the application role cannot see other roles' sessions (pg_read_all_stats): \
+             the auditors' pages by time answer 503 while one is connected; run `lisledger db init`"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(&config.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.http_addr))?;

@@ -1901,3 +1901,186 @@ async fn the_metrics_show_what_an_open_transaction_holds_back_from_the_feed() {
     }
     api.db.drop().await;
 }
+
+/// The names in a page of log-ins, in order.
+fn login_names(page: &Value) -> Vec<String> {
+    page["logins"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{page}"))
+        .iter()
+        .map(|l| l["user"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_audit_page_never_steps_over_an_entry_still_being_written() {
+    use sqlx::Connection;
+    let api = Api::start().await;
+    let now = chrono::Utc::now();
+    let range = format!(
+        "from={}&to={}",
+        (now - chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M:%SZ"),
+        (now + chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    let auditor = api.token("audit.1").await;
+    let reception = api.token("reception.1").await;
+    // A log-in written by a transaction that stays open (of another role: the owner's),
+    // then one written and committed after it began.
+    let mut holder =
+        sqlx::PgConnection::connect(&api.db.url_as(lis_eventstore_migrations::OWNER_ROLE))
+            .await
+            .unwrap();
+    started(
+        &mut holder,
+        "BEGIN",
+        "INSERT INTO logins (username, succeeded) VALUES ('held.in.flight', false)",
+    )
+    .await;
+    let r = api
+        .client
+        .post(format!("{}/auth/login", api.base))
+        .json(&json!({"username": "path.1", "password": "not the password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // And an order placed meanwhile (its events too are after the open transaction's start).
+    let (s, _) = api
+        .post(&reception, "/orders", order_body("MRN-SETTLE"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    // The page stops where entries may still be committing: the committed log-in after
+    // the open transaction's start is not shown yet, and the page says where to resume.
+    let (s, first) = api
+        .get(&auditor, &format!("/audit/logins?{range}&limit=100"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{first}");
+    assert_eq!(login_names(&first), ["audit.1", "reception.1"], "{first}");
+    assert_eq!(first["next_after"], Value::Null, "{first}");
+    let resume = first["resume_after"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a place to resume from: {first}"))
+        .to_string();
+    let settled: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(first["settled_until"].clone()).unwrap();
+    assert!(settled < chrono::Utc::now(), "{first}");
+    let (_, did) = api
+        .get(&auditor, &format!("/audit/actors/reception.1?{range}"))
+        .await;
+    assert_eq!(did["events"], json!([]), "{did}");
+    assert_eq!(did["logins"].as_array().map(Vec::len), Some(1), "{did}");
+    let activity_resume = did["resume_after"].as_str().unwrap().to_string();
+    // Once it commits, the next page holds both, in the order they were written.
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    let (s, rest) = api
+        .get(
+            &auditor,
+            &format!("/audit/logins?{range}&limit=100&after={resume}"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{rest}");
+    assert_eq!(login_names(&rest), ["held.in.flight", "path.1"], "{rest}");
+    assert!(
+        rest["resume_after"].is_string(),
+        "the range is still open: {rest}"
+    );
+    let (_, did) = api
+        .get(
+            &auditor,
+            &format!("/audit/actors/reception.1?{range}&after={activity_resume}"),
+        )
+        .await;
+    let types: Vec<&str> = did["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert!(types.contains(&"OrderPlaced"), "{did}");
+    // A range that has ended, with nothing running, is whole: nothing to resume.
+    let ended = format!(
+        "from={}&to={}",
+        (now - chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M:%SZ"),
+        chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ")
+    );
+    let (_, whole) = api
+        .get(&auditor, &format!("/audit/logins?{ended}&limit=100"))
+        .await;
+    assert_eq!(whole["resume_after"], Value::Null, "{whole}");
+    assert_eq!(whole["settled_until"], whole["to"], "{whole}");
+    assert_eq!(
+        login_names(&whole),
+        ["audit.1", "reception.1", "held.in.flight", "path.1"],
+        "{whole}"
+    );
+    holder.close().await.unwrap();
+    api.db.drop().await;
+}
+
+/// Begins a transaction on `conn` with `begin`, runs `then` in it, and says when it began.
+async fn started(
+    conn: &mut sqlx::PgConnection,
+    begin: &str,
+    then: &str,
+) -> chrono::DateTime<chrono::Utc> {
+    sqlx::query(begin).execute(&mut *conn).await.unwrap();
+    sqlx::query(then).execute(&mut *conn).await.unwrap();
+    sqlx::query_scalar("SELECT now()")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn without_sight_of_other_roles_sessions_the_horizon_is_unknown_not_guessed() {
+    use sqlx::Connection;
+    let db = TestDb::new().await;
+    // A role like the application's, without pg_read_all_stats.
+    let role = format!("lis_blind_{}", &db.name[db.name.len() - 8..]);
+    let admin = db.superuser().await;
+    for statement in [
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("GRANT CONNECT ON DATABASE {} TO {role}", db.name),
+    ] {
+        sqlx::query(&statement).execute(&admin).await.unwrap();
+    }
+    let blind = TestDb::pool_as(&role, &db.name).await;
+    assert!(!http::settled::can_see_other_sessions(&blind).await.unwrap());
+    assert!(http::settled::can_see_other_sessions(&db.app)
+        .await
+        .unwrap());
+    // While a session of another role is connected, a blind role cannot tell.
+    let connect = || async {
+        sqlx::PgConnection::connect(&db.url_as(lis_eventstore_migrations::OWNER_ROLE))
+            .await
+            .unwrap()
+    };
+    // A long reader, as pg_dump is: it writes nothing, so it holds nothing back.
+    let mut reader = connect().await;
+    let reading_since = started(
+        &mut reader,
+        "BEGIN ISOLATION LEVEL REPEATABLE READ",
+        "SELECT count(*) FROM logins",
+    )
+    .await;
+    let refused = http::settled::horizon(&blind).await.unwrap_err();
+    assert_eq!(refused.status, 503);
+    assert!(http::settled::horizon(&db.app).await.unwrap() > reading_since);
+    // A transaction that has written (it holds an id): the application role sees it and
+    // stops at its start.
+    let mut other = connect().await;
+    let open_since = started(&mut other, "BEGIN", "SELECT pg_current_xact_id()").await;
+    let horizon = http::settled::horizon(&db.app).await.unwrap();
+    assert_eq!(horizon, open_since);
+    reader.close().await.unwrap();
+    other.close().await.unwrap();
+    blind.close().await;
+    admin.close().await;
+    let admin_url = lis_tests::admin_url();
+    db.drop().await;
+    let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
+    sqlx::query(&format!("DROP ROLE {role}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+}

@@ -74,6 +74,12 @@ pub async fn bootstrap(admin_url: &str, database: &str) -> Result<(), MigrationE
                     .await?;
             }
         }
+        // To see when other roles' transactions began: the auditors' pages by time stop
+        // before the oldest one still running (`api/src/http/settled.rs`). Read-only
+        // statistics; granted again on every run, for clusters made before it.
+        sqlx::query(&format!("GRANT pg_read_all_stats TO {APP_ROLE}"))
+            .execute(&mut conn)
+            .await?;
         let exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
                 .bind(database)

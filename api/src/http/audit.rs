@@ -9,6 +9,7 @@ use super::auth::{Action, Caller};
 use super::cursor::{self, Cursor};
 use super::params::Params;
 use super::problem::{pointer_token, Problem};
+use super::settled;
 use super::AppState;
 use axum::extract::{Path, State};
 use axum::Json;
@@ -292,18 +293,63 @@ impl PagedRange {
     }
 }
 
-/// A page of `rows` (read `limit` + 1 of them, keyed by time and unique number: an
-/// event's position, a break-glass read's id): its first `limit` entries, and the
-/// cursor of the next page if the extra row showed there is one.
-fn page(rows: Vec<(Value, DateTime<Utc>, i64)>, limit: i64) -> (Vec<Value>, Option<String>) {
-    let (rows, next) = cursor::page(rows, limit as usize, |(_, at, key)| Cursor {
+/// What one page reads of a range: the entries before `end`, which is the range's end or,
+/// if that is later, the horizon before which every entry is final
+/// ([`settled::horizon`]), after the cursor `after`.
+struct Window {
+    limit: i64,
+    end: DateTime<Utc>,
+    after: Option<(DateTime<Utc>, i64)>,
+    /// Whether the horizon cut the range short: entries at or after `end` may still be
+    /// committing, and are read by a later page ([`Page::resume_after`]).
+    cut: bool,
+}
+
+impl PagedRange {
+    /// The page this request asks for, cut at the settled horizon (read now, before the
+    /// page itself), or a problem naming what is wrong with the request.
+    async fn window(&self, pool: &sqlx::PgPool) -> Result<Window, Problem> {
+        let limit = self.check()?;
+        let after = self.cursor()?;
+        let horizon = settled::horizon(pool).await?;
+        Ok(Window {
+            limit,
+            end: self.to.min(horizon),
+            after,
+            cut: horizon < self.to,
+        })
+    }
+}
+
+/// A page of entries, and where to read on.
+struct Page {
+    entries: Vec<Value>,
+    /// The next page's cursor, when this one is full: there is more to read now.
+    next_after: Option<String>,
+    /// When the page is not full but the horizon cut the range short: the cursor to read
+    /// on from once more of the range is final (the entries from the horizon on).
+    resume_after: Option<String>,
+}
+
+/// The page of `rows` (read `window.limit` + 1 of them, keyed by time and unique number:
+/// an event's position, a break-glass read's id): its first `limit` entries, and the
+/// cursor of the next page if the extra row showed there is one, or of where to resume.
+fn page(rows: Vec<(Value, DateTime<Utc>, i64)>, window: &Window) -> Page {
+    let (rows, next) = cursor::page(rows, window.limit as usize, |(_, at, key)| Cursor {
         at: *at,
         key: *key,
     });
-    (
-        rows.into_iter().map(|(entry, _, _)| entry).collect(),
-        next.map(|c| c.text()),
-    )
+    // Every key is at least 1, so (end, 0) precedes every entry at the horizon.
+    let resume = (next.is_none() && window.cut).then(|| {
+        let given = window.after.unwrap_or((window.end, 0));
+        let (at, key) = given.max((window.end, 0));
+        Cursor { at, key }.text()
+    });
+    Page {
+        entries: rows.into_iter().map(|(entry, _, _)| entry).collect(),
+        next_after: next.map(|c| c.text()),
+        resume_after: resume,
+    }
 }
 
 /// A problem at `pointer` if `at` lies outside the years the ledger stores
@@ -387,8 +433,7 @@ pub async fn activity(
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadAudit)?;
     let user = super::commands::id(&user, ActorId::parse, "user")?.to_string();
-    let limit = q.check()?;
-    let after = q.cursor()?;
+    let window = q.window(&s.pool).await?;
     macro_rules! events {
         ($after:literal) => {
             concat!(
@@ -405,27 +450,32 @@ pub async fn activity(
             )
         };
     }
-    let sql = match after {
+    let sql = match window.after {
         None => events!(""),
         Some(_) => events!(" AND (recorded_at, position) > ($5, $6)"),
     };
     let mut query = sqlx::query_as::<_, (Value, DateTime<Utc>, i64)>(sql)
         .bind(&user)
         .bind(q.from)
-        .bind(q.to)
-        .bind(limit + 1);
-    if let Some((at, position)) = after {
+        .bind(window.end)
+        .bind(window.limit + 1);
+    if let Some((at, position)) = window.after {
         query = query.bind(at).bind(position);
     }
-    let (events, next_after) = page(query.fetch_all(&s.pool).await?, limit);
+    let events = page(query.fetch_all(&s.pool).await?, &window);
     let mut answer = json!({
-        "actor": user, "from": q.from, "to": q.to, "events": events, "next_after": next_after,
+        "actor": user, "from": q.from, "to": q.to, "settled_until": window.end,
+        "events": events.entries, "next_after": events.next_after,
+        "resume_after": events.resume_after,
     });
-    if after.is_none() {
-        // On the first page, whole up to MAX_LIMIT each (flagged when cut): their
-        // break-glass reads, the user administration they did or that was done to their
-        // own account, and their log-ins.
-        let most = i64::from(super::params::MAX_LIMIT);
+    if window.after.is_none() {
+        // On the first page, up to its horizon, whole up to MAX_LIMIT each (flagged when
+        // cut): their break-glass reads, the user administration they did or that was
+        // done to their own account, and their log-ins.
+        let whole = Window {
+            limit: i64::from(super::params::MAX_LIMIT),
+            ..window
+        };
         for (key, sql) in [
             ("break_glass", break_glass_reads!(" AND actor_id = $4")),
             (
@@ -434,9 +484,9 @@ pub async fn activity(
             ),
             ("logins", logins!(" AND username = $4")),
         ] {
-            let (entries, more) = page_of(&s, [sql, sql], &q, None, Some(&user), most).await?;
-            answer[key] = json!(entries);
-            answer[format!("{key}_truncated")] = json!(more.is_some());
+            let found = page_of(&s, [sql, sql], &q, &whole, Some(&user)).await?;
+            answer[key] = json!(found.entries);
+            answer[format!("{key}_truncated")] = json!(found.next_after.is_some());
         }
     }
     Ok(Json(answer))
@@ -454,27 +504,28 @@ pub async fn break_glass(
 }
 
 /// One page of a table keyed by (time, id): read by `sql[0]` for the first page, by
-/// `sql[1]` after the cursor `after`. $1 and $2 are the range, $3 the page size plus
-/// the look-ahead row, then the cursor ($4, $5) if given, then `filter` if given.
+/// `sql[1]` after the window's cursor. $1 and $2 are the range (cut at the window's
+/// end), $3 the page size plus the look-ahead row, then the cursor ($4, $5) if given,
+/// then `filter` if given.
 async fn page_of(
     s: &AppState,
     sql: [&'static str; 2],
     range: &PagedRange,
-    after: Option<(DateTime<Utc>, i64)>,
+    window: &Window,
     filter: Option<&str>,
-    limit: i64,
-) -> Result<(Vec<Value>, Option<String>), Problem> {
-    let mut query = sqlx::query_as::<_, (Value, DateTime<Utc>, i64)>(sql[after.is_some() as usize])
-        .bind(range.from)
-        .bind(range.to)
-        .bind(limit + 1);
-    if let Some((at, id)) = after {
+) -> Result<Page, Problem> {
+    let mut query =
+        sqlx::query_as::<_, (Value, DateTime<Utc>, i64)>(sql[window.after.is_some() as usize])
+            .bind(range.from)
+            .bind(window.end)
+            .bind(window.limit + 1);
+    if let Some((at, id)) = window.after {
         query = query.bind(at).bind(id);
     }
     if let Some(filter) = filter {
         query = query.bind(filter);
     }
-    Ok(page(query.fetch_all(&s.pool).await?, limit))
+    Ok(page(query.fetch_all(&s.pool).await?, window))
 }
 
 /// Every run of `lisledger keys rotate`, oldest first: when it started and finished (no
@@ -537,12 +588,12 @@ async fn audit_page(
     key: &str,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadAudit)?;
-    let limit = q.check()?;
-    let after = q.cursor()?;
-    let (entries, next_after) = page_of(s, sql, q, after, None, limit).await?;
-    Ok(Json(
-        json!({ "from": q.from, "to": q.to, key: entries, "next_after": next_after }),
-    ))
+    let window = q.window(&s.pool).await?;
+    let found = page_of(s, sql, q, &window, None).await?;
+    Ok(Json(json!({
+        "from": q.from, "to": q.to, "settled_until": window.end, key: found.entries,
+        "next_after": found.next_after, "resume_after": found.resume_after,
+    })))
 }
 
 /// One CSV field, quoted when it needs to be.

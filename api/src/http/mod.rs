@@ -3,7 +3,8 @@
 //! - [`commands`]: POST endpoints, one per lab action, with `Idempotency-Key`;
 //! - [`queries`]: GET endpoints over the read models, with `min_position`;
 //! - [`params`]: query strings read with each bad parameter named (422);
-//! - [`audit`]: history, field-level diffs and state as of an instant;
+//! - [`audit`]: history, field-level diffs and state as of an instant; [`settled`]: the
+//!   time before which the audit records are final, where their pages stop;
 //! - [`stream`]: the event store as Server-Sent Events; [`analytics`]: dashboard rollups;
 //! - [`privacy`]: who sees patient identity (masking, break-glass) and erasure;
 //! - [`auth`]: log-in, tokens and the permission matrix; [`problem`]: RFC 9457 errors;
@@ -33,6 +34,7 @@ pub mod privacy;
 pub mod problem;
 pub mod queries;
 pub mod revocation;
+pub mod settled;
 pub mod stream;
 pub mod users;
 
