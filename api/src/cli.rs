@@ -461,7 +461,7 @@ pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
                     let by = ChangedBy::operator(&actor, &reason)?;
                     ops::add_user(&pool, &username, &role, temporary, &by).await
                 }
-                UsersCommand::List => ops::list_users(&pool).await,
+                UsersCommand::List => ops::list_users(&config, &pool).await,
                 UsersCommand::Disable(a) => a.run(&pool, UserChange::Disable).await,
                 UsersCommand::Enable(a) => a.run(&pool, UserChange::Enable).await,
                 UsersCommand::Role { change, role } => {

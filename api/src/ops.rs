@@ -544,6 +544,7 @@ pub async fn serve(config: &Config, pool: PgPool) -> anyhow::Result<ExitCode> {
         seal_verifier: verifier(config).ok(),
         revocations,
         password_strikes: Default::default(),
+        lockout: lockout(config),
         public_url: config.public_url.clone(),
         cors_origins: config
             .cors_origins
@@ -572,6 +573,14 @@ pub async fn serve(config: &Config, pool: PgPool) -> anyhow::Result<ExitCode> {
     .with_graceful_shutdown(shutdown_signal())
     .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// When failed log-ins lock an account, as configured.
+fn lockout(config: &Config) -> lis_api::http::lockout::Lockout {
+    lis_api::http::lockout::Lockout {
+        after: config.login_lock_after,
+        window: std::time::Duration::from_secs(config.login_lock_secs),
+    }
 }
 
 /// A user name as typed on the command line.
@@ -611,16 +620,20 @@ pub async fn add_user(
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn list_users(pool: &PgPool) -> anyhow::Result<ExitCode> {
+pub async fn list_users(config: &Config, pool: &PgPool) -> anyhow::Result<ExitCode> {
     let flag = |set: bool, shown: &'static str| if set { shown } else { "-" };
-    for a in users::list(pool).await? {
+    for a in users::list(pool, &lockout(config)).await? {
         say!(
-            "{:<32} {:<13} {:<8} {:<15} last log-in {}",
+            "{:<32} {:<13} {:<8} {:<15} last log-in {}{}",
             a.username,
             a.role,
             flag(a.disabled, "disabled"),
             flag(a.password_change_required, "must-change"),
-            a.last_login.map_or("never".into(), |at| at.to_rfc3339())
+            a.last_login.map_or("never".into(), |at| at.to_rfc3339()),
+            a.locked_until.map_or(String::new(), |at| format!(
+                ", locked until {}",
+                at.to_rfc3339()
+            ))
         );
     }
     Ok(ExitCode::SUCCESS)

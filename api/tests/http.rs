@@ -51,6 +51,21 @@ impl Api {
         kafka: Option<Arc<lis_projections::kafka_health::KafkaProbe>>,
         in_flight: usize,
     ) -> Self {
+        Self::start_full(per_user, analytics, kafka, in_flight, Default::default()).await
+    }
+
+    /// A server that locks accounts after failed log-ins as `lockout` says.
+    async fn start_locking(lockout: http::lockout::Lockout) -> Self {
+        Self::start_full(0, None, None, 0, lockout).await
+    }
+
+    async fn start_full(
+        per_user: u32,
+        analytics: Option<Arc<lis_projections::models::analytics::Analytics>>,
+        kafka: Option<Arc<lis_projections::kafka_health::KafkaProbe>>,
+        in_flight: usize,
+        lockout: http::lockout::Lockout,
+    ) -> Self {
         let db = TestDb::new().await;
         for (user, role) in [
             ("reception.1", Role::Reception),
@@ -93,6 +108,7 @@ impl Api {
                 .await
                 .unwrap(),
             password_strikes: Default::default(),
+            lockout,
             public_url: None,
         };
         http::prepare_read_models(&db.app).await.unwrap();
@@ -1236,6 +1252,7 @@ async fn with_postgresql_down_the_api_answers_503_never_500() {
         // Nothing revoked: the database is away.
         revocations: Default::default(),
         password_strikes: Default::default(),
+        lockout: Default::default(),
         public_url: None,
     };
     let base = serve(state).await;
@@ -2083,4 +2100,138 @@ async fn without_sight_of_other_roles_sessions_the_horizon_is_unknown_not_guesse
         .execute(&admin)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn failed_log_ins_lock_an_account_for_a_while_and_a_reset_unlocks_it() {
+    let window = std::time::Duration::from_secs(3);
+    let api = Api::start_locking(http::lockout::Lockout { after: 3, window }).await;
+    let admin = api.token("admin.1").await;
+    let auditor = api.token("audit.1").await;
+    let attempt = |user: &'static str, password: &'static str| {
+        let (client, base) = (api.client.clone(), api.base.clone());
+        async move {
+            let r = client
+                .post(format!("{base}/auth/login"))
+                .json(&json!({"username": user, "password": password}))
+                .send()
+                .await
+                .unwrap();
+            let retry_after = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+            let status = r.status();
+            (status, r.json::<Value>().await.unwrap(), retry_after)
+        }
+    };
+    const RIGHT: &str = "correct horse battery";
+    // A success starts the count again: two wrong, right, two wrong still logs in.
+    for password in ["wrong 1", "wrong 2", RIGHT, "wrong 3", "wrong 4", RIGHT] {
+        let (s, _, _) = attempt("path.1", password).await;
+        let expected = if password == RIGHT { 200 } else { 401 };
+        assert_eq!(s.as_u16(), expected, "path.1 with {password}");
+    }
+    // Three wrong in the window lock the account: the right password is then refused
+    // without being checked, saying until when.
+    for password in ["wrong 1", "wrong 2", "wrong 3"] {
+        let (s, _, _) = attempt("tech.1", password).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    let (s, locked, retry) = attempt("tech.1", RIGHT).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{locked}");
+    assert!(
+        locked["type"].as_str().unwrap().ends_with("login-locked"),
+        "{locked}"
+    );
+    assert!((1..=3).contains(&retry.expect("Retry-After")), "{retry:?}");
+    // Others are not locked with it, and a name that is no account never locks (it would
+    // say the account exists).
+    assert_eq!(attempt("path.1", RIGHT).await.0, StatusCode::OK);
+    for _ in 0..5 {
+        let (s, _, _) = attempt("nobody.here", "wrong").await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    // Administrators see it in the list of accounts.
+    let (s, list) = api.get(&admin, "/users").await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    let until = |name: &str| {
+        list["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["username"] == name)
+            .unwrap()["locked_until"]
+            .clone()
+    };
+    assert_eq!(until("path.1"), Value::Null, "{list}");
+    let unlocks: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(until("tech.1")).expect("tech.1 locked");
+    // Attempts while locked are recorded as such, and do not count: once the first of
+    // the three failures is older than the window, the right password is let in, however
+    // often it was tried meanwhile.
+    while chrono::Utc::now() < unlocks {
+        let (s, _, _) = attempt("tech.1", "still guessing").await;
+        assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let (s, body, _) = attempt("tech.1", RIGHT).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let now = chrono::Utc::now();
+    let range = format!(
+        "from={}&to={}",
+        (now - chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M:%SZ"),
+        (now + chrono::Duration::seconds(1)).format("%Y-%m-%dT%H:%M:%S%.6fZ")
+    );
+    let (_, record) = api
+        .get(&auditor, &format!("/audit/actors/tech.1?{range}"))
+        .await;
+    let outcomes: Vec<(bool, bool)> = record["logins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["succeeded"].as_bool().unwrap(),
+                l["locked"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes[..4],
+        [
+            (false, false),
+            (false, false),
+            (false, false),
+            (false, true)
+        ],
+        "{record}"
+    );
+    assert_eq!(outcomes.last(), Some(&(true, false)), "{record}");
+    assert!(outcomes[4..outcomes.len() - 1]
+        .iter()
+        .all(|o| *o == (false, true)));
+    // A reset by an administrator unlocks at once.
+    for password in ["wrong 1", "wrong 2", "wrong 3"] {
+        assert_eq!(
+            attempt("reception.1", password).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        attempt("reception.1", RIGHT).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let (s, reset) = api
+        .post(
+            &admin,
+            "/users/reception.1/password",
+            json!({"password": "a fresh one for reception", "reason": "locked out, asked at the desk"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{reset}");
+    assert_eq!(reset["locked_until"], Value::Null, "{reset}");
+    let (s, body, _) = attempt("reception.1", "a fresh one for reception").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    api.db.drop().await;
 }

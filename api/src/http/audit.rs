@@ -415,7 +415,8 @@ macro_rules! user_changes {
 macro_rules! logins {
     ($filter:literal) => {
         by_time!(
-            "'at', at, 'user', username, 'succeeded', succeeded, 'client_addr', client_addr",
+            "'at', at, 'user', username, 'succeeded', succeeded, 'locked', locked,
+             'client_addr', client_addr",
             "logins",
             $filter
         )

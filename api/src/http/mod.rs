@@ -8,6 +8,7 @@
 //! - [`stream`]: the event store as Server-Sent Events; [`analytics`]: dashboard rollups;
 //! - [`privacy`]: who sees patient identity (masking, break-glass) and erasure;
 //! - [`auth`]: log-in, tokens and the permission matrix; [`problem`]: RFC 9457 errors;
+//!   [`lockout`]: accounts locked after failed log-ins;
 //! - [`users`]: user administration, recorded; [`revocation`]: tokens no longer valid.
 //!
 //! Every error leaves as `application/problem+json`, including the framework's own
@@ -26,6 +27,7 @@ pub mod fhir;
 mod fhir_search;
 pub mod idempotency;
 pub mod limits;
+pub mod lockout;
 pub mod metrics;
 pub mod openapi;
 pub mod overload;
@@ -79,6 +81,8 @@ pub struct AppState {
     pub revocations: Arc<revocation::Revocations>,
     /// Wrong current passwords given in password changes (per user, this instance).
     pub password_strikes: Arc<users::Strikes>,
+    /// When failed log-ins lock an account (`LIS_LOGIN_LOCK_AFTER`, `LIS_LOGIN_LOCK_SECS`).
+    pub lockout: lockout::Lockout,
     /// The address clients reach the API at, for absolute links (`LIS_PUBLIC_URL`).
     pub public_url: Option<String>,
 }
@@ -380,15 +384,42 @@ async fn login(
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, Problem> {
     let login: Login = body::parse(&body)?;
-    let check = auth::check_password(&s.pool, login.username.trim(), &login.password).await?;
+    let name = login.username.trim();
+    let client_addr = connect.map(|c| c.0 .0.ip().to_string());
     // Every attempt is recorded before it is answered; one naming no account keeps no
-    // name (what was typed may be a password).
-    sqlx::query("INSERT INTO logins (username, succeeded, client_addr) VALUES ($1, $2, $3)")
-        .bind(&check.account)
-        .bind(check.granted.is_some())
-        .bind(connect.map(|c| c.0 .0.ip().to_string()))
+    // name (what was typed may be a password). Only accounts have failed log-ins
+    // recorded under their name, so a name that is none is never locked.
+    let record = |account: Option<&str>, succeeded: bool, locked: bool| {
+        sqlx::query(
+            "INSERT INTO logins (username, succeeded, client_addr, locked) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(account.map(str::to_string))
+        .bind(succeeded)
+        .bind(client_addr.clone())
+        .bind(locked)
         .execute(&s.pool)
-        .await?;
+    };
+    if let Some(until) = s.lockout.locked_until(&s.pool, name).await? {
+        record(Some(name), false, true).await?;
+        let wait = (until - chrono::Utc::now()).num_seconds().max(1);
+        tracing::warn!(account = name, %until, "log-in refused: account locked");
+        let mut p = Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "login-locked",
+            "Account locked after failed log-ins",
+        )
+        .detail(format!(
+            "{} failed log-ins within {}: this account is locked until {} (retry in {wait} s), \
+             unless an administrator resets its password; the password was not checked",
+            s.lockout.after,
+            s.lockout.window_text(),
+            until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ));
+        p.retry_after = Some(wait.min(i64::from(u16::MAX)) as u16);
+        return Err(p);
+    }
+    let check = auth::check_password(&s.pool, name, &login.password).await?;
+    record(check.account.as_deref(), check.granted.is_some(), false).await?;
     let account = check.account.unwrap_or_else(|| "(no such account)".into());
     match check.granted {
         Some(grant) => {

@@ -146,7 +146,7 @@ const fn post<B: JsonSchema, A: JsonSchema>(
 
 /// Every endpoint, in the order the document lists them.
 pub const ENDPOINTS: &[Endpoint] = &[
-    post::<Login, Token>(OK, "/auth/login", "Log in; returns a short-lived bearer token", "auth"),
+    post::<Login, Token>(OK, "/auth/login", "Log in; returns a short-lived bearer token. An account with too many failed log-ins in a window is locked for a while (429, Retry-After; an administrator's password reset unlocks it)", "auth"),
     post::<u::OwnPasswordBody, u::Account>(OK, "/auth/password", "Change your own password, giving the current one; your tokens are then refused: log in again", "auth"),
     post::<c::PlaceOrderBody, c::Placed>(CREATED, "/orders", "Place an order", "orders"),
     get("/orders/{id}", "An order and the stage of each test", "orders").query::<q::Consistency>(),

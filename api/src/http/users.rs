@@ -13,6 +13,7 @@
 use super::auth::{Action, Caller};
 use super::body::parse;
 use super::commands::{id, idempotent};
+use super::lockout::Lockout;
 use super::problem::{FieldProblem, Problem};
 use super::AppState;
 use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
@@ -210,16 +211,20 @@ pub struct Account {
     pub created_at: DateTime<Utc>,
     /// The last successful log-in, if any.
     pub last_login: Option<DateTime<Utc>>,
+    /// Locked after failed log-ins until then ([`super::lockout`]), if it is now.
+    pub locked_until: Option<DateTime<Utc>>,
     /// The password was set by someone else: the user must change it at their next
     /// log-in, before doing anything else.
     pub password_change_required: bool,
 }
 
-/// An account's row as [`Account`] reads it.
+/// An account's row as [`Account`] reads it; $1 and $2 are the lock-out's failures and
+/// window in seconds.
 macro_rules! account_sql {
     () => {
         "SELECT username, role, disabled, created_at,
                 (SELECT max(at) FROM logins l WHERE l.username = u.username AND succeeded) AS last_login,
+                lis_login_locked_until(u.username, $1, $2) AS locked_until,
                 password_must_change AS password_change_required
            FROM users u"
     };
@@ -454,17 +459,21 @@ async fn change_own(
     Ok(changed.rows_affected() == 1)
 }
 
-/// Every account, by name.
-pub async fn list(pool: &PgPool) -> Result<Vec<Account>, sqlx::Error> {
+/// Every account, by name, locked or not as `lockout` says.
+pub async fn list(pool: &PgPool, lockout: &Lockout) -> Result<Vec<Account>, sqlx::Error> {
     sqlx::query_as(concat!(account_sql!(), " ORDER BY username"))
+        .bind(lockout.failures())
+        .bind(lockout.window.as_secs_f64())
         .fetch_all(pool)
         .await
 }
 
-async fn account(pool: &PgPool, user: &ActorId) -> Result<Value, Problem> {
-    let account: Account = sqlx::query_as(concat!(account_sql!(), " WHERE username = $1"))
+async fn account(s: &AppState, user: &ActorId) -> Result<Value, Problem> {
+    let account: Account = sqlx::query_as(concat!(account_sql!(), " WHERE username = $3"))
+        .bind(s.lockout.failures())
+        .bind(s.lockout.window.as_secs_f64())
         .bind(user.as_str())
-        .fetch_one(pool)
+        .fetch_one(&s.pool)
         .await?;
     Ok(json!(account))
 }
@@ -513,7 +522,7 @@ fn changed_by(caller: &Caller, reason: &Reason) -> ChangedBy {
 /// Every account (admins and auditors).
 pub async fn accounts(State(s): State<AppState>, caller: Caller) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadUsers)?;
-    Ok(Json(json!({ "users": list(&s.pool).await? })))
+    Ok(Json(json!({ "users": list(&s.pool, &s.lockout).await? })))
 }
 
 /// Adds a user (admin).
@@ -537,7 +546,7 @@ pub async fn add_account(
             )
             .await?;
             tracing::info!(user = %b.username, role = %b.role, by = %caller.actor.id, "user added");
-            account(&s.pool, &b.username).await
+            account(&s, &b.username).await
         })
         .await,
     )
@@ -648,7 +657,7 @@ pub async fn change_own_password(
             }
             refreshed(&s).await;
             tracing::info!(user = %user, "password changed by its user");
-            account(&s.pool, user).await
+            account(&s, user).await
         })
         .await,
     )
@@ -713,7 +722,7 @@ pub async fn change_account(
             }
             refreshed(&s).await;
             tracing::info!(user = %user, change, by = %caller.actor.id, "user account changed");
-            account(&s.pool, &user).await
+            account(&s, &user).await
         })
         .await,
     )
