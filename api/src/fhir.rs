@@ -1,6 +1,7 @@
 //! The ledger's results as HL7 FHIR R4 resources (4.0.1): an `Observation` per result,
 //! a `DiagnosticReport` per order (what was released of it), the `Patient` they are of,
-//! `searchset` `Bundle`s of them, and the server's `CapabilityStatement`.
+//! `searchset` `Bundle`s of them, and the server's `CapabilityStatement` (orders and
+//! specimens: [`crate::fhir_orders`]).
 //!
 //! Pure mapping, no I/O: the HTTP handlers (`http::fhir`) read the results model and
 //! hand each row here. What a clinician's system must not misread is the status: a
@@ -19,13 +20,13 @@ pub const FHIR_VERSION: &str = "4.0.1";
 /// The media type of every FHIR answer.
 pub const FHIR_JSON: &str = "application/fhir+json";
 
-const LOINC: &str = "http://loinc.org";
+pub(crate) const LOINC: &str = "http://loinc.org";
 const UCUM: &str = "http://unitsofmeasure.org";
 const CATEGORY: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
 const INTERPRETATION: &str = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation";
 /// Identifiers of the ledger's own objects (results, patients, specimens, orders) are
 /// their UUIDs, written as URNs (RFC 4122), the form FHIR names for them.
-const URI: &str = "urn:ietf:rfc:3986";
+pub(crate) const URI: &str = "urn:ietf:rfc:3986";
 
 /// One row of the results model, as the handlers read it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -114,12 +115,12 @@ fn quantity(value: f64, unit: &str) -> Value {
 
 /// The patient a result or report is of: `Patient/{id}` (served here), and the ledger's
 /// id as an identifier for a system that keeps references apart from ids.
-fn subject(patient: Uuid) -> Value {
+pub(crate) fn subject(patient: Uuid) -> Value {
     json!({ "reference": format!("Patient/{patient}"), "type": "Patient",
             "identifier": { "system": URI, "value": format!("urn:uuid:{patient}") } })
 }
 
-fn by_user(user: &str) -> Value {
+pub(crate) fn by_user(user: &str) -> Value {
     json!({ "display": user })
 }
 
@@ -133,14 +134,14 @@ pub fn observation(r: &ResultRow) -> Value {
         "id": r.result_id,
         "meta": { "lastUpdated": r.updated_at.to_rfc3339() },
         "identifier": [{ "system": URI, "value": format!("urn:uuid:{}", r.result_id) }],
-        "basedOn": [{ "type": "ServiceRequest",
+        "basedOn": [{ "reference": format!("ServiceRequest/{}", r.order_id), "type": "ServiceRequest",
                       "identifier": { "system": URI, "value": format!("urn:uuid:{}", r.order_id) } }],
         "status": status,
         "category": [{ "coding": [{ "system": CATEGORY, "code": "laboratory", "display": "Laboratory" }] }],
         "code": code,
         "subject": subject(r.patient_id),
         "effectiveDateTime": r.collected_at.to_rfc3339(),
-        "specimen": { "type": "Specimen",
+        "specimen": { "reference": format!("Specimen/{}", r.sample_id), "type": "Specimen",
                       "identifier": { "system": URI, "value": format!("urn:uuid:{}", r.sample_id) } },
     });
     if let Some(at) = r.issued() {
@@ -307,7 +308,8 @@ pub fn diagnostic_report(order: &OrderRow, tests: &[&OrderTest], results: &[&Res
             { "system": URI, "value": order_uri },
             { "type": { "text": "Order number" }, "value": order.order_number },
         ],
-        "basedOn": [{ "type": "ServiceRequest", "identifier": { "system": URI, "value": order_uri } }],
+        "basedOn": [{ "reference": format!("ServiceRequest/{}", order.order_id), "type": "ServiceRequest",
+                      "identifier": { "system": URI, "value": order_uri } }],
         "status": report_status(&open, results),
         "category": [{ "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/v2-0074",
                                     "code": "LAB", "display": "Laboratory" }] }],
@@ -329,6 +331,15 @@ pub fn diagnostic_report(order: &OrderRow, tests: &[&OrderTest], results: &[&Res
     releasers.dedup();
     if !releasers.is_empty() {
         report["performer"] = Value::Array(releasers.into_iter().map(by_user).collect());
+    }
+    let mut specimens: Vec<Uuid> = issued.iter().map(|r| r.sample_id).collect();
+    specimens.sort_unstable();
+    specimens.dedup();
+    if !specimens.is_empty() {
+        report["specimen"] = specimens
+            .iter()
+            .map(|s| json!({ "reference": format!("Specimen/{s}") }))
+            .collect();
     }
     if !issued.is_empty() {
         report["result"] = issued
@@ -492,7 +503,7 @@ pub fn capability_statement(software_version: &str, built: DateTime<Utc>) -> Val
         "format": ["json"],
         "rest": [{
             "mode": "server",
-            "documentation": "Read-only. A DiagnosticReport per order holds what was released of it. Clinicians see released results and those withdrawn after release (entered-in-error); lab roles see every result. Errors are RFC 9457 problem details; an unsupported search parameter is refused.",
+            "documentation": "Read-only. A ServiceRequest per order (the requisition, its tests listed) and a DiagnosticReport per order holding what was released of it; a Specimen per tube, rejected ones unsatisfactory. Clinicians see released results and those withdrawn after release (entered-in-error); lab roles see every result. Errors are RFC 9457 problem details; an unsupported search parameter is refused.",
             "security": {
                 "description": "A bearer token from POST /auth/login, in the Authorization header."
             },
@@ -500,6 +511,8 @@ pub fn capability_statement(software_version: &str, built: DateTime<Utc>) -> Val
                 resource("DiagnosticReport", &REPORT_SEARCH_PARAMS),
                 resource("Observation", &SEARCH_PARAMS),
                 resource("Patient", &PATIENT_SEARCH_PARAMS),
+                resource("ServiceRequest", &crate::fhir_orders::REQUEST_SEARCH_PARAMS),
+                resource("Specimen", &crate::fhir_orders::SPECIMEN_SEARCH_PARAMS),
             ],
         }],
     })

@@ -3,4 +3,5 @@
 
 pub mod config;
 pub mod fhir;
+pub mod fhir_orders;
 pub mod http;

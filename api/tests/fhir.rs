@@ -829,3 +829,332 @@ async fn results_reports_and_patients_are_served_as_valid_fhir() {
     drop((serve, project));
     db.drop().await;
 }
+
+/// The entries' resources of a Bundle.
+fn resources(bundle: &Value) -> Vec<Value> {
+    bundle["entry"]
+        .as_array()
+        .map(|entries| entries.iter().map(|e| e["resource"].clone()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_and_specimens_are_served_as_valid_fhir() {
+    let db = TestDb::new().await;
+    let mut stack = Stack::new(&db, false);
+    let base = stack.with_api();
+    stack.set("LIS_PUBLIC_URL", PUBLIC.to_string());
+    let serve = stack.spawn("serve", &["serve"]);
+    let project = stack.spawn("project", &["project", "orders", "specimens", "results"]);
+    wait_healthy(&base, &serve, Duration::from_secs(30)).await;
+    let api = ApiClient::new(&base);
+    let reception = token("reception.1", Role::Reception);
+    let phleb = token("phleb.1", Role::Phlebotomist);
+    let tech = token("tech.1", Role::Technologist);
+    let path = token("path.1", Role::Pathologist);
+    let clinician = token("dr.rao", Role::Clinician);
+
+    // A STAT order of three tests, one cancelled; its first tube rejected, a second one
+    // drawn and received, an aliquot split from it; potassium released.
+    let patient_body = json!({"mrn": "MRN-FHIR-SR", "name": "Ravi Kumar", "sex": "male", "date_of_birth": "1971-02-03"});
+    let order = api
+        .ok(
+            &reception,
+            "/orders",
+            json!({
+            "patient": patient_body, "ordering_clinician": "Dr Rao", "priority": "stat",
+            "collection_site": "Emergency", "tests": ["K", "NA", "CL"]}),
+        )
+        .await;
+    api.ok(
+        &reception,
+        &format!("/orders/{order}/tests/CL/cancel"),
+        json!({"reason": "ordered twice"}),
+    )
+    .await;
+    let tube = |accession: &str| {
+        json!({"order_id": order, "accession_number": accession, "specimen_type": "serum",
+               "container": "red/SST", "tests": ["K", "NA"]})
+    };
+    let first = api.ok(&phleb, "/samples", tube("ACC-FHIR-SR1")).await;
+    api.ok(
+        &tech,
+        &format!("/samples/{first}/reject"),
+        json!({"reason": "haemolysed", "detail": "grossly pink"}),
+    )
+    .await;
+    let second = api.ok(&phleb, "/samples", tube("ACC-FHIR-SR2")).await;
+    api.ok(&tech, &format!("/samples/{second}/receive"), json!({}))
+        .await;
+    let (s, split) = api
+        .post(
+            &tech,
+            &format!("/samples/{second}/aliquots"),
+            &json!({"children": [{"accession_number": "ACC-FHIR-SR2-A1", "tests": ["K"]}]}),
+        )
+        .await;
+    assert!(s.is_success(), "{split}");
+    let aliquot = split["children"][0]["id"].as_str().unwrap().to_string();
+    let k = api
+        .ok(
+            &tech,
+            "/results",
+            json!({"sample_id": second, "test_code": "K", "value": numeric(4.2)}),
+        )
+        .await;
+    api.ok(&tech, &format!("/results/{k}/verify"), json!({}))
+        .await;
+    api.ok(&path, &format!("/results/{k}/authorise"), json!({}))
+        .await;
+    // A later order of one test, cancelled whole.
+    let later = api
+        .ok(
+            &reception,
+            "/orders",
+            json!({
+            "patient": patient_body, "ordering_clinician": "Dr Rao", "priority": "routine",
+            "collection_site": "OPD 2", "tests": ["GLU_F"]}),
+        )
+        .await;
+    api.ok(
+        &reception,
+        &format!("/orders/{later}/cancel"),
+        json!({"reason": "the patient had eaten"}),
+    )
+    .await;
+    let projected = |names: &'static [&'static str]| {
+        let (db, serve, project) = (&db, &serve, &project);
+        async move { wait_projected(db, names, Duration::from_secs(60), &[serve, project]).await }
+    };
+    projected(&["orders", "specimens", "results"]).await;
+    let (_, _, placed) = get(&api, Some(&reception), &format!("/orders/{order}")).await;
+    let patient = placed["patient_id"].as_str().unwrap().to_string();
+    let order_number = placed["order_number"].as_str().unwrap().to_string();
+
+    // The order: active (sodium still to come), STAT, its two open tests listed and
+    // coded, the cancelled one noted, its three tubes referred to.
+    let (s, kind, request) = get(
+        &api,
+        Some(&clinician),
+        &format!("/fhir/ServiceRequest/{order}"),
+    )
+    .await;
+    assert_eq!(
+        (s, kind.as_str()),
+        (StatusCode::OK, "application/fhir+json"),
+        "{request}"
+    );
+    assert_eq!(
+        (&request["status"], &request["intent"], &request["priority"]),
+        (&json!("active"), &json!("order"), &json!("stat")),
+        "{request}"
+    );
+    assert_eq!(request["requisition"]["value"], order_number.as_str());
+    assert_eq!(request["code"]["text"], "Potassium, Sodium", "{request}");
+    let coded: Vec<&str> = request["orderDetail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["coding"][0]["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(coded, ["2823-3", "2951-2"], "{request}");
+    assert_eq!(
+        request["note"][0]["text"], "Chloride cancelled: ordered twice",
+        "{request}"
+    );
+    let tubes: Vec<&str> = request["specimen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["reference"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tubes,
+        [
+            format!("Specimen/{first}"),
+            format!("Specimen/{second}"),
+            format!("Specimen/{aliquot}")
+        ],
+        "{request}"
+    );
+    // The patient's orders, newest first: the cancelled one is revoked.
+    let search = format!("/fhir/ServiceRequest?patient={patient}");
+    let (s, _, requests) = get(&api, Some(&clinician), &search).await;
+    assert_eq!(s, StatusCode::OK, "{requests}");
+    let found = resources(&requests);
+    assert_eq!(requests["total"], 2, "{requests}");
+    assert_eq!(
+        (found[0]["id"].as_str(), found[0]["status"].as_str()),
+        (Some(later.as_str()), Some("revoked")),
+        "{requests}"
+    );
+    assert_eq!(
+        found[0]["code"]["coding"][0]["code"], "1558-6",
+        "{requests}"
+    );
+    assert_eq!(found[1], request, "the search and the read agree");
+    let by_number = format!(
+        "/fhir/ServiceRequest?patient={patient}&requisition={}",
+        order_number.to_lowercase()
+    );
+    let (_, _, one) = get(&api, Some(&clinician), &by_number).await;
+    assert_eq!(
+        (
+            one["total"].as_i64(),
+            resources(&one).first().map(|r| r["id"].clone())
+        ),
+        (Some(1), Some(json!(order))),
+        "{one}"
+    );
+
+    // The tubes: the rejected one unsatisfactory, with its reason coded and a
+    // recollection asked for; the aliquot names its parent.
+    let (s, _, rejected) = get(&api, Some(&clinician), &format!("/fhir/Specimen/{first}")).await;
+    assert_eq!(s, StatusCode::OK, "{rejected}");
+    assert_eq!(rejected["status"], "unsatisfactory", "{rejected}");
+    assert_eq!(rejected["condition"][0]["coding"][0]["code"], "HEM");
+    assert_eq!(
+        rejected["note"][0]["text"],
+        "Rejected on receipt, not tested: haemolysed (grossly pink); a recollection was requested",
+        "{rejected}"
+    );
+    assert_eq!(
+        rejected["request"][0]["reference"],
+        format!("ServiceRequest/{order}")
+    );
+    let (_, _, child) = get(&api, Some(&clinician), &format!("/fhir/Specimen/{aliquot}")).await;
+    assert_eq!(
+        (&child["status"], &child["parent"][0]["reference"]),
+        (&json!("available"), &json!(format!("Specimen/{second}"))),
+        "{child}"
+    );
+    let pages = follow(
+        &api,
+        &clinician,
+        &format!("/fhir/Specimen?_count=2&patient=Patient/{patient}"),
+        3,
+    )
+    .await;
+    assert_eq!(pages.len(), 2, "{pages:?}");
+    let drawn: Vec<String> = pages
+        .iter()
+        .flat_map(resources)
+        .map(|r| {
+            r["accessionIdentifier"]["value"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    // Newest first (an aliquot is as old as its parent).
+    assert_eq!(drawn.len(), 3, "{pages:?}");
+    assert_eq!(drawn[2], "ACC-FHIR-SR1", "{pages:?}");
+    assert!(
+        drawn.contains(&"ACC-FHIR-SR2".to_string())
+            && drawn.contains(&"ACC-FHIR-SR2-A1".to_string()),
+        "{pages:?}"
+    );
+    let (_, _, scanned) = get(&api, Some(&phleb), "/fhir/Specimen?accession=acc-fhir-sr2").await;
+    assert_eq!(
+        (
+            scanned["total"].as_i64(),
+            resources(&scanned).first().map(|r| r["id"].clone())
+        ),
+        (Some(1), Some(json!(second))),
+        "{scanned}"
+    );
+    // The released Observation's references lead to its order and its tube.
+    let (_, _, observation) = get(&api, Some(&clinician), &format!("/fhir/Observation/{k}")).await;
+    for pointer in ["/basedOn/0/reference", "/specimen/reference"] {
+        let to = observation
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap();
+        let (s, _, there) = get(&api, Some(&clinician), &format!("/fhir/{to}")).await;
+        assert_eq!(s, StatusCode::OK, "{to}: {there}");
+    }
+    // Refused, by name: no patient and no accession, a bad one, an unsupported parameter.
+    for (path, pointer) in [
+        ("/fhir/Specimen".to_string(), "/patient"),
+        (
+            "/fhir/Specimen?accession=no%20such".to_string(),
+            "/accession",
+        ),
+        (
+            format!("/fhir/Specimen?patient={patient}&type=serum"),
+            "/type",
+        ),
+        (
+            format!("/fhir/ServiceRequest?patient={patient}&requisition=x"),
+            "/requisition",
+        ),
+        (
+            "/fhir/ServiceRequest?requisition=ORD-1".to_string(),
+            "/patient",
+        ),
+    ] {
+        let (s, _, problem) = get(&api, Some(&clinician), &path).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {problem}");
+        if !pointer.is_empty() {
+            assert_eq!(
+                problem["errors"][0]["pointer"], pointer,
+                "{path}: {problem}"
+            );
+        }
+    }
+    for path in [
+        "/fhir/Specimen/0b4a9a5e-1111-4c3a-9d7e-2d2c4c9a0002",
+        "/fhir/ServiceRequest/nope",
+    ] {
+        let (s, _, _) = get(&api, Some(&clinician), path).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}");
+    }
+
+    // Sodium released: the order is completed.
+    let na = api
+        .ok(
+            &tech,
+            "/results",
+            json!({"sample_id": second, "test_code": "NA", "value": {"kind": "numeric", "value": 139, "unit": "mmol/L"}}),
+        )
+        .await;
+    api.ok(&tech, &format!("/results/{na}/verify"), json!({}))
+        .await;
+    api.ok(&path, &format!("/results/{na}/authorise"), json!({}))
+        .await;
+    projected(&["orders"]).await;
+    let (_, _, done) = get(
+        &api,
+        Some(&clinician),
+        &format!("/fhir/ServiceRequest/{order}"),
+    )
+    .await;
+    assert_eq!(done["status"], "completed", "{done}");
+
+    // Every answer is valid FHIR R4 to HAPI FHIR's validator.
+    let dir = stack.logs.join("fhir-orders");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = Vec::new();
+    for (name, v) in [
+        ("request", &request),
+        ("request-completed", &done),
+        ("requests-bundle", &requests),
+        ("specimen-rejected", &rejected),
+        ("specimen-aliquot", &child),
+        ("specimens-page", &pages[0]),
+        ("specimen-scanned", &scanned),
+        ("observation-with-references", &observation),
+    ] {
+        let file = dir.join(format!("{name}.json"));
+        std::fs::write(&file, serde_json::to_vec_pretty(v).unwrap()).unwrap();
+        files.push(file);
+    }
+    let (valid, report) = fhir_check(&files);
+    assert!(valid, "HAPI FHIR's validator found errors:\n{report}");
+    assert!(
+        report.contains(&format!("files: {}, errors: 0", files.len())),
+        "{report}"
+    );
+    drop((serve, project));
+    db.drop().await;
+}

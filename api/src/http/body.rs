@@ -1,7 +1,7 @@
 //! Reading request bodies: malformed JSON is a 400; JSON of the wrong shape or with an
 //! invalid value is a 422 naming the field by JSON pointer.
 
-use super::problem::{path_pointer, pointer_token, FieldProblem, Problem};
+use super::problem::{pointer_token, serde_problem, FieldProblem, Problem};
 use serde::de::DeserializeOwned;
 
 /// Parses `bytes` as `T`.
@@ -20,11 +20,16 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
             detail: "text must not contain the NUL character (\\u0000)".into(),
         }]));
     }
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        Problem::invalid(vec![FieldProblem {
-            pointer: path_pointer(e.path()),
-            detail: clean(&e.into_inner().to_string()),
-        }])
+    serde_path_to_error::deserialize(&value).map_err(|e| {
+        let path = e.path().clone();
+        let in_object = value
+            .pointer(&super::problem::path_pointer(&path))
+            .is_some_and(serde_json::Value::is_object);
+        Problem::invalid(vec![serde_problem(
+            &path,
+            clean(&e.into_inner().to_string()),
+            in_object,
+        )])
     })
 }
 
@@ -97,5 +102,13 @@ mod tests {
             (p.status, p.errors[0].pointer.as_str()),
             (422, "/value/unit")
         );
+        // A missing member is named where it belongs; in what is not an object, the
+        // place serde stopped at is.
+        let p = parse::<Amend>(br#"{"reason": "typo", "value": {}}"#).unwrap_err();
+        assert_eq!(p.errors[0].pointer, "/value/unit");
+        let p = parse::<Amend>(br#"{"value": {"unit": "g/L"}}"#).unwrap_err();
+        assert_eq!(p.errors[0].pointer, "/reason");
+        let p = parse::<Amend>(br#"{"reason": "typo", "value": []}"#).unwrap_err();
+        assert_eq!(p.errors[0].pointer, "/value", "{:?}", p.errors);
     }
 }

@@ -75,7 +75,7 @@ struct Found {
     total: i64,
 }
 
-fn fhir_json(v: &Value) -> Response {
+pub(super) fn fhir_json(v: &Value) -> Response {
     (
         [(header::CONTENT_TYPE, fhir::FHIR_JSON)],
         serde_json::to_string(v).unwrap_or_default(),
@@ -238,23 +238,16 @@ pub async fn search_observations(
     .bind(page.map(|c| c.key))
     .fetch_all(&s.pool)
     .await?;
-    let total = match found.first() {
-        Some(f) => f.total,
-        // A page past the last: the matches are counted apart.
-        None if page.is_some() => {
-            sqlx::query_scalar(concat!(
-                matching_results!(observation_filter!()),
-                " SELECT count(*) FROM m"
-            ))
-            .bind(patient.as_uuid())
-            .bind(caller.released_only())
-            .bind(&code)
-            .bind(&statuses)
-            .fetch_one(&s.pool)
-            .await?
-        }
-        None => 0,
-    };
+    let count_all = sqlx::query_scalar(concat!(
+        matching_results!(observation_filter!()),
+        " SELECT count(*) FROM m"
+    ))
+    .bind(patient.as_uuid())
+    .bind(caller.released_only())
+    .bind(&code)
+    .bind(&statuses)
+    .fetch_one(&s.pool);
+    let total = total(found.first().map(|f| f.total), page.is_some(), count_all).await?;
     let (found, next) = cursor::page(found, count as usize, |f| Cursor {
         at: f.row.collected_at,
         key: f.row.result_id,
@@ -278,10 +271,24 @@ pub async fn search_observations(
     ))
 }
 
+/// How many match a search: as the page's first row counted them, or, on a page past
+/// the last (no rows, but a cursor), by `count`, a statement of its own.
+pub(super) async fn total(
+    first: Option<i64>,
+    paged: bool,
+    count: impl std::future::Future<Output = Result<i64, sqlx::Error>>,
+) -> Result<i64, Problem> {
+    Ok(match first {
+        Some(total) => total,
+        None if paged => count.await?,
+        None => 0,
+    })
+}
+
 /// A search's answer: `resources`, then `included`, as a `searchset` Bundle of `total`
 /// matches, found at `path` (its parameters but the page) from `pages.0` and going on
 /// at `pages.1`.
-fn bundle(
+pub(super) fn bundle(
     s: &AppState,
     path: &str,
     pages: (Option<Cursor<uuid::Uuid>>, Option<Cursor<uuid::Uuid>>),
@@ -385,7 +392,8 @@ struct OrderFound {
     total: i64,
 }
 
-/// The orders matching `$where` as [`fhir::OrderRow`]s: those on the page (`$page`, then
+/// The orders matching `$where` as [`fhir::OrderRow`]s (for reports) or
+/// [`crate::fhir_orders::RequestRow`]s (for requests): those on the page (`$page`, then
 /// `$tail`), each with the count of every match.
 macro_rules! order_rows {
     ($where:literal, $page:literal, $tail:literal) => {
@@ -393,8 +401,8 @@ macro_rules! order_rows {
             "WITH m AS (SELECT * FROM proj_orders.orders WHERE ",
             $where,
             ")
-             SELECT order_id, order_number, patient_id, placed_at, updated_at,
-                    (SELECT count(*) FROM m) AS total
+             SELECT order_id, order_number, patient_id, priority, ordering_clinician,
+                    collection_site, status, placed_at, updated_at, (SELECT count(*) FROM m) AS total
                FROM m WHERE ",
             $page,
             $tail
@@ -456,17 +464,11 @@ pub async fn search_reports(
     .bind(page.map(|c| c.key))
     .fetch_all(&s.pool)
     .await?;
-    let total = match orders.first() {
-        Some(o) => o.total,
-        // A page past the last: the matches are counted apart.
-        None if page.is_some() => {
-            sqlx::query_scalar("SELECT count(*) FROM proj_orders.orders WHERE patient_id = $1")
-                .bind(patient.as_uuid())
-                .fetch_one(&s.pool)
-                .await?
-        }
-        None => 0,
-    };
+    let count_all =
+        sqlx::query_scalar("SELECT count(*) FROM proj_orders.orders WHERE patient_id = $1")
+            .bind(patient.as_uuid())
+            .fetch_one(&s.pool);
+    let total = total(orders.first().map(|o| o.total), page.is_some(), count_all).await?;
     let (orders, next) = cursor::page(orders, count as usize, |o| Cursor {
         at: o.order.placed_at,
         key: o.order.order_id,

@@ -23,7 +23,9 @@ pub mod body;
 mod body_properties;
 pub mod commands;
 mod cursor;
+#[macro_use]
 pub mod fhir;
+pub mod fhir_orders;
 mod fhir_search;
 pub mod idempotency;
 pub mod limits;
@@ -171,6 +173,16 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir/DiagnosticReport/{id}", get(fhir::report))
         .route("/fhir/Patient", get(fhir::search_patients))
         .route("/fhir/Patient/{id}", get(fhir::patient))
+        .route(
+            "/fhir/ServiceRequest",
+            get(fhir_orders::search_service_requests),
+        )
+        .route(
+            "/fhir/ServiceRequest/{id}",
+            get(fhir_orders::service_request),
+        )
+        .route("/fhir/Specimen", get(fhir_orders::search_specimens))
+        .route("/fhir/Specimen/{id}", get(fhir_orders::specimen))
         .route("/audit/actors/{user}", get(audit::activity))
         .route("/audit/verification", get(audit::verification))
         .route("/audit/break-glass", get(audit::break_glass))

@@ -10,7 +10,7 @@
 use super::commands as c;
 use super::queries as q;
 use super::users as u;
-use super::{analytics, audit, fhir, privacy, stream, Login, Token};
+use super::{analytics, audit, fhir, fhir_orders, privacy, stream, Login, Token};
 use axum::http::StatusCode;
 use axum::Json;
 use lis_domain::result::CriticalNotification;
@@ -185,6 +185,10 @@ pub const ENDPOINTS: &[Endpoint] = &[
     get("/fhir/DiagnosticReport/{id}", "FHIR R4: one order's report (id: the order's id)", "fhir"),
     get("/fhir/Patient", "FHIR R4: the patient with a medical record number (identifier), for a clinician's system to find the ledger's id of its patient; identity as GET /patients/{id} shows it to the caller's role (masked for auditors and admins unless an auditor gives a Break-Glass-Reason, which is logged)", "fhir").query::<fhir::PatientSearch>(),
     get("/fhir/Patient/{id}", "FHIR R4: one patient, by the ledger's id (410 once erased)", "fhir"),
+    get("/fhir/ServiceRequest", "FHIR R4: a patient's orders as ServiceRequests, one per requisition (its tests listed; active, completed or revoked), the most recently placed first (patient, requisition = the order number, _count)", "fhir").query::<fhir_orders::RequestSearch>(),
+    get("/fhir/ServiceRequest/{id}", "FHIR R4: one order as a ServiceRequest (id: the order's id)", "fhir"),
+    get("/fhir/Specimen", "FHIR R4: a patient's tubes and aliquots as Specimens (a rejected one unsatisfactory, with the reason and whether a recollection was asked for), the most recently collected first (patient or accession, _count)", "fhir").query::<fhir_orders::SpecimenSearch>(),
+    get("/fhir/Specimen/{id}", "FHIR R4: one tube or aliquot as a Specimen", "fhir"),
     get("/fhir/Observation/{id}", "FHIR R4: one result as an Observation (preliminary, registered, final, amended, cancelled or entered-in-error; clinicians: released results and those withdrawn after release)", "fhir"),
     get("/audit/{kind}/{id}", "Full history with actors, reasons and field diffs; as_of for the state at an instant; format=csv", "audit").query::<audit::HistoryQuery>(),
     get("/audit/verification", "Recompute every hash chain and check the audit seals now", "audit"),

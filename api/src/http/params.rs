@@ -3,7 +3,7 @@
 //! character, which PostgreSQL can store in no text, is refused the same way.
 
 use super::body::clean;
-use super::problem::{path_pointer, pointer_token, FieldProblem, Problem};
+use super::problem::{pointer_token, serde_problem, FieldProblem, Problem};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -33,10 +33,13 @@ pub fn parse<T: DeserializeOwned>(query: &str) -> Result<T, Problem> {
         }]));
     }
     serde_path_to_error::deserialize(serde_urlencoded::Deserializer::new(pairs)).map_err(|e| {
-        Problem::invalid(vec![FieldProblem {
-            pointer: path_pointer(e.path()),
-            detail: clean(&e.into_inner().to_string()),
-        }])
+        let path = e.path().clone();
+        // A query string is one object of parameters.
+        Problem::invalid(vec![serde_problem(
+            &path,
+            clean(&e.into_inner().to_string()),
+            true,
+        )])
     })
 }
 
@@ -104,6 +107,16 @@ mod tests {
         let (pointer, detail) = only_problem(&p);
         assert_eq!(pointer, "/department");
         assert!(detail.contains("NUL"), "{detail}");
+    }
+
+    #[test]
+    fn a_missing_parameter_is_named_by_its_own_pointer() {
+        let p = parse::<Range>("department=BIOCHEMISTRY").unwrap_err();
+        let (pointer, detail) = only_problem(&p);
+        assert_eq!(
+            (pointer.as_str(), detail.as_str()),
+            ("/from", "missing field `from`")
+        );
     }
 
     #[test]

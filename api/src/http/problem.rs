@@ -79,6 +79,29 @@ pub fn path_pointer(path: &serde_path_to_error::Path) -> String {
     out
 }
 
+/// The problem serde found at `path`, saying `message`: a member missing from an object
+/// (`in_object`: the value at `path` is one) is named by its own pointer (`/patient`),
+/// not its parent's.
+pub fn serde_problem(
+    path: &serde_path_to_error::Path,
+    message: String,
+    in_object: bool,
+) -> FieldProblem {
+    let mut pointer = path_pointer(path);
+    if let Some(name) = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name)
+        .filter(|_| in_object)
+    {
+        pointer.push_str(&format!("/{}", pointer_token(name)));
+    }
+    FieldProblem {
+        pointer,
+        detail: message,
+    }
+}
+
 /// A member name as one JSON pointer token (RFC 6901: `~` is `~0`, `/` is `~1`).
 pub fn pointer_token(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
