@@ -233,6 +233,28 @@ fn query_parameters_are_those_the_handlers_read() {
         [("min_position".to_string(), false)]
     );
     assert_eq!(params("/critical-results"), [("limit".to_string(), false)]);
+    let named = |list: &[(&str, bool)]| -> Vec<(String, bool)> {
+        list.iter().map(|(n, r)| (n.to_string(), *r)).collect()
+    };
+    // FHIR searches: the patient, or for a tube its accession number alone.
+    assert_eq!(
+        params("/fhir/Specimen"),
+        named(&[
+            ("patient", false),
+            ("accession", false),
+            ("_count", false),
+            ("_page", false)
+        ])
+    );
+    assert_eq!(
+        params("/fhir/ServiceRequest"),
+        named(&[
+            ("patient", true),
+            ("requisition", false),
+            ("_count", false),
+            ("_page", false)
+        ])
+    );
     let as_of = &doc["paths"]["/audit/{kind}/{id}"]["get"]["parameters"]
         .as_array()
         .unwrap()

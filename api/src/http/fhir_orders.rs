@@ -235,7 +235,7 @@ pub struct SpecimenSearch {
     #[schemars(extend("pattern" = PATIENT_PATTERN))]
     pub patient: Option<String>,
     /// The tube's accession number (its barcode).
-    #[schemars(with = "AccessionNumber")]
+    #[schemars(with = "Option<AccessionNumber>")]
     pub accession: Option<String>,
     /// How many to send, the most recently collected first: 1 to 1000 (default 100).
     /// `Bundle.total` says how many match in all; a `next` link leads on.
