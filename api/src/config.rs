@@ -33,7 +33,7 @@
 //! | `LIS_MAX_IN_FLIGHT` | `256` | requests `serve` handles at once; beyond, 503 at once with Retry-After (0 = no bound) |
 //! | `LIS_CORS_ORIGINS` | unset | comma-separated browser origins allowed to call the API |
 //! | `LIS_PUBLIC_URL` | unset | the address clients reach the API at (`https://lis.example.org`, no path): FHIR bundles then carry absolute `fullUrl`s and links; unset, `urn:uuid:` ones and relative links |
-//! | `LIS_LOGIN_LOCK_AFTER` / `LIS_LOGIN_LOCK_SECS` | `5` / `900` | failed log-ins within how many seconds that lock an account until the oldest of them is that old, or an administrator resets its password (0 failures = never lock) |
+//! | `LIS_LOGIN_LOCK_AFTER` / `LIS_LOGIN_LOCK_SECS` | `5` / `900` | failed log-ins within how many seconds (at most a year) that lock an account until the oldest of them is that old, or an administrator resets its password (0 failures = never lock) |
 //! | `LIS_RATE_PER_ADDRESS` / `LIS_RATE_PER_USER` | `1200` / `600` | requests a minute per client address / per user (0 = off) |
 //! | `LIS_PROJECT_BATCH` | `500` | events a projection worker applies per transaction at most |
 //! | `LIS_PROJECT_LINGER_MS` | `10` | how long a projection worker lets the next batch fill after a part-full one (single-node: from that batch's read; 0 = not at all) |
@@ -295,7 +295,15 @@ impl Config {
                 .collect(),
             rate_per_user: whole(vars, "LIS_RATE_PER_USER", "600")?,
             login_lock_after: whole(vars, "LIS_LOGIN_LOCK_AFTER", "5")?,
-            login_lock_secs: number(vars, "LIS_LOGIN_LOCK_SECS", "900")?,
+            login_lock_secs: match number(vars, "LIS_LOGIN_LOCK_SECS", "900")? {
+                n if n > 366 * 24 * 3600 => {
+                    return Err(ConfigError {
+                        variable: "LIS_LOGIN_LOCK_SECS",
+                        message: format!("{n} is more than a year"),
+                    })
+                }
+                n => n,
+            },
             public_url: public_url(vars.get("LIS_PUBLIC_URL").map(String::as_str))?,
             max_in_flight: match whole(vars, "LIS_MAX_IN_FLIGHT", "256")? {
                 n if n > tokio::sync::Semaphore::MAX_PERMITS => {
@@ -394,6 +402,12 @@ mod tests {
         assert_eq!(
             Config::from_vars(&vars).unwrap_err().variable,
             "LIS_PROJECT_BATCH"
+        );
+        // A lock-out window the database could not add to a time.
+        let vars = HashMap::from([("LIS_LOGIN_LOCK_SECS".to_string(), "31708800".to_string())]);
+        assert_eq!(
+            Config::from_vars(&vars).unwrap_err().variable,
+            "LIS_LOGIN_LOCK_SECS"
         );
         let vars = HashMap::from([("LIS_FOUR_EYES".to_string(), "maybe".to_string())]);
         assert_eq!(

@@ -36,6 +36,8 @@ pub struct RequestedTest {
     /// `to_collect`, `to_receive`, `to_result`, `to_verify`, `to_authorise`, `released`,
     /// `retracted` or `cancelled`.
     pub stage: String,
+    /// Since when it has been at that stage.
+    pub stage_since: DateTime<Utc>,
     pub cancelled_reason: Option<String>,
 }
 
@@ -87,8 +89,20 @@ const LAB_PROCEDURE: (&str, &str, &str) = (
 /// `code`; several are named together in `code.text` and each coded in `orderDetail`.
 /// Cancelled tests are left out of both (unless every test was: then what was asked
 /// for is still said) and named, with the reason, in a note. `specimens` are the tubes
-/// collected for it.
-pub fn service_request(o: &RequestRow, tests: &[&RequestedTest], specimens: &[Uuid]) -> Value {
+/// collected for it, each with when it last changed: the request was last updated when
+/// the order, a test's stage or a tube last changed.
+pub fn service_request(
+    o: &RequestRow,
+    tests: &[&RequestedTest],
+    specimens: &[(Uuid, DateTime<Utc>)],
+) -> Value {
+    let last_updated = tests
+        .iter()
+        .map(|t| t.stage_since)
+        .chain(specimens.iter().map(|(_, at)| *at))
+        .chain([o.updated_at])
+        .max()
+        .unwrap_or(o.updated_at);
     let mut asked: Vec<&&RequestedTest> = tests.iter().filter(|t| t.stage != "cancelled").collect();
     if asked.is_empty() {
         asked = tests.iter().collect();
@@ -96,7 +110,7 @@ pub fn service_request(o: &RequestRow, tests: &[&RequestedTest], specimens: &[Uu
     let mut r = json!({
         "resourceType": "ServiceRequest",
         "id": o.order_id,
-        "meta": { "lastUpdated": o.updated_at.to_rfc3339() },
+        "meta": { "lastUpdated": last_updated.to_rfc3339() },
         "identifier": [{ "system": URI, "value": format!("urn:uuid:{}", o.order_id) }],
         "requisition": { "type": { "text": "Order number" }, "value": o.order_number },
         "status": request_status(&o.status, tests),
@@ -124,7 +138,7 @@ pub fn service_request(o: &RequestRow, tests: &[&RequestedTest], specimens: &[Uu
     if !specimens.is_empty() {
         r["specimen"] = specimens
             .iter()
-            .map(|s| json!({ "reference": format!("Specimen/{s}") }))
+            .map(|(s, _)| json!({ "reference": format!("Specimen/{s}") }))
             .collect();
     }
     let cancelled: Vec<Value> = tests
@@ -281,6 +295,7 @@ mod tests {
             loinc: Some("2823-3".into()),
             name: Some(code.into()),
             stage: stage.into(),
+            stage_since: "2026-03-03T10:00:00Z".parse().unwrap(),
             cancelled_reason: (stage == "cancelled").then(|| "duplicate request".into()),
         }
     }
@@ -327,7 +342,17 @@ mod tests {
         assert_eq!(one.get("orderDetail"), None);
         assert_eq!(one["note"][0]["text"], "CL cancelled: duplicate request");
         assert_eq!(one["priority"], "stat");
-        let two = service_request(&order, &[&k, &na, &cl], &[Uuid::from_u128(3)]);
+        let drawn: DateTime<Utc> = "2026-03-03T11:00:00Z".parse().unwrap();
+        let two = service_request(&order, &[&k, &na, &cl], &[(Uuid::from_u128(3), drawn)]);
+        assert_eq!(
+            two["meta"]["lastUpdated"],
+            drawn.to_rfc3339(),
+            "the latest change"
+        );
+        assert_eq!(
+            one["meta"]["lastUpdated"], "2026-03-03T10:00:00+00:00",
+            "a test's stage"
+        );
         assert_eq!(two["code"], json!({ "text": "K, NA" }));
         assert_eq!(two["orderDetail"].as_array().map(Vec::len), Some(2));
         assert_eq!(

@@ -580,6 +580,7 @@ fn lockout(config: &Config) -> lis_api::http::lockout::Lockout {
     lis_api::http::lockout::Lockout {
         after: config.login_lock_after,
         window: std::time::Duration::from_secs(config.login_lock_secs),
+        gate: Default::default(),
     }
 }
 

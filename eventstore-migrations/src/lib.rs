@@ -76,10 +76,31 @@ pub async fn bootstrap(admin_url: &str, database: &str) -> Result<(), MigrationE
         }
         // To see when other roles' transactions began: the auditors' pages by time stop
         // before the oldest one still running (`api/src/http/settled.rs`). Read-only
-        // statistics; granted again on every run, for clusters made before it.
-        sqlx::query(&format!("GRANT pg_read_all_stats TO {APP_ROLE}"))
-            .execute(&mut conn)
-            .await?;
+        // statistics; granted on any run that finds it missing, for clusters made before
+        // it. A bootstrap role that may not grant it (CREATEROLE without ADMIN OPTION on
+        // it, PostgreSQL 16 on) warns instead: `serve` then says so too.
+        let granted: bool =
+            sqlx::query_scalar("SELECT pg_has_role($1, 'pg_read_all_stats', 'USAGE')")
+                .bind(APP_ROLE)
+                .fetch_one(&mut conn)
+                .await?;
+        if !granted {
+            let grant = sqlx::query(&format!("GRANT pg_read_all_stats TO {APP_ROLE}"))
+                .execute(&mut conn)
+                .await;
+            match grant {
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => {
+                    tracing::warn!(
+                        "could not grant pg_read_all_stats to {APP_ROLE} ({e}): grant it as a \
+                         superuser, or the auditors' pages by time answer 503 while another \
+                         role's session is connected"
+                    );
+                }
+                other => {
+                    other?;
+                }
+            }
+        }
         let exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
                 .bind(database)

@@ -48,7 +48,7 @@ struct RequestFound {
 async fn requests(s: &AppState, orders: &[RequestFound]) -> Result<Vec<Value>, Problem> {
     let ids: Vec<Uuid> = orders.iter().map(|o| o.order.order_id).collect();
     let tests: Vec<RequestedTest> = sqlx::query_as(
-        "SELECT s.order_id, s.test_code, c.loinc, c.name, s.stage, s.cancelled_reason
+        "SELECT s.order_id, s.test_code, c.loinc, c.name, s.stage, s.stage_since, s.cancelled_reason
            FROM proj_orders.order_test_status s
            LEFT JOIN catalogue_tests c ON c.version = s.catalogue_version AND c.code = s.test_code
           WHERE s.order_id = ANY ($1)
@@ -57,8 +57,8 @@ async fn requests(s: &AppState, orders: &[RequestFound]) -> Result<Vec<Value>, P
     .bind(&ids)
     .fetch_all(&s.pool)
     .await?;
-    let tubes: Vec<(Uuid, Uuid)> = sqlx::query_as(
-        "SELECT order_id, sample_id FROM proj_specimens.specimens WHERE order_id = ANY ($1)
+    let tubes: Vec<(Uuid, Uuid, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT order_id, sample_id, updated_at FROM proj_specimens.specimens WHERE order_id = ANY ($1)
           ORDER BY collected_at, parent_id IS NOT NULL, accession_number",
     )
     .bind(&ids)
@@ -69,10 +69,10 @@ async fn requests(s: &AppState, orders: &[RequestFound]) -> Result<Vec<Value>, P
         .map(|o| {
             let id = o.order.order_id;
             let tests: Vec<&RequestedTest> = tests.iter().filter(|t| t.order_id == id).collect();
-            let tubes: Vec<Uuid> = tubes
+            let tubes: Vec<(Uuid, chrono::DateTime<chrono::Utc>)> = tubes
                 .iter()
-                .filter(|(order, _)| *order == id)
-                .map(|(_, tube)| *tube)
+                .filter(|(order, _, _)| *order == id)
+                .map(|(_, tube, at)| (*tube, *at))
                 .collect();
             map::service_request(&o.order, &tests, &tubes)
         })

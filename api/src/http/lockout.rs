@@ -2,21 +2,27 @@
 //! the last [`Lockout::window`] is refused (429, `Retry-After`) without its password
 //! being checked, until the oldest of them leaves the window, or an administrator resets
 //! its password. Counted in the database from the record of log-ins (migration 0014's
-//! `lis_login_locked_until`), so every instance of `serve` locks alike; two attempts at
-//! the same moment may both be checked, so a few more than `after` can be tried.
+//! `lis_login_locked_until`), so every instance of `serve` locks alike. Within an
+//! instance an account's log-ins take turns ([`Gate`]): a burst of guesses in parallel is
+//! checked one at a time, so the lock stops it at `after`; across N instances up to N
+//! may be checked at once.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::OwnedMutexGuard;
 
 /// When an account locks, and for how long (`LIS_LOGIN_LOCK_AFTER`,
-/// `LIS_LOGIN_LOCK_SECS`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `LIS_LOGIN_LOCK_SECS`), and the turns its log-ins take.
+#[derive(Debug, Clone)]
 pub struct Lockout {
     /// Failed log-ins that lock the account (0: never).
     pub after: u32,
     /// The window they are counted in.
     pub window: Duration,
+    pub gate: Arc<Gate>,
 }
 
 impl Default for Lockout {
@@ -24,6 +30,48 @@ impl Default for Lockout {
         Self {
             after: 5,
             window: Duration::from_secs(15 * 60),
+            gate: Default::default(),
+        }
+    }
+}
+
+/// One log-in of an account at a time, in this instance: a name's turn is held from the
+/// look at its lock to the record of the attempt.
+#[derive(Debug, Default)]
+pub struct Gate(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+/// A log-in's turn for its name; the next attempt at the name waits until it is dropped.
+pub struct Turn<'a> {
+    gate: &'a Gate,
+    name: String,
+    held: Option<OwnedMutexGuard<()>>,
+}
+
+impl Gate {
+    /// Waits for `name`'s turn.
+    pub async fn turn(&self, name: &str) -> Turn<'_> {
+        let lock = {
+            let mut names = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            names.entry(name.to_string()).or_default().clone()
+        };
+        Turn {
+            gate: self,
+            name: name.to_string(),
+            held: Some(lock.lock_owned().await),
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.held.take();
+        let mut names = self.gate.0.lock().unwrap_or_else(|p| p.into_inner());
+        // No one else holds or awaits it (they would hold a clone): forget the name.
+        if names
+            .get(&self.name)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            names.remove(&self.name);
         }
     }
 }
@@ -66,8 +114,8 @@ mod tests {
     fn the_window_reads_as_a_person_would_say_it() {
         let text = |secs| {
             Lockout {
-                after: 5,
                 window: Duration::from_secs(secs),
+                ..Default::default()
             }
             .window_text()
         };
@@ -75,5 +123,18 @@ mod tests {
         assert_eq!(text(60), "a minute");
         assert_eq!(text(90), "90 seconds");
         assert_eq!(text(3), "3 seconds");
+    }
+
+    #[tokio::test]
+    async fn a_names_log_ins_take_turns_and_the_name_is_forgotten_after() {
+        let gate = Gate::default();
+        let first = gate.turn("tech.1").await;
+        let other = gate.turn("path.1").await;
+        let waiting = tokio::time::timeout(Duration::from_millis(50), gate.turn("tech.1")).await;
+        assert!(waiting.is_err(), "a second turn of the same name waits");
+        drop((first, other));
+        let again = gate.turn("tech.1").await;
+        drop(again);
+        assert!(gate.0.lock().unwrap().is_empty());
     }
 }

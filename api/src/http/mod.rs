@@ -411,9 +411,14 @@ async fn login(
         .bind(locked)
         .execute(&s.pool)
     };
+    // The name's turn, from the look at its lock to the record of this attempt.
+    let _turn = s.lockout.gate.turn(name).await;
     if let Some(until) = s.lockout.locked_until(&s.pool, name).await? {
         record(Some(name), false, true).await?;
-        let wait = (until - chrono::Utc::now()).num_seconds().max(1);
+        // Whole seconds, rounded up: a client that waits as told finds it unlocked.
+        let wait = ((until - chrono::Utc::now()).num_milliseconds() + 999)
+            .div_euclid(1000)
+            .max(1);
         tracing::warn!(account = name, %until, "log-in refused: account locked");
         let mut p = Problem::new(
             StatusCode::TOO_MANY_REQUESTS,

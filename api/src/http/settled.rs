@@ -10,7 +10,10 @@
 //! `pg_dump`) can only write later, after now. So every entry older than the earliest
 //! such start, read by a later statement, is there: that is the horizon. A page cut at it
 //! and a cursor never past it cannot step over an entry that commits late (a keyset page
-//! by time would, for good).
+//! by time would, for good). It assumes the database's clock does not step back (NTP
+//! slews it; an operator setting it back by hand would undo the argument) and no
+//! prepared transaction (two-phase commit, which the ledger does not use) is open:
+//! while one is, the horizon is unknown.
 
 use super::problem::Problem;
 use chrono::{DateTime, Utc};
@@ -25,17 +28,30 @@ use sqlx::PgPool;
 /// db init`); without it, while a session of another role is connected, it is unknown:
 /// 503.
 pub async fn horizon(pool: &PgPool) -> Result<DateTime<Utc>, Problem> {
-    let (horizon, hidden): (DateTime<Utc>, i64) = sqlx::query_as(
+    let (horizon, hidden, prepared): (DateTime<Utc>, i64, i64) = sqlx::query_as(
         "SELECT least(now(), min(CASE WHEN backend_xid IS NOT NULL THEN xact_start
                                       WHEN state IN ('active', 'fastpath function call')
                                       THEN query_start END)),
-                count(*) FILTER (WHERE query = '<insufficient privilege>')
+                count(*) FILTER (WHERE query = '<insufficient privilege>'),
+                (SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database())
            FROM pg_stat_activity
           WHERE datname = current_database() AND pid <> pg_backend_pid()
             AND (backend_type = 'client backend' OR query = '<insufficient privilege>')",
     )
     .fetch_one(pool)
     .await?;
+    if prepared > 0 {
+        // Two-phase commit: a prepared transaction is in no session, and its start is
+        // not kept. The ledger prepares none; an operator's would hold these pages.
+        tracing::error!(
+            prepared,
+            "a prepared transaction is open in the database: the auditors' pages by time wait for it"
+        );
+        return Err(Problem::unavailable(
+            "a prepared transaction is open in the database, so recent audit entries may not \
+             be final yet (see the server's log); nothing was read",
+        ));
+    }
     if hidden > 0 {
         tracing::error!(
             sessions = hidden,
