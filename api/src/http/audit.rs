@@ -275,20 +275,17 @@ impl PagedRange {
         }
     }
 
-    /// The cursor `after` ([`Cursor`]); a bad one is a problem at `/after`.
-    fn cursor(&self) -> Result<Option<(DateTime<Utc>, i64)>, Problem> {
+    /// The cursor `after`, read by `parse`; a bad one is a problem at `/after`.
+    fn cursor<T>(&self, parse: impl Fn(&str) -> Option<T>) -> Result<Option<T>, Problem> {
         match &self.after {
             None => Ok(None),
-            Some(text) => Cursor::<i64>::parse(text)
-                .map(|c| Some((c.at, c.key)))
-                .ok_or_else(|| {
-                    Problem::invalid(vec![super::problem::FieldProblem {
-                        pointer: "/after".into(),
-                        detail:
-                            "not a cursor this endpoint gave (use a page's next_after as given)"
-                                .into(),
-                    }])
-                }),
+            Some(text) => parse(text).map(Some).ok_or_else(|| {
+                Problem::invalid(vec![super::problem::FieldProblem {
+                    pointer: "/after".into(),
+                    detail: "not a cursor this endpoint gave (use a page's next_after or resume_after as given)"
+                        .into(),
+                }])
+            }),
         }
     }
 }
@@ -306,11 +303,21 @@ struct Window {
 }
 
 impl PagedRange {
-    /// The page this request asks for, cut at the settled horizon (read now, before the
-    /// page itself), or a problem naming what is wrong with the request.
+    /// The page this request asks for, after a [`Cursor`], cut at the settled horizon
+    /// (read now, before the page itself), or a problem naming what is wrong with the
+    /// request.
     async fn window(&self, pool: &sqlx::PgPool) -> Result<Window, Problem> {
+        let after = self.cursor(|text| Cursor::<i64>::parse(text).map(|c| (c.at, c.key)))?;
+        self.window_after(pool, after).await
+    }
+
+    /// The page this request asks for after `after`, as [`PagedRange::window`] does.
+    async fn window_after(
+        &self,
+        pool: &sqlx::PgPool,
+        after: Option<(DateTime<Utc>, i64)>,
+    ) -> Result<Window, Problem> {
         let limit = self.check()?;
-        let after = self.cursor()?;
         let horizon = settled::horizon(pool).await?;
         Ok(Window {
             limit,
@@ -423,9 +430,23 @@ macro_rules! logins {
     };
 }
 
+/// Where a user's activity goes on: after an event (time and position, as [`Cursor`]
+/// writes them), its lists of other records sent up to a time. Written `<event
+/// cursor>.<microseconds>`.
+type ActivityCursor = ((DateTime<Utc>, i64), DateTime<Utc>);
+
+/// An [`ActivityCursor`] as a page wrote it.
+fn activity_cursor(text: &str) -> Option<ActivityCursor> {
+    let (events, lists) = text.rsplit_once('.')?;
+    let events = Cursor::<i64>::parse(events)?;
+    Some(((events.at, events.key), cursor::time(lists)?))
+}
+
 /// Everything one user did in a time range, oldest first, a page at a time: the events
-/// they wrote, and (on the first page) their break-glass reads of patient identity, the
-/// changes to user accounts they made or that were made to theirs, and their log-ins.
+/// they wrote, and with each page their break-glass reads of patient identity, the
+/// changes to user accounts they made or that were made to theirs, and their log-ins,
+/// from where the previous page's ended up to the page's horizon, so that following the
+/// pages gives each once.
 pub async fn activity(
     State(s): State<AppState>,
     caller: Caller,
@@ -434,7 +455,10 @@ pub async fn activity(
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadAudit)?;
     let user = super::commands::id(&user, ActorId::parse, "user")?.to_string();
-    let window = q.window(&s.pool).await?;
+    let after = q.cursor(activity_cursor)?;
+    let window = q
+        .window_after(&s.pool, after.map(|(events, _)| events))
+        .await?;
     macro_rules! events {
         ($after:literal) => {
             concat!(
@@ -464,31 +488,34 @@ pub async fn activity(
         query = query.bind(at).bind(position);
     }
     let events = page(query.fetch_all(&s.pool).await?, &window);
+    // The lists: from where the previous page's ended (the range's start on the first
+    // page) up to this page's horizon, whole up to MAX_LIMIT each (flagged when cut).
+    let lists_from = after.map_or(q.from, |(_, sent)| sent.max(q.from));
+    let lists_until = lists_from.max(window.end);
+    let cursor = |events: Option<String>| {
+        events.map(|text| format!("{text}.{}", lists_until.timestamp_micros()))
+    };
     let mut answer = json!({
         "actor": user, "from": q.from, "to": q.to, "settled_until": window.end,
-        "events": events.entries, "next_after": events.next_after,
-        "resume_after": events.resume_after,
+        "events": events.entries, "next_after": cursor(events.next_after),
+        "resume_after": cursor(events.resume_after),
     });
-    if window.after.is_none() {
-        // On the first page, up to its horizon, whole up to MAX_LIMIT each (flagged when
-        // cut): their break-glass reads, the user administration they did or that was
-        // done to their own account, and their log-ins.
-        let whole = Window {
-            limit: i64::from(super::params::MAX_LIMIT),
-            ..window
-        };
-        for (key, sql) in [
-            ("break_glass", break_glass_reads!(" AND actor_id = $4")),
-            (
-                "account_changes",
-                user_changes!(" AND (username = $4 OR actor_id = $4)"),
-            ),
-            ("logins", logins!(" AND username = $4")),
-        ] {
-            let found = page_of(&s, [sql, sql], &q, &whole, Some(&user)).await?;
-            answer[key] = json!(found.entries);
-            answer[format!("{key}_truncated")] = json!(found.next_after.is_some());
-        }
+    let lists = Window {
+        limit: i64::from(super::params::MAX_LIMIT),
+        after: None,
+        ..window
+    };
+    for (key, sql) in [
+        ("break_glass", break_glass_reads!(" AND actor_id = $4")),
+        (
+            "account_changes",
+            user_changes!(" AND (username = $4 OR actor_id = $4)"),
+        ),
+        ("logins", logins!(" AND username = $4")),
+    ] {
+        let found = page_of(&s, [sql, sql], lists_from, &lists, Some(&user)).await?;
+        answer[key] = json!(found.entries);
+        answer[format!("{key}_truncated")] = json!(found.next_after.is_some());
     }
     Ok(Json(answer))
 }
@@ -505,19 +532,19 @@ pub async fn break_glass(
 }
 
 /// One page of a table keyed by (time, id): read by `sql[0]` for the first page, by
-/// `sql[1]` after the window's cursor. $1 and $2 are the range (cut at the window's
+/// `sql[1]` after the window's cursor. $1 and $2 are the range (`from`, to the window's
 /// end), $3 the page size plus the look-ahead row, then the cursor ($4, $5) if given,
 /// then `filter` if given.
 async fn page_of(
     s: &AppState,
     sql: [&'static str; 2],
-    range: &PagedRange,
+    from: DateTime<Utc>,
     window: &Window,
     filter: Option<&str>,
 ) -> Result<Page, Problem> {
     let mut query =
         sqlx::query_as::<_, (Value, DateTime<Utc>, i64)>(sql[window.after.is_some() as usize])
-            .bind(range.from)
+            .bind(from)
             .bind(window.end)
             .bind(window.limit + 1);
     if let Some((at, id)) = window.after {
@@ -590,7 +617,7 @@ async fn audit_page(
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadAudit)?;
     let window = q.window(&s.pool).await?;
-    let found = page_of(s, sql, q, &window, None).await?;
+    let found = page_of(s, sql, q.from, &window, None).await?;
     Ok(Json(json!({
         "from": q.from, "to": q.to, "settled_until": window.end, key: found.entries,
         "next_after": found.next_after, "resume_after": found.resume_after,

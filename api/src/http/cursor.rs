@@ -36,14 +36,8 @@ impl<K: Key> Cursor<K> {
     /// ([`lis_domain::services::storable`], so the database can compare with it).
     pub fn parse(text: &str) -> Option<Self> {
         let (micros, key) = text.split_once('.')?;
-        let digits = micros.strip_prefix('-').unwrap_or(micros);
-        if !(1..=18).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
-        lis_domain::services::storable(&at).then_some(())?;
         Some(Self {
-            at,
+            at: time(micros)?,
             key: K::from_text(key)?,
         })
     }
@@ -51,6 +45,17 @@ impl<K: Key> Cursor<K> {
     pub fn text(&self) -> String {
         format!("{}.{}", self.at.timestamp_micros(), self.key)
     }
+}
+
+/// A time as a cursor writes it: microseconds since 1970 as a plain decimal of at most 18
+/// digits (a sign allowed), at a time the ledger stores.
+pub fn time(micros: &str) -> Option<DateTime<Utc>> {
+    let digits = micros.strip_prefix('-').unwrap_or(micros);
+    if !(1..=18).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+    lis_domain::services::storable(&at).then_some(at)
 }
 
 /// A page of `rows` read `limit` + 1 long: its first `limit`, and the cursor of the next
