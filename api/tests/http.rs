@@ -2196,6 +2196,27 @@ async fn failed_log_ins_lock_an_account_for_a_while_and_a_reset_unlocks_it() {
         let (s, _, _) = attempt("nobody.here", "wrong").await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
     }
+    // A name is the account's however it is capitalised, and every spelling of it shares
+    // one count.
+    let (s, token, _) = attempt("ANALYST.1", RIGHT).await;
+    assert_eq!(s, StatusCode::OK, "{token}");
+    assert_eq!(token["role"], "analyst", "{token}");
+    for spelling in ["PHLEB.1", "Phleb.1", "phleb.1"] {
+        assert_eq!(attempt(spelling, "wrong").await.0, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        attempt("phleb.1", RIGHT).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Where an older database holds two names that differ only in case (from before
+    // migration 0013), neither is guessed at: each logs in only as written.
+    api.db
+        .tamper(&["INSERT INTO users (username, role, password_hash)
+             SELECT 'Admin.1', role, password_hash FROM users WHERE username = 'admin.1'"])
+        .await;
+    assert_eq!(attempt("ADMIN.1", RIGHT).await.0, StatusCode::UNAUTHORIZED);
+    let (s, token, _) = attempt("Admin.1", RIGHT).await;
+    assert_eq!((s, &token["role"]), (StatusCode::OK, &json!("admin")));
     // A burst of guesses at once is checked one at a time: three, then locked.
     let burst: Vec<_> = (0..10)
         .map(|_| tokio::spawn(attempt("dr.rao", "a guess")))

@@ -314,6 +314,22 @@ pub struct PasswordCheck {
     pub granted_hash: Option<String>,
 }
 
+/// The account a log-in names: the one of that name as written, else the one whose name
+/// differs from it only in case, if there is exactly one (names are unique regardless of
+/// case since migration 0013; an older pair is told apart only as written). `None` when
+/// the name is no account's.
+pub async fn account_named(pool: &PgPool, typed: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT username FROM users WHERE username = $1
+         UNION ALL
+         (SELECT min(username) FROM users WHERE lower(username) = lower($1)
+           HAVING count(*) = 1 AND NOT EXISTS (SELECT FROM users WHERE username = $1))",
+    )
+    .bind(typed)
+    .fetch_optional(pool)
+    .await
+}
+
 /// Checks `password` against `user`'s. Always spends the hashing time, so that a wrong
 /// user name (or a disabled user) cannot be told from a wrong password by timing.
 pub async fn check_password(

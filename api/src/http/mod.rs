@@ -396,7 +396,11 @@ async fn login(
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, Problem> {
     let login: Login = body::parse(&body)?;
-    let name = login.username.trim();
+    let typed = login.username.trim();
+    // The account as stored (`Dr.Rao` typed for `dr.rao`), before anything is counted
+    // under it: every spelling of a name shares one lock-out.
+    let stored = auth::account_named(&s.pool, typed).await?;
+    let name = stored.as_deref().unwrap_or(typed);
     let client_addr = connect.map(|c| c.0 .0.ip().to_string());
     // Every attempt is recorded before it is answered; one naming no account keeps no
     // name (what was typed may be a password). Only accounts have failed log-ins
