@@ -1965,10 +1965,21 @@ async fn an_audit_page_never_steps_over_an_entry_still_being_written() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     // And an order placed meanwhile (its events too are after the open transaction's start).
-    let (s, _) = api
+    let (s, settling) = api
         .post(&reception, "/orders", order_body("MRN-SETTLE"))
         .await;
     assert_eq!(s, StatusCode::CREATED);
+    // Its state as of now is not final while the older transaction is open.
+    let as_of = |at: chrono::DateTime<chrono::Utc>| {
+        format!(
+            "/audit/orders/{}?as_of={}",
+            settling["id"].as_str().unwrap(),
+            at.format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        )
+    };
+    let (s, unsettled) = api.get(&auditor, &as_of(chrono::Utc::now())).await;
+    assert_eq!(s, StatusCode::OK, "{unsettled}");
+    assert_eq!(unsettled["as_of_settled"], false, "{unsettled}");
     // The page stops where entries may still be committing: the committed log-in after
     // the open transaction's start is not shown yet, and the page says where to resume.
     let (s, first) = api
@@ -1998,6 +2009,10 @@ async fn an_audit_page_never_steps_over_an_entry_still_being_written() {
     let path_resume = path_first["resume_after"].as_str().unwrap().to_string();
     // Once it commits, the next page holds both, in the order they were written.
     sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    // (A second back: a statement of the server's own, a poll, may have just begun.)
+    let second_ago = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let (_, settled) = api.get(&auditor, &as_of(second_ago)).await;
+    assert_eq!(settled["as_of_settled"], true, "{settled}");
     let (s, rest) = api
         .get(
             &auditor,

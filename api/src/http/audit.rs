@@ -142,7 +142,16 @@ pub async fn history(
     if let Some(problem) = q.as_of.as_ref().and_then(|at| unstorable(at, "/as_of")) {
         return Err(Problem::invalid(vec![problem]));
     }
+    // Whether every event up to `as_of` is committed (read before them): if not, one
+    // still being written may yet join that state, and asking again may differ.
+    let settled = match q.as_of {
+        Some(at) => Some(at < settled::horizon(&s.pool).await?),
+        None => None,
+    };
     let mut history = history_json(&s, &caller, &kind, &id, q.as_of).await?;
+    if let Some(settled) = settled {
+        history["as_of_settled"] = json!(settled);
+    }
     let view =
         super::privacy::view_for(&s, &caller, &headers, &format!("audit/{kind}/{id}")).await?;
     super::privacy::reveal(&s, &mut history, view).await?;
