@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetches the jars a pom names from Maven Central into a directory, once: again only
 # when the pom changes (its SHA-256 is kept beside the jars). Used by deploy/kafka.sh
-# and deploy/fhir-check.sh; installs Maven (Debian package) when it is missing.
+# and deploy/java-check.sh (the FHIR and HL7 checkers); installs Maven (Debian package) when it is missing.
 # Usage: deploy/maven-jars.sh POM DIR JAR-PREFIX   fails unless DIR then holds JAR-PREFIX*.jar
 #        (mvn's output goes to DIR.mvn.log)
 set -euo pipefail

@@ -18,6 +18,7 @@ deploy/postgres.sh
 deploy/mongo.sh
 deploy/kafka.sh
 deploy/fhir-check.sh install   # HAPI FHIR's validator, which api/tests/fhir.rs runs
+deploy/hl7-check.sh install    # HAPI HL7v2, which api/tests/hl7.rs runs
 export LIS_KAFKA_BROKERS="127.0.0.1:${LIS_KAFKA_PORT:-9092}"
 export LIS_MONGO_URL="${LIS_MONGO_URL:-mongodb://127.0.0.1:${LIS_MONGO_PORT:-27017}/?directConnection=true}"
 

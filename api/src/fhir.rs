@@ -519,10 +519,12 @@ pub fn capability_statement(software_version: &str, built: DateTime<Utc>) -> Val
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn row(status: ResultStatus) -> ResultRow {
+    /// A potassium result of 6.8 mmol/L (critical high, delta-flagged), verified, in
+    /// `status`: the rows other mappings' tests start from.
+    pub(crate) fn row(status: ResultStatus) -> ResultRow {
         let at = "2026-03-03T09:30:00Z".parse().unwrap();
         ResultRow {
             result_id: Uuid::from_u128(1),

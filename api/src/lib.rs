@@ -4,4 +4,5 @@
 pub mod config;
 pub mod fhir;
 pub mod fhir_orders;
+pub mod hl7;
 pub mod http;

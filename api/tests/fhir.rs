@@ -10,7 +10,7 @@ use lis_domain::actor::Role;
 use lis_tests::TestDb;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use support::{token, wait_healthy, wait_projected, ApiClient, Stack};
 
@@ -28,17 +28,7 @@ async fn get(api: &ApiClient, bearer: Option<&str>, path: &str) -> (StatusCode, 
 
 /// Runs `deploy/fhir-check.sh` over `files`: whether it passed, and what it printed.
 fn fhir_check(files: &[PathBuf]) -> (bool, String) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/fhir-check.sh");
-    let out = std::process::Command::new(script)
-        .args(files)
-        .output()
-        .expect("run deploy/fhir-check.sh");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    support::external_check("fhir-check.sh", files)
 }
 
 /// The address the test's server says clients reach it at (`LIS_PUBLIC_URL`).

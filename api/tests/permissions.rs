@@ -83,6 +83,7 @@ const GOVERNED_BY: &[(&str, &str)] = &[
     ("GET /fhir/DiagnosticReport/{id}", "read results"),
     ("GET /fhir/Patient", "find a patient by MRN"),
     ("GET /fhir/Patient/{id}", "patient identity"),
+    ("GET /hl7/orders/{id}/oru", "HL7 v2 results"),
     ("GET /fhir/ServiceRequest", "read orders and specimens"),
     ("GET /fhir/ServiceRequest/{id}", "read orders and specimens"),
     ("GET /fhir/Specimen", "read orders and specimens"),

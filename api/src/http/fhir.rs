@@ -579,14 +579,7 @@ pub async fn search_patients(
     Params(q): Params<PatientSearch>,
 ) -> Result<Response, Problem> {
     caller.require(Action::ReadOrders)?;
-    let role = caller.actor.role;
-    if privacy::planned_view(role, headers.contains_key(privacy::BREAK_GLASS))?
-        != privacy::IdentityView::Clear
-    {
-        return Err(Problem::forbidden(format!(
-            "role {role} may not find patients by MRN: it sees identity masked (an auditor may, giving a Break-Glass-Reason, which is logged)"
-        )));
-    }
+    privacy::require_clear(&caller, &headers, "find patients by MRN")?;
     let bad = |detail: String| {
         Problem::invalid(vec![FieldProblem {
             pointer: "/identifier".into(),

@@ -5,6 +5,7 @@
 //! - [`params`]: query strings read with each bad parameter named (422);
 //! - [`audit`]: history, field-level diffs and state as of an instant; [`settled`]: the
 //!   time before which the audit records are final, where their pages stop;
+//! - [`fhir`], [`fhir_orders`]: FHIR R4 reads; [`hl7`]: an order's results as HL7 v2.5.1;
 //! - [`stream`]: the event store as Server-Sent Events; [`analytics`]: dashboard rollups;
 //! - [`privacy`]: who sees patient identity (masking, break-glass) and erasure;
 //! - [`auth`]: log-in, tokens and the permission matrix; [`problem`]: RFC 9457 errors;
@@ -27,6 +28,7 @@ mod cursor;
 pub mod fhir;
 pub mod fhir_orders;
 mod fhir_search;
+pub mod hl7;
 pub mod idempotency;
 pub mod limits;
 pub mod lockout;
@@ -183,6 +185,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/fhir/Specimen", get(fhir_orders::search_specimens))
         .route("/fhir/Specimen/{id}", get(fhir_orders::specimen))
+        .route("/hl7/orders/{id}/oru", get(hl7::oru))
         .route("/audit/actors/{user}", get(audit::activity))
         .route("/audit/verification", get(audit::verification))
         .route("/audit/break-glass", get(audit::break_glass))

@@ -189,6 +189,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     get("/fhir/ServiceRequest/{id}", "FHIR R4: one order as a ServiceRequest (id: the order's id)", "fhir"),
     get("/fhir/Specimen", "FHIR R4: a patient's tubes and aliquots as Specimens (a rejected one unsatisfactory, with the reason and whether a recollection was asked for), the most recently collected first (patient or accession, _count)", "fhir").query::<fhir_orders::SpecimenSearch>(),
     get("/fhir/Specimen/{id}", "FHIR R4: one tube or aliquot as a Specimen", "fhir"),
+    get("/hl7/orders/{id}/oru", "HL7 v2.5.1: an order's released results as an ORU^R01 message (ER7), for an interface engine to pass on to a hospital information system: OBX-11 F final, C corrected (amended; the value replaced in a note), D deleted (withdrawn after release); 404 until something of it is released. It names the patient: for roles that read results and see identity in clear (an auditor with a logged Break-Glass-Reason)", "hl7"),
     get("/fhir/Observation/{id}", "FHIR R4: one result as an Observation (preliminary, registered, final, amended, cancelled or entered-in-error; clinicians: released results and those withdrawn after release)", "fhir"),
     get("/audit/{kind}/{id}", "Full history with actors, reasons and field diffs; as_of for the state at an instant (as_of_settled: whether every event up to it is committed, so that asking again gives the same); format=csv", "audit").query::<audit::HistoryQuery>(),
     get("/audit/verification", "Recompute every hash chain and check the audit seals now", "audit"),
@@ -352,6 +353,9 @@ fn operation(e: &Endpoint, generator: &mut SchemaGenerator) -> Value {
                 "/healthz" | "/metrics" => json!({ "text/plain": text }),
                 "/events/stream" => json!({ "text/event-stream": text }),
                 "/audit/{kind}/{id}" => json!({ "application/json": json, "text/csv": text }),
+                p if p.starts_with("/hl7/") => {
+                    json!({ "x-application/hl7-v2+er7": text })
+                }
                 p if p.starts_with("/fhir/") => {
                     json!({ crate::fhir::FHIR_JSON: { "schema": { "type": "object" } } })
                 }

@@ -43,6 +43,19 @@ pub enum IdentityView {
     Hidden,
 }
 
+/// Refuses (403) a caller who would see identity masked or hidden what ties a known
+/// person to their record, which is for those who see identity in clear: an auditor
+/// only giving a break-glass reason (logged when the identity is read).
+pub fn require_clear(caller: &Caller, headers: &HeaderMap, what: &str) -> Result<(), Problem> {
+    let role = caller.actor.role;
+    match planned_view(role, headers.contains_key(BREAK_GLASS))? {
+        IdentityView::Clear => Ok(()),
+        _ => Err(Problem::forbidden(format!(
+            "role {role} may not {what}: it sees identity masked (an auditor may, giving a Break-Glass-Reason, which is logged)"
+        ))),
+    }
+}
+
 /// The view `role` gets, with or without a break-glass reason given (not yet checked or
 /// logged): what [`view_for`] will grant.
 pub fn planned_view(role: Role, glass: bool) -> Result<IdentityView, Problem> {

@@ -570,3 +570,22 @@ impl ApiClient {
         assert!(named, "{path}: the problem names {pointer}: {problem}");
     }
 }
+
+/// Runs the external checker `deploy/{script}` (FHIR's, HL7's) over `files`: whether it
+/// passed, and what it printed.
+#[allow(dead_code)]
+pub fn external_check(script: &str, files: &[PathBuf]) -> (bool, String) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(script);
+    let out = std::process::Command::new(&script)
+        .args(files)
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

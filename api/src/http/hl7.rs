@@ -1,0 +1,133 @@
+//! HL7 v2.5.1 for hospital information systems: `GET /hl7/orders/{id}/oru`, an order's
+//! results as an `ORU^R01` message (mapped by [`crate::hl7`]) for an interface engine
+//! to fetch and pass on. Only what clinicians may see is sent: released results, and
+//! those withdrawn after release as deleted.
+//!
+//! The message names the patient (PID), so it is for those who see identity in clear
+//! and read results: technologists, pathologists, clinicians, and an auditor who gives a
+//! `Break-Glass-Reason` (logged first).
+
+use super::auth::{Action, Caller};
+use super::privacy;
+use super::problem::Problem;
+use super::AppState;
+use crate::fhir::ResultRow;
+use crate::hl7;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use lis_commands::keys::vault::{KeyStatus, Opened};
+use lis_domain::ids::{OrderId, PatientId};
+use lis_domain::patient::PatientIdentity;
+use lis_domain::sealed::Sealed;
+
+/// The order's released results as an `ORU^R01` message.
+pub async fn oru(
+    State(s): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+) -> Result<Response, Problem> {
+    caller.require(Action::ReadResults)?;
+    privacy::require_clear(
+        &caller,
+        &headers,
+        "fetch HL7 results, which name the patient",
+    )?;
+    let id = super::commands::id(&raw, OrderId::parse, "order")?;
+    let order: Option<(
+        uuid::Uuid,
+        String,
+        uuid::Uuid,
+        String,
+        chrono::DateTime<chrono::Utc>,
+    )> = sqlx::query_as(
+        "SELECT order_id, order_number, patient_id, ordering_clinician, placed_at
+               FROM proj_orders.orders WHERE order_id = $1",
+    )
+    .bind(id.as_uuid())
+    .fetch_optional(&s.pool)
+    .await?;
+    let Some((order_id, order_number, patient_id, clinician, placed_at)) = order else {
+        return Err(Problem::not_found(format!("no order {raw}")));
+    };
+    let patient = PatientId::from_uuid(patient_id);
+    let erased = |at: chrono::DateTime<chrono::Utc>| {
+        Problem::new(StatusCode::GONE, "erased", "The patient was erased")
+            .detail(format!("patient {patient} was erased at {at}"))
+    };
+    let vault = s.ledger.vault();
+    if let Some(KeyStatus::Erased { at }) = vault
+        .status(patient)
+        .await
+        .map_err(lis_commands::CommandError::from)?
+    {
+        return Err(erased(at));
+    }
+    let rows: Vec<ResultRow> = sqlx::query_as(result_rows!(
+        "r.patient_id = $1 AND r.order_id = $3",
+        "true",
+        " ORDER BY r.collected_at, r.test_code, r.result_id"
+    ))
+    .bind(patient_id)
+    .bind(true)
+    .bind(order_id)
+    .fetch_all(&s.pool)
+    .await?;
+    let sent = hl7::sent(&rows);
+    if sent.is_empty() {
+        return Err(Problem::not_found(format!(
+            "nothing of order {raw} has been released yet"
+        )));
+    }
+    let complete: bool = sqlx::query_scalar(
+        "SELECT coalesce(bool_and(stage IN ('released', 'retracted', 'cancelled')), false)
+           FROM proj_orders.order_test_status WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_one(&s.pool)
+    .await?;
+    // The identity as the order gave it, opened only once the caller may see it (an
+    // auditor's break-glass read is logged here).
+    let (sealed, sex): (serde_json::Value, Option<String>) = sqlx::query_as(
+        "SELECT payload -> 'OrderPlaced' -> 'identity', payload -> 'OrderPlaced' ->> 'sex'
+           FROM events WHERE aggregate_type = 'Order' AND aggregate_id = $1 AND sequence = 1",
+    )
+    .bind(order_id.to_string())
+    .fetch_one(&s.pool)
+    .await?;
+    privacy::view_for(&s, &caller, &headers, &format!("hl7/orders/{order_id}/oru")).await?;
+    let sealed: Sealed = serde_json::from_value(sealed).map_err(|e| {
+        tracing::error!(error = %e, order = %order_id, "a stored identity is not a sealed value");
+        Problem::internal()
+    })?;
+    let identity = match vault.open::<PatientIdentity>(patient, &sealed).await {
+        Ok(Opened::Clear(identity)) => identity,
+        Ok(Opened::Erased) => return Err(erased(chrono::Utc::now())),
+        Err(e) => {
+            tracing::error!(error = %e, patient = %patient, "identity cannot be opened");
+            return Err(Problem::internal());
+        }
+    };
+    let message = hl7::oru_r01(
+        &hl7::Patient {
+            id: patient_id,
+            mrn: identity.mrn.as_str(),
+            name: identity.name.as_str(),
+            date_of_birth: identity.date_of_birth,
+            sex: sex.as_deref().unwrap_or("unknown"),
+        },
+        &hl7::Order {
+            order_id,
+            order_number: &order_number,
+            ordering_clinician: &clinician,
+            placed_at,
+        },
+        &sent,
+        complete,
+        // MSH-10 is at most 20 characters: 16 hex digits of a random id.
+        &uuid::Uuid::new_v4().simple().to_string()[..16],
+        chrono::Utc::now(),
+    );
+    Ok(([(header::CONTENT_TYPE, hl7::MEDIA_TYPE)], message).into_response())
+}
