@@ -2,7 +2,7 @@
 # Runs one of the external Java checkers of the API's answers (not part of the product):
 # deploy/NAME/pom.xml names the jars it needs, fetched once from Maven Central, and
 # deploy/NAME/MAIN.java is the program, compiled again whenever it changes. Owns
-# /var/tmp/lisledger-NAME (LIS_CHECK_DIR overrides):
+# /var/tmp/lisledger-NAME (under LIS_CHECK_DIR in place of /var/tmp, if set):
 #   jars/     the jars (deploy/maven-jars.sh)
 #   classes/  MAIN.java compiled
 # Usage: deploy/java-check.sh NAME MAIN JAR-PREFIX install   fetch and compile (idempotent)
@@ -14,7 +14,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 [ "$#" -ge 4 ] || { echo "usage: $0 NAME MAIN JAR-PREFIX install | FILE…" >&2; exit 1; }
 name="$1" main="$2" prefix="$3"
 shift 3
-state="${LIS_CHECK_DIR:-/var/tmp/lisledger-$name}"
+state="${LIS_CHECK_DIR:-/var/tmp}/lisledger-$name"
 jars="$state/jars"
 classes="$state/classes"
 pom="$here/$name/pom.xml"

@@ -81,27 +81,30 @@ pub fn sent(results: &[ResultRow]) -> Vec<&ResultRow> {
         .collect()
 }
 
-/// `OBR-25` / `ORC-5` of the order as a whole: `F` (or `C` if a sent result was
-/// corrected or withdrawn) once every test has been sent, else `P` (partial: more to come).
-fn order_status(results: &[&ResultRow], complete: bool) -> &'static str {
-    let changed = results
-        .iter()
-        .any(|r| matches!(result_status(r), Some("C" | "D")));
-    match (complete, changed) {
-        (false, _) => "P",
-        (true, true) => "C",
-        (true, false) => "F",
+/// `OBR-25` (HL7 table 0123) of an OBR holding one result whose `OBX-11` is `obx`: final,
+/// or corrected (amended, or withdrawn after release).
+fn request_status(obx: &str) -> &'static str {
+    match obx {
+        "F" => "F",
+        _ => "C",
     }
 }
 
-/// A person the ledger knows by user name, as an XCN: the name in the family-name
-/// component (the ledger keeps no structured names).
-fn person(name: &str) -> String {
+/// A person as the order names them (free text), as an XCN: the whole name in the
+/// family-name component (the ledger keeps no structured names).
+fn named(name: &str) -> String {
     format!("^{}", escape(name))
 }
 
-/// The `ORU^R01` message of `order`'s `results` (those [`sent`]), for `patient`; `complete`
-/// says whether every test of the order not cancelled has been sent. `control_id` is the
+/// A user of the ledger, as an XCN: the user name as the id, the ledger assigning it.
+fn user(name: &str) -> String {
+    format!("{}^^^^^^^^LISLEDGER", escape(name))
+}
+
+/// The `ORU^R01` message of `order`'s `results` (those [`sent`]), for `patient`: an
+/// `ORC`/`OBR` group per result, each its own filler order number (the order number and
+/// the test code, and `-2`… for a test's later results), the order number as placer group number (`ORC-4`); `complete` says
+/// whether every test of the order not cancelled has been sent (`ORC-5` `CM`, else `A`). `control_id` is the
 /// message's own id (`MSH-10`), `at` when it was made.
 pub fn oru_r01(
     patient: &Patient<'_>,
@@ -131,7 +134,8 @@ pub fn oru_r01(
             }
         ),
     ];
-    let status = order_status(results, complete);
+    let order_status = if complete { "CM" } else { "A" };
+    let mut seen: std::collections::HashMap<&str, usize> = Default::default();
     for (n, r) in results.iter().enumerate() {
         let n = n + 1;
         let test = format!(
@@ -139,21 +143,38 @@ pub fn oru_r01(
             escape(&r.loinc),
             escape(r.test_name.as_deref().unwrap_or(&r.test_code))
         );
-        let filler = format!("{}^LISLEDGER", escape(order.order_number));
+        // A test resulted again after a withdrawal has a second result: `-2` and on.
+        let times = seen.entry(r.test_code.as_str()).or_default();
+        *times += 1;
+        let again = if *times > 1 {
+            format!("-{times}")
+        } else {
+            String::new()
+        };
+        let filler = format!(
+            "{}-{}{again}^LISLEDGER",
+            escape(order.order_number),
+            escape(&r.test_code)
+        );
+        let group = format!("{}^LISLEDGER", escape(order.order_number));
         segments.push(format!(
-            "ORC|RE||{filler}||{}||||{}|||{}",
-            if status == "P" { "A" } else { "CM" },
-            dtm(order.placed_at),
-            person(order.ordering_clinician)
-        ));
-        let issued = r.issued().map(dtm).unwrap_or_default();
-        segments.push(format!(
-            "OBR|{n}||{filler}|{test}|||{}|||||||||{}||||||{issued}|||{}",
-            dtm(r.collected_at),
-            person(order.ordering_clinician),
-            status,
+            "ORC|RE||{filler}|{group}|{order_status}||||{}|||{}",
+            dtm(at),
+            named(order.ordering_clinician)
         ));
         let obx_status = result_status(r).unwrap_or("F");
+        // When this status of it began: released, amended, or (deleted) withdrawn.
+        let changed = match obx_status {
+            "D" => Some(r.updated_at),
+            _ => r.issued(),
+        };
+        segments.push(format!(
+            "OBR|{n}||{filler}|{test}|||{}|||||||||{}||||||{}|||{}",
+            dtm(r.collected_at),
+            named(order.ordering_clinician),
+            changed.map(dtm).unwrap_or_default(),
+            request_status(obx_status),
+        ));
         let (kind, value, unit) = match (&r.value.0, obx_status) {
             // A withdrawn result's value is not sent again.
             (_, "D") => ("ST", String::new(), String::new()),
@@ -183,7 +204,7 @@ pub fn oru_r01(
             (_, None, ResultValue::Numeric { .. }, false) => "N",
             _ => "",
         };
-        let observer = r.released_by.as_deref().map(person).unwrap_or_default();
+        let observer = r.released_by.as_deref().map(user).unwrap_or_default();
         segments.push(format!(
             "OBX|1|{kind}|{test}||{value}|{unit}|{range}|{flag}|||{obx_status}|||{}||{observer}",
             dtm(r.collected_at)
@@ -300,7 +321,7 @@ mod tests {
         );
         assert_eq!(
             segments[4],
-            "OBX|1|NM|2823-3^Potassium^LN||6.8|mmol/L^mmol/L^UCUM|3.5-5.1|HH|||F|||20260303093000+0000||^path.1"
+            "OBX|1|NM|2823-3^Potassium^LN||6.8|mmol/L^mmol/L^UCUM|3.5-5.1|HH|||F|||20260303093000+0000||path.1^^^^^^^^LISLEDGER"
         );
         assert_eq!(
             segments[5],
@@ -309,16 +330,18 @@ mod tests {
         // The withdrawn one: no value, no range, no flag; the order corrected as a whole.
         assert_eq!(
             segments[8],
-            "OBX|1|ST|2823-3^Potassium^LN||||||||D|||20260303093000+0000||^path.1"
+            "OBX|1|ST|2823-3^Potassium^LN||||||||D|||20260303093000+0000||path.1^^^^^^^^LISLEDGER"
         );
-        // Fields where HL7 puts them: OBR-3 filler, -4 test, -7 collected, -16 ordering
-        // provider, -22 issued, -25 status; ORC-5 order status, -12 provider.
+        // Fields where HL7 puts them: OBR-3 filler (one per result), -4 test, -7
+        // collected, -16 ordering provider, -22 when this status began, -25 status;
+        // ORC-4 the order, -5 its status, -9 this message's time, -12 provider. The
+        // second result of a test has a filler number of its own.
         let field = |segment: &str, n: usize| segment.split('|').nth(n).unwrap_or("").to_string();
         let obr = segments[7];
         assert_eq!(
             [3, 4, 7, 16, 22, 25].map(|n| field(obr, n)),
             [
-                "ORD-1^LISLEDGER",
+                "ORD-1-K-2^LISLEDGER",
                 "2823-3^Potassium^LN",
                 "20260303093000+0000",
                 "^Dr Rao",
@@ -328,12 +351,13 @@ mod tests {
             "{obr}"
         );
         assert_eq!(
-            [1, 3, 5, 9, 12].map(|n| field(segments[6], n)),
+            [1, 3, 4, 5, 9, 12].map(|n| field(segments[6], n)),
             [
                 "RE",
+                "ORD-1-K-2^LISLEDGER",
                 "ORD-1^LISLEDGER",
                 "CM",
-                "20260303090000+0000",
+                "20260303100000+0000",
                 "^Dr Rao"
             ]
         );

@@ -171,8 +171,23 @@ async fn an_orders_results_are_sent_as_a_valid_oru_r01() {
         message.contains("Withdrawn after release: sample from another patient"),
         "{message:?}"
     );
-    // Every test is done, one result changed since: the order as a whole is corrected.
-    assert_eq!(field(&message, "OBR", 0, 25), "C");
+    // Each OBR's status is its own result's (final, or corrected: amended or
+    // withdrawn), each its own filler number; every test is done, so the order is too.
+    let requests: Vec<(String, String)> = (0..3)
+        .map(|i| (field(&message, "OBR", i, 3), field(&message, "OBR", i, 25)))
+        .collect();
+    let number = field(&message, "ORC", 0, 4);
+    let number = number.trim_end_matches("^LISLEDGER");
+    assert_eq!(
+        requests,
+        [
+            (format!("{number}-CL^LISLEDGER"), "F".to_string()),
+            (format!("{number}-K^LISLEDGER"), "C".to_string()),
+            (format!("{number}-NA^LISLEDGER"), "C".to_string()),
+        ],
+        "{message:?}"
+    );
+    assert!(number.starts_with("ORD-"), "{number}");
     assert_eq!(field(&message, "ORC", 0, 5), "CM");
 
     // Who may fetch it: those who read results and see identity in clear; an auditor
@@ -229,6 +244,10 @@ async fn an_orders_results_are_sent_as_a_valid_oru_r01() {
         !valid,
         "the checker passed a non-numeric NM value:\n{report}"
     );
+    assert!(
+        report.contains("'100 mmol/L' requires to be empty or a number"),
+        "{report}"
+    );
 
     // Erased: the patient is gone, and so is the message.
     let admin = token("admin.1", Role::Admin);
@@ -240,6 +259,10 @@ async fn an_orders_results_are_sent_as_a_valid_oru_r01() {
         json!({"reason": "the patient asked to be forgotten"}),
     )
     .await;
+    let (s, _, gone) = get(&api, &clinician, &hl7, None).await;
+    assert_eq!(s, StatusCode::GONE, "{gone}");
+    // Still gone once the read models have dropped the patient's orders.
+    projected().await;
     let (s, _, gone) = get(&api, &clinician, &hl7, None).await;
     assert_eq!(s, StatusCode::GONE, "{gone}");
     drop((serve, project));

@@ -2324,3 +2324,44 @@ async fn failed_log_ins_lock_an_account_for_a_while_and_a_reset_unlocks_it() {
     assert_eq!(outcomes, expected, "{record}");
     api.db.drop().await;
 }
+
+#[tokio::test]
+async fn a_users_lists_longer_than_a_page_go_on_with_the_next_page() {
+    let api = Api::start().await;
+    let auditor = api.token("audit.1").await;
+    // More log-ins of one user than a page's list holds (10,000).
+    sqlx::query(
+        "INSERT INTO logins (username, succeeded, client_addr)
+         SELECT 'phleb.1', false, '192.0.2.7' FROM generate_series(1, 10001)",
+    )
+    .execute(&api.db.owner)
+    .await
+    .unwrap();
+    let now = chrono::Utc::now();
+    let range = format!(
+        "from={}&to={}",
+        (now - chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M:%SZ"),
+        (now + chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    let (mut seen, mut pages) = (0, 0);
+    let mut after: Option<String> = None;
+    loop {
+        let cursor = after.map(|a| format!("&after={a}")).unwrap_or_default();
+        let (s, page) = api
+            .get(&auditor, &format!("/audit/actors/phleb.1?{range}{cursor}"))
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        let logins = page["logins"].as_array().unwrap().len();
+        assert!(logins <= 10_000);
+        assert_eq!(page["logins_truncated"], false);
+        seen += logins;
+        pages += 1;
+        assert!(pages <= 3, "the pages go round");
+        match page["next_after"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!((seen, pages), (10_001, 2), "each once, over two pages");
+    api.db.drop().await;
+}

@@ -2,7 +2,8 @@
 // structure with its default validation (the primitive types' forms: NM, DTM, SI…), every
 // segment where the structure puts it (the message encodes back to itself, and each
 // OBR and OBX is in an order group), and the fields a receiving system needs: MSH-10,
-// PID-3, OBR-4, OBR-25, OBX-3 and OBX-11 from HL7 table 0085. Prints each problem as file
+// PID-3, at least one order group, OBR-4, OBR-25 from table 0123, OBX-3, OBX-8 from table
+// 0078 and OBX-11 from table 0085. Prints each problem as file
 // and text; exits 1 if there is any. Run by deploy/hl7-check.sh; not part of the product.
 import ca.uhn.hl7v2.DefaultHapiContext;
 import ca.uhn.hl7v2.HL7Exception;
@@ -26,6 +27,12 @@ public class Hl7Check {
     /** HL7 table 0085, observation result status. */
     static final Set<String> RESULT_STATUS =
         Set.of("C", "D", "F", "I", "N", "O", "P", "R", "S", "U", "W", "X");
+    /** HL7 table 0123, result status (of a request, OBR-25). */
+    static final Set<String> REQUEST_STATUS =
+        Set.of("O", "I", "S", "A", "P", "C", "R", "F", "X", "Y", "Z");
+    /** HL7 table 0078 (v2.5.1), abnormal flags. */
+    static final Set<String> ABNORMAL_FLAGS = Set.of("L", "H", "LL", "HH", "<", ">", "N", "A",
+        "AA", "null", "U", "D", "B", "W", "S", "R", "I", "MS", "VS", "TOX");
 
     static void require(List<String> problems, String value, String field) {
         if (value == null || value.isEmpty()) {
@@ -71,19 +78,32 @@ public class Hl7Check {
                         result.getPATIENT().getPID().getPatientIdentifierList(0).getIDNumber().getValue(),
                         "PID-3");
                     int orders = result.getORDER_OBSERVATIONReps();
+                    if (orders == 0) {
+                        problems.add("no order group (OBR): an ORU^R01 needs one");
+                    }
                     int observations = 0;
                     for (int i = 0; i < orders; i++) {
                         ORU_R01_ORDER_OBSERVATION order = result.getORDER_OBSERVATION(i);
                         OBR obr = order.getOBR();
                         require(problems, obr.getUniversalServiceIdentifier().getIdentifier().getValue(),
                             "OBR-4 of order " + (i + 1));
-                        require(problems, obr.getResultStatus().getValue(), "OBR-25 of order " + (i + 1));
+                        String requested = obr.getResultStatus().getValue();
+                        if (!REQUEST_STATUS.contains(requested)) {
+                            problems.add("OBR-25 of order " + (i + 1) + " is " + requested
+                                + ", not in table 0123");
+                        }
                         for (int j = 0; j < order.getOBSERVATIONReps(); j++) {
                             observations++;
                             OBX obx = order.getOBSERVATION(j).getOBX();
                             String where = " of observation " + (j + 1) + " of order " + (i + 1);
                             require(problems, obx.getObservationIdentifier().getIdentifier().getValue(),
                                 "OBX-3" + where);
+                            for (var flag : obx.getAbnormalFlags()) {
+                                String value = flag.getValue();
+                                if (value != null && !ABNORMAL_FLAGS.contains(value)) {
+                                    problems.add("OBX-8" + where + " is " + value + ", not in table 0078");
+                                }
+                            }
                             String status = obx.getObservationResultStatus().getValue();
                             if (!RESULT_STATUS.contains(status)) {
                                 problems.add("OBX-11" + where + " is " + status + ", not in table 0085");

@@ -144,8 +144,10 @@ pub async fn history(
     }
     // Whether every event up to `as_of` is committed (read before them): if not, one
     // still being written may yet join that state, and asking again may differ.
+    // Unknown (null) where the horizon is (a prepared transaction open, or no sight of
+    // other roles' sessions): the history is answered all the same.
     let settled = match q.as_of {
-        Some(at) => Some(at < settled::horizon(&s.pool).await?),
+        Some(at) => Some(settled::horizon(&s.pool).await.ok().map(|h| at < h)),
         None => None,
     };
     let mut history = history_json(&s, &caller, &kind, &id, q.as_of).await?;
@@ -496,24 +498,22 @@ pub async fn activity(
     if let Some((at, position)) = window.after {
         query = query.bind(at).bind(position);
     }
-    let events = page(query.fetch_all(&s.pool).await?, &window);
+    let rows = query.fetch_all(&s.pool).await?;
+    let last_event = rows[..rows.len().min(window.limit as usize)]
+        .last()
+        .map(|(_, at, key)| (*at, *key));
+    let events = page(rows, &window);
     // The lists: from where the previous page's ended (the range's start on the first
-    // page) up to this page's horizon, whole up to MAX_LIMIT each (flagged when cut).
+    // page) up to this page's horizon, each up to MAX_LIMIT. Where one holds more, all
+    // three stop at its first entry not sent, and go on from there on the next page.
+    let most = super::params::MAX_LIMIT as usize;
     let lists_from = after.map_or(q.from, |(_, sent)| sent.max(q.from));
-    let lists_until = lists_from.max(window.end);
-    let cursor = |events: Option<String>| {
-        events.map(|text| format!("{text}.{}", lists_until.timestamp_micros()))
-    };
-    let mut answer = json!({
-        "actor": user, "from": q.from, "to": q.to, "settled_until": window.end,
-        "events": events.entries, "next_after": cursor(events.next_after),
-        "resume_after": cursor(events.resume_after),
-    });
     let lists = Window {
-        limit: i64::from(super::params::MAX_LIMIT),
+        limit: most as i64,
         after: None,
         ..window
     };
+    let mut found = Vec::new();
     for (key, sql) in [
         ("break_glass", break_glass_reads!(" AND actor_id = $4")),
         (
@@ -522,9 +522,53 @@ pub async fn activity(
         ),
         ("logins", logins!(" AND username = $4")),
     ] {
-        let found = page_of(&s, [sql, sql], lists_from, &lists, Some(&user)).await?;
-        answer[key] = json!(found.entries);
-        answer[format!("{key}_truncated")] = json!(found.next_after.is_some());
+        found.push((
+            key,
+            rows_of(&s, sql, lists_from, &lists, Some(&user)).await?,
+        ));
+    }
+    // (More than MAX_LIMIT in the microsecond the lists start at cannot go on by time:
+    // those are cut, flagged, and the lists go on after them.)
+    let cut = found
+        .iter()
+        .filter_map(|(_, rows)| rows.get(most).map(|(_, at, _)| *at))
+        .min()
+        .filter(|at| *at > lists_from);
+    let lists_until = cut.unwrap_or(lists_from.max(window.end));
+    let cursor = |at: DateTime<Utc>, key: i64| {
+        format!(
+            "{}.{}",
+            Cursor { at, key }.text(),
+            lists_until.timestamp_micros()
+        )
+    };
+    let resumed = |events: Option<String>| {
+        events.map(|text| format!("{text}.{}", lists_until.timestamp_micros()))
+    };
+    // A page whose lists were stopped short has a next page, its events or not.
+    let next_after = match (events.next_after, cut) {
+        (Some(text), _) => resumed(Some(text)),
+        (None, Some(_)) => {
+            let (at, key) = last_event.or(window.after).unwrap_or((q.from, 0));
+            Some(cursor(at, key))
+        }
+        (None, None) => None,
+    };
+    let mut answer = json!({
+        "actor": user, "from": q.from, "to": q.to, "settled_until": window.end,
+        "events": events.entries, "next_after": next_after,
+        "resume_after": resumed(events.resume_after),
+    });
+    for (key, rows) in found {
+        let truncated = rows.len() > most && cut.is_none();
+        let entries: Vec<Value> = rows
+            .into_iter()
+            .filter(|(_, at, _)| cut.is_none_or(|cut| *at < cut))
+            .take(most)
+            .map(|(entry, _, _)| entry)
+            .collect();
+        answer[key] = json!(entries);
+        answer[format!("{key}_truncated")] = json!(truncated);
     }
     Ok(Json(answer))
 }
@@ -551,18 +595,36 @@ async fn page_of(
     window: &Window,
     filter: Option<&str>,
 ) -> Result<Page, Problem> {
-    let mut query =
-        sqlx::query_as::<_, (Value, DateTime<Utc>, i64)>(sql[window.after.is_some() as usize])
-            .bind(from)
-            .bind(window.end)
-            .bind(window.limit + 1);
+    let rows = rows_of(
+        s,
+        sql[window.after.is_some() as usize],
+        from,
+        window,
+        filter,
+    )
+    .await?;
+    Ok(page(rows, window))
+}
+
+/// The rows of one statement of [`page_of`]: `limit` + 1 of them at most.
+async fn rows_of(
+    s: &AppState,
+    sql: &'static str,
+    from: DateTime<Utc>,
+    window: &Window,
+    filter: Option<&str>,
+) -> Result<Vec<(Value, DateTime<Utc>, i64)>, Problem> {
+    let mut query = sqlx::query_as::<_, (Value, DateTime<Utc>, i64)>(sql)
+        .bind(from)
+        .bind(window.end)
+        .bind(window.limit + 1);
     if let Some((at, id)) = window.after {
         query = query.bind(at).bind(id);
     }
     if let Some(filter) = filter {
         query = query.bind(filter);
     }
-    Ok(page(query.fetch_all(&s.pool).await?, window))
+    Ok(query.fetch_all(&s.pool).await?)
 }
 
 /// Every run of `lisledger keys rotate`, oldest first: when it started and finished (no

@@ -35,23 +35,25 @@ pub async fn oru(
         "fetch HL7 results, which name the patient",
     )?;
     let id = super::commands::id(&raw, OrderId::parse, "order")?;
-    let order: Option<(
-        uuid::Uuid,
-        String,
-        uuid::Uuid,
-        String,
-        chrono::DateTime<chrono::Utc>,
-    )> = sqlx::query_as(
-        "SELECT order_id, order_number, patient_id, ordering_clinician, placed_at
-               FROM proj_orders.orders WHERE order_id = $1",
+    // The order as placed, from the store itself: its patient, and the identity as the
+    // order gave it (an erased patient's orders are gone from the read models, not
+    // from here).
+    type Placed = (serde_json::Value, Option<String>, Option<String>);
+    let placed: Option<Placed> = sqlx::query_as(
+        "SELECT payload -> 'OrderPlaced' -> 'identity', payload -> 'OrderPlaced' ->> 'sex',
+                payload -> 'OrderPlaced' ->> 'patient_id'
+           FROM events WHERE aggregate_type = 'Order' AND aggregate_id = $1 AND sequence = 1",
     )
-    .bind(id.as_uuid())
+    .bind(id.to_string())
     .fetch_optional(&s.pool)
     .await?;
-    let Some((order_id, order_number, patient_id, clinician, placed_at)) = order else {
+    let Some((sealed, sex, Some(patient))) = placed else {
         return Err(Problem::not_found(format!("no order {raw}")));
     };
-    let patient = PatientId::from_uuid(patient_id);
+    let patient = PatientId::parse(&patient).map_err(|_| {
+        tracing::error!(order = %id, "an order's patient id is not a UUID");
+        Problem::internal()
+    })?;
     let erased = |at: chrono::DateTime<chrono::Utc>| {
         Problem::new(StatusCode::GONE, "erased", "The patient was erased")
             .detail(format!("patient {patient} was erased at {at}"))
@@ -64,6 +66,20 @@ pub async fn oru(
     {
         return Err(erased(at));
     }
+    type OrderRow = (uuid::Uuid, String, String, chrono::DateTime<chrono::Utc>);
+    let order: Option<OrderRow> = sqlx::query_as(
+        "SELECT order_id, order_number, ordering_clinician, placed_at
+           FROM proj_orders.orders WHERE order_id = $1",
+    )
+    .bind(id.as_uuid())
+    .fetch_optional(&s.pool)
+    .await?;
+    let Some((order_id, order_number, clinician, placed_at)) = order else {
+        return Err(Problem::not_found(format!(
+            "order {raw} is not in the orders model yet"
+        )));
+    };
+    let patient_id = patient.as_uuid();
     let rows: Vec<ResultRow> = sqlx::query_as(result_rows!(
         "r.patient_id = $1 AND r.order_id = $3",
         "true",
@@ -87,15 +103,8 @@ pub async fn oru(
     .bind(order_id)
     .fetch_one(&s.pool)
     .await?;
-    // The identity as the order gave it, opened only once the caller may see it (an
-    // auditor's break-glass read is logged here).
-    let (sealed, sex): (serde_json::Value, Option<String>) = sqlx::query_as(
-        "SELECT payload -> 'OrderPlaced' -> 'identity', payload -> 'OrderPlaced' ->> 'sex'
-           FROM events WHERE aggregate_type = 'Order' AND aggregate_id = $1 AND sequence = 1",
-    )
-    .bind(order_id.to_string())
-    .fetch_one(&s.pool)
-    .await?;
+    // The identity, opened only once the caller may see it (an auditor's break-glass
+    // read is logged here).
     privacy::view_for(&s, &caller, &headers, &format!("hl7/orders/{order_id}/oru")).await?;
     let sealed: Sealed = serde_json::from_value(sealed).map_err(|e| {
         tracing::error!(error = %e, order = %order_id, "a stored identity is not a sealed value");
