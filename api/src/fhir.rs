@@ -64,6 +64,32 @@ impl ResultRow {
     pub fn issued(&self) -> Option<DateTime<Utc>> {
         self.released_at.map(|r| self.amended_at.unwrap_or(r))
     }
+
+    /// What a clinician's system shows beside the value, as FHIR and HL7 send it alike:
+    /// the specimen's note, the delta flag, and how often the result was amended after
+    /// release and the value it replaced.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if let Some(note) = &self.specimen_note {
+            notes.push(format!("Specimen: {note}"));
+        }
+        if self.flags.iter().any(|f| f == "D") {
+            notes.push("Delta check: changed more than the test's threshold since the previous released result".into());
+        }
+        if self.amendments > 0 {
+            let before = self
+                .previous_value
+                .as_ref()
+                .map(|v| format!("; the value before the latest amendment: {}", v.0))
+                .unwrap_or_default();
+            notes.push(format!(
+                "Amended after release ({} time{}){before}",
+                self.amendments,
+                if self.amendments == 1 { "" } else { "s" }
+            ));
+        }
+        notes
+    }
 }
 
 /// `Observation.status` for a result in `status`, amended `amendments` times, released
@@ -161,22 +187,7 @@ pub fn observation(r: &ResultRow) -> Value {
     if !matches!(status, "registered" | "cancelled") {
         value_and_range(&mut o, &mut notes, r);
     }
-    if let Some(note) = &r.specimen_note {
-        notes.push(json!({ "text": format!("Specimen: {note}") }));
-    }
-    if r.flags.iter().any(|f| f == "D") {
-        notes.push(json!({ "text": "Delta check: changed more than the test's threshold since the previous released result" }));
-    }
-    if r.amendments > 0 {
-        let before = r
-            .previous_value
-            .as_ref()
-            .map(|v| format!("; the value before the latest amendment: {}", v.0))
-            .unwrap_or_default();
-        notes.push(json!({ "text": format!(
-            "Amended after release ({} time{}){before}",
-            r.amendments, if r.amendments == 1 { "" } else { "s" }) }));
-    }
+    notes.extend(r.notes().into_iter().map(|text| json!({ "text": text })));
     if let Some(reason) = &r.retraction_reason {
         notes.push(json!({ "text": format!("Retracted: {reason}") }));
     }

@@ -209,28 +209,7 @@ pub fn oru_r01(
             "OBX|1|{kind}|{test}||{value}|{unit}|{range}|{flag}|||{obx_status}|||{}||{observer}",
             dtm(r.collected_at)
         ));
-        let mut notes = Vec::new();
-        if let Some(note) = &r.specimen_note {
-            notes.push(format!("Specimen: {note}"));
-        }
-        if r.flags.iter().any(|f| f == "D") {
-            notes.push(
-                "Delta check: changed more than the test's threshold since the previous released result"
-                    .to_string(),
-            );
-        }
-        if obx_status == "C" {
-            let before = r
-                .previous_value
-                .as_ref()
-                .map(|v| format!("; the value before the latest amendment: {}", v.0))
-                .unwrap_or_default();
-            notes.push(format!(
-                "Amended after release ({} time{}){before}",
-                r.amendments,
-                if r.amendments == 1 { "" } else { "s" }
-            ));
-        }
+        let mut notes = r.notes();
         if let Some(reason) = r.retraction_reason.as_deref().filter(|_| obx_status == "D") {
             notes.push(format!("Withdrawn after release: {reason}"));
         }

@@ -23,7 +23,7 @@ use super::problem::{FieldProblem, Problem};
 use super::AppState;
 use crate::fhir::{self, ResultRow};
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use lis_commands::keys::vault::KeyStatus;
 use lis_domain::ids::{OrderId, PatientId, ResultId};
@@ -547,12 +547,7 @@ pub async fn patient(
     match patient_resource(&s, &caller, &headers, id).await? {
         Lookup::Found(p) => Ok(fhir_json(&p)),
         Lookup::Missing => Err(Problem::not_found(format!("no Patient {raw}"))),
-        Lookup::Erased(at) => {
-            Err(
-                Problem::new(StatusCode::GONE, "erased", "The patient was erased")
-                    .detail(format!("patient {id} was erased at {at}")),
-            )
-        }
+        Lookup::Erased(at) => Err(privacy::erased(id, at)),
     }
 }
 

@@ -43,20 +43,29 @@ struct RequestFound {
     total: i64,
 }
 
-/// `orders` as `ServiceRequest`s, in their order, with their tests at their stages and
-/// the tubes drawn for them, read in two statements for them all.
-async fn requests(s: &AppState, orders: &[RequestFound]) -> Result<Vec<Value>, Problem> {
-    let ids: Vec<Uuid> = orders.iter().map(|o| o.order.order_id).collect();
-    let tests: Vec<RequestedTest> = sqlx::query_as(
+/// The tests of the orders `ids`, each at its stage (the orders model's
+/// `order_test_status`), with the catalogue's LOINC code and name.
+pub(super) async fn requested_tests(
+    s: &AppState,
+    ids: &[Uuid],
+) -> Result<Vec<RequestedTest>, sqlx::Error> {
+    sqlx::query_as(
         "SELECT s.order_id, s.test_code, c.loinc, c.name, s.stage, s.stage_since, s.cancelled_reason
            FROM proj_orders.order_test_status s
            LEFT JOIN catalogue_tests c ON c.version = s.catalogue_version AND c.code = s.test_code
           WHERE s.order_id = ANY ($1)
           ORDER BY s.ordered_at, s.test_code",
     )
-    .bind(&ids)
+    .bind(ids)
     .fetch_all(&s.pool)
-    .await?;
+    .await
+}
+
+/// `orders` as `ServiceRequest`s, in their order, with their tests at their stages and
+/// the tubes drawn for them, read in two statements for them all.
+async fn requests(s: &AppState, orders: &[RequestFound]) -> Result<Vec<Value>, Problem> {
+    let ids: Vec<Uuid> = orders.iter().map(|o| o.order.order_id).collect();
+    let tests = requested_tests(s, &ids).await?;
     let tubes: Vec<(Uuid, Uuid, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
         "SELECT order_id, sample_id, updated_at FROM proj_specimens.specimens WHERE order_id = ANY ($1)
           ORDER BY collected_at, parent_id IS NOT NULL, accession_number",

@@ -14,7 +14,7 @@ use super::AppState;
 use crate::fhir::ResultRow;
 use crate::hl7;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use lis_commands::keys::vault::{KeyStatus, Opened};
 use lis_domain::ids::{OrderId, PatientId};
@@ -54,27 +54,29 @@ pub async fn oru(
         tracing::error!(order = %id, "an order's patient id is not a UUID");
         Problem::internal()
     })?;
-    let erased = |at: chrono::DateTime<chrono::Utc>| {
-        Problem::new(StatusCode::GONE, "erased", "The patient was erased")
-            .detail(format!("patient {patient} was erased at {at}"))
-    };
     let vault = s.ledger.vault();
     if let Some(KeyStatus::Erased { at }) = vault
         .status(patient)
         .await
         .map_err(lis_commands::CommandError::from)?
     {
-        return Err(erased(at));
+        return Err(privacy::erased(patient, at));
     }
-    type OrderRow = (uuid::Uuid, String, String, chrono::DateTime<chrono::Utc>);
+    type OrderRow = (
+        uuid::Uuid,
+        String,
+        String,
+        chrono::DateTime<chrono::Utc>,
+        String,
+    );
     let order: Option<OrderRow> = sqlx::query_as(
-        "SELECT order_id, order_number, ordering_clinician, placed_at
+        "SELECT order_id, order_number, ordering_clinician, placed_at, status
            FROM proj_orders.orders WHERE order_id = $1",
     )
     .bind(id.as_uuid())
     .fetch_optional(&s.pool)
     .await?;
-    let Some((order_id, order_number, clinician, placed_at)) = order else {
+    let Some((order_id, order_number, clinician, placed_at, order_status)) = order else {
         return Err(Problem::not_found(format!(
             "order {raw} is not in the orders model yet"
         )));
@@ -96,13 +98,10 @@ pub async fn oru(
             "nothing of order {raw} has been released yet"
         )));
     }
-    let complete: bool = sqlx::query_scalar(
-        "SELECT coalesce(bool_and(stage IN ('released', 'retracted', 'cancelled')), false)
-           FROM proj_orders.order_test_status WHERE order_id = $1",
-    )
-    .bind(order_id)
-    .fetch_one(&s.pool)
-    .await?;
+    // Complete as its ServiceRequest is: nothing of it still to come.
+    let tests = super::fhir_orders::requested_tests(&s, &[order_id]).await?;
+    let tests: Vec<&crate::fhir_orders::RequestedTest> = tests.iter().collect();
+    let complete = crate::fhir_orders::request_status(&order_status, &tests) != "active";
     // The identity, opened only once the caller may see it (an auditor's break-glass
     // read is logged here).
     privacy::view_for(&s, &caller, &headers, &format!("hl7/orders/{order_id}/oru")).await?;
@@ -112,7 +111,7 @@ pub async fn oru(
     })?;
     let identity = match vault.open::<PatientIdentity>(patient, &sealed).await {
         Ok(Opened::Clear(identity)) => identity,
-        Ok(Opened::Erased) => return Err(erased(chrono::Utc::now())),
+        Ok(Opened::Erased) => return Err(privacy::erased(patient, chrono::Utc::now())),
         Err(e) => {
             tracing::error!(error = %e, patient = %patient, "identity cannot be opened");
             return Err(Problem::internal());

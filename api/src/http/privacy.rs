@@ -43,6 +43,12 @@ pub enum IdentityView {
     Hidden,
 }
 
+/// The answer for a patient who was erased at `at` (410): nothing of them is left to read.
+pub fn erased(patient: PatientId, at: chrono::DateTime<chrono::Utc>) -> Problem {
+    Problem::new(StatusCode::GONE, "erased", "The patient was erased")
+        .detail(format!("patient {patient} was erased at {at}"))
+}
+
 /// Refuses (403) a caller who would see identity masked or hidden what ties a known
 /// person to their record, which is for those who see identity in clear: an auditor
 /// only giving a break-glass reason (logged when the identity is read).
