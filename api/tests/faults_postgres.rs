@@ -4,6 +4,8 @@
 //! and the projection workers (still the same processes) carry on, every acknowledged
 //! command is stored exactly once, the read models equal a rebuild, the trail verifies.
 //! Reads, the patient's identity among them, answer 503 too while it is down.
+//! Also here, as it needs a cluster of its own that allows two-phase commit: a prepared
+//! transaction holds the auditors' pages by time (503) until it ends.
 
 mod support;
 
@@ -183,4 +185,104 @@ async fn postgresql_restarted_under_load_gives_503_then_recovers_by_itself() {
     assert_models_equal_rebuilds(&pool).await;
     stack.assert_audit_verifies();
     pool.close().await;
+}
+
+/// A prepared transaction (two-phase commit) belongs to no session, so the horizon of
+/// the auditors' pages by time cannot see when it began, nor hold the pages back at it:
+/// while one is open those pages answer 503 rather than pass what it wrote, and once it
+/// has committed they answer with it. The shared cluster allows none
+/// (`max_prepared_transactions = 0`, PostgreSQL's default); this one does.
+#[tokio::test]
+async fn while_a_prepared_transaction_is_open_the_audit_pages_by_time_answer_503() {
+    use lis_domain::actor::Role as LabRole;
+    use sqlx::Connection;
+    let pg = PrivatePg::init();
+    pg.start_with(&["max_prepared_transactions=2"]);
+    let mut stack = Stack::on(pg.url(APP_ROLE, DATABASE), false);
+    stack.set("LIS_ADMIN_DATABASE_URL", pg.admin_url());
+    stack.set("LIS_MIGRATION_DATABASE_URL", pg.url(OWNER_ROLE, DATABASE));
+    for args in [vec!["db", "init"], vec!["migrate"]] {
+        let out = stack.run(&args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    let base = stack.with_api();
+    let api = stack.spawn("serve", &["serve"]);
+    wait_healthy(&base, &api, Duration::from_secs(30)).await;
+    let client = reqwest::Client::new();
+    let auditor = support::token("audit.1", LabRole::Auditor);
+    let now = chrono::Utc::now();
+    let range = format!(
+        "from={}&to={}",
+        (now - chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M:%SZ"),
+        (now + chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    let pages = [
+        format!("/audit/logins?{range}"),
+        format!("/audit/users?{range}"),
+        format!("/audit/break-glass?{range}"),
+        format!("/audit/actors/audit.1?{range}"),
+    ];
+    let get = |path: String| {
+        let (client, url, auditor) = (client.clone(), format!("{base}{path}"), auditor.clone());
+        async move {
+            let r = client.get(url).bearer_auth(auditor).send().await.unwrap();
+            let status = r.status();
+            let body: serde_json::Value = r.json().await.unwrap();
+            (status, body)
+        }
+    };
+    for page in &pages {
+        let (status, body) = get(page.clone()).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "GET {page}: {body}");
+    }
+
+    // A log-in recorded by a transaction that is then prepared, not committed.
+    let mut owner = sqlx::PgConnection::connect(&pg.url(OWNER_ROLE, DATABASE))
+        .await
+        .unwrap();
+    for statement in [
+        "BEGIN",
+        "INSERT INTO logins (username, succeeded) VALUES ('prepared.in.flight', false)",
+        "PREPARE TRANSACTION 'lis-audit-horizon'",
+    ] {
+        sqlx::query(statement).execute(&mut owner).await.unwrap();
+    }
+    let mut held = Vec::new();
+    for page in &pages {
+        held.push((page.clone(), get(page.clone()).await));
+    }
+    sqlx::query("COMMIT PREPARED 'lis-audit-horizon'")
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    owner.close().await.unwrap();
+    for (page, (status, body)) in held {
+        assert_eq!(
+            status,
+            reqwest::StatusCode::SERVICE_UNAVAILABLE,
+            "GET {page} with a prepared transaction open: {body}\n{}",
+            api.log_tail()
+        );
+        assert!(
+            body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("prepared transaction")),
+            "{body}"
+        );
+    }
+    assert!(
+        api.log_tail().contains("a prepared transaction is open"),
+        "{}",
+        api.log_tail()
+    );
+    // Committed: the pages answer again, with what it wrote.
+    let (status, logins) = get(pages[0].clone()).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{logins}");
+    let names: Vec<&str> = logins["logins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["user"].as_str())
+        .collect();
+    assert_eq!(names, ["prepared.in.flight"], "{logins}");
 }

@@ -430,11 +430,19 @@ impl PrivatePg {
     }
 
     pub fn start(&self) {
-        let options = format!(
+        self.start_with(&[]);
+    }
+
+    /// Starts it with these settings too (`name=value`, as `postgres -c` takes them).
+    pub fn start_with(&self, settings: &[&str]) {
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1",
             self.port,
             self.dir.display()
         );
+        for setting in settings {
+            options.push_str(&format!(" -c {setting}"));
+        }
         let log = self.dir.join("server.log").display().to_string();
         pg_server_tool(
             "pg_ctl",
