@@ -286,6 +286,13 @@ async fn pool(url: &str, max: u32) -> anyhow::Result<PgPool> {
         // While PostgreSQL is down, a request waits this long for a connection before
         // it is answered 503 (sqlx's default, 30 s, outlasts most clients' patience).
         .acquire_timeout(std::time::Duration::from_secs(5))
+        // sqlx tests a connection by a round trip when it is returned to the pool, and by
+        // default again when it is taken: a third round trip for every statement. Off,
+        // commands through the API ran ~15–30 % faster (docs/benchmarks.md, benchmark
+        // 1). What it costs: after PostgreSQL restarts, the first use of each idle
+        // connection fails (503, as during the outage) and the connection is replaced,
+        // where the test would have replaced it unseen.
+        .test_before_acquire(false)
         .connect_with(options)
         .await
         .with_context(|| format!("cannot connect to {}", redact(url)))

@@ -201,6 +201,7 @@ fn claims_pool(pool: &PgPool) -> PgPool {
             PgPoolOptions::new()
                 .max_connections(pool.options().get_max_connections())
                 .acquire_timeout(pool.options().get_acquire_timeout())
+                .test_before_acquire(pool.options().get_test_before_acquire())
                 .connect_lazy_with((*options).clone())
         })
         .clone()
