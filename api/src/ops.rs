@@ -543,7 +543,6 @@ pub async fn serve(config: &Config, pool: PgPool) -> anyhow::Result<ExitCode> {
         in_flight: http::overload::InFlight::new(config.max_in_flight),
         seal_verifier: verifier(config).ok(),
         revocations,
-        password_strikes: Default::default(),
         lockout: lockout(config),
         public_url: config.public_url.clone(),
         cors_origins: config

@@ -107,7 +107,6 @@ impl Api {
             revocations: http::revocation::Revocations::start(db.app.clone())
                 .await
                 .unwrap(),
-            password_strikes: Default::default(),
             lockout,
             public_url: None,
         };
@@ -1254,7 +1253,6 @@ async fn with_postgresql_down_the_api_answers_503_never_500() {
         cors_origins: vec![],
         // Nothing revoked: the database is away.
         revocations: Default::default(),
-        password_strikes: Default::default(),
         lockout: Default::default(),
         public_url: None,
     };

@@ -527,38 +527,41 @@ async fn an_admin_manages_users_and_a_changed_users_tokens_stop_working_at_once(
     );
     let (status, record) = get(&api, &auditor, &format!("/audit/logins?{range}")).await;
     assert_eq!(status, StatusCode::OK, "{record}");
-    let attempts: Vec<(Option<&str>, bool)> = record["logins"]
+    let attempts: Vec<(&str, Option<&str>, bool)> = record["logins"]
         .as_array()
         .unwrap()
         .iter()
         .map(|l| {
             assert_eq!(l["client_addr"], "127.0.0.1", "{l}");
-            (l["user"].as_str(), l["succeeded"].as_bool().unwrap())
+            let kind = l["kind"].as_str().unwrap();
+            (kind, l["user"].as_str(), l["succeeded"].as_bool().unwrap())
         })
         .collect();
-    let (ok, refused) = (true, false);
+    let (ok, refused, log_in) = (true, false, "log-in");
     assert_eq!(
         attempts,
         [
-            (Some("admin.1"), ok),
-            (Some("tech.9"), ok), // the temporary password, to change it
-            (Some("tech.9"), ok),
-            (Some("tech.9"), refused), // disabled
-            (Some("tech.9"), ok),
-            (Some("tech.9"), ok),      // the new role
-            (Some("tech.9"), refused), // the old password
-            (Some("tech.9"), ok),      // the reset, temporary one
-            (Some("tech.9"), ok),      // their own new password
-            (Some("admin.1"), ok),
-            (Some("audit.1"), ok), // temporary
-            (Some("audit.1"), ok),
-            (None, refused),
+            (log_in, Some("admin.1"), ok),
+            (log_in, Some("tech.9"), ok), // the temporary password, to change it
+            (log_in, Some("tech.9"), ok),
+            (log_in, Some("tech.9"), refused), // disabled
+            (log_in, Some("tech.9"), ok),
+            (log_in, Some("tech.9"), ok),      // the new role
+            (log_in, Some("tech.9"), refused), // the old password
+            (log_in, Some("tech.9"), ok),      // the reset, temporary one
+            // A wrong current password, to change it: recorded as a password change.
+            ("password-change", Some("tech.9"), refused),
+            (log_in, Some("tech.9"), ok), // their own new password
+            (log_in, Some("admin.1"), ok),
+            (log_in, Some("audit.1"), ok), // temporary
+            (log_in, Some("audit.1"), ok),
+            (log_in, None, refused),
         ]
     );
     let (_, activity) = get(&api, &auditor, &format!("/audit/actors/tech.9?{range}")).await;
     assert_eq!(
         activity["logins"].as_array().unwrap().len(),
-        8,
+        9,
         "{activity}"
     );
     let (_, list) = get(&api, &admin, "/users").await;
@@ -810,7 +813,8 @@ async fn a_change_made_through_one_instance_holds_on_another_within_a_poll() {
     refused_within_a_poll(&b, &pathologist).await;
 
     // A token cannot be used to guess the password behind it: after five wrong current
-    // passwords, even the right one is refused for a while.
+    // passwords, even the right one is refused for a while, on every instance (the
+    // guesses went to A, the right one to B and then A).
     let add = json!({ "username": "pw.9", "role": "clinician",
                       "password": "pw nine temporary", "reason": "guessing test" });
     assert_eq!(a.post(&admin, "/users", &add).await.0, StatusCode::CREATED);
@@ -824,19 +828,78 @@ async fn a_change_made_through_one_instance_holds_on_another_within_a_poll() {
     }
     let right =
         json!({ "current_password": "pw nine passphrase", "new_password": "the attacker's own" });
-    let r = a
-        .http
-        .post(format!("{}/auth/password", a.base))
-        .bearer_auth(&stolen)
-        .json(&right)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert!(r.headers().contains_key("retry-after"));
+    for api in [&b, &a] {
+        let r = api
+            .http
+            .post(format!("{}/auth/password", api.base))
+            .bearer_auth(&stolen)
+            .json(&right)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "on {}", api.base);
+        assert!(r.headers().contains_key("retry-after"));
+        let problem: Value = r.json().await.unwrap();
+        assert!(
+            problem["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("the password was not checked")),
+            "{problem}"
+        );
+    }
+    // They do not lock the account's log-ins.
     assert!(
         login(&a, "pw.9", "pw nine passphrase").await.is_ok(),
         "the password was changed"
+    );
+    // The auditors see the guesses, apart from the log-ins: five wrong, two refused
+    // unchecked.
+    let auditor_add = json!({ "username": "aud.9", "role": "auditor",
+                              "password": "auditor nine temporary", "reason": "review" });
+    assert_eq!(
+        a.post(&admin, "/users", &auditor_add).await.0,
+        StatusCode::CREATED
+    );
+    settle(
+        &a,
+        "aud.9",
+        "auditor nine temporary",
+        "auditor nine passphrase",
+    )
+    .await;
+    let auditor = login(&a, "aud.9", "auditor nine passphrase").await.unwrap();
+    let range = "from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z";
+    let (status, activity) = get(&b, &auditor, &format!("/audit/actors/pw.9?{range}")).await;
+    assert_eq!(status, StatusCode::OK, "{activity}");
+    let attempts: Vec<(String, bool, bool)> = activity["logins"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{activity}"))
+        .iter()
+        .map(|l| {
+            (
+                l["kind"].as_str().unwrap_or("").to_string(),
+                l["succeeded"].as_bool().unwrap(),
+                l["locked"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let change = |succeeded, locked| ("password-change".to_string(), succeeded, locked);
+    let log_in = |succeeded| ("log-in".to_string(), succeeded, false);
+    assert_eq!(
+        attempts,
+        [
+            log_in(true),
+            log_in(true),
+            change(false, false),
+            change(false, false),
+            change(false, false),
+            change(false, false),
+            change(false, false),
+            change(false, true),
+            change(false, true),
+            log_in(true),
+        ],
+        "{activity}"
     );
     assert_eq!(
         get(&a, &pathologist, "/worklists").await.0,

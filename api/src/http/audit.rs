@@ -433,8 +433,8 @@ macro_rules! user_changes {
 macro_rules! logins {
     ($filter:literal) => {
         by_time!(
-            "'at', at, 'user', username, 'succeeded', succeeded, 'locked', locked,
-             'client_addr', client_addr",
+            "'at', at, 'kind', kind, 'user', username, 'succeeded', succeeded,
+             'locked', locked, 'client_addr', client_addr",
             "logins",
             $filter
         )

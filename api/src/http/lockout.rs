@@ -6,6 +6,11 @@
 //! instance an account's log-ins take turns ([`Gate`]): a burst of guesses in parallel is
 //! checked one at a time, so the lock stops it at `after`; across N instances up to N
 //! may be checked at once.
+//!
+//! A wrong current password in a password change is recorded and counted the same way,
+//! as an attempt of its own kind (migration 0015), against its own limit
+//! ([`super::users::STRIKES`]): a stolen token cannot be used to guess the password
+//! behind it, on any instance, and auditors see the guesses beside the log-ins.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -76,6 +81,76 @@ impl Drop for Turn<'_> {
     }
 }
 
+/// What an attempt to prove a password was for (`logins.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// `POST /auth/login`.
+    LogIn,
+    /// `POST /auth/password`: the current password, given to change it.
+    PasswordChange,
+}
+
+impl Attempt {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Attempt::LogIn => "log-in",
+            Attempt::PasswordChange => "password-change",
+        }
+    }
+}
+
+/// Records an attempt, before it is answered: of `account` (`None` when the name is no
+/// account: what was typed may be a password), whether it succeeded, whether it was
+/// refused unchecked because the account was locked, and from where.
+pub async fn record(
+    pool: &PgPool,
+    attempt: Attempt,
+    account: Option<&str>,
+    succeeded: bool,
+    locked: bool,
+    client_addr: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO logins (username, succeeded, client_addr, locked, kind)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(account)
+    .bind(succeeded)
+    .bind(client_addr)
+    .bind(locked)
+    .bind(attempt.as_str())
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// Until when `user` may make no attempt of this kind, if `after` failed ones within
+/// `window` lock it now.
+pub async fn locked_until(
+    pool: &PgPool,
+    attempt: Attempt,
+    user: &str,
+    after: i32,
+    window: Duration,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT lis_attempts_locked_until($1, $2, $3, $4)")
+        .bind(user)
+        .bind(attempt.as_str())
+        .bind(after)
+        .bind(window.as_secs_f64())
+        .fetch_one(pool)
+        .await
+}
+
+/// Whole seconds from now until `until`, rounded up and at least 1: a client that waits
+/// as told finds it unlocked.
+pub fn seconds_until(until: DateTime<Utc>) -> u16 {
+    let wait = ((until - Utc::now()).num_milliseconds() + 999)
+        .div_euclid(1000)
+        .max(1);
+    wait.min(i64::from(u16::MAX)) as u16
+}
+
 impl Lockout {
     /// [`Lockout::after`] as the database function takes it.
     pub fn failures(&self) -> i32 {
@@ -97,12 +172,7 @@ impl Lockout {
         pool: &PgPool,
         user: &str,
     ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-        sqlx::query_scalar("SELECT lis_login_locked_until($1, $2, $3)")
-            .bind(user)
-            .bind(self.failures())
-            .bind(self.window.as_secs_f64())
-            .fetch_one(pool)
-            .await
+        locked_until(pool, Attempt::LogIn, user, self.failures(), self.window).await
     }
 }
 

@@ -83,8 +83,6 @@ pub struct AppState {
     pub cors_origins: Vec<HeaderValue>,
     /// Tokens revoked by changes to their users since they were issued.
     pub revocations: Arc<revocation::Revocations>,
-    /// Wrong current passwords given in password changes (per user, this instance).
-    pub password_strikes: Arc<users::Strikes>,
     /// When failed log-ins lock an account (`LIS_LOGIN_LOCK_AFTER`, `LIS_LOGIN_LOCK_SECS`).
     pub lockout: lockout::Lockout,
     /// The address clients reach the API at, for absolute links (`LIS_PUBLIC_URL`).
@@ -408,24 +406,12 @@ async fn login(
     // Every attempt is recorded before it is answered; one naming no account keeps no
     // name (what was typed may be a password). Only accounts have failed log-ins
     // recorded under their name, so a name that is none is never locked.
-    let record = |account: Option<&str>, succeeded: bool, locked: bool| {
-        sqlx::query(
-            "INSERT INTO logins (username, succeeded, client_addr, locked) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(account.map(str::to_string))
-        .bind(succeeded)
-        .bind(client_addr.clone())
-        .bind(locked)
-        .execute(&s.pool)
-    };
+    let (log_in, from) = (lockout::Attempt::LogIn, client_addr.as_deref());
     // The name's turn, from the look at its lock to the record of this attempt.
     let _turn = s.lockout.gate.turn(name).await;
     if let Some(until) = s.lockout.locked_until(&s.pool, name).await? {
-        record(Some(name), false, true).await?;
-        // Whole seconds, rounded up: a client that waits as told finds it unlocked.
-        let wait = ((until - chrono::Utc::now()).num_milliseconds() + 999)
-            .div_euclid(1000)
-            .max(1);
+        lockout::record(&s.pool, log_in, Some(name), false, true, from).await?;
+        let wait = lockout::seconds_until(until);
         tracing::warn!(account = name, %until, "log-in refused: account locked");
         let mut p = Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -439,11 +425,12 @@ async fn login(
             s.lockout.window_text(),
             until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         ));
-        p.retry_after = Some(wait.min(i64::from(u16::MAX)) as u16);
+        p.retry_after = Some(wait);
         return Err(p);
     }
     let check = auth::check_password(&s.pool, name, &login.password).await?;
-    record(check.account.as_deref(), check.granted.is_some(), false).await?;
+    let (account, granted) = (check.account.as_deref(), check.granted.is_some());
+    lockout::record(&s.pool, log_in, account, granted, false, from).await?;
     let account = check.account.unwrap_or_else(|| "(no such account)".into());
     match check.granted {
         Some(grant) => {

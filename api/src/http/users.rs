@@ -13,7 +13,7 @@
 use super::auth::{Action, Caller};
 use super::body::parse;
 use super::commands::{id, idempotent};
-use super::lockout::Lockout;
+use super::lockout::{self, Lockout};
 use super::problem::{FieldProblem, Problem};
 use super::AppState;
 use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
@@ -552,44 +552,13 @@ pub async fn add_account(
     )
 }
 
-/// Wrong current passwords allowed per user in [`STRIKE_WINDOW`] (per instance); beyond,
-/// every password change of theirs is refused until the window has passed, so a stolen
-/// token cannot be used to guess the password behind it.
-pub const STRIKES: usize = 5;
+/// Wrong current passwords allowed per user in [`STRIKE_WINDOW`]; beyond, every password
+/// change of theirs is refused until the oldest leaves the window (or an administrator
+/// resets the password), so a stolen token cannot be used to guess the password behind
+/// it. Recorded and counted in the database with the log-ins ([`super::lockout`]), so
+/// every instance refuses alike; they do not lock log-ins.
+pub const STRIKES: i32 = 5;
 pub const STRIKE_WINDOW: std::time::Duration = std::time::Duration::from_secs(15 * 60);
-
-/// The wrong current passwords given in password changes, per user, in this instance.
-#[derive(Default)]
-pub struct Strikes(std::sync::Mutex<std::collections::HashMap<String, Vec<std::time::Instant>>>);
-
-impl Strikes {
-    /// Seconds until `user` may try again, if they have used their strikes.
-    pub fn refused(&self, user: &str) -> Option<u64> {
-        let now = std::time::Instant::now();
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let strikes = all.get_mut(user)?;
-        strikes.retain(|at| now.duration_since(*at) < STRIKE_WINDOW);
-        (strikes.len() >= STRIKES).then(|| {
-            let oldest = strikes[0];
-            STRIKE_WINDOW
-                .saturating_sub(now.duration_since(oldest))
-                .as_secs()
-                .max(1)
-        })
-    }
-
-    /// Counts one wrong current password of `user`.
-    pub fn strike(&self, user: &str) {
-        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if all.len() > 50_000 {
-            let now = std::time::Instant::now();
-            all.retain(|_, s| s.iter().any(|at| now.duration_since(*at) < STRIKE_WINDOW));
-        }
-        all.entry(user.to_string())
-            .or_default()
-            .push(std::time::Instant::now());
-    }
-}
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -617,22 +586,43 @@ pub async fn change_own_password(
                     detail: detail.into(),
                 }])
             };
-            if let Some(wait) = s.password_strikes.refused(user.as_str()) {
+            let (name, from) = (user.as_str(), caller.context.client_addr.as_deref());
+            let record = |succeeded: bool, locked: bool| {
+                let kind = lockout::Attempt::PasswordChange;
+                lockout::record(&s.pool, kind, Some(name), succeeded, locked, from)
+            };
+            // The name's turn (shared with its log-ins), from the look at its strikes to
+            // the record of this attempt: guesses sent in parallel are checked in turn.
+            let _turn = s.lockout.gate.turn(name).await;
+            let struck = lockout::locked_until(
+                &s.pool,
+                lockout::Attempt::PasswordChange,
+                name,
+                STRIKES,
+                STRIKE_WINDOW,
+            );
+            if let Some(until) = struck.await? {
+                record(false, true).await?;
+                let wait = lockout::seconds_until(until);
+                tracing::warn!(user = %user, %until, "password change refused: too many wrong current passwords");
                 let mut p = Problem::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "password-strikes",
                     "Too many wrong passwords",
                 )
                 .detail(format!(
-                    "{STRIKES} wrong current passwords in {} minutes; retry in {wait} s",
-                    STRIKE_WINDOW.as_secs() / 60
+                    "{STRIKES} wrong current passwords in {} minutes: no password change of \
+                     this account until {} (retry in {wait} s), unless an administrator resets \
+                     its password; the password was not checked",
+                    STRIKE_WINDOW.as_secs() / 60,
+                    until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 ));
-                p.retry_after = Some(wait.min(u64::from(u16::MAX)) as u16);
+                p.retry_after = Some(wait);
                 return Err(p);
             }
-            let current = super::auth::check_password(&s.pool, user.as_str(), &b.current_password);
+            let current = super::auth::check_password(&s.pool, name, &b.current_password);
             let Some(current_hash) = current.await?.granted_hash else {
-                s.password_strikes.strike(user.as_str());
+                record(false, false).await?;
                 tracing::warn!(user = %user, "wrong current password in a password change");
                 return Err(field("/current_password", "not your current password"));
             };
