@@ -223,7 +223,8 @@ pub struct Account {
 macro_rules! account_sql {
     () => {
         "SELECT username, role, disabled, created_at,
-                (SELECT max(at) FROM logins l WHERE l.username = u.username AND succeeded) AS last_login,
+                (SELECT max(at) FROM logins l
+                  WHERE l.username = u.username AND succeeded AND kind = 'log-in') AS last_login,
                 lis_login_locked_until(u.username, $1, $2) AS locked_until,
                 password_must_change AS password_change_required
            FROM users u"
