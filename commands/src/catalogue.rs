@@ -87,7 +87,7 @@ pub async fn import(
 /// The newest catalogue version number, if any catalogue was imported.
 pub async fn current_version(pool: &PgPool) -> Result<Option<CatalogueVersion>, sqlx::Error> {
     let v: Option<i32> = sqlx::query_scalar("SELECT max(version) FROM catalogue_versions")
-        .fetch_one(pool)
+        .fetch_one(&mut *crate::connection::connection(pool).await?)
         .await?;
     Ok(v.map(CatalogueVersion))
 }
@@ -98,7 +98,7 @@ pub async fn load(pool: &PgPool, version: CatalogueVersion) -> Result<Catalogue,
         "SELECT code, definition FROM catalogue_tests WHERE version = $1 ORDER BY code",
     )
     .bind(version.0)
-    .fetch_all(pool)
+    .fetch_all(&mut *crate::connection::connection(pool).await?)
     .await?;
     let mut tests = Vec::with_capacity(rows.len());
     for row in rows {

@@ -348,17 +348,21 @@ where
         tracing::Span::current().record("outcome", tracing::field::display(&err));
         err
     };
-    let mut context = store.load_aggregate(id).await.map_err(refused)?;
-    let sink = EventSink::default();
-    context
-        .aggregate
-        .handle(command, services, &sink)
-        .await
-        .map_err(|e| refused(AggregateError::UserError(e)))?;
-    let appended = store
-        .append(sink.collect().await, context, metadata)
-        .await
-        .map_err(refused)?;
+    // One connection for the load, the rules' look-ups and the append (`connection`).
+    let appended = crate::connection::for_command(store.pool(), async {
+        let mut context = store.load_aggregate(id).await.map_err(refused)?;
+        let sink = EventSink::default();
+        context
+            .aggregate
+            .handle(command, services, &sink)
+            .await
+            .map_err(|e| refused(AggregateError::UserError(e)))?;
+        store
+            .append(sink.collect().await, context, metadata)
+            .await
+            .map_err(refused)
+    })
+    .await??;
     let last = appended.last().ok_or_else(|| {
         CommandError::Internal(format!(
             "command {name} on {} {id} was accepted but recorded no event",

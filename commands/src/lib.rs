@@ -7,12 +7,14 @@
 //! - [`lookup`]: [`lis_domain::services::LabLookup`] answered from the event store.
 //! - [`catalogue`]: versioned catalogue import and loading.
 //! - [`store`]: the event store (postgres-es's tables), snapshots and upcasters.
+//! - [`connection`]: one database connection for the whole of a command.
 //! - [`audit`]: recomputes every hash chain and reports the first broken link.
 //! - [`keys`]: patient data keys, sealing and erasure (crypto-shredding).
 //! - [`error`]: the one error type of this boundary.
 
 pub mod audit;
 pub mod catalogue;
+pub mod connection;
 pub mod context;
 pub mod error;
 pub mod keys;

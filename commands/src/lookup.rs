@@ -7,6 +7,7 @@
 //! trail. The catalogue is cached per version and reloaded when a new version appears.
 
 use crate::catalogue::{self, CatalogueError};
+use crate::connection::connection;
 use crate::error::is_unavailable;
 use crate::keys::{KeyError, Opened, PatientVault};
 use crate::ledger::EventStoreOf;
@@ -157,7 +158,11 @@ impl LabLookup for PgLabLookup {
                               payload -> 'AliquotCreated' ->> 'accession_number') = $1)",
         )
         .bind(accession.as_str())
-        .fetch_one(&self.pool)
+        .fetch_one(
+            &mut *connection(&self.pool)
+                .await
+                .map_err(|e| failed("connection", e))?,
+        )
         .await
         .map_err(|e| failed("accession number", e))
     }
@@ -180,7 +185,11 @@ impl LabLookup for PgLabLookup {
         .bind(patient.to_string())
         .bind(test.as_str())
         .bind(before)
-        .fetch_all(&self.pool)
+        .fetch_all(
+            &mut *connection(&self.pool)
+                .await
+                .map_err(|e| failed("connection", e))?,
+        )
         .await
         .map_err(|e| failed("previous results", e))?;
         for id in candidates {
@@ -227,7 +236,11 @@ impl LabLookup for PgLabLookup {
                 AND payload -> 'ResultAuthorised' ->> 'order_id' = $1",
         )
         .bind(order.to_string())
-        .fetch_all(&self.pool)
+        .fetch_all(
+            &mut *connection(&self.pool)
+                .await
+                .map_err(|e| failed("connection", e))?,
+        )
         .await
         .map_err(|e| failed("released tests", e))?;
         codes

@@ -26,6 +26,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 use std::collections::HashMap;
 
+use crate::connection::connection;
 use crate::error::is_unavailable;
 
 /// Where one appended event landed.
@@ -120,17 +121,24 @@ impl<A: Aggregate> SnapshotEventStore<A> {
             .collect()
     }
 
+    /// The pool it reads and writes through.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Every stored event of the aggregate, oldest first, as stored (not yet upcast).
     async fn load_all(
         &self,
         aggregate_id: &str,
     ) -> Result<Vec<SerializedEvent>, AggregateError<A::Error>> {
+        let mut conn = connection(&self.pool).await.map_err(database_error)?;
         let rows = sqlx::query(LOAD_ALL)
             .bind(A::TYPE)
             .bind(aggregate_id)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await
             .map_err(database_error)?;
+        drop(conn);
         Ok(rows
             .iter()
             .map(|row| serialized_event::<A>(aggregate_id, row))
@@ -186,7 +194,10 @@ impl<A: Aggregate> SnapshotEventStore<A> {
         let rows = if last / self.snapshot_every > context.current_sequence / self.snapshot_every {
             let payload = serde_json::to_value(&context.aggregate)
                 .map_err(|e| AggregateError::UnexpectedError(Box::new(e)))?;
-            let mut tx = self.pool.begin().await.map_err(database_error)?;
+            let mut conn = connection(&self.pool).await.map_err(database_error)?;
+            let mut tx = sqlx::Connection::begin(&mut *conn)
+                .await
+                .map_err(database_error)?;
             let rows = insert.fetch_all(&mut *tx).await.map_err(database_error)?;
             let written = match context.current_snapshot {
                 None => sqlx::query(
@@ -216,7 +227,8 @@ impl<A: Aggregate> SnapshotEventStore<A> {
             tx.commit().await.map_err(database_error)?;
             rows
         } else {
-            insert.fetch_all(&self.pool).await.map_err(database_error)?
+            let mut conn = connection(&self.pool).await.map_err(database_error)?;
+            insert.fetch_all(&mut *conn).await.map_err(database_error)?
         };
         let mut appended: Vec<Appended> = rows
             .iter()
@@ -263,12 +275,14 @@ impl<A: Aggregate> EventStore<A> for SnapshotEventStore<A> {
             current_sequence: 0,
             current_snapshot: None,
         };
+        let mut conn = connection(&self.pool).await.map_err(database_error)?;
         let rows = sqlx::query(LOAD)
             .bind(A::TYPE)
             .bind(aggregate_id)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await
             .map_err(database_error)?;
+        drop(conn);
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
             if row.get::<i32, _>("kind") == 0 {

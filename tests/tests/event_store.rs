@@ -590,3 +590,83 @@ fn reception_metadata() -> HashMap<String, String> {
         ("actor_role".to_string(), "reception".to_string()),
     ])
 }
+
+/// A command takes one connection for all its statements (its aggregate's load, the
+/// rules' look-ups, the patient's key, the append: `lis_commands::connection`), where it
+/// took one for each, and sqlx tests a connection with a round trip each time it is
+/// given back. Counted by the pool's releases, on a pool of one connection: a statement
+/// that waited for a connection its own command holds would stop the command until the
+/// pool's timeout.
+#[tokio::test]
+async fn a_command_takes_one_connection_for_all_its_statements() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let db = TestDb::new().await;
+    let released = Arc::new(AtomicUsize::new(0));
+    let counter = released.clone();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(3))
+        .after_release(move |_, _| {
+            let counter = counter.clone();
+            Box::pin(async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Ok(true)
+            })
+        })
+        .connect_with(TestDb::options_as(
+            lis_eventstore_migrations::APP_ROLE,
+            &db.name,
+        ))
+        .await
+        .unwrap();
+    let ledger = lis_commands::Ledger::new(
+        pool.clone(),
+        lis_commands::LedgerConfig::default(),
+        lis_tests::vault_on(&pool).await,
+    );
+    // A patient with a released potassium, and a second order for them: recording,
+    // verifying and releasing its potassium look up the sample, the order, the
+    // catalogue, the previous result and the patient's key.
+    let first = place(&ledger, "MRN-ONE-CONN", &["K"]).await;
+    let sample = received_serum(&ledger, first.order_id, "ACC-ONE-1", &["K"]).await;
+    released_k(&ledger, sample, 4.0).await;
+    let second = place(&ledger, "MRN-ONE-CONN", &["K"]).await;
+    let sample = received_serum(&ledger, second.order_id, "ACC-ONE-2", &["K"]).await;
+    let (id, record) = record_k(sample, 4.6);
+    let given_back = || async {
+        // The pool gives a connection back in a task of its own, after the command.
+        for _ in 0..200 {
+            if pool.num_idle() == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        released.swap(0, Ordering::SeqCst)
+    };
+    given_back().await;
+    let commands = [
+        (record, actor("tech.1", Role::Technologist)),
+        (
+            ResultCommand::Verify {
+                by: ActorId::parse("tech.1").unwrap(),
+            },
+            actor("tech.1", Role::Technologist),
+        ),
+        (
+            ResultCommand::Authorise {
+                by: ActorId::parse("path.1").unwrap(),
+            },
+            actor("path.1", Role::Pathologist),
+        ),
+    ];
+    for (command, ctx) in commands {
+        let name = command.name();
+        ledger.execute_result(id, command, &ctx).await.unwrap();
+        assert_eq!(given_back().await, 1, "connections taken by {name}");
+    }
+    let result = ledger.result(id).await.unwrap();
+    assert_eq!(result.status(), Some(ResultStatus::Released));
+    pool.close().await;
+    db.drop().await;
+}

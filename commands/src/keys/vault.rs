@@ -14,6 +14,7 @@
 
 use super::kek::KeyEncryptionKey;
 use super::KeyError;
+use crate::connection::connection;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::engine::general_purpose::STANDARD;
@@ -255,7 +256,7 @@ impl PatientVault {
     pub async fn status(&self, patient: PatientId) -> Result<Option<KeyStatus>, KeyError> {
         let row = sqlx::query("SELECT erased_at FROM patient_keys WHERE patient_id = $1")
             .bind(patient.as_uuid())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *connection(&self.pool).await?)
             .await?;
         Ok(row.map(
             |r| match r.get::<Option<chrono::DateTime<chrono::Utc>>, _>("erased_at") {
@@ -272,10 +273,11 @@ impl PatientVault {
         create: bool,
     ) -> Result<Option<Zeroizing<Vec<u8>>>, KeyError> {
         let aad = patient_key_aad(patient);
-        let read = || {
+        let read = || async {
             sqlx::query("SELECT kek_id, wrapped_key FROM patient_keys WHERE patient_id = $1")
                 .bind(patient.as_uuid())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *connection(&self.pool).await?)
+                .await
         };
         let mut row = read().await?;
         if row.is_none() && create {

@@ -1,0 +1,65 @@
+//! One database connection for the whole of a command.
+//!
+//! sqlx tests a connection with a round trip each time it goes back to its pool, so a
+//! command that took a connection for each of its statements (its aggregate's load, the
+//! look-ups its rules make, a patient's key, the append: ~3.8 through the API) paid a
+//! round trip more for each. While a command runs inside [`for_command`], the store, the
+//! look-ups and the key vault send their statements to the one connection it holds;
+//! elsewhere, and for a statement made while that connection is busy with another of the
+//! same command, each takes a connection from the pool as before (so nothing ever waits
+//! on a connection its own command holds).
+
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+tokio::task_local! {
+    static HELD: Arc<Mutex<PoolConnection<Postgres>>>;
+}
+
+/// A connection to send statements to: the running command's, or one of the pool's.
+pub enum Conn {
+    Command(OwnedMutexGuard<PoolConnection<Postgres>>),
+    Pooled(PoolConnection<Postgres>),
+}
+
+impl Deref for Conn {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        match self {
+            Conn::Command(held) => held,
+            Conn::Pooled(own) => own,
+        }
+    }
+}
+
+impl DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        match self {
+            Conn::Command(held) => held,
+            Conn::Pooled(own) => own,
+        }
+    }
+}
+
+/// The running command's connection if it is free, else one from `pool`. Keep it for
+/// one statement (or one transaction) and let it go: used as a temporary,
+/// `query.fetch_one(&mut *connection(pool).await?)`.
+pub async fn connection(pool: &PgPool) -> Result<Conn, sqlx::Error> {
+    if let Ok(held) = HELD.try_with(Arc::clone) {
+        if let Ok(guard) = held.try_lock_owned() {
+            return Ok(Conn::Command(guard));
+        }
+    }
+    Ok(Conn::Pooled(pool.acquire().await?))
+}
+
+/// Runs `command` with one connection of `pool` for its statements (see the module).
+pub async fn for_command<F: Future>(pool: &PgPool, command: F) -> Result<F::Output, sqlx::Error> {
+    let held = Arc::new(Mutex::new(pool.acquire().await?));
+    Ok(HELD.scope(held, command).await)
+}
