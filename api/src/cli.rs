@@ -288,8 +288,9 @@ async fn pool(url: &str, max: u32) -> anyhow::Result<PgPool> {
         .acquire_timeout(std::time::Duration::from_secs(5))
         // sqlx tests a connection by a round trip when it is returned to the pool, and by
         // default again when it is taken: a third round trip for every statement. Off,
-        // commands through the API ran ~15–30 % faster (docs/benchmarks.md, benchmark
-        // 1). What it costs: after PostgreSQL restarts, the first use of each idle
+        // commands through the API ran up to a third faster at 64 clients
+        // (docs/benchmarks.md, benchmark 1, step 6). What it costs: after PostgreSQL
+        // restarts, the first use of each idle
         // connection fails (503, as during the outage) and the connection is replaced,
         // where the test would have replaced it unseen.
         .test_before_acquire(false)

@@ -2,7 +2,7 @@
 //!
 //! sqlx tests a connection with a round trip each time it goes back to its pool, so a
 //! command that took a connection for each of its statements (its aggregate's load, the
-//! look-ups its rules make, a patient's key, the append: ~3.8 through the API) paid a
+//! look-ups its rules make, a patient's key, the append: 8 to record a result) paid a
 //! round trip more for each. While a command runs inside [`for_command`], the store, the
 //! look-ups and the key vault send their statements to the one connection it holds;
 //! elsewhere, and for a statement made while that connection is busy with another of the
