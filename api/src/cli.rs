@@ -279,6 +279,9 @@ pub fn init_tracing(format: LogFormat) {
     }
 }
 
+/// How long a pooled connection may sit idle before it is tested when taken.
+const IDLE_BEFORE_TEST: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn pool(url: &str, max: u32) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url).context("invalid database URL")?;
     PgPoolOptions::new()
@@ -289,11 +292,21 @@ async fn pool(url: &str, max: u32) -> anyhow::Result<PgPool> {
         // sqlx tests a connection by a round trip when it is returned to the pool, and by
         // default again when it is taken: a third round trip for every statement. Off,
         // commands through the API ran up to a third faster at 64 clients
-        // (docs/benchmarks.md, benchmark 1, step 6). What it costs: after PostgreSQL
-        // restarts, the first use of each idle
-        // connection fails (503, as during the outage) and the connection is replaced,
-        // where the test would have replaced it unseen.
+        // (docs/benchmarks.md, benchmark 1, step 6). Only a connection that sat idle
+        // for more than a second is tested when taken: under load none has, and one
+        // that went silently dead while idle (the network dropped it without a reset)
+        // fails its test within the acquire timeout, a 503, where its first statement
+        // would have waited for TCP to give up, a quarter of an hour. Tested in
+        // `api/tests/faults_postgres.rs`.
         .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > IDLE_BEFORE_TEST {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options)
         .await
         .with_context(|| format!("cannot connect to {}", redact(url)))

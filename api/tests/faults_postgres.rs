@@ -5,7 +5,9 @@
 //! command is stored exactly once, the read models equal a rebuild, the trail verifies.
 //! Reads, the patient's identity among them, answer 503 too while it is down.
 //! Also here, as it needs a cluster of its own that allows two-phase commit: a prepared
-//! transaction holds the auditors' pages by time (503) until it ends.
+//! transaction holds the auditors' pages by time (503) until it ends. And the network
+//! to the shared cluster falling silent (a proxy that stops forwarding): 503 within the
+//! acquire timeout, not a request that waits on TCP.
 
 mod support;
 
@@ -285,4 +287,79 @@ async fn while_a_prepared_transaction_is_open_the_audit_pages_by_time_answer_503
         .filter_map(|l| l["user"].as_str())
         .collect();
     assert_eq!(names, ["prepared.in.flight"], "{logins}");
+}
+
+/// A connection the network dropped without a word (a cable pulled, a firewall that
+/// forgot the flow) takes a statement sent on it and never answers: a request on it
+/// would wait a quarter of an hour for TCP to give up, or for good behind a middlebox.
+/// Idle connections are tested before use, so while the database is silent requests
+/// are answered 503 within the pool's acquire timeout (5 s), and when it speaks again
+/// they are answered as before, by the same process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_fallen_silent_is_answered_503_within_seconds_then_recovers() {
+    use lis_domain::actor::Role as LabRole;
+    use support::silent_proxy::SilentProxy;
+    use support::token;
+    let db = TestDb::new().await;
+    let direct = db.url_as(APP_ROLE);
+    let at = direct.find('@').unwrap() + 1;
+    let slash = at + direct[at..].find('/').unwrap();
+    let proxy = SilentProxy::start(direct[at..slash].to_string()).await;
+    let mut stack = Stack::on(
+        format!("{}{}{}", &direct[..at], proxy.addr, &direct[slash..]),
+        false,
+    );
+    let base = stack.with_api();
+    let api = stack.spawn("serve", &["serve"]);
+    wait_healthy(&base, &api, Duration::from_secs(30)).await;
+    let bearer = token("dr.silent", LabRole::Clinician);
+    // Far longer than the bound asserted: a request that hangs fails the test.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let order = format!("{base}/orders/{}", uuid::Uuid::new_v4());
+    let get = |url: String| {
+        let request = client.get(url).bearer_auth(&bearer);
+        async move {
+            let started = std::time::Instant::now();
+            let answer = request.send().await;
+            (answer.map(|r| r.status()), started.elapsed())
+        }
+    };
+    for _ in 0..3 {
+        let (status, _) = get(order.clone()).await;
+        assert_eq!(status.unwrap(), reqwest::StatusCode::NOT_FOUND);
+    }
+
+    proxy.fall_silent();
+    // Idle past the point where connections are tested when taken.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for url in [order.clone(), format!("{base}/readyz"), order.clone()] {
+        let (status, took) = get(url.clone()).await;
+        assert_eq!(
+            status.as_ref().ok(),
+            Some(&reqwest::StatusCode::SERVICE_UNAVAILABLE),
+            "GET {url} with the database silent, after {took:?}: {status:?}\n{}",
+            api.log_tail()
+        );
+        assert!(took < Duration::from_secs(15), "GET {url} took {took:?}");
+    }
+
+    proxy.speak();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, took) = get(order.clone()).await;
+        if status.as_ref().ok() == Some(&reqwest::StatusCode::NOT_FOUND) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && took < Duration::from_secs(15),
+            "after the database spoke again: {status:?} after {took:?}\n{}",
+            api.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_ready(&base, reqwest::StatusCode::OK, &api).await;
+    db.drop().await;
 }

@@ -26,7 +26,6 @@ use axum::http::{HeaderMap, StatusCode};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -198,11 +197,8 @@ fn claims_pool(pool: &PgPool) -> PgPool {
     pools
         .entry(key)
         .or_insert_with(|| {
-            PgPoolOptions::new()
-                .max_connections(pool.options().get_max_connections())
-                .acquire_timeout(pool.options().get_acquire_timeout())
-                .test_before_acquire(pool.options().get_test_before_acquire())
-                .connect_lazy_with((*options).clone())
+            // The same options (size, timeouts, the test of idle connections).
+            pool.options().clone().connect_lazy_with((*options).clone())
         })
         .clone()
 }

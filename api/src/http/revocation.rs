@@ -14,7 +14,7 @@
 //! trusted on old knowledge: requests are answered 503 until a read succeeds.
 
 use super::problem::Problem;
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -59,20 +59,36 @@ impl Revocations {
     pub async fn start(pool: PgPool) -> Result<Arc<Self>, sqlx::Error> {
         let revocations = Arc::new(Self::default());
         revocations.refresh(&pool).await?;
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(POLL * 5)
-            .connect_lazy_with((*pool.connect_options()).clone());
+        let options = (*pool.connect_options()).clone();
         let weak: Weak<Self> = Arc::downgrade(&revocations);
         tokio::spawn(async move {
+            // Its own connection, not a pool's: a read that gets no answer (the network
+            // dropped the connection without a word) is given up after a few polls and
+            // the connection with it, where a pool would test it on return, waiting on
+            // the same silence for good, and every refresh behind it too.
+            let mut conn: Option<PgConnection> = None;
             loop {
                 tokio::time::sleep(POLL).await;
                 let Some(revocations) = weak.upgrade() else {
                     return;
                 };
-                if let Err(e) = revocations.refresh(&pool).await {
-                    tracing::warn!(error = %e, "could not look for revoked tokens; keeping what is known");
-                }
+                let read = tokio::time::timeout(POLL * 5, async {
+                    if conn.is_none() {
+                        conn = Some(PgConnection::connect_with(&options).await?);
+                    }
+                    match conn.as_mut() {
+                        Some(c) => revocations.refresh_on(c).await,
+                        None => Ok(()),
+                    }
+                })
+                .await;
+                let failed = match read {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no answer in {} s", (POLL * 5).as_secs()),
+                };
+                conn = None;
+                tracing::warn!(error = %failed, "could not look for revoked tokens; keeping what is known");
             }
         });
         Ok(revocations)
@@ -81,10 +97,21 @@ impl Revocations {
     /// Reloads the users' generations if `user_changes` has grown since the last load.
     pub async fn refresh(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
         let _one_at_a_time = self.refreshing.lock().await;
+        self.read(&mut *pool.acquire().await?).await
+    }
+
+    /// [`Revocations::refresh`] on a connection of its own.
+    async fn refresh_on(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let _one_at_a_time = self.refreshing.lock().await;
+        self.read(conn).await
+    }
+
+    /// The reload itself; the caller holds `refreshing`.
+    async fn read(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         let read_at = Instant::now();
         let mark: (i64, i64) =
             sqlx::query_as("SELECT count(*), coalesce(max(id), 0) FROM user_changes")
-                .fetch_one(pool)
+                .fetch_one(&mut *conn)
                 .await?;
         {
             let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
@@ -97,7 +124,7 @@ impl Revocations {
             "SELECT username, token_generation, disabled FROM users
               WHERE token_generation > 0 OR disabled",
         )
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await?;
         let users = rows.into_iter().map(|(u, g, d)| (u, (g, d))).collect();
         // A lock poisoned by a panic elsewhere still holds a whole map: take it over.

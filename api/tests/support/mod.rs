@@ -4,6 +4,7 @@
 
 pub mod load;
 pub mod mongo_proxy;
+pub mod silent_proxy;
 
 use base64::Engine;
 use lis_eventstore_migrations::APP_ROLE;
