@@ -6,10 +6,12 @@
 //! round trip more for each. While a command runs inside [`for_command`], the store, the
 //! look-ups and the key vault send their statements to the one connection it holds;
 //! elsewhere, and for a statement made while that connection is busy with another of the
-//! same command, each takes a connection from the pool as before (so nothing ever waits
-//! on a connection its own command holds).
+//! same command or for another pool, each takes a connection from its pool as before
+//! (so nothing ever waits on a connection its own command holds, and no statement runs
+//! on another pool's database or role).
 
 use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgConnection, PgPool, Postgres};
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
@@ -17,7 +19,15 @@ use std::sync::Arc;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 tokio::task_local! {
-    static HELD: Arc<Mutex<PoolConnection<Postgres>>>;
+    static HELD: Held;
+}
+
+/// The running command's connection, and which pool it came from.
+struct Held {
+    /// The pool's connect options: one `Arc` for a pool and its clones, another for any
+    /// other pool (even of the same database), so it tells pools apart.
+    pool: Arc<PgConnectOptions>,
+    conn: Arc<Mutex<PoolConnection<Postgres>>>,
 }
 
 /// A connection to send statements to: the running command's, or one of the pool's.
@@ -46,20 +56,26 @@ impl DerefMut for Conn {
     }
 }
 
-/// The running command's connection if it is free, else one from `pool`. Keep it for
-/// one statement (or one transaction) and let it go: used as a temporary,
+/// The running command's connection if it is free and of `pool`, else one from `pool`.
+/// Keep it for one statement (or one transaction) and let it go: used as a temporary,
 /// `query.fetch_one(&mut *connection(pool).await?)`.
 pub async fn connection(pool: &PgPool) -> Result<Conn, sqlx::Error> {
-    if let Ok(held) = HELD.try_with(Arc::clone) {
-        if let Ok(guard) = held.try_lock_owned() {
-            return Ok(Conn::Command(guard));
-        }
+    let options = pool.connect_options();
+    let held = HELD
+        .try_with(|h| Arc::ptr_eq(&h.pool, &options).then(|| Arc::clone(&h.conn)))
+        .ok()
+        .flatten();
+    if let Some(guard) = held.and_then(|h| h.try_lock_owned().ok()) {
+        return Ok(Conn::Command(guard));
     }
     Ok(Conn::Pooled(pool.acquire().await?))
 }
 
 /// Runs `command` with one connection of `pool` for its statements (see the module).
 pub async fn for_command<F: Future>(pool: &PgPool, command: F) -> Result<F::Output, sqlx::Error> {
-    let held = Arc::new(Mutex::new(pool.acquire().await?));
+    let held = Held {
+        pool: pool.connect_options(),
+        conn: Arc::new(Mutex::new(pool.acquire().await?)),
+    };
     Ok(HELD.scope(held, command).await)
 }

@@ -362,7 +362,13 @@ where
             .await
             .map_err(refused)
     })
-    .await??;
+    .await
+    .map_err(|e| {
+        // No connection for the command: the database is away or the pool exhausted.
+        let err = CommandError::from(e);
+        tracing::Span::current().record("outcome", tracing::field::display(&err));
+        err
+    })??;
     let last = appended.last().ok_or_else(|| {
         CommandError::Internal(format!(
             "command {name} on {} {id} was accepted but recorded no event",

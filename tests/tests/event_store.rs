@@ -670,3 +670,40 @@ async fn a_command_takes_one_connection_for_all_its_statements() {
     pool.close().await;
     db.drop().await;
 }
+
+/// While a command holds a connection, statements for its own pool (or a clone of it)
+/// run on that connection, and statements for any other pool on that pool's own: never
+/// as another role, or on another database, than the pool they were sent to.
+#[tokio::test]
+async fn a_commands_connection_serves_its_own_pool_and_no_other() {
+    use lis_commands::connection::{connection, for_command};
+    use lis_eventstore_migrations::{APP_ROLE, OWNER_ROLE};
+    let db = TestDb::new().await;
+    let who = |pool: sqlx::PgPool| async move {
+        let row: (String, i32) = sqlx::query_as("SELECT current_user::text, pg_backend_pid()")
+            .fetch_one(&mut *connection(&pool).await.unwrap())
+            .await
+            .unwrap();
+        row
+    };
+    let (app, owner) = (db.app.clone(), db.owner.clone());
+    let seen = for_command(&db.app, async move {
+        let first = who(app.clone()).await;
+        let again = who(app.clone()).await;
+        let other = who(owner).await;
+        (first, again, other)
+    })
+    .await
+    .unwrap();
+    let ((user, pid), (user_again, pid_again), (other_user, other_pid)) = seen;
+    assert_eq!(
+        (user.as_str(), user_again.as_str(), other_user.as_str()),
+        (APP_ROLE, APP_ROLE, OWNER_ROLE)
+    );
+    assert_eq!(
+        pid, pid_again,
+        "the command's statements share its connection"
+    );
+    assert_ne!(pid, other_pid);
+    db.drop().await;
+}

@@ -594,7 +594,7 @@ pub async fn change_own_password(
             };
             // The name's turn (shared with its log-ins), from the look at its strikes to
             // the record of this attempt: guesses sent in parallel are checked in turn.
-            let _turn = s.lockout.gate.turn(name).await;
+            let turn = s.lockout.gate.turn(name).await;
             let struck = lockout::locked_until(
                 &s.pool,
                 lockout::Attempt::PasswordChange,
@@ -627,6 +627,9 @@ pub async fn change_own_password(
                 tracing::warn!(user = %user, "wrong current password in a password change");
                 return Err(field("/current_password", "not your current password"));
             };
+            // The attempt is settled (a right password leaves no strike): the name's
+            // log-ins need not wait for the rest of the change.
+            drop(turn);
             if b.new_password.0 == b.current_password {
                 return Err(field(
                     "/new_password",
