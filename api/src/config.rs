@@ -8,6 +8,7 @@
 //! | `LIS_ADMIN_DATABASE_URL` | `postgres://postgres@127.0.0.1:5433/postgres` | a superuser, for `db init` only |
 //! | `LIS_DB_MAX_CONNECTIONS` | `16` | pool size of `serve` (`project` gives each read model two connections of its own) |
 //! | `LIS_SNAPSHOT_EVERY` | `20` | snapshot an aggregate every N events |
+//! | `LIS_COMMAND_TIMEOUT_SECS` | `30` | how long a command may wait on the database before it is answered 503 and its connection closed (a network that fell silent mid-statement) |
 //! | `LIS_FOUR_EYES` | `true` | the verifier of a result may not authorise it |
 //! | `LIS_LOG_FORMAT` | `text` | `text` or `json` (one JSON object per line) |
 //! | `LIS_KAFKA_BROKERS` | unset | Kafka bootstrap servers; unset = single-node mode (projections read the event store's feed) |
@@ -79,6 +80,7 @@ pub struct Config {
     pub admin_database_url: String,
     pub db_max_connections: u32,
     pub snapshot_every: usize,
+    pub command_timeout_secs: u64,
     pub four_eyes: bool,
     pub log_format: LogFormat,
     pub kafka_brokers: Option<String>,
@@ -242,6 +244,7 @@ impl Config {
             ),
             db_max_connections: number(vars, "LIS_DB_MAX_CONNECTIONS", "16")?,
             snapshot_every: number(vars, "LIS_SNAPSHOT_EVERY", "20")?,
+            command_timeout_secs: number(vars, "LIS_COMMAND_TIMEOUT_SECS", "30")?,
             four_eyes,
             log_format,
             kafka_brokers: vars
@@ -381,6 +384,7 @@ mod tests {
         );
         assert!(c.four_eyes);
         assert_eq!(c.snapshot_every, 20);
+        assert_eq!(c.command_timeout_secs, 30);
     }
 
     #[test]

@@ -479,6 +479,7 @@ pub async fn ledger(config: &Config, pool: PgPool) -> anyhow::Result<lis_command
         pool,
         lis_commands::LedgerConfig {
             snapshot_every: config.snapshot_every,
+            command_timeout: std::time::Duration::from_secs(config.command_timeout_secs),
             policy: lis_domain::services::LabPolicy {
                 four_eyes: config.four_eyes,
             },

@@ -16,6 +16,7 @@ use lis_tests::{assert_models_equal_rebuilds, TestDb};
 use std::path::PathBuf;
 use std::time::Duration;
 use support::load::{assert_exactly_once, Load};
+use support::silent_proxy::SilentProxy;
 use support::{tails, wait_healthy, wait_projected, PrivatePg, Role, Stack};
 
 const DATABASE: &str = "lisledger";
@@ -298,17 +299,9 @@ async fn while_a_prepared_transaction_is_open_the_audit_pages_by_time_answer_503
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_fallen_silent_is_answered_503_within_seconds_then_recovers() {
     use lis_domain::actor::Role as LabRole;
-    use support::silent_proxy::SilentProxy;
     use support::token;
     let db = TestDb::new().await;
-    let direct = db.url_as(APP_ROLE);
-    let at = direct.find('@').unwrap() + 1;
-    let slash = at + direct[at..].find('/').unwrap();
-    let proxy = SilentProxy::start(direct[at..slash].to_string()).await;
-    let mut stack = Stack::on(
-        format!("{}{}{}", &direct[..at], proxy.addr, &direct[slash..]),
-        false,
-    );
+    let (proxy, mut stack) = behind_a_proxy(&db).await;
     let base = stack.with_api();
     let api = stack.spawn("serve", &["serve"]);
     wait_healthy(&base, &api, Duration::from_secs(30)).await;
@@ -361,5 +354,111 @@ async fn a_database_fallen_silent_is_answered_503_within_seconds_then_recovers()
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     wait_ready(&base, reqwest::StatusCode::OK, &api).await;
+    db.drop().await;
+}
+
+/// A stack whose roles reach `db` through a [`SilentProxy`].
+async fn behind_a_proxy(db: &TestDb) -> (SilentProxy, Stack) {
+    let direct = db.url_as(APP_ROLE);
+    let at = direct.find('@').unwrap() + 1;
+    let slash = at + direct[at..].find('/').unwrap();
+    let proxy = SilentProxy::start(direct[at..slash].to_string()).await;
+    let url = format!("{}{}{}", &direct[..at], proxy.addr, &direct[slash..]);
+    (proxy, Stack::on(url, false))
+}
+
+/// The network falls silent while a command waits on the database (here: on a lock the
+/// test holds, released once the proxy is silent, so the answer is sent and lost). The
+/// command is given up after `LIS_COMMAND_TIMEOUT_SECS` and answered 503, and its
+/// connection is closed rather than given back to wait on the silence: with a pool of
+/// one connection, the same process then serves commands again once the network does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_database_falls_silent_mid_statement_is_given_up_and_503() {
+    use lis_domain::actor::Role as LabRole;
+    use support::token;
+    let db = TestDb::new().await;
+    let (proxy, mut stack) = behind_a_proxy(&db).await;
+    let base = stack.with_api();
+    stack.set("LIS_DB_MAX_CONNECTIONS", "1".into());
+    stack.set("LIS_COMMAND_TIMEOUT_SECS", "3".into());
+    let api = stack.spawn("serve", &["serve"]);
+    wait_healthy(&base, &api, Duration::from_secs(30)).await;
+    let bearer = token("reception.silent", LabRole::Reception);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let place = |mrn: &str| {
+        let request = client
+            .post(format!("{base}/orders"))
+            .bearer_auth(&bearer)
+            .json(&serde_json::json!({
+                "patient": {"mrn": mrn, "name": "Asha Verma", "sex": "female", "date_of_birth": "1980-05-17"},
+                "ordering_clinician": "Dr Rao", "priority": "routine", "collection_site": "OPD 2", "tests": ["K"]
+            }));
+        async move {
+            let r = request.send().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((r.status(), r.text().await.unwrap_or_default()))
+        }
+    };
+    let (status, body) = place("MRN-S1").await.unwrap();
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+
+    // The next command waits on a lock of the test's, on the database's side.
+    let mut lock = db.owner.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let waiting = tokio::spawn(place("MRN-S2"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let blocked: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+        )
+        .bind(&db.name)
+        .fetch_one(&db.app)
+        .await
+        .unwrap();
+        if blocked > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no command waited on the lock\n{}",
+            api.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.fall_silent();
+    let silent_at = std::time::Instant::now();
+    lock.commit().await.unwrap();
+    let (status, body) = waiting.await.unwrap().unwrap();
+    let took = silent_at.elapsed();
+    assert_eq!(
+        status,
+        reqwest::StatusCode::SERVICE_UNAVAILABLE,
+        "{body}\n{}",
+        api.log_tail()
+    );
+    assert!(took < Duration::from_secs(15), "answered after {took:?}");
+
+    proxy.speak();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let (status, body) = place(&format!("MRN-S3-{n}")).await.unwrap();
+        if status == reqwest::StatusCode::CREATED {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no command served after the network spoke again: {status} {body}\n{}",
+            api.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(api);
     db.drop().await;
 }

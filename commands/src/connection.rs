@@ -16,6 +16,7 @@ use sqlx::{PgConnection, PgPool, Postgres};
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 tokio::task_local! {
@@ -71,11 +72,57 @@ pub async fn connection(pool: &PgPool) -> Result<Conn, sqlx::Error> {
     Ok(Conn::Pooled(pool.acquire().await?))
 }
 
-/// Runs `command` with one connection of `pool` for its statements (see the module).
-pub async fn for_command<F: Future>(pool: &PgPool, command: F) -> Result<F::Output, sqlx::Error> {
+/// Runs `command` with one connection of `pool` for its statements (see the module),
+/// for at most `timeout`. A command cut short, by the timeout or by its caller going
+/// away, closes the connection rather than giving it back: a connection left in the
+/// middle of a statement is tested on its way back to the pool by a round trip that
+/// nothing bounds, and on a network that fell silent that round trip, and the pool's
+/// place with it, would wait for TCP to give up (a quarter of an hour or more).
+pub async fn for_command<F: Future>(
+    pool: &PgPool,
+    timeout: Duration,
+    command: F,
+) -> Result<F::Output, sqlx::Error> {
+    let conn = Arc::new(Mutex::new(pool.acquire().await?));
+    let unfinished = CloseUnlessFinished(Some(Arc::clone(&conn)));
     let held = Held {
         pool: pool.connect_options(),
-        conn: Arc::new(Mutex::new(pool.acquire().await?)),
+        conn,
     };
-    Ok(HELD.scope(held, command).await)
+    let outcome = tokio::time::timeout(timeout, HELD.scope(held, command)).await;
+    // The command's future is gone by now, and every guard of the connection it held.
+    match outcome {
+        Ok(output) => {
+            unfinished.finished();
+            Ok(output)
+        }
+        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the database did not finish the command within {} s",
+                timeout.as_secs_f64()
+            ),
+        ))),
+    }
+}
+
+/// Marks the command's connection to be closed when dropped, unless the command finished.
+struct CloseUnlessFinished(Option<Arc<Mutex<PoolConnection<Postgres>>>>);
+
+impl CloseUnlessFinished {
+    fn finished(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CloseUnlessFinished {
+    fn drop(&mut self) {
+        // By now the command's future is gone, and the guards it held with it.
+        if let Some(conn) = self.0.take() {
+            match conn.try_lock() {
+                Ok(mut conn) => conn.close_on_drop(),
+                Err(_) => tracing::warn!("a cut-short command's connection is still in use"),
+            }
+        }
+    }
 }

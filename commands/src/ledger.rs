@@ -41,6 +41,10 @@ pub struct LedgerConfig {
     /// Take a snapshot of an aggregate every this many events.
     pub snapshot_every: usize,
     pub policy: LabPolicy,
+    /// How long a command may take with its connection before it is given up and the
+    /// connection closed: a network that falls silent mid-statement answers nothing, and
+    /// TCP alone would wait a quarter of an hour or more.
+    pub command_timeout: std::time::Duration,
 }
 
 impl Default for LedgerConfig {
@@ -48,6 +52,7 @@ impl Default for LedgerConfig {
         Self {
             snapshot_every: 20,
             policy: LabPolicy::default(),
+            command_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -83,8 +88,9 @@ pub struct PlacedOrder {
     pub outcome: CommandOutcome,
 }
 
-fn event_store<A: Aggregate>(pool: &PgPool, snapshot_every: usize) -> EventStoreOf<A> {
-    SnapshotEventStore::new(pool.clone(), snapshot_every, upcasters())
+fn event_store<A: Aggregate>(pool: &PgPool, config: &LedgerConfig) -> EventStoreOf<A> {
+    SnapshotEventStore::new(pool.clone(), config.snapshot_every, upcasters())
+        .with_command_timeout(config.command_timeout)
 }
 
 pub struct Ledger {
@@ -100,21 +106,20 @@ pub struct Ledger {
 impl Ledger {
     /// A ledger over `pool`, sealing identities with the keys of `vault`.
     pub fn new(pool: PgPool, config: LedgerConfig, vault: Arc<PatientVault>) -> Self {
-        let n = config.snapshot_every.max(1);
         let lookup = Arc::new(PgLabLookup::new(
             pool.clone(),
-            event_store(&pool, n),
-            event_store(&pool, n),
-            event_store(&pool, n),
+            event_store(&pool, &config),
+            event_store(&pool, &config),
+            event_store(&pool, &config),
             vault.clone(),
             config.policy,
         ));
         Self {
             services: LabServices::new(lookup),
-            orders: event_store(&pool, n),
-            samples: event_store(&pool, n),
-            results: event_store(&pool, n),
-            patients: event_store(&pool, n),
+            orders: event_store(&pool, &config),
+            samples: event_store(&pool, &config),
+            results: event_store(&pool, &config),
+            patients: event_store(&pool, &config),
             vault,
             pool,
         }
@@ -349,7 +354,7 @@ where
         err
     };
     // One connection for the load, the rules' look-ups and the append (`connection`).
-    let appended = crate::connection::for_command(store.pool(), async {
+    let appended = crate::connection::for_command(store.pool(), store.command_timeout(), async {
         let mut context = store.load_aggregate(id).await.map_err(refused)?;
         let sink = EventSink::default();
         context

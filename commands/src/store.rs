@@ -42,6 +42,7 @@ pub struct SnapshotEventStore<A: Aggregate> {
     pool: PgPool,
     snapshot_every: usize,
     upcasters: Vec<Box<dyn EventUpcaster>>,
+    command_timeout: std::time::Duration,
     _aggregate: std::marker::PhantomData<fn() -> A>,
 }
 
@@ -98,8 +99,20 @@ impl<A: Aggregate> SnapshotEventStore<A> {
             pool,
             snapshot_every: snapshot_every.max(1),
             upcasters,
+            command_timeout: std::time::Duration::from_secs(30),
             _aggregate: std::marker::PhantomData,
         }
+    }
+
+    /// How long a command on this store may hold its connection (30 s unless set):
+    /// see [`crate::connection::for_command`].
+    pub fn with_command_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    pub fn command_timeout(&self) -> std::time::Duration {
+        self.command_timeout
     }
 
     fn deserialize(

@@ -687,7 +687,7 @@ async fn a_commands_connection_serves_its_own_pool_and_no_other() {
         row
     };
     let (app, owner) = (db.app.clone(), db.owner.clone());
-    let seen = for_command(&db.app, async move {
+    let seen = for_command(&db.app, std::time::Duration::from_secs(30), async move {
         let first = who(app.clone()).await;
         let again = who(app.clone()).await;
         let other = who(owner).await;
@@ -705,5 +705,69 @@ async fn a_commands_connection_serves_its_own_pool_and_no_other() {
         "the command's statements share its connection"
     );
     assert_ne!(pid, other_pid);
+    db.drop().await;
+}
+
+/// A command that finishes gives its connection back to the pool; one cut short, by its
+/// timeout or by its caller dropping it mid-statement, closes it (a connection in the
+/// middle of a statement would be tested on its way back by an unbounded round trip).
+#[tokio::test]
+async fn a_command_cut_short_closes_its_connection_and_one_that_finishes_returns_it() {
+    use lis_commands::connection::{connection, for_command};
+    use std::time::Duration;
+    let db = TestDb::new().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url_as(lis_eventstore_migrations::APP_ROLE))
+        .await
+        .unwrap();
+    let sleep = |pool: sqlx::PgPool, secs: f64| async move {
+        sqlx::query("SELECT pg_sleep($1)")
+            .bind(secs)
+            .execute(&mut *connection(&pool).await.unwrap())
+            .await
+    };
+    let settled = |pool: sqlx::PgPool| async move {
+        // Closing happens in a spawned task, which sqlx gives up to 5 s (it takes them
+        // all while the server is busy with the statement).
+        for _ in 0..500 {
+            if pool.num_idle() == pool.size() as usize {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (pool.size(), pool.num_idle())
+    };
+
+    let done = for_command(&pool, Duration::from_secs(10), sleep(pool.clone(), 0.0)).await;
+    assert!(done.unwrap().is_ok());
+    assert_eq!(settled(pool.clone()).await, (1, 1), "given back, open");
+
+    let timed_out = for_command(&pool, Duration::from_millis(200), sleep(pool.clone(), 30.0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&timed_out, sqlx::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut),
+        "{timed_out:?}"
+    );
+    assert!(lis_commands::error::is_unavailable(&timed_out));
+    assert_eq!(
+        settled(pool.clone()).await,
+        (0, 0),
+        "closed after the timeout"
+    );
+
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(200),
+        for_command(&pool, Duration::from_secs(60), sleep(pool.clone(), 30.0)),
+    )
+    .await;
+    assert!(dropped.is_err(), "the caller gave up first");
+    assert_eq!(settled(pool.clone()).await, (0, 0), "closed when dropped");
+
+    // The pool opens a fresh connection for the next command.
+    let again = for_command(&pool, Duration::from_secs(10), sleep(pool.clone(), 0.0)).await;
+    assert!(again.unwrap().is_ok());
+    pool.close().await;
     db.drop().await;
 }
