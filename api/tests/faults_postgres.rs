@@ -298,19 +298,14 @@ async fn while_a_prepared_transaction_is_open_the_audit_pages_by_time_answer_503
 /// they are answered as before, by the same process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_fallen_silent_is_answered_503_within_seconds_then_recovers() {
-    use lis_domain::actor::Role as LabRole;
-    use support::token;
-    let db = TestDb::new().await;
-    let (proxy, mut stack) = behind_a_proxy(&db).await;
-    let base = stack.with_api();
-    let api = stack.spawn("serve", &["serve"]);
-    wait_healthy(&base, &api, Duration::from_secs(30)).await;
-    let bearer = token("dr.silent", LabRole::Clinician);
-    // Far longer than the bound asserted: a request that hangs fails the test.
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap();
+    let Silenceable {
+        db,
+        proxy,
+        base,
+        api,
+        client,
+    } = serve_behind_a_proxy(&[]).await;
+    let bearer = support::token("dr.silent", lis_domain::actor::Role::Clinician);
     let order = format!("{base}/orders/{}", uuid::Uuid::new_v4());
     let get = |url: String| {
         let request = client.get(url).bearer_auth(&bearer);
@@ -357,14 +352,43 @@ async fn a_database_fallen_silent_is_answered_503_within_seconds_then_recovers()
     db.drop().await;
 }
 
-/// A stack whose roles reach `db` through a [`SilentProxy`].
-async fn behind_a_proxy(db: &TestDb) -> (SilentProxy, Stack) {
+/// `lisledger serve` reaching a database of its own through a [`SilentProxy`].
+struct Silenceable {
+    db: TestDb,
+    proxy: SilentProxy,
+    base: String,
+    api: Role,
+    /// Its timeout (60 s) is far longer than any bound the tests assert: a request that
+    /// hangs fails them.
+    client: reqwest::Client,
+}
+
+/// Starts `serve` (with `settings` on top of the test API's) behind a proxy, up.
+async fn serve_behind_a_proxy(settings: &[(&str, &str)]) -> Silenceable {
+    let db = TestDb::new().await;
     let direct = db.url_as(APP_ROLE);
     let at = direct.find('@').unwrap() + 1;
     let slash = at + direct[at..].find('/').unwrap();
     let proxy = SilentProxy::start(direct[at..slash].to_string()).await;
     let url = format!("{}{}{}", &direct[..at], proxy.addr, &direct[slash..]);
-    (proxy, Stack::on(url, false))
+    let mut stack = Stack::on(url, false);
+    let base = stack.with_api();
+    for (key, value) in settings {
+        stack.set(key, value.to_string());
+    }
+    let api = stack.spawn("serve", &["serve"]);
+    wait_healthy(&base, &api, Duration::from_secs(30)).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    Silenceable {
+        db,
+        proxy,
+        base,
+        api,
+        client,
+    }
 }
 
 /// The network falls silent while a command waits on the database (here: on a lock the
@@ -374,20 +398,18 @@ async fn behind_a_proxy(db: &TestDb) -> (SilentProxy, Stack) {
 /// one connection, the same process then serves commands again once the network does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_whose_database_falls_silent_mid_statement_is_given_up_and_503() {
-    use lis_domain::actor::Role as LabRole;
-    use support::token;
-    let db = TestDb::new().await;
-    let (proxy, mut stack) = behind_a_proxy(&db).await;
-    let base = stack.with_api();
-    stack.set("LIS_DB_MAX_CONNECTIONS", "1".into());
-    stack.set("LIS_COMMAND_TIMEOUT_SECS", "3".into());
-    let api = stack.spawn("serve", &["serve"]);
-    wait_healthy(&base, &api, Duration::from_secs(30)).await;
-    let bearer = token("reception.silent", LabRole::Reception);
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap();
+    let Silenceable {
+        db,
+        proxy,
+        base,
+        api,
+        client,
+    } = serve_behind_a_proxy(&[
+        ("LIS_DB_MAX_CONNECTIONS", "1"),
+        ("LIS_COMMAND_TIMEOUT_SECS", "3"),
+    ])
+    .await;
+    let bearer = support::token("reception.silent", lis_domain::actor::Role::Reception);
     let place = |mrn: &str| {
         let request = client
             .post(format!("{base}/orders"))

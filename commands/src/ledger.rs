@@ -348,11 +348,12 @@ where
 {
     let command_id = ctx.command_id.get().copied().unwrap_or_else(Uuid::new_v4);
     let metadata = ctx.metadata(command_id, name, reason);
-    let refused = |e: AggregateError<A::Error>| {
-        let err = CommandError::from_aggregate(e, A::TYPE, id);
+    let outcome = |err: CommandError| {
         tracing::Span::current().record("outcome", tracing::field::display(&err));
         err
     };
+    let refused =
+        |e: AggregateError<A::Error>| outcome(CommandError::from_aggregate(e, A::TYPE, id));
     // One connection for the load, the rules' look-ups and the append (`connection`).
     let appended = crate::connection::for_command(store.pool(), store.command_timeout(), async {
         let mut context = store.load_aggregate(id).await.map_err(refused)?;
@@ -368,12 +369,8 @@ where
             .map_err(refused)
     })
     .await
-    .map_err(|e| {
-        // No connection for the command: the database is away or the pool exhausted.
-        let err = CommandError::from(e);
-        tracing::Span::current().record("outcome", tracing::field::display(&err));
-        err
-    })??;
+    // No connection for the command, or none that answered in time.
+    .map_err(|e| outcome(CommandError::from(e)))??;
     let last = appended.last().ok_or_else(|| {
         CommandError::Internal(format!(
             "command {name} on {} {id} was accepted but recorded no event",

@@ -73,13 +73,11 @@ impl Revocations {
                     return;
                 };
                 let read = tokio::time::timeout(POLL * 5, async {
-                    if conn.is_none() {
-                        conn = Some(PgConnection::connect_with(&options).await?);
-                    }
-                    match conn.as_mut() {
-                        Some(c) => revocations.refresh_on(c).await,
-                        None => Ok(()),
-                    }
+                    let c = match &mut conn {
+                        Some(c) => c,
+                        None => conn.insert(PgConnection::connect_with(&options).await?),
+                    };
+                    revocations.refresh_on(c).await
                 })
                 .await;
                 let failed = match read {
