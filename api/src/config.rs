@@ -9,6 +9,7 @@
 //! | `LIS_DB_MAX_CONNECTIONS` | `16` | pool size of `serve` (`project` gives each read model two connections of its own) |
 //! | `LIS_SNAPSHOT_EVERY` | `20` | snapshot an aggregate every N events |
 //! | `LIS_COMMAND_TIMEOUT_SECS` | `30` | how long a command may wait on the database before it is answered 503 and its connection closed (a network that fell silent mid-statement) |
+//! | `LIS_REQUEST_TIMEOUT_SECS` | `35` | how long any request may run before it is answered 503 (`GET /audit/verification` excepted); longer than a command's, so that a command's own timeout answers first |
 //! | `LIS_FOUR_EYES` | `true` | the verifier of a result may not authorise it |
 //! | `LIS_LOG_FORMAT` | `text` | `text` or `json` (one JSON object per line) |
 //! | `LIS_KAFKA_BROKERS` | unset | Kafka bootstrap servers; unset = single-node mode (projections read the event store's feed) |
@@ -81,6 +82,7 @@ pub struct Config {
     pub db_max_connections: u32,
     pub snapshot_every: usize,
     pub command_timeout_secs: u64,
+    pub request_timeout_secs: u64,
     pub four_eyes: bool,
     pub log_format: LogFormat,
     pub kafka_brokers: Option<String>,
@@ -245,6 +247,7 @@ impl Config {
             db_max_connections: number(vars, "LIS_DB_MAX_CONNECTIONS", "16")?,
             snapshot_every: number(vars, "LIS_SNAPSHOT_EVERY", "20")?,
             command_timeout_secs: number(vars, "LIS_COMMAND_TIMEOUT_SECS", "30")?,
+            request_timeout_secs: number(vars, "LIS_REQUEST_TIMEOUT_SECS", "35")?,
             four_eyes,
             log_format,
             kafka_brokers: vars
@@ -385,6 +388,7 @@ mod tests {
         assert!(c.four_eyes);
         assert_eq!(c.snapshot_every, 20);
         assert_eq!(c.command_timeout_secs, 30);
+        assert_eq!(c.request_timeout_secs, 35);
     }
 
     #[test]

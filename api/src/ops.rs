@@ -546,6 +546,7 @@ pub async fn serve(config: &Config, pool: PgPool) -> anyhow::Result<ExitCode> {
         revocations,
         lockout: lockout(config),
         public_url: config.public_url.clone(),
+        request_timeout: std::time::Duration::from_secs(config.request_timeout_secs),
         cors_origins: config
             .cors_origins
             .iter()

@@ -7,7 +7,8 @@
 //! Also here, as it needs a cluster of its own that allows two-phase commit: a prepared
 //! transaction holds the auditors' pages by time (503) until it ends. And the network
 //! to the shared cluster falling silent (a proxy that stops forwarding): 503 within the
-//! acquire timeout, not a request that waits on TCP.
+//! acquire timeout, not a request that waits on TCP; falling silent mid-statement: 503
+//! at the command's or the request's deadline, and the connection closed, not lost.
 
 mod support;
 
@@ -391,6 +392,90 @@ async fn serve_behind_a_proxy(settings: &[(&str, &str)]) -> Silenceable {
     }
 }
 
+/// What a client got: status and body, or why it got nothing.
+type Answer = Result<(reqwest::StatusCode, String), String>;
+
+async fn answer(request: reqwest::RequestBuilder) -> Answer {
+    let r = request.send().await.map_err(|e| e.to_string())?;
+    Ok((r.status(), r.text().await.unwrap_or_default()))
+}
+
+impl Silenceable {
+    /// Sends `request` while a transaction of `locker` holds `lock` (a `LOCK TABLE`);
+    /// once a session waits on it, falls silent and releases it, so that the database's
+    /// answer is sent and lost; then speaks again. Asserts that the client got a 503,
+    /// within seconds of the silence.
+    async fn assert_503_when_silenced_mid_statement(
+        &self,
+        locker: &sqlx::PgPool,
+        lock: &str,
+        request: reqwest::RequestBuilder,
+    ) {
+        let mut held = locker.begin().await.unwrap();
+        sqlx::query(lock).execute(&mut *held).await.unwrap();
+        let waiting = tokio::spawn(answer(request));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let blocked: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+            )
+            .bind(&self.db.name)
+            .fetch_one(&self.db.app)
+            .await
+            .unwrap();
+            if blocked > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nothing waited on the lock\n{}",
+                self.api.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.proxy.fall_silent();
+        let silent_at = std::time::Instant::now();
+        held.commit().await.unwrap();
+        let (status, body) = waiting.await.unwrap().unwrap();
+        let took = silent_at.elapsed();
+        self.proxy.speak();
+        assert_eq!(
+            status,
+            reqwest::StatusCode::SERVICE_UNAVAILABLE,
+            "{body}\n{}",
+            self.api.log_tail()
+        );
+        assert!(took < Duration::from_secs(15), "answered after {took:?}");
+    }
+
+    async fn finish(self) {
+        let Silenceable { db, api, .. } = self;
+        drop(api);
+        db.drop().await;
+    }
+
+    /// Sends `request(n)` for n = 1, 2, … until it is answered `want`, for up to 60 s.
+    async fn until_answered(
+        &self,
+        want: reqwest::StatusCode,
+        request: impl Fn(u32) -> reqwest::RequestBuilder,
+    ) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        for n in 1.. {
+            let (status, body) = answer(request(n)).await.unwrap();
+            if status == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not answered {want} after the network spoke again: {status} {body}\n{}",
+                self.api.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 /// The network falls silent while a command waits on the database (here: on a lock the
 /// test holds, released once the proxy is silent, so the answer is sent and lost). The
 /// command is given up after `LIS_COMMAND_TIMEOUT_SECS` and answered 503, and its
@@ -398,89 +483,68 @@ async fn serve_behind_a_proxy(settings: &[(&str, &str)]) -> Silenceable {
 /// one connection, the same process then serves commands again once the network does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_whose_database_falls_silent_mid_statement_is_given_up_and_503() {
-    let Silenceable {
-        db,
-        proxy,
-        base,
-        api,
-        client,
-    } = serve_behind_a_proxy(&[
+    let silenceable = serve_behind_a_proxy(&[
         ("LIS_DB_MAX_CONNECTIONS", "1"),
         ("LIS_COMMAND_TIMEOUT_SECS", "3"),
     ])
     .await;
     let bearer = support::token("reception.silent", lis_domain::actor::Role::Reception);
-    let place = |mrn: &str| {
-        let request = client
-            .post(format!("{base}/orders"))
+    let place = |mrn: String| {
+        silenceable
+            .client
+            .post(format!("{}/orders", silenceable.base))
             .bearer_auth(&bearer)
             .json(&serde_json::json!({
                 "patient": {"mrn": mrn, "name": "Asha Verma", "sex": "female", "date_of_birth": "1980-05-17"},
                 "ordering_clinician": "Dr Rao", "priority": "routine", "collection_site": "OPD 2", "tests": ["K"]
-            }));
-        async move {
-            let r = request.send().await.map_err(|e| e.to_string())?;
-            Ok::<_, String>((r.status(), r.text().await.unwrap_or_default()))
-        }
+            }))
     };
-    let (status, body) = place("MRN-S1").await.unwrap();
+    let (status, body) = answer(place("MRN-S1".into())).await.unwrap();
     assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
 
     // The next command waits on a lock of the test's, on the database's side.
-    let mut lock = db.owner.begin().await.unwrap();
-    sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
-    let waiting = tokio::spawn(place("MRN-S2"));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let blocked: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
-        )
-        .bind(&db.name)
-        .fetch_one(&db.app)
-        .await
-        .unwrap();
-        if blocked > 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no command waited on the lock\n{}",
-            api.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    proxy.fall_silent();
-    let silent_at = std::time::Instant::now();
-    lock.commit().await.unwrap();
-    let (status, body) = waiting.await.unwrap().unwrap();
-    let took = silent_at.elapsed();
-    assert_eq!(
-        status,
-        reqwest::StatusCode::SERVICE_UNAVAILABLE,
-        "{body}\n{}",
-        api.log_tail()
-    );
-    assert!(took < Duration::from_secs(15), "answered after {took:?}");
+    let lock = "LOCK TABLE events IN ACCESS EXCLUSIVE MODE";
+    let owner = silenceable.db.owner.clone();
+    silenceable
+        .assert_503_when_silenced_mid_statement(&owner, lock, place("MRN-S2".into()))
+        .await;
 
-    proxy.speak();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut n = 0;
-    loop {
-        n += 1;
-        let (status, body) = place(&format!("MRN-S3-{n}")).await.unwrap();
-        if status == reqwest::StatusCode::CREATED {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no command served after the network spoke again: {status} {body}\n{}",
-            api.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    drop(api);
-    db.drop().await;
+    silenceable
+        .until_answered(reqwest::StatusCode::CREATED, |n| {
+            place(format!("MRN-S3-{n}"))
+        })
+        .await;
+    silenceable.finish().await;
+}
+
+/// The network falls silent while a read waits on the database (on a lock the test
+/// holds on the orders model, released once the proxy is silent: the answer is sent and
+/// lost). The read is answered 503 at the request deadline (`LIS_REQUEST_TIMEOUT_SECS`),
+/// and the connection it left in the middle of a statement is closed rather than given
+/// back to wait on the silence for good: with a pool of one connection, the same process
+/// answers reads again once the network does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_database_falls_silent_mid_statement_is_answered_503_and_frees_its_connection()
+{
+    let silenceable = serve_behind_a_proxy(&[
+        ("LIS_DB_MAX_CONNECTIONS", "1"),
+        ("LIS_REQUEST_TIMEOUT_SECS", "3"),
+    ])
+    .await;
+    let bearer = support::token("dr.silent.read", lis_domain::actor::Role::Clinician);
+    let order = format!("{}/orders/{}", silenceable.base, uuid::Uuid::new_v4());
+    let get = || silenceable.client.get(&order).bearer_auth(&bearer);
+    let (status, body) = answer(get()).await.unwrap();
+    assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "{body}");
+
+    let lock = "LOCK TABLE proj_orders.orders IN ACCESS EXCLUSIVE MODE";
+    let app = silenceable.db.app.clone();
+    silenceable
+        .assert_503_when_silenced_mid_statement(&app, lock, get())
+        .await;
+
+    silenceable
+        .until_answered(reqwest::StatusCode::NOT_FOUND, |_| get())
+        .await;
+    silenceable.finish().await;
 }

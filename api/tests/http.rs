@@ -109,6 +109,7 @@ impl Api {
                 .unwrap(),
             lockout,
             public_url: None,
+            request_timeout: std::time::Duration::from_secs(35),
         };
         http::prepare_read_models(&db.app).await.unwrap();
         let base = serve(state).await;
@@ -1255,6 +1256,7 @@ async fn with_postgresql_down_the_api_answers_503_never_500() {
         revocations: Default::default(),
         lockout: Default::default(),
         public_url: None,
+        request_timeout: std::time::Duration::from_secs(35),
     };
     let base = serve(state).await;
     let client = Client::new();

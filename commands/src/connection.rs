@@ -1,26 +1,42 @@
-//! One database connection for the whole of a command.
+//! One database connection for the whole of a command; and connections that a request
+//! cut short closes rather than gives back.
 //!
 //! sqlx tests a connection with a round trip each time it goes back to its pool, so a
 //! command that took a connection for each of its statements (its aggregate's load, the
 //! look-ups its rules make, a patient's key, the append: 8 to record a result) paid a
-//! round trip more for each. While a command runs inside [`for_command`], the store, the
+//! round trip more for each. While a command runs inside [`within`], the store, the
 //! look-ups and the key vault send their statements to the one connection it holds;
 //! elsewhere, and for a statement made while that connection is busy with another of the
 //! same command or for another pool, each takes a connection from its pool as before
 //! (so nothing ever waits on a connection its own command holds, and no statement runs
 //! on another pool's database or role).
+//!
+//! The API runs each request inside [`scoped`]. A request cut short (its deadline
+//! passed, or its client went away) may leave a connection in the middle of a
+//! statement; sqlx would test it on its way back to the pool with a round trip that
+//! nothing bounds, which on a network that fell silent waits for TCP to give up (a
+//! quarter of an hour or more, for good behind a middlebox that swallows what it gets),
+//! and the pool's place with it; closing it instead is bounded (sqlx gives a close on
+//! drop 5 s). So the connections [`connection`] hands out inside a request are closed
+//! when the request is cut short. A statement sent to a pool directly
+//! (`fetch_one(&pool)`) is outside all this.
 
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgConnection, PgPool, Postgres};
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 tokio::task_local! {
     static HELD: Held;
+    /// Set when the running request is cut short ([`scoped`]).
+    static CUT: Arc<AtomicBool>;
 }
 
 /// The running command's connection, and which pool it came from.
@@ -34,7 +50,26 @@ struct Held {
 /// A connection to send statements to: the running command's, or one of the pool's.
 pub enum Conn {
     Command(OwnedMutexGuard<PoolConnection<Postgres>>),
-    Pooled(PoolConnection<Postgres>),
+    Pooled(Pooled),
+}
+
+/// A connection of the pool's, closed when dropped if its request was cut short.
+pub struct Pooled {
+    conn: PoolConnection<Postgres>,
+    cut: Option<Arc<AtomicBool>>,
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        // Runs before `conn` (a field) is dropped and given back.
+        if self
+            .cut
+            .as_ref()
+            .is_some_and(|cut| cut.load(Ordering::SeqCst))
+        {
+            self.conn.close_on_drop();
+        }
+    }
 }
 
 impl Deref for Conn {
@@ -43,7 +78,7 @@ impl Deref for Conn {
     fn deref(&self) -> &PgConnection {
         match self {
             Conn::Command(held) => held,
-            Conn::Pooled(own) => own,
+            Conn::Pooled(own) => &own.conn,
         }
     }
 }
@@ -52,7 +87,7 @@ impl DerefMut for Conn {
     fn deref_mut(&mut self) -> &mut PgConnection {
         match self {
             Conn::Command(held) => held,
-            Conn::Pooled(own) => own,
+            Conn::Pooled(own) => &mut own.conn,
         }
     }
 }
@@ -69,16 +104,60 @@ pub async fn connection(pool: &PgPool) -> Result<Conn, sqlx::Error> {
     if let Some(guard) = held.and_then(|h| h.try_lock_owned().ok()) {
         return Ok(Conn::Command(guard));
     }
-    Ok(Conn::Pooled(pool.acquire().await?))
+    let conn = pool.acquire().await?;
+    Ok(Conn::Pooled(Pooled {
+        conn,
+        cut: CUT.try_with(Arc::clone).ok(),
+    }))
 }
 
-/// Runs `command` with one connection of `pool` for its statements (see the module),
-/// for at most `timeout`. A command cut short, by the timeout or by its caller going
-/// away, closes the connection rather than giving it back: a connection left in the
+/// Runs `work` (a request) so that, if it is cut short, the connections it holds from
+/// [`connection`] at that moment are closed rather than given back (see the module).
+pub fn scoped<F: Future>(work: F) -> Scoped<F> {
+    let cut = Arc::new(AtomicBool::new(false));
+    Scoped {
+        work: Box::pin(CUT.scope(Arc::clone(&cut), work)),
+        cut,
+        finished: false,
+    }
+}
+
+/// The future of [`scoped`].
+pub struct Scoped<F: Future> {
+    work: Pin<Box<tokio::task::futures::TaskLocalFuture<Arc<AtomicBool>, F>>>,
+    cut: Arc<AtomicBool>,
+    finished: bool,
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let output = self.work.as_mut().poll(cx);
+        if output.is_ready() {
+            self.finished = true;
+        }
+        output
+    }
+}
+
+impl<F: Future> Drop for Scoped<F> {
+    fn drop(&mut self) {
+        // Runs before `work` (a field) is dropped, and the connections it holds with it.
+        if !self.finished {
+            self.cut.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Runs `command` (a command, or any work that must not wait on the database for longer
+/// than `timeout`) with one connection of `pool` for its statements (see the module).
+/// Work cut short, by the timeout or by its caller going away, closes the connection
+/// rather than giving it back: a connection left in the
 /// middle of a statement is tested on its way back to the pool by a round trip that
 /// nothing bounds, and on a network that fell silent that round trip, and the pool's
 /// place with it, would wait for TCP to give up (a quarter of an hour or more).
-pub async fn for_command<F: Future>(
+pub async fn within<F: Future>(
     pool: &PgPool,
     timeout: Duration,
     command: F,
@@ -99,7 +178,7 @@ pub async fn for_command<F: Future>(
         Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!(
-                "the database did not finish the command within {} s",
+                "the database did not answer within {} s",
                 timeout.as_secs_f64()
             ),
         ))),

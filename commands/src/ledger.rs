@@ -142,7 +142,7 @@ impl Ledger {
     ) -> Result<PlacedOrder, CommandError> {
         let order_id = OrderId::new();
         let n: i64 = sqlx::query_scalar("SELECT nextval('order_number_seq')")
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *crate::connection::connection(&self.pool).await?)
             .await?;
         let order_number =
             OrderNumber::parse(&format!("ORD-{}-{n:06}", Utc::now().format("%Y%m%d")))
@@ -264,7 +264,7 @@ impl Ledger {
                 )
                 .bind(PatientRecord::TYPE)
                 .bind(&id)
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *crate::connection::connection(&self.pool).await?)
                 .await?;
                 Ok(CommandOutcome {
                     aggregate_type: PatientRecord::TYPE,
@@ -355,7 +355,7 @@ where
     let refused =
         |e: AggregateError<A::Error>| outcome(CommandError::from_aggregate(e, A::TYPE, id));
     // One connection for the load, the rules' look-ups and the append (`connection`).
-    let appended = crate::connection::for_command(store.pool(), store.command_timeout(), async {
+    let appended = crate::connection::within(store.pool(), store.command_timeout(), async {
         let mut context = store.load_aggregate(id).await.map_err(refused)?;
         let sink = EventSink::default();
         context

@@ -105,7 +105,7 @@ impl<A: Aggregate> SnapshotEventStore<A> {
     }
 
     /// How long a command on this store may hold its connection (30 s unless set):
-    /// see [`crate::connection::for_command`].
+    /// see [`crate::connection::within`].
     pub fn with_command_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.command_timeout = timeout;
         self

@@ -9,6 +9,7 @@
 //! gets its id only when it writes, after the previous event's transaction committed.
 
 use chrono::{DateTime, Utc};
+use lis_commands::connection::connection;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sqlx::postgres::PgRow;
@@ -101,7 +102,7 @@ pub async fn read_after(
         .bind(after.tx_id.to_string())
         .bind(after.position)
         .bind(limit)
-        .fetch_all(pool)
+        .fetch_all(&mut *connection(pool).await?)
         .await?;
     rows.iter().map(decode_row).collect()
 }

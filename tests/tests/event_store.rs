@@ -676,7 +676,7 @@ async fn a_command_takes_one_connection_for_all_its_statements() {
 /// as another role, or on another database, than the pool they were sent to.
 #[tokio::test]
 async fn a_commands_connection_serves_its_own_pool_and_no_other() {
-    use lis_commands::connection::{connection, for_command};
+    use lis_commands::connection::{connection, within};
     use lis_eventstore_migrations::{APP_ROLE, OWNER_ROLE};
     let db = TestDb::new().await;
     let who = |pool: sqlx::PgPool| async move {
@@ -687,7 +687,7 @@ async fn a_commands_connection_serves_its_own_pool_and_no_other() {
         row
     };
     let (app, owner) = (db.app.clone(), db.owner.clone());
-    let seen = for_command(&db.app, std::time::Duration::from_secs(30), async move {
+    let seen = within(&db.app, std::time::Duration::from_secs(30), async move {
         let first = who(app.clone()).await;
         let again = who(app.clone()).await;
         let other = who(owner).await;
@@ -708,42 +708,55 @@ async fn a_commands_connection_serves_its_own_pool_and_no_other() {
     db.drop().await;
 }
 
-/// A command that finishes gives its connection back to the pool; one cut short, by its
-/// timeout or by its caller dropping it mid-statement, closes it (a connection in the
-/// middle of a statement would be tested on its way back by an unbounded round trip).
-#[tokio::test]
-async fn a_command_cut_short_closes_its_connection_and_one_that_finishes_returns_it() {
-    use lis_commands::connection::{connection, for_command};
-    use std::time::Duration;
+/// A fresh database and a pool of one connection to it.
+async fn one_connection_pool() -> (TestDb, sqlx::PgPool) {
     let db = TestDb::new().await;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(&db.url_as(lis_eventstore_migrations::APP_ROLE))
         .await
         .unwrap();
-    let sleep = |pool: sqlx::PgPool, secs: f64| async move {
-        sqlx::query("SELECT pg_sleep($1)")
-            .bind(secs)
-            .execute(&mut *connection(&pool).await.unwrap())
-            .await
-    };
-    let settled = |pool: sqlx::PgPool| async move {
-        // Closing happens in a spawned task, which sqlx gives up to 5 s (it takes them
-        // all while the server is busy with the statement).
-        for _ in 0..500 {
-            if pool.num_idle() == pool.size() as usize {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        (pool.size(), pool.num_idle())
-    };
+    (db, pool)
+}
 
-    let done = for_command(&pool, Duration::from_secs(10), sleep(pool.clone(), 0.0)).await;
+/// `pg_sleep(secs)` on a connection from `lis_commands::connection`.
+async fn sleep(
+    pool: sqlx::PgPool,
+    secs: f64,
+) -> Result<sqlx::postgres::PgQueryResult, sqlx::Error> {
+    sqlx::query("SELECT pg_sleep($1)")
+        .bind(secs)
+        .execute(&mut *lis_commands::connection::connection(&pool).await.unwrap())
+        .await
+}
+
+/// The pool's (size, idle) once every connection taken is back or closed. Giving back
+/// and closing happen in spawned tasks, and sqlx gives a close up to 5 s (it takes them
+/// all while the server is busy with the statement).
+async fn settled(pool: sqlx::PgPool) -> (u32, usize) {
+    for _ in 0..500 {
+        if pool.num_idle() == pool.size() as usize {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    (pool.size(), pool.num_idle())
+}
+
+/// A command that finishes gives its connection back to the pool; one cut short, by its
+/// timeout or by its caller dropping it mid-statement, closes it (a connection in the
+/// middle of a statement would be tested on its way back by an unbounded round trip).
+#[tokio::test]
+async fn a_command_cut_short_closes_its_connection_and_one_that_finishes_returns_it() {
+    use lis_commands::connection::within;
+    use std::time::Duration;
+    let (db, pool) = one_connection_pool().await;
+
+    let done = within(&pool, Duration::from_secs(10), sleep(pool.clone(), 0.0)).await;
     assert!(done.unwrap().is_ok());
     assert_eq!(settled(pool.clone()).await, (1, 1), "given back, open");
 
-    let timed_out = for_command(&pool, Duration::from_millis(200), sleep(pool.clone(), 30.0))
+    let timed_out = within(&pool, Duration::from_millis(200), sleep(pool.clone(), 30.0))
         .await
         .unwrap_err();
     assert!(
@@ -759,15 +772,44 @@ async fn a_command_cut_short_closes_its_connection_and_one_that_finishes_returns
 
     let dropped = tokio::time::timeout(
         Duration::from_millis(200),
-        for_command(&pool, Duration::from_secs(60), sleep(pool.clone(), 30.0)),
+        within(&pool, Duration::from_secs(60), sleep(pool.clone(), 30.0)),
     )
     .await;
     assert!(dropped.is_err(), "the caller gave up first");
     assert_eq!(settled(pool.clone()).await, (0, 0), "closed when dropped");
 
     // The pool opens a fresh connection for the next command.
-    let again = for_command(&pool, Duration::from_secs(10), sleep(pool.clone(), 0.0)).await;
+    let again = within(&pool, Duration::from_secs(10), sleep(pool.clone(), 0.0)).await;
     assert!(again.unwrap().is_ok());
+    pool.close().await;
+    db.drop().await;
+}
+
+/// Inside a request's scope, a connection taken for a statement goes back to the pool
+/// when the request finishes, and is closed when the request is cut short in the middle
+/// of the statement (its deadline, or its client gone); outside any scope, a connection
+/// dropped mid-statement goes back to the pool as sqlx does it.
+#[tokio::test]
+async fn a_request_cut_short_closes_the_connection_it_holds_and_one_that_finishes_returns_it() {
+    use lis_commands::connection::scoped;
+    use std::time::Duration;
+    let (db, pool) = one_connection_pool().await;
+
+    assert!(scoped(sleep(pool.clone(), 0.0)).await.is_ok());
+    assert_eq!(settled(pool.clone()).await, (1, 1), "given back, open");
+
+    let cut =
+        tokio::time::timeout(Duration::from_millis(200), scoped(sleep(pool.clone(), 0.5))).await;
+    assert!(cut.is_err(), "the deadline came first");
+    assert_eq!(settled(pool.clone()).await, (0, 0), "closed when cut short");
+
+    // Outside a scope the same cut gives the connection back (sqlx's test on return
+    // waits out the statement): the scope is what closes it.
+    let cut = tokio::time::timeout(Duration::from_millis(200), sleep(pool.clone(), 0.5)).await;
+    assert!(cut.is_err());
+    assert_eq!(settled(pool.clone()).await, (1, 1), "given back, open");
+
+    assert!(scoped(sleep(pool.clone(), 0.0)).await.is_ok());
     pool.close().await;
     db.drop().await;
 }

@@ -16,6 +16,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use cqrs_es::persist::SerializedEvent;
 use cqrs_es::Aggregate;
+use lis_commands::connection::connection;
 use lis_domain::actor::ActorId;
 use lis_domain::order::Order;
 use lis_domain::patient_record::PatientRecord;
@@ -205,7 +206,7 @@ async fn history_json(
     .bind(aggregate_type)
     .bind(&id)
     .bind(as_of)
-    .fetch_all(&s.pool)
+    .fetch_all(&mut *connection(&s.pool).await?)
     .await?;
     // Before its first event an aggregate has an empty history; one that never was has none.
     if rows.is_empty()
@@ -215,7 +216,7 @@ async fn history_json(
             )
             .bind(aggregate_type)
             .bind(&id)
-            .fetch_one(&s.pool)
+            .fetch_one(&mut *connection(&s.pool).await?)
             .await?)
     {
         return Err(Problem::not_found(format!("no {kind} {id}")));
@@ -498,7 +499,7 @@ pub async fn activity(
     if let Some((at, position)) = window.after {
         query = query.bind(at).bind(position);
     }
-    let rows = query.fetch_all(&s.pool).await?;
+    let rows = query.fetch_all(&mut *connection(&s.pool).await?).await?;
     let last_event = rows[..rows.len().min(window.limit as usize)]
         .last()
         .map(|(_, at, key)| (*at, *key));
@@ -624,7 +625,7 @@ async fn rows_of(
     if let Some(filter) = filter {
         query = query.bind(filter);
     }
-    Ok(query.fetch_all(&s.pool).await?)
+    Ok(query.fetch_all(&mut *connection(&s.pool).await?).await?)
 }
 
 /// Every run of `lisledger keys rotate`, oldest first: when it started and finished (no
@@ -650,7 +651,7 @@ pub async fn key_rotations(
                    FROM kek_rotations
                   GROUP BY run_id, from_kek_id, to_kek_id, actor_id, reason) runs",
     )
-    .fetch_one(&s.pool)
+    .fetch_one(&mut *connection(&s.pool).await?)
     .await?;
     Ok(Json(json!({ "rotations": rotations })))
 }

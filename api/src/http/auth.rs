@@ -11,6 +11,7 @@ use argon2::Argon2;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use lis_commands::connection::connection;
 use lis_commands::CommandContext;
 use lis_domain::actor::{Actor, ActorId, Role};
 use serde::{Deserialize, Serialize};
@@ -326,7 +327,7 @@ pub async fn account_named(pool: &PgPool, typed: &str) -> Result<Option<String>,
            HAVING count(*) = 1 AND NOT EXISTS (SELECT FROM users WHERE username = $1))",
     )
     .bind(typed)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *connection(pool).await?)
     .await
 }
 
@@ -343,7 +344,7 @@ pub async fn check_password(
            FROM users WHERE username = $1",
     )
     .bind(user)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *connection(pool).await?)
     .await?;
     const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$1xXAh2oZ6GBvQFQa9kHppUxiYpnqBwcxyL9M+Kp7dQs";
     let stored = row.as_ref().map_or(DUMMY.to_string(), |r| r.2.clone());

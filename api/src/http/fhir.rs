@@ -25,6 +25,7 @@ use crate::fhir::{self, ResultRow};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
+use lis_commands::connection::connection;
 use lis_commands::keys::vault::KeyStatus;
 use lis_domain::ids::{OrderId, PatientId, ResultId};
 use lis_domain::patient::Mrn;
@@ -103,7 +104,7 @@ pub async fn observation(
     let found: Option<Found> = sqlx::query_as(result_rows!("r.result_id = $1", "true", ""))
         .bind(id.as_uuid())
         .bind(caller.released_only())
-        .fetch_optional(&s.pool)
+        .fetch_optional(&mut *connection(&s.pool).await?)
         .await?;
     match found {
         Some(f) => Ok(fhir_json(&fhir::observation(&f.row))),
@@ -236,7 +237,7 @@ pub async fn search_observations(
     .bind(i64::from(count) + 1)
     .bind(page.map(|c| c.at))
     .bind(page.map(|c| c.key))
-    .fetch_all(&s.pool)
+    .fetch_all(&mut *connection(&s.pool).await?)
     .await?;
     let count_all = sqlx::query_scalar(concat!(
         matching_results!(observation_filter!()),
@@ -245,8 +246,8 @@ pub async fn search_observations(
     .bind(patient.as_uuid())
     .bind(caller.released_only())
     .bind(&code)
-    .bind(&statuses)
-    .fetch_one(&s.pool);
+    .bind(&statuses);
+    let count_all = async { count_all.fetch_one(&mut *connection(&s.pool).await?).await };
     let total = total(found.first().map(|f| f.total), page.is_some(), count_all).await?;
     let (found, next) = cursor::page(found, count as usize, |f| Cursor {
         at: f.row.collected_at,
@@ -350,7 +351,7 @@ async fn reports(
            FROM proj_orders.order_tests WHERE order_id = ANY ($1)",
     )
     .bind(&ids)
-    .fetch_all(&s.pool)
+    .fetch_all(&mut *connection(&s.pool).await?)
     .await?;
     let patients: Vec<uuid::Uuid> = orders.iter().map(|o| o.order.patient_id).collect();
     // By patient as well as order: the results model's index is by patient.
@@ -362,7 +363,7 @@ async fn reports(
     .bind(&patients)
     .bind(false)
     .bind(&ids)
-    .fetch_all(&s.pool)
+    .fetch_all(&mut *connection(&s.pool).await?)
     .await?;
     let reports = orders
         .iter()
@@ -420,7 +421,7 @@ pub async fn report(
     let id = super::commands::id(&raw, OrderId::parse, "DiagnosticReport")?;
     let order: Option<OrderFound> = sqlx::query_as(order_rows!("order_id = $1", "true", ""))
         .bind(id.as_uuid())
-        .fetch_optional(&s.pool)
+        .fetch_optional(&mut *connection(&s.pool).await?)
         .await?;
     let order = order.ok_or_else(|| Problem::not_found(format!("no DiagnosticReport {raw}")))?;
     let (mut one, _) = reports(&s, std::slice::from_ref(&order), false).await?;
@@ -462,12 +463,12 @@ pub async fn search_reports(
     .bind(i64::from(count) + 1)
     .bind(page.map(|c| c.at))
     .bind(page.map(|c| c.key))
-    .fetch_all(&s.pool)
+    .fetch_all(&mut *connection(&s.pool).await?)
     .await?;
     let count_all =
         sqlx::query_scalar("SELECT count(*) FROM proj_orders.orders WHERE patient_id = $1")
-            .bind(patient.as_uuid())
-            .fetch_one(&s.pool);
+            .bind(patient.as_uuid());
+    let count_all = async { count_all.fetch_one(&mut *connection(&s.pool).await?).await };
     let total = total(orders.first().map(|o| o.total), page.is_some(), count_all).await?;
     let (orders, next) = cursor::page(orders, count as usize, |o| Cursor {
         at: o.order.placed_at,
@@ -518,7 +519,7 @@ async fn patient_resource(
           ORDER BY position DESC LIMIT 1",
     )
     .bind(id.to_string())
-    .fetch_optional(&s.pool)
+    .fetch_optional(&mut *connection(&s.pool).await?)
     .await?;
     let Some((sealed, sex)) = latest else {
         return Ok(Lookup::Missing);

@@ -15,6 +15,7 @@ use super::AppState;
 use crate::fhir_orders::{self as map, RequestRow, RequestedTest, SpecimenRow};
 use axum::extract::{Path, State};
 use axum::response::Response;
+use lis_commands::connection::connection;
 use lis_domain::ids::{AccessionNumber, OrderId, OrderNumber, SampleId};
 use serde::Deserialize;
 use serde_json::Value;
@@ -57,7 +58,7 @@ pub(super) async fn requested_tests(
           ORDER BY s.ordered_at, s.test_code",
     )
     .bind(ids)
-    .fetch_all(&s.pool)
+    .fetch_all(&mut *connection(&s.pool).await?)
     .await
 }
 
@@ -71,7 +72,7 @@ async fn requests(s: &AppState, orders: &[RequestFound]) -> Result<Vec<Value>, P
           ORDER BY collected_at, parent_id IS NOT NULL, accession_number",
     )
     .bind(&ids)
-    .fetch_all(&s.pool)
+    .fetch_all(&mut *connection(&s.pool).await?)
     .await?;
     Ok(orders
         .iter()
@@ -98,7 +99,7 @@ pub async fn service_request(
     let id = super::commands::id(&raw, OrderId::parse, "ServiceRequest")?;
     let order: Option<RequestFound> = sqlx::query_as(order_rows!("order_id = $1", "true", ""))
         .bind(id.as_uuid())
-        .fetch_optional(&s.pool)
+        .fetch_optional(&mut *connection(&s.pool).await?)
         .await?;
     let order = order.ok_or_else(|| Problem::not_found(format!("no ServiceRequest {raw}")))?;
     let mut one = requests(&s, std::slice::from_ref(&order)).await?;
@@ -156,15 +157,15 @@ pub async fn search_service_requests(
     .bind(page.map(|c| c.at))
     .bind(page.map(|c| c.key))
     .bind(&requisition)
-    .fetch_all(&s.pool)
+    .fetch_all(&mut *connection(&s.pool).await?)
     .await?;
     let count_all = sqlx::query_scalar(
         "SELECT count(*) FROM proj_orders.orders
           WHERE patient_id = $1 AND ($2::text IS NULL OR order_number = $2)",
     )
     .bind(patient.as_uuid())
-    .bind(&requisition)
-    .fetch_one(&s.pool);
+    .bind(&requisition);
+    let count_all = async { count_all.fetch_one(&mut *connection(&s.pool).await?).await };
     let total = total(orders.first().map(|o| o.total), page.is_some(), count_all).await?;
     let (orders, next) = cursor::page(orders, count as usize, |o| Cursor {
         at: o.order.placed_at,
@@ -227,7 +228,7 @@ pub async fn specimen(
     let found: Option<SpecimenFound> =
         sqlx::query_as(specimen_rows!("s.sample_id = $1", "true", ""))
             .bind(id.as_uuid())
-            .fetch_optional(&s.pool)
+            .fetch_optional(&mut *connection(&s.pool).await?)
             .await?;
     match found {
         Some(f) => Ok(fhir_json(&map::specimen(&f.specimen))),
@@ -297,7 +298,7 @@ pub async fn search_specimens(
     .bind(page.map(|c| c.at))
     .bind(page.map(|c| c.key))
     .bind(&accession)
-    .fetch_all(&s.pool)
+    .fetch_all(&mut *connection(&s.pool).await?)
     .await?;
     let count_all = sqlx::query_scalar(
         "SELECT count(*) FROM proj_specimens.specimens s
@@ -306,8 +307,8 @@ pub async fn search_specimens(
             AND ($2::text IS NULL OR s.accession_number = $2)",
     )
     .bind(patient)
-    .bind(&accession)
-    .fetch_one(&s.pool);
+    .bind(&accession);
+    let count_all = async { count_all.fetch_one(&mut *connection(&s.pool).await?).await };
     let total = total(found.first().map(|f| f.total), page.is_some(), count_all).await?;
     let (found, next) = cursor::page(found, count as usize, |f| Cursor {
         at: f.specimen.collected_at,

@@ -16,6 +16,7 @@ use crate::hl7;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
+use lis_commands::connection::connection;
 use lis_commands::keys::vault::{KeyStatus, Opened};
 use lis_domain::ids::{OrderId, PatientId};
 use lis_domain::patient::PatientIdentity;
@@ -45,7 +46,7 @@ pub async fn oru(
            FROM events WHERE aggregate_type = 'Order' AND aggregate_id = $1 AND sequence = 1",
     )
     .bind(id.to_string())
-    .fetch_optional(&s.pool)
+    .fetch_optional(&mut *connection(&s.pool).await?)
     .await?;
     let Some((sealed, sex, Some(patient))) = placed else {
         return Err(Problem::not_found(format!("no order {raw}")));
@@ -74,7 +75,7 @@ pub async fn oru(
            FROM proj_orders.orders WHERE order_id = $1",
     )
     .bind(id.as_uuid())
-    .fetch_optional(&s.pool)
+    .fetch_optional(&mut *connection(&s.pool).await?)
     .await?;
     let Some((order_id, order_number, clinician, placed_at, order_status)) = order else {
         return Err(Problem::not_found(format!(
@@ -90,7 +91,7 @@ pub async fn oru(
     .bind(patient_id)
     .bind(true)
     .bind(order_id)
-    .fetch_all(&s.pool)
+    .fetch_all(&mut *connection(&s.pool).await?)
     .await?;
     let sent = hl7::sent(&rows);
     if sent.is_empty() {

@@ -24,6 +24,7 @@
 use super::problem::Problem;
 use axum::http::{HeaderMap, StatusCode};
 use hmac::{Hmac, Mac};
+use lis_commands::connection::connection;
 use serde_json::{json, Value};
 use sha2::Sha256;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -111,7 +112,7 @@ pub async fn claim(
     .bind(actor)
     .bind(&key)
     .bind(&hash)
-    .execute(pool)
+    .execute(&mut *connection(pool).await?)
     .await?
     .rows_affected()
         == 1;
@@ -123,7 +124,7 @@ pub async fn claim(
         )
         .bind(actor)
         .bind(&key)
-        .fetch_one(pool)
+        .fetch_one(&mut *connection(pool).await?)
         .await?
     };
     if stored_hash != hash {

@@ -13,6 +13,7 @@
 //! behind it, on any instance, and auditors see the guesses beside the log-ins.
 
 use chrono::{DateTime, Utc};
+use lis_commands::connection::connection;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -119,7 +120,7 @@ pub async fn record(
     .bind(client_addr)
     .bind(locked)
     .bind(attempt.as_str())
-    .execute(pool)
+    .execute(&mut *connection(pool).await?)
     .await
     .map(|_| ())
 }
@@ -138,7 +139,7 @@ pub async fn locked_until(
         .bind(attempt.as_str())
         .bind(after)
         .bind(window.as_secs_f64())
-        .fetch_one(pool)
+        .fetch_one(&mut *connection(pool).await?)
         .await
 }
 

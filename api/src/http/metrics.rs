@@ -7,6 +7,7 @@ use super::AppState;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
+use lis_commands::connection::connection;
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -95,16 +96,17 @@ impl Metrics {
     }
 }
 
-pub async fn scrape(State(s): State<AppState>) -> impl IntoResponse {
+/// Sets the lag gauges from the database; a failed read leaves its gauge as it was.
+async fn read_lags(s: &AppState, conn: &mut lis_commands::connection::Conn) {
     if let Ok(head) = sqlx::query_scalar::<_, Option<i64>>("SELECT max(position) FROM events")
-        .fetch_one(&s.pool)
+        .fetch_one(&mut **conn)
         .await
     {
         let head = head.unwrap_or(0);
         if let Ok(Some(relay)) = sqlx::query_scalar::<_, i64>(
             "SELECT position FROM feed_checkpoints WHERE consumer = 'relay'",
         )
-        .fetch_optional(&s.pool)
+        .fetch_optional(&mut **conn)
         .await
         {
             s.metrics
@@ -115,7 +117,7 @@ pub async fn scrape(State(s): State<AppState>) -> impl IntoResponse {
         for p in lis_projections::models::all() {
             let sql = format!("SELECT max_position FROM proj_{}.progress", p.name());
             if let Ok(at) = sqlx::query_scalar::<_, i64>(&sql)
-                .fetch_optional(&s.pool)
+                .fetch_optional(&mut **conn)
                 .await
             {
                 s.metrics
@@ -132,11 +134,18 @@ pub async fn scrape(State(s): State<AppState>) -> impl IntoResponse {
         "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(recorded_at)), 0)::float8
            FROM events WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot())",
     )
-    .fetch_one(&s.pool)
+    .fetch_one(&mut **conn)
     .await
     {
         s.metrics.held_back.set(events);
         s.metrics.held_back_secs.set(secs);
+    }
+}
+
+pub async fn scrape(State(s): State<AppState>) -> impl IntoResponse {
+    // Best effort: without a connection the gauges keep their last values.
+    if let Ok(mut conn) = connection(&s.pool).await {
+        read_lags(&s, &mut conn).await;
     }
     let mut body = Vec::new();
     let _ = TextEncoder::new().encode(&s.metrics.registry.gather(), &mut body);

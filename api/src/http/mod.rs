@@ -24,6 +24,7 @@ pub mod body;
 mod body_properties;
 pub mod commands;
 mod cursor;
+pub mod deadline;
 #[macro_use]
 pub mod fhir;
 pub mod fhir_orders;
@@ -52,6 +53,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use lis_commands::connection::{connection, within};
 use lis_commands::Ledger;
 use problem::Problem;
 use serde::Deserialize;
@@ -87,6 +89,8 @@ pub struct AppState {
     pub lockout: lockout::Lockout,
     /// The address clients reach the API at, for absolute links (`LIS_PUBLIC_URL`).
     pub public_url: Option<String>,
+    /// How long a request may run before it is answered 503 (`LIS_REQUEST_TIMEOUT_SECS`).
+    pub request_timeout: std::time::Duration,
 }
 
 fn cors(origins: &[HeaderValue]) -> tower_http::cors::CorsLayer {
@@ -199,6 +203,10 @@ pub fn router(state: AppState) -> Router {
             Problem::not_found("no such endpoint (GET /openapi.json lists them)")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            deadline::bound,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             overload::shed,
@@ -340,10 +348,15 @@ async fn healthz() -> &'static str {
 
 /// Ready when PostgreSQL answers, and MongoDB too when analytics are configured.
 async fn readyz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, Problem> {
-    sqlx::query("SELECT 1")
-        .execute(&s.pool)
-        .await
-        .map_err(|_| Problem::unavailable("PostgreSQL is not answering"))?;
+    let ping = async {
+        sqlx::query("SELECT 1")
+            .execute(&mut *connection(&s.pool).await?)
+            .await
+    };
+    match within(&s.pool, std::time::Duration::from_secs(2), ping).await {
+        Ok(Ok(_)) => {}
+        _ => return Err(Problem::unavailable("PostgreSQL is not answering")),
+    }
     if !s.revocations.current() {
         return Err(Problem::unavailable(
             "the user records have not been read lately: tokens cannot be confirmed",

@@ -20,6 +20,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
+use lis_commands::connection::connection;
 use lis_commands::keys::vault::KeyStatus;
 use lis_commands::keys::Opened;
 use lis_domain::actor::Role;
@@ -110,7 +111,7 @@ pub async fn view_for(
             .bind(reason.as_str())
             .bind(resource)
             .bind(caller.context.correlation_id.to_string())
-            .execute(&s.pool)
+            .execute(&mut *connection(&s.pool).await?)
             .await?;
             tracing::warn!(actor = %caller.actor.id, resource, reason = reason.as_str(), "break-glass: identity shown unmasked");
             Ok(IdentityView::Clear)
@@ -269,7 +270,7 @@ pub async fn patient(
           ORDER BY position DESC LIMIT 1",
     )
     .bind(id.to_string())
-    .fetch_optional(&s.pool)
+    .fetch_optional(&mut *connection(&s.pool).await?)
     .await?;
     let mut body = json!({
         "patient_id": id,

@@ -12,6 +12,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::NaiveDate;
+use lis_commands::connection::connection;
 use lis_domain::ids::{AccessionNumber, OrderId, PatientId, ResultId, SampleId};
 use lis_projections::models::results::PATIENT_REPORT;
 use serde::Deserialize;
@@ -42,7 +43,7 @@ async fn wait_for(
               WHERE e.position = $1"
         ))
         .bind(position)
-        .fetch_optional(&state.pool)
+        .fetch_optional(&mut *connection(&state.pool).await?)
         .await?
         .flatten();
         match applied {
@@ -51,7 +52,7 @@ async fn wait_for(
                 "SELECT NOT EXISTS (SELECT 1 FROM events WHERE position = $1)",
             )
             .bind(position)
-            .fetch_one(&state.pool)
+            .fetch_one(&mut *connection(&state.pool).await?)
             .await? =>
             {
                 return Err(Problem::not_found(format!(
@@ -75,7 +76,7 @@ async fn json(state: &AppState, sql: &str, binds: &[&dyn ToBind]) -> Result<Valu
     for b in binds {
         q = b.bind(q);
     }
-    Ok(q.fetch_optional(&state.pool)
+    Ok(q.fetch_optional(&mut *connection(&state.pool).await?)
         .await?
         .flatten()
         .unwrap_or(Value::Null))
@@ -225,7 +226,7 @@ pub async fn cumulative(
             "SELECT report FROM proj_results.cumulative_reports WHERE patient_id = $1",
         )
         .bind(id.as_uuid())
-        .fetch_optional(&s.pool)
+        .fetch_optional(&mut *connection(&s.pool).await?)
         .await?
     } else {
         None
@@ -237,7 +238,7 @@ pub async fn cumulative(
             .bind(test)
             .bind(q.from)
             .bind(q.to)
-            .fetch_one(&s.pool)
+            .fetch_one(&mut *connection(&s.pool).await?)
             .await?
             .unwrap_or_else(|| "[]".to_string()),
     };
@@ -333,7 +334,7 @@ pub async fn worklist(
     .bind(&department)
     .bind(&q.stage)
     .bind(limit)
-    .fetch_one(&s.pool)
+    .fetch_one(&mut *connection(&s.pool).await?)
     .await?;
     Ok(counted(&rows, total))
 }
@@ -366,7 +367,7 @@ pub async fn critical(
     )
     .bind(released_only)
     .bind(limit)
-    .fetch_one(&s.pool)
+    .fetch_one(&mut *connection(&s.pool).await?)
     .await?;
     Ok(counted(&rows, total))
 }

@@ -14,6 +14,7 @@
 //! trusted on old knowledge: requests are answered 503 until a read succeeds.
 
 use super::problem::Problem;
+use lis_commands::connection::connection;
 use sqlx::{Connection, PgConnection, PgPool};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, Weak};
@@ -95,7 +96,7 @@ impl Revocations {
     /// Reloads the users' generations if `user_changes` has grown since the last load.
     pub async fn refresh(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
         let _one_at_a_time = self.refreshing.lock().await;
-        self.read(&mut *pool.acquire().await?).await
+        self.read(&mut *connection(pool).await?).await
     }
 
     /// [`Revocations::refresh`] on a connection of its own.

@@ -17,6 +17,7 @@
 
 use super::problem::Problem;
 use chrono::{DateTime, Utc};
+use lis_commands::connection::connection;
 use sqlx::PgPool;
 
 /// The time before which every audit entry of this database is committed: the start of
@@ -38,7 +39,7 @@ pub async fn horizon(pool: &PgPool) -> Result<DateTime<Utc>, Problem> {
           WHERE datname = current_database() AND pid <> pg_backend_pid()
             AND (backend_type = 'client backend' OR query = '<insufficient privilege>')",
     )
-    .fetch_one(pool)
+    .fetch_one(&mut *connection(pool).await?)
     .await?;
     if prepared > 0 {
         // Two-phase commit: a prepared transaction is in no session, and its start is
@@ -70,6 +71,6 @@ pub async fn horizon(pool: &PgPool) -> Result<DateTime<Utc>, Problem> {
 /// `serve` warns at start-up if not.
 pub async fn can_see_other_sessions(pool: &PgPool) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')")
-        .fetch_one(pool)
+        .fetch_one(&mut *connection(pool).await?)
         .await
 }

@@ -5,6 +5,8 @@
 //! Analysts get de-identified events (no patient identity); auditors get them whole.
 //! A stream ends when its token expires or is revoked (the user disabled, given another
 //! role or a new password): it is checked again before every read of the store.
+//! Each read is bounded ([`READ_BOUND`]) on a connection that is closed, not given back,
+//! if the read is cut short (`lis_commands::connection::within`).
 
 use super::auth::{Action, Caller};
 use super::params::Params;
@@ -15,9 +17,10 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
+use lis_commands::connection::within;
 use lis_domain::actor::Role;
 use lis_projections::envelope::Envelope;
-use lis_projections::feed::{read_after, FeedPosition, StoredEvent};
+use lis_projections::feed::{read_after, FeedError, FeedPosition, StoredEvent};
 use serde::Deserialize;
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -30,6 +33,10 @@ pub struct StreamQuery {
     pub aggregate_type: Option<String>,
     pub event_type: Option<String>,
 }
+
+/// How long one read of the store may take before the stream gives it up and tries
+/// again (a connection whose answer the network lost would otherwise hold it for good).
+const READ_BOUND: Duration = Duration::from_secs(10);
 
 /// Parses a feed cursor.
 pub fn cursor(raw: &str) -> Option<FeedPosition> {
@@ -99,7 +106,10 @@ pub async fn events(
                     tracing::info!(user = %user, revoked, "event stream ended: its token expired or was revoked");
                     return None;
                 }
-                match read_after(&pool, at, 500).await {
+                let read = within(&pool, READ_BOUND, read_after(&pool, at, 500))
+                    .await
+                    .unwrap_or_else(|timed_out| Err(FeedError::Database(timed_out)));
+                match read {
                     Ok(batch) if !batch.is_empty() => {
                         for e in &batch {
                             at = e.feed_position();

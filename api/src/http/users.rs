@@ -24,6 +24,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Utc};
+use lis_commands::connection::connection;
 use lis_domain::actor::{ActorId, Role};
 use lis_domain::text::Reason;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
@@ -295,7 +296,7 @@ pub async fn add(
                 "SELECT username FROM users WHERE lower(username) = lower($1) AND username <> $1 LIMIT 1",
             )
             .bind(user.as_str())
-            .fetch_one(pool)
+            .fetch_one(&mut *connection(pool).await?)
             .await?;
             return Err(UserError::ExistsAs {
                 user: user.to_string(),
@@ -465,7 +466,7 @@ pub async fn list(pool: &PgPool, lockout: &Lockout) -> Result<Vec<Account>, sqlx
     sqlx::query_as(concat!(account_sql!(), " ORDER BY username"))
         .bind(lockout.failures())
         .bind(lockout.window.as_secs_f64())
-        .fetch_all(pool)
+        .fetch_all(&mut *connection(pool).await?)
         .await
 }
 
@@ -474,7 +475,7 @@ async fn account(s: &AppState, user: &ActorId) -> Result<Value, Problem> {
         .bind(s.lockout.failures())
         .bind(s.lockout.window.as_secs_f64())
         .bind(user.as_str())
-        .fetch_one(&s.pool)
+        .fetch_one(&mut *connection(&s.pool).await?)
         .await?;
     Ok(json!(account))
 }

@@ -214,7 +214,7 @@ impl PatientVault {
         let id: Option<Uuid> =
             sqlx::query_scalar("SELECT patient_id FROM patient_pseudonyms WHERE mrn_hmac = $1")
                 .bind(self.mrn_digest(mrn)?)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *connection(&self.pool).await?)
                 .await?;
         Ok(id.map(PatientId::from_uuid))
     }
@@ -233,13 +233,13 @@ impl PatientVault {
         )
         .bind(&digest)
         .bind(Uuid::new_v4())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *connection(&self.pool).await?)
         .await?;
         if id.is_none() {
             id =
                 sqlx::query_scalar("SELECT patient_id FROM patient_pseudonyms WHERE mrn_hmac = $1")
                     .bind(&digest)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *connection(&self.pool).await?)
                     .await?;
         }
         let id = id.ok_or_else(|| {
@@ -292,7 +292,7 @@ impl PatientVault {
             .bind(patient.as_uuid())
             .bind(kek.id())
             .bind(&wrapped)
-            .execute(&self.pool)
+            .execute(&mut *connection(&self.pool).await?)
             .await?;
             row = read().await?;
         }
@@ -368,7 +368,8 @@ impl PatientVault {
     /// Destroys the patient's data key and their pseudonym-index row, in one transaction.
     /// Returns whether a live key was destroyed (false: already erased). Idempotent.
     pub async fn erase(&self, patient: PatientId) -> Result<bool, KeyError> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = connection(&self.pool).await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let destroyed = sqlx::query(
             "UPDATE patient_keys SET wrapped_key = NULL, erased_at = clock_timestamp()
               WHERE patient_id = $1 AND erased_at IS NULL",
