@@ -9,7 +9,7 @@
 //! | `LIS_DB_MAX_CONNECTIONS` | `16` | pool size of `serve` (`project` gives each read model two connections of its own) |
 //! | `LIS_SNAPSHOT_EVERY` | `20` | snapshot an aggregate every N events |
 //! | `LIS_COMMAND_TIMEOUT_SECS` | `30` | how long a command may wait on the database before it is answered 503 and its connection closed (a network that fell silent mid-statement) |
-//! | `LIS_REQUEST_TIMEOUT_SECS` | `35` | how long any request may run before it is answered 503 (`GET /audit/verification` excepted); longer than a command's, so that a command's own timeout answers first |
+//! | `LIS_REQUEST_TIMEOUT_SECS` | 5 more than `LIS_COMMAND_TIMEOUT_SECS` | how long any request may run before it is answered 503 (`GET /audit/verification` excepted); must be longer than a command's, so that a command's own timeout answers first |
 //! | `LIS_FOUR_EYES` | `true` | the verifier of a result may not authorise it |
 //! | `LIS_LOG_FORMAT` | `text` | `text` or `json` (one JSON object per line) |
 //! | `LIS_KAFKA_BROKERS` | unset | Kafka bootstrap servers; unset = single-node mode (projections read the event store's feed) |
@@ -231,6 +231,20 @@ impl Config {
                 })
             }
         };
+        let command_timeout_secs: u64 = number(vars, "LIS_COMMAND_TIMEOUT_SECS", "30")?;
+        let request_timeout_secs: u64 = number(
+            vars,
+            "LIS_REQUEST_TIMEOUT_SECS",
+            &command_timeout_secs.saturating_add(5).to_string(),
+        )?;
+        if request_timeout_secs <= command_timeout_secs {
+            return Err(ConfigError {
+                variable: "LIS_REQUEST_TIMEOUT_SECS",
+                message: format!(
+                    "{request_timeout_secs} s is not longer than LIS_COMMAND_TIMEOUT_SECS ({command_timeout_secs} s): a command would be cut short by its request before its own timeout"
+                ),
+            });
+        }
         Ok(Self {
             database_url: get(
                 "LIS_DATABASE_URL",
@@ -246,8 +260,8 @@ impl Config {
             ),
             db_max_connections: number(vars, "LIS_DB_MAX_CONNECTIONS", "16")?,
             snapshot_every: number(vars, "LIS_SNAPSHOT_EVERY", "20")?,
-            command_timeout_secs: number(vars, "LIS_COMMAND_TIMEOUT_SECS", "30")?,
-            request_timeout_secs: number(vars, "LIS_REQUEST_TIMEOUT_SECS", "35")?,
+            command_timeout_secs,
+            request_timeout_secs,
             four_eyes,
             log_format,
             kafka_brokers: vars
@@ -389,6 +403,23 @@ mod tests {
         assert_eq!(c.snapshot_every, 20);
         assert_eq!(c.command_timeout_secs, 30);
         assert_eq!(c.request_timeout_secs, 35);
+    }
+
+    #[test]
+    fn the_request_deadline_follows_the_command_timeout_and_outlasts_it() {
+        let vars = HashMap::from([("LIS_COMMAND_TIMEOUT_SECS".to_string(), "60".to_string())]);
+        assert_eq!(Config::from_vars(&vars).unwrap().request_timeout_secs, 65);
+        let vars = HashMap::from([
+            ("LIS_COMMAND_TIMEOUT_SECS".to_string(), "30".to_string()),
+            ("LIS_REQUEST_TIMEOUT_SECS".to_string(), "30".to_string()),
+        ]);
+        let err = Config::from_vars(&vars).unwrap_err();
+        assert_eq!(err.variable, "LIS_REQUEST_TIMEOUT_SECS");
+        assert!(
+            err.message.contains("LIS_COMMAND_TIMEOUT_SECS"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

@@ -528,6 +528,7 @@ async fn a_read_whose_database_falls_silent_mid_statement_is_answered_503_and_fr
 {
     let silenceable = serve_behind_a_proxy(&[
         ("LIS_DB_MAX_CONNECTIONS", "1"),
+        ("LIS_COMMAND_TIMEOUT_SECS", "2"),
         ("LIS_REQUEST_TIMEOUT_SECS", "3"),
     ])
     .await;
