@@ -18,12 +18,15 @@
 //! quarter of an hour or more, for good behind a middlebox that swallows what it gets),
 //! and the pool's place with it; closing it instead is bounded (sqlx gives a close on
 //! drop 5 s). So the connections [`connection`] hands out inside a request are closed
-//! when the request is cut short. A statement sent to a pool directly
+//! when the request is cut short, and so is the connection of a transaction begun by
+//! [`begin`], which a caller may keep across awaits and hand on (as sqlx's `Pool::begin`
+//! gives it). The relay and the projection workers run each batch inside [`scoped`]
+//! under a timeout, the same way. A statement sent to a pool directly
 //! (`fetch_one(&pool)`) is outside all this.
 
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{PgConnection, PgPool, Postgres};
+use sqlx::{Database, PgConnection, PgPool, Postgres, TransactionManager};
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
@@ -109,6 +112,64 @@ pub async fn connection(pool: &PgPool) -> Result<Conn, sqlx::Error> {
         conn,
         cut: CUT.try_with(Arc::clone).ok(),
     }))
+}
+
+/// A transaction on a connection of its own from `pool` (never the running command's:
+/// it may outlive the command, as an idempotency claim does), owned, so that it can be
+/// kept across awaits and handed on. Dropped while still open, it is rolled back as
+/// sqlx's own transaction is (on the connection's way back to the pool); dropped while
+/// its request is being cut short ([`scoped`]), its connection is closed instead.
+pub async fn begin(pool: &PgPool) -> Result<Tx, sqlx::Error> {
+    let mut conn = Pooled {
+        conn: pool.acquire().await?,
+        cut: CUT.try_with(Arc::clone).ok(),
+    };
+    <Postgres as Database>::TransactionManager::begin(&mut conn.conn, None).await?;
+    Ok(Tx { conn, open: true })
+}
+
+/// The transaction of [`begin`].
+pub struct Tx {
+    conn: Pooled,
+    open: bool,
+}
+
+impl Tx {
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        <Postgres as Database>::TransactionManager::commit(&mut self.conn.conn).await?;
+        self.open = false;
+        Ok(())
+    }
+
+    pub async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        <Postgres as Database>::TransactionManager::rollback(&mut self.conn.conn).await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        // Runs before `conn` (a field) is dropped: closed if cut, else given back, where
+        // sqlx runs the rollback queued here first.
+        if self.open {
+            <Postgres as Database>::TransactionManager::start_rollback(&mut self.conn.conn);
+        }
+    }
+}
+
+impl Deref for Tx {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.conn.conn
+    }
+}
+
+impl DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn.conn
+    }
 }
 
 /// Runs `work` (a request) so that, if it is cut short, the connections it holds from

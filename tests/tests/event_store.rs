@@ -813,3 +813,65 @@ async fn a_request_cut_short_closes_the_connection_it_holds_and_one_that_finishe
     pool.close().await;
     db.drop().await;
 }
+
+/// A transaction begun by `lis_commands::connection::begin` inside a request: committed,
+/// or dropped open when the request ends (rolled back on its way back, as sqlx's own
+/// transaction is), its connection goes back to the pool; cut short in the middle of a
+/// statement, it is closed. (User administration and the idempotency claims hold such
+/// transactions.)
+#[tokio::test]
+async fn a_transaction_cut_short_closes_its_connection_and_one_dropped_open_is_rolled_back() {
+    use lis_commands::connection::{begin, scoped};
+    use std::time::Duration;
+    let (db, pool) = one_connection_pool().await;
+    let state = |pid: i32| {
+        let app = db.app.clone();
+        async move {
+            let state: Option<String> =
+                sqlx::query_scalar("SELECT state FROM pg_stat_activity WHERE pid = $1")
+                    .bind(pid)
+                    .fetch_one(&app)
+                    .await
+                    .unwrap();
+            state
+        }
+    };
+    let pid_in_transaction = |pool: sqlx::PgPool, commit: bool| async move {
+        let mut tx = begin(&pool).await.unwrap();
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        if commit {
+            tx.commit().await.unwrap();
+        }
+        pid
+    };
+
+    let pid = scoped(pid_in_transaction(pool.clone(), true)).await;
+    assert_eq!(settled(pool.clone()).await, (1, 1), "given back, open");
+    let again = scoped(pid_in_transaction(pool.clone(), false)).await;
+    assert_eq!(again, pid, "the same connection, given back");
+    assert_eq!(settled(pool.clone()).await, (1, 1), "given back, open");
+    assert_eq!(state(pid).await.as_deref(), Some("idle"), "rolled back");
+
+    let cut = tokio::time::timeout(
+        Duration::from_millis(200),
+        scoped(async {
+            let mut tx = begin(&pool).await.unwrap();
+            sqlx::query("SELECT pg_sleep(0.5)")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }),
+    )
+    .await;
+    assert!(cut.is_err(), "the deadline came first");
+    assert_eq!(settled(pool.clone()).await, (0, 0), "closed when cut short");
+
+    let fresh = scoped(pid_in_transaction(pool.clone(), true)).await;
+    assert_ne!(fresh, pid, "a new connection");
+    pool.close().await;
+    db.drop().await;
+}

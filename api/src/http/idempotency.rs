@@ -24,10 +24,10 @@
 use super::problem::Problem;
 use axum::http::{HeaderMap, StatusCode};
 use hmac::{Hmac, Mac};
-use lis_commands::connection::connection;
+use lis_commands::connection::{self, connection, Tx};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use uuid::Uuid;
@@ -44,7 +44,7 @@ pub struct Held {
     actor: String,
     pub key: String,
     pub command_id: Uuid,
-    tx: Transaction<'static, Postgres>,
+    tx: Tx,
 }
 
 /// The advisory-lock class of claimed keys (the second key is a hash of the caller and
@@ -135,7 +135,7 @@ pub async fn claim(
         )
         .detail("this Idempotency-Key was used with a different request (method, path or body)"));
     }
-    let mut tx = claims_pool(pool).begin().await?;
+    let mut tx = connection::begin(&claims_pool(pool)).await?;
     // The lock first, in a statement of its own: the read below then sees what an
     // attempt that held it committed (read committed: a snapshot per statement).
     let locked: bool =
@@ -208,7 +208,7 @@ fn claims_pool(pool: &PgPool) -> PgPool {
 /// as the endpoints answer: the aggregate's id, new version and the event's position
 /// (with the order number for a new order; parent and children for aliquots).
 async fn answer_from_events(
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut Tx,
     command_id: Uuid,
     events_after: i64,
 ) -> Result<Option<Value>, sqlx::Error> {

@@ -24,13 +24,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use lis_commands::connection::connection;
+use lis_commands::connection::{self, connection};
 use lis_domain::actor::{ActorId, Role};
 use lis_domain::text::Reason;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgPool, Postgres};
 
 /// The shortest password accepted.
 pub const PASSWORD_MIN: usize = 12;
@@ -233,11 +233,8 @@ macro_rules! account_sql {
 }
 
 /// Opens the transaction of a change, naming who makes it for the record.
-async fn begin(
-    pool: &PgPool,
-    by: &ChangedBy,
-) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+async fn begin(pool: &PgPool, by: &ChangedBy) -> Result<connection::Tx, sqlx::Error> {
+    let mut tx = connection::begin(pool).await?;
     sqlx::query(
         "SELECT set_config('lis.actor_id', $1, true), set_config('lis.actor_role', $2, true),
                 set_config('lis.reason', $3, true), set_config('lis.request_id', $4, true)",
