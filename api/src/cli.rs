@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -283,7 +283,27 @@ pub fn init_tracing(format: LogFormat) {
 const IDLE_BEFORE_TEST: std::time::Duration = std::time::Duration::from_secs(1);
 
 async fn pool(url: &str, max: u32) -> anyhow::Result<PgPool> {
-    let options = PgConnectOptions::from_str(url).context("invalid database URL")?;
+    pool_ending_idle_transactions(url, max, None).await
+}
+
+/// [`pool`], whose sessions the server ends when one sits idle in a transaction for
+/// longer than `after`. When the network falls silent mid-transaction, the client gives
+/// the connection up (a request's deadline, a worker's timeout), but its session lives
+/// on at the server, holding the transaction's locks (a relay's Merkle leaves, a
+/// worker's rows and offsets, an idempotency claim), until the server sees the
+/// connection is dead: with the operating system's defaults, two hours.
+async fn pool_ending_idle_transactions(
+    url: &str,
+    max: u32,
+    after: Option<std::time::Duration>,
+) -> anyhow::Result<PgPool> {
+    let mut options = PgConnectOptions::from_str(url).context("invalid database URL")?;
+    if let Some(after) = after {
+        options = options.options([(
+            "idle_in_transaction_session_timeout",
+            format!("{}ms", after.as_millis()),
+        )]);
+    }
     PgPoolOptions::new()
         .max_connections(max)
         // While PostgreSQL is down, a request waits this long for a connection before
@@ -401,12 +421,23 @@ pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
             return ops::prove(&config, &pool, position).await;
         }
         Command::Relay => {
-            let pool = pool(&config.database_url, 4).await?;
+            let pool = pool_ending_idle_transactions(
+                &config.database_url,
+                4,
+                Some(Duration::from_secs(config.worker_timeout_secs)),
+            )
+            .await?;
             return ops::relay(&config, pool).await;
         }
         Command::Project { names } => {
-            // Start-up checks only: each read model opens two connections of its own.
-            let pool = pool(&config.database_url, 2).await?;
+            // Start-up checks only: each read model opens two connections of its own
+            // (with these options).
+            let pool = pool_ending_idle_transactions(
+                &config.database_url,
+                2,
+                Some(Duration::from_secs(config.worker_timeout_secs)),
+            )
+            .await?;
             return ops::project(&config, pool, names).await;
         }
         Command::Projections {
@@ -437,7 +468,14 @@ pub async fn run(args: Args, config: Config) -> anyhow::Result<ExitCode> {
             return ops::demo(&config, &pool, size, seed, if_empty, concurrency, mix).await;
         }
         Command::Serve => {
-            let pool = pool(&config.database_url, config.db_max_connections).await?;
+            // No transaction of a request outlives its deadline; one left by a request
+            // cut short on a silent network is ended by the server soon after.
+            let pool = pool_ending_idle_transactions(
+                &config.database_url,
+                config.db_max_connections,
+                Some(Duration::from_secs(config.request_timeout_secs + 5)),
+            )
+            .await?;
             return ops::serve(&config, pool).await;
         }
         Command::Keys {

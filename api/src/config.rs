@@ -39,6 +39,7 @@
 //! | `LIS_RATE_PER_ADDRESS` / `LIS_RATE_PER_USER` | `1200` / `600` | requests a minute per client address / per user (0 = off) |
 //! | `LIS_PROJECT_BATCH` | `500` | events a projection worker applies per transaction at most |
 //! | `LIS_PROJECT_LINGER_MS` | `10` | how long a projection worker lets the next batch fill after a part-full one (single-node: from that batch's read; 0 = not at all) |
+//! | `LIS_WORKER_TIMEOUT_SECS` | `120` | how long the relay or a projection worker may spend on one batch (its reads and writes, Kafka's and MongoDB's included) before it is given up, its connections closed, and tried again (a network that fell silent); the server also ends their sessions left idle in a transaction that long |
 //! | `LIS_MONGO_URL` | unset | MongoDB for the analytics projection (e.g. `mongodb://127.0.0.1:27017/?directConnection=true`); unset = no analytics |
 //! | `RUST_LOG` | `info` | log filter (tracing-subscriber syntax) |
 
@@ -100,6 +101,7 @@ pub struct Config {
     pub kafka_group_prefix: String,
     pub project_batch: usize,
     pub project_linger_ms: u64,
+    pub worker_timeout_secs: u64,
     pub http_addr: String,
     pub kek: Option<Secret>,
     pub kek_file: String,
@@ -294,6 +296,7 @@ impl Config {
             kafka_group_prefix: get("LIS_KAFKA_GROUP_PREFIX", "lis-projection"),
             project_batch: number(vars, "LIS_PROJECT_BATCH", "500")?,
             project_linger_ms: whole(vars, "LIS_PROJECT_LINGER_MS", "10")?,
+            worker_timeout_secs: number(vars, "LIS_WORKER_TIMEOUT_SECS", "120")?,
             http_addr: get("LIS_HTTP_ADDR", "127.0.0.1:8080"),
             kek: secret(vars, "LIS_KEK"),
             kek_file: get("LIS_KEK_FILE", "deploy/.local/kek"),
@@ -403,6 +406,7 @@ mod tests {
         assert_eq!(c.snapshot_every, 20);
         assert_eq!(c.command_timeout_secs, 30);
         assert_eq!(c.request_timeout_secs, 35);
+        assert_eq!(c.worker_timeout_secs, 120);
     }
 
     #[test]

@@ -91,6 +91,7 @@ pub async fn relay(config: &Config, pool: PgPool) -> anyhow::Result<ExitCode> {
         origin: config.seal_origin.clone(),
         seal_every_events: config.seal_every_events,
         seal_every: Duration::from_secs(config.seal_every_secs),
+        timeout: Duration::from_secs(config.worker_timeout_secs),
         ..RelayConfig::default()
     };
     if relay_config.kafka.is_none() {
@@ -137,6 +138,7 @@ pub async fn project(
     let batching = Batching {
         max: config.project_batch,
         linger: Duration::from_millis(config.project_linger_ms),
+        timeout: Duration::from_secs(config.worker_timeout_secs),
         ..Batching::default()
     };
     let mut tasks = tokio::task::JoinSet::new();

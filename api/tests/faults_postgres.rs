@@ -8,7 +8,9 @@
 //! transaction holds the auditors' pages by time (503) until it ends. And the network
 //! to the shared cluster falling silent (a proxy that stops forwarding): 503 within the
 //! acquire timeout, not a request that waits on TCP; falling silent mid-statement: 503
-//! at the command's or the request's deadline, and the connection closed, not lost.
+//! at the command's or the request's deadline, and the connection closed, not lost;
+//! falling silent in the middle of the relay's and a worker's batches: each gives the
+//! batch up at its timeout and carries on when the network answers again.
 
 mod support;
 
@@ -364,14 +366,20 @@ struct Silenceable {
     client: reqwest::Client,
 }
 
-/// Starts `serve` (with `settings` on top of the test API's) behind a proxy, up.
-async fn serve_behind_a_proxy(settings: &[(&str, &str)]) -> Silenceable {
-    let db = TestDb::new().await;
+/// A [`SilentProxy`] to `db`, and the application role's URL through it.
+async fn behind_a_proxy(db: &TestDb) -> (SilentProxy, String) {
     let direct = db.url_as(APP_ROLE);
     let at = direct.find('@').unwrap() + 1;
     let slash = at + direct[at..].find('/').unwrap();
     let proxy = SilentProxy::start(direct[at..slash].to_string()).await;
     let url = format!("{}{}{}", &direct[..at], proxy.addr, &direct[slash..]);
+    (proxy, url)
+}
+
+/// Starts `serve` (with `settings` on top of the test API's) behind a proxy, up.
+async fn serve_behind_a_proxy(settings: &[(&str, &str)]) -> Silenceable {
+    let db = TestDb::new().await;
+    let (proxy, url) = behind_a_proxy(&db).await;
     let mut stack = Stack::on(url, false);
     let base = stack.with_api();
     for (key, value) in settings {
@@ -548,4 +556,122 @@ async fn a_read_whose_database_falls_silent_mid_statement_is_answered_503_and_fr
         .until_answered(reqwest::StatusCode::NOT_FOUND, |_| get())
         .await;
     silenceable.finish().await;
+}
+
+/// The network to PostgreSQL falls silent while the relay and a projection worker wait
+/// on the database in the middle of a batch (each on a lock the test holds, released
+/// once the proxy is silent: their answers are sent and lost), and stays silent for a
+/// few seconds. Each gives its batch up after `LIS_WORKER_TIMEOUT_SECS` and carries on
+/// when the network answers again, as the same process: the events stored later are
+/// sealed into the Merkle log and projected. On the way the server ends the sessions
+/// they left idle in a transaction (they held the batch's leaves and rows, which the
+/// retries need), and the relay ends its own former lock session, which still held the
+/// leader lock at the server: without either, nothing would move again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_and_a_worker_whose_database_falls_silent_mid_batch_carry_on() {
+    relay_and_worker_silenced_mid_batch(false).await;
+}
+
+/// The same over Kafka: the relay has published the batch when it waits to write its
+/// leaves, and the worker applies it from its consumer group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_kafka_a_relay_and_a_worker_whose_database_falls_silent_mid_batch_carry_on() {
+    relay_and_worker_silenced_mid_batch(true).await;
+}
+
+async fn relay_and_worker_silenced_mid_batch(kafka: bool) {
+    let db = TestDb::new().await;
+    let (proxy, url) = behind_a_proxy(&db).await;
+    let mut stack = Stack::on(url, kafka);
+    stack.set("LIS_WORKER_TIMEOUT_SECS", "3".into());
+    let relay = stack.spawn("relay", &["relay"]);
+    let project = stack.spawn("project", &["project", "orders"]);
+    let roles = [&relay, &project];
+    let ledger = db.ledger().await;
+    let su = db.superuser().await;
+    let all_carried = || async {
+        let (events, leaves, projected): (i64, i64, Option<i64>) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM audit_log_leaves),
+                    (SELECT sum(last_sequence)::bigint FROM proj_orders.offsets)",
+        )
+        .fetch_one(&su)
+        .await
+        .unwrap_or((1, 0, None));
+        leaves == events && projected == Some(events)
+    };
+    let wait_carried = |why: &'static str| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !all_carried().await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{why}: not sealed and projected within 60 s\n{}",
+                tails(&roles)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    lis_tests::place(&ledger, "MRN-Q1", &["K"]).await;
+    wait_carried("before the silence").await;
+
+    // The relay's next batch waits to write its leaves, the worker's to write its rows.
+    // (An ACCESS EXCLUSIVE lock would take a transaction id, and the feed would hand
+    // nothing on while it is held.)
+    let mut held = su.begin().await.unwrap();
+    sqlx::query("LOCK TABLE audit_log_leaves, proj_orders.orders IN EXCLUSIVE MODE")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    lis_tests::place(&ledger, "MRN-Q2", &["K"]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let blocked: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+        )
+        .bind(&db.name)
+        .fetch_one(&db.app)
+        .await
+        .unwrap();
+        if blocked >= 2 {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let activity: Option<String> = sqlx::query_scalar(
+                "SELECT string_agg(format('%s %s %s: %s', usename, state, wait_event_type,
+                                          left(query, 80)), E'\n')
+                   FROM pg_stat_activity WHERE datname = $1",
+            )
+            .bind(&db.name)
+            .fetch_one(&su)
+            .await
+            .unwrap();
+            panic!(
+                "the relay and the worker did not both wait on the lock; sessions:\n{}\n{}",
+                activity.unwrap_or_default(),
+                tails(&roles)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.fall_silent();
+    held.commit().await.unwrap();
+    // Past each one's timeout, and the relay's look at its lock that follows one.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    proxy.speak();
+
+    lis_tests::place(&ledger, "MRN-Q3", &["K"]).await;
+    wait_carried("after the silence").await;
+    let log = std::fs::read_to_string(&relay.log).unwrap_or_default();
+    assert!(
+        log.contains("ended its own former lock session"),
+        "the relay's lock session did not go silent, so its ending was not tested\n{}",
+        tails(&roles)
+    );
+    let (mut relay, mut project) = (relay, project);
+    assert!(
+        relay.is_running() && project.is_running(),
+        "the same processes carried on\n{}",
+        tails(&[&relay, &project])
+    );
+    drop((relay, project));
+    db.drop().await;
 }

@@ -121,7 +121,7 @@ pub async fn read_after_saved(
     );
     let rows = sqlx::query(&feed_sql(&after, "$1"))
         .bind(limit)
-        .fetch_all(pool)
+        .fetch_all(&mut *connection(pool).await?)
         .await?;
     rows.iter().map(decode_row).collect()
 }

@@ -755,7 +755,7 @@ pub async fn apply_batch(
     feed_at: Option<FeedPosition>,
 ) -> Result<BatchOutcome, ProjectionError> {
     let schema = schema_of(projection.name());
-    let mut tx = pool.begin().await?;
+    let mut tx = lis_commands::connection::begin(pool).await?;
     let outcome = apply_in(&mut tx, projection, &schema, events, feed_at).await?;
     tx.commit().await?;
     Ok(outcome)

@@ -17,6 +17,7 @@ use crate::merkle::CompactRange;
 use crate::poll::{Poller, Polling};
 use crate::seal::{event_leaf, Checkpoint, Sealer};
 use futures::TryStreamExt;
+use lis_commands::connection::{self, connection, scoped};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -90,6 +91,9 @@ pub struct RelayConfig {
     pub seal_every_events: u64,
     /// …or after this long, if anything new was logged.
     pub seal_every: Duration,
+    /// How long a batch (its reads and writes, and its Kafka sends) or a look at the
+    /// leader lock may take before it is given up and started again ([`Relay::bounded`]).
+    pub timeout: Duration,
 }
 
 impl Default for RelayConfig {
@@ -102,6 +106,7 @@ impl Default for RelayConfig {
             origin: "lisledger/local".into(),
             seal_every_events: 1000,
             seal_every: Duration::from_secs(60),
+            timeout: Duration::from_secs(120),
         }
     }
 }
@@ -121,6 +126,8 @@ pub enum RelayError {
     },
     #[error("the leader lock connection was lost")]
     LostLeadership,
+    #[error("not done within {0:?} (the database did not answer): given up, its connections closed; started again")]
+    TimedOut(Duration),
 }
 
 /// What the leader keeps between batches (rebuilt from the database on every takeover).
@@ -137,6 +144,16 @@ pub struct Relay {
     /// Made anew after a failed publish ([`Relay::renew_producer`]).
     producer: Option<FutureProducer>,
     sealer: Sealer,
+    /// This relay's last lock session, while it leads or after it was given up
+    /// unanswered ([`Relay::end_abandoned_session`]).
+    lock_session: Option<Session>,
+}
+
+/// A server session, told apart from a later one with the same process id by its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+struct Session {
+    pid: i32,
+    backend_start: chrono::DateTime<chrono::Utc>,
 }
 
 /// The idempotent producer of `config`'s Kafka, if it has one.
@@ -164,6 +181,7 @@ impl Relay {
             config,
             producer,
             sealer,
+            lock_session: None,
         })
     }
 
@@ -226,18 +244,35 @@ impl Relay {
     }
 
     async fn lead_once(&mut self) -> Result<(), RelayError> {
-        let mut lock = self.pool.acquire().await?.detach();
+        let mut lock = self
+            .bounded(async { Ok(self.pool.acquire().await?.detach()) })
+            .await?;
         loop {
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(LEADER_LOCK)
-                .fetch_one(&mut lock)
+            let got: bool = self
+                .bounded(async {
+                    Ok(sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                        .bind(LEADER_LOCK)
+                        .fetch_one(&mut lock)
+                        .await?)
+                })
                 .await?;
             if got {
                 break;
             }
+            self.end_abandoned_session(&mut lock).await?;
             tracing::debug!("relay standby: another relay leads");
             tokio::time::sleep(self.config.polling.idle.max(Duration::from_millis(200))).await;
         }
+        self.lock_session = Some(
+            self.bounded(async {
+                Ok(sqlx::query_as(
+                    "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+                )
+                .fetch_one(&mut lock)
+                .await?)
+            })
+            .await?,
+        );
         tracing::info!("relay is the leader");
         if let Err(e) = self.ensure_topics().await {
             tracing::warn!(error = %e, "could not ensure topics (auto-creation may still work)");
@@ -255,31 +290,93 @@ impl Relay {
                         self.renew_producer();
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    if sqlx::query("SELECT 1").execute(&mut lock).await.is_err() {
-                        break Err(RelayError::LostLeadership);
+                    if let Err(e) = self.check_lock(&mut lock).await {
+                        break Err(e);
                     }
                 }
                 Ok(()) => break Ok(()),
             }
         };
-        let _ = lock.close().await;
+        if !matches!(result, Err(RelayError::TimedOut(_))) {
+            // Its session ended, or ends with this close: nothing is left to end later.
+            self.lock_session = None;
+            let _ = tokio::time::timeout(self.config.timeout, lock.close()).await;
+        }
         result
     }
 
+    /// A look at the leader lock's connection: lost, the lock is given up with it.
+    /// Unanswered within the timeout, it is given up here, but its session may live on
+    /// at the server, holding the lock, for as long as the server takes to see the
+    /// connection is dead (with the operating system's defaults, two hours); this
+    /// relay ends it when it reaches the database again ([`Relay::end_abandoned_session`]).
+    async fn check_lock(&self, lock: &mut PgConnection) -> Result<(), RelayError> {
+        match tokio::time::timeout(self.config.timeout, sqlx::query("SELECT 1").execute(lock)).await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(RelayError::LostLeadership),
+            Err(_) => Err(RelayError::TimedOut(self.config.timeout)),
+        }
+    }
+
+    /// Ends this relay's former lock session if it still holds the lock: one given up
+    /// unanswered when the network to the database fell silent. No other relay's
+    /// session is touched (the process id and the session's start tell it apart).
+    async fn end_abandoned_session(&mut self, lock: &mut PgConnection) -> Result<(), RelayError> {
+        let Some(former) = self.lock_session else {
+            return Ok(());
+        };
+        let ended: Option<bool> = self
+            .bounded(async {
+                Ok(sqlx::query_scalar(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                      WHERE pid = $1 AND backend_start = $2",
+                )
+                .bind(former.pid)
+                .bind(former.backend_start)
+                .fetch_optional(&mut *lock)
+                .await?)
+            })
+            .await?;
+        match ended {
+            Some(true) => tracing::warn!(
+                pid = former.pid,
+                "relay: ended its own former lock session, left holding the leader lock when the database stopped answering"
+            ),
+            Some(false) => return Ok(()),
+            None => {}
+        }
+        self.lock_session = None;
+        Ok(())
+    }
+
+    /// Runs `work` for at most the relay's timeout. A network to PostgreSQL that fell
+    /// silent would otherwise hold the relay for as long as TCP takes to give up (a
+    /// quarter of an hour or more). Given up, the connections `work` left in the middle
+    /// of a statement are closed, not given back to wait on the silence
+    /// ([`lis_commands::connection::scoped`]); the caller starts again from the
+    /// checkpoint in the database, which a batch cut short either committed whole (its
+    /// COMMIT had gone out) or not at all.
+    async fn bounded<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, RelayError>>,
+    ) -> Result<T, RelayError> {
+        tokio::time::timeout(self.config.timeout, scoped(work))
+            .await
+            .unwrap_or(Err(RelayError::TimedOut(self.config.timeout)))
+    }
+
     async fn lead(&self, lock: &mut PgConnection) -> Result<(), RelayError> {
-        let mut state = self.load_state().await?;
+        let mut state = self.bounded(self.load_state()).await?;
         let mut checked = Instant::now();
         let mut poller = Poller::new(self.config.polling, Instant::now());
         loop {
-            let n = self.step(&mut state).await?;
+            let n = self.bounded(self.step(&mut state)).await?;
             // The leader lock's connection is checked every second when idle, every
             // five under load (a lost connection has given the lock up).
             let check_every = Duration::from_secs(if n == 0 { 1 } else { 5 });
             if checked.elapsed() >= check_every {
-                sqlx::query("SELECT 1")
-                    .execute(&mut *lock)
-                    .await
-                    .map_err(|_| RelayError::LostLeadership)?;
+                self.check_lock(lock).await?;
                 checked = Instant::now();
             }
             if n == 0 {
@@ -305,10 +402,11 @@ impl Relay {
     }
 
     async fn load_state(&self) -> Result<State, RelayError> {
-        let at = load_checkpoint(&self.pool, &self.config.consumer).await?;
+        let mut conn = connection(&self.pool).await?;
+        let at = load_checkpoint(&mut *conn, &self.config.consumer).await?;
         let mut log = CompactRange::default();
         let mut leaves = sqlx::query("SELECT leaf_hash FROM audit_log_leaves ORDER BY leaf_index")
-            .fetch(&self.pool);
+            .fetch(&mut *conn);
         while let Some(row) = leaves.try_next().await? {
             let leaf: Vec<u8> = row.get("leaf_hash");
             let leaf: [u8; 32] = leaf.try_into().map_err(|_| FeedError::Corrupt {
@@ -320,7 +418,7 @@ impl Relay {
         drop(leaves);
         let sealed: Option<i64> =
             sqlx::query_scalar("SELECT max(tree_size) FROM audit_checkpoints")
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *conn)
                 .await?;
         Ok(State {
             at,
@@ -371,7 +469,7 @@ impl Relay {
         self.publish(&batch).await?;
 
         let mut log = state.log.clone();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = connection::begin(&self.pool).await?;
         // The batch's leaves in one statement.
         let (mut indexes, mut positions, mut leaves) = (Vec::new(), Vec::new(), Vec::new());
         for event in &batch {

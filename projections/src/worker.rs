@@ -11,6 +11,7 @@ use crate::projection::{
     ensure_schema_exists, schema_of, write_offsets, BatchOutcome, LabEvent, OffsetMap, Offsets,
     Projection, ProjectionError,
 };
+use lis_commands::connection::{connection, scoped};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
@@ -33,6 +34,8 @@ pub enum WorkerError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("reading ahead failed: {0}")]
     ReadAhead(String),
+    #[error("a batch was not done within {0:?} (the database did not answer): given up, its connections closed; it is tried again")]
+    TimedOut(Duration),
     #[error(
         "the Kafka consumer of group {group} had no assignment for {waited:?}: it is made anew"
     )]
@@ -74,6 +77,9 @@ pub struct Batching {
     /// How long a Kafka consumer may be without an assignment before it is made anew
     /// ([`crate::membership`]).
     pub join_deadline: Duration,
+    /// How long a batch (its reads and writes, and MongoDB's for the analytics) may take
+    /// before it is given up and tried again ([`bounded`]).
+    pub timeout: Duration,
 }
 
 impl Default for Batching {
@@ -83,6 +89,7 @@ impl Default for Batching {
             linger: Duration::from_millis(10),
             polling: Polling::default(),
             join_deadline: Duration::from_secs(30),
+            timeout: Duration::from_secs(120),
         }
     }
 }
@@ -95,11 +102,19 @@ pub async fn run_from_feed(
     batching: Batching,
 ) -> Result<(), WorkerError> {
     let schema = schema_of(projection.name());
-    ensure_schema(&mut *pool.acquire().await?, projection.as_ref(), &schema).await?;
+    bounded(batching.timeout, async {
+        let mut conn = connection(&pool).await?;
+        Ok(ensure_schema(&mut conn, projection.as_ref(), &schema).await?)
+    })
+    .await?;
     let mut poller = Poller::new(batching.polling, Instant::now());
     loop {
         let read = Instant::now();
-        let n = feed_step(&pool, projection.as_ref(), batching.max as i64).await?;
+        let n = bounded(
+            batching.timeout,
+            feed_step(&pool, projection.as_ref(), batching.max as i64),
+        )
+        .await?;
         if n == 0 {
             tokio::time::sleep(poller.wait(Instant::now())).await;
             continue;
@@ -141,7 +156,11 @@ pub async fn run_from_kafka(
     batching: Batching,
 ) -> Result<(), WorkerError> {
     let schema = schema_of(projection.name());
-    ensure_schema(&mut *pool.acquire().await?, projection.as_ref(), &schema).await?;
+    bounded(batching.timeout, async {
+        let mut conn = connection(&pool).await?;
+        Ok(ensure_schema(&mut conn, projection.as_ref(), &schema).await?)
+    })
+    .await?;
     let consumer: StreamConsumer<Membership> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
@@ -211,12 +230,31 @@ async fn consume(
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let outcome = apply_batch(pool, projection, &envelopes, None).await?;
+        let outcome = bounded(batching.timeout, async {
+            Ok(apply_batch(pool, projection, &envelopes, None).await?)
+        })
+        .await?;
         if outcome.skipped > 0 {
             tracing::debug!(skipped = outcome.skipped, "redelivered events skipped");
         }
         consumer.commit(&next_offsets(&messages)?, CommitMode::Async)?;
     }
+}
+
+/// Runs `batch` (a batch's work, or a worker's start) for at most `limit`. A network to
+/// PostgreSQL that fell silent would otherwise hold the worker for as long as TCP takes
+/// to give up (a quarter of an hour or more); given up, the connections it left in the
+/// middle of a statement are closed, not given back to wait on the silence
+/// ([`lis_commands::connection::scoped`]), and the caller starts the batch again. What
+/// a batch cut short had written is rolled back, or, if its COMMIT had gone out,
+/// committed with its offsets and feed position: tried again, it applies nothing twice.
+pub async fn bounded<T>(
+    limit: Duration,
+    batch: impl std::future::Future<Output = Result<T, WorkerError>>,
+) -> Result<T, WorkerError> {
+    tokio::time::timeout(limit, scoped(batch))
+        .await
+        .unwrap_or(Err(WorkerError::TimedOut(limit)))
 }
 
 /// The offsets to commit after `messages` were applied: one past the last of each
