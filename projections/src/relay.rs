@@ -16,7 +16,6 @@ use crate::feed::{
 use crate::merkle::CompactRange;
 use crate::poll::{Poller, Polling};
 use crate::seal::{event_leaf, Checkpoint, Sealer};
-use futures::TryStreamExt;
 use lis_commands::connection::{self, connection, scoped};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -24,7 +23,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
-use sqlx::{Connection, PgConnection, PgPool, Row};
+use sqlx::{Connection, PgConnection, PgPool};
 use std::time::{Duration, Instant};
 
 /// The advisory lock that makes one relay the leader.
@@ -94,6 +93,8 @@ pub struct RelayConfig {
     /// How long a batch (its reads and writes, and its Kafka sends) or a look at the
     /// leader lock may take before it is given up and started again ([`Relay::bounded`]).
     pub timeout: Duration,
+    /// Merkle leaves read per statement when the relay takes the lead.
+    pub leaves_per_read: i64,
 }
 
 impl Default for RelayConfig {
@@ -107,6 +108,7 @@ impl Default for RelayConfig {
             seal_every_events: 1000,
             seal_every: Duration::from_secs(60),
             timeout: Duration::from_secs(120),
+            leaves_per_read: 100_000,
         }
     }
 }
@@ -367,7 +369,7 @@ impl Relay {
     }
 
     async fn lead(&self, lock: &mut PgConnection) -> Result<(), RelayError> {
-        let mut state = self.bounded(self.load_state()).await?;
+        let mut state = self.load_state().await?;
         let mut checked = Instant::now();
         let mut poller = Poller::new(self.config.polling, Instant::now());
         loop {
@@ -401,25 +403,50 @@ impl Relay {
         }
     }
 
+    /// The checkpoint and the Merkle log as the database holds them. The log's leaves
+    /// are read `leaves_per_read` at a time, each read bounded on its own
+    /// ([`Relay::bounded`]): the whole log may take longer to read than one batch may
+    /// (7.5 million leaves are 240 MB).
     async fn load_state(&self) -> Result<State, RelayError> {
-        let mut conn = connection(&self.pool).await?;
-        let at = load_checkpoint(&mut *conn, &self.config.consumer).await?;
+        let (at, sealed) = self
+            .bounded(async {
+                let mut conn = connection(&self.pool).await?;
+                let at = load_checkpoint(&mut *conn, &self.config.consumer).await?;
+                let sealed: Option<i64> =
+                    sqlx::query_scalar("SELECT max(tree_size) FROM audit_checkpoints")
+                        .fetch_one(&mut *conn)
+                        .await?;
+                Ok((at, sealed))
+            })
+            .await?;
+        let per_read = self.config.leaves_per_read.max(1);
         let mut log = CompactRange::default();
-        let mut leaves = sqlx::query("SELECT leaf_hash FROM audit_log_leaves ORDER BY leaf_index")
-            .fetch(&mut *conn);
-        while let Some(row) = leaves.try_next().await? {
-            let leaf: Vec<u8> = row.get("leaf_hash");
-            let leaf: [u8; 32] = leaf.try_into().map_err(|_| FeedError::Corrupt {
-                position: -1,
-                message: "a Merkle leaf is not 32 bytes".into(),
-            })?;
-            log.append(leaf);
-        }
-        drop(leaves);
-        let sealed: Option<i64> =
-            sqlx::query_scalar("SELECT max(tree_size) FROM audit_checkpoints")
-                .fetch_one(&mut *conn)
+        loop {
+            let from = log.size() as i64;
+            let leaves: Vec<Vec<u8>> = self
+                .bounded(async {
+                    Ok(sqlx::query_scalar(
+                        "SELECT leaf_hash FROM audit_log_leaves
+                          WHERE leaf_index >= $1 ORDER BY leaf_index LIMIT $2",
+                    )
+                    .bind(from)
+                    .bind(per_read)
+                    .fetch_all(&mut *connection(&self.pool).await?)
+                    .await?)
+                })
                 .await?;
+            let read = leaves.len();
+            for leaf in leaves {
+                let leaf: [u8; 32] = leaf.try_into().map_err(|_| FeedError::Corrupt {
+                    position: -1,
+                    message: "a Merkle leaf is not 32 bytes".into(),
+                })?;
+                log.append(leaf);
+            }
+            if read < per_read as usize {
+                break;
+            }
+        }
         Ok(State {
             at,
             log,

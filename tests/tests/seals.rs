@@ -17,11 +17,13 @@ fn sealer() -> Sealer {
     .unwrap()
 }
 
-/// Relays until every event of the store is in the log.
+/// Relays until every event of the store is in the log. Each call is a new relay, which
+/// reads the log's leaves as they stand, four at a time (at first, none).
 async fn seal_all(pool: &PgPool) {
     let config = RelayConfig {
         seal_every_events: 1,
         origin: "lisledger/test".into(),
+        leaves_per_read: 4,
         ..RelayConfig::default()
     };
     let relay = Relay::new(pool.clone(), config, sealer()).unwrap();
@@ -100,6 +102,16 @@ async fn sealed_history_verifies_and_proves_inclusion() {
         .await
         .unwrap();
     assert_eq!((size, grown), (6, 8));
+    // The new relay took the lead over 6 leaves (reads of 4 and 2) and sealed on: every
+    // checkpoint is the root of the log as stored.
+    let report = verify_seals(&db.app, &verifier).await.unwrap();
+    assert_eq!(report.leaves, 8);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    history_more(&db).await;
+    seal_all(&db.app).await;
+    let report = verify_seals(&db.app, &verifier).await.unwrap();
+    assert_eq!(report.leaves, 10, "read 4, 4 and none");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
     db.drop().await;
 }
 
