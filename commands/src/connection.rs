@@ -107,11 +107,17 @@ pub async fn connection(pool: &PgPool) -> Result<Conn, sqlx::Error> {
     if let Some(guard) = held.and_then(|h| h.try_lock_owned().ok()) {
         return Ok(Conn::Command(guard));
     }
-    let conn = pool.acquire().await?;
-    Ok(Conn::Pooled(Pooled {
-        conn,
-        cut: CUT.try_with(Arc::clone).ok(),
-    }))
+    Ok(Conn::Pooled(Pooled::acquire(pool).await?))
+}
+
+impl Pooled {
+    /// A connection of `pool`'s, carrying the running request's cut flag if any.
+    async fn acquire(pool: &PgPool) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            conn: pool.acquire().await?,
+            cut: CUT.try_with(Arc::clone).ok(),
+        })
+    }
 }
 
 /// A transaction on a connection of its own from `pool` (never the running command's:
@@ -120,10 +126,7 @@ pub async fn connection(pool: &PgPool) -> Result<Conn, sqlx::Error> {
 /// sqlx's own transaction is (on the connection's way back to the pool); dropped while
 /// its request is being cut short ([`scoped`]), its connection is closed instead.
 pub async fn begin(pool: &PgPool) -> Result<Tx, sqlx::Error> {
-    let mut conn = Pooled {
-        conn: pool.acquire().await?,
-        cut: CUT.try_with(Arc::clone).ok(),
-    };
+    let mut conn = Pooled::acquire(pool).await?;
     <Postgres as Database>::TransactionManager::begin(&mut conn.conn, None).await?;
     Ok(Tx { conn, open: true })
 }
@@ -181,6 +184,13 @@ pub fn scoped<F: Future>(work: F) -> Scoped<F> {
         cut,
         finished: false,
     }
+}
+
+/// Runs `work` inside [`scoped`] for at most `limit`: `None` when the limit came first,
+/// and the connections `work` then held were closed (a request's deadline, a batch of
+/// the relay or a projection worker).
+pub async fn scoped_for<F: Future>(limit: Duration, work: F) -> Option<F::Output> {
+    tokio::time::timeout(limit, scoped(work)).await.ok()
 }
 
 /// The future of [`scoped`].

@@ -16,7 +16,7 @@ use crate::feed::{
 use crate::merkle::CompactRange;
 use crate::poll::{Poller, Polling};
 use crate::seal::{event_leaf, Checkpoint, Sealer};
-use lis_commands::connection::{self, connection, scoped};
+use lis_commands::connection::{self, connection, scoped_for};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -363,7 +363,7 @@ impl Relay {
         &self,
         work: impl std::future::Future<Output = Result<T, RelayError>>,
     ) -> Result<T, RelayError> {
-        tokio::time::timeout(self.config.timeout, scoped(work))
+        scoped_for(self.config.timeout, work)
             .await
             .unwrap_or(Err(RelayError::TimedOut(self.config.timeout)))
     }

@@ -11,7 +11,7 @@ use crate::projection::{
     ensure_schema_exists, schema_of, write_offsets, BatchOutcome, LabEvent, OffsetMap, Offsets,
     Projection, ProjectionError,
 };
-use lis_commands::connection::{connection, scoped};
+use lis_commands::connection::{connection, scoped_for};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
@@ -94,6 +94,20 @@ impl Default for Batching {
     }
 }
 
+/// A worker's start: its projection's schema made if missing, within `limit`.
+async fn start(
+    pool: &PgPool,
+    projection: &dyn Projection,
+    limit: Duration,
+) -> Result<(), WorkerError> {
+    let schema = schema_of(projection.name());
+    bounded(limit, async {
+        let mut conn = connection(pool).await?;
+        Ok(ensure_schema(&mut conn, projection, &schema).await?)
+    })
+    .await
+}
+
 /// Single-node mode: reads the ordered feed and applies it, batch by batch; the feed
 /// position commits with the batch.
 pub async fn run_from_feed(
@@ -101,12 +115,7 @@ pub async fn run_from_feed(
     projection: Arc<dyn Projection>,
     batching: Batching,
 ) -> Result<(), WorkerError> {
-    let schema = schema_of(projection.name());
-    bounded(batching.timeout, async {
-        let mut conn = connection(&pool).await?;
-        Ok(ensure_schema(&mut conn, projection.as_ref(), &schema).await?)
-    })
-    .await?;
+    start(&pool, projection.as_ref(), batching.timeout).await?;
     let mut poller = Poller::new(batching.polling, Instant::now());
     loop {
         let read = Instant::now();
@@ -155,12 +164,7 @@ pub async fn run_from_kafka(
     topics: &[&str],
     batching: Batching,
 ) -> Result<(), WorkerError> {
-    let schema = schema_of(projection.name());
-    bounded(batching.timeout, async {
-        let mut conn = connection(&pool).await?;
-        Ok(ensure_schema(&mut conn, projection.as_ref(), &schema).await?)
-    })
-    .await?;
+    start(&pool, projection.as_ref(), batching.timeout).await?;
     let consumer: StreamConsumer<Membership> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
@@ -252,7 +256,7 @@ pub async fn bounded<T>(
     limit: Duration,
     batch: impl std::future::Future<Output = Result<T, WorkerError>>,
 ) -> Result<T, WorkerError> {
-    tokio::time::timeout(limit, scoped(batch))
+    scoped_for(limit, batch)
         .await
         .unwrap_or(Err(WorkerError::TimedOut(limit)))
 }

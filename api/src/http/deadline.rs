@@ -15,7 +15,7 @@ use super::AppState;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use lis_commands::connection::scoped;
+use lis_commands::connection::{scoped, scoped_for};
 
 /// Paths that may take longer than the deadline.
 fn exempt(path: &str) -> bool {
@@ -23,15 +23,13 @@ fn exempt(path: &str) -> bool {
 }
 
 pub async fn bound(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let unbounded = exempt(request.uri().path());
-    let run = scoped(next.run(request));
-    if unbounded {
-        return run.await;
+    if exempt(request.uri().path()) {
+        return scoped(next.run(request)).await;
     }
     let limit = state.request_timeout;
-    match tokio::time::timeout(limit, run).await {
-        Ok(response) => response,
-        Err(_) => {
+    match scoped_for(limit, next.run(request)).await {
+        Some(response) => response,
+        None => {
             tracing::warn!(
                 limit_secs = limit.as_secs_f64(),
                 "request given up at its deadline"
