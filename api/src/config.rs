@@ -40,6 +40,7 @@
 //! | `LIS_PROJECT_BATCH` | `500` | events a projection worker applies per transaction at most |
 //! | `LIS_PROJECT_LINGER_MS` | `10` | how long a projection worker lets the next batch fill after a part-full one (single-node: from that batch's read; 0 = not at all) |
 //! | `LIS_WORKER_TIMEOUT_SECS` | `120` | how long the relay or a projection worker may spend on one batch (its reads and writes, Kafka's and MongoDB's included) before it is given up, its connections closed, and tried again (a network that fell silent); the server also ends their sessions left idle in a transaction that long |
+//! | `LIS_RELAY_LEASE_SECS` | `30` | how long the leader lock outlives a leading relay that stopped answering (its host froze or lost the network): the server then ends the lock's session and a standby takes the lead; the leader stops leading after half of it unanswered |
 //! | `LIS_MONGO_URL` | unset | MongoDB for the analytics projection (e.g. `mongodb://127.0.0.1:27017/?directConnection=true`); unset = no analytics |
 //! | `RUST_LOG` | `info` | log filter (tracing-subscriber syntax) |
 
@@ -102,6 +103,7 @@ pub struct Config {
     pub project_batch: usize,
     pub project_linger_ms: u64,
     pub worker_timeout_secs: u64,
+    pub relay_lease_secs: u64,
     pub http_addr: String,
     pub kek: Option<Secret>,
     pub kek_file: String,
@@ -297,6 +299,7 @@ impl Config {
             project_batch: number(vars, "LIS_PROJECT_BATCH", "500")?,
             project_linger_ms: whole(vars, "LIS_PROJECT_LINGER_MS", "10")?,
             worker_timeout_secs: number(vars, "LIS_WORKER_TIMEOUT_SECS", "120")?,
+            relay_lease_secs: number(vars, "LIS_RELAY_LEASE_SECS", "30")?,
             http_addr: get("LIS_HTTP_ADDR", "127.0.0.1:8080"),
             kek: secret(vars, "LIS_KEK"),
             kek_file: get("LIS_KEK_FILE", "deploy/.local/kek"),
@@ -407,6 +410,7 @@ mod tests {
         assert_eq!(c.command_timeout_secs, 30);
         assert_eq!(c.request_timeout_secs, 35);
         assert_eq!(c.worker_timeout_secs, 120);
+        assert_eq!(c.relay_lease_secs, 30);
     }
 
     #[test]

@@ -92,6 +92,7 @@ pub async fn relay(config: &Config, pool: PgPool) -> anyhow::Result<ExitCode> {
         seal_every_events: config.seal_every_events,
         seal_every: Duration::from_secs(config.seal_every_secs),
         timeout: Duration::from_secs(config.worker_timeout_secs),
+        lease: Duration::from_secs(config.relay_lease_secs),
         ..RelayConfig::default()
     };
     if relay_config.kafka.is_none() {

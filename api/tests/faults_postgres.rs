@@ -10,7 +10,9 @@
 //! acquire timeout, not a request that waits on TCP; falling silent mid-statement: 503
 //! at the command's or the request's deadline, and the connection closed, not lost;
 //! falling silent in the middle of the relay's and a worker's batches: each gives the
-//! batch up at its timeout and carries on when the network answers again.
+//! batch up at its timeout and carries on when the network answers again. And the
+//! leading relay frozen: the server frees the leader lock after its lease, a standby
+//! leads.
 
 mod support;
 
@@ -20,7 +22,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use support::load::{assert_exactly_once, Load};
 use support::silent_proxy::SilentProxy;
-use support::{tails, wait_healthy, wait_projected, PrivatePg, Role, Stack};
+use support::{tails, wait_healthy, wait_projected, wait_sealed, PrivatePg, Role, Stack};
 
 const DATABASE: &str = "lisledger";
 
@@ -584,6 +586,9 @@ async fn relay_and_worker_silenced_mid_batch(kafka: bool) {
     let (proxy, url) = behind_a_proxy(&db).await;
     let mut stack = Stack::on(url, kafka);
     stack.set("LIS_WORKER_TIMEOUT_SECS", "3".into());
+    // The relay gives its lead up 6 s into the silence; the server would free the lock
+    // 12 s into it, after the network answers again, so the relay ends that session.
+    stack.set("LIS_RELAY_LEASE_SECS", "12".into());
     let relay = stack.spawn("relay", &["relay"]);
     let project = stack.spawn("project", &["project", "orders"]);
     let roles = [&relay, &project];
@@ -674,4 +679,91 @@ async fn relay_and_worker_silenced_mid_batch(kafka: bool) {
     );
     drop((relay, project));
     db.drop().await;
+}
+
+/// The leading relay's process freezes (SIGSTOP: its host hung, or lost the network
+/// without a reset). Its connections stay open and its kernel still acknowledges what
+/// the server sends, keepalives included, so its lock session would hold the leader lock
+/// for as long as the freeze lasts, and nothing would be sealed or published. The server
+/// ends that session once it has been sent nothing for the lease
+/// (`LIS_RELAY_LEASE_SECS`), and a standby leads: the events stored meanwhile are sealed.
+/// Thawed, the former leader finds its lock gone and stands by, and the log verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_relay_takes_the_lead_from_a_frozen_leader_after_its_lease() {
+    let db = TestDb::new().await;
+    let mut stack = Stack::new(&db, false);
+    stack.set("LIS_RELAY_LEASE_SECS", "2".into());
+    let ledger = db.ledger().await;
+    let leader = stack.spawn("relay-a", &["relay"]);
+    wait_logged(&leader, "relay is the leader").await;
+    lis_tests::place(&ledger, "MRN-F1", &["K"]).await;
+    wait_sealed(&db, &leader, Duration::from_secs(30)).await;
+
+    leader.freeze();
+    let standby = stack.spawn("relay-b", &["relay"]);
+    lis_tests::place(&ledger, "MRN-F2", &["K"]).await;
+    // Without the lease, the frozen leader's session would hold the lock for good.
+    wait_sealed(&db, &standby, Duration::from_secs(30)).await;
+    assert!(
+        std::fs::read_to_string(&standby.log)
+            .unwrap_or_default()
+            .contains("relay is the leader"),
+        "the events were sealed, but not by the standby\n{}",
+        tails(&[&leader, &standby])
+    );
+
+    leader.thaw();
+    wait_logged(&leader, "the leader lock connection was lost").await;
+    // Two leases more: a leader that answers keeps its lead (its looks keep the session
+    // from idling out).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    lis_tests::place(&ledger, "MRN-F3", &["K"]).await;
+    wait_sealed(&db, &standby, Duration::from_secs(30)).await;
+    let standby_log = std::fs::read_to_string(&standby.log).unwrap_or_default();
+    assert!(
+        standby_log.matches("relay is the leader").count() == 1
+            && !standby_log.contains("stopped leading"),
+        "the standby lost the lead it took\n{}",
+        tails(&[&leader, &standby])
+    );
+    let holders: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks
+          WHERE locktype = 'advisory' AND granted AND objid::bigint = $1
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .bind(7_302_417_i64)
+    .fetch_one(&db.app)
+    .await
+    .unwrap();
+    assert_eq!(
+        holders,
+        1,
+        "one relay leads\n{}",
+        tails(&[&leader, &standby])
+    );
+    let (mut leader, mut standby) = (leader, standby);
+    assert!(
+        leader.is_running() && standby.is_running(),
+        "both relays carry on\n{}",
+        tails(&[&leader, &standby])
+    );
+    stack.assert_audit_verifies();
+    drop((leader, standby));
+    db.drop().await;
+}
+
+/// Waits until `role` has logged `line` (or panics with its log).
+async fn wait_logged(role: &Role, line: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&role.log)
+        .unwrap_or_default()
+        .contains(line)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not logged within 30 s: {line}\n{}",
+            role.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

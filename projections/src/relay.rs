@@ -2,7 +2,8 @@
 //! seals it into the Merkle log.
 //!
 //! One relay leads at a time (a PostgreSQL advisory lock held on a dedicated connection);
-//! others wait as standbys and take over when the leader's connection dies. Each batch is
+//! others wait as standbys and take over when the leader's connection dies, or when the
+//! leader falls silent for its lease (see [`RelayConfig::lease`]). Each batch is
 //! sent with the idempotent producer (acks=all), keyed by aggregate id, and the feed
 //! checkpoint — together with the batch's Merkle leaves and any new signed checkpoint —
 //! is committed only after every delivery report is in. A crash therefore means
@@ -24,6 +25,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use sqlx::{Connection, PgConnection, PgPool};
+use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 /// The advisory lock that makes one relay the leader.
@@ -95,6 +97,15 @@ pub struct RelayConfig {
     pub timeout: Duration,
     /// Merkle leaves read per statement when the relay takes the lead.
     pub leaves_per_read: i64,
+    /// How long the leader lock outlives a leader that stopped answering. The server ends
+    /// the lock's session after this long without a statement (`idle_session_timeout`
+    /// on that session alone), which frees the lock for a standby: a leader whose host
+    /// froze or lost the network would otherwise hold it until the server's TCP gave
+    /// up on the connection (two hours with the operating system's defaults). The
+    /// leader looks at its lock every tenth of the lease (at most every second), and
+    /// stops leading when a look goes unanswered for half of it, before the server
+    /// frees the lock.
+    pub lease: Duration,
 }
 
 impl Default for RelayConfig {
@@ -109,6 +120,7 @@ impl Default for RelayConfig {
             seal_every: Duration::from_secs(60),
             timeout: Duration::from_secs(120),
             leaves_per_read: 100_000,
+            lease: Duration::from_secs(30),
         }
     }
 }
@@ -265,8 +277,15 @@ impl Relay {
             tracing::debug!("relay standby: another relay leads");
             tokio::time::sleep(self.config.polling.idle.max(Duration::from_millis(200))).await;
         }
+        let lease = self.config.lease;
         self.lock_session = Some(
             self.bounded(async {
+                // The server ends this session, and the lock with it, once it has been
+                // sent nothing for a lease; the leader's looks come ten times as often.
+                sqlx::query("SELECT set_config('idle_session_timeout', $1, false)")
+                    .bind(lease.as_millis().max(1).to_string())
+                    .execute(&mut lock)
+                    .await?;
                 Ok(sqlx::query_as(
                     "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()",
                 )
@@ -275,29 +294,11 @@ impl Relay {
             })
             .await?,
         );
-        tracing::info!("relay is the leader");
-        if let Err(e) = self.ensure_topics().await {
-            tracing::warn!(error = %e, "could not ensure topics (auto-creation may still work)");
-        }
-        // A failure that is not the lock's (the broker away, a statement failed) keeps the
-        // lead: a standby would meet the same broker and database, and handing over on
-        // every outage would only make the relays take turns. The leader backs off and
-        // starts again from the checkpoint, while its lock's connection lives.
-        let result = loop {
-            match self.lead(&mut lock).await {
-                Err(RelayError::LostLeadership) => break Err(RelayError::LostLeadership),
-                Err(e) => {
-                    tracing::error!(error = %e, "relay failed; keeping the lead and retrying");
-                    if matches!(e, RelayError::Kafka(_)) {
-                        self.renew_producer();
-                    }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    if let Err(e) = self.check_lock(&mut lock).await {
-                        break Err(e);
-                    }
-                }
-                Ok(()) => break Ok(()),
-            }
+        tracing::info!(lease = ?lease, "relay is the leader");
+        let result = tokio::select! {
+            biased;
+            lost = keep_lock(&mut lock, lease) => Err(lost),
+            never = self.relay_while_leading() => match never {},
         };
         if !matches!(result, Err(RelayError::TimedOut(_))) {
             // Its session ended, or ends with this close: nothing is left to end later.
@@ -307,17 +308,24 @@ impl Relay {
         result
     }
 
-    /// A look at the leader lock's connection: lost, the lock is given up with it.
-    /// Unanswered within the timeout, it is given up here, but its session may live on
-    /// at the server, holding the lock, for as long as the server takes to see the
-    /// connection is dead (with the operating system's defaults, two hours); this
-    /// relay ends it when it reaches the database again ([`Relay::end_abandoned_session`]).
-    async fn check_lock(&self, lock: &mut PgConnection) -> Result<(), RelayError> {
-        match tokio::time::timeout(self.config.timeout, sqlx::query("SELECT 1").execute(lock)).await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(RelayError::LostLeadership),
-            Err(_) => Err(RelayError::TimedOut(self.config.timeout)),
+    /// Relays for as long as it is let: the caller drops it when the lead is lost
+    /// ([`keep_lock`]), which closes the connections a batch then held.
+    ///
+    /// A failure that is not the lock's (the broker away, a statement failed) keeps the
+    /// lead: a standby would meet the same broker and database, and handing over on
+    /// every outage would only make the relays take turns. The leader backs off and
+    /// starts again from the checkpoint, while its lock's connection lives.
+    async fn relay_while_leading(&mut self) -> Infallible {
+        if let Err(e) = self.ensure_topics().await {
+            tracing::warn!(error = %e, "could not ensure topics (auto-creation may still work)");
+        }
+        loop {
+            let Err(e) = self.lead().await;
+            tracing::error!(error = %e, "relay failed; keeping the lead and retrying");
+            if matches!(e, RelayError::Kafka(_)) {
+                self.renew_producer();
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
@@ -368,19 +376,11 @@ impl Relay {
             .unwrap_or(Err(RelayError::TimedOut(self.config.timeout)))
     }
 
-    async fn lead(&self, lock: &mut PgConnection) -> Result<(), RelayError> {
+    async fn lead(&self) -> Result<Infallible, RelayError> {
         let mut state = self.load_state().await?;
-        let mut checked = Instant::now();
         let mut poller = Poller::new(self.config.polling, Instant::now());
         loop {
             let n = self.bounded(self.step(&mut state)).await?;
-            // The leader lock's connection is checked every second when idle, every
-            // five under load (a lost connection has given the lock up).
-            let check_every = Duration::from_secs(if n == 0 { 1 } else { 5 });
-            if checked.elapsed() >= check_every {
-                self.check_lock(lock).await?;
-                checked = Instant::now();
-            }
             if n == 0 {
                 tokio::time::sleep(poller.wait(Instant::now())).await;
             } else {
@@ -560,5 +560,25 @@ impl Relay {
             .await
             .map_err(|(e, _)| RelayError::Kafka(e))?;
         Ok(())
+    }
+}
+
+/// Looks at the leader lock's connection every tenth of the lease (at most every second)
+/// for as long as the relay leads, and returns why it stopped leading. Lost, the
+/// connection gave the lock up with it. Unanswered for half the lease, the lead is given
+/// up here, before the server ends the silent session (a lease after the last look it
+/// answered) and frees the lock for a standby; should the server not (a statement still
+/// running there), this relay ends that session when it reaches the database again
+/// ([`Relay::end_abandoned_session`]).
+async fn keep_lock(lock: &mut PgConnection, lease: Duration) -> RelayError {
+    let every = (lease / 10).min(Duration::from_secs(1));
+    let unanswered = lease / 2;
+    loop {
+        tokio::time::sleep(every).await;
+        match tokio::time::timeout(unanswered, sqlx::query("SELECT 1").execute(&mut *lock)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return RelayError::LostLeadership,
+            Err(_) => return RelayError::TimedOut(unanswered),
+        }
     }
 }

@@ -151,6 +151,25 @@ impl Role {
         let _ = self.child.wait();
     }
 
+    /// SIGSTOP: the process stops where it is, its connections open and its kernel
+    /// still acknowledging what arrives (a host that hung, as the network sees it).
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT: a frozen process carries on where it stopped.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill {signal} {}", self.child.id());
+    }
+
     /// Whether the process is still running (it has not exited by itself).
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
