@@ -536,28 +536,59 @@ async fn a_command_whose_database_falls_silent_mid_statement_is_given_up_and_503
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_whose_database_falls_silent_mid_statement_is_answered_503_and_frees_its_connection()
 {
+    let bearer = support::token("dr.silent.read", lis_domain::actor::Role::Clinician);
+    let order = format!("/orders/{}", uuid::Uuid::new_v4());
+    let lock = "LOCK TABLE proj_orders.orders IN ACCESS EXCLUSIVE MODE";
+    a_read_silenced_mid_statement(&bearer, &order, reqwest::StatusCode::NOT_FOUND, lock).await;
+}
+
+/// `GET path` with `bearer` answers `answered`; then the network falls silent while it
+/// waits on `lock` ([`Silenceable::assert_503_when_silenced_mid_statement`], the lock
+/// taken by a superuser); it answers `answered` again once the network does.
+/// `serve` has a pool of one connection and a request deadline of 3 s.
+async fn a_read_silenced_mid_statement(
+    bearer: &str,
+    path: &str,
+    answered: reqwest::StatusCode,
+    lock: &str,
+) {
     let silenceable = serve_behind_a_proxy(&[
         ("LIS_DB_MAX_CONNECTIONS", "1"),
         ("LIS_COMMAND_TIMEOUT_SECS", "2"),
         ("LIS_REQUEST_TIMEOUT_SECS", "3"),
     ])
     .await;
-    let bearer = support::token("dr.silent.read", lis_domain::actor::Role::Clinician);
-    let order = format!("{}/orders/{}", silenceable.base, uuid::Uuid::new_v4());
-    let get = || silenceable.client.get(&order).bearer_auth(&bearer);
+    let url = format!("{}{path}", silenceable.base);
+    let get = || silenceable.client.get(&url).bearer_auth(bearer);
     let (status, body) = answer(get()).await.unwrap();
-    assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(status, answered, "{body}");
 
-    let lock = "LOCK TABLE proj_orders.orders IN ACCESS EXCLUSIVE MODE";
-    let app = silenceable.db.app.clone();
+    let su = silenceable.db.superuser().await;
     silenceable
-        .assert_503_when_silenced_mid_statement(&app, lock, get())
+        .assert_503_when_silenced_mid_statement(&su, lock, get())
         .await;
 
-    silenceable
-        .until_answered(reqwest::StatusCode::NOT_FOUND, |_| get())
-        .await;
+    silenceable.until_answered(answered, |_| get()).await;
     silenceable.finish().await;
+}
+
+/// The network falls silent while an auditor's `GET /audit/verification` reads the store
+/// (on a lock the test holds on the events, released once the proxy is silent). The
+/// verification has no deadline, as it reads the whole store, but is given up when it
+/// has read nothing for the request deadline, answered 503, and its connection closed:
+/// with a pool of one connection, the same process verifies again once the network
+/// answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verification_whose_database_falls_silent_is_answered_503_and_frees_its_connection() {
+    let bearer = support::token("auditor.silent", lis_domain::actor::Role::Auditor);
+    let lock = "LOCK TABLE events IN ACCESS EXCLUSIVE MODE";
+    a_read_silenced_mid_statement(
+        &bearer,
+        "/audit/verification",
+        reqwest::StatusCode::OK,
+        lock,
+    )
+    .await;
 }
 
 /// The network to PostgreSQL falls silent while the relay and a projection worker wait

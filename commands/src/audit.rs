@@ -126,7 +126,10 @@ pub async fn verify_chains(
     pool: &PgPool,
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<VerifyReport, sqlx::Error> {
-    let mut rows = sqlx::query(CHAINS_IN_ORDER).fetch(pool);
+    // Taken through `connection`, so that a verification cut short (the API's bound on
+    // its progress) closes this connection rather than give it back mid-statement.
+    let mut conn = crate::connection::connection(pool).await?;
+    let mut rows = sqlx::query(CHAINS_IN_ORDER).fetch(&mut *conn);
     let mut report = VerifyReport::default();
     // (type, id) of the chain being walked, its last hash and sequence, and whether it broke.
     let mut current: Option<(String, String)> = None;

@@ -11,6 +11,7 @@ use crate::merkle::{
 };
 use crate::seal::{event_leaf, Checkpoint, NoteVerifier, SealError};
 use futures::TryStreamExt;
+use lis_commands::connection::connection;
 use sqlx::{PgPool, Row};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,16 +31,27 @@ pub enum SealAuditError {
     NotFound(String),
 }
 
-/// Every leaf hash of the log, in order, checking each against its event.
-async fn load_leaves(pool: &PgPool, problems: &mut Vec<String>) -> Result<Vec<Hash>, sqlx::Error> {
+/// Every leaf hash of the log, in order, checking each against its event. `progress` is
+/// called with the number of leaves read so far, every 1,000 leaves. The rows are read on
+/// a connection taken through `lis_commands::connection`, so that a check cut short
+/// closes it rather than give it back mid-statement.
+async fn load_leaves(
+    pool: &PgPool,
+    problems: &mut Vec<String>,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<Vec<Hash>, sqlx::Error> {
+    let mut conn = connection(pool).await?;
     let mut rows = sqlx::query(
         "SELECT l.leaf_index, l.position, l.leaf_hash, e.hash AS event_hash
            FROM audit_log_leaves l LEFT JOIN events e ON e.position = l.position
           ORDER BY l.leaf_index",
     )
-    .fetch(pool);
+    .fetch(&mut *conn);
     let mut leaves = Vec::new();
     while let Some(row) = rows.try_next().await? {
+        if leaves.len() % 1000 == 999 {
+            progress(leaves.len() as u64 + 1);
+        }
         let index: i64 = row.get("leaf_index");
         let position: i64 = row.get("position");
         let stored: Vec<u8> = row.get("leaf_hash");
@@ -69,15 +81,17 @@ async fn load_leaves(pool: &PgPool, problems: &mut Vec<String>) -> Result<Vec<Ha
 pub async fn verify_seals(
     pool: &PgPool,
     verifier: &NoteVerifier,
+    progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<SealReport, SealAuditError> {
     let mut report = SealReport::default();
-    let leaves = load_leaves(pool, &mut report.problems).await?;
+    let leaves = load_leaves(pool, &mut report.problems, progress).await?;
     report.leaves = leaves.len() as u64;
     let checkpoints = sqlx::query(
         "SELECT tree_size, root_hash, signed_note FROM audit_checkpoints ORDER BY tree_size",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *connection(pool).await?)
     .await?;
+    progress(report.leaves);
     report.checkpoints = checkpoints.len() as u64;
     let mut range = CompactRange::default();
     let mut next = leaves.iter();
@@ -126,7 +140,7 @@ pub async fn verify_external(
 ) -> Result<Checkpoint, SealAuditError> {
     let old = verifier.open(external)?;
     let mut problems = Vec::new();
-    let leaves = load_leaves(pool, &mut problems).await?;
+    let leaves = load_leaves(pool, &mut problems, &mut |_| {}).await?;
     let n = leaves.len() as u64;
     if old.tree_size > n {
         return Err(SealAuditError::NotFound(format!(
@@ -185,7 +199,7 @@ pub async fn prove(
     .ok_or_else(|| SealAuditError::NotFound(format!("no checkpoint covers position {position} yet")))?;
     let cp = verifier.open(&note)?;
     let mut problems = Vec::new();
-    let leaves = load_leaves(pool, &mut problems).await?;
+    let leaves = load_leaves(pool, &mut problems, &mut |_| {}).await?;
     let size = (cp.tree_size as usize).min(leaves.len());
     let proof = inclusion_proof(&leaves[..size], index as usize);
     let leaf = leaves[index as usize];

@@ -64,7 +64,7 @@ async fn sealed_history_verifies_and_proves_inclusion() {
     let last = history(&db).await;
     seal_all(&db.app).await;
     let verifier = sealer().verifier();
-    let report = verify_seals(&db.app, &verifier).await.unwrap();
+    let report = verify_seals(&db.app, &verifier, &mut |_| {}).await.unwrap();
     assert_eq!(report.leaves, 6);
     assert!(report.checkpoints >= 1);
     assert!(report.problems.is_empty(), "{:?}", report.problems);
@@ -104,12 +104,12 @@ async fn sealed_history_verifies_and_proves_inclusion() {
     assert_eq!((size, grown), (6, 8));
     // The new relay took the lead over 6 leaves (reads of 4 and 2) and sealed on: every
     // checkpoint is the root of the log as stored.
-    let report = verify_seals(&db.app, &verifier).await.unwrap();
+    let report = verify_seals(&db.app, &verifier, &mut |_| {}).await.unwrap();
     assert_eq!(report.leaves, 8);
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     history_more(&db).await;
     seal_all(&db.app).await;
-    let report = verify_seals(&db.app, &verifier).await.unwrap();
+    let report = verify_seals(&db.app, &verifier, &mut |_| {}).await.unwrap();
     assert_eq!(report.leaves, 10, "read 4, 4 and none");
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     db.drop().await;
@@ -154,7 +154,7 @@ async fn seals_catch_what_the_chain_alone_cannot() {
         "the per-aggregate chains alone see nothing: {:?}",
         chains.broken
     );
-    let report = verify_seals(&db.app, &verifier).await.unwrap();
+    let report = verify_seals(&db.app, &verifier, &mut |_| {}).await.unwrap();
     assert!(
         report.problems.iter().any(|p| p.contains("is gone")),
         "{:?}",
@@ -175,7 +175,7 @@ async fn seals_catch_what_the_chain_alone_cannot() {
            FROM events e WHERE e.position = l.position",
     ])
     .await;
-    let report = verify_seals(&db.app, &verifier).await.unwrap();
+    let report = verify_seals(&db.app, &verifier, &mut |_| {}).await.unwrap();
     assert!(
         report
             .problems
@@ -201,7 +201,9 @@ async fn a_checkpoint_signed_with_another_key_is_refused() {
         &base64::engine::general_purpose::STANDARD.encode([8u8; 32]),
     )
     .unwrap();
-    let report = verify_seals(&db.app, &stranger.verifier()).await.unwrap();
+    let report = verify_seals(&db.app, &stranger.verifier(), &mut |_| {})
+        .await
+        .unwrap();
     assert!(!report.problems.is_empty());
     assert!(
         report

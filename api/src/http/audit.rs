@@ -7,6 +7,7 @@
 
 use super::auth::{Action, Caller};
 use super::cursor::{self, Cursor};
+use super::deadline;
 use super::params::Params;
 use super::problem::{pointer_token, Problem};
 use super::settled;
@@ -747,18 +748,36 @@ pub fn history_csv(history: &Value) -> String {
 }
 
 /// Chain and seal verification, run now: every hash chain recomputed, every seal checked
-/// (when the API knows the seal public key).
+/// (when the API knows the seal public key). It has no deadline, as it reads the whole
+/// store; it is given up, and answered 503, when it has read nothing for the request
+/// deadline ([`deadline::while_progressing`]).
 pub async fn verification(
     State(s): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadAudit)?;
+    let limit = s.request_timeout;
+    deadline::while_progressing(limit, |progress| verify_now(&s, progress))
+        .await
+        .unwrap_or_else(|| {
+            tracing::warn!(
+                limit_secs = limit.as_secs_f64(),
+                "audit verification given up: it read nothing for the request deadline"
+            );
+            Err(Problem::unavailable(format!(
+                "the verification read nothing for {} s (the database may be slow or unreachable); retry shortly",
+                limit.as_secs_f64()
+            )))
+        })
+}
+
+async fn verify_now(s: &AppState, progress: deadline::Progress) -> Result<Json<Value>, Problem> {
     let started = std::time::Instant::now();
-    let chains = lis_commands::audit::verify_chains(&s.pool, &mut |_| {}).await?;
+    let chains = lis_commands::audit::verify_chains(&s.pool, &mut |_| progress.tick()).await?;
     let broken: Vec<String> = chains.broken.iter().map(ToString::to_string).collect();
     let seals = match &s.seal_verifier {
         Some(v) => {
-            let r = lis_projections::seal_audit::verify_seals(&s.pool, v)
+            let r = lis_projections::seal_audit::verify_seals(&s.pool, v, &mut |_| progress.tick())
                 .await
                 .map_err(|e| {
                     tracing::warn!(error = %e, "seal verification failed to run");
