@@ -414,13 +414,13 @@ impl Silenceable {
     /// Sends `request` while a transaction of `locker` holds `lock` (a `LOCK TABLE`);
     /// once a session waits on it, falls silent and releases it, so that the database's
     /// answer is sent and lost; then speaks again. Asserts that the client got a 503,
-    /// within seconds of the silence.
+    /// within seconds of the silence, and returns its body.
     async fn assert_503_when_silenced_mid_statement(
         &self,
         locker: &sqlx::PgPool,
         lock: &str,
         request: reqwest::RequestBuilder,
-    ) {
+    ) -> String {
         let mut held = locker.begin().await.unwrap();
         sqlx::query(lock).execute(&mut *held).await.unwrap();
         let waiting = tokio::spawn(answer(request));
@@ -456,6 +456,7 @@ impl Silenceable {
             self.api.log_tail()
         );
         assert!(took < Duration::from_secs(15), "answered after {took:?}");
+        body
     }
 
     async fn finish(self) {
@@ -491,6 +492,8 @@ impl Silenceable {
 /// command is given up after `LIS_COMMAND_TIMEOUT_SECS` and answered 503, and its
 /// connection is closed rather than given back to wait on the silence: with a pool of
 /// one connection, the same process then serves commands again once the network does.
+/// Held before its write went out, it is not stored (503 `unavailable`); held in its
+/// append, it is stored at the server though the answer is lost (503 `outcome-unknown`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_whose_database_falls_silent_mid_statement_is_given_up_and_503() {
     let silenceable = serve_behind_a_proxy(&[
@@ -512,18 +515,48 @@ async fn a_command_whose_database_falls_silent_mid_statement_is_given_up_and_503
     let (status, body) = answer(place("MRN-S1".into())).await.unwrap();
     assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
 
-    // The next command waits on a lock of the test's, on the database's side.
-    let lock = "LOCK TABLE events IN ACCESS EXCLUSIVE MODE";
+    // The next command waits on a lock of the test's, on the database's side. Silenced
+    // there, the client gets a 503 of `problem` type, and the events stored meanwhile
+    // are counted; then the same process serves commands again.
     let owner = silenceable.db.owner.clone();
-    silenceable
-        .assert_503_when_silenced_mid_statement(&owner, lock, place("MRN-S2".into()))
-        .await;
-
-    silenceable
-        .until_answered(reqwest::StatusCode::CREATED, |n| {
-            place(format!("MRN-S3-{n}"))
+    let events = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events")
+            .fetch_one(&owner)
+            .await
+            .unwrap()
+    };
+    let (on, owner, place) = (&silenceable, &owner, &place);
+    let silenced = |lock: &'static str, problem: &'static str, mrn: &'static str| async move {
+        let before = events().await;
+        let body = on
+            .assert_503_when_silenced_mid_statement(owner, lock, place(mrn.into()))
+            .await;
+        assert!(body.contains(&format!("/problems/{problem}\"")), "{body}");
+        let stored = events().await - before;
+        on.until_answered(reqwest::StatusCode::CREATED, |n| {
+            place(format!("{mrn}-{n}"))
         })
         .await;
+        stored
+    };
+    // Held in its aggregate's load, before its write went out: not stored.
+    let stored = silenced(
+        "LOCK TABLE events IN ACCESS EXCLUSIVE MODE",
+        "unavailable",
+        "MRN-S2",
+    )
+    .await;
+    assert_eq!(stored, 0, "a command cut short before its write");
+    // Its load passes and its append waits: released once the network is silent, the
+    // append commits at the server and its answer is lost. The client is told the
+    // outcome is unknown, not that the database was away: it was stored.
+    let stored = silenced(
+        "LOCK TABLE events IN EXCLUSIVE MODE",
+        "outcome-unknown",
+        "MRN-S4",
+    )
+    .await;
+    assert!(stored > 0, "the append whose answer was lost committed");
     silenceable.finish().await;
 }
 

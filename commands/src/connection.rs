@@ -23,6 +23,11 @@
 //! gives it). The relay and the projection workers run each batch inside [`scoped`]
 //! under a timeout, the same way. A statement sent to a pool directly
 //! (`fetch_one(&pool)`) is outside all this.
+//!
+//! A command cut short after its write went out may or may not be stored: the write
+//! commits at the server whether or not its answer arrives. [`WriteWatch`] tells the
+//! command's caller which it was, so that the client is told the outcome is unknown
+//! rather than that nothing happened.
 
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgConnectOptions;
@@ -30,7 +35,7 @@ use sqlx::{Database, PgConnection, PgPool, Postgres, TransactionManager};
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -40,6 +45,41 @@ tokio::task_local! {
     static HELD: Held;
     /// Set when the running request is cut short ([`scoped`]).
     static CUT: Arc<AtomicBool>;
+    /// Where the running command's write stands ([`WriteWatch`]).
+    static WRITE: WriteWatch;
+}
+
+/// Where a command's write stands: not sent, sent and unanswered, or answered (stored, or
+/// refused by the server). Set by the store ([`write_sent`], [`write_answered`]) while
+/// the command runs inside [`WriteWatch::watch`].
+#[derive(Debug, Clone, Default)]
+pub struct WriteWatch(Arc<AtomicU8>);
+
+const SENT: u8 = 1;
+const ANSWERED: u8 = 2;
+
+impl WriteWatch {
+    /// Runs `command` with this watch on its write.
+    pub async fn watch<F: Future>(&self, command: F) -> F::Output {
+        WRITE.scope(self.clone(), command).await
+    }
+
+    /// Whether the write went out and no answer came back: the command may have been
+    /// stored, or not.
+    pub fn in_doubt(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == SENT
+    }
+}
+
+/// The running command's write (the statement, or the COMMIT, that makes it durable) is
+/// about to go out.
+pub fn write_sent() {
+    let _ = WRITE.try_with(|w| w.0.store(SENT, Ordering::SeqCst));
+}
+
+/// The server answered the running command's write: it is stored, or it is not.
+pub fn write_answered() {
+    let _ = WRITE.try_with(|w| w.0.store(ANSWERED, Ordering::SeqCst));
 }
 
 /// The running command's connection, and which pool it came from.

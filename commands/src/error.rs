@@ -29,6 +29,10 @@ pub enum CommandError {
     },
     #[error("a dependency is unavailable: {0}")]
     Unavailable(String),
+    /// The command's write went out and its answer was lost (the database fell silent,
+    /// or the connection broke): it may or may not be stored.
+    #[error("the command may or may not be stored: {0}")]
+    OutcomeUnknown(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -355,7 +355,12 @@ where
     let refused =
         |e: AggregateError<A::Error>| outcome(CommandError::from_aggregate(e, A::TYPE, id));
     // One connection for the load, the rules' look-ups and the append (`connection`).
-    let appended = crate::connection::within(store.pool(), store.command_timeout(), async {
+    let write = crate::connection::WriteWatch::default();
+    let in_doubt = |err: CommandError| match err {
+        CommandError::Unavailable(m) if write.in_doubt() => CommandError::OutcomeUnknown(m),
+        err => err,
+    };
+    let watched = write.watch(async {
         let mut context = store.load_aggregate(id).await.map_err(refused)?;
         let sink = EventSink::default();
         context
@@ -367,10 +372,12 @@ where
             .append(sink.collect().await, context, metadata)
             .await
             .map_err(refused)
-    })
-    .await
-    // No connection for the command, or none that answered in time.
-    .map_err(|e| outcome(CommandError::from(e)))??;
+    });
+    let appended = crate::connection::within(store.pool(), store.command_timeout(), watched)
+        .await
+        // No connection for the command, or none that answered in time.
+        .map_err(|e| outcome(in_doubt(CommandError::from(e))))?
+        .map_err(|e| outcome(in_doubt(e)))?;
     let last = appended.last().ok_or_else(|| {
         CommandError::Internal(format!(
             "command {name} on {} {id} was accepted but recorded no event",

@@ -79,6 +79,21 @@ RETURNING sequence, position";
 
 /// A unique violation is a concurrent writer (the loser of a race on the same sequence
 /// number); the database being away is a connection error; anything else is a defect.
+/// Sends the statement that makes a command durable (an autocommitted append, or a
+/// COMMIT), marking it sent and, once the server answers either way, answered
+/// ([`crate::connection::WriteWatch`]): cut short or lost in between, the command may
+/// or may not be stored.
+async fn durable<T, E: std::error::Error>(
+    write: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, AggregateError<E>> {
+    crate::connection::write_sent();
+    let answer = write.await;
+    if matches!(&answer, Ok(_) | Err(sqlx::Error::Database(_))) {
+        crate::connection::write_answered();
+    }
+    answer.map_err(database_error)
+}
+
 fn database_error<E: std::error::Error>(e: sqlx::Error) -> AggregateError<E> {
     match &e {
         sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") => {
@@ -237,11 +252,11 @@ impl<A: Aggregate> SnapshotEventStore<A> {
             if written.rows_affected() != 1 {
                 return Err(AggregateError::AggregateConflict);
             }
-            tx.commit().await.map_err(database_error)?;
+            durable(tx.commit()).await?;
             rows
         } else {
             let mut conn = connection(&self.pool).await.map_err(database_error)?;
-            insert.fetch_all(&mut *conn).await.map_err(database_error)?
+            durable(insert.fetch_all(&mut *conn)).await?
         };
         let mut appended: Vec<Appended> = rows
             .iter()

@@ -232,6 +232,20 @@ impl From<CommandError> for Problem {
                 tracing::warn!(error = %m, "dependency unavailable");
                 Problem::unavailable("the database is unavailable")
             }
+            CommandError::OutcomeUnknown(m) => {
+                tracing::warn!(error = %m, "a command's write went out and its answer was lost");
+                let mut p = Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "outcome-unknown",
+                    "The command may or may not have been stored",
+                )
+                .detail(
+                    "its write reached the database, but the answer was lost (the database may be slow or unreachable): \
+                     retry with the same Idempotency-Key, or read the record before sending it again",
+                );
+                p.retry_after = Some(2);
+                p
+            }
             CommandError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 Problem::internal()
