@@ -30,7 +30,8 @@ pub enum CommandError {
     #[error("a dependency is unavailable: {0}")]
     Unavailable(String),
     /// The command's write went out and its answer was lost (the database fell silent,
-    /// or the connection broke): it may or may not be stored.
+    /// or the connection broke), or a request of several commands stopped part-way
+    /// (aliquots): some or all of it may be stored.
     #[error("the command may or may not be stored: {0}")]
     OutcomeUnknown(String),
     #[error("internal error: {0}")]

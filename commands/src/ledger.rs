@@ -296,7 +296,15 @@ impl Ledger {
                 sample_id,
                 parent_id: parent,
             };
-            outcomes.push(self.execute_sample(sample_id, command, ctx).await?);
+            // The parent's split is stored by now: a child cut short leaves the whole
+            // part-stored, which its caller must not take for nothing written.
+            let child = self.execute_sample(sample_id, command, ctx).await;
+            outcomes.push(child.map_err(|e| match e {
+                CommandError::Unavailable(m) => CommandError::OutcomeUnknown(format!(
+                    "the split of {parent} is stored, an aliquot's creation is not: {m}"
+                )),
+                e => e,
+            })?);
         }
         Ok(outcomes)
     }

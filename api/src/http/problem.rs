@@ -240,8 +240,8 @@ impl From<CommandError> for Problem {
                     "The command may or may not have been stored",
                 )
                 .detail(
-                    "its write reached the database, but the answer was lost (the database may be slow or unreachable): \
-                     retry with the same Idempotency-Key, or read the record before sending it again",
+                    "a write reached the database but its answer was lost, or a part of the request was stored before the \
+                     database stopped answering: retry with the same Idempotency-Key, or read the record before sending it again",
                 );
                 p.retry_after = Some(2);
                 p
