@@ -99,6 +99,7 @@ pub async fn relay(config: &Config, pool: PgPool) -> anyhow::Result<ExitCode> {
         tracing::info!("LIS_KAFKA_BROKERS is not set: the relay only seals (single-node mode)");
     }
     lis_projections::feed::check_transaction_counter(&pool).await?;
+    lis_projections::relay::check_server(&pool).await?;
     let relay = Relay::new(pool, relay_config, sealer(config)?)?;
     relay.run(shutdown_signal()).await;
     Ok(ExitCode::SUCCESS)

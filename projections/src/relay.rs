@@ -142,6 +142,22 @@ pub enum RelayError {
     LostLeadership,
     #[error("not done within {0:?} (the database did not answer): given up, its connections closed; started again")]
     TimedOut(Duration),
+    #[error("PostgreSQL {0} is too old for the relay: 14 or later is needed (the leader's lease is its idle_session_timeout)")]
+    ServerTooOld(String),
+}
+
+/// Refuses a server older than PostgreSQL 14, which has no `idle_session_timeout`: the
+/// leader could not take its lease, and would fail to lead, every second, for good.
+pub async fn check_server(pool: &PgPool) -> Result<(), RelayError> {
+    let (number, version): (i32, String) = sqlx::query_as(
+        "SELECT current_setting('server_version_num')::int, current_setting('server_version')",
+    )
+    .fetch_one(pool)
+    .await?;
+    if number < 140_000 {
+        return Err(RelayError::ServerTooOld(version));
+    }
+    Ok(())
 }
 
 /// What the leader keeps between batches (rebuilt from the database on every takeover).
