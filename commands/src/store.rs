@@ -77,8 +77,6 @@ SELECT $1, $2, u.sequence, u.event_type, u.event_version, u.payload::json, u.met
  ORDER BY u.sequence
 RETURNING sequence, position";
 
-/// A unique violation is a concurrent writer (the loser of a race on the same sequence
-/// number); the database being away is a connection error; anything else is a defect.
 /// Sends the statement that makes a command durable (an autocommitted append, or a
 /// COMMIT), marking it sent and, once the server answers either way, answered
 /// ([`crate::connection::WriteWatch`]): cut short or lost in between, the command may
@@ -94,6 +92,8 @@ async fn durable<T, E: std::error::Error>(
     answer.map_err(database_error)
 }
 
+/// A unique violation is a concurrent writer (the loser of a race on the same sequence
+/// number); the database being away is a connection error; anything else is a defect.
 fn database_error<E: std::error::Error>(e: sqlx::Error) -> AggregateError<E> {
     match &e {
         sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") => {

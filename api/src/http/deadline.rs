@@ -104,11 +104,11 @@ mod tests {
 
     #[tokio::test]
     async fn work_that_progresses_runs_past_the_limit_and_work_that_stalls_is_given_up() {
-        let limit = Duration::from_millis(200);
+        let limit = Duration::from_millis(500);
         let started = Instant::now();
         let done = while_progressing(limit, |progress| async move {
-            for _ in 0..10 {
-                tokio::time::sleep(Duration::from_millis(60)).await;
+            for _ in 0..30 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 progress.tick();
             }
             "done"
