@@ -537,7 +537,8 @@ async fn a_command_whose_database_falls_silent_mid_statement_is_given_up_and_503
             place(format!("{mrn}-{n}"))
         })
         .await;
-        stored
+        let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (stored, problem)
     };
     // Held in its aggregate's load, before its write went out: not stored.
     let stored = silenced(
@@ -545,18 +546,30 @@ async fn a_command_whose_database_falls_silent_mid_statement_is_given_up_and_503
         "unavailable",
         "MRN-S2",
     )
-    .await;
+    .await
+    .0;
     assert_eq!(stored, 0, "a command cut short before its write");
     // Its load passes and its append waits: released once the network is silent, the
     // append commits at the server and its answer is lost. The client is told the
-    // outcome is unknown, not that the database was away: it was stored.
-    let stored = silenced(
+    // outcome is unknown, not that the database was away, and which record to read: it
+    // was stored there.
+    let (stored, problem) = silenced(
         "LOCK TABLE events IN EXCLUSIVE MODE",
         "outcome-unknown",
         "MRN-S4",
     )
     .await;
     assert!(stored > 0, "the append whose answer was lost committed");
+    assert_eq!(problem["record"]["type"], "Order", "{problem}");
+    let order = problem["record"]["id"].as_str().unwrap_or_default();
+    let there: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE aggregate_type = 'Order' AND aggregate_id = $1",
+    )
+    .bind(order)
+    .fetch_one(owner)
+    .await
+    .unwrap();
+    assert_eq!(there, 1, "the order named by the problem: {problem}");
     silenceable.finish().await;
 }
 

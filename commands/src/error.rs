@@ -32,8 +32,12 @@ pub enum CommandError {
     /// The command's write went out and its answer was lost (the database fell silent,
     /// or the connection broke), or a request of several commands stopped part-way
     /// (aliquots): some or all of it may be stored.
-    #[error("the command may or may not be stored: {0}")]
-    OutcomeUnknown(String),
+    #[error("the command on {aggregate_type} {aggregate_id} may or may not be stored: {message}")]
+    OutcomeUnknown {
+        aggregate_type: &'static str,
+        aggregate_id: String,
+        message: String,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -300,9 +300,13 @@ impl Ledger {
             // part-stored, which its caller must not take for nothing written.
             let child = self.execute_sample(sample_id, command, ctx).await;
             outcomes.push(child.map_err(|e| match e {
-                CommandError::Unavailable(m) => CommandError::OutcomeUnknown(format!(
-                    "the split of {parent} is stored, an aliquot's creation is not: {m}"
-                )),
+                CommandError::Unavailable(m) => CommandError::OutcomeUnknown {
+                    aggregate_type: "Sample",
+                    aggregate_id: parent.to_string(),
+                    message: format!(
+                        "its split is stored, aliquot {sample_id}'s creation is not: {m}"
+                    ),
+                },
                 e => e,
             })?);
         }
@@ -365,7 +369,11 @@ where
     // One connection for the load, the rules' look-ups and the append (`connection`).
     let write = crate::connection::WriteWatch::default();
     let in_doubt = |err: CommandError| match err {
-        CommandError::Unavailable(m) if write.in_doubt() => CommandError::OutcomeUnknown(m),
+        CommandError::Unavailable(message) if write.in_doubt() => CommandError::OutcomeUnknown {
+            aggregate_type: A::TYPE,
+            aggregate_id: id.to_string(),
+            message,
+        },
         err => err,
     };
     let watched = write.watch(async {

@@ -25,8 +25,20 @@ pub struct Problem {
     pub rule: Option<&'static str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldProblem>,
+    /// The record a command that may or may not be stored was for (`outcome-unknown`):
+    /// `{"type": "Order", "id": "…"}`, to read before sending the command again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<Box<Record>>,
     #[serde(skip)]
     pub retry_after: Option<u16>,
+}
+
+/// A record the ledger keeps: an aggregate's type and id.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Record {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: String,
 }
 
 fn type_uri<S: serde::Serializer>(kind: &&'static str, s: S) -> Result<S::Ok, S::Error> {
@@ -116,6 +128,7 @@ impl Problem {
             detail: None,
             rule: None,
             errors: Vec::new(),
+            record: None,
             retry_after: None,
         }
     }
@@ -232,8 +245,17 @@ impl From<CommandError> for Problem {
                 tracing::warn!(error = %m, "dependency unavailable");
                 Problem::unavailable("the database is unavailable")
             }
-            CommandError::OutcomeUnknown(m) => {
-                tracing::warn!(error = %m, "a command's write went out and its answer was lost");
+            CommandError::OutcomeUnknown {
+                aggregate_type,
+                aggregate_id,
+                message,
+            } => {
+                tracing::warn!(
+                    error = %message,
+                    aggregate_type,
+                    aggregate_id,
+                    "a command's write went out and its answer was lost"
+                );
                 let mut p = Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "outcome-unknown",
@@ -243,6 +265,10 @@ impl From<CommandError> for Problem {
                     "a write reached the database but its answer was lost, or a part of the request was stored before the \
                      database stopped answering: retry with the same Idempotency-Key, or read the record before sending it again",
                 );
+                p.record = Some(Box::new(Record {
+                    kind: aggregate_type,
+                    id: aggregate_id,
+                }));
                 p.retry_after = Some(2);
                 p
             }
