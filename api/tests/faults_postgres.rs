@@ -531,14 +531,18 @@ async fn a_command_whose_database_falls_silent_mid_statement_is_given_up_and_503
         let body = on
             .assert_503_when_silenced_mid_statement(owner, lock, place(mrn.into()))
             .await;
-        assert!(body.contains(&format!("/problems/{problem}\"")), "{body}");
+        let answered: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            answered["type"],
+            format!("https://lisledger.example/problems/{problem}"),
+            "{body}"
+        );
         let stored = events().await - before;
         on.until_answered(reqwest::StatusCode::CREATED, |n| {
             place(format!("{mrn}-{n}"))
         })
         .await;
-        let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
-        (stored, problem)
+        (stored, answered)
     };
     // Held in its aggregate's load, before its write went out: not stored.
     let stored = silenced(
@@ -742,7 +746,7 @@ async fn relay_and_worker_silenced_mid_batch(kafka: bool) {
 
     lis_tests::place(&ledger, "MRN-Q3", &["K"]).await;
     wait_carried("after the silence").await;
-    let log = std::fs::read_to_string(&relay.log).unwrap_or_default();
+    let log = relay.log_text();
     assert!(
         log.contains("ended its own former lock session"),
         "the relay's lock session did not go silent, so its ending was not tested\n{}",
@@ -782,9 +786,7 @@ async fn a_standby_relay_takes_the_lead_from_a_frozen_leader_after_its_lease() {
     // Without the lease, the frozen leader's session would hold the lock for good.
     wait_sealed(&db, &standby, Duration::from_secs(30)).await;
     assert!(
-        std::fs::read_to_string(&standby.log)
-            .unwrap_or_default()
-            .contains("relay is the leader"),
+        standby.log_text().contains("relay is the leader"),
         "the events were sealed, but not by the standby\n{}",
         tails(&[&leader, &standby])
     );
@@ -796,7 +798,7 @@ async fn a_standby_relay_takes_the_lead_from_a_frozen_leader_after_its_lease() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     lis_tests::place(&ledger, "MRN-F3", &["K"]).await;
     wait_sealed(&db, &standby, Duration::from_secs(30)).await;
-    let standby_log = std::fs::read_to_string(&standby.log).unwrap_or_default();
+    let standby_log = standby.log_text();
     assert!(
         standby_log.matches("relay is the leader").count() == 1
             && !standby_log.contains("stopped leading"),
@@ -808,7 +810,7 @@ async fn a_standby_relay_takes_the_lead_from_a_frozen_leader_after_its_lease() {
           WHERE locktype = 'advisory' AND granted AND objid::bigint = $1
             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
     )
-    .bind(7_302_417_i64)
+    .bind(lis_projections::relay::LEADER_LOCK)
     .fetch_one(&db.app)
     .await
     .unwrap();
@@ -832,10 +834,7 @@ async fn a_standby_relay_takes_the_lead_from_a_frozen_leader_after_its_lease() {
 /// Waits until `role` has logged `line` (or panics with its log).
 async fn wait_logged(role: &Role, line: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&role.log)
-        .unwrap_or_default()
-        .contains(line)
-    {
+    while !role.log_text().contains(line) {
         assert!(
             std::time::Instant::now() < deadline,
             "not logged within 30 s: {line}\n{}",

@@ -29,7 +29,7 @@ use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 /// The advisory lock that makes one relay the leader.
-const LEADER_LOCK: i64 = 7_302_417;
+pub const LEADER_LOCK: i64 = 7_302_417;
 
 /// Kafka topic names, one per aggregate type, plus the seals.
 #[derive(Debug, Clone)]

@@ -49,9 +49,6 @@ async fn load_leaves(
     .fetch(&mut *conn);
     let mut leaves = Vec::new();
     while let Some(row) = rows.try_next().await? {
-        if leaves.len() % 1000 == 999 {
-            progress(leaves.len() as u64 + 1);
-        }
         let index: i64 = row.get("leaf_index");
         let position: i64 = row.get("position");
         let stored: Vec<u8> = row.get("leaf_hash");
@@ -73,6 +70,9 @@ async fn load_leaves(
             Some(_) => {}
         }
         leaves.push(stored.try_into().unwrap_or([0u8; 32]));
+        if leaves.len() % 1000 == 0 {
+            progress(leaves.len() as u64);
+        }
     }
     Ok(leaves)
 }
