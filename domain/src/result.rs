@@ -249,13 +249,13 @@ pub enum ResultError {
     UnknownSample(SampleId),
     #[error("sample {0} has not been received")]
     SampleNotReceived(SampleId),
-    #[error("sample {0} was rejected and may not be tested")]
+    #[error("sample {0} was rejected: it may not be tested, nor results on it verified or released (retract them)")]
     SampleRejected(SampleId),
     #[error("sample {0} has been disposed")]
     SampleDisposed(SampleId),
     #[error("test {0} is not assigned to this sample")]
     TestNotOnSample(TestCode),
-    #[error("test {0} is cancelled on the order")]
+    #[error("test {0} is cancelled on the order: it may not be resulted, nor a result of it verified or released (retract it)")]
     TestCancelled(TestCode),
     #[error("test {0} is not in the catalogue in force")]
     UnknownTest(TestCode),
@@ -401,6 +401,31 @@ impl LabResult {
     }
 }
 
+/// A result goes on to verification and release only while its tube and its test still
+/// stand: a tube rejected after the result was recorded (found mislabelled, say) or a test
+/// or order cancelled since leaves the result to be retracted, never released.
+async fn still_wanted(c: &Current, services: &LabServices) -> Result<(), ResultError> {
+    let sample = services.sample(c.sample_id).await?.ok_or_else(|| {
+        LookupError::defect(format!(
+            "sample {} of result {} not found",
+            c.sample_id, c.result_id
+        ))
+    })?;
+    if sample.status == SampleStatus::Rejected {
+        return Err(ResultError::SampleRejected(c.sample_id));
+    }
+    let order = services.order(c.order_id).await?.ok_or_else(|| {
+        LookupError::defect(format!(
+            "order {} of result {} not found",
+            c.order_id, c.result_id
+        ))
+    })?;
+    if !order.is_active(&c.test_code) {
+        return Err(ResultError::TestCancelled(c.test_code.clone()));
+    }
+    Ok(())
+}
+
 async fn record(r: RecordResult, services: &LabServices) -> Result<ResultEvent, ResultError> {
     if r.result_id != ResultId::for_test(r.sample_id, &r.test_code) {
         return Err(ResultError::Invalid(
@@ -539,11 +564,13 @@ impl Aggregate for LabResult {
                 }
             }
             ResultCommand::Verify { by } => {
-                self.require(&[Recorded], "recorded and not yet verified")?;
+                let c = self.require(&[Recorded], "recorded and not yet verified")?;
+                still_wanted(c, services).await?;
                 ResultEvent::ResultVerified { verified_by: by }
             }
             ResultCommand::Authorise { by } => {
                 let c = self.require(&[Verified], "verified")?;
+                still_wanted(c, services).await?;
                 if services.policy().four_eyes && c.verified_by.as_ref() == Some(&by) {
                     return Err(ResultError::SameVerifierAndAuthoriser(by));
                 }

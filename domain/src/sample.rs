@@ -269,6 +269,8 @@ pub enum SampleError {
     WrongStatus(SampleStatus, &'static str),
     #[error("parent sample {0} does not list this aliquot")]
     NotAnAliquotOf(SampleId),
+    #[error("parent sample {0} is {1:?}: an aliquot needs a received parent")]
+    ParentNotReceived(SampleId, SampleStatus),
     #[error("{0}")]
     Lookup(#[from] LookupError),
 }
@@ -284,6 +286,7 @@ impl SampleError {
             SampleError::AccessionInUse(_) => "sample.accession-in-use",
             SampleError::WrongStatus(..) => "sample.wrong-status",
             SampleError::NotAnAliquotOf(_) => "sample.not-an-aliquot",
+            SampleError::ParentNotReceived(..) => "sample.parent-not-received",
             SampleError::Lookup(_) => "lookup-failed",
         }
     }
@@ -572,6 +575,11 @@ impl Aggregate for Sample {
                     .sample(parent_id)
                     .await?
                     .ok_or(SampleError::NotAnAliquotOf(parent_id))?;
+                // A child inherits its parent's receipt: a parent rejected or disposed
+                // since its split gives no testable aliquot.
+                if parent.status != Received {
+                    return Err(SampleError::ParentNotReceived(parent_id, parent.status));
+                }
                 let spec = parent
                     .children
                     .iter()

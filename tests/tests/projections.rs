@@ -1,6 +1,7 @@
 //! Read models built from the ordered feed: a lab day reaches every model; redelivery is
 //! a no-op; a gap is refused; a rebuild equals the incrementally built model.
 
+use chrono::{DateTime, Utc};
 use lis_domain::actor::{ActorId, Role};
 use lis_domain::ids::ResultId;
 use lis_domain::result::ResultCommand;
@@ -876,24 +877,31 @@ async fn folded_batches_equal_one_event_at_a_time() {
             );
         }
         if p.name() == "orders" {
-            // The rerun's second recording, verified: one row, at `to_authorise`, its
-            // first verification's time kept (as `verified_at` always keeps the first).
-            let stage: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(&format!(
-                "SELECT stage, verified_at FROM {folded}.order_test_status WHERE order_id = $1"
+            // The rerun's second recording, verified: one row, at `to_authorise`, with
+            // the second verification's time, after the second recording (the first
+            // cycle's verification, before it, made the turnaround's stage negative).
+            let stage: Vec<(String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(&format!(
+                "SELECT stage, resulted_at, verified_at FROM {folded}.order_test_status WHERE order_id = $1"
             ))
             .bind(order.order_id.as_uuid())
             .fetch_all(&db.app)
             .await
             .unwrap();
-            let first_verified: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
-                "SELECT min(recorded_at) FROM events
-                  WHERE aggregate_id = $1 AND event_type = 'ResultVerified'",
+            let (recorded, verified): (Vec<DateTime<Utc>>, Vec<DateTime<Utc>>) = sqlx::query_as(
+                "SELECT array_agg(recorded_at ORDER BY sequence) FILTER (WHERE event_type = 'ResultRecorded'),
+                        array_agg(recorded_at ORDER BY sequence) FILTER (WHERE event_type = 'ResultVerified')
+                   FROM events WHERE aggregate_id = $1",
             )
             .bind(rerun.as_uuid().to_string())
             .fetch_one(&db.app)
             .await
             .unwrap();
-            assert_eq!(stage, [("to_authorise".to_string(), first_verified)]);
+            assert_eq!((recorded.len(), verified.len()), (2, 2), "two cycles");
+            assert_eq!(
+                stage,
+                [("to_authorise".to_string(), recorded[1], verified[1])]
+            );
+            assert!(stage[0].2 >= stage[0].1, "verified after it was recorded");
         }
     }
     db.drop().await;

@@ -218,6 +218,7 @@ pub async fn cumulative(
 ) -> Result<Response, Problem> {
     caller.require(Action::ReadResults)?;
     let id = id(&raw, PatientId::parse, "patient")?;
+    check_dates(q.from, q.to)?;
     wait_for(&s, "results", q.min_position).await?;
     let test = q.test.map(|t| t.trim().to_ascii_uppercase());
     let whole = test.is_none() && q.from.is_none() && q.to.is_none();
@@ -243,6 +244,32 @@ pub async fn cumulative(
             .unwrap_or_else(|| "[]".to_string()),
     };
     Ok(([(header::CONTENT_TYPE, "application/json")], report).into_response())
+}
+
+/// A range of days the results model can compare with (the years 1 to 9999, as stored
+/// times), and in order.
+fn check_dates(from: Option<NaiveDate>, to: Option<NaiveDate>) -> Result<(), Problem> {
+    use chrono::Datelike;
+    let mut errors = Vec::new();
+    for (date, pointer) in [(from, "/from"), (to, "/to")] {
+        if date.is_some_and(|d| !(1..=9999).contains(&d.year())) {
+            errors.push(super::problem::FieldProblem {
+                pointer: pointer.into(),
+                detail: "a date between the years 1 and 9999".into(),
+            });
+        }
+    }
+    if errors.is_empty() && from.zip(to).is_some_and(|(f, t)| f > t) {
+        errors.push(super::problem::FieldProblem {
+            pointer: "/from".into(),
+            detail: "from is after to".into(),
+        });
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Problem::invalid(errors))
+    }
 }
 
 /// One result. Clinicians see released results only.

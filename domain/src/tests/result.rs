@@ -326,6 +326,77 @@ fn authorise_only_a_verified_result() {
 }
 
 #[test]
+fn a_result_whose_tube_was_rejected_since_is_neither_verified_nor_released() {
+    // Recorded on a received tube, which the bench then rejects as mislabelled.
+    for status in [SampleStatus::Received, SampleStatus::Rejected] {
+        let lab = lab_with(status);
+        let verify = ResultTester::with(lab.clone().services())
+            .given(vec![recorded_k(4.1, vec![])])
+            .when(ResultCommand::Verify {
+                by: actor("tech.1"),
+            });
+        let authorise = ResultTester::with(lab.services())
+            .given(vec![recorded_k(4.1, vec![]), verified("tech.1")])
+            .when(ResultCommand::Authorise {
+                by: actor("path.1"),
+            });
+        if status == SampleStatus::Rejected {
+            verify.then_expect_error(ResultError::SampleRejected(sample_id()));
+            authorise.then_expect_error(ResultError::SampleRejected(sample_id()));
+        } else {
+            verify.then_expect_events(vec![verified("tech.1")]);
+            authorise.then_expect_events(vec![authorised(4.1, vec![])]);
+        }
+    }
+    // Retracting it stays open.
+    ResultTester::with(lab_with(SampleStatus::Rejected).services())
+        .given(vec![recorded_k(4.1, vec![]), verified("tech.1")])
+        .when(ResultCommand::Retract {
+            reason: reason("tube rejected: mislabelled"),
+        })
+        .then_expect_events(vec![ResultEvent::ResultRetracted {
+            reason: reason("tube rejected: mislabelled"),
+            was_released: false,
+        }]);
+}
+
+#[test]
+fn a_result_whose_test_or_order_was_cancelled_since_is_neither_verified_nor_released() {
+    let mut test_cancelled = lab();
+    test_cancelled
+        .orders
+        .get_mut(&order_id())
+        .unwrap()
+        .tests
+        .insert(
+            code("K"),
+            crate::order::TestLine::Cancelled {
+                reason: reason("ordered on the wrong patient"),
+            },
+        );
+    let mut order_cancelled = lab();
+    order_cancelled
+        .orders
+        .get_mut(&order_id())
+        .unwrap()
+        .cancelled = true;
+    for lab in [test_cancelled, order_cancelled] {
+        ResultTester::with(lab.clone().services())
+            .given(vec![recorded_k(4.1, vec![])])
+            .when(ResultCommand::Verify {
+                by: actor("tech.1"),
+            })
+            .then_expect_error(ResultError::TestCancelled(code("K")));
+        ResultTester::with(lab.services())
+            .given(vec![recorded_k(4.1, vec![]), verified("tech.1")])
+            .when(ResultCommand::Authorise {
+                by: actor("path.1"),
+            })
+            .then_expect_error(ResultError::TestCancelled(code("K")));
+    }
+}
+
+#[test]
 fn the_verifier_may_not_authorise_unless_the_lab_turns_four_eyes_off() {
     ResultTester::with(lab().services())
         .given(vec![recorded_k(4.1, vec![]), verified("path.1")])

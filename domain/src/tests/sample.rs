@@ -292,13 +292,25 @@ fn aliquots_keep_lineage_both_ways() {
             condition: SpecimenCondition::Satisfactory {},
         }]);
     let stranger = SampleId::from_uuid(uuid::Uuid::from_u128(99));
-    SampleTester::with(lab.services())
+    SampleTester::with(lab.clone().services())
         .given_no_previous_events()
         .when(SampleCommand::CreateAliquot {
             sample_id: stranger,
             parent_id,
         })
         .then_expect_error(SampleError::NotAnAliquotOf(parent_id));
+    // A parent rejected or disposed since its split gives no testable aliquot.
+    for status in [SampleStatus::Rejected, SampleStatus::Disposed] {
+        let mut gone = lab.clone();
+        gone.samples.get_mut(&parent_id).unwrap().status = status;
+        SampleTester::with(gone.services())
+            .given_no_previous_events()
+            .when(SampleCommand::CreateAliquot {
+                sample_id: child.sample_id,
+                parent_id,
+            })
+            .then_expect_error(SampleError::ParentNotReceived(parent_id, status));
+    }
 }
 
 #[test]

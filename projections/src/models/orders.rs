@@ -289,7 +289,9 @@ struct PendingOrders {
 }
 
 /// Status and its time (the last wins); verified and released times (the first wins,
-/// as `coalesce(column, time)` keeps it).
+/// as `coalesce(column, time)` keeps it). A result recorded again after a rerun starts a
+/// new cycle: its row takes the new recording's time and drops the earlier
+/// verification's, so the turnaround's stages follow the value that was released.
 struct ResultStage {
     status: &'static str,
     since: DateTime<Utc>,
@@ -493,7 +495,7 @@ impl Pending for PendingOrders {
                      AS u(r, o, c, t, s, st, v, l)
                  ON CONFLICT (result_id) DO UPDATE SET status = excluded.status,
                     status_since = excluded.status_since, resulted_at = excluded.resulted_at,
-                    verified_at = coalesce(result_tests.verified_at, excluded.verified_at),
+                    verified_at = excluded.verified_at,
                     released_at = coalesce(result_tests.released_at, excluded.released_at)",
             )
             .bind(results.iter().map(|r| r.0).collect::<Vec<_>>())
