@@ -184,6 +184,177 @@ impl Api {
     }
 }
 
+/// POST `path` with `If-Match: if_match`.
+async fn post_if_match(
+    api: &Api,
+    token: &str,
+    path: &str,
+    if_match: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    let r = api
+        .client
+        .post(format!("{}{path}", api.base))
+        .bearer_auth(token)
+        .header("if-match", if_match)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_command_on_a_version_changed_since_is_refused_412_and_writes_nothing() {
+    let api = Api::start().await;
+    let reception = api.token("reception.1").await;
+    let phleb = api.token("phleb.1").await;
+    let tech = api.token("tech.1").await;
+    let admin = api.token("admin.1").await;
+    let (_, order) = api.post(&reception, "/orders", order_body("MRN-IFM")).await;
+    let (s, sample) = api
+        .post(
+            &phleb,
+            "/samples",
+            json!({"order_id": order["id"], "accession_number": "ACC-IFM", "specimen_type": "serum",
+                   "container": "red/SST", "tests": ["K", "NA"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{sample}");
+    let sample_id = sample["id"].as_str().unwrap().to_string();
+    api.post(&tech, &format!("/samples/{sample_id}/receive"), json!({}))
+        .await;
+    let (s, recorded) = api
+        .post(&tech, "/results", json!({"sample_id": sample_id, "test_code": "K",
+                                       "value": {"kind": "numeric", "value": 4.1, "unit": "mmol/L"}}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{recorded}");
+    let result_id = recorded["id"].as_str().unwrap().to_string();
+    // The technologist reads the result: its version, also as the ETag.
+    api.project().await;
+    let r = api
+        .client
+        .get(format!("{}/results/{result_id}", api.base))
+        .bearer_auth(&tech)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    let seen: Value = r.json().await.unwrap();
+    assert_eq!(seen["version"], 1, "{seen}");
+    assert_eq!(etag, "\"1\"");
+    // Meanwhile the value is corrected (a colleague, or the same user in another window).
+    let (s, corrected) = api
+        .post(&tech, &format!("/results/{result_id}/correct"),
+              json!({"value": {"kind": "numeric", "value": 6.1, "unit": "mmol/L"}, "reason": "transcription error"}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{corrected}");
+    let events = |id: String| {
+        let pool = api.db.app.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events WHERE aggregate_id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let before = events(result_id.clone()).await;
+    // Verifying what was seen is refused: 412, naming the record, nothing written.
+    let verify = format!("/results/{result_id}/verify");
+    let (s, problem) = post_if_match(&api, &tech, &verify, &etag, json!({})).await;
+    assert_eq!(s, StatusCode::PRECONDITION_FAILED, "{problem}");
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("/precondition-failed"),
+        "{problem}"
+    );
+    assert_eq!(
+        problem["record"],
+        json!({"type": "Result", "id": result_id})
+    );
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("version 2, not 1"),
+        "{problem}"
+    );
+    assert_eq!(events(result_id.clone()).await, before);
+    // Not a version, a weak tag, or two tags: 400, nothing written.
+    for bad in ["1", "W/\"2\"", "\"2\", \"3\"", "\"-2\"", "\"x\""] {
+        let (s, problem) = post_if_match(&api, &tech, &verify, bad, json!({})).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains("If-Match"),
+            "{problem}"
+        );
+    }
+    assert_eq!(events(result_id.clone()).await, before);
+    // Read again: the corrected value, at version 2, is verified on it.
+    api.project().await;
+    let (s, seen) = api
+        .get(
+            &tech,
+            &format!(
+                "/results/{result_id}?min_position={}",
+                corrected["position"]
+            ),
+        )
+        .await;
+    assert_eq!((s, &seen["version"]), (StatusCode::OK, &json!(2)), "{seen}");
+    assert_eq!(seen["numeric_value"], 6.1);
+    let (s, verified) = post_if_match(&api, &tech, &verify, "\"2\"", json!({})).await;
+    assert_eq!(
+        (s, &verified["version"]),
+        (StatusCode::OK, &json!(3)),
+        "{verified}"
+    );
+    // `*` is any version; the same holds for orders and samples.
+    let (s, _) = api.get(&tech, &format!("/samples/{sample_id}")).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, stored) = post_if_match(
+        &api,
+        &tech,
+        &format!("/samples/{sample_id}/store"),
+        "*",
+        json!({"location": {"room": "Cold room 1", "device": "Fridge 2", "rack": "R4", "position": "B7"}}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{stored}");
+    api.project().await;
+    let (s, o) = api
+        .get(
+            &reception,
+            &format!("/orders/{}", order["id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!((s, &o["version"]), (StatusCode::OK, &json!(1)), "{o}");
+    let (s, problem) = post_if_match(
+        &api,
+        &reception,
+        &format!("/orders/{}/tests", order["id"].as_str().unwrap()),
+        "\"7\"",
+        json!({"tests": ["CREA"]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::PRECONDITION_FAILED, "{problem}");
+    // User accounts have no version: a conditional change of one is refused.
+    let (s, problem) = post_if_match(
+        &api,
+        &admin,
+        "/users/phleb.1/disable",
+        "\"1\"",
+        json!({"reason": "left the lab"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{problem}");
+}
+
 fn order_body(mrn: &str) -> Value {
     json!({
         "patient": {"mrn": mrn, "name": "Asha Verma", "sex": "female", "date_of_birth": "1980-05-17"},
@@ -1144,7 +1315,19 @@ async fn the_event_stream_resumes_after_a_disconnect_and_hides_identity_from_ana
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // A bad header is named as the header, not as the query's `after`.
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let problem: Value = r.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("Last-Event-ID"),
+        "{problem}"
+    );
+    let (s, problem) = api.get(&analyst, "/events/stream?after=nonsense").await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(problem["errors"][0]["pointer"], "/after", "{problem}");
     api.db.drop().await;
 }
 

@@ -23,6 +23,11 @@ pub struct CommandContext {
     /// with an Idempotency-Key, so that a retry can find what an earlier attempt wrote);
     /// else each command gets a new one.
     pub command_id: std::sync::OnceLock<Uuid>,
+    /// The version of the record the caller acted on, when it named one (the API's
+    /// `If-Match`): a command on a record changed since is refused
+    /// ([`crate::CommandError::Stale`]), so that nobody verifies, releases or
+    /// acknowledges a value they have not seen.
+    pub expected_version: std::sync::OnceLock<i64>,
 }
 
 impl CommandContext {
@@ -33,6 +38,7 @@ impl CommandContext {
             causation_id: None,
             client_addr: None,
             command_id: std::sync::OnceLock::new(),
+            expected_version: std::sync::OnceLock::new(),
         }
     }
 

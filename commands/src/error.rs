@@ -4,7 +4,7 @@
 //! ([`CommandError::Invalid`], HTTP 422), respect a rule of the lab
 //! ([`CommandError::Rejected`], 409), name something that exists
 //! ([`CommandError::NotFound`], 404), retry on fresh state ([`CommandError::Conflict`],
-//! 409), wait for a dependency ([`CommandError::Unavailable`], 503), or report a defect
+//! 409), read the record again ([`CommandError::Stale`], 412), wait for a dependency ([`CommandError::Unavailable`], 503), or report a defect
 //! ([`CommandError::Internal`], 500).
 
 use cqrs_es::AggregateError;
@@ -26,6 +26,14 @@ pub enum CommandError {
     Conflict {
         aggregate_type: &'static str,
         aggregate_id: String,
+    },
+    /// The record has changed since the version the caller acted on.
+    #[error("{aggregate_type} {aggregate_id} is at version {current}, not {expected} as the command expected: read it again")]
+    Stale {
+        aggregate_type: &'static str,
+        aggregate_id: String,
+        expected: i64,
+        current: i64,
     },
     #[error("a dependency is unavailable: {0}")]
     Unavailable(String),

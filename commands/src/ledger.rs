@@ -187,9 +187,9 @@ impl Ledger {
             &self.services,
             &id.to_string(),
             command,
-            name,
-            reason,
+            (name, reason),
             ctx,
+            ctx.expected_version.get().copied(),
         )
         .await
     }
@@ -206,9 +206,9 @@ impl Ledger {
             &self.services,
             &id.to_string(),
             command,
-            name,
-            reason,
+            (name, reason),
             ctx,
+            ctx.expected_version.get().copied(),
         )
         .await
     }
@@ -225,9 +225,9 @@ impl Ledger {
             &self.services,
             &id.to_string(),
             command,
-            name,
-            reason,
+            (name, reason),
             ctx,
+            ctx.expected_version.get().copied(),
         )
         .await
     }
@@ -248,7 +248,18 @@ impl Ledger {
         let id = patient.to_string();
         let command = PatientCommand::Erase { reason };
         let (name, why) = (command.name(), command.reason());
-        match execute(&self.patients, &self.services, &id, command, name, why, ctx).await {
+        let expected = ctx.expected_version.get().copied();
+        match execute(
+            &self.patients,
+            &self.services,
+            &id,
+            command,
+            (name, why),
+            ctx,
+            expected,
+        )
+        .await
+        {
             Ok(outcome) => {
                 self.vault.erase(patient).await?;
                 Ok(outcome)
@@ -298,7 +309,19 @@ impl Ledger {
             };
             // The parent's split is stored by now: a child cut short leaves the whole
             // part-stored, which its caller must not take for nothing written.
-            let child = self.execute_sample(sample_id, command, ctx).await;
+            // The caller's expected version is the parent's, not a new child's.
+            let (name, reason) = (command.name(), command.reason());
+            let id = sample_id.to_string();
+            let child = execute(
+                &self.samples,
+                &self.services,
+                &id,
+                command,
+                (name, reason),
+                ctx,
+                None,
+            )
+            .await;
             outcomes.push(child.map_err(|e| match e {
                 CommandError::Unavailable(m) => CommandError::OutcomeUnknown {
                     aggregate_type: "Sample",
@@ -350,9 +373,9 @@ async fn execute<A>(
     services: &A::Services,
     id: &str,
     command: A::Command,
-    name: &'static str,
-    reason: Option<String>,
+    (name, reason): (&'static str, Option<String>),
     ctx: &CommandContext,
+    expected: Option<i64>,
 ) -> Result<CommandOutcome, CommandError>
 where
     A: Aggregate,
@@ -378,6 +401,15 @@ where
     };
     let watched = write.watch(async {
         let mut context = store.load_aggregate(id).await.map_err(refused)?;
+        let current = context.current_sequence as i64;
+        if let Some(expected) = expected.filter(|&v| v != current) {
+            return Err(outcome(CommandError::Stale {
+                aggregate_type: A::TYPE,
+                aggregate_id: id.to_string(),
+                expected,
+                current,
+            }));
+        }
         let sink = EventSink::default();
         context
             .aggregate

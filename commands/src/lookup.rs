@@ -23,6 +23,7 @@ use lis_domain::sample::{Sample, SampleFacts};
 use lis_domain::sealed::Sealed;
 use lis_domain::services::{LabLookup, LabPolicy, LookupError};
 use lis_domain::validation::FieldError;
+use lis_domain::value::ResultValue;
 use sqlx::PgPool;
 use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
@@ -171,6 +172,7 @@ impl LabLookup for PgLabLookup {
         &self,
         patient: PatientId,
         test: &TestCode,
+        unit: &str,
         before: DateTime<Utc>,
     ) -> Result<Option<PreviousResult>, LookupError> {
         // Newest first; the first one still released (not retracted since) is the one.
@@ -199,14 +201,19 @@ impl LabLookup for PgLabLookup {
                 .await
                 .map_err(|e| failed("previous result", e))?;
             if let Some((value, collected_at)) = ctx.aggregate().released_value() {
-                if let Some(v) = value.numeric() {
-                    let uuid = Uuid::parse_str(&id).map_err(|e| failed("result id", e))?;
-                    return Ok(Some(PreviousResult {
-                        result_id: ResultId::from_uuid(uuid),
-                        value: v,
-                        collected_at,
-                    }));
-                }
+                return match value {
+                    ResultValue::Numeric { value, unit: u } if u == unit => {
+                        let uuid = Uuid::parse_str(&id).map_err(|e| failed("result id", e))?;
+                        Ok(Some(PreviousResult {
+                            result_id: ResultId::from_uuid(uuid),
+                            value: *value,
+                            collected_at,
+                        }))
+                    }
+                    // The latest released value is in another unit, or coded: there is
+                    // nothing to compare with (an older value would not be the previous).
+                    _ => Ok(None),
+                };
             }
         }
         Ok(None)

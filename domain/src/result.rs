@@ -481,13 +481,13 @@ async fn record(r: RecordResult, services: &LabServices) -> Result<ResultEvent, 
         .await?
         .ok_or(ResultError::PatientErased)?;
     let reference = reference_interval(def, order.sex, age);
-    let previous = match value.numeric() {
-        Some(_) => {
+    let previous = match &value {
+        ResultValue::Numeric { unit, .. } => {
             services
-                .previous_released(order.patient_id, &r.test_code, sample.collected_at)
+                .previous_released(order.patient_id, &r.test_code, unit, sample.collected_at)
                 .await?
         }
-        None => None,
+        ResultValue::Coded { .. } => None,
     };
     let delta = value.numeric().and_then(|v| delta_check(def, v, previous));
     let flags = flags_for(

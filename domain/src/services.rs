@@ -68,11 +68,14 @@ pub trait LabLookup: Send + Sync {
     async fn sample(&self, id: SampleId) -> Result<Option<SampleFacts>, LookupError>;
     /// Whether an accession number is already on a sample of this lab.
     async fn accession_in_use(&self, accession: &AccessionNumber) -> Result<bool, LookupError>;
-    /// The patient's most recent released numeric result of `test` collected before `before`.
+    /// The patient's most recent released numeric result of `test` collected before
+    /// `before`, if it is in `unit`: a value in another unit (the catalogue changed the
+    /// test's unit since) is no comparison for a delta check.
     async fn previous_released(
         &self,
         patient: PatientId,
         test: &TestCode,
+        unit: &str,
         before: DateTime<Utc>,
     ) -> Result<Option<PreviousResult>, LookupError>;
     /// The patient's age at `at`, from their sealed identity; `None` once the patient has

@@ -3,7 +3,10 @@
 use lis_commands::catalogue::{self, CatalogueError};
 use lis_domain::actor::Role;
 use lis_domain::catalogue::CatalogueVersion;
-use lis_tests::{actor, code, place, received_serum, record_k, TestDb, SEED_CATALOGUE};
+use lis_domain::ids::ResultId;
+use lis_domain::result::{RecordResult, ResultCommand};
+use lis_domain::value::ResultValue;
+use lis_tests::{actor, code, place, received_serum, record_k, released_k, TestDb, SEED_CATALOGUE};
 
 #[tokio::test]
 async fn each_import_is_a_new_version_and_old_versions_are_kept() {
@@ -100,6 +103,68 @@ async fn a_result_is_flagged_with_the_version_in_force_and_says_which() {
     assert_eq!(version, 2);
     assert_eq!(flags, serde_json::json!(["H"]));
     assert_eq!(low, 3.6);
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_delta_check_compares_only_with_a_previous_value_in_the_same_unit() {
+    let db = TestDb::new().await;
+    let ledger = db.ledger().await;
+    let tech = actor("tech.1", Role::Technologist);
+    let order = place(&ledger, "MRN-301", &["K"]).await;
+    let first = received_serum(&ledger, order.order_id, "ACC-301A", &["K"]).await;
+    released_k(&ledger, first, 4.0).await;
+    let delta = |id: ResultId| {
+        let pool = db.app.clone();
+        async move {
+            sqlx::query_as::<_, (serde_json::Value, serde_json::Value)>(
+                "SELECT payload -> 'ResultRecorded' -> 'delta', payload -> 'ResultRecorded' -> 'flags'
+                   FROM events WHERE aggregate_id = $1 AND sequence = 1",
+            )
+            .bind(id.to_string())
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    // In the same unit the change is compared: 4.0 to 6.0 is 50 %, flagged at the rule.
+    let second = received_serum(&ledger, order.order_id, "ACC-301B", &["K"]).await;
+    let (id, record) = record_k(second, 6.1);
+    ledger.execute_result(id, record, &tech).await.unwrap();
+    let (compared, flags) = delta(id).await;
+    assert_eq!(compared["previous"]["value"], 4.0, "{compared}");
+    assert!(
+        flags.as_array().unwrap().contains(&serde_json::json!("D")),
+        "{flags}"
+    );
+    // The catalogue then gives K another unit: a value in it is not compared with 4.0
+    // mmol/L (the same figure would be another amount).
+    let changed = SEED_CATALOGUE.replace("mmol/L,numeric,3.5,5.2", "meq/L,numeric,3.5,5.2");
+    assert_ne!(changed, SEED_CATALOGUE);
+    catalogue::import(&db.app, &changed, "v2.csv", "qm.1")
+        .await
+        .unwrap();
+    let third = received_serum(&ledger, order.order_id, "ACC-301C", &["K"]).await;
+    let id = ResultId::for_test(third, &code("K"));
+    let record = ResultCommand::Record(RecordResult {
+        result_id: id,
+        sample_id: third,
+        test_code: code("K"),
+        value: ResultValue::Numeric {
+            value: 6.1,
+            unit: "meq/L".into(),
+        },
+        method: None,
+        instrument: None,
+        raw_message: None,
+    });
+    ledger.execute_result(id, record, &tech).await.unwrap();
+    let (compared, flags) = delta(id).await;
+    assert_eq!(compared, serde_json::Value::Null);
+    assert!(
+        !flags.as_array().unwrap().contains(&serde_json::json!("D")),
+        "{flags}"
+    );
     db.drop().await;
 }
 

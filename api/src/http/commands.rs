@@ -46,6 +46,13 @@ pub(crate) async fn idempotent<F>(
 where
     F: Future<Output = Result<Value, Problem>>,
 {
+    match if_match(headers) {
+        Ok(Some(version)) => {
+            let _ = caller.context.expected_version.set(version);
+        }
+        Ok(None) => {}
+        Err(p) => return p.into_response(),
+    }
     let actor = caller.actor.id.to_string();
     let secret = &state.auth.secret;
     let held = match claim(
@@ -93,6 +100,31 @@ where
         }
     }
     response
+}
+
+/// The version of the record a command is conditional on: `If-Match: "5"`, as the
+/// record's `ETag` (and `version`) gives it; `*` (any version) sets none. One strong tag
+/// only: a weak one never matches (RFC 9110), so it is refused rather than ignored.
+pub(crate) fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
+    let mut values = headers.get_all(axum::http::header::IF_MATCH).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    if text == "*" && values.next().is_none() {
+        return Ok(None);
+    }
+    text.strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .filter(|n| (1..=18).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|n| n.parse::<i64>().ok())
+        .filter(|_| values.next().is_none())
+        .map(Some)
+        .ok_or_else(|| {
+            Problem::bad_header(
+                "If-Match must be one record version in quotes, as the record's ETag gives it (\"5\"), or *",
+            )
+        })
 }
 
 /// What a command answers.

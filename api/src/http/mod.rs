@@ -101,13 +101,17 @@ fn cors(origins: &[HeaderValue]) -> tower_http::cors::CorsLayer {
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
+            header::IF_MATCH,
             axum::http::HeaderName::from_static("idempotency-key"),
             axum::http::HeaderName::from_static("last-event-id"),
             axum::http::HeaderName::from_static("x-correlation-id"),
             axum::http::HeaderName::from_static(privacy::BREAK_GLASS),
         ])
         // Browsers may read the worklist's whole count.
-        .expose_headers([axum::http::HeaderName::from_static("x-total-count")])
+        .expose_headers([
+            axum::http::HeaderName::from_static("x-total-count"),
+            header::ETAG,
+        ])
 }
 
 /// Creates the read models' schemas if no worker has yet, so that queries answer "not

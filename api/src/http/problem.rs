@@ -241,6 +241,23 @@ impl From<CommandError> for Problem {
                 p.rule = Some("concurrency");
                 p
             }
+            CommandError::Stale {
+                aggregate_type,
+                ref aggregate_id,
+                ..
+            } => {
+                let mut p = Problem::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    "precondition-failed",
+                    "The record has changed since the version you acted on",
+                )
+                .detail(e.to_string());
+                p.record = Some(Box::new(Record {
+                    kind: aggregate_type,
+                    id: aggregate_id.clone(),
+                }));
+                p
+            }
             CommandError::Unavailable(m) => {
                 tracing::warn!(error = %m, "dependency unavailable");
                 Problem::unavailable("the database is unavailable")

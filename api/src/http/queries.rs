@@ -104,12 +104,36 @@ impl ToBind for Option<String> {
     }
 }
 
-fn found(v: Value, what: String) -> Result<Json<Value>, Problem> {
+/// One record as its read model holds it, with its `version` (the sequence of the last
+/// event the model applied to it) also as the strong `ETag`, to send back as `If-Match`
+/// with a command on it.
+fn found(v: Value, what: String) -> Result<Response, Problem> {
     if v.is_null() {
-        Err(Problem::not_found(what))
-    } else {
-        Ok(Json(v))
+        return Err(Problem::not_found(what));
     }
+    let etag = v["version"]
+        .as_i64()
+        .and_then(|n| header::HeaderValue::from_str(&format!("\"{n}\"")).ok());
+    let mut response = Json(v).into_response();
+    if let Some(etag) = etag {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    Ok(response)
+}
+
+/// The `version` column of a record: its last sequence in the model's offsets.
+macro_rules! version_of {
+    ($schema:literal, $kind:literal, $id:literal) => {
+        concat!(
+            "(SELECT v.last_sequence FROM ",
+            $schema,
+            ".offsets v WHERE v.aggregate_type = '",
+            $kind,
+            "' AND v.aggregate_id = ",
+            $id,
+            "::text) AS version"
+        )
+    };
 }
 
 pub async fn order(
@@ -117,16 +141,19 @@ pub async fn order(
     caller: Caller,
     Path(raw): Path<String>,
     Params(c): Params<Consistency>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Response, Problem> {
     caller.require(Action::ReadOrders)?;
     let id = id(&raw, OrderId::parse, "order")?;
     wait_for(&s, "orders", c.min_position).await?;
     let v = json(
         &s,
-        "SELECT row_to_json(x) FROM (
+        concat!(
+            "SELECT row_to_json(x) FROM (
            SELECT o.*, (SELECT coalesce(json_agg(t ORDER BY t.test_code), '[]')
-                          FROM proj_orders.order_test_status t WHERE t.order_id = o.order_id) AS tests
-             FROM proj_orders.orders o WHERE o.order_id = $1) x",
+                          FROM proj_orders.order_test_status t WHERE t.order_id = o.order_id) AS tests, ",
+            version_of!("proj_orders", "Order", "o.order_id"),
+            " FROM proj_orders.orders o WHERE o.order_id = $1) x"
+        ),
         &[&id.as_uuid()],
     )
     .await?;
@@ -152,17 +179,20 @@ pub async fn patient_orders(
     ))
 }
 
-const SAMPLE: &str = "SELECT row_to_json(x) FROM (
+const SAMPLE: &str = concat!(
+    "SELECT row_to_json(x) FROM (
    SELECT s.*, (SELECT coalesce(json_agg(c ORDER BY c.sequence), '[]') FROM proj_specimens.custody c
-                 WHERE c.sample_id = s.sample_id) AS custody
-     FROM proj_specimens.specimens s WHERE ";
+                 WHERE c.sample_id = s.sample_id) AS custody, ",
+    version_of!("proj_specimens", "Sample", "s.sample_id"),
+    " FROM proj_specimens.specimens s WHERE "
+);
 
 pub async fn sample(
     State(s): State<AppState>,
     caller: Caller,
     Path(raw): Path<String>,
     Params(c): Params<Consistency>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Response, Problem> {
     caller.require(Action::ReadSamples)?;
     let id = id(&raw, SampleId::parse, "sample")?;
     wait_for(&s, "specimens", c.min_position).await?;
@@ -180,7 +210,7 @@ pub async fn sample_by_accession(
     caller: Caller,
     Path(raw): Path<String>,
     Params(c): Params<Consistency>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Response, Problem> {
     caller.require(Action::ReadSamples)?;
     let acc = AccessionNumber::parse(&raw)
         .map_err(|_| Problem::not_found(format!("no sample with accession number {raw}")))?;
@@ -278,15 +308,19 @@ pub async fn result(
     caller: Caller,
     Path(raw): Path<String>,
     Params(c): Params<Consistency>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Response, Problem> {
     caller.require(Action::ReadResults)?;
     let id = id(&raw, ResultId::parse, "result")?;
     wait_for(&s, "results", c.min_position).await?;
     let released_only = caller.released_only();
     let v = json(
         &s,
-        "SELECT row_to_json(r) FROM proj_results.results r
-          WHERE r.result_id = $1 AND ($2::text IS NULL OR r.status = 'released')",
+        concat!(
+            "SELECT row_to_json(x) FROM (SELECT r.*, ",
+            version_of!("proj_results", "Result", "r.result_id"),
+            " FROM proj_results.results r
+          WHERE r.result_id = $1 AND ($2::text IS NULL OR r.status = 'released')) x"
+        ),
         &[
             &id.as_uuid(),
             &released_only.then(|| "released".to_string()),

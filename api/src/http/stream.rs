@@ -69,21 +69,25 @@ pub async fn events(
     Params(q): Params<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
     caller.require(Action::ReadStream)?;
-    let raw = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or(q.after);
-    let start = match raw {
-        None => FeedPosition::default(),
-        Some(r) => cursor(&r).ok_or_else(|| {
+    // A reconnecting browser resumes from the header; a client may name the query's
+    // `after` instead. Each is refused as what it is: a header (400) or a field (422).
+    let start = if let Some(header) = headers.get("last-event-id") {
+        header.to_str().ok().and_then(cursor).ok_or_else(|| {
+            Problem::bad_header(
+                "Last-Event-ID is not a stream cursor (<tx_id>:<position>, the id of an event)",
+            )
+        })?
+    } else if let Some(r) = q.after {
+        cursor(&r).ok_or_else(|| {
             Problem::invalid(vec![FieldProblem {
                 pointer: "/after".into(),
                 detail: format!(
                     "`{r}` is not a stream cursor (<tx_id>:<position>, the id of an event)"
                 ),
             }])
-        })?,
+        })?
+    } else {
+        FeedPosition::default()
     };
     let deidentify = caller.actor.role != Role::Auditor;
     let (aggregate_type, event_type) = (q.aggregate_type, q.event_type);

@@ -532,6 +532,7 @@ pub async fn add_account(
     body: Bytes,
 ) -> Result<Response, Problem> {
     caller.require(Action::ManageUsers)?;
+    no_if_match(&headers)?;
     Ok(
         idempotent(&s, &caller, &headers, &body, StatusCode::CREATED, async {
             let b: NewUserBody = parse(&body)?;
@@ -575,6 +576,7 @@ pub async fn change_own_password(
     body: Bytes,
 ) -> Result<Response, Problem> {
     caller.require(Action::ChangeOwnPassword)?;
+    no_if_match(&headers)?;
     Ok(
         idempotent(&s, &caller, &headers, &body, StatusCode::OK, async {
             let b: OwnPasswordBody = parse(&body)?;
@@ -694,6 +696,7 @@ pub async fn change_account(
             "another admin must change your own account; change your own password with POST /auth/password, giving the current one",
         ));
     }
+    no_if_match(&headers)?;
     Ok(
         idempotent(&s, &caller, &headers, &body, StatusCode::OK, async {
             match change.as_str() {
@@ -718,4 +721,15 @@ pub async fn change_account(
         })
         .await,
     )
+}
+
+/// User accounts are not records of the ledger and carry no version: a request that
+/// makes itself conditional on one is refused rather than run unconditionally.
+fn no_if_match(headers: &HeaderMap) -> Result<(), Problem> {
+    if headers.contains_key(axum::http::header::IF_MATCH) {
+        return Err(Problem::bad_header(
+            "If-Match applies to the ledger's records (orders, samples, results, patients), not to user accounts",
+        ));
+    }
+    Ok(())
 }

@@ -69,6 +69,7 @@ impl LabLookup for Lab {
         &self,
         _patient: PatientId,
         _test: &TestCode,
+        _unit: &str,
         _before: DateTime<Utc>,
     ) -> Result<Option<PreviousResult>, LookupError> {
         Ok(self.previous.clone())
