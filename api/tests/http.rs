@@ -814,7 +814,10 @@ async fn critical_results_wait_for_the_call_then_for_the_clinician() {
     assert_eq!(s, StatusCode::OK, "{r}");
     api.project().await;
     let waiting = vec![("K".to_string(), "acknowledgement".to_string())];
-    assert_eq!(list(clinician, "").await, ("1".to_string(), waiting));
+    assert_eq!(
+        list(clinician, "").await,
+        ("1".to_string(), waiting.clone())
+    );
     let (s, _) = api
         .post(clinician, &format!("/results/{k}/acknowledge"), json!({}))
         .await;
@@ -827,6 +830,33 @@ async fn critical_results_wait_for_the_call_then_for_the_clinician() {
             "1".to_string(),
             vec![("NA".to_string(), "notification".to_string())]
         )
+    );
+    // Amended to another critical value: released at once, so the clinician's to
+    // acknowledge again (not the lab's call, which the lab's list still shows).
+    let (s, r) = api
+        .post(path, &format!("/results/{k}/amend"),
+              json!({"value": {"kind": "numeric", "value": 7.6, "unit": "mmol/L"}, "reason": "rerun on a fresh aliquot"}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    api.project().await;
+    assert_eq!(list(clinician, "").await, ("1".to_string(), waiting));
+    let (_, lab) = list(tech, "").await;
+    assert!(
+        lab.contains(&("K".to_string(), "notification".to_string())),
+        "{lab:?}"
+    );
+    // Acknowledged by the clinician before the lab's call: off the clinician's list, on
+    // the lab's until the call is recorded.
+    let (s, _) = api
+        .post(clinician, &format!("/results/{k}/acknowledge"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    api.project().await;
+    assert_eq!(list(clinician, "").await, ("0".to_string(), vec![]));
+    let (_, lab) = list(tech, "").await;
+    assert!(
+        lab.contains(&("K".to_string(), "notification".to_string())),
+        "{lab:?}"
     );
     api.refused_at(tech, "/critical-results?limit=0", "/limit")
         .await;

@@ -419,9 +419,15 @@ pub async fn critical(
     caller.require(Action::ReadResults)?;
     let limit = super::params::limit(q.limit).map_err(|e| Problem::invalid(vec![e]))?;
     let released_only = caller.released_only();
+    // A clinician's list: released values they have not acknowledged, which is what each
+    // awaits from them (an amended one may await the lab's call as well: the lab's list
+    // says so).
     let (rows, total): (Value, i64) = sqlx::query_as(
-        "WITH c AS (SELECT * FROM proj_results.critical_pending
-                     WHERE NOT $1 OR status = 'released')
+        "WITH c AS (SELECT p.result_id, p.patient_id, p.order_id, p.test_code, p.value, p.unit,
+                           p.flags, p.status, p.notified, p.acknowledged, p.recorded_at, p.released_at,
+                           CASE WHEN $1 THEN 'acknowledgement' ELSE p.awaiting END AS awaiting
+                      FROM proj_results.critical_pending p
+                     WHERE NOT $1 OR (p.status = 'released' AND NOT p.acknowledged))
          SELECT coalesce((SELECT json_agg(p ORDER BY p.recorded_at, p.result_id)
                             FROM (SELECT * FROM c ORDER BY recorded_at, result_id LIMIT $2) p), '[]'),
                 (SELECT count(*) FROM c)",
