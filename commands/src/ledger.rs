@@ -289,8 +289,12 @@ impl Ledger {
     }
 
     /// Splits aliquots off a received sample: the parent records its children first
-    /// (the authoritative lineage), then each child is created from that record. A retry
-    /// after a crash in between finishes the children that are missing.
+    /// (the authoritative lineage), then each child is created from that record. The same
+    /// split sent again (its first attempt stopped after the parent's record, or after
+    /// some of the children: the API gives each child an id from the parent and its
+    /// accession number, so a second attempt names the same children) records nothing
+    /// new for the parent, makes the children still missing, and answers with all of
+    /// them as they stand.
     pub async fn aliquot(
         &self,
         parent: SampleId,
@@ -298,10 +302,15 @@ impl Ledger {
         ctx: &CommandContext,
     ) -> Result<Vec<CommandOutcome>, CommandError> {
         let ids: Vec<SampleId> = children.iter().map(|c| c.sample_id).collect();
-        let mut outcomes = vec![
+        let split_before = self.sample(parent).await?.facts().is_some_and(|f| {
+            !children.is_empty() && children.iter().all(|c| f.children.contains(c))
+        });
+        let mut outcomes = vec![if split_before {
+            self.last_event(Sample::TYPE, &parent.to_string()).await?
+        } else {
             self.execute_sample(parent, SampleCommand::Aliquot { children }, ctx)
-                .await?,
-        ];
+                .await?
+        }];
         for sample_id in ids {
             let command = SampleCommand::CreateAliquot {
                 sample_id,
@@ -322,6 +331,13 @@ impl Ledger {
                 None,
             )
             .await;
+            let child = match child {
+                Err(CommandError::Rejected {
+                    rule: "sample.already-exists",
+                    ..
+                }) => self.last_event(Sample::TYPE, &id).await,
+                child => child,
+            };
             outcomes.push(child.map_err(|e| match e {
                 CommandError::Unavailable(m) => CommandError::OutcomeUnknown {
                     aggregate_type: "Sample",
@@ -334,6 +350,30 @@ impl Ledger {
             })?);
         }
         Ok(outcomes)
+    }
+
+    /// The version and position of a record's last event, as a command on it answers.
+    async fn last_event(
+        &self,
+        aggregate_type: &'static str,
+        id: &str,
+    ) -> Result<CommandOutcome, CommandError> {
+        let row = sqlx::query(
+            "SELECT sequence, position FROM events
+              WHERE aggregate_type = $1 AND aggregate_id = $2
+              ORDER BY sequence DESC LIMIT 1",
+        )
+        .bind(aggregate_type)
+        .bind(id)
+        .fetch_optional(&mut *crate::connection::connection(&self.pool).await?)
+        .await?
+        .ok_or_else(|| CommandError::NotFound(format!("no {aggregate_type} {id}")))?;
+        Ok(CommandOutcome {
+            aggregate_type,
+            aggregate_id: id.to_string(),
+            version: row.get("sequence"),
+            position: row.get("position"),
+        })
     }
 
     /// The current state of an order (for queries and tests).

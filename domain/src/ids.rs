@@ -81,6 +81,17 @@ pub struct ResultId(Uuid);
 
 /// Namespace for result ids (a fixed random UUID; never change it).
 const RESULT_NAMESPACE: Uuid = Uuid::from_u128(0x6f1d_2c3e_8a4b_4e7f_9c1d_5b2a_7e3f_1a90);
+const ALIQUOT_NAMESPACE: Uuid = Uuid::from_u128(0x2b8e_61d4_0f3a_4c59_a7e2_9d14_c60b_5f37);
+
+impl SampleId {
+    /// The id of the aliquot of `parent` labelled `accession`: the same for every attempt
+    /// at one split, so that a split sent again finds the children it already made.
+    pub fn aliquot_of(parent: SampleId, accession: &AccessionNumber) -> Self {
+        let mut name = parent.as_uuid().as_bytes().to_vec();
+        name.extend_from_slice(accession.as_str().as_bytes());
+        Self(Uuid::new_v5(&ALIQUOT_NAMESPACE, &name))
+    }
+}
 
 impl ResultId {
     /// The id of the result of `test` on `sample`.

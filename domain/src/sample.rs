@@ -439,7 +439,16 @@ async fn check_aliquots(
     let mut accessions = BTreeSet::new();
     for (i, child) in children.iter().enumerate() {
         let at = |f: &str| format!("children/{i}/{f}");
-        if child.sample_id == parent.sample_id || !ids.insert(child.sample_id) {
+        // Already split off this sample (a split sent again: the ledger finishes it).
+        let listed_id = parent
+            .children
+            .iter()
+            .any(|c| c.sample_id == child.sample_id);
+        let listed_accession = parent
+            .children
+            .iter()
+            .any(|c| c.accession_number == child.accession_number);
+        if child.sample_id == parent.sample_id || !ids.insert(child.sample_id) || listed_id {
             errors.push(FieldError::new(
                 at("sample_id"),
                 "aliquot ids must be new and distinct",
@@ -447,6 +456,7 @@ async fn check_aliquots(
         }
         if child.accession_number == parent.accession_number
             || !accessions.insert(&child.accession_number)
+            || listed_accession
         {
             errors.push(FieldError::new(
                 at("accession_number"),

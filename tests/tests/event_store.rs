@@ -7,9 +7,10 @@ use lis_commands::CommandError;
 use lis_domain::actor::{ActorId, Role};
 use lis_domain::catalogue::CatalogueVersion;
 use lis_domain::flags::Flag;
-use lis_domain::ids::TestCode;
+use lis_domain::ids::{AccessionNumber, SampleId, TestCode};
 use lis_domain::order::{Order, OrderCommand, OrderEvent, OrderedTest, TestLine};
 use lis_domain::result::{ResultCommand, ResultStatus};
+use lis_domain::sample::{AliquotSpec, SampleCommand};
 use lis_domain::text::Reason;
 use lis_tests::{actor, code, place, received_serum, record_k, released_k, TestDb};
 use sqlx::Row;
@@ -306,6 +307,103 @@ async fn flags_use_the_patients_previous_released_result_and_released_tests_cann
     .await
     .unwrap();
     assert_eq!(flags, serde_json::json!([Flag::D]));
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_split_sent_again_after_stopping_part_way_finishes_it_once() {
+    let db = TestDb::new().await;
+    let ledger = db.ledger().await;
+    let tech = actor("tech.1", Role::Technologist);
+    let order = place(&ledger, "MRN-ALQ", &["K", "NA"]).await;
+    let parent = received_serum(&ledger, order.order_id, "ACC-ALQ", &["K", "NA"]).await;
+    let spec = |accession: &str, test: &str| {
+        let accession = AccessionNumber::parse(accession).unwrap();
+        AliquotSpec {
+            sample_id: SampleId::aliquot_of(parent, &accession),
+            accession_number: accession,
+            tests: vec![code(test)],
+        }
+    };
+    let children = vec![spec("ACC-ALQ-1", "K"), spec("ACC-ALQ-2", "NA")];
+    // The first attempt stopped after the parent's record and the first child.
+    let split = ledger
+        .execute_sample(
+            parent,
+            SampleCommand::Aliquot {
+                children: children.clone(),
+            },
+            &tech,
+        )
+        .await
+        .unwrap();
+    ledger
+        .execute_sample(
+            children[0].sample_id,
+            SampleCommand::CreateAliquot {
+                sample_id: children[0].sample_id,
+                parent_id: parent,
+            },
+            &tech,
+        )
+        .await
+        .unwrap();
+    let count = || {
+        let pool = db.app.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let before = count().await;
+    // Sent again: the parent records nothing new, the missing child is made.
+    for attempt in 0..2 {
+        let outcomes = ledger
+            .aliquot(parent, children.clone(), &tech)
+            .await
+            .unwrap_or_else(|e| panic!("attempt {attempt}: {e}"));
+        assert_eq!(count().await, before + 1, "attempt {attempt}");
+        assert_eq!(
+            (outcomes[0].version, outcomes[0].position),
+            (split.version, split.position)
+        );
+        let made: Vec<String> = outcomes[1..]
+            .iter()
+            .map(|o| o.aggregate_id.clone())
+            .collect();
+        let expected: Vec<String> = children.iter().map(|c| c.sample_id.to_string()).collect();
+        assert_eq!(made, expected);
+    }
+    let parent_splits: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE aggregate_id = $1 AND event_type = 'SampleAliquoted'",
+    )
+    .bind(parent.to_string())
+    .fetch_one(&db.app)
+    .await
+    .unwrap();
+    assert_eq!(parent_splits, 1);
+    for child in &children {
+        let sample = ledger.sample(child.sample_id).await.unwrap();
+        let facts = sample.facts().expect("created");
+        assert_eq!(
+            (facts.parent, &facts.accession_number),
+            (Some(parent), &child.accession_number)
+        );
+    }
+    // Another split naming a child already split off is refused, not listed twice.
+    let again = ledger
+        .aliquot(
+            parent,
+            vec![children[0].clone(), spec("ACC-ALQ-3", "K")],
+            &tech,
+        )
+        .await;
+    assert!(
+        matches!(again, Err(CommandError::Invalid { .. })),
+        "{again:?}"
+    );
     db.drop().await;
 }
 

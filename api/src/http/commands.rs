@@ -555,7 +555,7 @@ pub async fn aliquots(
                 .children
                 .into_iter()
                 .map(|c| AliquotSpec {
-                    sample_id: SampleId::new(),
+                    sample_id: SampleId::aliquot_of(parent, &c.accession_number),
                     accession_number: c.accession_number,
                     tests: c.tests,
                 })

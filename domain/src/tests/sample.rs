@@ -249,6 +249,36 @@ fn hand_overs_build_the_custody_chain_with_plausible_temperatures() {
 }
 
 #[test]
+fn a_child_already_split_off_is_not_listed_again() {
+    let child = AliquotSpec {
+        sample_id: SampleId::from_uuid(uuid::Uuid::from_u128(3)),
+        accession_number: acc("ACC-0001-A"),
+        tests: vec![code("K")],
+    };
+    SampleTester::with(lab().services())
+        .given(vec![
+            collected(&["K", "NA"]),
+            received(),
+            SampleEvent::SampleAliquoted {
+                children: vec![child.clone()],
+            },
+        ])
+        .when(SampleCommand::Aliquot {
+            children: vec![child],
+        })
+        .then_expect_error(SampleError::Invalid(FieldErrors(vec![
+            FieldError::new(
+                "children/0/sample_id",
+                "aliquot ids must be new and distinct",
+            ),
+            FieldError::new(
+                "children/0/accession_number",
+                "aliquot accession numbers must be new and distinct",
+            ),
+        ])));
+}
+
+#[test]
 fn aliquots_keep_lineage_both_ways() {
     let child = AliquotSpec {
         sample_id: SampleId::from_uuid(uuid::Uuid::from_u128(3)),
