@@ -11,6 +11,7 @@
 //! | `LIS_COMMAND_TIMEOUT_SECS` | `30` | how long a command may wait on the database before it is answered 503 and its connection closed (a network that fell silent mid-statement) |
 //! | `LIS_REQUEST_TIMEOUT_SECS` | 5 more than `LIS_COMMAND_TIMEOUT_SECS` | how long any request may run before it is answered 503 (`GET /audit/verification` excepted); must be longer than a command's, so that a command's own timeout answers first |
 //! | `LIS_FOUR_EYES` | `true` | the verifier of a result may not authorise it |
+//! | `LIS_LAB_TIME_ZONE` | `UTC` | the lab's time zone (an IANA name: `Asia/Kolkata`), whose calendar days count: a patient's age on the day of collection, a date of birth not in the future, the days of `GET /patients/{id}/results?from=&to=` and of the analytics |
 //! | `LIS_LOG_FORMAT` | `text` | `text` or `json` (one JSON object per line) |
 //! | `LIS_KAFKA_BROKERS` | unset | Kafka bootstrap servers; unset = single-node mode (projections read the event store's feed) |
 //! | `LIS_TOPIC_ORDERS`, `LIS_TOPIC_SAMPLES`, `LIS_TOPIC_RESULTS`, `LIS_TOPIC_PATIENTS` | `lis.orders`, `lis.samples`, `lis.results`, `lis.patients` | one topic per aggregate type |
@@ -86,6 +87,7 @@ pub struct Config {
     pub command_timeout_secs: u64,
     pub request_timeout_secs: u64,
     pub four_eyes: bool,
+    pub lab_time_zone: chrono_tz::Tz,
     pub log_format: LogFormat,
     pub kafka_brokers: Option<String>,
     pub topics: Topics,
@@ -225,6 +227,14 @@ impl Config {
                 })
             }
         };
+        let zone = get("LIS_LAB_TIME_ZONE", "UTC");
+        let lab_time_zone = zone
+            .trim()
+            .parse::<chrono_tz::Tz>()
+            .map_err(|_| ConfigError {
+                variable: "LIS_LAB_TIME_ZONE",
+                message: format!("`{zone}` is not an IANA time zone (such as Asia/Kolkata)"),
+            })?;
         let log_format = match get("LIS_LOG_FORMAT", "text").trim() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -267,6 +277,7 @@ impl Config {
             command_timeout_secs,
             request_timeout_secs,
             four_eyes,
+            lab_time_zone,
             log_format,
             kafka_brokers: vars
                 .get("LIS_KAFKA_BROKERS")
@@ -399,6 +410,17 @@ mod tests {
     }
 
     #[test]
+    fn the_lab_s_time_zone_is_an_iana_name() {
+        let vars =
+            |zone: &str| HashMap::from([("LIS_LAB_TIME_ZONE".to_string(), zone.to_string())]);
+        let c = Config::from_vars(&vars(" Asia/Kolkata ")).unwrap();
+        assert_eq!(c.lab_time_zone, chrono_tz::Asia::Kolkata);
+        let e = Config::from_vars(&vars("IST")).unwrap_err();
+        assert_eq!(e.variable, "LIS_LAB_TIME_ZONE");
+        assert!(e.message.contains("IANA"), "{}", e.message);
+    }
+
+    #[test]
     fn defaults_match_the_local_stack() {
         let c = Config::from_vars(&HashMap::new()).unwrap();
         assert_eq!(
@@ -406,6 +428,7 @@ mod tests {
             "postgres://lisledger_app@127.0.0.1:5433/lisledger"
         );
         assert!(c.four_eyes);
+        assert_eq!(c.lab_time_zone, chrono_tz::UTC);
         assert_eq!(c.snapshot_every, 20);
         assert_eq!(c.command_timeout_secs, 30);
         assert_eq!(c.request_timeout_secs, 35);

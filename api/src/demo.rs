@@ -239,7 +239,7 @@ async fn run_part(
             date_of_birth: &born,
             ..RawPatient::default()
         };
-        let patient = NewPatient::parse(raw, Utc::now().date_naive())
+        let patient = NewPatient::parse(raw, ledger.policy().day_of(Utc::now()))
             .map_err(|e| anyhow::anyhow!("demo patient: {e}"))?;
         let mut chosen = mix.draw(&mut rng);
         chosen.truncate(size.next_order_tests(&report, chosen.len()));

@@ -111,9 +111,10 @@ async fn connect_analytics(config: &Config) -> anyhow::Result<Analytics> {
         .mongo_url
         .as_deref()
         .context("the analytics projection needs LIS_MONGO_URL")?;
-    Analytics::connect(url, &config.mongo_database)
+    Ok(Analytics::connect(url, &config.mongo_database)
         .await
-        .context("cannot reach MongoDB")
+        .context("cannot reach MongoDB")?
+        .in_time_zone(config.lab_time_zone))
 }
 
 pub async fn project(
@@ -486,6 +487,7 @@ pub async fn ledger(config: &Config, pool: PgPool) -> anyhow::Result<lis_command
             command_timeout: std::time::Duration::from_secs(config.command_timeout_secs),
             policy: lis_domain::services::LabPolicy {
                 four_eyes: config.four_eyes,
+                time_zone: config.lab_time_zone,
             },
         },
         vault,

@@ -51,12 +51,29 @@ impl Api {
         kafka: Option<Arc<lis_projections::kafka_health::KafkaProbe>>,
         in_flight: usize,
     ) -> Self {
-        Self::start_full(per_user, analytics, kafka, in_flight, Default::default()).await
+        Self::start_full(
+            per_user,
+            analytics,
+            kafka,
+            in_flight,
+            Default::default(),
+            Default::default(),
+        )
+        .await
     }
 
     /// A server that locks accounts after failed log-ins as `lockout` says.
     async fn start_locking(lockout: http::lockout::Lockout) -> Self {
-        Self::start_full(0, None, None, 0, lockout).await
+        Self::start_full(0, None, None, 0, lockout, Default::default()).await
+    }
+
+    /// A server of a lab whose calendar days are `zone`'s.
+    async fn start_in(zone: chrono_tz::Tz) -> Self {
+        let policy = lis_domain::services::LabPolicy {
+            time_zone: zone,
+            ..Default::default()
+        };
+        Self::start_full(0, None, None, 0, Default::default(), policy).await
     }
 
     async fn start_full(
@@ -65,8 +82,14 @@ impl Api {
         kafka: Option<Arc<lis_projections::kafka_health::KafkaProbe>>,
         in_flight: usize,
         lockout: http::lockout::Lockout,
+        policy: lis_domain::services::LabPolicy,
     ) -> Self {
         let db = TestDb::new().await;
+        let config = lis_commands::LedgerConfig {
+            policy,
+            ..Default::default()
+        };
+        let ledger = lis_commands::Ledger::new(db.app.clone(), config, db.vault().await);
         for (user, role) in [
             ("reception.1", Role::Reception),
             ("phleb.1", Role::Phlebotomist),
@@ -89,7 +112,7 @@ impl Api {
         }
         let state = AppState {
             pool: db.app.clone(),
-            ledger: Arc::new(db.ledger().await),
+            ledger: Arc::new(ledger),
             auth: Arc::new(auth::AuthConfig {
                 secret: SECRET.to_vec(),
                 issuer: "lisledger".into(),
@@ -170,6 +193,29 @@ impl Api {
         );
     }
 
+    /// Places an order of K and NA for `mrn`, collects a serum tube of `extra` (its
+    /// `tests`, maybe `collected_at`) labelled `accession`, and receives it: the order and
+    /// the tube's id.
+    async fn received_tube(&self, mrn: &str, accession: &str, extra: Value) -> (Value, String) {
+        let reception = self.token("reception.1").await;
+        let phleb = self.token("phleb.1").await;
+        let (_, order) = self.post(&reception, "/orders", order_body(mrn)).await;
+        let mut body = json!({"order_id": order["id"], "accession_number": accession,
+                              "specimen_type": "serum", "container": "red/SST"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (s, sample) = self.post(&phleb, "/samples", body).await;
+        assert_eq!(s, StatusCode::CREATED, "{sample}");
+        let sample_id = sample["id"].as_str().unwrap().to_string();
+        let tech = self.token("tech.1").await;
+        let (s, _) = self
+            .post(&tech, &format!("/samples/{sample_id}/receive"), json!({}))
+            .await;
+        assert_eq!(s, StatusCode::OK);
+        (order, sample_id)
+    }
+
     async fn project(&self) {
         for p in models::all() {
             ensure_schema(
@@ -182,6 +228,58 @@ impl Api {
             catch_up(&self.db.app, p.as_ref()).await;
         }
     }
+}
+
+#[tokio::test]
+async fn a_patient_s_results_by_day_count_the_lab_s_days() {
+    // 02:00 on 4 March in India is 20:30 on 3 March in UTC.
+    let api = Api::start_in(chrono_tz::Asia::Kolkata).await;
+    let reception = api.token("reception.1").await;
+    let tech = api.token("tech.1").await;
+    let path = api.token("path.1").await;
+    let clinician = api.token("dr.rao").await;
+    let (order, sample_id) = api
+        .received_tube(
+            "MRN-TZ",
+            "ACC-TZ",
+            json!({"tests": ["K"], "collected_at": "2026-03-03T20:30:00Z"}),
+        )
+        .await;
+    let (_, result) = api
+        .post(&tech, "/results", json!({"sample_id": sample_id, "test_code": "K",
+                                       "value": {"kind": "numeric", "value": 4.1, "unit": "mmol/L"}}))
+        .await;
+    let result_id = result["id"].as_str().unwrap().to_string();
+    api.post(&tech, &format!("/results/{result_id}/verify"), json!({}))
+        .await;
+    let (s, released) = api
+        .post(&path, &format!("/results/{result_id}/authorise"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{released}");
+    api.project().await;
+    let patient = api
+        .get(
+            &reception,
+            &format!("/orders/{}", order["id"].as_str().unwrap()),
+        )
+        .await
+        .1["patient_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let count = |range: &'static str| {
+        let (api, clinician, patient) = (&api, &clinician, &patient);
+        async move {
+            let (s, report) = api
+                .get(clinician, &format!("/patients/{patient}/results?{range}"))
+                .await;
+            assert_eq!(s, StatusCode::OK, "{range}: {report}");
+            report.as_array().unwrap().len()
+        }
+    };
+    assert_eq!(count("from=2026-03-04&to=2026-03-04").await, 1);
+    assert_eq!(count("to=2026-03-03").await, 0);
+    assert_eq!(count("from=2026-03-05").await, 0);
 }
 
 /// POST `path` with `If-Match: if_match`.
@@ -209,21 +307,10 @@ async fn post_if_match(
 async fn a_command_on_a_version_changed_since_is_refused_412_and_writes_nothing() {
     let api = Api::start().await;
     let reception = api.token("reception.1").await;
-    let phleb = api.token("phleb.1").await;
     let tech = api.token("tech.1").await;
     let admin = api.token("admin.1").await;
-    let (_, order) = api.post(&reception, "/orders", order_body("MRN-IFM")).await;
-    let (s, sample) = api
-        .post(
-            &phleb,
-            "/samples",
-            json!({"order_id": order["id"], "accession_number": "ACC-IFM", "specimen_type": "serum",
-                   "container": "red/SST", "tests": ["K", "NA"]}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{sample}");
-    let sample_id = sample["id"].as_str().unwrap().to_string();
-    api.post(&tech, &format!("/samples/{sample_id}/receive"), json!({}))
+    let (order, sample_id) = api
+        .received_tube("MRN-IFM", "ACC-IFM", json!({"tests": ["K", "NA"]}))
         .await;
     let (s, recorded) = api
         .post(&tech, "/results", json!({"sample_id": sample_id, "test_code": "K",

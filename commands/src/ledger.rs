@@ -129,6 +129,11 @@ impl Ledger {
         &self.pool
     }
 
+    /// The lab's rules and clock, as the commands apply them.
+    pub fn policy(&self) -> LabPolicy {
+        self.services.policy()
+    }
+
     /// The patient key vault (to open sealed identities for those allowed to see them).
     pub fn vault(&self) -> &PatientVault {
         &self.vault

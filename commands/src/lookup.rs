@@ -231,7 +231,10 @@ impl LabLookup for PgLabLookup {
             .await
             .map_err(|e| failed("patient identity", e))?
         {
-            Opened::Clear(identity) => Ok(Some(Age::at(identity.date_of_birth, at))),
+            Opened::Clear(identity) => Ok(Some(Age::on(
+                identity.date_of_birth,
+                self.policy.day_of(at),
+            ))),
             Opened::Erased => Ok(None),
         }
     }

@@ -7,7 +7,7 @@
 
 use crate::text::{Address, PersonName};
 use crate::validation::{FieldError, FieldErrors};
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
 /// Sex as recorded for reference-interval selection.
@@ -295,9 +295,9 @@ pub struct Age {
 }
 
 impl Age {
-    /// Age at `at` of someone born on `date_of_birth`; zero if `at` precedes the birth date.
-    pub fn at(date_of_birth: NaiveDate, at: DateTime<Utc>) -> Self {
-        let day = at.date_naive();
+    /// Age on `day` (a calendar day of the lab's: [`crate::services::LabPolicy::day_of`])
+    /// of someone born on `date_of_birth`; zero if `day` precedes the birth date.
+    pub fn on(date_of_birth: NaiveDate, day: NaiveDate) -> Self {
         let years = day.years_since(date_of_birth).unwrap_or(0);
         let days = (day - date_of_birth).num_days().max(0) as u32;
         Self { years, days }
@@ -311,7 +311,7 @@ impl Age {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
+    use chrono::{TimeZone, Utc};
 
     #[test]
     fn abha_is_normalised() {
@@ -364,9 +364,23 @@ mod tests {
     #[test]
     fn age_counts_completed_years() {
         let dob = NaiveDate::from_ymd_opt(2000, 3, 3).unwrap();
-        let before = Utc.with_ymd_and_hms(2026, 3, 2, 23, 0, 0).unwrap();
-        let on = Utc.with_ymd_and_hms(2026, 3, 3, 0, 0, 0).unwrap();
-        assert_eq!(Age::at(dob, before).years, 25);
-        assert_eq!(Age::at(dob, on).years, 26);
+        let before = NaiveDate::from_ymd_opt(2026, 3, 2).unwrap();
+        let on = NaiveDate::from_ymd_opt(2026, 3, 3).unwrap();
+        assert_eq!(Age::on(dob, before).years, 25);
+        assert_eq!(Age::on(dob, on).years, 26);
+    }
+
+    #[test]
+    fn the_lab_s_calendar_day_decides_a_birthday() {
+        use crate::services::LabPolicy;
+        // 02:00 in India on the 18th birthday is still the day before in UTC.
+        let dob = NaiveDate::from_ymd_opt(2008, 3, 4).unwrap();
+        let at = Utc.with_ymd_and_hms(2026, 3, 3, 20, 30, 0).unwrap();
+        let india = LabPolicy {
+            time_zone: chrono_tz::Asia::Kolkata,
+            ..LabPolicy::default()
+        };
+        assert_eq!(Age::on(dob, india.day_of(at)).years, 18);
+        assert_eq!(Age::on(dob, LabPolicy::default().day_of(at)).years, 17);
     }
 }

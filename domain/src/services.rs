@@ -12,8 +12,7 @@ use crate::patient::Age;
 use crate::sample::SampleFacts;
 use crate::sealed::Sealed;
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::{DateTime, NaiveDate, Utc};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -47,15 +46,28 @@ impl LookupError {
 }
 
 /// Per-lab rules that a lab may configure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LabPolicy {
     /// The same person may not both verify and authorise a result (on by default).
     pub four_eyes: bool,
+    /// The lab's own clock, whose calendar days count: a patient's age on the day of
+    /// collection, and whether a date of birth is in the future (UTC by default).
+    pub time_zone: chrono_tz::Tz,
+}
+
+impl LabPolicy {
+    /// The lab's calendar day at `at`.
+    pub fn day_of(&self, at: DateTime<Utc>) -> NaiveDate {
+        at.with_timezone(&self.time_zone).date_naive()
+    }
 }
 
 impl Default for LabPolicy {
     fn default() -> Self {
-        Self { four_eyes: true }
+        Self {
+            four_eyes: true,
+            time_zone: chrono_tz::UTC,
+        }
     }
 }
 

@@ -151,3 +151,57 @@ async fn tests_ordered_under_two_catalogue_versions_in_one_batch_keep_each_versi
     mongo.drop().await.unwrap();
     db.drop().await;
 }
+
+#[tokio::test]
+async fn a_fact_s_day_is_the_lab_s_calendar_day() {
+    for (zone, expected) in [
+        (chrono_tz::Asia::Kolkata, "2026-03-04"),
+        (chrono_tz::UTC, "2026-03-03"),
+    ] {
+        assert_eq!(day_of_a_collection(zone).await, expected, "{zone}");
+    }
+}
+
+/// The analytics' day, counted in `zone`, of a tube collected at 02:00 on 4 March in
+/// India (20:30 on 3 March in UTC).
+async fn day_of_a_collection(zone: chrono_tz::Tz) -> String {
+    use lis_domain::actor::{ActorId, Role};
+    use lis_domain::ids::{AccessionNumber, SampleId};
+    use lis_domain::sample::{CollectSample, SampleCommand};
+    let db = TestDb::new().await;
+    let ledger = db.ledger().await;
+    let order = lis_tests::place(&ledger, "MRN-DAY", &["K"]).await;
+    let sample = SampleId::new();
+    ledger
+        .execute_sample(
+            sample,
+            SampleCommand::Collect(CollectSample {
+                sample_id: sample,
+                order_id: order.order_id,
+                accession_number: AccessionNumber::parse("ACC-DAY").unwrap(),
+                specimen_type: "serum".into(),
+                container: "red/SST".into(),
+                tests: vec![lis_tests::code("K")],
+                collected_by: ActorId::parse("phleb.1").unwrap(),
+                collected_at: chrono::DateTime::parse_from_rfc3339("2026-03-03T20:30:00Z")
+                    .unwrap()
+                    .to_utc(),
+            }),
+            &lis_tests::actor("phleb.1", Role::Phlebotomist),
+        )
+        .await
+        .unwrap();
+    let analytics = lis_tests::test_analytics(&db).await.in_time_zone(zone);
+    catch_up(&db.app, &analytics).await;
+    let fact = analytics
+        .database()
+        .collection::<mongodb::bson::Document>("sample_facts")
+        .find_one(mongodb::bson::doc! { "_id": sample.to_string() })
+        .await
+        .unwrap()
+        .expect("the sample's facts");
+    let day = fact.get_str("day").unwrap().to_string();
+    analytics.database().drop().await.unwrap();
+    db.drop().await;
+    day
+}

@@ -244,13 +244,14 @@ pub async fn place_order(
                 phone: p.phone.as_deref(),
                 address: p.address.as_deref(),
             };
-            let patient = NewPatient::parse(raw, Utc::now().date_naive()).map_err(|e| {
-                Problem::invalid(
-                    e.0.iter()
-                        .map(|f| FieldProblem::from(&f.clone().under("patient")))
-                        .collect(),
-                )
-            })?;
+            let patient =
+                NewPatient::parse(raw, s.ledger.policy().day_of(Utc::now())).map_err(|e| {
+                    Problem::invalid(
+                        e.0.iter()
+                            .map(|f| FieldProblem::from(&f.clone().under("patient")))
+                            .collect(),
+                    )
+                })?;
             let placed = s
                 .ledger
                 .place_order(

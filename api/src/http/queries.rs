@@ -269,6 +269,7 @@ pub async fn cumulative(
             .bind(test)
             .bind(q.from)
             .bind(q.to)
+            .bind(s.ledger.policy().time_zone.name())
             .fetch_one(&mut *connection(&s.pool).await?)
             .await?
             .unwrap_or_else(|| "[]".to_string()),

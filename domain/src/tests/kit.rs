@@ -81,7 +81,7 @@ impl LabLookup for Lab {
         at: DateTime<Utc>,
     ) -> Result<Option<Age>, LookupError> {
         let born = NaiveDate::from_ymd_opt(1986, 1, 1).unwrap();
-        Ok((!self.erased).then(|| Age::at(born, at)))
+        Ok((!self.erased).then(|| Age::on(born, self.policy().day_of(at))))
     }
     async fn released_tests(&self, _order: OrderId) -> Result<BTreeSet<TestCode>, LookupError> {
         Ok(self.released.clone())
@@ -89,6 +89,7 @@ impl LabLookup for Lab {
     fn policy(&self) -> LabPolicy {
         LabPolicy {
             four_eyes: self.four_eyes.unwrap_or(true),
+            ..LabPolicy::default()
         }
     }
     fn now(&self) -> DateTime<Utc> {

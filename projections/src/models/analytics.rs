@@ -26,11 +26,23 @@ pub const DATABASE: &str = "lis_analytics";
 
 pub struct Analytics {
     db: Database,
+    /// Whose calendar days the facts' `day` is (the dashboards' days): the lab's.
+    time_zone: chrono_tz::Tz,
 }
 
 impl Analytics {
     pub fn new(db: Database) -> Self {
-        Self { db }
+        Self {
+            db,
+            time_zone: chrono_tz::UTC,
+        }
+    }
+
+    /// The same, counting days in the lab's time zone (`LIS_LAB_TIME_ZONE`). Facts
+    /// written before a change of zone keep their days until `projections rebuild
+    /// analytics`.
+    pub fn in_time_zone(self, time_zone: chrono_tz::Tz) -> Self {
+        Self { time_zone, ..self }
     }
 
     /// Connects to `url` (e.g. `mongodb://127.0.0.1:27017/?directConnection=true`) and
@@ -148,8 +160,9 @@ fn date(t: chrono::DateTime<chrono::Utc>) -> BsonDateTime {
     BsonDateTime::from_millis(t.timestamp_millis())
 }
 
-fn day(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.format("%Y-%m-%d").to_string()
+/// The lab's calendar day of `t`.
+fn day(t: chrono::DateTime<chrono::Utc>, zone: chrono_tz::Tz) -> String {
+    t.with_timezone(&zone).format("%Y-%m-%d").to_string()
 }
 
 fn value_facts(flags: &[Flag]) -> Document {
@@ -266,7 +279,8 @@ impl Projection for Analytics {
         event: &LabEvent,
     ) -> Result<(), ProjectionError> {
         let departments = departments(conn, ordered_tests(event).iter()).await?;
-        self.send(writes(env, event, &departments)).await
+        self.send(writes(env, event, &departments, self.time_zone))
+            .await
     }
 
     /// A batch's writes, in event order, in one command per collection, after one
@@ -280,7 +294,7 @@ impl Projection for Analytics {
         let departments = departments(conn, ordered).await?;
         let all = events
             .iter()
-            .flat_map(|(env, event)| writes(env, event, &departments))
+            .flat_map(|(env, event)| writes(env, event, &departments, self.time_zone))
             .collect();
         self.send(all).await
     }
@@ -288,7 +302,12 @@ impl Projection for Analytics {
 
 /// What one event writes to the fact documents (`departments` holds those of the tests
 /// it orders).
-fn writes(env: &Envelope, event: &LabEvent, departments: &Departments) -> Vec<Write> {
+fn writes(
+    env: &Envelope,
+    event: &LabEvent,
+    departments: &Departments,
+    zone: chrono_tz::Tz,
+) -> Vec<Write> {
     let id = env.aggregate_id.as_str();
     let at = env.recorded_at;
     match event {
@@ -304,7 +323,7 @@ fn writes(env: &Envelope, event: &LabEvent, departments: &Departments) -> Vec<Wr
                 id,
                 doc! {
                     "$set": { "priority": p.as_str(), "collection_site": collection_site.as_str(),
-                              "ordered_at": date(at), "day": day(at) },
+                              "ordered_at": date(at), "day": day(at, zone) },
                     "$addToSet": { "tests": { "$each": tests } },
                 },
             )]
@@ -340,7 +359,7 @@ fn writes(env: &Envelope, event: &LabEvent, departments: &Departments) -> Vec<Wr
             vec![upsert(
                 "sample_facts",
                 id,
-                doc! { "$set": { "order_id": order_id.to_string(), "collected_at": date(*collected_at), "day": day(*collected_at) } },
+                doc! { "$set": { "order_id": order_id.to_string(), "collected_at": date(*collected_at), "day": day(*collected_at, zone) } },
             )]
         }
         LabEvent::Sample(SampleEvent::SampleReceived { received_at, .. }) => {
@@ -369,7 +388,7 @@ fn writes(env: &Envelope, event: &LabEvent, departments: &Departments) -> Vec<Wr
                 id,
                 doc! {
                     "$set": { "order_id": order_id.to_string(), "test_code": test_code.as_str(),
-                              "collected_at": date(*collected_at), "day": day(*collected_at) },
+                              "collected_at": date(*collected_at), "day": day(*collected_at, zone) },
                     "$min": { "recorded_at": date(at) },
                 },
             ),
