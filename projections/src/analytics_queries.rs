@@ -104,6 +104,10 @@ pub async fn volumes(a: &Analytics, from: &str, to: &str) -> Result<Vec<Volume>>
     let pipeline = vec![
         doc! { "$match": day_range(from, to) },
         doc! { "$unwind": "$tests" },
+        // Tests ordered and not cancelled since.
+        doc! { "$match": { "$expr": { "$not": [
+            { "$in": ["$tests.code", { "$ifNull": ["$cancelled", []] }] }
+        ] } } },
         doc! { "$group": {
             "_id": { "day": "$day", "test": "$tests.code", "department": "$tests.department", "site": "$collection_site" },
             "tests": { "$sum": 1 },

@@ -205,3 +205,60 @@ async fn day_of_a_collection(zone: chrono_tz::Tz) -> String {
     db.drop().await;
     day
 }
+
+#[tokio::test]
+async fn volumes_count_tests_ordered_and_not_cancelled() {
+    use lis_domain::actor::Role;
+    use lis_domain::order::OrderCommand;
+    use lis_domain::text::Reason;
+    let db = TestDb::new().await;
+    let ledger = db.ledger().await;
+    let analytics = lis_tests::test_analytics(&db).await;
+    let order = lis_tests::place(&ledger, "MRN-VOL", &["K", "NA"]).await;
+    let reception = lis_tests::actor("reception.1", Role::Reception);
+    let counted = || async {
+        catch_up(&db.app, &analytics).await;
+        let mut tests: Vec<(String, i64)> = summary(&analytics).await["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["test_code"].as_str().unwrap().to_string(),
+                    v["tests"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        tests.sort();
+        tests
+    };
+    let both = vec![("K".to_string(), 1), ("NA".to_string(), 1)];
+    assert_eq!(counted().await, both);
+    // NA cancelled: no longer counted.
+    ledger
+        .execute_order(
+            order.order_id,
+            OrderCommand::CancelTest {
+                test: lis_tests::code("NA"),
+                reason: Reason::parse("ordered twice").unwrap(),
+            },
+            &reception,
+        )
+        .await
+        .unwrap();
+    assert_eq!(counted().await, vec![("K".to_string(), 1)]);
+    // Ordered again: counted again, once.
+    ledger
+        .execute_order(
+            order.order_id,
+            OrderCommand::AddTests {
+                tests: vec![lis_tests::code("NA")],
+            },
+            &reception,
+        )
+        .await
+        .unwrap();
+    assert_eq!(counted().await, both);
+    analytics.database().drop().await.unwrap();
+    db.drop().await;
+}

@@ -329,11 +329,14 @@ fn writes(
             )]
         }
         LabEvent::Order(OrderEvent::TestsAdded { tests }) => {
+            // A test cancelled and then ordered again counts again.
+            let codes: Vec<&str> = tests.iter().map(|t| t.code.as_str()).collect();
             let tests = with_departments(tests, departments);
             vec![upsert(
                 "order_facts",
                 id,
-                doc! { "$addToSet": { "tests": { "$each": tests } } },
+                doc! { "$addToSet": { "tests": { "$each": tests } },
+                "$pull": { "cancelled": { "$in": codes } } },
             )]
         }
         LabEvent::Order(OrderEvent::TestCancelled { test, .. }) => {
