@@ -567,8 +567,24 @@ async fn verify(config: &Config, checkpoint: Option<&std::path::Path>) -> anyhow
             say!("  {b}");
         }
     }
+    let snapshots = lis_commands::snapshot_audit::verify_snapshots(&pool, &mut |_| {}).await?;
+    if snapshots.is_intact() {
+        say!(
+            "{} snapshot(s) are the state of their events ({} of an older shape, unused)",
+            snapshots.checked,
+            snapshots.unused
+        );
+    } else {
+        say!(
+            "{} snapshot(s) differ from the state of their events:",
+            snapshots.differing.len()
+        );
+        for d in &snapshots.differing {
+            say!("  {d}");
+        }
+    }
     let seals = ops::verify_seals(config, &pool, checkpoint).await?;
-    Ok(if report.is_intact() && seals {
+    Ok(if report.is_intact() && snapshots.is_intact() && seals {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

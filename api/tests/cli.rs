@@ -52,6 +52,10 @@ async fn audit_verify_passes_then_fails_naming_the_tampered_event() {
         "{stdout}"
     );
     assert!(stdout.contains("events/s"), "{stdout}");
+    assert!(
+        stdout.contains("snapshot(s) are the state of their events"),
+        "{stdout}"
+    );
 
     db.tamper(&[
         "UPDATE events SET metadata = replace(metadata::text, 'reception.1', 'someone.else')::json WHERE sequence = 2",

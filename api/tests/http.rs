@@ -647,6 +647,7 @@ async fn a_lab_day_through_the_api() {
         (Some(true), Some(7))
     );
     assert_eq!(v["seals"]["checked"], false);
+    assert_eq!(v["snapshots"]["sound"], true, "{v}");
 
     // The same history as CSV, and everything the technologist did today.
     let csv = api

@@ -88,7 +88,7 @@ pub struct PlacedOrder {
     pub outcome: CommandOutcome,
 }
 
-fn event_store<A: Aggregate>(pool: &PgPool, config: &LedgerConfig) -> EventStoreOf<A> {
+pub(crate) fn event_store<A: Aggregate>(pool: &PgPool, config: &LedgerConfig) -> EventStoreOf<A> {
     SnapshotEventStore::new(pool.clone(), config.snapshot_every, upcasters())
         .with_command_timeout(config.command_timeout)
 }

@@ -9,6 +9,7 @@
 //! - [`store`]: the event store (postgres-es's tables), snapshots and upcasters.
 //! - [`connection`]: one database connection for the whole of a command.
 //! - [`audit`]: recomputes every hash chain and reports the first broken link.
+//! - [`snapshot_audit`]: compares every snapshot with the state of its events.
 //! - [`keys`]: patient data keys, sealing and erasure (crypto-shredding).
 //! - [`error`]: the one error type of this boundary.
 
@@ -20,6 +21,7 @@ pub mod error;
 pub mod keys;
 pub mod ledger;
 pub mod lookup;
+pub mod snapshot_audit;
 pub mod store;
 
 pub use context::CommandContext;

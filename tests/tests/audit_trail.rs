@@ -288,3 +288,65 @@ async fn an_edit_whose_row_hash_is_recomputed_still_breaks_the_next_link() {
     assert_eq!(report.broken[0].problem, Problem::PrevHashMismatch);
     db.drop().await;
 }
+
+#[tokio::test]
+async fn a_snapshot_that_is_not_the_state_of_its_events_is_reported() {
+    use lis_commands::snapshot_audit::verify_snapshots;
+    let db = TestDb::new().await;
+    // A snapshot every second event.
+    let ledger = lis_commands::Ledger::new(
+        db.app.clone(),
+        lis_commands::LedgerConfig {
+            snapshot_every: 2,
+            ..Default::default()
+        },
+        db.vault().await,
+    );
+    let order = place(&ledger, "MRN-SNAP", &["K", "NA"]).await;
+    let sample = received_serum(&ledger, order.order_id, "ACC-SNAP", &["K", "NA"]).await;
+    let (id, record) = lis_tests::record_k(sample, 4.1);
+    let tech = actor("tech.1", Role::Technologist);
+    ledger.execute_result(id, record, &tech).await.unwrap();
+    let correct = lis_domain::result::ResultCommand::Correct {
+        value: lis_domain::value::ResultValue::Numeric {
+            value: 4.4,
+            unit: "mmol/L".into(),
+        },
+        reason: lis_domain::text::Reason::parse("transcription error").unwrap(),
+    };
+    ledger.execute_result(id, correct, &tech).await.unwrap();
+    let report = verify_snapshots(&db.app, &mut |_| {}).await.unwrap();
+    assert!(report.checked >= 2, "{report:?}");
+    assert!(report.is_intact(), "{report:?}");
+    // The result's snapshot says it was verified, which no event says: commands would
+    // let it be authorised.
+    db.tamper(&[&format!(
+        "UPDATE snapshots SET payload = replace(payload::text, '\"status\": \"recorded\"', '\"status\": \"verified\"')::json
+          WHERE aggregate_type = 'Result' AND aggregate_id = '{id}'"
+    )])
+    .await;
+    let tampered: bool = sqlx::query_scalar(
+        "SELECT bool_or(payload::text LIKE '%\"status\": \"verified\"%') FROM snapshots WHERE aggregate_id = $1",
+    )
+    .bind(id.to_string())
+    .fetch_one(&db.app)
+    .await
+    .unwrap();
+    assert!(tampered, "the tampering took");
+    let report = verify_snapshots(&db.app, &mut |_| {}).await.unwrap();
+    assert_eq!(
+        report
+            .differing
+            .iter()
+            .map(|d| (
+                d.aggregate_type.as_str(),
+                d.aggregate_id.clone(),
+                d.last_sequence
+            ))
+            .collect::<Vec<_>>(),
+        [("Result", id.to_string(), 2)]
+    );
+    // The chains themselves are intact: only the snapshot check sees it.
+    assert!(verify(&db.app).await.is_intact());
+    db.drop().await;
+}

@@ -747,8 +747,9 @@ pub fn history_csv(history: &Value) -> String {
     out
 }
 
-/// Chain and seal verification, run now: every hash chain recomputed, every seal checked
-/// (when the API knows the seal public key). It has no deadline, as it reads the whole
+/// Chain, snapshot and seal verification, run now: every hash chain recomputed, every
+/// snapshot compared with its events, every seal checked (when the API knows the seal
+/// public key). It has no deadline, as it reads the whole
 /// store; it is given up, and answered 503, when it has read nothing for the request
 /// deadline ([`deadline::while_progressing`]).
 pub async fn verification(
@@ -775,6 +776,18 @@ async fn verify_now(s: &AppState, progress: deadline::Progress) -> Result<Json<V
     let started = std::time::Instant::now();
     let chains = lis_commands::audit::verify_chains(&s.pool, &mut |_| progress.tick()).await?;
     let broken: Vec<String> = chains.broken.iter().map(ToString::to_string).collect();
+    let snapshots =
+        lis_commands::snapshot_audit::verify_snapshots(&s.pool, &mut |_| progress.tick())
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "snapshot verification failed to run");
+                Problem::unavailable("the snapshots could not be checked")
+            })?;
+    let differing: Vec<String> = snapshots
+        .differing
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let seals = match &s.seal_verifier {
         Some(v) => {
             let r = lis_projections::seal_audit::verify_seals(&s.pool, v, &mut |_| progress.tick())
@@ -791,6 +804,7 @@ async fn verify_now(s: &AppState, progress: deadline::Progress) -> Result<Json<V
     };
     Ok(Json(json!({
         "chains": { "events": chains.events, "aggregates": chains.aggregates, "intact": broken.is_empty(), "broken": broken },
+        "snapshots": { "checked": snapshots.checked, "unused": snapshots.unused, "sound": differing.is_empty(), "differing": differing },
         "seals": seals,
         "seconds": started.elapsed().as_secs_f64(),
     })))
