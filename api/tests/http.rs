@@ -282,6 +282,109 @@ async fn a_patient_s_results_by_day_count_the_lab_s_days() {
     assert_eq!(count("from=2026-03-05").await, 0);
 }
 
+#[tokio::test]
+async fn a_keyed_split_whose_first_attempt_died_part_way_is_finished_by_its_retry() {
+    use hmac::{Hmac, Mac};
+    let api = Api::start().await;
+    let tech = api.token("tech.1").await;
+    let (_, parent) = api
+        .received_tube("MRN-AQ", "ACC-AQ", json!({"tests": ["K", "NA"]}))
+        .await;
+    let body = r#"{"children":[{"accession_number":"ACC-AQ-1","tests":["K"]},{"accession_number":"ACC-AQ-2","tests":["NA"]}]}"#;
+    let path = format!("/samples/{parent}/aliquots");
+    // The first attempt claimed the key, recorded the split and the first child, and died.
+    let command_id = uuid::Uuid::new_v4();
+    let hash = <Hmac<sha2::Sha256> as Mac>::new_from_slice(SECRET)
+        .unwrap()
+        .chain_update(format!("POST {path}").as_bytes())
+        .chain_update(b"\n")
+        .chain_update(body.as_bytes())
+        .finalize()
+        .into_bytes()
+        .to_vec();
+    sqlx::query(
+        "INSERT INTO idempotency_keys (actor_id, key, request_sha256, events_after, command_id)
+         VALUES ('tech.1', 'split-1', $1, (SELECT max(position) FROM events), $2)",
+    )
+    .bind(hash)
+    .bind(command_id)
+    .execute(&api.db.app)
+    .await
+    .unwrap();
+    let ledger = api.db.ledger().await;
+    let ctx = lis_tests::actor("tech.1", Role::Technologist);
+    ctx.command_id.set(command_id).unwrap();
+    let parent_id = lis_domain::ids::SampleId::parse(&parent).unwrap();
+    let children: Vec<lis_domain::sample::AliquotSpec> = [("ACC-AQ-1", "K"), ("ACC-AQ-2", "NA")]
+        .iter()
+        .map(|(accession, test)| {
+            let accession = lis_domain::ids::AccessionNumber::parse(accession).unwrap();
+            lis_domain::sample::AliquotSpec {
+                sample_id: lis_domain::ids::SampleId::aliquot_of(parent_id, &accession),
+                accession_number: accession,
+                tests: vec![lis_tests::code(test)],
+            }
+        })
+        .collect();
+    ledger
+        .execute_sample(
+            parent_id,
+            lis_domain::sample::SampleCommand::Aliquot {
+                children: children.clone(),
+            },
+            &ctx,
+        )
+        .await
+        .unwrap();
+    let first = children[0].sample_id;
+    ledger
+        .execute_sample(
+            first,
+            lis_domain::sample::SampleCommand::CreateAliquot {
+                sample_id: first,
+                parent_id,
+            },
+            &ctx,
+        )
+        .await
+        .unwrap();
+    // The retry under the key makes the second child and answers with both, then keeps
+    // that answer.
+    let retry = || {
+        api.client
+            .post(format!("{}{path}", api.base))
+            .bearer_auth(&tech)
+            .header("idempotency-key", "split-1")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let r = retry().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let answer: Value = r.json().await.unwrap();
+    let made: Vec<&str> = answer["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = children.iter().map(|c| c.sample_id.to_string()).collect();
+    assert_eq!(made, expected, "{answer}");
+    assert_eq!(answer["parent"]["version"], 3, "{answer}");
+    let second = ledger.sample(children[1].sample_id).await.unwrap();
+    assert_eq!(second.facts().unwrap().parent, Some(parent_id));
+    let again: Value = retry().await.unwrap().json().await.unwrap();
+    assert_eq!(again, answer);
+    let splits: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE aggregate_id = $1 AND event_type = 'SampleAliquoted'",
+    )
+    .bind(&parent)
+    .fetch_one(&api.db.app)
+    .await
+    .unwrap();
+    assert_eq!(splits, 1);
+}
+
 /// POST `path` with `If-Match: if_match`.
 async fn post_if_match(
     api: &Api,
@@ -318,20 +421,11 @@ async fn a_command_on_a_version_changed_since_is_refused_412_and_writes_nothing(
         .await;
     assert_eq!(s, StatusCode::CREATED, "{recorded}");
     let result_id = recorded["id"].as_str().unwrap().to_string();
-    // The technologist reads the result: its version, also as the ETag.
+    // The technologist reads the result, at version 1.
     api.project().await;
-    let r = api
-        .client
-        .get(format!("{}/results/{result_id}", api.base))
-        .bearer_auth(&tech)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let etag = r.headers()["etag"].to_str().unwrap().to_string();
-    let seen: Value = r.json().await.unwrap();
-    assert_eq!(seen["version"], 1, "{seen}");
-    assert_eq!(etag, "\"1\"");
+    let (s, seen) = api.get(&tech, &format!("/results/{result_id}")).await;
+    assert_eq!((s, &seen["version"]), (StatusCode::OK, &json!(1)), "{seen}");
+    let etag = format!("\"{}\"", seen["version"]);
     // Meanwhile the value is corrected (a colleague, or the same user in another window).
     let (s, corrected) = api
         .post(&tech, &format!("/results/{result_id}/correct"),
@@ -368,7 +462,7 @@ async fn a_command_on_a_version_changed_since_is_refused_412_and_writes_nothing(
         problem["detail"]
             .as_str()
             .unwrap()
-            .contains("version 2, not 1"),
+            .contains("is at version 2, not at version 1"),
         "{problem}"
     );
     assert_eq!(events(result_id.clone()).await, before);
@@ -401,9 +495,37 @@ async fn a_command_on_a_version_changed_since_is_refused_412_and_writes_nothing(
         (StatusCode::OK, &json!(3)),
         "{verified}"
     );
+    // A retry of the refused request under the same Idempotency-Key, now on version 2,
+    // is another request (its answer is not the stored 412).
+    let keyed = |version: &'static str| {
+        api.client
+            .post(format!("{}/results/{result_id}/correct", api.base))
+            .bearer_auth(&tech)
+            .header("idempotency-key", "correct-1")
+            .header("if-match", version)
+            .json(
+                &json!({"value": {"kind": "numeric", "value": 6.2, "unit": "mmol/L"},
+                          "reason": "re-read"}),
+            )
+            .send()
+    };
+    assert_eq!(
+        keyed("\"1\"").await.unwrap().status(),
+        StatusCode::PRECONDITION_FAILED
+    );
+    let r = keyed("\"3\"").await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let problem: Value = r.json().await.unwrap();
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("idempotency-key-reused"),
+        "{problem}"
+    );
     // `*` is any version; the same holds for orders and samples.
-    let (s, _) = api.get(&tech, &format!("/samples/{sample_id}")).await;
-    assert_eq!(s, StatusCode::OK);
+    let (s, tube) = api.get(&tech, &format!("/samples/{sample_id}")).await;
+    assert_eq!((s, &tube["version"]), (StatusCode::OK, &json!(2)), "{tube}");
     let (s, stored) = post_if_match(
         &api,
         &tech,
@@ -430,16 +552,48 @@ async fn a_command_on_a_version_changed_since_is_refused_412_and_writes_nothing(
     )
     .await;
     assert_eq!(s, StatusCode::PRECONDITION_FAILED, "{problem}");
-    // User accounts have no version: a conditional change of one is refused.
-    let (s, problem) = post_if_match(
+    let (s, added) = post_if_match(
         &api,
-        &admin,
-        "/users/phleb.1/disable",
+        &reception,
+        &format!("/orders/{}/tests", order["id"].as_str().unwrap()),
         "\"1\"",
-        json!({"reason": "left the lab"}),
+        json!({"tests": ["CREA"]}),
     )
     .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{problem}");
+    assert_eq!(
+        (s, &added["version"]),
+        (StatusCode::OK, &json!(2)),
+        "{added}"
+    );
+    // No version to have read: a user account, a patient, a record the command creates.
+    for (token, path, body) in [
+        (
+            &admin,
+            "/users/phleb.1/disable".to_string(),
+            json!({"reason": "left the lab"}),
+        ),
+        (&reception, "/orders".to_string(), order_body("MRN-IFM2")),
+        (
+            &admin,
+            format!("/patients/{}/erase", o["patient_id"].as_str().unwrap()),
+            json!({"reason": "asked to be forgotten"}),
+        ),
+    ] {
+        let (s, problem) = post_if_match(&api, token, &path, "\"1\"", body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {problem}");
+    }
+    // Nothing of them was done: the patient is not erased.
+    let (s, patient) = api
+        .get(
+            &admin,
+            &format!("/patients/{}", o["patient_id"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(
+        (s, &patient["erased"]),
+        (StatusCode::OK, &json!(false)),
+        "{patient}"
+    );
 }
 
 fn order_body(mrn: &str) -> Value {

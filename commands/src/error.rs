@@ -27,13 +27,15 @@ pub enum CommandError {
         aggregate_type: &'static str,
         aggregate_id: String,
     },
-    /// The record has changed since the version the caller acted on.
-    #[error("{aggregate_type} {aggregate_id} is at version {current}, not {expected} as the command expected: read it again")]
+    /// The record has changed since the version the caller acted on: it was at another
+    /// version when the command looked (`current`), or another command changed it while
+    /// this one ran (`None`).
+    #[error("{aggregate_type} {aggregate_id} {}, not at version {expected} as the command expected: read it again", match current { Some(v) => format!("is at version {v}"), None => "was changed while the command ran".to_string() })]
     Stale {
         aggregate_type: &'static str,
         aggregate_id: String,
         expected: i64,
-        current: i64,
+        current: Option<i64>,
     },
     #[error("a dependency is unavailable: {0}")]
     Unavailable(String),

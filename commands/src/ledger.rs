@@ -149,9 +149,11 @@ impl Ledger {
         let n: i64 = sqlx::query_scalar("SELECT nextval('order_number_seq')")
             .fetch_one(&mut *crate::connection::connection(&self.pool).await?)
             .await?;
-        let order_number =
-            OrderNumber::parse(&format!("ORD-{}-{n:06}", Utc::now().format("%Y%m%d")))
-                .map_err(|e| CommandError::Internal(format!("order number: {e}")))?;
+        let order_number = OrderNumber::parse(&format!(
+            "ORD-{}-{n:06}",
+            self.policy().day_of(Utc::now()).format("%Y%m%d")
+        ))
+        .map_err(|e| CommandError::Internal(format!("order number: {e}")))?;
         let patient_id = self.vault.pseudonym(&order.patient.identity.mrn).await?;
         let sealer = self.vault.sealer(patient_id).await?;
         let identity = sealer.seal(SealedKind::PatientIdentity, &order.patient.identity)?;
@@ -452,7 +454,7 @@ where
                 aggregate_type: A::TYPE,
                 aggregate_id: id.to_string(),
                 expected,
-                current,
+                current: Some(current),
             }));
         }
         let sink = EventSink::default();
@@ -464,7 +466,20 @@ where
         store
             .append(sink.collect().await, context, metadata)
             .await
-            .map_err(refused)
+            .map_err(|e| match (e, expected) {
+                // Another command took the next version first: for a caller who named the
+                // version it acted on, the record has changed since (412), as it would
+                // have found had it looked a moment later.
+                (AggregateError::AggregateConflict, Some(expected)) => {
+                    outcome(CommandError::Stale {
+                        aggregate_type: A::TYPE,
+                        aggregate_id: id.to_string(),
+                        expected,
+                        current: None,
+                    })
+                }
+                (e, _) => refused(e),
+            })
     });
     let appended = crate::connection::within(store.pool(), store.command_timeout(), watched)
         .await

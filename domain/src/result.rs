@@ -22,7 +22,7 @@ use crate::flags::{
 };
 use crate::ids::{OrderId, PatientId, ResultId, SampleId, TestCode};
 use crate::patient::Sex;
-use crate::sample::{SampleStatus, SpecimenCondition};
+use crate::sample::{SampleFacts, SampleStatus, SpecimenCondition};
 use crate::services::{storable, LabServices, LookupError, CLOCK_SKEW};
 use crate::text::{Label, Note, PersonName, Reason};
 use crate::validation::{FieldError, FieldErrors};
@@ -401,9 +401,10 @@ impl LabResult {
     }
 }
 
-/// A result goes on to verification and release only while its tube and its test still
-/// stand: a tube rejected after the result was recorded (found mislabelled, say) or a test
-/// or order cancelled since leaves the result to be retracted, never released.
+/// A result goes on to verification and release (an amendment included) only while its
+/// tube and its test still stand: a tube rejected after the result was recorded (found
+/// mislabelled, say), the tube an aliquot was split from rejected, or a test or order
+/// cancelled since, leaves the result to be retracted, never released.
 async fn still_wanted(c: &Current, services: &LabServices) -> Result<(), ResultError> {
     let sample = services.sample(c.sample_id).await?.ok_or_else(|| {
         LookupError::defect(format!(
@@ -411,9 +412,7 @@ async fn still_wanted(c: &Current, services: &LabServices) -> Result<(), ResultE
             c.sample_id, c.result_id
         ))
     })?;
-    if sample.status == SampleStatus::Rejected {
-        return Err(ResultError::SampleRejected(c.sample_id));
-    }
+    tube_stands(&sample, services).await?;
     let order = services.order(c.order_id).await?.ok_or_else(|| {
         LookupError::defect(format!(
             "order {} of result {} not found",
@@ -422,6 +421,28 @@ async fn still_wanted(c: &Current, services: &LabServices) -> Result<(), ResultE
     })?;
     if !order.is_active(&c.test_code) {
         return Err(ResultError::TestCancelled(c.test_code.clone()));
+    }
+    Ok(())
+}
+
+/// A tube may be tested while neither it nor any tube it was split from is rejected: an
+/// aliquot carries its parent's blood and label.
+async fn tube_stands(sample: &SampleFacts, services: &LabServices) -> Result<(), ResultError> {
+    let mut tube = sample.clone();
+    // Aliquots of aliquots are few levels deep; the bound only stops a loop in bad data.
+    for _ in 0..16 {
+        if tube.status == SampleStatus::Rejected {
+            return Err(ResultError::SampleRejected(tube.sample_id));
+        }
+        let Some(parent) = tube.parent else {
+            return Ok(());
+        };
+        tube = services.sample(parent).await?.ok_or_else(|| {
+            LookupError::defect(format!(
+                "parent {parent} of sample {} not found",
+                tube.sample_id
+            ))
+        })?;
     }
     Ok(())
 }
@@ -458,6 +479,7 @@ async fn record(r: RecordResult, services: &LabServices) -> Result<ResultEvent, 
         SampleStatus::Rejected => return Err(ResultError::SampleRejected(r.sample_id)),
         SampleStatus::Disposed => return Err(ResultError::SampleDisposed(r.sample_id)),
     }
+    tube_stands(&sample, services).await?;
     if !sample.tests.contains(&r.test_code) {
         return Err(ResultError::TestNotOnSample(r.test_code));
     }
@@ -589,6 +611,8 @@ impl Aggregate for LabResult {
             }
             ResultCommand::Amend { value, reason } => {
                 let c = self.require(&[Released], "released")?;
+                // An amendment is released at once.
+                still_wanted(c, services).await?;
                 let previous = c.value.clone();
                 let (value, delta, flags) = c.revalue(value)?;
                 ResultEvent::ResultAmended {

@@ -448,19 +448,23 @@ async fn check_aliquots(
             .children
             .iter()
             .any(|c| c.accession_number == child.accession_number);
-        if child.sample_id == parent.sample_id || !ids.insert(child.sample_id) || listed_id {
-            errors.push(FieldError::new(
-                at("sample_id"),
-                "aliquot ids must be new and distinct",
-            ));
-        }
-        if child.accession_number == parent.accession_number
+        let bad_accession = child.accession_number == parent.accession_number
             || !accessions.insert(&child.accession_number)
-            || listed_accession
-        {
+            || listed_accession;
+        let bad_id =
+            child.sample_id == parent.sample_id || !ids.insert(child.sample_id) || listed_id;
+        if bad_accession {
             errors.push(FieldError::new(
                 at("accession_number"),
                 "aliquot accession numbers must be new and distinct",
+            ));
+        } else if bad_id {
+            // Named only when the accession number is not at fault: the API gives each
+            // child the id of its parent and accession number, so a repeated number
+            // repeats the id, and the number is what the caller sent.
+            errors.push(FieldError::new(
+                at("sample_id"),
+                "aliquot ids must be new and distinct",
             ));
         }
         if child.tests.is_empty() {

@@ -159,6 +159,72 @@ async fn two_writers_from_the_same_version_one_wins_one_conflicts() {
 }
 
 #[tokio::test]
+async fn two_commands_on_the_version_they_read_one_wins_the_other_is_told_it_changed() {
+    let db = TestDb::new().await;
+    let ledger = std::sync::Arc::new(db.ledger().await);
+    let order = place(&ledger, "MRN-103", &["K", "NA", "CL"]).await;
+    // Appends wait on a lock while both commands load version 1 and decide.
+    let su = db.superuser().await;
+    let mut lock = su.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let cancel = |test: &'static str| {
+        let ledger = ledger.clone();
+        let id = order.order_id;
+        tokio::spawn(async move {
+            let ctx = actor("reception.1", Role::Reception);
+            ctx.expected_version.set(1).unwrap();
+            let command = OrderCommand::CancelTest {
+                test: code(test),
+                reason: Reason::parse("not needed").unwrap(),
+            };
+            ledger.execute_order(id, command, &ctx).await
+        })
+    };
+    let (a, b) = (cancel("NA"), cancel("CL"));
+    // Both appends are waiting on the lock.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&su)
+        .await
+        .unwrap();
+        if waiting == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{waiting} waiting");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    lock.commit().await.unwrap();
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    assert_eq!(
+        [&a, &b].iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{a:?} {b:?}"
+    );
+    // The loser named version 1, and the record changed while it ran: 412, not 409.
+    let loser = if a.is_ok() { &b } else { &a };
+    assert!(
+        matches!(
+            loser,
+            Err(CommandError::Stale {
+                expected: 1,
+                current: None,
+                ..
+            })
+        ),
+        "{loser:?}"
+    );
+    su.close().await;
+    db.drop().await;
+}
+
+#[tokio::test]
 async fn racing_commands_through_the_ledger_lose_no_update() {
     let db = TestDb::new().await;
     let ledger = std::sync::Arc::new(db.ledger().await);

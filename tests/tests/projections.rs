@@ -902,6 +902,15 @@ async fn folded_batches_equal_one_event_at_a_time() {
                 [("to_authorise".to_string(), recorded[1], verified[1])]
             );
             assert!(stage[0].2 >= stage[0].1, "verified after it was recorded");
+            // The result corrected after its verification: the correction voided it.
+            let verified: (String, Option<DateTime<Utc>>) = sqlx::query_as(&format!(
+                "SELECT status, verified_at FROM {folded}.result_tests WHERE result_id = $1"
+            ))
+            .bind(corrected.as_uuid())
+            .fetch_one(&db.app)
+            .await
+            .unwrap();
+            assert_eq!(verified, ("recorded".to_string(), None));
         }
     }
     db.drop().await;

@@ -102,8 +102,8 @@ where
     response
 }
 
-/// The version of the record a command is conditional on: `If-Match: "5"`, as the
-/// record's `ETag` (and `version`) gives it; `*` (any version) sets none. One strong tag
+/// The version of the record a command is conditional on: `If-Match: "5"`, the record's
+/// `version` as read; `*` (any version) sets none. One strong tag
 /// only: a weak one never matches (RFC 9110), so it is refused rather than ignored.
 pub(crate) fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
     let mut values = headers.get_all(axum::http::header::IF_MATCH).iter();
@@ -122,9 +122,22 @@ pub(crate) fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
         .map(Some)
         .ok_or_else(|| {
             Problem::bad_header(
-                "If-Match must be one record version in quotes, as the record's ETag gives it (\"5\"), or *",
+                "If-Match must be one record version in quotes, the record's `version` as read (\"5\"), or *",
             )
         })
+}
+
+/// Refuses `If-Match` where there is no version a caller could have read: a command that
+/// creates its record, a patient (whose record is read without one), a user account.
+/// Refused rather than ignored, as a condition the server does not check would let the
+/// command run on what the caller did not see.
+pub(crate) fn no_if_match(headers: &HeaderMap) -> Result<(), Problem> {
+    if headers.contains_key(axum::http::header::IF_MATCH) {
+        return Err(Problem::bad_header(
+            "If-Match applies to commands on an order, a sample or a result, with the version read from it",
+        ));
+    }
+    Ok(())
 }
 
 /// What a command answers.
@@ -231,6 +244,7 @@ pub async fn place_order(
     body: Bytes,
 ) -> Result<Response, Problem> {
     caller.require(Action::ManageOrders)?;
+    no_if_match(&headers)?;
     Ok(
         idempotent(&s, &caller, &headers, &body, StatusCode::CREATED, async {
             let b: PlaceOrderBody = parse(&body)?;
@@ -392,6 +406,7 @@ pub async fn collect(
     body: Bytes,
 ) -> Result<Response, Problem> {
     caller.require(Action::Collect)?;
+    no_if_match(&headers)?;
     Ok(
         idempotent(&s, &caller, &headers, &body, StatusCode::CREATED, async {
             let b: CollectBody = parse(&body)?;
@@ -660,6 +675,7 @@ pub async fn record(
     body: Bytes,
 ) -> Result<Response, Problem> {
     caller.require(Action::EnterResults)?;
+    no_if_match(&headers)?;
     Ok(
         idempotent(&s, &caller, &headers, &body, StatusCode::CREATED, async {
             let b: RecordBody = parse(&body)?;

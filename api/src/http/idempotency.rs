@@ -95,10 +95,17 @@ pub async fn claim(
         .to_string();
     // The method and path as well as the body: the same body sent to another resource
     // (`{}` to verify another result, a reason to disable another user) is another
-    // request, not a retry.
-    let hash = <Hmac<Sha256> as Mac>::new_from_slice(secret)
+    // request, not a retry. So is the same command made on another version of its
+    // record (`If-Match`): a 412 for the old one is no answer to it.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
         .expect("HMAC takes a key of any length")
-        .chain_update(request.as_bytes())
+        .chain_update(request.as_bytes());
+    if let Some(version) = headers.get(axum::http::header::IF_MATCH) {
+        mac = mac
+            .chain_update(b"\nif-match: ")
+            .chain_update(version.as_bytes());
+    }
+    let hash = mac
         .chain_update(b"\n")
         .chain_update(body)
         .finalize()
@@ -173,7 +180,12 @@ pub async fn claim(
         command_id,
         tx,
     };
-    if !inserted {
+    // A split into aliquots is several commands, and an attempt that died between them
+    // left part of it written; sent again, the ledger finishes it (the children's ids come
+    // from the request), under the same command id, so it runs rather than being answered
+    // with the part its events show.
+    let finishes_itself = request.ends_with("/aliquots");
+    if !inserted && !finishes_itself {
         // An earlier attempt died or failed: did its command commit?
         if let Some(answer) = answer_from_events(&mut held.tx, command_id, events_after).await? {
             tracing::info!(%command_id, "answered from the events of an earlier attempt");

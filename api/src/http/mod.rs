@@ -108,10 +108,7 @@ fn cors(origins: &[HeaderValue]) -> tower_http::cors::CorsLayer {
             axum::http::HeaderName::from_static(privacy::BREAK_GLASS),
         ])
         // Browsers may read the worklist's whole count.
-        .expose_headers([
-            axum::http::HeaderName::from_static("x-total-count"),
-            header::ETAG,
-        ])
+        .expose_headers([axum::http::HeaderName::from_static("x-total-count")])
 }
 
 /// Creates the read models' schemas if no worker has yet, so that queries answer "not

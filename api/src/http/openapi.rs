@@ -386,9 +386,12 @@ fn operation(e: &Endpoint, generator: &mut SchemaGenerator) -> Value {
             params.push(json!({ "name": "Idempotency-Key", "in": "header", "required": false,
                 "description": "Retries of the same request (method, path and body) with the same key get the first answer; the same key with another request is refused (422)",
                 "schema": { "type": "string", "minLength": 1, "maxLength": super::idempotency::KEY_MAX, "pattern": "^[!-~]([ -~]*[!-~])?$" } }));
-            if e.tag != "users" && e.path != "/auth/password" {
+            // Commands on a record read with its version: not one that creates its
+            // record, a patient's (read without one) or a user's.
+            let creates = matches!(e.path, "/orders" | "/samples" | "/results");
+            if !creates && !matches!(e.tag, "users" | "patients") && e.path != "/auth/password" {
                 params.push(json!({ "name": "If-Match", "in": "header", "required": false,
-                    "description": "The record's version the command is for, in quotes, as its ETag (and `version`) gives it: a command on a record changed since is refused (412 precondition-failed) rather than applied to a value the caller has not seen",
+                    "description": "The record's version the command is for, in quotes, as its `version` reads: a command on a record changed since is refused (412 precondition-failed) rather than applied to a value the caller has not seen",
                     "schema": { "type": "string", "pattern": "^(\\*|\"[0-9]{1,18}\")$" } }));
             }
         }

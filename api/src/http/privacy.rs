@@ -297,6 +297,7 @@ pub async fn erase(
     body: Bytes,
 ) -> Result<Response, Problem> {
     caller.require(Action::ErasePatients)?;
+    super::commands::no_if_match(&headers)?;
     let id = id(&raw, PatientId::parse, "patient")?;
     Ok(
         idempotent(&s, &caller, &headers, &body, StatusCode::OK, async {

@@ -105,20 +105,14 @@ impl ToBind for Option<String> {
 }
 
 /// One record as its read model holds it, with its `version` (the sequence of the last
-/// event the model applied to it) also as the strong `ETag`, to send back as `If-Match`
-/// with a command on it.
-fn found(v: Value, what: String) -> Result<Response, Problem> {
+/// event the model applied to it), to send back as `If-Match` with a command on it. Not
+/// an `ETag`: the representation also shows other records (an order's tests' stages) and
+/// depends on who asks, where a strong tag must name the bytes.
+fn found(v: Value, what: String) -> Result<Json<Value>, Problem> {
     if v.is_null() {
         return Err(Problem::not_found(what));
     }
-    let etag = v["version"]
-        .as_i64()
-        .and_then(|n| header::HeaderValue::from_str(&format!("\"{n}\"")).ok());
-    let mut response = Json(v).into_response();
-    if let Some(etag) = etag {
-        response.headers_mut().insert(header::ETAG, etag);
-    }
-    Ok(response)
+    Ok(Json(v))
 }
 
 /// The `version` column of a record: its last sequence in the model's offsets.
@@ -141,7 +135,7 @@ pub async fn order(
     caller: Caller,
     Path(raw): Path<String>,
     Params(c): Params<Consistency>,
-) -> Result<Response, Problem> {
+) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadOrders)?;
     let id = id(&raw, OrderId::parse, "order")?;
     wait_for(&s, "orders", c.min_position).await?;
@@ -192,7 +186,7 @@ pub async fn sample(
     caller: Caller,
     Path(raw): Path<String>,
     Params(c): Params<Consistency>,
-) -> Result<Response, Problem> {
+) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadSamples)?;
     let id = id(&raw, SampleId::parse, "sample")?;
     wait_for(&s, "specimens", c.min_position).await?;
@@ -210,7 +204,7 @@ pub async fn sample_by_accession(
     caller: Caller,
     Path(raw): Path<String>,
     Params(c): Params<Consistency>,
-) -> Result<Response, Problem> {
+) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadSamples)?;
     let acc = AccessionNumber::parse(&raw)
         .map_err(|_| Problem::not_found(format!("no sample with accession number {raw}")))?;
@@ -250,6 +244,7 @@ pub async fn cumulative(
     let id = id(&raw, PatientId::parse, "patient")?;
     check_dates(q.from, q.to)?;
     wait_for(&s, "results", q.min_position).await?;
+    let zone = s.ledger.policy().time_zone;
     let test = q.test.map(|t| t.trim().to_ascii_uppercase());
     let whole = test.is_none() && q.from.is_none() && q.to.is_none();
     let stored = if whole {
@@ -267,14 +262,28 @@ pub async fn cumulative(
         None => sqlx::query_scalar::<_, Option<String>>(PATIENT_REPORT)
             .bind(id.as_uuid())
             .bind(test)
-            .bind(q.from)
-            .bind(q.to)
-            .bind(s.ledger.policy().time_zone.name())
+            .bind(q.from.map(|d| day_starts(d, zone)))
+            .bind(q.to.and_then(|d| d.succ_opt()).map(|d| day_starts(d, zone)))
             .fetch_one(&mut *connection(&s.pool).await?)
             .await?
             .unwrap_or_else(|| "[]".to_string()),
     };
     Ok(([(header::CONTENT_TYPE, "application/json")], report).into_response())
+}
+
+/// The first instant of `day` in `zone`: its midnight, the earlier of two where the
+/// clocks went back onto it, or the first minute after a gap that skipped it.
+fn day_starts(day: NaiveDate, zone: chrono_tz::Tz) -> chrono::DateTime<chrono::Utc> {
+    use chrono::TimeZone;
+    let midnight = day.and_time(chrono::NaiveTime::MIN);
+    (0..=24 * 60)
+        .find_map(|minutes| {
+            zone.from_local_datetime(&(midnight + chrono::Duration::minutes(minutes)))
+                .earliest()
+        })
+        .map(|t| t.to_utc())
+        // A day with no valid minute at all does not exist in any time zone database.
+        .unwrap_or_else(|| midnight.and_utc())
 }
 
 /// A range of days the results model can compare with (the years 1 to 9999, as stored
@@ -309,7 +318,7 @@ pub async fn result(
     caller: Caller,
     Path(raw): Path<String>,
     Params(c): Params<Consistency>,
-) -> Result<Response, Problem> {
+) -> Result<Json<Value>, Problem> {
     caller.require(Action::ReadResults)?;
     let id = id(&raw, ResultId::parse, "result")?;
     wait_for(&s, "results", c.min_position).await?;
@@ -460,4 +469,39 @@ pub async fn turnaround(State(s): State<AppState>, caller: Caller) -> Result<Jso
     Ok(Json(
         json(&s, "SELECT coalesce(json_agg(t ORDER BY t.test_code, t.priority), '[]') FROM proj_orders.turnaround t", &[]).await?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::day_starts;
+    use chrono::NaiveDate;
+
+    fn day(y: i32, m: u32, d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, d).unwrap()
+    }
+
+    #[test]
+    fn a_lab_s_day_starts_at_its_first_instant() {
+        let at = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+        assert_eq!(
+            day_starts(day(2026, 3, 4), chrono_tz::Asia::Kolkata),
+            at("2026-03-03T18:30:00Z")
+        );
+        // Cuba moves its clocks at midnight: on 9 March 2025 from 00:00 to 01:00 (no
+        // midnight: the day starts at 01:00, UTC-4), on 2 November 2025 from 01:00 back
+        // to 00:00 (two midnights: the earlier, UTC-4).
+        let havana = chrono_tz::America::Havana;
+        assert_eq!(
+            day_starts(day(2025, 3, 9), havana),
+            at("2025-03-09T05:00:00Z")
+        );
+        assert_eq!(
+            day_starts(day(2025, 11, 2), havana),
+            at("2025-11-02T04:00:00Z")
+        );
+        assert_eq!(
+            day_starts(day(2026, 3, 4), chrono_tz::UTC),
+            at("2026-03-04T00:00:00Z")
+        );
+    }
 }

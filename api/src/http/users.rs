@@ -12,7 +12,7 @@
 
 use super::auth::{Action, Caller};
 use super::body::parse;
-use super::commands::{id, idempotent};
+use super::commands::{id, idempotent, no_if_match};
 use super::lockout::{self, Lockout};
 use super::problem::{FieldProblem, Problem};
 use super::AppState;
@@ -721,15 +721,4 @@ pub async fn change_account(
         })
         .await,
     )
-}
-
-/// User accounts are not records of the ledger and carry no version: a request that
-/// makes itself conditional on one is refused rather than run unconditionally.
-fn no_if_match(headers: &HeaderMap) -> Result<(), Problem> {
-    if headers.contains_key(axum::http::header::IF_MATCH) {
-        return Err(Problem::bad_header(
-            "If-Match applies to the ledger's records (orders, samples, results, patients), not to user accounts",
-        ));
-    }
-    Ok(())
 }

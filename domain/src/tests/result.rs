@@ -325,6 +325,20 @@ fn authorise_only_a_verified_result() {
         .then_expect_events(vec![authorised(4.1, vec![])]);
 }
 
+/// An amendment, in `lab`, of the potassium of 4.1 released.
+fn amending_a_release_in(lab: Lab) -> cqrs_es::test::AggregateResultValidator<LabResult> {
+    ResultTester::with(lab.services())
+        .given(vec![
+            recorded_k(4.1, vec![]),
+            verified("tech.1"),
+            authorised(4.1, vec![]),
+        ])
+        .when(ResultCommand::Amend {
+            value: k(4.6),
+            reason: reason("recalculated"),
+        })
+}
+
 #[test]
 fn a_result_whose_tube_was_rejected_since_is_neither_verified_nor_released() {
     // Recorded on a received tube, which the bench then rejects as mislabelled.
@@ -348,6 +362,9 @@ fn a_result_whose_tube_was_rejected_since_is_neither_verified_nor_released() {
             authorise.then_expect_events(vec![authorised(4.1, vec![])]);
         }
     }
+    // Nor amended: an amendment is released at once.
+    amending_a_release_in(lab_with(SampleStatus::Rejected))
+        .then_expect_error(ResultError::SampleRejected(sample_id()));
     // Retracting it stays open.
     ResultTester::with(lab_with(SampleStatus::Rejected).services())
         .given(vec![recorded_k(4.1, vec![]), verified("tech.1")])
@@ -358,6 +375,38 @@ fn a_result_whose_tube_was_rejected_since_is_neither_verified_nor_released() {
             reason: reason("tube rejected: mislabelled"),
             was_released: false,
         }]);
+}
+
+#[test]
+fn a_result_on_an_aliquot_of_a_rejected_tube_is_neither_recorded_nor_released() {
+    // The tube the result is on was split from a parent since rejected (mislabelled):
+    // the aliquot carries the same label.
+    let parent = SampleId::from_uuid(uuid::Uuid::from_u128(9));
+    let mut lab = lab().with_sample(
+        parent,
+        order_id(),
+        &["K", "DENGUE_NS1"],
+        SampleStatus::Rejected,
+    );
+    lab.samples.get_mut(&sample_id()).unwrap().parent = Some(parent);
+    ResultTester::with(lab.clone().services())
+        .given_no_previous_events()
+        .when(record("K", k(4.1)))
+        .then_expect_error(ResultError::SampleRejected(parent));
+    ResultTester::with(lab.clone().services())
+        .given(vec![recorded_k(4.1, vec![])])
+        .when(ResultCommand::Verify {
+            by: actor("tech.1"),
+        })
+        .then_expect_error(ResultError::SampleRejected(parent));
+    // A parent still received leaves the aliquot's result to go on.
+    lab.samples.get_mut(&parent).unwrap().status = SampleStatus::Received;
+    ResultTester::with(lab.services())
+        .given(vec![recorded_k(4.1, vec![])])
+        .when(ResultCommand::Verify {
+            by: actor("tech.1"),
+        })
+        .then_expect_events(vec![verified("tech.1")]);
 }
 
 #[test]
@@ -381,6 +430,7 @@ fn a_result_whose_test_or_order_was_cancelled_since_is_neither_verified_nor_rele
         .unwrap()
         .cancelled = true;
     for lab in [test_cancelled, order_cancelled] {
+        amending_a_release_in(lab.clone()).then_expect_error(ResultError::TestCancelled(code("K")));
         ResultTester::with(lab.clone().services())
             .given(vec![recorded_k(4.1, vec![])])
             .when(ResultCommand::Verify {

@@ -239,8 +239,16 @@ SELECT test_code, priority, count(*) AS released,
                 .execute(&mut *conn)
                 .await?;
             }
+            // A correction voids the verification: the stage's time is the next one's.
             LabEvent::Result(ResultEvent::ResultCorrected { .. }) => {
-                result_status(conn, id, "recorded", None, at).await?
+                sqlx::query(
+                    "UPDATE result_tests SET status = 'recorded', status_since = $2, verified_at = NULL
+                      WHERE result_id = $1",
+                )
+                .bind(id)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
             }
             LabEvent::Result(ResultEvent::RerunRequested { .. }) => {
                 result_status(conn, id, "rerun_requested", None, at).await?
@@ -291,7 +299,8 @@ struct PendingOrders {
 /// Status and its time (the last wins); verified and released times (the first wins,
 /// as `coalesce(column, time)` keeps it). A result recorded again after a rerun starts a
 /// new cycle: its row takes the new recording's time and drops the earlier
-/// verification's, so the turnaround's stages follow the value that was released.
+/// verification's, as a correction (which voids the verification) drops it too, so the
+/// turnaround's stages follow the value that was released.
 struct ResultStage {
     status: &'static str,
     since: DateTime<Utc>,

@@ -81,16 +81,16 @@ macro_rules! report {
 pub const REPORT: &str = report!();
 
 /// A patient's report (`$1`) aggregated from the rows, optionally of one test (`$2`)
-/// and collected between two dates (`$3`, `$4`, inclusive), days of the lab's time zone
-/// (`$5`, an IANA name): what the endpoint answers for a filtered request, or for a
-/// patient with no stored report.
+/// and collected from `$3` and before `$4` (the first instants of the lab's days: the
+/// caller works them out in the lab's time zone): what the endpoint answers for a
+/// filtered request, or for a patient with no stored report.
 pub const PATIENT_REPORT: &str = concat!(
     "SELECT ",
     report!(),
     " FROM proj_results.cumulative_results r
       WHERE r.patient_id = $1 AND ($2::text IS NULL OR r.test_code = $2)
-        AND ($3::date IS NULL OR r.collected_at >= $3::date::timestamp AT TIME ZONE $5::text)
-        AND ($4::date IS NULL OR r.collected_at < ($4::date + 1)::timestamp AT TIME ZONE $5::text)"
+        AND ($3::timestamptz IS NULL OR r.collected_at >= $3)
+        AND ($4::timestamptz IS NULL OR r.collected_at < $4)"
 );
 
 /// The reports of the next [`REPORTS_PER_PART`] patients with released results after
