@@ -454,9 +454,10 @@ async fn a_command_on_a_version_changed_since_is_refused_412_and_writes_nothing(
             .ends_with("/precondition-failed"),
         "{problem}"
     );
+    // It says where the record is now: the correction's position.
     assert_eq!(
         problem["record"],
-        json!({"type": "Result", "id": result_id})
+        json!({"type": "Result", "id": result_id, "position": corrected["position"]})
     );
     assert!(
         problem["detail"]
@@ -476,14 +477,15 @@ async fn a_command_on_a_version_changed_since_is_refused_412_and_writes_nothing(
         );
     }
     assert_eq!(events(result_id.clone()).await, before);
-    // Read again: the corrected value, at version 2, is verified on it.
+    // Read again where the problem says: the corrected value, at version 2, is verified
+    // on it.
     api.project().await;
     let (s, seen) = api
         .get(
             &tech,
             &format!(
                 "/results/{result_id}?min_position={}",
-                corrected["position"]
+                problem["record"]["position"]
             ),
         )
         .await;

@@ -36,6 +36,9 @@ pub enum CommandError {
         aggregate_id: String,
         expected: i64,
         current: Option<i64>,
+        /// Where the record's latest event landed, when it could be read: a read model
+        /// asked for it (`min_position`) shows the record as it is now.
+        position: Option<i64>,
     },
     #[error("a dependency is unavailable: {0}")]
     Unavailable(String),

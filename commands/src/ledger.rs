@@ -409,6 +409,21 @@ where
     Ok(ctx.aggregate().clone())
 }
 
+/// Where a record's latest event landed, for a caller told it has changed (best effort:
+/// `None` if the store cannot say now, which the caller's read does not need).
+async fn latest_position(pool: &PgPool, aggregate_type: &str, id: &str) -> Option<i64> {
+    let mut conn = crate::connection::connection(pool).await.ok()?;
+    sqlx::query_scalar(
+        "SELECT max(position) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
+    )
+    .bind(aggregate_type)
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await
+    .ok()
+    .flatten()
+}
+
 #[tracing::instrument(
     name = "command",
     skip_all,
@@ -455,6 +470,7 @@ where
                 aggregate_id: id.to_string(),
                 expected,
                 current: Some(current),
+                position: None,
             }));
         }
         let sink = EventSink::default();
@@ -476,16 +492,35 @@ where
                         aggregate_id: id.to_string(),
                         expected,
                         current: None,
+                        position: None,
                     })
                 }
                 (e, _) => refused(e),
             })
     });
-    let appended = crate::connection::within(store.pool(), store.command_timeout(), watched)
+    let appended = match crate::connection::within(store.pool(), store.command_timeout(), watched)
         .await
         // No connection for the command, or none that answered in time.
         .map_err(|e| outcome(in_doubt(CommandError::from(e))))?
-        .map_err(|e| outcome(in_doubt(e)))?;
+    {
+        Err(CommandError::Stale {
+            aggregate_type,
+            aggregate_id,
+            expected,
+            current,
+            ..
+        }) => {
+            let position = latest_position(store.pool(), aggregate_type, &aggregate_id).await;
+            return Err(CommandError::Stale {
+                aggregate_type,
+                aggregate_id,
+                expected,
+                current,
+                position,
+            });
+        }
+        appended => appended.map_err(|e| outcome(in_doubt(e)))?,
+    };
     let last = appended.last().ok_or_else(|| {
         CommandError::Internal(format!(
             "command {name} on {} {id} was accepted but recorded no event",

@@ -215,6 +215,7 @@ async fn two_commands_on_the_version_they_read_one_wins_the_other_is_told_it_cha
             Err(CommandError::Stale {
                 expected: 1,
                 current: None,
+                position: Some(_),
                 ..
             })
         ),

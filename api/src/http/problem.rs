@@ -39,6 +39,10 @@ pub struct Record {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub id: String,
+    /// Where its latest event landed (`precondition-failed`): read it with at least this
+    /// `min_position` to see it as it is now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<i64>,
 }
 
 fn type_uri<S: serde::Serializer>(kind: &&'static str, s: S) -> Result<S::Ok, S::Error> {
@@ -244,6 +248,7 @@ impl From<CommandError> for Problem {
             CommandError::Stale {
                 aggregate_type,
                 ref aggregate_id,
+                position,
                 ..
             } => {
                 let mut p = Problem::new(
@@ -255,6 +260,7 @@ impl From<CommandError> for Problem {
                 p.record = Some(Box::new(Record {
                     kind: aggregate_type,
                     id: aggregate_id.clone(),
+                    position,
                 }));
                 p
             }
@@ -285,6 +291,7 @@ impl From<CommandError> for Problem {
                 p.record = Some(Box::new(Record {
                     kind: aggregate_type,
                     id: aggregate_id,
+                    position: None,
                 }));
                 p.retry_after = Some(2);
                 p
