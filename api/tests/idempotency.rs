@@ -7,7 +7,7 @@
 //! a password.
 
 use axum::http::{HeaderMap, StatusCode};
-use lis_api::http::idempotency::{claim, finish, Claim};
+use lis_api::http::idempotency::{claim, finish, AfterDeath, Claim};
 use lis_tests::TestDb;
 use serde_json::json;
 
@@ -26,7 +26,7 @@ async fn a_claimed_key_holds_no_transaction_id_until_its_response_is_stored() {
             request,
             body,
             SECRET,
-            StatusCode::CREATED,
+            AfterDeath::Answer(StatusCode::CREATED),
         )
     };
     let attempt = || attempt_at("POST /orders");

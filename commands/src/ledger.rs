@@ -207,6 +207,18 @@ impl Ledger {
         command: SampleCommand,
         ctx: &CommandContext,
     ) -> Result<CommandOutcome, CommandError> {
+        self.execute_sample_at(id, command, ctx, ctx.expected_version.get().copied())
+            .await
+    }
+
+    /// [`Ledger::execute_sample`] on the sample at version `expected` (if named).
+    async fn execute_sample_at(
+        &self,
+        id: SampleId,
+        command: SampleCommand,
+        ctx: &CommandContext,
+        expected: Option<i64>,
+    ) -> Result<CommandOutcome, CommandError> {
         let (name, reason) = (command.name(), command.reason());
         execute(
             &self.samples,
@@ -215,7 +227,7 @@ impl Ledger {
             command,
             (name, reason),
             ctx,
-            ctx.expected_version.get().copied(),
+            expected,
         )
         .await
     }
@@ -326,23 +338,11 @@ impl Ledger {
             // The parent's split is stored by now: a child cut short leaves the whole
             // part-stored, which its caller must not take for nothing written.
             // The caller's expected version is the parent's, not a new child's.
-            let (name, reason) = (command.name(), command.reason());
-            let id = sample_id.to_string();
-            let child = execute(
-                &self.samples,
-                &self.services,
-                &id,
-                command,
-                (name, reason),
-                ctx,
-                None,
-            )
-            .await;
-            let child = match child {
+            let child = match self.execute_sample_at(sample_id, command, ctx, None).await {
                 Err(CommandError::Rejected {
                     rule: "sample.already-exists",
                     ..
-                }) => self.last_event(Sample::TYPE, &id).await,
+                }) => self.last_event(Sample::TYPE, &sample_id.to_string()).await,
                 child => child,
             };
             outcomes.push(child.map_err(|e| match e {
@@ -365,21 +365,14 @@ impl Ledger {
         aggregate_type: &'static str,
         id: &str,
     ) -> Result<CommandOutcome, CommandError> {
-        let row = sqlx::query(
-            "SELECT sequence, position FROM events
-              WHERE aggregate_type = $1 AND aggregate_id = $2
-              ORDER BY sequence DESC LIMIT 1",
-        )
-        .bind(aggregate_type)
-        .bind(id)
-        .fetch_optional(&mut *crate::connection::connection(&self.pool).await?)
-        .await?
-        .ok_or_else(|| CommandError::NotFound(format!("no {aggregate_type} {id}")))?;
+        let (version, position) = last_event_of(&self.pool, aggregate_type, id)
+            .await?
+            .ok_or_else(|| CommandError::NotFound(format!("no {aggregate_type} {id}")))?;
         Ok(CommandOutcome {
             aggregate_type,
             aggregate_id: id.to_string(),
-            version: row.get("sequence"),
-            position: row.get("position"),
+            version,
+            position,
         })
     }
 
@@ -409,19 +402,21 @@ where
     Ok(ctx.aggregate().clone())
 }
 
-/// Where a record's latest event landed, for a caller told it has changed (best effort:
-/// `None` if the store cannot say now, which the caller's read does not need).
-async fn latest_position(pool: &PgPool, aggregate_type: &str, id: &str) -> Option<i64> {
-    let mut conn = crate::connection::connection(pool).await.ok()?;
-    sqlx::query_scalar(
-        "SELECT max(position) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
+/// The sequence and position of a record's last event, if it has any.
+async fn last_event_of(
+    pool: &PgPool,
+    aggregate_type: &str,
+    id: &str,
+) -> Result<Option<(i64, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT sequence, position FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = $2
+          ORDER BY sequence DESC LIMIT 1",
     )
     .bind(aggregate_type)
     .bind(id)
-    .fetch_one(&mut *conn)
+    .fetch_optional(&mut *crate::connection::connection(pool).await?)
     .await
-    .ok()
-    .flatten()
 }
 
 #[tracing::instrument(
@@ -503,21 +498,17 @@ where
         // No connection for the command, or none that answered in time.
         .map_err(|e| outcome(in_doubt(CommandError::from(e))))?
     {
-        Err(CommandError::Stale {
-            aggregate_type,
-            aggregate_id,
-            expected,
-            current,
-            ..
-        }) => {
-            let position = latest_position(store.pool(), aggregate_type, &aggregate_id).await;
-            return Err(CommandError::Stale {
-                aggregate_type,
-                aggregate_id,
-                expected,
-                current,
-                position,
-            });
+        Err(mut stale @ CommandError::Stale { .. }) => {
+            // Where the record is now, for the caller to read it (best effort: the
+            // answer stands without it).
+            if let CommandError::Stale { position, .. } = &mut stale {
+                *position = last_event_of(store.pool(), A::TYPE, id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|(_, at)| at);
+            }
+            return Err(stale);
         }
         appended => appended.map_err(|e| outcome(in_doubt(e)))?,
     };

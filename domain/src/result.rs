@@ -21,6 +21,7 @@ use crate::flags::{
     PreviousResult,
 };
 use crate::ids::{OrderId, PatientId, ResultId, SampleId, TestCode};
+use crate::order::OrderFacts;
 use crate::patient::Sex;
 use crate::sample::{SampleFacts, SampleStatus, SpecimenCondition};
 use crate::services::{storable, LabServices, LookupError, CLOCK_SKEW};
@@ -413,16 +414,25 @@ async fn still_wanted(c: &Current, services: &LabServices) -> Result<(), ResultE
         ))
     })?;
     tube_stands(&sample, services).await?;
-    let order = services.order(c.order_id).await?.ok_or_else(|| {
-        LookupError::defect(format!(
-            "order {} of result {} not found",
-            c.order_id, c.result_id
-        ))
-    })?;
-    if !order.is_active(&c.test_code) {
-        return Err(ResultError::TestCancelled(c.test_code.clone()));
-    }
+    active_order(services, c.order_id, &c.test_code).await?;
     Ok(())
+}
+
+/// The order `id`, while `test` is still wanted on it (`result.test-cancelled` once the
+/// test or the order is cancelled).
+async fn active_order(
+    services: &LabServices,
+    id: OrderId,
+    test: &TestCode,
+) -> Result<OrderFacts, ResultError> {
+    let order = services
+        .order(id)
+        .await?
+        .ok_or_else(|| LookupError::defect(format!("order {id} not found")))?;
+    if !order.is_active(test) {
+        return Err(ResultError::TestCancelled(test.clone()));
+    }
+    Ok(order)
 }
 
 /// A tube may be tested while neither it nor any tube it was split from is rejected: an
@@ -483,15 +493,7 @@ async fn record(r: RecordResult, services: &LabServices) -> Result<ResultEvent, 
     if !sample.tests.contains(&r.test_code) {
         return Err(ResultError::TestNotOnSample(r.test_code));
     }
-    let order = services.order(sample.order_id).await?.ok_or_else(|| {
-        LookupError::defect(format!(
-            "order {} of sample {} not found",
-            sample.order_id, r.sample_id
-        ))
-    })?;
-    if !order.is_active(&r.test_code) {
-        return Err(ResultError::TestCancelled(r.test_code));
-    }
+    let order = active_order(services, sample.order_id, &r.test_code).await?;
     let catalogue = services.catalogue().await?;
     let def = catalogue
         .get(&r.test_code)

@@ -8,7 +8,7 @@
 
 use super::auth::{Action, Caller};
 use super::body::parse;
-use super::idempotency::{claim, finish, Claim};
+use super::idempotency::{claim, finish, AfterDeath, Claim};
 use super::problem::{FieldProblem, Problem};
 use super::AppState;
 use axum::body::Bytes;
@@ -46,6 +46,31 @@ pub(crate) async fn idempotent<F>(
 where
     F: Future<Output = Result<Value, Problem>>,
 {
+    idempotent_after(
+        state,
+        caller,
+        headers,
+        body,
+        ok,
+        AfterDeath::Answer(ok),
+        work,
+    )
+    .await
+}
+
+/// [`idempotent`], a retry of an attempt that died being answered as `after_death` says.
+pub(crate) async fn idempotent_after<F>(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: &Bytes,
+    ok: StatusCode,
+    after_death: AfterDeath,
+    work: F,
+) -> Response
+where
+    F: Future<Output = Result<Value, Problem>>,
+{
     match if_match(headers) {
         Ok(Some(version)) => {
             let _ = caller.context.expected_version.set(version);
@@ -62,7 +87,7 @@ where
         &caller.request,
         body,
         secret,
-        ok,
+        after_death,
     )
     .await
     {
@@ -564,8 +589,16 @@ pub async fn aliquots(
 ) -> Result<Response, Problem> {
     caller.require(Action::HandleSpecimens)?;
     let parent = id(&raw, SampleId::parse, "sample")?;
-    Ok(
-        idempotent(&s, &caller, &headers, &body, StatusCode::CREATED, async {
+    // A retry finishes a split its first attempt left part-made (`Ledger::aliquot`).
+    let ok = StatusCode::CREATED;
+    Ok(idempotent_after(
+        &s,
+        &caller,
+        &headers,
+        &body,
+        ok,
+        AfterDeath::RunAgain,
+        async {
             let b: AliquotsBody = parse(&body)?;
             let children: Vec<AliquotSpec> = b
                 .children
@@ -582,9 +615,9 @@ pub async fn aliquots(
                 parent: parent.into(),
                 children: children.iter().map(Outcome::from).collect()
             }))
-        })
-        .await,
+        },
     )
+    .await)
 }
 
 #[derive(Deserialize, JsonSchema)]

@@ -67,9 +67,21 @@ pub fn is_key(k: &str) -> bool {
         && k.as_bytes().last().is_some_and(visible)
 }
 
+/// What a retry does when the key's earlier attempt died before storing its response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterDeath {
+    /// Answer with what the attempt's events show, if it wrote any, and this success
+    /// status: a request of one command either wrote it or did not.
+    Answer(StatusCode),
+    /// Run the request again: one of several commands that finishes what an earlier
+    /// attempt left part-written (a split into aliquots, whose children's ids come from
+    /// the request), so that its events alone would be a partial answer.
+    RunAgain,
+}
+
 /// Claims `Idempotency-Key` for this caller and request (`request`: its method and path;
-/// `body`), or finds its response. `ok` is the status the command answers with when it
-/// succeeds (for an answer rebuilt from events). The request is stored as an HMAC under
+/// `body`), or finds its response. `after_death` says how a retry of an attempt that died
+/// is answered. The request is stored as an HMAC under
 /// `secret` (the server's token key), never as a plain hash: a body may hold a password,
 /// which a plain SHA-256 would let anyone with the table guess at hashing speed.
 pub async fn claim(
@@ -79,7 +91,7 @@ pub async fn claim(
     request: &str,
     body: &[u8],
     secret: &[u8],
-    ok: StatusCode,
+    after_death: AfterDeath,
 ) -> Result<Claim, Problem> {
     let Some(key) = headers.get("idempotency-key") else {
         return Ok(Claim::Run(None));
@@ -180,12 +192,7 @@ pub async fn claim(
         command_id,
         tx,
     };
-    // A split into aliquots is several commands, and an attempt that died between them
-    // left part of it written; sent again, the ledger finishes it (the children's ids come
-    // from the request), under the same command id, so it runs rather than being answered
-    // with the part its events show.
-    let finishes_itself = request.ends_with("/aliquots");
-    if !inserted && !finishes_itself {
+    if let (false, AfterDeath::Answer(ok)) = (inserted, after_death) {
         // An earlier attempt died or failed: did its command commit?
         if let Some(answer) = answer_from_events(&mut held.tx, command_id, events_after).await? {
             tracing::info!(%command_id, "answered from the events of an earlier attempt");
