@@ -12,11 +12,13 @@ use crate::context::CommandContext;
 use crate::error::CommandError;
 use crate::keys::PatientVault;
 use crate::lookup::PgLabLookup;
+use crate::reads::{InTurn, ReadChanged, Reads};
 use crate::store::SnapshotEventStore;
 use chrono::Utc;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
 use lis_domain::error::DomainError;
+use lis_domain::family::OrderFamily;
 use lis_domain::ids::{OrderId, OrderNumber, PatientId, ResultId, SampleId, TestCode};
 use lis_domain::order::{Order, OrderCommand, PlaceOrder, Priority};
 use lis_domain::patient::NewPatient;
@@ -34,6 +36,10 @@ use uuid::Uuid;
 
 /// The event store of one aggregate type.
 pub type EventStoreOf<A> = SnapshotEventStore<A>;
+
+/// How many times a command is decided before a record its rules read, changing each
+/// time before its append, makes it a conflict (409): each attempt reads afresh.
+const DECISIONS: u32 = 5;
 
 /// How the ledger runs.
 #[derive(Debug, Clone, Copy)]
@@ -435,7 +441,8 @@ async fn execute<A>(
     expected: Option<i64>,
 ) -> Result<CommandOutcome, CommandError>
 where
-    A: Aggregate,
+    A: Aggregate + OrderFamily,
+    A::Command: Clone,
     A::Error: DomainError,
 {
     let command_id = ctx.command_id.get().copied().unwrap_or_else(Uuid::new_v4);
@@ -456,43 +463,74 @@ where
         },
         err => err,
     };
-    let watched = write.watch(async {
-        let mut context = store.load_aggregate(id).await.map_err(refused)?;
-        let current = context.current_sequence as i64;
-        if let Some(expected) = expected.filter(|&v| v != current) {
-            return Err(outcome(CommandError::Stale {
-                aggregate_type: A::TYPE,
-                aggregate_id: id.to_string(),
+    // Boxed: the attempts' futures nest deep, and a caller's future holding them inline
+    // (a test's lab day of many commands) outgrew a thread's stack in debug builds.
+    let watched = Box::pin(write.watch(async {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let reads = Reads::default();
+            let (context, events) = reads
+                .during(async {
+                    let mut context = store.load_aggregate(id).await.map_err(refused)?;
+                    let current = context.current_sequence as i64;
+                    if let Some(expected) = expected.filter(|&v| v != current) {
+                        return Err(outcome(CommandError::Stale {
+                            aggregate_type: A::TYPE,
+                            aggregate_id: id.to_string(),
+                            expected,
+                            current: Some(current),
+                            position: None,
+                        }));
+                    }
+                    let sink = EventSink::default();
+                    context
+                        .aggregate
+                        .handle(command.clone(), services, &sink)
+                        .await
+                        .map_err(|e| refused(AggregateError::UserError(e)))?;
+                    Ok((context, sink.collect().await))
+                })
+                .await?;
+            let turn = context.aggregate.order_of().map(|order| InTurn {
+                order: order.to_string(),
+                reads: reads.taken(),
+            });
+            match (
+                store
+                    .append(events, context, metadata.clone(), turn.as_ref())
+                    .await,
                 expected,
-                current: Some(current),
-                position: None,
-            }));
-        }
-        let sink = EventSink::default();
-        context
-            .aggregate
-            .handle(command, services, &sink)
-            .await
-            .map_err(|e| refused(AggregateError::UserError(e)))?;
-        store
-            .append(sink.collect().await, context, metadata)
-            .await
-            .map_err(|e| match (e, expected) {
+            ) {
+                // A record the rules read changed before the append, which wrote
+                // nothing: decide again on what is stored now.
+                (Err(AggregateError::UnexpectedError(e)), _)
+                    if e.is::<ReadChanged>() && attempt < DECISIONS =>
+                {
+                    tracing::debug!(attempt, changed = %e, "deciding again");
+                }
+                (Err(AggregateError::UnexpectedError(e)), _) if e.is::<ReadChanged>() => {
+                    return Err(outcome(CommandError::Conflict {
+                        aggregate_type: A::TYPE,
+                        aggregate_id: id.to_string(),
+                    }));
+                }
                 // Another command took the next version first: for a caller who named the
                 // version it acted on, the record has changed since (412), as it would
                 // have found had it looked a moment later.
-                (AggregateError::AggregateConflict, Some(expected)) => {
-                    outcome(CommandError::Stale {
+                (Err(AggregateError::AggregateConflict), Some(expected)) => {
+                    return Err(outcome(CommandError::Stale {
                         aggregate_type: A::TYPE,
                         aggregate_id: id.to_string(),
                         expected,
                         current: None,
                         position: None,
-                    })
+                    }));
                 }
-                (e, _) => refused(e),
-            })
-    });
+                (appended, _) => return appended.map_err(refused),
+            }
+        }
+    }));
     let appended = match crate::connection::within(store.pool(), store.command_timeout(), watched)
         .await
         // No connection for the command, or none that answered in time.

@@ -8,6 +8,8 @@
 //! - [`catalogue`]: versioned catalogue import and loading.
 //! - [`store`]: the event store (postgres-es's tables), snapshots and upcasters.
 //! - [`connection`]: one database connection for the whole of a command.
+//! - [`reads`]: what a command's rules read of its order's other records, checked
+//!   again at its append (the records of one order append in turn).
 //! - [`audit`]: recomputes every hash chain and reports the first broken link.
 //! - [`snapshot_audit`]: compares every snapshot with the state of its events.
 //! - [`keys`]: patient data keys, sealing and erasure (crypto-shredding).
@@ -21,6 +23,7 @@ pub mod error;
 pub mod keys;
 pub mod ledger;
 pub mod lookup;
+pub mod reads;
 pub mod snapshot_audit;
 pub mod store;
 

@@ -1,5 +1,8 @@
 //! The aggregates' look-ups, answered from the event store.
 //!
+//! What a command's rules read of its order's other records (an order, a tube, the
+//! order's releases) is noted for its append to check again ([`crate::reads`]).
+//!
 //! Another aggregate's facts come from loading that aggregate through the same event
 //! store (snapshots and upcasters included), so they are exactly what its own commands
 //! see. Accession numbers and released results are found through partial expression
@@ -11,8 +14,9 @@ use crate::connection::connection;
 use crate::error::is_unavailable;
 use crate::keys::{KeyError, Opened, PatientVault};
 use crate::ledger::EventStoreOf;
+use crate::reads::{note, Read};
 use chrono::{DateTime, Utc};
-use cqrs_es::{AggregateContext, AggregateError, EventStore};
+use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
 use lis_domain::catalogue::{Catalogue, CatalogueVersion};
 use lis_domain::flags::PreviousResult;
 use lis_domain::ids::{AccessionNumber, OrderId, PatientId, ResultId, SampleId, TestCode};
@@ -103,6 +107,30 @@ impl PgLabLookup {
         }
     }
 
+    /// Every release (`ResultAuthorised`) of the order's results, as (result id, test
+    /// code), retracted ones included. Their number is noted for the command's append
+    /// to check again (migration 0016 counts them the same way).
+    async fn releases(&self, order: OrderId) -> Result<Vec<(String, String)>, LookupError> {
+        let releases: Vec<(String, String)> = sqlx::query_as(
+            "SELECT aggregate_id, payload -> 'ResultAuthorised' ->> 'test_code' FROM events
+              WHERE event_type = 'ResultAuthorised' AND aggregate_type = 'Result'
+                AND payload -> 'ResultAuthorised' ->> 'order_id' = $1",
+        )
+        .bind(order.to_string())
+        .fetch_all(
+            &mut *connection(&self.pool)
+                .await
+                .map_err(|e| failed("connection", e))?,
+        )
+        .await
+        .map_err(|e| failed("released results", e))?;
+        note(Read::Releases {
+            order: order.to_string(),
+            count: releases.len() as i64,
+        });
+        Ok(releases)
+    }
+
     fn cached(&self, version: CatalogueVersion) -> Option<Arc<Catalogue>> {
         let guard = self.cached.read().unwrap_or_else(|p| p.into_inner());
         guard.as_ref().filter(|c| c.version == version).cloned()
@@ -138,6 +166,11 @@ impl LabLookup for PgLabLookup {
             .load_aggregate(&id.to_string())
             .await
             .map_err(|e| failed("order", e))?;
+        note(Read::Record {
+            aggregate_type: Order::TYPE,
+            id: id.to_string(),
+            version: ctx.current_sequence as i64,
+        });
         Ok(ctx.aggregate().facts())
     }
 
@@ -147,6 +180,11 @@ impl LabLookup for PgLabLookup {
             .load_aggregate(&id.to_string())
             .await
             .map_err(|e| failed("sample", e))?;
+        note(Read::Record {
+            aggregate_type: Sample::TYPE,
+            id: id.to_string(),
+            version: ctx.current_sequence as i64,
+        });
         Ok(ctx.aggregate().facts().cloned())
     }
 
@@ -240,23 +278,37 @@ impl LabLookup for PgLabLookup {
     }
 
     async fn released_tests(&self, order: OrderId) -> Result<BTreeSet<TestCode>, LookupError> {
-        let codes: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT payload -> 'ResultAuthorised' ->> 'test_code' FROM events
-              WHERE event_type = 'ResultAuthorised' AND aggregate_type = 'Result'
-                AND payload -> 'ResultAuthorised' ->> 'order_id' = $1",
-        )
-        .bind(order.to_string())
-        .fetch_all(
-            &mut *connection(&self.pool)
-                .await
-                .map_err(|e| failed("connection", e))?,
-        )
-        .await
-        .map_err(|e| failed("released tests", e))?;
-        codes
+        self.releases(order)
+            .await?
             .iter()
-            .map(|c| TestCode::parse(c).map_err(|e| failed("stored test code", e)))
+            .map(|(_, c)| TestCode::parse(c).map_err(|e| failed("stored test code", e)))
             .collect()
+    }
+
+    async fn released_results(
+        &self,
+        order: OrderId,
+        test: &TestCode,
+    ) -> Result<Vec<ResultId>, LookupError> {
+        let releases = self.releases(order).await?;
+        let of_test: BTreeSet<&str> = releases
+            .iter()
+            .filter(|(_, code)| code == test.as_str())
+            .map(|(id, _)| id.as_str())
+            .collect();
+        let mut released = Vec::new();
+        for id in of_test {
+            let mut ctx = self
+                .results
+                .load_aggregate(id)
+                .await
+                .map_err(|e| failed("released result", e))?;
+            if ctx.aggregate().released_value().is_some() {
+                let uuid = Uuid::parse_str(id).map_err(|e| failed("result id", e))?;
+                released.push(ResultId::from_uuid(uuid));
+            }
+        }
+        Ok(released)
     }
 
     fn policy(&self) -> LabPolicy {

@@ -28,6 +28,7 @@ use std::collections::HashMap;
 
 use crate::connection::connection;
 use crate::error::is_unavailable;
+use crate::reads::{InTurn, ReadChanged, READ_CHANGED};
 
 /// Where one appended event landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +78,14 @@ SELECT $1, $2, u.sequence, u.event_type, u.event_version, u.payload::json, u.met
  ORDER BY u.sequence
 RETURNING sequence, position";
 
+/// [`APPEND`] in the turn of the record's order, checking first that what the command
+/// read of the order's other records is as it read it (migration 0016,
+/// [`crate::reads`]).
+const APPEND_IN_TURN: &str = "
+SELECT appended_sequence AS sequence, appended_position AS position
+  FROM lis_append_in_turn($8, $1, $2, $3::bigint[], $4::text[], $5::text[], $6::jsonb[],
+                          $7::jsonb[], $9::text[], $10::text[], $11::bigint[])";
+
 /// Sends the statement that makes a command durable (an autocommitted append, or a
 /// COMMIT), marking it sent and, once the server answers either way, answered
 /// ([`crate::connection::WriteWatch`]): cut short or lost in between, the command may
@@ -93,11 +102,16 @@ async fn durable<T, E: std::error::Error>(
 }
 
 /// A unique violation is a concurrent writer (the loser of a race on the same sequence
-/// number); the database being away is a connection error; anything else is a defect.
+/// number); a record the command read that changed before its append is
+/// [`ReadChanged`]; the database being away is a connection error; anything else is a
+/// defect.
 fn database_error<E: std::error::Error>(e: sqlx::Error) -> AggregateError<E> {
     match &e {
         sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") => {
             AggregateError::AggregateConflict
+        }
+        sqlx::Error::Database(d) if d.code().as_deref() == Some(READ_CHANGED) => {
+            AggregateError::UnexpectedError(Box::new(ReadChanged(d.message().to_string())))
         }
         _ if is_unavailable(&e) => AggregateError::DatabaseConnectionError(Box::new(e)),
         _ => AggregateError::UnexpectedError(Box::new(e)),
@@ -175,15 +189,18 @@ impl<A: Aggregate> SnapshotEventStore<A> {
 
     /// Appends the events a command decided on `context` and says where each landed.
     /// Two commands racing on one aggregate collide on the (type, id, sequence) key:
-    /// the loser gets [`AggregateError::AggregateConflict`] and writes nothing.
+    /// the loser gets [`AggregateError::AggregateConflict`] and writes nothing. With
+    /// `turn`, in the turn of the record's order, and only if what the command read of
+    /// the order's other records is unchanged (else [`ReadChanged`], nothing written).
     pub async fn append(
         &self,
         events: Vec<A::Event>,
         context: EventStoreAggregateContext<A>,
         metadata: HashMap<String, String>,
+        turn: Option<&InTurn>,
     ) -> Result<Vec<Appended>, AggregateError<A::Error>> {
         let envelopes = envelopes(events, &context, metadata);
-        self.write(&envelopes, context).await
+        self.write(&envelopes, context, turn).await
     }
 
     /// Writes `envelopes` (numbered on from `context`), with a snapshot when they cross
@@ -192,6 +209,7 @@ impl<A: Aggregate> SnapshotEventStore<A> {
         &self,
         envelopes: &[EventEnvelope<A>],
         context: EventStoreAggregateContext<A>,
+        turn: Option<&InTurn>,
     ) -> Result<Vec<Appended>, AggregateError<A::Error>> {
         if envelopes.is_empty() {
             return Ok(Vec::new());
@@ -209,14 +227,27 @@ impl<A: Aggregate> SnapshotEventStore<A> {
             .collect();
         let payloads: Vec<&Value> = serialized.iter().map(|e| &e.payload).collect();
         let metadatas: Vec<&Value> = serialized.iter().map(|e| &e.metadata).collect();
-        let insert = sqlx::query(APPEND)
-            .bind(A::TYPE)
-            .bind(&context.aggregate_id)
-            .bind(&sequences)
-            .bind(&types)
-            .bind(&versions)
-            .bind(&payloads)
-            .bind(&metadatas);
+        let insert = sqlx::query(if turn.is_some() {
+            APPEND_IN_TURN
+        } else {
+            APPEND
+        })
+        .bind(A::TYPE)
+        .bind(&context.aggregate_id)
+        .bind(&sequences)
+        .bind(&types)
+        .bind(&versions)
+        .bind(&payloads)
+        .bind(&metadatas);
+        let columns = turn.map(InTurn::columns);
+        let insert = match (turn, &columns) {
+            (Some(turn), Some((kinds, ids, read_versions))) => insert
+                .bind(&turn.order)
+                .bind(kinds)
+                .bind(ids)
+                .bind(read_versions),
+            _ => insert,
+        };
         // Snapshot when this commit crosses a multiple of `snapshot_every`. The aggregate
         // in the context already holds the new events (the sink applied them).
         let rows = if last / self.snapshot_every > context.current_sequence / self.snapshot_every {
@@ -344,7 +375,7 @@ impl<A: Aggregate> EventStore<A> for SnapshotEventStore<A> {
         metadata: HashMap<String, String>,
     ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
         let envelopes = envelopes(events, &context, metadata);
-        self.write(&envelopes, context).await?;
+        self.write(&envelopes, context, None).await?;
         Ok(envelopes)
     }
 }

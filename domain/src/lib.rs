@@ -14,6 +14,7 @@
 pub mod actor;
 pub mod catalogue;
 pub mod error;
+pub mod family;
 pub mod flags;
 pub mod ids;
 pub mod order;

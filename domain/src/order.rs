@@ -225,6 +225,11 @@ pub struct Order {
 }
 
 impl Order {
+    /// The order's id; `None` before it is placed.
+    pub fn order_id(&self) -> Option<OrderId> {
+        self.placed.as_ref().map(|p| p.order_id)
+    }
+
     /// Facts of this order for other aggregates; `None` before it is placed.
     pub fn facts(&self) -> Option<OrderFacts> {
         let p = self.placed.as_ref()?;

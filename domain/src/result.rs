@@ -258,6 +258,8 @@ pub enum ResultError {
     TestNotOnSample(TestCode),
     #[error("test {0} is cancelled on the order: it may not be resulted, nor a result of it verified or released (retract it)")]
     TestCancelled(TestCode),
+    #[error("test {0} of this order already has a released result ({1}, on another tube): amend that result, or retract it before releasing this one")]
+    AlreadyReleased(TestCode, ResultId),
     #[error("test {0} is not in the catalogue in force")]
     UnknownTest(TestCode),
     #[error("the result is {0:?}; this needs a result that is {1}")]
@@ -292,6 +294,7 @@ impl ResultError {
             ResultError::SampleDisposed(_) => "result.sample-disposed",
             ResultError::TestNotOnSample(_) => "result.test-not-on-sample",
             ResultError::TestCancelled(_) => "result.test-cancelled",
+            ResultError::AlreadyReleased(..) => "result.test-already-released",
             ResultError::UnknownTest(_) => "result.unknown-test",
             ResultError::WrongStatus(..) => "result.wrong-status",
             ResultError::SameVerifierAndAuthoriser(_) => "result.four-eyes",
@@ -365,6 +368,11 @@ pub struct LabResult {
 }
 
 impl LabResult {
+    /// The order of the result's test; `None` before it is recorded.
+    pub fn order_id(&self) -> Option<OrderId> {
+        self.current.as_ref().map(|c| c.order_id)
+    }
+
     pub fn status(&self) -> Option<ResultStatus> {
         self.current.as_ref().map(|c| c.status)
     }
@@ -600,6 +608,12 @@ impl Aggregate for LabResult {
                 }
                 if c.is_critical() && c.notified_revision != Some(c.revision) {
                     return Err(ResultError::CriticalNotNotified(c.flags.clone()));
+                }
+                // One released value per ordered test: a second tube's result (a repeat
+                // draw, an aliquot) is not released beside the first.
+                let released = services.released_results(c.order_id, &c.test_code).await?;
+                if let Some(other) = released.into_iter().find(|r| *r != c.result_id) {
+                    return Err(ResultError::AlreadyReleased(c.test_code.clone(), other));
                 }
                 ResultEvent::ResultAuthorised {
                     authorised_by: by,

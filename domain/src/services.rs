@@ -6,7 +6,7 @@
 
 use crate::catalogue::Catalogue;
 use crate::flags::PreviousResult;
-use crate::ids::{AccessionNumber, OrderId, PatientId, SampleId, TestCode};
+use crate::ids::{AccessionNumber, OrderId, PatientId, ResultId, SampleId, TestCode};
 use crate::order::OrderFacts;
 use crate::patient::Age;
 use crate::sample::SampleFacts;
@@ -100,6 +100,12 @@ pub trait LabLookup: Send + Sync {
     ) -> Result<Option<Age>, LookupError>;
     /// Tests of an order that have (or had) a released result.
     async fn released_tests(&self, order: OrderId) -> Result<BTreeSet<TestCode>, LookupError>;
+    /// The results of `test` on `order` released now (not retracted since).
+    async fn released_results(
+        &self,
+        order: OrderId,
+        test: &TestCode,
+    ) -> Result<Vec<ResultId>, LookupError>;
     fn policy(&self) -> LabPolicy;
     fn now(&self) -> DateTime<Utc>;
 }

@@ -2,13 +2,22 @@
 //! it loses: the history stays a valid sequence (one verification, one release, then
 //! the amendments), every loser gets a conflict or a rule refusal (409), and no
 //! acknowledged change is lost: the result shows the last acknowledged amendment.
+//!
+//! And commands on different records of one order racing on a rule across them (a
+//! test's cancellation and its result's release; a tube's rejection and the release):
+//! the one stored second is decided again on what the first stored.
 
-use lis_commands::CommandError;
+use lis_commands::reads::ORDER_TURN_LOCK;
+use lis_commands::{CommandError, CommandOutcome, Ledger};
 use lis_domain::actor::{ActorId, Role};
+use lis_domain::ids::{OrderId, ResultId, SampleId};
+use lis_domain::order::OrderCommand;
 use lis_domain::result::{LabResult, ResultCommand, ResultStatus};
+use lis_domain::sample::{RejectionReason, SampleCommand};
 use lis_domain::text::Reason;
 use lis_domain::value::ResultValue;
-use lis_tests::{actor, place, received_serum, record_k, TestDb};
+use lis_tests::{actor, code, place, received_serum, record_k, TestDb};
+use std::future::Future;
 use std::sync::Arc;
 
 /// Tries a client makes before it gives up.
@@ -147,5 +156,236 @@ async fn a_hundred_racing_clients_leave_a_valid_history() {
         .await
         .unwrap()
         .is_intact());
+    db.drop().await;
+}
+
+/// The order's turn to append (`lis_commands::reads`), held by the test on a connection
+/// of its own; commands of the order queue behind it in the order they reach it.
+struct OrderTurn {
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    order: String,
+}
+
+impl OrderTurn {
+    async fn hold(db: &TestDb, order: OrderId) -> Self {
+        let mut conn = db.app.acquire().await.unwrap();
+        sqlx::query("SELECT pg_advisory_lock($1, hashtext($2))")
+            .bind(ORDER_TURN_LOCK)
+            .bind(order.to_string())
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        Self {
+            conn,
+            order: order.to_string(),
+        }
+    }
+
+    /// Waits until `n` commands wait for the turn (each decided, at its append).
+    async fn queued(&self, db: &TestDb, n: i64) {
+        for _ in 0..1000 {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks
+                  WHERE locktype = 'advisory' AND NOT granted
+                    AND classid::bigint = $1 AND objid::bigint = hashtext($2)::oid::bigint
+                    AND objsubid = 2",
+            )
+            .bind(i64::from(ORDER_TURN_LOCK))
+            .bind(&self.order)
+            .fetch_one(&db.app)
+            .await
+            .unwrap();
+            if waiting >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{n} commands never waited for the order's turn");
+    }
+
+    async fn release(mut self) {
+        sqlx::query("SELECT pg_advisory_unlock($1, hashtext($2))")
+            .bind(ORDER_TURN_LOCK)
+            .bind(&self.order)
+            .execute(&mut *self.conn)
+            .await
+            .unwrap();
+    }
+}
+
+type Outcome = Result<CommandOutcome, CommandError>;
+
+/// Runs two commands of `order` so that each is decided before the other is stored:
+/// they queue at their appends behind the test's hold on the order's turn, `first`
+/// first, and go when it is let go. Before the order's records took turns, nothing
+/// queued and both could be stored.
+async fn decided_together(
+    db: &TestDb,
+    order: OrderId,
+    first: impl Future<Output = Outcome> + Send + 'static,
+    second: impl Future<Output = Outcome> + Send + 'static,
+) -> (Outcome, Outcome) {
+    let turn = OrderTurn::hold(db, order).await;
+    let first = tokio::spawn(first);
+    turn.queued(db, 1).await;
+    let second = tokio::spawn(second);
+    turn.queued(db, 2).await;
+    turn.release().await;
+    (first.await.unwrap(), second.await.unwrap())
+}
+
+/// Records and verifies the potassium of `sample`.
+async fn verified_k_on(ledger: &Ledger, sample: SampleId) -> ResultId {
+    let (id, record) = record_k(sample, 4.2);
+    let tech = actor("tech.1", Role::Technologist);
+    ledger.execute_result(id, record, &tech).await.unwrap();
+    let by = ActorId::parse("tech.1").unwrap();
+    ledger
+        .execute_result(id, ResultCommand::Verify { by }, &tech)
+        .await
+        .unwrap();
+    id
+}
+
+/// A received tube with a verified potassium result, awaiting release.
+async fn verified_k(ledger: &Ledger, mrn: &str) -> (OrderId, SampleId, ResultId) {
+    let order = place(ledger, mrn, &["K", "NA"]).await.order_id;
+    let sample = received_serum(ledger, order, &format!("ACC-{mrn}"), &["K", "NA"]).await;
+    (order, sample, verified_k_on(ledger, sample).await)
+}
+
+async fn authorising(ledger: Arc<Ledger>, result: ResultId) -> Outcome {
+    let by = ActorId::parse("path.1").unwrap();
+    let path = actor("path.1", Role::Pathologist);
+    ledger
+        .execute_result(result, ResultCommand::Authorise { by }, &path)
+        .await
+}
+
+async fn cancelling_k(ledger: Arc<Ledger>, order: OrderId) -> Outcome {
+    let command = OrderCommand::CancelTest {
+        test: code("K"),
+        reason: Reason::parse("clinician withdrew the request").unwrap(),
+    };
+    let reception = actor("reception.1", Role::Reception);
+    ledger.execute_order(order, command, &reception).await
+}
+
+fn refused(outcome: Outcome, expected: &str) -> String {
+    match outcome {
+        Err(CommandError::Rejected { rule, message }) if rule == expected => message,
+        other => panic!("expected a refusal {expected}, got {other:?}"),
+    }
+}
+
+async fn events_of(db: &TestDb, event_type: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = $1")
+        .bind(event_type)
+        .fetch_one(&db.app)
+        .await
+        .unwrap()
+}
+
+/// A test's cancellation and its result's release, each decided before the other was
+/// stored: the release, second in turn, is decided again and refused (before the order's
+/// records took turns, both were stored: a released result of a cancelled test).
+#[tokio::test]
+async fn a_release_decided_before_its_tests_cancellation_was_stored_is_decided_again() {
+    let db = TestDb::new().await;
+    let ledger = Arc::new(db.ledger().await);
+    let (order, _, result) = verified_k(&ledger, "MRN-T1").await;
+    let (cancel, release) = decided_together(
+        &db,
+        order,
+        cancelling_k(ledger.clone(), order),
+        authorising(ledger.clone(), result),
+    )
+    .await;
+    cancel.expect("the cancellation, first in turn, is stored");
+    refused(release, "result.test-cancelled");
+    assert_eq!(events_of(&db, "ResultAuthorised").await, 0);
+    db.drop().await;
+}
+
+/// The same race the other way round: the release first in turn is stored, and the
+/// cancellation is decided again and refused (a released result is amended or
+/// retracted, its test not cancelled).
+#[tokio::test]
+async fn a_cancellation_decided_before_a_release_was_stored_is_decided_again() {
+    let db = TestDb::new().await;
+    let ledger = Arc::new(db.ledger().await);
+    let (order, _, result) = verified_k(&ledger, "MRN-T2").await;
+    let (release, cancel) = decided_together(
+        &db,
+        order,
+        authorising(ledger.clone(), result),
+        cancelling_k(ledger.clone(), order),
+    )
+    .await;
+    release.expect("the release, first in turn, is stored");
+    refused(cancel, "order.test-released");
+    assert_eq!(events_of(&db, "TestCancelled").await, 0);
+    db.drop().await;
+}
+
+/// A tube's rejection stored while a release of its result waited for its turn: the
+/// release is decided again and refused, so that no release follows the rejection in
+/// the log.
+#[tokio::test]
+async fn a_release_decided_before_its_tubes_rejection_was_stored_is_decided_again() {
+    let db = TestDb::new().await;
+    let ledger = Arc::new(db.ledger().await);
+    let (order, sample, result) = verified_k(&ledger, "MRN-T3").await;
+    let rejecting = {
+        let ledger = ledger.clone();
+        async move {
+            let tech = actor("tech.1", Role::Technologist);
+            let command = SampleCommand::Reject {
+                reason: RejectionReason::Mislabelled,
+                detail: None,
+            };
+            ledger.execute_sample(sample, command, &tech).await
+        }
+    };
+    let (reject, release) =
+        decided_together(&db, order, rejecting, authorising(ledger.clone(), result)).await;
+    reject.expect("the rejection, first in turn, is stored");
+    refused(release, "result.sample-rejected");
+    assert_eq!(events_of(&db, "ResultAuthorised").await, 0);
+    db.drop().await;
+}
+
+/// One test of an order resulted on two tubes (a repeat draw) and both released in the
+/// same instant: one is stored, the other decided again and refused, as it is when sent
+/// after the first; once the first is retracted, the second is released.
+#[tokio::test]
+async fn two_tubes_results_of_one_test_are_not_both_released_even_in_the_same_instant() {
+    let db = TestDb::new().await;
+    let ledger = Arc::new(db.ledger().await);
+    let order = place(&ledger, "MRN-T4", &["K"]).await.order_id;
+    let first = received_serum(&ledger, order, "ACC-T4-1", &["K"]).await;
+    let second = received_serum(&ledger, order, "ACC-T4-2", &["K"]).await;
+    let (first, second) = (
+        verified_k_on(&ledger, first).await,
+        verified_k_on(&ledger, second).await,
+    );
+    let (first_release, second_release) = decided_together(
+        &db,
+        order,
+        authorising(ledger.clone(), first),
+        authorising(ledger.clone(), second),
+    )
+    .await;
+    first_release.expect("the first in turn is released");
+    let message = refused(second_release, "result.test-already-released");
+    assert!(message.contains(&first.to_string()), "{message}");
+    assert_eq!(events_of(&db, "ResultAuthorised").await, 1);
+    // Retracted (entered in error), the first no longer stands in the way.
+    let path = actor("path.1", Role::Pathologist);
+    let retract = ResultCommand::Retract {
+        reason: Reason::parse("wrong tube").unwrap(),
+    };
+    ledger.execute_result(first, retract, &path).await.unwrap();
+    authorising(ledger.clone(), second).await.unwrap();
     db.drop().await;
 }

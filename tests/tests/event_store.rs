@@ -525,7 +525,7 @@ async fn several_events_of_one_command_append_in_order_chain_and_snapshot() {
     for e in &events {
         context.aggregate.apply(e.clone());
     }
-    let appended = store.append(events, context, meta).await.unwrap();
+    let appended = store.append(events, context, meta, None).await.unwrap();
     let sequences: Vec<i64> = appended.iter().map(|a| a.sequence).collect();
     assert_eq!(sequences, [2, 3]);
     assert!(appended[0].position < appended[1].position);
@@ -682,7 +682,7 @@ async fn a_snapshot_written_meanwhile_is_a_conflict_and_an_unreadable_one_is_rep
         for e in &events {
             context.aggregate.apply(e.clone());
         }
-        store.append(events, context, meta.clone())
+        store.append(events, context, meta.clone(), None)
     };
     // Versions 2 and 3 cross the boundary at 2: the first snapshot.
     let context = store.load_aggregate(&id).await.unwrap();

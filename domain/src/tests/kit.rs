@@ -2,7 +2,7 @@
 
 use crate::catalogue::{parse_csv, Catalogue, CatalogueVersion};
 use crate::flags::PreviousResult;
-use crate::ids::{AccessionNumber, OrderId, OrderNumber, PatientId, SampleId, TestCode};
+use crate::ids::{AccessionNumber, OrderId, OrderNumber, PatientId, ResultId, SampleId, TestCode};
 use crate::order::{OrderFacts, Priority, TestLine};
 use crate::patient::{Age, Sex};
 use crate::sample::{SampleFacts, SampleStatus, SpecimenCondition};
@@ -22,6 +22,8 @@ pub struct Lab {
     pub accessions: BTreeSet<AccessionNumber>,
     pub previous: Option<PreviousResult>,
     pub released: BTreeSet<TestCode>,
+    /// Results released now, by order and test.
+    pub released_results: HashMap<(OrderId, TestCode), Vec<ResultId>>,
     pub four_eyes: Option<bool>,
     /// The patient has been erased: their age can no longer be known.
     pub erased: bool,
@@ -85,6 +87,17 @@ impl LabLookup for Lab {
     }
     async fn released_tests(&self, _order: OrderId) -> Result<BTreeSet<TestCode>, LookupError> {
         Ok(self.released.clone())
+    }
+    async fn released_results(
+        &self,
+        order: OrderId,
+        test: &TestCode,
+    ) -> Result<Vec<ResultId>, LookupError> {
+        Ok(self
+            .released_results
+            .get(&(order, test.clone()))
+            .cloned()
+            .unwrap_or_default())
     }
     fn policy(&self) -> LabPolicy {
         LabPolicy {

@@ -447,6 +447,31 @@ fn a_result_whose_test_or_order_was_cancelled_since_is_neither_verified_nor_rele
 }
 
 #[test]
+fn a_test_of_an_order_has_one_released_result_at_a_time() {
+    // The same test resulted on another tube of the order (a repeat draw) and released.
+    let other = ResultId::for_test(SampleId::new(), &code("K"));
+    let mut lab = lab();
+    lab.released_results
+        .insert((order_id(), code("K")), vec![other]);
+    ResultTester::with(lab.clone().services())
+        .given(vec![recorded_k(4.1, vec![]), verified("tech.1")])
+        .when(ResultCommand::Authorise {
+            by: actor("path.1"),
+        })
+        .then_expect_error(ResultError::AlreadyReleased(code("K"), other));
+    // Another test of the order released does not stand in the way.
+    lab.released_results.clear();
+    lab.released_results
+        .insert((order_id(), code("NA")), vec![other]);
+    ResultTester::with(lab.services())
+        .given(vec![recorded_k(4.1, vec![]), verified("tech.1")])
+        .when(ResultCommand::Authorise {
+            by: actor("path.1"),
+        })
+        .then_expect_events(vec![authorised(4.1, vec![])]);
+}
+
+#[test]
 fn the_verifier_may_not_authorise_unless_the_lab_turns_four_eyes_off() {
     ResultTester::with(lab().services())
         .given(vec![recorded_k(4.1, vec![]), verified("path.1")])

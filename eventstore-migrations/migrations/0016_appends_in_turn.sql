@@ -1,0 +1,58 @@
+-- The records of one order append in turn, and a command's append checks that the
+-- records its rules read are as it read them (commands/src/reads.rs).
+--
+-- An order, its tubes and their results are separate records with their own sequences;
+-- two commands on one record collide on the primary key, but two on different records of
+-- one order did not: a test's cancellation (which looks for a release of its results)
+-- and its result's release (which looks for a cancellation of its test) could both pass,
+-- each having read the other's record before it was written. Now every append of an
+-- order's record takes the order's advisory lock (class 7302423, key hashtext(order
+-- id)) until it commits, then looks again, with a fresh snapshot (a VOLATILE plpgsql
+-- function's statements each take their own), at what the command read: each record at
+-- the version it had (0: none), and for a cancellation the number of releases of the
+-- order's results. Anything changed since and it raises SQLSTATE LIS01, writing nothing;
+-- the ledger decides the command again on what is now stored.
+
+CREATE FUNCTION lis_append_in_turn(
+    p_order text,
+    p_aggregate_type text, p_aggregate_id text,
+    p_sequences bigint[], p_event_types text[], p_event_versions text[],
+    p_payloads jsonb[], p_metadata jsonb[],
+    p_read_kinds text[], p_read_ids text[], p_read_versions bigint[]
+) RETURNS TABLE (appended_sequence bigint, appended_position bigint)
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, pg_temp
+AS $$
+DECLARE
+    i int;
+    now_at bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(7302423, hashtext(p_order));
+    FOR i IN 1 .. coalesce(array_length(p_read_kinds, 1), 0) LOOP
+        IF p_read_kinds[i] = 'releases' THEN
+            -- As commands/src/lookup.rs counts them (index events_released_by_order).
+            SELECT count(*) INTO now_at FROM events e
+             WHERE e.event_type = 'ResultAuthorised' AND e.aggregate_type = 'Result'
+               AND (e.payload -> 'ResultAuthorised' ->> 'order_id') = p_read_ids[i];
+        ELSE
+            SELECT coalesce(max(e.sequence), 0) INTO now_at FROM events e
+             WHERE e.aggregate_type = p_read_kinds[i] AND e.aggregate_id = p_read_ids[i];
+        END IF;
+        IF now_at <> p_read_versions[i] THEN
+            RAISE EXCEPTION '% % changed while the command was decided (% when read, % now)',
+                    p_read_kinds[i], p_read_ids[i], p_read_versions[i], now_at
+                USING ERRCODE = 'LIS01';
+        END IF;
+    END LOOP;
+    RETURN QUERY
+    INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+    SELECT p_aggregate_type, p_aggregate_id, u.sequence, u.event_type, u.event_version,
+           u.payload::json, u.metadata::json
+      FROM unnest(p_sequences, p_event_types, p_event_versions, p_payloads, p_metadata)
+           AS u(sequence, event_type, event_version, payload, metadata)
+     ORDER BY u.sequence
+    RETURNING events.sequence, events.position;
+END
+$$;
+
+REVOKE ALL ON FUNCTION lis_append_in_turn(text, text, text, bigint[], text[], text[], jsonb[], jsonb[], text[], text[], bigint[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lis_append_in_turn(text, text, text, bigint[], text[], text[], jsonb[], jsonb[], text[], text[], bigint[]) TO lisledger_app;
