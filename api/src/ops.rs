@@ -489,6 +489,7 @@ pub async fn ledger(config: &Config, pool: PgPool) -> anyhow::Result<lis_command
                 four_eyes: config.four_eyes,
                 time_zone: config.lab_time_zone,
             },
+            ..Default::default()
         },
         vault,
     ))

@@ -14,7 +14,7 @@ use crate::keys::PatientVault;
 use crate::lookup::PgLabLookup;
 use crate::reads::{InTurn, ReadChanged, Reads};
 use crate::store::SnapshotEventStore;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
 use lis_domain::error::DomainError;
@@ -51,6 +51,9 @@ pub struct LedgerConfig {
     /// connection closed: a network that falls silent mid-statement answers nothing, and
     /// TCP alone would wait a quarter of an hour or more.
     pub command_timeout: std::time::Duration,
+    /// What time it is: the lab's day of an order number, the bound on stated times
+    /// (`Utc::now`; a test sets another).
+    pub clock: fn() -> DateTime<Utc>,
 }
 
 impl Default for LedgerConfig {
@@ -59,6 +62,7 @@ impl Default for LedgerConfig {
             snapshot_every: 20,
             policy: LabPolicy::default(),
             command_timeout: std::time::Duration::from_secs(30),
+            clock: Utc::now,
         }
     }
 }
@@ -119,6 +123,7 @@ impl Ledger {
             event_store(&pool, &config),
             vault.clone(),
             config.policy,
+            config.clock,
         ));
         Self {
             services: LabServices::new(lookup),
@@ -157,7 +162,7 @@ impl Ledger {
             .await?;
         let order_number = OrderNumber::parse(&format!(
             "ORD-{}-{n:06}",
-            self.policy().day_of(Utc::now()).format("%Y%m%d")
+            self.policy().day_of(self.services.now()).format("%Y%m%d")
         ))
         .map_err(|e| CommandError::Internal(format!("order number: {e}")))?;
         let patient_id = self.vault.pseudonym(&order.patient.identity.mrn).await?;

@@ -40,6 +40,7 @@ pub struct PgLabLookup {
     results: EventStoreOf<LabResult>,
     vault: Arc<PatientVault>,
     policy: LabPolicy,
+    clock: fn() -> DateTime<Utc>,
     cached: RwLock<Option<Arc<Catalogue>>>,
 }
 
@@ -95,6 +96,7 @@ impl PgLabLookup {
         results: EventStoreOf<LabResult>,
         vault: Arc<PatientVault>,
         policy: LabPolicy,
+        clock: fn() -> DateTime<Utc>,
     ) -> Self {
         Self {
             pool,
@@ -103,6 +105,7 @@ impl PgLabLookup {
             results,
             vault,
             policy,
+            clock,
             cached: RwLock::new(None),
         }
     }
@@ -316,7 +319,7 @@ impl LabLookup for PgLabLookup {
     }
 
     fn now(&self) -> DateTime<Utc> {
-        Utc::now()
+        (self.clock)()
     }
 }
 

@@ -1040,3 +1040,39 @@ async fn a_transaction_cut_short_closes_its_connection_and_one_dropped_open_is_r
     pool.close().await;
     db.drop().await;
 }
+
+/// Half past one in the morning of 4 March 2026 in India: still 3 March in UTC.
+fn early_on_4_march_in_india() -> chrono::DateTime<chrono::Utc> {
+    "2026-03-03T20:00:00Z".parse().unwrap()
+}
+
+/// An order's number carries the lab's calendar day, not UTC's: an order placed at
+/// 01:30 in Kolkata is numbered on the 4th there, on the 3rd in a lab on UTC.
+#[tokio::test]
+async fn an_order_number_carries_the_labs_calendar_day() {
+    let db = TestDb::new().await;
+    for (zone, day) in [
+        (chrono_tz::Asia::Kolkata, "20260304"),
+        (chrono_tz::UTC, "20260303"),
+    ] {
+        let ledger = lis_commands::Ledger::new(
+            db.app.clone(),
+            lis_commands::LedgerConfig {
+                policy: lis_domain::services::LabPolicy {
+                    time_zone: zone,
+                    ..Default::default()
+                },
+                clock: early_on_4_march_in_india,
+                ..Default::default()
+            },
+            db.vault().await,
+        );
+        let placed = place(&ledger, &format!("MRN-DAY-{day}"), &["K"]).await;
+        let number = placed.order_number.as_str();
+        assert!(
+            number.starts_with(&format!("ORD-{day}-")),
+            "{zone}: {number}"
+        );
+    }
+    db.drop().await;
+}
