@@ -616,3 +616,57 @@ pub async fn test_analytics(db: &TestDb) -> lis_projections::models::analytics::
     .unwrap();
     analytics
 }
+
+/// The order's turn to append (`lis_commands::reads`), held by the test on a connection
+/// of its own; commands of the order queue behind it in the order they reach it.
+pub struct OrderTurn {
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    order: String,
+}
+
+impl OrderTurn {
+    pub async fn hold(db: &TestDb, order: OrderId) -> Self {
+        let mut conn = db.app.acquire().await.unwrap();
+        sqlx::query("SELECT pg_advisory_lock($1, hashtext($2))")
+            .bind(lis_commands::reads::ORDER_TURN_LOCK)
+            .bind(order.to_string())
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        Self {
+            conn,
+            order: order.to_string(),
+        }
+    }
+
+    /// Waits until `n` commands wait for the turn (each decided, at its append).
+    pub async fn queued(&self, db: &TestDb, n: i64) {
+        for _ in 0..1000 {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks
+                  WHERE locktype = 'advisory' AND NOT granted
+                    AND classid::bigint = $1 AND objid::bigint = hashtext($2)::oid::bigint
+                    AND objsubid = 2",
+            )
+            .bind(i64::from(lis_commands::reads::ORDER_TURN_LOCK))
+            .bind(&self.order)
+            .fetch_one(&db.app)
+            .await
+            .unwrap();
+            if waiting >= n {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{n} commands never waited for the order's turn");
+    }
+
+    pub async fn release(mut self) {
+        sqlx::query("SELECT pg_advisory_unlock($1, hashtext($2))")
+            .bind(lis_commands::reads::ORDER_TURN_LOCK)
+            .bind(&self.order)
+            .execute(&mut *self.conn)
+            .await
+            .unwrap();
+    }
+}

@@ -7,7 +7,6 @@
 //! test's cancellation and its result's release; a tube's rejection and the release):
 //! the one stored second is decided again on what the first stored.
 
-use lis_commands::reads::ORDER_TURN_LOCK;
 use lis_commands::{CommandError, CommandOutcome, Ledger};
 use lis_domain::actor::{ActorId, Role};
 use lis_domain::ids::{OrderId, ResultId, SampleId};
@@ -16,7 +15,7 @@ use lis_domain::result::{LabResult, ResultCommand, ResultStatus};
 use lis_domain::sample::{RejectionReason, SampleCommand};
 use lis_domain::text::Reason;
 use lis_domain::value::ResultValue;
-use lis_tests::{actor, code, place, received_serum, record_k, TestDb};
+use lis_tests::{actor, code, place, received_serum, record_k, OrderTurn, TestDb};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -157,60 +156,6 @@ async fn a_hundred_racing_clients_leave_a_valid_history() {
         .unwrap()
         .is_intact());
     db.drop().await;
-}
-
-/// The order's turn to append (`lis_commands::reads`), held by the test on a connection
-/// of its own; commands of the order queue behind it in the order they reach it.
-struct OrderTurn {
-    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
-    order: String,
-}
-
-impl OrderTurn {
-    async fn hold(db: &TestDb, order: OrderId) -> Self {
-        let mut conn = db.app.acquire().await.unwrap();
-        sqlx::query("SELECT pg_advisory_lock($1, hashtext($2))")
-            .bind(ORDER_TURN_LOCK)
-            .bind(order.to_string())
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-        Self {
-            conn,
-            order: order.to_string(),
-        }
-    }
-
-    /// Waits until `n` commands wait for the turn (each decided, at its append).
-    async fn queued(&self, db: &TestDb, n: i64) {
-        for _ in 0..1000 {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_locks
-                  WHERE locktype = 'advisory' AND NOT granted
-                    AND classid::bigint = $1 AND objid::bigint = hashtext($2)::oid::bigint
-                    AND objsubid = 2",
-            )
-            .bind(i64::from(ORDER_TURN_LOCK))
-            .bind(&self.order)
-            .fetch_one(&db.app)
-            .await
-            .unwrap();
-            if waiting >= n {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        panic!("{n} commands never waited for the order's turn");
-    }
-
-    async fn release(mut self) {
-        sqlx::query("SELECT pg_advisory_unlock($1, hashtext($2))")
-            .bind(ORDER_TURN_LOCK)
-            .bind(&self.order)
-            .execute(&mut *self.conn)
-            .await
-            .unwrap();
-    }
 }
 
 type Outcome = Result<CommandOutcome, CommandError>;

@@ -12,9 +12,10 @@ use lis_domain::order::{Order, OrderCommand, OrderEvent, OrderedTest, TestLine};
 use lis_domain::result::{ResultCommand, ResultStatus};
 use lis_domain::sample::{AliquotSpec, SampleCommand};
 use lis_domain::text::Reason;
-use lis_tests::{actor, code, place, received_serum, record_k, released_k, TestDb};
+use lis_tests::{actor, code, place, received_serum, record_k, released_k, OrderTurn, TestDb};
 use sqlx::Row;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 #[tokio::test]
 async fn a_lab_workflow_is_appended_and_loads_back_with_audit_columns() {
@@ -1074,5 +1075,70 @@ async fn an_order_number_carries_the_labs_calendar_day() {
             "{zone}: {number}"
         );
     }
+    db.drop().await;
+}
+
+/// A split whose parent's record is stored but whose aliquot's creation cannot reach the
+/// database within the command's time is answered "outcome unknown", naming the parent:
+/// its split is stored, and a caller told "unavailable" would take it for nothing
+/// written. Sent again, the split finishes.
+#[tokio::test]
+async fn a_split_cut_short_after_its_parents_record_is_answered_outcome_unknown() {
+    let db = TestDb::new().await;
+    let ledger = Arc::new(lis_commands::Ledger::new(
+        db.app.clone(),
+        lis_commands::LedgerConfig {
+            command_timeout: std::time::Duration::from_secs(2),
+            ..Default::default()
+        },
+        db.vault().await,
+    ));
+    let tech = actor("tech.1", Role::Technologist);
+    let order = place(&ledger, "MRN-CUT", &["K"]).await.order_id;
+    let parent = received_serum(&ledger, order, "ACC-CUT", &["K"]).await;
+    let accession = AccessionNumber::parse("ACC-CUT-1").unwrap();
+    let children = vec![AliquotSpec {
+        sample_id: SampleId::aliquot_of(parent, &accession),
+        accession_number: accession,
+        tests: vec![code("K")],
+    }];
+    // The parent's split is decided and waits at its append for the order's turn...
+    let turn = OrderTurn::hold(&db, order).await;
+    let split = tokio::spawn({
+        let (ledger, children, tech) = (ledger.clone(), children.clone(), tech.clone());
+        async move { ledger.aliquot(parent, children, &tech).await }
+    });
+    turn.queued(&db, 1).await;
+    // ...while the test closes the snapshots to readers (as their owner), so that the
+    // aliquot's creation, which reads them first, waits past its command's time; then
+    // the parent's split goes.
+    let mut closed = db.owner.begin().await.unwrap();
+    sqlx::query("LOCK TABLE snapshots IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *closed)
+        .await
+        .unwrap();
+    turn.release().await;
+    match split.await.unwrap() {
+        Err(CommandError::OutcomeUnknown {
+            aggregate_type,
+            aggregate_id,
+            message,
+        }) => {
+            assert_eq!(
+                (aggregate_type, aggregate_id),
+                ("Sample", parent.to_string())
+            );
+            assert!(message.contains("its split is stored"), "{message}");
+        }
+        other => panic!("a split stored part-way must not look like nothing: {other:?}"),
+    }
+    closed.rollback().await.unwrap();
+    let split_stored = ledger.sample(parent).await.unwrap();
+    assert_eq!(split_stored.facts().unwrap().children, children);
+    let outcomes = ledger
+        .aliquot(parent, children.clone(), &tech)
+        .await
+        .unwrap();
+    assert_eq!(outcomes[1].aggregate_id, children[0].sample_id.to_string());
     db.drop().await;
 }
