@@ -288,6 +288,26 @@ impl LabLookup for PgLabLookup {
             .collect()
     }
 
+    async fn value_stored_at(
+        &self,
+        result: ResultId,
+    ) -> Result<Option<DateTime<Utc>>, LookupError> {
+        sqlx::query_scalar(
+            "SELECT recorded_at FROM events
+              WHERE aggregate_type = 'Result' AND aggregate_id = $1
+                AND event_type IN ('ResultRecorded', 'ResultCorrected', 'ResultAmended')
+              ORDER BY sequence DESC LIMIT 1",
+        )
+        .bind(result.to_string())
+        .fetch_optional(
+            &mut *connection(&self.pool)
+                .await
+                .map_err(|e| failed("connection", e))?,
+        )
+        .await
+        .map_err(|e| failed("value stored at", e))
+    }
+
     async fn released_results(
         &self,
         order: OrderId,

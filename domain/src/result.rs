@@ -28,7 +28,7 @@ use crate::services::{storable, LabServices, LookupError, CLOCK_SKEW};
 use crate::text::{Label, Note, PersonName, Reason};
 use crate::validation::{FieldError, FieldErrors};
 use crate::value::{ResultValue, ValueSpec};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
@@ -682,6 +682,20 @@ impl Aggregate for LabResult {
                         "notified_at",
                         "the call cannot be in the future",
                     ));
+                } else if let Some(stored) = services.value_stored_at(c.result_id).await? {
+                    // A call made before this value was stored was about an earlier one
+                    // (a correction or an amendment since needs its own call).
+                    if notification.notified_at < stored - CLOCK_SKEW {
+                        let at = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
+                        errors.push(FieldError::new(
+                            "notified_at",
+                            format!(
+                                "the call ({}) was made before this value was stored ({}): record the call made about this value",
+                                at(notification.notified_at),
+                                at(stored)
+                            ),
+                        ));
+                    }
                 }
                 if !errors.is_empty() {
                     return Err(ResultError::Invalid(FieldErrors(errors)));

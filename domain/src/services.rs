@@ -100,6 +100,10 @@ pub trait LabLookup: Send + Sync {
     ) -> Result<Option<Age>, LookupError>;
     /// Tests of an order that have (or had) a released result.
     async fn released_tests(&self, order: OrderId) -> Result<BTreeSet<TestCode>, LookupError>;
+    /// When the result's current value was stored (its last recording, correction or
+    /// amendment), by the store's clock; `None` if it has none.
+    async fn value_stored_at(&self, result: ResultId)
+        -> Result<Option<DateTime<Utc>>, LookupError>;
     /// The results of `test` on `order` released now (not retracted since).
     async fn released_results(
         &self,

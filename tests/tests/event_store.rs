@@ -9,9 +9,9 @@ use lis_domain::catalogue::CatalogueVersion;
 use lis_domain::flags::Flag;
 use lis_domain::ids::{AccessionNumber, SampleId, TestCode};
 use lis_domain::order::{Order, OrderCommand, OrderEvent, OrderedTest, TestLine};
-use lis_domain::result::{ResultCommand, ResultStatus};
+use lis_domain::result::{CriticalNotification, NotificationMethod, ResultCommand, ResultStatus};
 use lis_domain::sample::{AliquotSpec, SampleCommand};
-use lis_domain::text::Reason;
+use lis_domain::text::{PersonName, Reason};
 use lis_tests::{actor, code, place, received_serum, record_k, released_k, OrderTurn, TestDb};
 use sqlx::Row;
 use std::collections::HashMap;
@@ -1140,5 +1140,41 @@ async fn a_split_cut_short_after_its_parents_record_is_answered_outcome_unknown(
         .await
         .unwrap();
     assert_eq!(outcomes[1].aggregate_id, children[0].sample_id.to_string());
+    db.drop().await;
+}
+
+/// A critical-value call stated before the value was stored (by the store's clock, give
+/// or take five minutes) was about an earlier value: refused at `notified_at`.
+#[tokio::test]
+async fn a_critical_call_stated_before_its_value_was_stored_is_refused() {
+    let db = TestDb::new().await;
+    let ledger = db.ledger().await;
+    let tech = actor("tech.1", Role::Technologist);
+    let order = place(&ledger, "MRN-CALL", &["K"]).await.order_id;
+    let sample = received_serum(&ledger, order, "ACC-CALL", &["K"]).await;
+    let (k, record) = record_k(sample, 7.1);
+    ledger.execute_result(k, record, &tech).await.unwrap();
+    let call = |minutes_ago: i64| ResultCommand::RecordCriticalNotification {
+        by: ActorId::parse("tech.1").unwrap(),
+        notification: CriticalNotification {
+            notified_person: PersonName::parse("Dr Rao").unwrap(),
+            method: NotificationMethod::Phone,
+            value_conveyed: "K 7.1".into(),
+            read_back_confirmed: true,
+            notified_at: chrono::Utc::now() - chrono::Duration::minutes(minutes_ago),
+        },
+    };
+    match ledger.execute_result(k, call(30), &tech).await {
+        Err(CommandError::Invalid { errors, .. }) => {
+            assert_eq!(errors.0.len(), 1, "{errors:?}");
+            assert_eq!(errors.0[0].field, "notified_at");
+            assert!(
+                errors.0[0].message.contains("before this value was stored"),
+                "{errors:?}"
+            );
+        }
+        other => panic!("a call before the value must be refused: {other:?}"),
+    }
+    ledger.execute_result(k, call(1), &tech).await.unwrap();
     db.drop().await;
 }

@@ -22,6 +22,8 @@ pub struct Lab {
     pub accessions: BTreeSet<AccessionNumber>,
     pub previous: Option<PreviousResult>,
     pub released: BTreeSet<TestCode>,
+    /// When the result's current value was stored (every result alike).
+    pub value_stored_at: Option<DateTime<Utc>>,
     /// Results released now, by order and test.
     pub released_results: HashMap<(OrderId, TestCode), Vec<ResultId>>,
     pub four_eyes: Option<bool>,
@@ -87,6 +89,12 @@ impl LabLookup for Lab {
     }
     async fn released_tests(&self, _order: OrderId) -> Result<BTreeSet<TestCode>, LookupError> {
         Ok(self.released.clone())
+    }
+    async fn value_stored_at(
+        &self,
+        _result: ResultId,
+    ) -> Result<Option<DateTime<Utc>>, LookupError> {
+        Ok(self.value_stored_at)
     }
     async fn released_results(
         &self,

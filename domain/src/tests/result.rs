@@ -567,6 +567,48 @@ fn a_notification_made_before_a_correction_does_not_cover_the_new_value() {
 }
 
 #[test]
+fn a_call_made_before_the_value_was_stored_is_not_a_call_about_it() {
+    // The value was corrected at 10:00; a call stated at 09:50 was about the value before.
+    let mut lab = lab();
+    lab.value_stored_at = Some(now());
+    let corrected = ResultEvent::ResultCorrected {
+        previous: k(7.1),
+        value: k(7.4),
+        delta: None,
+        flags: vec![Flag::HH],
+        reason: reason("transcription error"),
+    };
+    let at = |minutes_before: i64| CriticalNotification {
+        notified_at: now() - chrono::Duration::minutes(minutes_before),
+        ..notification(true)
+    };
+    ResultTester::with(lab.clone().services())
+        .given(vec![recorded_k(7.1, vec![Flag::HH]), corrected.clone()])
+        .when(ResultCommand::RecordCriticalNotification {
+            by: actor("tech.1"),
+            notification: at(10),
+        })
+        .then_expect_error(ResultError::Invalid(
+            FieldError::new(
+                "notified_at",
+                "the call (2026-03-03T09:50:00Z) was made before this value was stored (2026-03-03T10:00:00Z): record the call made about this value",
+            )
+            .into(),
+        ));
+    // Within the clock skew of the store's clock, it counts.
+    ResultTester::with(lab.services())
+        .given(vec![recorded_k(7.1, vec![Flag::HH]), corrected])
+        .when(ResultCommand::RecordCriticalNotification {
+            by: actor("tech.1"),
+            notification: at(4),
+        })
+        .then_expect_events(vec![ResultEvent::CriticalValueNotified {
+            notified_by: actor("tech.1"),
+            notification: at(4),
+        }]);
+}
+
+#[test]
 fn only_a_critical_result_takes_a_critical_notification() {
     ResultTester::with(lab().services())
         .given(vec![recorded_k(4.1, vec![])])
