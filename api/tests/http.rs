@@ -1386,6 +1386,12 @@ async fn roles_and_errors_are_answered_with_problems() {
         metrics.contains(r#"lis_commands_total{outcome="invalid",route="/orders"}"#),
         "{metrics}"
     );
+    // No two commands here raced on an order's records (tests/tests/contention.rs counts
+    // the ledger's own figure when they do).
+    assert!(
+        metrics.contains("\nlis_commands_decided_again_total 0\n"),
+        "{metrics}"
+    );
 
     // 413.
     let huge = json!({"reason": "x".repeat(http::MAX_BODY)});

@@ -31,14 +31,16 @@ use lis_domain::text::Reason;
 use lis_domain::text::{Note, PersonName, Place};
 use lis_domain::upcast::upcasters;
 use sqlx::{PgPool, Row};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use uuid::Uuid;
 
 /// The event store of one aggregate type.
 pub type EventStoreOf<A> = SnapshotEventStore<A>;
 
-/// How many times a command is decided before a record its rules read, changing each
-/// time before its append, makes it a conflict (409): each attempt reads afresh.
+/// How many times a command is decided before records its rules read, changing each
+/// time before its append, make it give up (503, nothing stored): each attempt reads
+/// afresh.
 const DECISIONS: u32 = 5;
 
 /// How the ledger runs.
@@ -111,6 +113,9 @@ pub struct Ledger {
     samples: EventStoreOf<Sample>,
     results: EventStoreOf<LabResult>,
     patients: EventStoreOf<PatientRecord>,
+    /// Commands decided again because a record their rules read changed before their
+    /// append (see [`crate::reads`]).
+    decided_again: AtomicU64,
 }
 
 impl Ledger {
@@ -131,6 +136,7 @@ impl Ledger {
             samples: event_store(&pool, &config),
             results: event_store(&pool, &config),
             patients: event_store(&pool, &config),
+            decided_again: AtomicU64::new(0),
             vault,
             pool,
         }
@@ -138,6 +144,12 @@ impl Ledger {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// How many times, since it started, a command was decided again because a record
+    /// its rules read changed before its append: contention on an order's records.
+    pub fn decided_again(&self) -> u64 {
+        self.decided_again.load(Ordering::Relaxed)
     }
 
     /// The lab's rules and clock, as the commands apply them.
@@ -200,9 +212,8 @@ impl Ledger {
         ctx: &CommandContext,
     ) -> Result<CommandOutcome, CommandError> {
         let (name, reason) = (command.name(), command.reason());
-        execute(
+        self.execute(
             &self.orders,
-            &self.services,
             &id.to_string(),
             command,
             (name, reason),
@@ -231,9 +242,8 @@ impl Ledger {
         expected: Option<i64>,
     ) -> Result<CommandOutcome, CommandError> {
         let (name, reason) = (command.name(), command.reason());
-        execute(
+        self.execute(
             &self.samples,
-            &self.services,
             &id.to_string(),
             command,
             (name, reason),
@@ -250,9 +260,8 @@ impl Ledger {
         ctx: &CommandContext,
     ) -> Result<CommandOutcome, CommandError> {
         let (name, reason) = (command.name(), command.reason());
-        execute(
+        self.execute(
             &self.results,
-            &self.services,
             &id.to_string(),
             command,
             (name, reason),
@@ -279,16 +288,9 @@ impl Ledger {
         let command = PatientCommand::Erase { reason };
         let (name, why) = (command.name(), command.reason());
         let expected = ctx.expected_version.get().copied();
-        match execute(
-            &self.patients,
-            &self.services,
-            &id,
-            command,
-            (name, why),
-            ctx,
-            expected,
-        )
-        .await
+        match self
+            .execute(&self.patients, &id, command, (name, why), ctx, expected)
+            .await
         {
             Ok(outcome) => {
                 self.vault.erase(patient).await?;
@@ -430,47 +432,50 @@ async fn last_event_of(
     .await
 }
 
-#[tracing::instrument(
+impl Ledger {
+    #[tracing::instrument(
     name = "command",
     skip_all,
     fields(command = name, aggregate_id = id, actor = %ctx.actor.id, role = %ctx.actor.role,
            correlation_id = %ctx.correlation_id, outcome)
 )]
-async fn execute<A>(
-    store: &EventStoreOf<A>,
-    services: &A::Services,
-    id: &str,
-    command: A::Command,
-    (name, reason): (&'static str, Option<String>),
-    ctx: &CommandContext,
-    expected: Option<i64>,
-) -> Result<CommandOutcome, CommandError>
-where
-    A: Aggregate + OrderFamily,
-    A::Command: Clone,
-    A::Error: DomainError,
-{
-    let command_id = ctx.command_id.get().copied().unwrap_or_else(Uuid::new_v4);
-    let metadata = ctx.metadata(command_id, name, reason);
-    let outcome = |err: CommandError| {
-        tracing::Span::current().record("outcome", tracing::field::display(&err));
-        err
-    };
-    let refused =
-        |e: AggregateError<A::Error>| outcome(CommandError::from_aggregate(e, A::TYPE, id));
-    // One connection for the load, the rules' look-ups and the append (`connection`).
-    let write = crate::connection::WriteWatch::default();
-    let in_doubt = |err: CommandError| match err {
-        CommandError::Unavailable(message) if write.in_doubt() => CommandError::OutcomeUnknown {
-            aggregate_type: A::TYPE,
-            aggregate_id: id.to_string(),
-            message,
-        },
-        err => err,
-    };
-    // Boxed: the attempts' futures nest deep, and a caller's future holding them inline
-    // (a test's lab day of many commands) outgrew a thread's stack in debug builds.
-    let watched = Box::pin(write.watch(async {
+    async fn execute<A>(
+        &self,
+        store: &EventStoreOf<A>,
+        id: &str,
+        command: A::Command,
+        (name, reason): (&'static str, Option<String>),
+        ctx: &CommandContext,
+        expected: Option<i64>,
+    ) -> Result<CommandOutcome, CommandError>
+    where
+        A: Aggregate<Services = LabServices> + OrderFamily,
+        A::Command: Clone,
+        A::Error: DomainError,
+    {
+        let command_id = ctx.command_id.get().copied().unwrap_or_else(Uuid::new_v4);
+        let metadata = ctx.metadata(command_id, name, reason);
+        let outcome = |err: CommandError| {
+            tracing::Span::current().record("outcome", tracing::field::display(&err));
+            err
+        };
+        let refused =
+            |e: AggregateError<A::Error>| outcome(CommandError::from_aggregate(e, A::TYPE, id));
+        // One connection for the load, the rules' look-ups and the append (`connection`).
+        let write = crate::connection::WriteWatch::default();
+        let in_doubt = |err: CommandError| match err {
+            CommandError::Unavailable(message) if write.in_doubt() => {
+                CommandError::OutcomeUnknown {
+                    aggregate_type: A::TYPE,
+                    aggregate_id: id.to_string(),
+                    message,
+                }
+            }
+            err => err,
+        };
+        // Boxed: the attempts' futures nest deep, and a caller's future holding them inline
+        // (a test's lab day of many commands) outgrew a thread's stack in debug builds.
+        let watched = Box::pin(write.watch(async {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -491,7 +496,7 @@ where
                     let sink = EventSink::default();
                     context
                         .aggregate
-                        .handle(command.clone(), services, &sink)
+                        .handle(command.clone(), &self.services, &sink)
                         .await
                         .map_err(|e| refused(AggregateError::UserError(e)))?;
                     Ok((context, sink.collect().await))
@@ -512,13 +517,15 @@ where
                 (Err(AggregateError::UnexpectedError(e)), _)
                     if e.is::<ReadChanged>() && attempt < DECISIONS =>
                 {
+                    self.decided_again.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(attempt, changed = %e, "deciding again");
                 }
+                // Nothing written, and the record itself may not have changed: a
+                // conflict on it would be untrue. Busy: come back shortly.
                 (Err(AggregateError::UnexpectedError(e)), _) if e.is::<ReadChanged>() => {
-                    return Err(outcome(CommandError::Conflict {
-                        aggregate_type: A::TYPE,
-                        aggregate_id: id.to_string(),
-                    }));
+                    return Err(outcome(CommandError::Unavailable(format!(
+                        "records this command's rules read changed before each of its {DECISIONS} attempts to store it (last: {e}); nothing was stored, send it again"
+                    ))));
                 }
                 // Another command took the next version first: for a caller who named the
                 // version it acted on, the record has changed since (412), as it would
@@ -536,36 +543,38 @@ where
             }
         }
     }));
-    let appended = match crate::connection::within(store.pool(), store.command_timeout(), watched)
-        .await
-        // No connection for the command, or none that answered in time.
-        .map_err(|e| outcome(in_doubt(CommandError::from(e))))?
-    {
-        Err(mut stale @ CommandError::Stale { .. }) => {
-            // Where the record is now, for the caller to read it (best effort: the
-            // answer stands without it).
-            if let CommandError::Stale { position, .. } = &mut stale {
-                *position = last_event_of(store.pool(), A::TYPE, id)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|(_, at)| at);
-            }
-            return Err(stale);
-        }
-        appended => appended.map_err(|e| outcome(in_doubt(e)))?,
-    };
-    let last = appended.last().ok_or_else(|| {
-        CommandError::Internal(format!(
-            "command {name} on {} {id} was accepted but recorded no event",
-            A::TYPE
-        ))
-    })?;
-    tracing::Span::current().record("outcome", "ok");
-    Ok(CommandOutcome {
-        aggregate_type: A::TYPE,
-        aggregate_id: id.to_string(),
-        version: last.sequence,
-        position: last.position,
-    })
+        let appended =
+            match crate::connection::within(store.pool(), store.command_timeout(), watched)
+                .await
+                // No connection for the command, or none that answered in time.
+                .map_err(|e| outcome(in_doubt(CommandError::from(e))))?
+            {
+                Err(mut stale @ CommandError::Stale { .. }) => {
+                    // Where the record is now, for the caller to read it (best effort: the
+                    // answer stands without it).
+                    if let CommandError::Stale { position, .. } = &mut stale {
+                        *position = last_event_of(store.pool(), A::TYPE, id)
+                            .await
+                            .ok()
+                            .flatten()
+                            .map(|(_, at)| at);
+                    }
+                    return Err(stale);
+                }
+                appended => appended.map_err(|e| outcome(in_doubt(e)))?,
+            };
+        let last = appended.last().ok_or_else(|| {
+            CommandError::Internal(format!(
+                "command {name} on {} {id} was accepted but recorded no event",
+                A::TYPE
+            ))
+        })?;
+        tracing::Span::current().record("outcome", "ok");
+        Ok(CommandOutcome {
+            aggregate_type: A::TYPE,
+            aggregate_id: id.to_string(),
+            version: last.sequence,
+            position: last.position,
+        })
+    }
 }

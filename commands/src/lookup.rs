@@ -111,8 +111,8 @@ impl PgLabLookup {
     }
 
     /// Every release (`ResultAuthorised`) of the order's results, as (result id, test
-    /// code), retracted ones included. Their number is noted for the command's append
-    /// to check again (migration 0016 counts them the same way).
+    /// code), retracted ones included. The caller notes how many it relied on, for the
+    /// command's append to count again (migration 0016 counts them the same way).
     async fn releases(&self, order: OrderId) -> Result<Vec<(String, String)>, LookupError> {
         let releases: Vec<(String, String)> = sqlx::query_as(
             "SELECT aggregate_id, payload -> 'ResultAuthorised' ->> 'test_code' FROM events
@@ -127,10 +127,6 @@ impl PgLabLookup {
         )
         .await
         .map_err(|e| failed("released results", e))?;
-        note(Read::Releases {
-            order: order.to_string(),
-            count: releases.len() as i64,
-        });
         Ok(releases)
     }
 
@@ -281,8 +277,13 @@ impl LabLookup for PgLabLookup {
     }
 
     async fn released_tests(&self, order: OrderId) -> Result<BTreeSet<TestCode>, LookupError> {
-        self.releases(order)
-            .await?
+        let releases = self.releases(order).await?;
+        note(Read::Releases {
+            order: order.to_string(),
+            test: None,
+            count: releases.len() as i64,
+        });
+        releases
             .iter()
             .map(|(_, c)| TestCode::parse(c).map_err(|e| failed("stored test code", e)))
             .collect()
@@ -314,13 +315,20 @@ impl LabLookup for PgLabLookup {
         test: &TestCode,
     ) -> Result<Vec<ResultId>, LookupError> {
         let releases = self.releases(order).await?;
-        let of_test: BTreeSet<&str> = releases
+        let of_test: Vec<&str> = releases
             .iter()
             .filter(|(_, code)| code == test.as_str())
             .map(|(id, _)| id.as_str())
             .collect();
+        // Only this test's: releasing a panel's other tests at once does not make a
+        // release decide again.
+        note(Read::Releases {
+            order: order.to_string(),
+            test: Some(test.as_str().to_string()),
+            count: of_test.len() as i64,
+        });
         let mut released = Vec::new();
-        for id in of_test {
+        for id in of_test.into_iter().collect::<BTreeSet<_>>() {
             let mut ctx = self
                 .results
                 .load_aggregate(id)

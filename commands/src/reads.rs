@@ -7,7 +7,7 @@
 //! its result (which looks for a cancellation of its test) touch two records, and each
 //! could read the other's before it was written, so that both passed. While a command is
 //! decided, each look-up of an order or a tube notes the version it found, and a look-up
-//! of an order's released tests the number of releases. The append then takes the
+//! of an order's releases their number (of the test it asked about, or of all). The append then takes the
 //! order's turn (an advisory lock held until it commits, class [`ORDER_TURN_LOCK`], key
 //! `hashtext(order id)`: migration 0016) and looks again at each: if one changed, it
 //! writes nothing ([`ReadChanged`]) and the ledger decides the command again on what is
@@ -33,8 +33,13 @@ pub enum Read {
         id: String,
         version: i64,
     },
-    /// How many releases (`ResultAuthorised`) of an order's results there were.
-    Releases { order: String, count: i64 },
+    /// How many releases (`ResultAuthorised`) of an order's results there were, of one
+    /// test or (`None`) of all.
+    Releases {
+        order: String,
+        test: Option<String>,
+        count: i64,
+    },
 }
 
 /// The reads of one attempt at a command.
@@ -66,25 +71,37 @@ pub struct InTurn {
 }
 
 impl InTurn {
-    /// The reads as the store's function takes them: kinds, ids, versions.
-    pub(crate) fn columns(&self) -> (Vec<&str>, Vec<&str>, Vec<i64>) {
-        let mut columns = (Vec::new(), Vec::new(), Vec::new());
+    /// The reads as the store's function takes them: kinds, ids, tests, versions.
+    pub(crate) fn columns(&self) -> Columns<'_> {
+        let mut columns = Columns::default();
         for read in &self.reads {
-            let (kind, id, version) = match read {
+            let (kind, id, test, version) = match read {
                 Read::Record {
                     aggregate_type,
                     id,
                     version,
-                } => (*aggregate_type, id.as_str(), *version),
-                Read::Releases { order, count } => ("releases", order.as_str(), *count),
+                } => (*aggregate_type, id.as_str(), None, *version),
+                Read::Releases { order, test, count } => {
+                    ("releases", order.as_str(), test.as_deref(), *count)
+                }
             };
             columns.0.push(kind);
             columns.1.push(id);
-            columns.2.push(version);
+            columns.2.push(test);
+            columns.3.push(version);
         }
         columns
     }
 }
+
+/// [`InTurn::columns`]: kinds, ids, tests (of releases), versions.
+#[derive(Debug, Default)]
+pub(crate) struct Columns<'a>(
+    pub Vec<&'a str>,
+    pub Vec<&'a str>,
+    pub Vec<Option<&'a str>>,
+    pub Vec<i64>,
+);
 
 /// A record a command's rules read changed before its append (SQLSTATE `LIS01`): the
 /// append wrote nothing.

@@ -28,7 +28,7 @@ use std::collections::HashMap;
 
 use crate::connection::connection;
 use crate::error::is_unavailable;
-use crate::reads::{InTurn, ReadChanged, READ_CHANGED};
+use crate::reads::{Columns, InTurn, ReadChanged, READ_CHANGED};
 
 /// Where one appended event landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +84,7 @@ RETURNING sequence, position";
 const APPEND_IN_TURN: &str = "
 SELECT appended_sequence AS sequence, appended_position AS position
   FROM lis_append_in_turn($8, $1, $2, $3::bigint[], $4::text[], $5::text[], $6::jsonb[],
-                          $7::jsonb[], $9::text[], $10::text[], $11::bigint[])";
+                          $7::jsonb[], $9::text[], $10::text[], $11::text[], $12::bigint[])";
 
 /// Sends the statement that makes a command durable (an autocommitted append, or a
 /// COMMIT), marking it sent and, once the server answers either way, answered
@@ -241,10 +241,11 @@ impl<A: Aggregate> SnapshotEventStore<A> {
         .bind(&metadatas);
         let columns = turn.map(InTurn::columns);
         let insert = match (turn, &columns) {
-            (Some(turn), Some((kinds, ids, read_versions))) => insert
+            (Some(turn), Some(Columns(kinds, ids, tests, read_versions))) => insert
                 .bind(&turn.order)
                 .bind(kinds)
                 .bind(ids)
+                .bind(tests)
                 .bind(read_versions),
             _ => insert,
         };

@@ -9,16 +9,20 @@
 -- order's record takes the order's advisory lock (class 7302423, key hashtext(order
 -- id)) until it commits, then looks again, with a fresh snapshot (a VOLATILE plpgsql
 -- function's statements each take their own), at what the command read: each record at
--- the version it had (0: none), and for a cancellation the number of releases of the
--- order's results. Anything changed since and it raises SQLSTATE LIS01, writing nothing;
--- the ledger decides the command again on what is now stored.
+-- the version it had (0: none), and the number of releases (ResultAuthorised) of the
+-- order's results, of one test (a release: one released value per ordered test) or of
+-- all (a cancellation). Anything changed since and it raises SQLSTATE LIS01, writing
+-- nothing; the ledger decides the command again on what is now stored. The fresh
+-- snapshots are read committed's: at a stricter isolation level each query would read
+-- the transaction's first snapshot, taken before the lock was granted, and could miss
+-- the command it waited for, so the function refuses to run there.
 
 CREATE FUNCTION lis_append_in_turn(
     p_order text,
     p_aggregate_type text, p_aggregate_id text,
     p_sequences bigint[], p_event_types text[], p_event_versions text[],
     p_payloads jsonb[], p_metadata jsonb[],
-    p_read_kinds text[], p_read_ids text[], p_read_versions bigint[]
+    p_read_kinds text[], p_read_ids text[], p_read_tests text[], p_read_versions bigint[]
 ) RETURNS TABLE (appended_sequence bigint, appended_position bigint)
     LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, pg_temp
 AS $$
@@ -26,20 +30,28 @@ DECLARE
     i int;
     now_at bigint;
 BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'the ledger appends at read committed isolation, not %',
+                current_setting('transaction_isolation')
+            USING ERRCODE = 'invalid_transaction_state';
+    END IF;
     PERFORM pg_advisory_xact_lock(7302423, hashtext(p_order));
     FOR i IN 1 .. coalesce(array_length(p_read_kinds, 1), 0) LOOP
         IF p_read_kinds[i] = 'releases' THEN
             -- As commands/src/lookup.rs counts them (index events_released_by_order).
             SELECT count(*) INTO now_at FROM events e
              WHERE e.event_type = 'ResultAuthorised' AND e.aggregate_type = 'Result'
-               AND (e.payload -> 'ResultAuthorised' ->> 'order_id') = p_read_ids[i];
+               AND (e.payload -> 'ResultAuthorised' ->> 'order_id') = p_read_ids[i]
+               AND (p_read_tests[i] IS NULL
+                    OR e.payload -> 'ResultAuthorised' ->> 'test_code' = p_read_tests[i]);
         ELSE
             SELECT coalesce(max(e.sequence), 0) INTO now_at FROM events e
              WHERE e.aggregate_type = p_read_kinds[i] AND e.aggregate_id = p_read_ids[i];
         END IF;
         IF now_at <> p_read_versions[i] THEN
-            RAISE EXCEPTION '% % changed while the command was decided (% when read, % now)',
-                    p_read_kinds[i], p_read_ids[i], p_read_versions[i], now_at
+            RAISE EXCEPTION '% % % changed while the command was decided (% when read, % now)',
+                    p_read_kinds[i], p_read_ids[i], coalesce(p_read_tests[i], ''),
+                    p_read_versions[i], now_at
                 USING ERRCODE = 'LIS01';
         END IF;
     END LOOP;
@@ -54,5 +66,5 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON FUNCTION lis_append_in_turn(text, text, text, bigint[], text[], text[], jsonb[], jsonb[], text[], text[], bigint[]) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION lis_append_in_turn(text, text, text, bigint[], text[], text[], jsonb[], jsonb[], text[], text[], bigint[]) TO lisledger_app;
+REVOKE ALL ON FUNCTION lis_append_in_turn(text, text, text, bigint[], text[], text[], jsonb[], jsonb[], text[], text[], text[], bigint[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lis_append_in_turn(text, text, text, bigint[], text[], text[], jsonb[], jsonb[], text[], text[], text[], bigint[]) TO lisledger_app;

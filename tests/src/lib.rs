@@ -184,17 +184,22 @@ pub fn patient(mrn: &str, sex: &str) -> NewPatient {
     .unwrap()
 }
 
+/// A routine order from OPD 2 for a female patient `mrn`.
+pub fn new_order(mrn: &str, tests: &[&str]) -> NewOrder {
+    NewOrder {
+        patient: patient(mrn, "female"),
+        ordering_clinician: PersonName::parse("Dr Rao").unwrap(),
+        priority: Priority::Routine,
+        collection_site: Place::parse("OPD 2").unwrap(),
+        clinical_notes: None,
+        tests: tests.iter().map(|t| code(t)).collect(),
+    }
+}
+
 pub async fn place(ledger: &Ledger, mrn: &str, tests: &[&str]) -> PlacedOrder {
     ledger
         .place_order(
-            NewOrder {
-                patient: patient(mrn, "female"),
-                ordering_clinician: PersonName::parse("Dr Rao").unwrap(),
-                priority: Priority::Routine,
-                collection_site: Place::parse("OPD 2").unwrap(),
-                clinical_notes: None,
-                tests: tests.iter().map(|t| code(t)).collect(),
-            },
+            new_order(mrn, tests),
             &actor("reception.1", Role::Reception),
         )
         .await
@@ -239,6 +244,25 @@ pub fn record_k(sample: SampleId, value: f64) -> (ResultId, ResultCommand) {
             method: None,
             instrument: None,
             raw_message: Some("R|1|^^^K|4.1|mmol/L||N||F\r".into()),
+        }),
+    )
+}
+
+pub fn record_na(sample: SampleId, value: f64) -> (ResultId, ResultCommand) {
+    let id = ResultId::for_test(sample, &code("NA"));
+    (
+        id,
+        ResultCommand::Record(RecordResult {
+            result_id: id,
+            sample_id: sample,
+            test_code: code("NA"),
+            value: ResultValue::Numeric {
+                value,
+                unit: "mmol/L".into(),
+            },
+            method: None,
+            instrument: None,
+            raw_message: None,
         }),
     )
 }
@@ -382,26 +406,8 @@ pub async fn lab_day_numbered(ledger: &Ledger, n: u32) -> (uuid::Uuid, uuid::Uui
         .unwrap();
 
     // NA is released, then amended.
-    let na = lis_domain::ids::ResultId::for_test(serum, &code("NA"));
-    ledger
-        .execute_result(
-            na,
-            ResultCommand::Record(lis_domain::result::RecordResult {
-                result_id: na,
-                sample_id: serum,
-                test_code: code("NA"),
-                value: ResultValue::Numeric {
-                    value: 140.0,
-                    unit: "mmol/L".into(),
-                },
-                method: None,
-                instrument: None,
-                raw_message: None,
-            }),
-            &tech,
-        )
-        .await
-        .unwrap();
+    let (na, record) = record_na(serum, 140.0);
+    ledger.execute_result(na, record, &tech).await.unwrap();
     ledger
         .execute_result(na, ResultCommand::Verify { by: by("tech.1") }, &tech)
         .await

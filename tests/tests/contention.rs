@@ -15,7 +15,7 @@ use lis_domain::result::{LabResult, ResultCommand, ResultStatus};
 use lis_domain::sample::{RejectionReason, SampleCommand};
 use lis_domain::text::Reason;
 use lis_domain::value::ResultValue;
-use lis_tests::{actor, code, place, received_serum, record_k, OrderTurn, TestDb};
+use lis_tests::{actor, code, place, received_serum, record_k, record_na, OrderTurn, TestDb};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -248,6 +248,7 @@ async fn a_release_decided_before_its_tests_cancellation_was_stored_is_decided_a
     .await;
     cancel.expect("the cancellation, first in turn, is stored");
     refused(release, "result.test-cancelled");
+    assert_eq!(ledger.decided_again(), 1);
     assert_eq!(events_of(&db, "ResultAuthorised").await, 0);
     db.drop().await;
 }
@@ -269,6 +270,7 @@ async fn a_cancellation_decided_before_a_release_was_stored_is_decided_again() {
     .await;
     release.expect("the release, first in turn, is stored");
     refused(cancel, "order.test-released");
+    assert_eq!(ledger.decided_again(), 1);
     assert_eq!(events_of(&db, "TestCancelled").await, 0);
     db.drop().await;
 }
@@ -332,5 +334,68 @@ async fn two_tubes_results_of_one_test_are_not_both_released_even_in_the_same_in
     };
     ledger.execute_result(first, retract, &path).await.unwrap();
     authorising(ledger.clone(), second).await.unwrap();
+    db.drop().await;
+}
+
+/// A panel's tests released at once are not decided again for each other: a release
+/// checks again the releases of its own test only.
+#[tokio::test]
+async fn releases_of_an_orders_different_tests_at_once_are_each_decided_once() {
+    let db = TestDb::new().await;
+    let ledger = Arc::new(db.ledger().await);
+    let (order, sample, k) = verified_k(&ledger, "MRN-T5").await;
+    let tech = actor("tech.1", Role::Technologist);
+    let (na, record) = record_na(sample, 140.0);
+    ledger.execute_result(na, record, &tech).await.unwrap();
+    let by = ActorId::parse("tech.1").unwrap();
+    ledger
+        .execute_result(na, ResultCommand::Verify { by }, &tech)
+        .await
+        .unwrap();
+    let (first, second) = decided_together(
+        &db,
+        order,
+        authorising(ledger.clone(), k),
+        authorising(ledger.clone(), na),
+    )
+    .await;
+    first.expect("potassium released");
+    second.expect("sodium released");
+    assert_eq!(ledger.decided_again(), 0);
+    db.drop().await;
+}
+
+/// The append's check reads what other commands committed while it waited for the
+/// order's turn: read committed's fresh snapshot for each query. At a stricter level it
+/// would read a snapshot from before the wait and could pass a release of a cancelled
+/// test: a database set so is refused, not trusted.
+#[tokio::test]
+async fn a_database_at_a_stricter_isolation_level_is_refused_not_trusted() {
+    let db = TestDb::new().await;
+    let su = db.superuser().await;
+    sqlx::query(&format!(
+        "ALTER DATABASE {} SET default_transaction_isolation = 'repeatable read'",
+        db.name
+    ))
+    .execute(&su)
+    .await
+    .unwrap();
+    su.close().await;
+    let pool = TestDb::pool_as(lis_eventstore_migrations::APP_ROLE, &db.name).await;
+    let ledger = Ledger::new(pool.clone(), Default::default(), db.vault().await);
+    let placed = ledger
+        .place_order(
+            lis_tests::new_order("MRN-T6", &["K"]),
+            &actor("reception.1", Role::Reception),
+        )
+        .await;
+    match placed {
+        Err(CommandError::Internal(message)) => {
+            assert!(message.contains("read committed"), "{message}")
+        }
+        other => panic!("an append at repeatable read must be refused: {other:?}"),
+    }
+    assert_eq!(events_of(&db, "OrderPlaced").await, 0);
+    pool.close().await;
     db.drop().await;
 }

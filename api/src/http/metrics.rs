@@ -1,5 +1,5 @@
 //! `GET /metrics` in the Prometheus text format: request latency by route, commands by
-//! route and outcome, and — read at scrape time from the database — how far the relay
+//! route and outcome, commands decided again (contention on an order's records), and — read at scrape time from the database — how far the relay
 //! and each projection are behind the event store, and how many committed events the
 //! ordered feed holds back for a transaction still open somewhere in the cluster.
 
@@ -9,8 +9,8 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use lis_commands::connection::connection;
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -20,6 +20,8 @@ pub struct Metrics {
     lag: IntGaugeVec,
     held_back: IntGauge,
     held_back_secs: Gauge,
+    /// Brought up to the ledger's own count at each scrape, one scrape at a time.
+    decided_again: std::sync::Mutex<IntCounter>,
 }
 
 impl Default for Metrics {
@@ -55,12 +57,18 @@ impl Default for Metrics {
             "How long the oldest of those events has waited",
         )
         .expect("static metric");
+        let decided_again = IntCounter::new(
+            "lis_commands_decided_again_total",
+            "Commands decided again because a record their rules read (an order, a tube, its releases) changed before their append",
+        )
+        .expect("static metric");
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(commands.clone()),
             Box::new(lag.clone()),
             Box::new(held_back.clone()),
             Box::new(held_back_secs.clone()),
+            Box::new(decided_again.clone()),
         ] {
             registry.register(m).expect("metric names are unique");
         }
@@ -71,6 +79,7 @@ impl Default for Metrics {
             lag,
             held_back,
             held_back_secs,
+            decided_again: std::sync::Mutex::new(decided_again),
         }
     }
 }
@@ -146,6 +155,14 @@ pub async fn scrape(State(s): State<AppState>) -> impl IntoResponse {
     // Best effort: without a connection the gauges keep their last values.
     if let Ok(mut conn) = connection(&s.pool).await {
         read_lags(&s, &mut conn).await;
+    }
+    {
+        let counter = s
+            .metrics
+            .decided_again
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        counter.inc_by(s.ledger.decided_again().saturating_sub(counter.get()));
     }
     let mut body = Vec::new();
     let _ = TextEncoder::new().encode(&s.metrics.registry.gather(), &mut body);
