@@ -6,7 +6,9 @@
 //! services, append what the sink collected — but the append says where the events
 //! landed, which the framework's `execute` does not. Two concurrent commands on one
 //! aggregate collide on the (type, id, sequence) primary key and the loser gets
-//! [`CommandError::Conflict`] — never last-writer-wins.
+//! [`CommandError::Conflict`] — never last-writer-wins. Commands on different records
+//! of one order append in turn, each checking that what its rules read of the others is
+//! as it read it; if not, it is decided again on what is stored ([`crate::reads`]).
 
 use crate::context::CommandContext;
 use crate::error::CommandError;
@@ -42,6 +44,14 @@ pub type EventStoreOf<A> = SnapshotEventStore<A>;
 /// time before its append, make it give up (503, nothing stored): each attempt reads
 /// afresh.
 const DECISIONS: u32 = 5;
+
+/// The answer to a command whose reads changed before each of its attempts to append.
+fn kept_changing(last: &dyn std::fmt::Display) -> CommandError {
+    CommandError::Unavailable(format!(
+        "records this command's rules read changed before each of its {DECISIONS} \
+         attempts to store it (last: {last}); nothing was stored, send it again"
+    ))
+}
 
 /// How the ledger runs.
 #[derive(Debug, Clone, Copy)]
@@ -433,12 +443,13 @@ async fn last_event_of(
 }
 
 impl Ledger {
+    /// Runs `command` on record `id` of `store` for `ctx`'s actor (see the module).
     #[tracing::instrument(
-    name = "command",
-    skip_all,
-    fields(command = name, aggregate_id = id, actor = %ctx.actor.id, role = %ctx.actor.role,
-           correlation_id = %ctx.correlation_id, outcome)
-)]
+        name = "command",
+        skip_all,
+        fields(command = name, aggregate_id = id, actor = %ctx.actor.id,
+               role = %ctx.actor.role, correlation_id = %ctx.correlation_id, outcome)
+    )]
     async fn execute<A>(
         &self,
         store: &EventStoreOf<A>,
@@ -476,73 +487,71 @@ impl Ledger {
         // Boxed: the attempts' futures nest deep, and a caller's future holding them inline
         // (a test's lab day of many commands) outgrew a thread's stack in debug builds.
         let watched = Box::pin(write.watch(async {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let reads = Reads::default();
-            let (context, events) = reads
-                .during(async {
-                    let mut context = store.load_aggregate(id).await.map_err(refused)?;
-                    let current = context.current_sequence as i64;
-                    if let Some(expected) = expected.filter(|&v| v != current) {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let reads = Reads::default();
+                let (context, events) = reads
+                    .during(async {
+                        let mut context = store.load_aggregate(id).await.map_err(refused)?;
+                        let current = context.current_sequence as i64;
+                        if let Some(expected) = expected.filter(|&v| v != current) {
+                            return Err(outcome(CommandError::Stale {
+                                aggregate_type: A::TYPE,
+                                aggregate_id: id.to_string(),
+                                expected,
+                                current: Some(current),
+                                position: None,
+                            }));
+                        }
+                        let sink = EventSink::default();
+                        context
+                            .aggregate
+                            .handle(command.clone(), &self.services, &sink)
+                            .await
+                            .map_err(|e| refused(AggregateError::UserError(e)))?;
+                        Ok((context, sink.collect().await))
+                    })
+                    .await?;
+                let turn = context.aggregate.order_of().map(|order| InTurn {
+                    order: order.to_string(),
+                    reads: reads.taken(),
+                });
+                match (
+                    store
+                        .append(events, context, metadata.clone(), turn.as_ref())
+                        .await,
+                    expected,
+                ) {
+                    // A record the rules read changed before the append, which wrote
+                    // nothing: decide again on what is stored now.
+                    (Err(AggregateError::UnexpectedError(e)), _)
+                        if e.is::<ReadChanged>() && attempt < DECISIONS =>
+                    {
+                        self.decided_again.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(attempt, changed = %e, "deciding again");
+                    }
+                    // Nothing written, and the record itself may not have changed: a
+                    // conflict on it would be untrue. Busy: come back shortly.
+                    (Err(AggregateError::UnexpectedError(e)), _) if e.is::<ReadChanged>() => {
+                        return Err(outcome(kept_changing(&e)));
+                    }
+                    // Another command took the next version first: for a caller who named the
+                    // version it acted on, the record has changed since (412), as it would
+                    // have found had it looked a moment later.
+                    (Err(AggregateError::AggregateConflict), Some(expected)) => {
                         return Err(outcome(CommandError::Stale {
                             aggregate_type: A::TYPE,
                             aggregate_id: id.to_string(),
                             expected,
-                            current: Some(current),
+                            current: None,
                             position: None,
                         }));
                     }
-                    let sink = EventSink::default();
-                    context
-                        .aggregate
-                        .handle(command.clone(), &self.services, &sink)
-                        .await
-                        .map_err(|e| refused(AggregateError::UserError(e)))?;
-                    Ok((context, sink.collect().await))
-                })
-                .await?;
-            let turn = context.aggregate.order_of().map(|order| InTurn {
-                order: order.to_string(),
-                reads: reads.taken(),
-            });
-            match (
-                store
-                    .append(events, context, metadata.clone(), turn.as_ref())
-                    .await,
-                expected,
-            ) {
-                // A record the rules read changed before the append, which wrote
-                // nothing: decide again on what is stored now.
-                (Err(AggregateError::UnexpectedError(e)), _)
-                    if e.is::<ReadChanged>() && attempt < DECISIONS =>
-                {
-                    self.decided_again.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(attempt, changed = %e, "deciding again");
+                    (appended, _) => return appended.map_err(refused),
                 }
-                // Nothing written, and the record itself may not have changed: a
-                // conflict on it would be untrue. Busy: come back shortly.
-                (Err(AggregateError::UnexpectedError(e)), _) if e.is::<ReadChanged>() => {
-                    return Err(outcome(CommandError::Unavailable(format!(
-                        "records this command's rules read changed before each of its {DECISIONS} attempts to store it (last: {e}); nothing was stored, send it again"
-                    ))));
-                }
-                // Another command took the next version first: for a caller who named the
-                // version it acted on, the record has changed since (412), as it would
-                // have found had it looked a moment later.
-                (Err(AggregateError::AggregateConflict), Some(expected)) => {
-                    return Err(outcome(CommandError::Stale {
-                        aggregate_type: A::TYPE,
-                        aggregate_id: id.to_string(),
-                        expected,
-                        current: None,
-                        position: None,
-                    }));
-                }
-                (appended, _) => return appended.map_err(refused),
             }
-        }
-    }));
+        }));
         let appended =
             match crate::connection::within(store.pool(), store.command_timeout(), watched)
                 .await
