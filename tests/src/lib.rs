@@ -304,25 +304,34 @@ pub async fn collect(
     container: &str,
     tests: &[&str],
 ) -> SampleId {
-    let sample_id = SampleId::new();
+    let (sample_id, command) = collection(order, accession, specimen, container, tests);
     ledger
-        .execute_sample(
-            sample_id,
-            SampleCommand::Collect(CollectSample {
-                sample_id,
-                order_id: order,
-                accession_number: AccessionNumber::parse(accession).unwrap(),
-                specimen_type: specimen.into(),
-                container: container.into(),
-                tests: tests.iter().map(|t| code(t)).collect(),
-                collected_by: ActorId::parse("phleb.1").unwrap(),
-                collected_at: Utc::now() - Duration::minutes(20),
-            }),
-            &actor("phleb.1", Role::Phlebotomist),
-        )
+        .execute_sample(sample_id, command, &actor("phleb.1", Role::Phlebotomist))
         .await
         .expect("collected");
     sample_id
+}
+
+/// The collection of a new tube of `tests` (20 minutes ago), and the tube's id.
+pub fn collection(
+    order: OrderId,
+    accession: &str,
+    specimen: &str,
+    container: &str,
+    tests: &[&str],
+) -> (SampleId, SampleCommand) {
+    let sample_id = SampleId::new();
+    let command = SampleCommand::Collect(CollectSample {
+        sample_id,
+        order_id: order,
+        accession_number: AccessionNumber::parse(accession).unwrap(),
+        specimen_type: specimen.into(),
+        container: container.into(),
+        tests: tests.iter().map(|t| code(t)).collect(),
+        collected_by: ActorId::parse("phleb.1").unwrap(),
+        collected_at: Utc::now() - Duration::minutes(20),
+    });
+    (sample_id, command)
 }
 
 fn by(id: &str) -> ActorId {

@@ -15,7 +15,9 @@ use lis_domain::result::{LabResult, ResultCommand, ResultStatus};
 use lis_domain::sample::{RejectionReason, SampleCommand};
 use lis_domain::text::Reason;
 use lis_domain::value::ResultValue;
-use lis_tests::{actor, code, place, received_serum, record_k, record_na, OrderTurn, TestDb};
+use lis_tests::{
+    actor, code, collection, place, received_serum, record_k, record_na, OrderTurn, TestDb,
+};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -275,6 +277,15 @@ async fn a_cancellation_decided_before_a_release_was_stored_is_decided_again() {
     db.drop().await;
 }
 
+async fn rejecting(ledger: Arc<Ledger>, sample: SampleId) -> Outcome {
+    let tech = actor("tech.1", Role::Technologist);
+    let command = SampleCommand::Reject {
+        reason: RejectionReason::Mislabelled,
+        detail: None,
+    };
+    ledger.execute_sample(sample, command, &tech).await
+}
+
 /// A tube's rejection stored while a release of its result waited for its turn: the
 /// release is decided again and refused, so that no release follows the rejection in
 /// the log.
@@ -283,22 +294,70 @@ async fn a_release_decided_before_its_tubes_rejection_was_stored_is_decided_agai
     let db = TestDb::new().await;
     let ledger = Arc::new(db.ledger().await);
     let (order, sample, result) = verified_k(&ledger, "MRN-T3").await;
-    let rejecting = {
-        let ledger = ledger.clone();
-        async move {
-            let tech = actor("tech.1", Role::Technologist);
-            let command = SampleCommand::Reject {
-                reason: RejectionReason::Mislabelled,
-                detail: None,
-            };
-            ledger.execute_sample(sample, command, &tech).await
-        }
-    };
-    let (reject, release) =
-        decided_together(&db, order, rejecting, authorising(ledger.clone(), result)).await;
+    let (reject, release) = decided_together(
+        &db,
+        order,
+        rejecting(ledger.clone(), sample),
+        authorising(ledger.clone(), result),
+    )
+    .await;
     reject.expect("the rejection, first in turn, is stored");
     refused(release, "result.sample-rejected");
     assert_eq!(events_of(&db, "ResultAuthorised").await, 0);
+    db.drop().await;
+}
+
+/// The same for a result's recording: none is recorded on a tube after its rejection.
+#[tokio::test]
+async fn a_recording_decided_before_its_tubes_rejection_was_stored_is_decided_again() {
+    let db = TestDb::new().await;
+    let ledger = Arc::new(db.ledger().await);
+    let order = place(&ledger, "MRN-T7", &["K"]).await.order_id;
+    let sample = received_serum(&ledger, order, "ACC-T7", &["K"]).await;
+    let recording = {
+        let ledger = ledger.clone();
+        async move {
+            let (id, record) = record_k(sample, 4.2);
+            let tech = actor("tech.1", Role::Technologist);
+            ledger.execute_result(id, record, &tech).await
+        }
+    };
+    let (reject, record) =
+        decided_together(&db, order, rejecting(ledger.clone(), sample), recording).await;
+    reject.expect("the rejection, first in turn, is stored");
+    refused(record, "result.sample-rejected");
+    assert_eq!(events_of(&db, "ResultRecorded").await, 0);
+    db.drop().await;
+}
+
+/// And for a tube's collection: none is collected for an order after its cancellation.
+#[tokio::test]
+async fn a_collection_decided_before_its_orders_cancellation_was_stored_is_decided_again() {
+    let db = TestDb::new().await;
+    let ledger = Arc::new(db.ledger().await);
+    let order = place(&ledger, "MRN-T8", &["K"]).await.order_id;
+    let cancelling = {
+        let ledger = ledger.clone();
+        async move {
+            let command = OrderCommand::Cancel {
+                reason: Reason::parse("patient discharged").unwrap(),
+            };
+            let reception = actor("reception.1", Role::Reception);
+            ledger.execute_order(order, command, &reception).await
+        }
+    };
+    let collecting = {
+        let ledger = ledger.clone();
+        async move {
+            let (sample, command) = collection(order, "ACC-T8", "serum", "red/SST", &["K"]);
+            let phleb = actor("phleb.1", Role::Phlebotomist);
+            ledger.execute_sample(sample, command, &phleb).await
+        }
+    };
+    let (cancel, collect) = decided_together(&db, order, cancelling, collecting).await;
+    cancel.expect("the cancellation, first in turn, is stored");
+    refused(collect, "sample.order-cancelled");
+    assert_eq!(events_of(&db, "SampleCollected").await, 0);
     db.drop().await;
 }
 
