@@ -154,6 +154,12 @@ pub async fn check_server(pool: &PgPool) -> Result<(), RelayError> {
     )
     .fetch_one(pool)
     .await?;
+    leases_on(number, version)
+}
+
+/// Whether a server of `server_version_num` `number` (`version` as it names itself) can
+/// hold the leader's lease.
+fn leases_on(number: i32, version: String) -> Result<(), RelayError> {
     if number < 140_000 {
         return Err(RelayError::ServerTooOld(version));
     }
@@ -596,5 +602,21 @@ async fn keep_lock(lock: &mut PgConnection, lease: Duration) -> RelayError {
             Ok(Err(_)) => return RelayError::LostLeadership,
             Err(_) => return RelayError::TimedOut(unanswered),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_before_postgresql_14_is_refused_naming_its_version() {
+        // PostgreSQL 13 has no idle_session_timeout; its server_version_num is 13xxyy.
+        match leases_on(130_012, "13.12 (Debian 13.12-1)".into()) {
+            Err(RelayError::ServerTooOld(v)) => assert_eq!(v, "13.12 (Debian 13.12-1)"),
+            other => panic!("PostgreSQL 13 must be refused: {other:?}"),
+        }
+        assert!(leases_on(140_000, "14.0".into()).is_ok());
+        assert!(leases_on(150_014, "15.14".into()).is_ok());
     }
 }
