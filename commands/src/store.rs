@@ -7,8 +7,10 @@
 //! prepared plan) and appends in four (BEGIN, one INSERT per event, COMMIT, and the
 //! caller then had to look its event up again for the position). Here an aggregate
 //! loads in one statement and a command's events append in one, which returns where they
-//! landed; a commit that takes a snapshot adds only the snapshot write, in the same
-//! transaction. Database errors are sorted by kind and SQLSTATE
+//! landed. A commit that takes a snapshot writes it in the same statement when it
+//! appends in its order's turn (an order's, tube's or result's events: [`crate::reads`]),
+//! so that the turn is never held across a round trip; else (a patient's record) in the
+//! same transaction. Database errors are sorted by kind and SQLSTATE
 //! ([`crate::error::is_unavailable`]), where postgres-es's reach the caller as
 //! "unexpected" text.
 //!
@@ -79,12 +81,13 @@ SELECT $1, $2, u.sequence, u.event_type, u.event_version, u.payload::json, u.met
 RETURNING sequence, position";
 
 /// [`APPEND`] in the turn of the record's order, checking first that what the command
-/// read of the order's other records is as it read it (migration 0016,
-/// [`crate::reads`]).
+/// read of the order's other records is as it read it, and writing the snapshot if one
+/// is due, in one statement (migration 0016, [`crate::reads`]).
 const APPEND_IN_TURN: &str = "
 SELECT appended_sequence AS sequence, appended_position AS position
   FROM lis_append_in_turn($8, $1, $2, $3::bigint[], $4::text[], $5::text[], $6::jsonb[],
-                          $7::jsonb[], $9::text[], $10::text[], $11::text[], $12::bigint[])";
+                          $7::jsonb[], $9::text[], $10::text[], $11::text[], $12::bigint[],
+                          $13::jsonb, $14, $15)";
 
 /// Sends the statement that makes a command durable (an autocommitted append, or a
 /// COMMIT), marking it sent and, once the server answers either way, answered
@@ -239,56 +242,67 @@ impl<A: Aggregate> SnapshotEventStore<A> {
         .bind(&versions)
         .bind(&payloads)
         .bind(&metadatas);
-        let columns = turn.map(InTurn::columns);
-        let insert = match (turn, &columns) {
-            (Some(turn), Some(Columns(kinds, ids, tests, read_versions))) => insert
-                .bind(&turn.order)
-                .bind(kinds)
-                .bind(ids)
-                .bind(tests)
-                .bind(read_versions),
-            _ => insert,
-        };
         // Snapshot when this commit crosses a multiple of `snapshot_every`. The aggregate
         // in the context already holds the new events (the sink applied them).
-        let rows = if last / self.snapshot_every > context.current_sequence / self.snapshot_every {
-            let payload = serde_json::to_value(&context.aggregate)
-                .map_err(|e| AggregateError::UnexpectedError(Box::new(e)))?;
-            let mut conn = connection(&self.pool).await.map_err(database_error)?;
-            let mut tx = sqlx::Connection::begin(&mut *conn)
+        let snapshot = (last / self.snapshot_every
+            > context.current_sequence / self.snapshot_every)
+            .then(|| serde_json::to_value(&context.aggregate))
+            .transpose()
+            .map_err(|e| AggregateError::UnexpectedError(Box::new(e)))?;
+        let columns = turn.map(InTurn::columns);
+        let rows = match (turn, &columns, snapshot) {
+            // In the order's turn, the snapshot too is written by the one statement.
+            (Some(turn), Some(Columns(kinds, ids, tests, read_versions)), snapshot) => {
+                let insert = insert
+                    .bind(&turn.order)
+                    .bind(kinds)
+                    .bind(ids)
+                    .bind(tests)
+                    .bind(read_versions)
+                    .bind(snapshot)
+                    .bind(last as i64)
+                    .bind(context.current_snapshot.map(|n| n as i64));
+                let mut conn = connection(&self.pool).await.map_err(database_error)?;
+                durable(insert.fetch_all(&mut *conn)).await?
+            }
+            (_, _, Some(payload)) => {
+                let mut conn = connection(&self.pool).await.map_err(database_error)?;
+                let mut tx = sqlx::Connection::begin(&mut *conn)
+                    .await
+                    .map_err(database_error)?;
+                let rows = insert.fetch_all(&mut *tx).await.map_err(database_error)?;
+                let written = match context.current_snapshot {
+                    None => sqlx::query(
+                        "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
+                         VALUES ($1, $2, $3, 1, $4)",
+                    )
+                    .bind(A::TYPE)
+                    .bind(&context.aggregate_id)
+                    .bind(last as i64)
+                    .bind(&payload),
+                    Some(n) => sqlx::query(
+                        "UPDATE snapshots SET last_sequence = $3, current_snapshot = $4 + 1, payload = $5
+                          WHERE aggregate_type = $1 AND aggregate_id = $2 AND current_snapshot = $4",
+                    )
+                    .bind(A::TYPE)
+                    .bind(&context.aggregate_id)
+                    .bind(last as i64)
+                    .bind(n as i64)
+                    .bind(&payload),
+                }
+                .execute(&mut *tx)
                 .await
                 .map_err(database_error)?;
-            let rows = insert.fetch_all(&mut *tx).await.map_err(database_error)?;
-            let written = match context.current_snapshot {
-                None => sqlx::query(
-                    "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
-                     VALUES ($1, $2, $3, 1, $4)",
-                )
-                .bind(A::TYPE)
-                .bind(&context.aggregate_id)
-                .bind(last as i64)
-                .bind(&payload),
-                Some(n) => sqlx::query(
-                    "UPDATE snapshots SET last_sequence = $3, current_snapshot = $4 + 1, payload = $5
-                      WHERE aggregate_type = $1 AND aggregate_id = $2 AND current_snapshot = $4",
-                )
-                .bind(A::TYPE)
-                .bind(&context.aggregate_id)
-                .bind(last as i64)
-                .bind(n as i64)
-                .bind(&payload),
+                if written.rows_affected() != 1 {
+                    return Err(AggregateError::AggregateConflict);
+                }
+                durable(tx.commit()).await?;
+                rows
             }
-            .execute(&mut *tx)
-            .await
-            .map_err(database_error)?;
-            if written.rows_affected() != 1 {
-                return Err(AggregateError::AggregateConflict);
+            (_, _, None) => {
+                let mut conn = connection(&self.pool).await.map_err(database_error)?;
+                durable(insert.fetch_all(&mut *conn)).await?
             }
-            durable(tx.commit()).await?;
-            rows
-        } else {
-            let mut conn = connection(&self.pool).await.map_err(database_error)?;
-            durable(insert.fetch_all(&mut *conn)).await?
         };
         let mut appended: Vec<Appended> = rows
             .iter()

@@ -16,13 +16,20 @@
 -- snapshots are read committed's: at a stricter isolation level each query would read
 -- the transaction's first snapshot, taken before the lock was granted, and could miss
 -- the command it waited for, so the function refuses to run there.
+--
+-- An append that takes a snapshot of its record (every Nth event) writes it here too, in
+-- the same statement: the order's turn is held for one statement, never across a round
+-- trip to the client (a BEGIN, the append, the snapshot, a COMMIT). A snapshot written
+-- meanwhile by another command is a conflict (SQLSTATE 23505, as two appends at one
+-- sequence are), and the events are not kept either.
 
 CREATE FUNCTION lis_append_in_turn(
     p_order text,
     p_aggregate_type text, p_aggregate_id text,
     p_sequences bigint[], p_event_types text[], p_event_versions text[],
     p_payloads jsonb[], p_metadata jsonb[],
-    p_read_kinds text[], p_read_ids text[], p_read_tests text[], p_read_versions bigint[]
+    p_read_kinds text[], p_read_ids text[], p_read_tests text[], p_read_versions bigint[],
+    p_snapshot jsonb, p_snapshot_last bigint, p_snapshot_current bigint
 ) RETURNS TABLE (appended_sequence bigint, appended_position bigint)
     LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, public, pg_temp
 AS $$
@@ -63,8 +70,25 @@ BEGIN
            AS u(sequence, event_type, event_version, payload, metadata)
      ORDER BY u.sequence
     RETURNING events.sequence, events.position;
+    IF p_snapshot IS NULL THEN
+        RETURN;
+    ELSIF p_snapshot_current IS NULL THEN
+        INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
+        VALUES (p_aggregate_type, p_aggregate_id, p_snapshot_last, 1, p_snapshot::json);
+    ELSE
+        UPDATE snapshots
+           SET last_sequence = p_snapshot_last, current_snapshot = p_snapshot_current + 1,
+               payload = p_snapshot::json
+         WHERE aggregate_type = p_aggregate_type AND aggregate_id = p_aggregate_id
+           AND current_snapshot = p_snapshot_current;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION '% % has a snapshot written since the command loaded it',
+                    p_aggregate_type, p_aggregate_id
+                USING ERRCODE = 'unique_violation';
+        END IF;
+    END IF;
 END
 $$;
 
-REVOKE ALL ON FUNCTION lis_append_in_turn(text, text, text, bigint[], text[], text[], jsonb[], jsonb[], text[], text[], text[], bigint[]) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION lis_append_in_turn(text, text, text, bigint[], text[], text[], jsonb[], jsonb[], text[], text[], text[], bigint[]) TO lisledger_app;
+REVOKE ALL ON FUNCTION lis_append_in_turn(text, text, text, bigint[], text[], text[], jsonb[], jsonb[], text[], text[], text[], bigint[], jsonb, bigint, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION lis_append_in_turn(text, text, text, bigint[], text[], text[], jsonb[], jsonb[], text[], text[], text[], bigint[], jsonb, bigint, bigint) TO lisledger_app;

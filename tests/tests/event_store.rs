@@ -2,6 +2,7 @@
 //! concurrency against the real PostgreSQL event store.
 
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
+use lis_commands::reads::InTurn;
 use lis_commands::store::SnapshotEventStore;
 use lis_commands::CommandError;
 use lis_domain::actor::{ActorId, Role};
@@ -515,74 +516,85 @@ async fn accession_numbers_are_unique_in_the_lab() {
 async fn several_events_of_one_command_append_in_order_chain_and_snapshot() {
     let db = TestDb::new().await;
     let ledger = db.ledger().await;
-    let order = place(&ledger, "MRN-104", &["K"]).await;
-    let id = order.order_id.to_string();
-    // Snapshots every 2 events: appending versions 2 and 3 crosses the boundary at 2.
-    let store: SnapshotEventStore<Order> = SnapshotEventStore::new(db.app.clone(), 2, vec![]);
-    let mut context = store.load_aggregate(&id).await.unwrap();
-    let meta = reception_metadata();
-    // As a command's event sink does: the context's aggregate holds the new events.
-    let events = vec![tests_added("NA"), tests_added("CL")];
-    for e in &events {
-        context.aggregate.apply(e.clone());
-    }
-    let appended = store.append(events, context, meta, None).await.unwrap();
-    let sequences: Vec<i64> = appended.iter().map(|a| a.sequence).collect();
-    assert_eq!(sequences, [2, 3]);
-    assert!(appended[0].position < appended[1].position);
-    let stored: Vec<(i64, i64)> = sqlx::query_as(
-        "SELECT sequence, position FROM events WHERE aggregate_id = $1 AND sequence > 1 ORDER BY sequence",
-    )
-    .bind(&id)
-    .fetch_all(&db.app)
-    .await
-    .unwrap();
-    let answered: Vec<(i64, i64)> = appended.iter().map(|a| (a.sequence, a.position)).collect();
-    assert_eq!(
-        stored, answered,
-        "the answer is where the events really are"
-    );
-
-    // The snapshot holds all three events, and loading from it equals a full replay.
-    let snapshot: (i64, i64) = sqlx::query_as(
-        "SELECT last_sequence, current_snapshot FROM snapshots WHERE aggregate_id = $1",
-    )
-    .bind(&id)
-    .fetch_one(&db.app)
-    .await
-    .unwrap();
-    assert_eq!(snapshot, (3, 1));
-    let mut from_snapshot = store.load_aggregate(&id).await.unwrap();
-    let replayed = SnapshotEventStore::<Order>::new(db.app.clone(), 1000, vec![])
-        .load_events(&id)
-        .await
-        .unwrap();
-    assert_eq!(replayed.len(), 3);
-    let facts = from_snapshot.aggregate().facts().unwrap();
-    for t in ["K", "NA", "CL"] {
-        assert!(facts.tests.contains_key(&code(t)), "{t} after the snapshot");
-    }
-    // The whole state, not only the tests present: a snapshot that applied an event twice
-    // or was not read at all (a silent fall-back to replay) would differ here.
-    let mut folded = Order::default();
-    for e in replayed {
-        folded.apply(e.payload);
-    }
-    let folded = serde_json::to_value(&folded).unwrap();
-    assert_eq!(
-        serde_json::to_value(from_snapshot.aggregate()).unwrap(),
-        folded
-    );
-    let stored: serde_json::Value =
-        sqlx::query_scalar("SELECT payload::jsonb FROM snapshots WHERE aggregate_id = $1")
-            .bind(&id)
-            .fetch_one(&db.app)
+    // As any record appends, and as an order's records append, in its turn: the
+    // snapshot then goes in the same statement.
+    for in_turn in [false, true] {
+        let order = place(&ledger, &format!("MRN-104-{in_turn}"), &["K"]).await;
+        let id = order.order_id.to_string();
+        // Snapshots every 2 events: appending versions 2 and 3 crosses the boundary at 2.
+        let store: SnapshotEventStore<Order> = SnapshotEventStore::new(db.app.clone(), 2, vec![]);
+        let mut context = store.load_aggregate(&id).await.unwrap();
+        let meta = reception_metadata();
+        // As a command's event sink does: the context's aggregate holds the new events.
+        let events = vec![tests_added("NA"), tests_added("CL")];
+        for e in &events {
+            context.aggregate.apply(e.clone());
+        }
+        let turn = in_turn.then(|| InTurn {
+            order: id.clone(),
+            reads: vec![],
+        });
+        let appended = store
+            .append(events, context, meta, turn.as_ref())
             .await
             .unwrap();
-    assert_eq!(
-        stored, folded,
-        "the snapshot was written from the right state"
-    );
+        let sequences: Vec<i64> = appended.iter().map(|a| a.sequence).collect();
+        assert_eq!(sequences, [2, 3]);
+        assert!(appended[0].position < appended[1].position);
+        let stored: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT sequence, position FROM events WHERE aggregate_id = $1 AND sequence > 1 ORDER BY sequence",
+        )
+        .bind(&id)
+        .fetch_all(&db.app)
+        .await
+        .unwrap();
+        let answered: Vec<(i64, i64)> = appended.iter().map(|a| (a.sequence, a.position)).collect();
+        assert_eq!(
+            stored, answered,
+            "the answer is where the events really are"
+        );
+
+        // The snapshot holds all three events, and loading from it equals a full replay.
+        let snapshot: (i64, i64) = sqlx::query_as(
+            "SELECT last_sequence, current_snapshot FROM snapshots WHERE aggregate_id = $1",
+        )
+        .bind(&id)
+        .fetch_one(&db.app)
+        .await
+        .unwrap();
+        assert_eq!(snapshot, (3, 1));
+        let mut from_snapshot = store.load_aggregate(&id).await.unwrap();
+        let replayed = SnapshotEventStore::<Order>::new(db.app.clone(), 1000, vec![])
+            .load_events(&id)
+            .await
+            .unwrap();
+        assert_eq!(replayed.len(), 3);
+        let facts = from_snapshot.aggregate().facts().unwrap();
+        for t in ["K", "NA", "CL"] {
+            assert!(facts.tests.contains_key(&code(t)), "{t} after the snapshot");
+        }
+        // The whole state, not only the tests present: a snapshot that applied an event twice
+        // or was not read at all (a silent fall-back to replay) would differ here.
+        let mut folded = Order::default();
+        for e in replayed {
+            folded.apply(e.payload);
+        }
+        let folded = serde_json::to_value(&folded).unwrap();
+        assert_eq!(
+            serde_json::to_value(from_snapshot.aggregate()).unwrap(),
+            folded
+        );
+        let stored: serde_json::Value =
+            sqlx::query_scalar("SELECT payload::jsonb FROM snapshots WHERE aggregate_id = $1")
+                .bind(&id)
+                .fetch_one(&db.app)
+                .await
+                .unwrap();
+        assert_eq!(
+            stored, folded,
+            "the snapshot was written from the right state"
+        );
+    }
     // The second event's trigger saw the first one in the same statement: intact chain.
     let report = lis_commands::audit::verify_chains(&db.app, &mut |_| {})
         .await
@@ -673,50 +685,60 @@ async fn the_database_going_away_is_unavailable_and_a_bad_statement_is_a_defect(
 async fn a_snapshot_written_meanwhile_is_a_conflict_and_an_unreadable_one_is_replayed_past() {
     let db = TestDb::new().await;
     let ledger = db.ledger().await;
-    let order = place(&ledger, "MRN-105", &["K"]).await;
-    let id = order.order_id.to_string();
+    // As any record appends, and as an order's records append, in its turn (the snapshot
+    // then in the same statement). The last order goes on to the unreadable snapshot.
     let store: SnapshotEventStore<Order> = SnapshotEventStore::new(db.app.clone(), 2, vec![]);
-    let meta = reception_metadata();
-    let append = |mut context: <SnapshotEventStore<Order> as EventStore<Order>>::AC,
-                  codes: &[&str]| {
-        let events: Vec<OrderEvent> = codes.iter().map(|c| tests_added(c)).collect();
-        for e in &events {
-            context.aggregate.apply(e.clone());
-        }
-        store.append(events, context, meta.clone(), None)
-    };
-    // Versions 2 and 3 cross the boundary at 2: the first snapshot.
-    let context = store.load_aggregate(&id).await.unwrap();
-    append(context, &["NA", "CL"]).await.unwrap();
+    let mut id = String::new();
+    for in_turn in [false, true] {
+        id = place(&ledger, &format!("MRN-105-{in_turn}"), &["K"])
+            .await
+            .order_id
+            .to_string();
+        let turn = in_turn.then(|| InTurn {
+            order: id.clone(),
+            reads: vec![],
+        });
+        let meta = reception_metadata();
+        let append = |mut context: <SnapshotEventStore<Order> as EventStore<Order>>::AC,
+                      codes: &[&str]| {
+            let events: Vec<OrderEvent> = codes.iter().map(|c| tests_added(c)).collect();
+            for e in &events {
+                context.aggregate.apply(e.clone());
+            }
+            store.append(events, context, meta.clone(), turn.as_ref())
+        };
+        // Versions 2 and 3 cross the boundary at 2: the first snapshot.
+        let context = store.load_aggregate(&id).await.unwrap();
+        append(context, &["NA", "CL"]).await.unwrap();
 
-    // Another writer's snapshot lands after this context was loaded. Crossing the next
-    // boundary (4) with the stale context is a conflict, and none of its events stay.
-    let stale = store.load_aggregate(&id).await.unwrap();
-    assert_eq!(stale.current_snapshot, Some(1));
-    sqlx::query(
-        "UPDATE snapshots SET current_snapshot = current_snapshot + 1 WHERE aggregate_id = $1",
-    )
-    .bind(&id)
-    .execute(&db.app)
-    .await
-    .unwrap();
-    let count = || {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events WHERE aggregate_id = $1")
-            .bind(&id)
-            .fetch_one(&db.app)
-    };
-    let before = count().await.unwrap();
-    let refused = append(stale, &["CA"]).await.unwrap_err();
-    assert!(
-        matches!(refused, AggregateError::AggregateConflict),
-        "{refused:?}"
-    );
-    assert_eq!(
-        count().await.unwrap(),
-        before,
-        "the refused events were kept"
-    );
-
+        // Another writer's snapshot lands after this context was loaded. Crossing the next
+        // boundary (4) with the stale context is a conflict, and none of its events stay.
+        let stale = store.load_aggregate(&id).await.unwrap();
+        assert_eq!(stale.current_snapshot, Some(1));
+        sqlx::query(
+            "UPDATE snapshots SET current_snapshot = current_snapshot + 1 WHERE aggregate_id = $1",
+        )
+        .bind(&id)
+        .execute(&db.app)
+        .await
+        .unwrap();
+        let count = || {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events WHERE aggregate_id = $1")
+                .bind(&id)
+                .fetch_one(&db.app)
+        };
+        let before = count().await.unwrap();
+        let refused = append(stale, &["CA"]).await.unwrap_err();
+        assert!(
+            matches!(refused, AggregateError::AggregateConflict),
+            "{refused:?}"
+        );
+        assert_eq!(
+            count().await.unwrap(),
+            before,
+            "the refused events were kept"
+        );
+    }
     // A snapshot this code cannot read (an older shape): loading replays every event.
     sqlx::query("UPDATE snapshots SET payload = '\"an older shape\"' WHERE aggregate_id = $1")
         .bind(&id)
