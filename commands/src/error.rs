@@ -4,7 +4,7 @@
 //! ([`CommandError::Invalid`], HTTP 422), respect a rule of the lab
 //! ([`CommandError::Rejected`], 409), name something that exists
 //! ([`CommandError::NotFound`], 404), retry on fresh state ([`CommandError::Conflict`],
-//! 409), read the record again ([`CommandError::Stale`], 412), wait for a dependency ([`CommandError::Unavailable`], 503), or report a defect
+//! 409), read the record again ([`CommandError::Stale`], 412), wait for a dependency ([`CommandError::Unavailable`], 503), send it again shortly ([`CommandError::Contended`], 503), or report a defect
 //! ([`CommandError::Internal`], 500).
 
 use cqrs_es::AggregateError;
@@ -42,6 +42,14 @@ pub enum CommandError {
     },
     #[error("a dependency is unavailable: {0}")]
     Unavailable(String),
+    /// Other commands on the record's order kept changing what this one's rules read
+    /// before each of its attempts to append: nothing was stored; send it again shortly.
+    #[error("{message}")]
+    Contended {
+        aggregate_type: &'static str,
+        aggregate_id: String,
+        message: String,
+    },
     /// The command's write went out and its answer was lost (the database fell silent,
     /// or the connection broke), or a request of several commands stopped part-way
     /// (aliquots): some or all of it may be stored.

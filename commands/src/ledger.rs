@@ -40,17 +40,27 @@ use uuid::Uuid;
 /// The event store of one aggregate type.
 pub type EventStoreOf<A> = SnapshotEventStore<A>;
 
-/// How many times a command is decided before records its rules read, changing each
-/// time before its append, make it give up (503, nothing stored): each attempt reads
-/// afresh.
+/// How many times in all a command is decided before records its rules read, changing
+/// each time before its append, make it give up ([`CommandError::Contended`], nothing
+/// stored): each attempt reads afresh.
 const DECISIONS: u32 = 5;
 
-/// The answer to a command whose reads changed before each of its attempts to append.
-fn kept_changing(last: &dyn std::fmt::Display) -> CommandError {
-    CommandError::Unavailable(format!(
-        "records this command's rules read changed before each of its {DECISIONS} \
-         attempts to store it (last: {last}); nothing was stored, send it again"
-    ))
+/// The answer to a command on `aggregate_type` `id` whose reads changed before each of
+/// its attempts to append.
+fn kept_changing(
+    aggregate_type: &'static str,
+    id: &str,
+    last: &dyn std::fmt::Display,
+) -> CommandError {
+    CommandError::Contended {
+        aggregate_type,
+        aggregate_id: id.to_string(),
+        message: format!(
+            "other commands on this order changed what this command's rules read before \
+             each of its {DECISIONS} attempts to store it (last: {last}); nothing was stored, \
+             send it again"
+        ),
+    }
 }
 
 /// How the ledger runs.
@@ -534,7 +544,7 @@ impl Ledger {
                     // Nothing written, and the record itself may not have changed: a
                     // conflict on it would be untrue. Busy: come back shortly.
                     (Err(AggregateError::UnexpectedError(e)), _) if e.is::<ReadChanged>() => {
-                        return Err(outcome(kept_changing(&e)));
+                        return Err(outcome(kept_changing(A::TYPE, id, &e)));
                     }
                     // Another command took the next version first: for a caller who named the
                     // version it acted on, the record has changed since (412), as it would

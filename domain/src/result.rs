@@ -682,15 +682,22 @@ impl Aggregate for LabResult {
                         "notified_at",
                         "the call cannot be in the future",
                     ));
-                } else if let Some(stored) = services.value_stored_at(c.result_id).await? {
-                    // A call made before this value was stored was about an earlier one
-                    // (a correction or an amendment since needs its own call).
-                    if notification.notified_at < stored - CLOCK_SKEW {
+                } else if c.revision > 1 {
+                    // The value replaced an earlier one (a correction, an amendment, a
+                    // rerun): a call made before it was stored was about the earlier one,
+                    // and the new value needs its own. A first value may have been phoned
+                    // before it was entered (from the analyser's screen, in downtime).
+                    // Within the clock skew time cannot tell the two calls apart: If-Match
+                    // on the command names the value the caller saw.
+                    let stored = services.value_stored_at(c.result_id).await?;
+                    if let Some(stored) =
+                        stored.filter(|&s| notification.notified_at < s - CLOCK_SKEW)
+                    {
                         let at = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
                         errors.push(FieldError::new(
                             "notified_at",
                             format!(
-                                "the call ({}) was made before this value was stored ({}): record the call made about this value",
+                                "the call ({}) was made before this value replaced the earlier one ({}): it was about the earlier value; record the call made about this one",
                                 at(notification.notified_at),
                                 at(stored)
                             ),

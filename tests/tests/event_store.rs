@@ -1110,7 +1110,9 @@ async fn a_split_cut_short_after_its_parents_record_is_answered_outcome_unknown(
     let ledger = Arc::new(lis_commands::Ledger::new(
         db.app.clone(),
         lis_commands::LedgerConfig {
-            command_timeout: std::time::Duration::from_secs(2),
+            // Long enough for the parent's split to wait out the test's steps on a busy
+            // machine; the aliquot's creation then waits it out once.
+            command_timeout: std::time::Duration::from_secs(6),
             ..Default::default()
         },
         db.vault().await,
@@ -1165,10 +1167,11 @@ async fn a_split_cut_short_after_its_parents_record_is_answered_outcome_unknown(
     db.drop().await;
 }
 
-/// A critical-value call stated before the value was stored (by the store's clock, give
-/// or take five minutes) was about an earlier value: refused at `notified_at`.
+/// A critical-value call stated more than five minutes before its value replaced an
+/// earlier one (by the store's clock) was about the earlier value: refused at
+/// `notified_at`. A first value may have been phoned before it was entered.
 #[tokio::test]
-async fn a_critical_call_stated_before_its_value_was_stored_is_refused() {
+async fn a_critical_call_stated_before_its_value_replaced_an_earlier_one_is_refused() {
     let db = TestDb::new().await;
     let ledger = db.ledger().await;
     let tech = actor("tech.1", Role::Technologist);
@@ -1176,27 +1179,43 @@ async fn a_critical_call_stated_before_its_value_was_stored_is_refused() {
     let sample = received_serum(&ledger, order, "ACC-CALL", &["K"]).await;
     let (k, record) = record_k(sample, 7.1);
     ledger.execute_result(k, record, &tech).await.unwrap();
-    let call = |minutes_ago: i64| ResultCommand::RecordCriticalNotification {
+    // Collected 20 minutes ago; each call after that.
+    let call = |minutes_ago: i64, value: &str| ResultCommand::RecordCriticalNotification {
         by: ActorId::parse("tech.1").unwrap(),
         notification: CriticalNotification {
             notified_person: PersonName::parse("Dr Rao").unwrap(),
             method: NotificationMethod::Phone,
-            value_conveyed: "K 7.1".into(),
+            value_conveyed: value.into(),
             read_back_confirmed: true,
             notified_at: chrono::Utc::now() - chrono::Duration::minutes(minutes_ago),
         },
     };
-    match ledger.execute_result(k, call(30), &tech).await {
+    ledger
+        .execute_result(k, call(10, "K 7.1"), &tech)
+        .await
+        .expect("a first value phoned before it was entered");
+    let correct = ResultCommand::Correct {
+        value: lis_domain::value::ResultValue::Numeric {
+            value: 7.4,
+            unit: "mmol/L".into(),
+        },
+        reason: Reason::parse("transcription error").unwrap(),
+    };
+    ledger.execute_result(k, correct, &tech).await.unwrap();
+    match ledger.execute_result(k, call(10, "K 7.4"), &tech).await {
         Err(CommandError::Invalid { errors, .. }) => {
             assert_eq!(errors.0.len(), 1, "{errors:?}");
             assert_eq!(errors.0[0].field, "notified_at");
             assert!(
-                errors.0[0].message.contains("before this value was stored"),
+                errors.0[0].message.contains("about the earlier value"),
                 "{errors:?}"
             );
         }
-        other => panic!("a call before the value must be refused: {other:?}"),
+        other => panic!("a call before the correction must be refused: {other:?}"),
     }
-    ledger.execute_result(k, call(1), &tech).await.unwrap();
+    ledger
+        .execute_result(k, call(1, "K 7.4"), &tech)
+        .await
+        .unwrap();
     db.drop().await;
 }

@@ -428,7 +428,7 @@ pub fn spec() -> Value {
     schemas.insert("Problem".into(), json!({ "type": "object", "required": ["type", "title", "status"], "properties": {
         "type": { "type": "string", "format": "uri" }, "title": { "type": "string" },
         "status": { "type": "integer" }, "detail": { "type": "string" }, "rule": { "type": "string" },
-        "record": { "type": "object", "description": "outcome-unknown and precondition-failed: the record the command was for, to read before sending it again",
+        "record": { "type": "object", "description": "outcome-unknown, precondition-failed and contended: the record the command was for, to read before sending it again",
             "properties": { "type": { "type": "string" }, "id": { "type": "string" },
                 "position": { "type": "integer", "description": "precondition-failed: where the record's latest event landed; read it with this min_position" } } },
         "errors": { "type": "array", "items": { "type": "object", "properties": {

@@ -25,7 +25,8 @@ pub struct Problem {
     pub rule: Option<&'static str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldProblem>,
-    /// The record a command that may or may not be stored was for (`outcome-unknown`):
+    /// The record a command that may or may not be stored was for (`outcome-unknown`),
+    /// that changed since (`precondition-failed`) or whose order was busy (`contended`):
     /// `{"type": "Order", "id": "…"}`, to read before sending the command again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub record: Option<Box<Record>>,
@@ -268,6 +269,26 @@ impl From<CommandError> for Problem {
                 tracing::warn!(error = %m, "dependency unavailable");
                 Problem::unavailable("the database is unavailable")
             }
+            CommandError::Contended {
+                aggregate_type,
+                aggregate_id,
+                message,
+            } => {
+                tracing::warn!(error = %message, aggregate_type, aggregate_id, "command contended");
+                let mut p = Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "contended",
+                    "Other commands on this order kept changing what this one depends on",
+                )
+                .detail(message);
+                p.record = Some(Box::new(Record {
+                    kind: aggregate_type,
+                    id: aggregate_id,
+                    position: None,
+                }));
+                p.retry_after = Some(1);
+                p
+            }
             CommandError::OutcomeUnknown {
                 aggregate_type,
                 aggregate_id,
@@ -325,5 +346,27 @@ impl IntoResponse for Problem {
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_contended_command_is_a_503_to_send_again_naming_its_record_not_an_outage() {
+        let p = Problem::from(CommandError::Contended {
+            aggregate_type: "Result",
+            aggregate_id: "r-1".into(),
+            message: "other commands on this order changed …".into(),
+        });
+        assert_eq!(p.status, 503);
+        assert_eq!(p.kind, "contended");
+        assert_eq!(p.retry_after, Some(1));
+        let record = p.record.expect("the record is named");
+        assert_eq!((record.kind, record.id.as_str()), ("Result", "r-1"));
+        assert!(p
+            .detail
+            .is_some_and(|d| d.starts_with("other commands on this order")));
     }
 }

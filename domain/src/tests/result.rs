@@ -569,7 +569,7 @@ fn a_notification_made_before_a_correction_does_not_cover_the_new_value() {
 }
 
 #[test]
-fn a_call_made_before_the_value_was_stored_is_not_a_call_about_it() {
+fn a_call_made_before_the_value_replaced_an_earlier_one_is_not_a_call_about_it() {
     // The value was corrected at 10:00; a call stated at 09:50 was about the value before.
     let mut lab = lab();
     lab.value_stored_at = Some(now());
@@ -593,10 +593,21 @@ fn a_call_made_before_the_value_was_stored_is_not_a_call_about_it() {
         .then_expect_error(ResultError::Invalid(
             FieldError::new(
                 "notified_at",
-                "the call (2026-03-03T09:50:00Z) was made before this value was stored (2026-03-03T10:00:00Z): record the call made about this value",
+                "the call (2026-03-03T09:50:00Z) was made before this value replaced the earlier one (2026-03-03T10:00:00Z): it was about the earlier value; record the call made about this one",
             )
             .into(),
         ));
+    // A first value may have been phoned before it was entered (downtime): it counts.
+    ResultTester::with(lab.clone().services())
+        .given(vec![recorded_k(7.1, vec![Flag::HH])])
+        .when(ResultCommand::RecordCriticalNotification {
+            by: actor("tech.1"),
+            notification: at(10),
+        })
+        .then_expect_events(vec![ResultEvent::CriticalValueNotified {
+            notified_by: actor("tech.1"),
+            notification: at(10),
+        }]);
     // Within the clock skew of the store's clock, it counts.
     ResultTester::with(lab.services())
         .given(vec![recorded_k(7.1, vec![Flag::HH]), corrected])
