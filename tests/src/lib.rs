@@ -676,6 +676,19 @@ impl OrderTurn {
         panic!("{n} commands never waited for the order's turn");
     }
 
+    /// Lets the first command queued go, and takes the turn back after it, ahead of
+    /// any command that queues meanwhile: that one command's append alone runs.
+    pub async fn let_one_through(&mut self) {
+        sqlx::query(
+            "SELECT pg_advisory_unlock($1, hashtext($2)), pg_advisory_lock($1, hashtext($2))",
+        )
+        .bind(lis_commands::reads::ORDER_TURN_LOCK)
+        .bind(&self.order)
+        .execute(&mut *self.conn)
+        .await
+        .unwrap();
+    }
+
     pub async fn release(mut self) {
         sqlx::query("SELECT pg_advisory_unlock($1, hashtext($2))")
             .bind(lis_commands::reads::ORDER_TURN_LOCK)

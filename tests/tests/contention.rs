@@ -7,10 +7,13 @@
 //! test's cancellation and its result's release; a tube's rejection and the release):
 //! the one stored second is decided again on what the first stored.
 
+use cqrs_es::EventStore;
+use lis_commands::store::SnapshotEventStore;
 use lis_commands::{CommandError, CommandOutcome, Ledger};
 use lis_domain::actor::{ActorId, Role};
+use lis_domain::catalogue::CatalogueVersion;
 use lis_domain::ids::{OrderId, ResultId, SampleId};
-use lis_domain::order::OrderCommand;
+use lis_domain::order::{Order, OrderCommand, OrderEvent, OrderedTest};
 use lis_domain::result::{LabResult, ResultCommand, ResultStatus};
 use lis_domain::sample::{RejectionReason, SampleCommand};
 use lis_domain::text::Reason;
@@ -18,6 +21,7 @@ use lis_domain::value::ResultValue;
 use lis_tests::{
     actor, code, collection, place, received_serum, record_k, record_na, OrderTurn, TestDb,
 };
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -456,5 +460,49 @@ async fn a_database_at_a_stricter_isolation_level_is_refused_not_trusted() {
     }
     assert_eq!(events_of(&db, "OrderPlaced").await, 0);
     pool.close().await;
+    db.drop().await;
+}
+
+/// A release whose order changes before each of its five attempts to append (another
+/// writer adds a test each time, outside the turn, while the release waits at its
+/// append) gives up as `contended`, storing nothing, after deciding four times more.
+#[tokio::test]
+async fn a_command_whose_reads_keep_changing_gives_up_contended_storing_nothing() {
+    let db = TestDb::new().await;
+    let ledger = Arc::new(db.ledger().await);
+    let (order, _, result) = verified_k(&ledger, "MRN-T9").await;
+    let orders: SnapshotEventStore<Order> = SnapshotEventStore::new(db.app.clone(), 1000, vec![]);
+    let mut turn = OrderTurn::hold(&db, order).await;
+    let release = tokio::spawn(authorising(ledger.clone(), result));
+    for added in ["CL", "CA", "GLU", "HB", "WBC"] {
+        // The release is decided and waits at its append...
+        turn.queued(&db, 1).await;
+        // ...while its order changes: a test added (as a raw append, not in the turn).
+        let context = orders.load_aggregate(&order.to_string()).await.unwrap();
+        let added = OrderEvent::TestsAdded {
+            tests: vec![OrderedTest {
+                code: code(added),
+                catalogue_version: CatalogueVersion(1),
+            }],
+        };
+        let meta = HashMap::from([
+            ("actor_id".to_string(), "reception.1".to_string()),
+            ("actor_role".to_string(), "reception".to_string()),
+        ]);
+        orders
+            .append(vec![added], context, meta, None)
+            .await
+            .unwrap();
+        turn.let_one_through().await;
+    }
+    turn.release().await;
+    match release.await.unwrap() {
+        Err(CommandError::Contended { aggregate_id, .. }) => {
+            assert_eq!(aggregate_id, result.to_string())
+        }
+        other => panic!("a release whose order kept changing must give up: {other:?}"),
+    }
+    assert_eq!(ledger.decided_again(), 4);
+    assert_eq!(events_of(&db, "ResultAuthorised").await, 0);
     db.drop().await;
 }
