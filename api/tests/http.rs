@@ -554,6 +554,17 @@ async fn a_command_on_a_version_changed_since_is_refused_412_and_writes_nothing(
     )
     .await;
     assert_eq!(s, StatusCode::PRECONDITION_FAILED, "{problem}");
+    // Bad input is bad at any version: 422 naming the field, not 412.
+    let (s, problem) = post_if_match(
+        &api,
+        &reception,
+        &format!("/orders/{}/tests", order["id"].as_str().unwrap()),
+        "\"7\"",
+        json!({"tests": ["CREA", "CREA"]}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(problem["errors"][0]["pointer"], "/tests/1", "{problem}");
     let (s, added) = post_if_match(
         &api,
         &reception,

@@ -505,22 +505,29 @@ impl Ledger {
                     .during(async {
                         let mut context = store.load_aggregate(id).await.map_err(refused)?;
                         let current = context.current_sequence as i64;
-                        if let Some(expected) = expected.filter(|&v| v != current) {
-                            return Err(outcome(CommandError::Stale {
+                        let stale = expected.filter(|&v| v != current).map(|expected| {
+                            CommandError::Stale {
                                 aggregate_type: A::TYPE,
                                 aggregate_id: id.to_string(),
                                 expected,
                                 current: Some(current),
                                 position: None,
-                            }));
-                        }
+                            }
+                        });
                         let sink = EventSink::default();
-                        context
+                        let decided = context
                             .aggregate
                             .handle(command.clone(), &self.services, &sink)
                             .await
-                            .map_err(|e| refused(AggregateError::UserError(e)))?;
-                        Ok((context, sink.collect().await))
+                            .map_err(|e| refused(AggregateError::UserError(e)));
+                        match (decided, stale) {
+                            // Bad input is bad at any version: said first (422, not 412).
+                            (Err(invalid @ CommandError::Invalid { .. }), _) => Err(invalid),
+                            // Decided on a version the caller did not act on.
+                            (_, Some(stale)) => Err(outcome(stale)),
+                            (Err(refusal), None) => Err(refusal),
+                            (Ok(()), None) => Ok((context, sink.collect().await)),
+                        }
                     })
                     .await?;
                 let turn = context.aggregate.order_of().map(|order| InTurn {
