@@ -7,11 +7,12 @@
 //! its result (which looks for a cancellation of its test) touch two records, and each
 //! could read the other's before it was written, so that both passed. While a command is
 //! decided, each look-up of an order or a tube notes the version it found, and a look-up
-//! of an order's releases their number (of the test it asked about, or of all). The append then takes the
-//! order's turn (an advisory lock held until it commits, class [`ORDER_TURN_LOCK`], key
-//! `hashtext(order id)`: migration 0016) and looks again at each: if one changed, it
-//! writes nothing ([`ReadChanged`]) and the ledger decides the command again on what is
-//! now stored. So the rules across an order's records hold in the order of the log.
+//! of an order's releases their number (of the test it asked about, or of all). The
+//! append then takes the order's turn (an advisory lock held until it commits, class
+//! [`ORDER_TURN_LOCK`], key `hashtext(order id)`: migration 0016) and looks again at
+//! each: if one changed, it writes nothing ([`ReadChanged`]) and the ledger decides the
+//! command again on what is now stored. So the rules across an order's records hold in
+//! the order of the log.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
