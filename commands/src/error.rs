@@ -4,8 +4,10 @@
 //! ([`CommandError::Invalid`], HTTP 422), respect a rule of the lab
 //! ([`CommandError::Rejected`], 409), name something that exists
 //! ([`CommandError::NotFound`], 404), retry on fresh state ([`CommandError::Conflict`],
-//! 409), read the record again ([`CommandError::Stale`], 412), wait for a dependency ([`CommandError::Unavailable`], 503), send it again shortly ([`CommandError::Contended`], 503), or report a defect
-//! ([`CommandError::Internal`], 500).
+//! 409), read the record again ([`CommandError::Stale`], 412), wait for a dependency
+//! ([`CommandError::Unavailable`], 503), send it again shortly
+//! ([`CommandError::Contended`], 503), or report a defect ([`CommandError::Internal`],
+//! 500).
 
 use cqrs_es::AggregateError;
 use lis_domain::error::DomainError;

@@ -18,6 +18,7 @@ use crate::reads::{InTurn, ReadChanged, Reads};
 use crate::store::SnapshotEventStore;
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::EventStoreAggregateContext;
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
 use lis_domain::error::DomainError;
 use lis_domain::family::OrderFamily;
@@ -476,24 +477,8 @@ impl Ledger {
     {
         let command_id = ctx.command_id.get().copied().unwrap_or_else(Uuid::new_v4);
         let metadata = ctx.metadata(command_id, name, reason);
-        let outcome = |err: CommandError| {
-            tracing::Span::current().record("outcome", tracing::field::display(&err));
-            err
-        };
-        let refused =
-            |e: AggregateError<A::Error>| outcome(CommandError::from_aggregate(e, A::TYPE, id));
         // One connection for the load, the rules' look-ups and the append (`connection`).
         let write = crate::connection::WriteWatch::default();
-        let in_doubt = |err: CommandError| match err {
-            CommandError::Unavailable(message) if write.in_doubt() => {
-                CommandError::OutcomeUnknown {
-                    aggregate_type: A::TYPE,
-                    aggregate_id: id.to_string(),
-                    message,
-                }
-            }
-            err => err,
-        };
         // Boxed: the attempts' futures nest deep, and a caller's future holding them inline
         // (a test's lab day of many commands) outgrew a thread's stack in debug builds.
         let watched = Box::pin(write.watch(async {
@@ -501,106 +486,130 @@ impl Ledger {
             loop {
                 attempt += 1;
                 let reads = Reads::default();
-                let (context, events) = reads
-                    .during(async {
-                        let mut context = store.load_aggregate(id).await.map_err(refused)?;
-                        let current = context.current_sequence as i64;
-                        let stale = expected.filter(|&v| v != current).map(|expected| {
-                            CommandError::Stale {
-                                aggregate_type: A::TYPE,
-                                aggregate_id: id.to_string(),
-                                expected,
-                                current: Some(current),
-                                position: None,
-                            }
-                        });
-                        let sink = EventSink::default();
-                        let decided = context
-                            .aggregate
-                            .handle(command.clone(), &self.services, &sink)
-                            .await
-                            .map_err(|e| refused(AggregateError::UserError(e)));
-                        match (decided, stale) {
-                            // Bad input is bad at any version: said first (422, not 412).
-                            (Err(invalid @ CommandError::Invalid { .. }), _) => Err(invalid),
-                            // Decided on a version the caller did not act on.
-                            (_, Some(stale)) => Err(outcome(stale)),
-                            (Err(refusal), None) => Err(refusal),
-                            (Ok(()), None) => Ok((context, sink.collect().await)),
-                        }
-                    })
+                let (context, events) = self
+                    .decide(store, id, command.clone(), expected, &reads)
                     .await?;
                 let turn = context.aggregate.order_of().map(|order| InTurn {
                     order: order.to_string(),
                     reads: reads.taken(),
                 });
-                match (
-                    store
-                        .append(events, context, metadata.clone(), turn.as_ref())
-                        .await,
-                    expected,
-                ) {
+                let appended = store
+                    .append(events, context, metadata.clone(), turn.as_ref())
+                    .await;
+                match (appended, expected) {
                     // A record the rules read changed before the append, which wrote
                     // nothing: decide again on what is stored now.
-                    (Err(AggregateError::UnexpectedError(e)), _)
-                        if e.is::<ReadChanged>() && attempt < DECISIONS =>
-                    {
+                    (Err(AggregateError::UnexpectedError(e)), _) if e.is::<ReadChanged>() => {
+                        if attempt == DECISIONS {
+                            // Nothing written, and the record itself may not have
+                            // changed: a conflict on it would be untrue.
+                            return Err(kept_changing(A::TYPE, id, &e));
+                        }
                         self.decided_again.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(attempt, changed = %e, "deciding again");
                     }
-                    // Nothing written, and the record itself may not have changed: a
-                    // conflict on it would be untrue. Busy: come back shortly.
-                    (Err(AggregateError::UnexpectedError(e)), _) if e.is::<ReadChanged>() => {
-                        return Err(outcome(kept_changing(A::TYPE, id, &e)));
-                    }
-                    // Another command took the next version first: for a caller who named the
-                    // version it acted on, the record has changed since (412), as it would
-                    // have found had it looked a moment later.
+                    // Another command took the next version first: for a caller who named
+                    // the version it acted on, the record has changed since (412), as it
+                    // would have found had it looked a moment later.
                     (Err(AggregateError::AggregateConflict), Some(expected)) => {
-                        return Err(outcome(CommandError::Stale {
+                        return Err(CommandError::Stale {
                             aggregate_type: A::TYPE,
                             aggregate_id: id.to_string(),
                             expected,
                             current: None,
                             position: None,
-                        }));
+                        });
                     }
-                    (appended, _) => return appended.map_err(refused),
+                    (appended, _) => {
+                        return appended.map_err(|e| CommandError::from_aggregate(e, A::TYPE, id))
+                    }
                 }
             }
         }));
-        let appended =
-            match crate::connection::within(store.pool(), store.command_timeout(), watched)
-                .await
-                // No connection for the command, or none that answered in time.
-                .map_err(|e| outcome(in_doubt(CommandError::from(e))))?
-            {
-                Err(mut stale @ CommandError::Stale { .. }) => {
-                    // Where the record is now, for the caller to read it (best effort: the
-                    // answer stands without it).
-                    if let CommandError::Stale { position, .. } = &mut stale {
-                        *position = last_event_of(store.pool(), A::TYPE, id)
-                            .await
-                            .ok()
-                            .flatten()
-                            .map(|(_, at)| at);
+        let answer = crate::connection::within(store.pool(), store.command_timeout(), watched)
+            .await
+            // No connection for the command, or none that answered in time.
+            .unwrap_or_else(|e| Err(CommandError::from(e)))
+            .map_err(|e| match e {
+                CommandError::Unavailable(message) if write.in_doubt() => {
+                    CommandError::OutcomeUnknown {
+                        aggregate_type: A::TYPE,
+                        aggregate_id: id.to_string(),
+                        message,
                     }
-                    return Err(stale);
                 }
-                appended => appended.map_err(|e| outcome(in_doubt(e)))?,
-            };
-        let last = appended.last().ok_or_else(|| {
-            CommandError::Internal(format!(
-                "command {name} on {} {id} was accepted but recorded no event",
-                A::TYPE
-            ))
-        })?;
-        tracing::Span::current().record("outcome", "ok");
-        Ok(CommandOutcome {
-            aggregate_type: A::TYPE,
-            aggregate_id: id.to_string(),
-            version: last.sequence,
-            position: last.position,
-        })
+                e => e,
+            });
+        let outcome = match answer {
+            Err(mut stale @ CommandError::Stale { .. }) => {
+                // Where the record is now, for the caller to read it (best effort: the
+                // answer stands without it).
+                if let CommandError::Stale { position, .. } = &mut stale {
+                    *position = last_event_of(store.pool(), A::TYPE, id)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|(_, at)| at);
+                }
+                Err(stale)
+            }
+            answer => answer,
+        }
+        .and_then(|appended| {
+            let last = appended.last().ok_or_else(|| {
+                CommandError::Internal(format!(
+                    "command {name} on {} {id} was accepted but recorded no event",
+                    A::TYPE
+                ))
+            })?;
+            Ok(CommandOutcome {
+                aggregate_type: A::TYPE,
+                aggregate_id: id.to_string(),
+                version: last.sequence,
+                position: last.position,
+            })
+        });
+        match &outcome {
+            Ok(_) => tracing::Span::current().record("outcome", "ok"),
+            Err(e) => tracing::Span::current().record("outcome", tracing::field::display(e)),
+        };
+        outcome
+    }
+
+    /// One attempt's decision: `command` on the record as stored now, noting in `reads`
+    /// what its rules read of the order's other records. Bad input is answered first, at
+    /// any version (422, not 412); then a version other than the caller's `expected`.
+    async fn decide<A>(
+        &self,
+        store: &EventStoreOf<A>,
+        id: &str,
+        command: A::Command,
+        expected: Option<i64>,
+        reads: &Reads,
+    ) -> Result<(EventStoreAggregateContext<A>, Vec<A::Event>), CommandError>
+    where
+        A: Aggregate<Services = LabServices>,
+        A::Error: DomainError,
+    {
+        let refused = |e| CommandError::from_aggregate(e, A::TYPE, id);
+        let mut context = store.load_aggregate(id).await.map_err(refused)?;
+        let current = context.current_sequence as i64;
+        let sink = EventSink::default();
+        let decided = reads
+            .during(context.aggregate.handle(command, &self.services, &sink))
+            .await
+            .map_err(|e| refused(AggregateError::UserError(e)));
+        match (decided, expected.filter(|&v| v != current)) {
+            (Err(invalid @ CommandError::Invalid { .. }), _) => Err(invalid),
+            (_, Some(expected)) => Err(CommandError::Stale {
+                aggregate_type: A::TYPE,
+                aggregate_id: id.to_string(),
+                expected,
+                current: Some(current),
+                position: None,
+            }),
+            (Err(refusal), None) => Err(refusal),
+            (Ok(()), None) => Ok((context, sink.collect().await)),
+        }
     }
 }

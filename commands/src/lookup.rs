@@ -10,7 +10,7 @@
 //! trail. The catalogue is cached per version and reloaded when a new version appears.
 
 use crate::catalogue::{self, CatalogueError};
-use crate::connection::connection;
+use crate::connection::{connection, Conn};
 use crate::error::is_unavailable;
 use crate::keys::{KeyError, Opened, PatientVault};
 use crate::ledger::EventStoreOf;
@@ -120,14 +120,17 @@ impl PgLabLookup {
                 AND payload -> 'ResultAuthorised' ->> 'order_id' = $1",
         )
         .bind(order.to_string())
-        .fetch_all(
-            &mut *connection(&self.pool)
-                .await
-                .map_err(|e| failed("connection", e))?,
-        )
+        .fetch_all(&mut *self.connection().await?)
         .await
         .map_err(|e| failed("released results", e))?;
         Ok(releases)
+    }
+
+    /// The running command's connection, or one of the pool's (`connection`).
+    async fn connection(&self) -> Result<Conn, LookupError> {
+        connection(&self.pool)
+            .await
+            .map_err(|e| failed("connection", e))
     }
 
     fn cached(&self, version: CatalogueVersion) -> Option<Arc<Catalogue>> {
@@ -196,11 +199,7 @@ impl LabLookup for PgLabLookup {
                               payload -> 'AliquotCreated' ->> 'accession_number') = $1)",
         )
         .bind(accession.as_str())
-        .fetch_one(
-            &mut *connection(&self.pool)
-                .await
-                .map_err(|e| failed("connection", e))?,
-        )
+        .fetch_one(&mut *self.connection().await?)
         .await
         .map_err(|e| failed("accession number", e))
     }
@@ -224,11 +223,7 @@ impl LabLookup for PgLabLookup {
         .bind(patient.to_string())
         .bind(test.as_str())
         .bind(before)
-        .fetch_all(
-            &mut *connection(&self.pool)
-                .await
-                .map_err(|e| failed("connection", e))?,
-        )
+        .fetch_all(&mut *self.connection().await?)
         .await
         .map_err(|e| failed("previous results", e))?;
         for id in candidates {
@@ -300,11 +295,7 @@ impl LabLookup for PgLabLookup {
               ORDER BY sequence DESC LIMIT 1",
         )
         .bind(result.to_string())
-        .fetch_optional(
-            &mut *connection(&self.pool)
-                .await
-                .map_err(|e| failed("connection", e))?,
-        )
+        .fetch_optional(&mut *self.connection().await?)
         .await
         .map_err(|e| failed("value stored at", e))
     }

@@ -249,12 +249,12 @@ impl<A: Aggregate> SnapshotEventStore<A> {
             .then(|| serde_json::to_value(&context.aggregate))
             .transpose()
             .map_err(|e| AggregateError::UnexpectedError(Box::new(e)))?;
-        let columns = turn.map(InTurn::columns);
-        let rows = match (turn, &columns, snapshot) {
+        let turn = turn.map(|turn| (&turn.order, turn.columns()));
+        let rows = match (&turn, snapshot) {
             // In the order's turn, the snapshot too is written by the one statement.
-            (Some(turn), Some(Columns(kinds, ids, tests, read_versions)), snapshot) => {
+            (Some((order, Columns(kinds, ids, tests, read_versions))), snapshot) => {
                 let insert = insert
-                    .bind(&turn.order)
+                    .bind(order)
                     .bind(kinds)
                     .bind(ids)
                     .bind(tests)
@@ -265,7 +265,7 @@ impl<A: Aggregate> SnapshotEventStore<A> {
                 let mut conn = connection(&self.pool).await.map_err(database_error)?;
                 durable(insert.fetch_all(&mut *conn)).await?
             }
-            (_, _, Some(payload)) => {
+            (None, Some(payload)) => {
                 let mut conn = connection(&self.pool).await.map_err(database_error)?;
                 let mut tx = sqlx::Connection::begin(&mut *conn)
                     .await
@@ -299,7 +299,7 @@ impl<A: Aggregate> SnapshotEventStore<A> {
                 durable(tx.commit()).await?;
                 rows
             }
-            (_, _, None) => {
+            (None, None) => {
                 let mut conn = connection(&self.pool).await.map_err(database_error)?;
                 durable(insert.fetch_all(&mut *conn)).await?
             }

@@ -1,7 +1,8 @@
 //! `GET /metrics` in the Prometheus text format: request latency by route, commands by
-//! route and outcome, commands decided again (contention on an order's records), and — read at scrape time from the database — how far the relay
-//! and each projection are behind the event store, and how many committed events the
-//! ordered feed holds back for a transaction still open somewhere in the cluster.
+//! route and outcome, commands decided again (contention on an order's records), and —
+//! read at scrape time from the database — how far the relay and each projection are
+//! behind the event store, and how many committed events the ordered feed holds back for
+//! a transaction still open somewhere in the cluster.
 
 use super::AppState;
 use axum::extract::State;
