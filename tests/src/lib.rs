@@ -113,11 +113,12 @@ impl TestDb {
 
     /// The ledger over this database, with the test key-encryption key.
     pub async fn ledger(&self) -> Ledger {
-        Ledger::new(
-            self.app.clone(),
-            LedgerConfig::default(),
-            self.vault().await,
-        )
+        self.ledger_with(LedgerConfig::default()).await
+    }
+
+    /// [`TestDb::ledger`], configured as `config` says.
+    pub async fn ledger_with(&self, config: LedgerConfig) -> Ledger {
+        Ledger::new(self.app.clone(), config, self.vault().await)
     }
 
     /// The patient key vault of this database, under [`TEST_KEK`].
@@ -230,59 +231,56 @@ pub async fn received_serum(
 }
 
 pub fn record_k(sample: SampleId, value: f64) -> (ResultId, ResultCommand) {
-    let id = ResultId::for_test(sample, &code("K"));
-    (
-        id,
-        ResultCommand::Record(RecordResult {
-            result_id: id,
-            sample_id: sample,
-            test_code: code("K"),
-            value: ResultValue::Numeric {
-                value,
-                unit: "mmol/L".into(),
-            },
-            method: None,
-            instrument: None,
-            raw_message: Some("R|1|^^^K|4.1|mmol/L||N||F\r".into()),
-        }),
-    )
+    record_mmol(sample, "K", value, Some("R|1|^^^K|4.1|mmol/L||N||F\r"))
 }
 
 pub fn record_na(sample: SampleId, value: f64) -> (ResultId, ResultCommand) {
-    let id = ResultId::for_test(sample, &code("NA"));
+    record_mmol(sample, "NA", value, None)
+}
+
+/// The recording of `test` on `sample` as `value` mmol/L, and the result's id.
+fn record_mmol(
+    sample: SampleId,
+    test: &str,
+    value: f64,
+    raw_message: Option<&str>,
+) -> (ResultId, ResultCommand) {
+    let id = ResultId::for_test(sample, &code(test));
     (
         id,
         ResultCommand::Record(RecordResult {
             result_id: id,
             sample_id: sample,
-            test_code: code("NA"),
+            test_code: code(test),
             value: ResultValue::Numeric {
                 value,
                 unit: "mmol/L".into(),
             },
             method: None,
             instrument: None,
-            raw_message: None,
+            raw_message: raw_message.map(Into::into),
         }),
     )
 }
 
-/// Records, verifies and authorises a potassium result.
-pub async fn released_k(ledger: &Ledger, sample: SampleId, value: f64) -> ResultId {
-    let (id, record) = record_k(sample, value);
+/// Records (as `record_k` or `record_na` make it) and verifies a result.
+pub async fn verified(ledger: &Ledger, (id, record): (ResultId, ResultCommand)) -> ResultId {
+    let tech = actor("tech.1", Role::Technologist);
     ledger
-        .execute_result(id, record, &actor("tech.1", Role::Technologist))
+        .execute_result(id, record, &tech)
         .await
         .expect("recorded");
     let by = ActorId::parse("tech.1").unwrap();
     ledger
-        .execute_result(
-            id,
-            ResultCommand::Verify { by },
-            &actor("tech.1", Role::Technologist),
-        )
+        .execute_result(id, ResultCommand::Verify { by }, &tech)
         .await
         .expect("verified");
+    id
+}
+
+/// Records, verifies and authorises a potassium result.
+pub async fn released_k(ledger: &Ledger, sample: SampleId, value: f64) -> ResultId {
+    let id = verified(ledger, record_k(sample, value)).await;
     let by = ActorId::parse("path.1").unwrap();
     ledger
         .execute_result(

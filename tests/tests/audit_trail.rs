@@ -294,14 +294,12 @@ async fn a_snapshot_that_is_not_the_state_of_its_events_is_reported() {
     use lis_commands::snapshot_audit::verify_snapshots;
     let db = TestDb::new().await;
     // A snapshot every second event.
-    let ledger = lis_commands::Ledger::new(
-        db.app.clone(),
-        lis_commands::LedgerConfig {
+    let ledger = db
+        .ledger_with(lis_commands::LedgerConfig {
             snapshot_every: 2,
             ..Default::default()
-        },
-        db.vault().await,
-    );
+        })
+        .await;
     let order = place(&ledger, "MRN-SNAP", &["K", "NA"]).await;
     let sample = received_serum(&ledger, order.order_id, "ACC-SNAP", &["K", "NA"]).await;
     let (id, record) = lis_tests::record_k(sample, 4.1);

@@ -19,7 +19,8 @@ use lis_domain::sample::{RejectionReason, SampleCommand};
 use lis_domain::text::Reason;
 use lis_domain::value::ResultValue;
 use lis_tests::{
-    actor, code, collection, place, received_serum, record_k, record_na, OrderTurn, TestDb,
+    actor, code, collection, place, received_serum, record_k, record_na, verified, OrderTurn,
+    TestDb,
 };
 use std::collections::HashMap;
 use std::future::Future;
@@ -185,24 +186,11 @@ async fn decided_together(
     (first.await.unwrap(), second.await.unwrap())
 }
 
-/// Records and verifies the potassium of `sample`.
-async fn verified_k_on(ledger: &Ledger, sample: SampleId) -> ResultId {
-    let (id, record) = record_k(sample, 4.2);
-    let tech = actor("tech.1", Role::Technologist);
-    ledger.execute_result(id, record, &tech).await.unwrap();
-    let by = ActorId::parse("tech.1").unwrap();
-    ledger
-        .execute_result(id, ResultCommand::Verify { by }, &tech)
-        .await
-        .unwrap();
-    id
-}
-
 /// A received tube with a verified potassium result, awaiting release.
 async fn verified_k(ledger: &Ledger, mrn: &str) -> (OrderId, SampleId, ResultId) {
     let order = place(ledger, mrn, &["K", "NA"]).await.order_id;
     let sample = received_serum(ledger, order, &format!("ACC-{mrn}"), &["K", "NA"]).await;
-    (order, sample, verified_k_on(ledger, sample).await)
+    (order, sample, verified(ledger, record_k(sample, 4.2)).await)
 }
 
 async fn authorising(ledger: Arc<Ledger>, result: ResultId) -> Outcome {
@@ -376,8 +364,8 @@ async fn two_tubes_results_of_one_test_are_not_both_released_even_in_the_same_in
     let first = received_serum(&ledger, order, "ACC-T4-1", &["K"]).await;
     let second = received_serum(&ledger, order, "ACC-T4-2", &["K"]).await;
     let (first, second) = (
-        verified_k_on(&ledger, first).await,
-        verified_k_on(&ledger, second).await,
+        verified(&ledger, record_k(first, 4.2)).await,
+        verified(&ledger, record_k(second, 4.2)).await,
     );
     let (first_release, second_release) = decided_together(
         &db,
@@ -407,14 +395,7 @@ async fn releases_of_an_orders_different_tests_at_once_are_each_decided_once() {
     let db = TestDb::new().await;
     let ledger = Arc::new(db.ledger().await);
     let (order, sample, k) = verified_k(&ledger, "MRN-T5").await;
-    let tech = actor("tech.1", Role::Technologist);
-    let (na, record) = record_na(sample, 140.0);
-    ledger.execute_result(na, record, &tech).await.unwrap();
-    let by = ActorId::parse("tech.1").unwrap();
-    ledger
-        .execute_result(na, ResultCommand::Verify { by }, &tech)
-        .await
-        .unwrap();
+    let na = verified(&ledger, record_na(sample, 140.0)).await;
     let (first, second) = decided_together(
         &db,
         order,

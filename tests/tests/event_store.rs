@@ -1078,18 +1078,16 @@ async fn an_order_number_carries_the_labs_calendar_day() {
         (chrono_tz::Asia::Kolkata, "20260304"),
         (chrono_tz::UTC, "20260303"),
     ] {
-        let ledger = lis_commands::Ledger::new(
-            db.app.clone(),
-            lis_commands::LedgerConfig {
+        let ledger = db
+            .ledger_with(lis_commands::LedgerConfig {
                 policy: lis_domain::services::LabPolicy {
                     time_zone: zone,
                     ..Default::default()
                 },
                 clock: early_on_4_march_in_india,
                 ..Default::default()
-            },
-            db.vault().await,
-        );
+            })
+            .await;
         let placed = place(&ledger, &format!("MRN-DAY-{day}"), &["K"]).await;
         let number = placed.order_number.as_str();
         assert!(
@@ -1107,16 +1105,15 @@ async fn an_order_number_carries_the_labs_calendar_day() {
 #[tokio::test]
 async fn a_split_cut_short_after_its_parents_record_is_answered_outcome_unknown() {
     let db = TestDb::new().await;
-    let ledger = Arc::new(lis_commands::Ledger::new(
-        db.app.clone(),
-        lis_commands::LedgerConfig {
+    let ledger = Arc::new(
+        db.ledger_with(lis_commands::LedgerConfig {
             // Long enough for the parent's split to wait out the test's steps on a busy
             // machine; the aliquot's creation then waits it out once.
             command_timeout: std::time::Duration::from_secs(6),
             ..Default::default()
-        },
-        db.vault().await,
-    ));
+        })
+        .await,
+    );
     let tech = actor("tech.1", Role::Technologist);
     let order = place(&ledger, "MRN-CUT", &["K"]).await.order_id;
     let parent = received_serum(&ledger, order, "ACC-CUT", &["K"]).await;

@@ -573,6 +573,7 @@ fn a_call_made_before_the_value_replaced_an_earlier_one_is_not_a_call_about_it()
     // The value was corrected at 10:00; a call stated at 09:50 was about the value before.
     let mut lab = lab();
     lab.value_stored_at = Some(now());
+    let recorded = recorded_k(7.1, vec![Flag::HH]);
     let corrected = ResultEvent::ResultCorrected {
         previous: k(7.1),
         value: k(7.4),
@@ -584,41 +585,32 @@ fn a_call_made_before_the_value_replaced_an_earlier_one_is_not_a_call_about_it()
         notified_at: now() - chrono::Duration::minutes(minutes_before),
         ..notification(true)
     };
-    ResultTester::with(lab.clone().services())
-        .given(vec![recorded_k(7.1, vec![Flag::HH]), corrected.clone()])
-        .when(ResultCommand::RecordCriticalNotification {
-            by: actor("tech.1"),
-            notification: at(10),
-        })
-        .then_expect_error(ResultError::Invalid(
-            FieldError::new(
-                "notified_at",
-                "the call (2026-03-03T09:50:00Z) was made before this value replaced the earlier one (2026-03-03T10:00:00Z): it was about the earlier value; record the call made about this one",
-            )
-            .into(),
-        ));
+    // A call stated `minutes_before` 10:00, after the events `given`.
+    let call = |given: Vec<ResultEvent>, minutes_before: i64| {
+        ResultTester::with(lab.clone().services())
+            .given(given)
+            .when(ResultCommand::RecordCriticalNotification {
+                by: actor("tech.1"),
+                notification: at(minutes_before),
+            })
+    };
+    let notified = |minutes_before: i64| {
+        vec![ResultEvent::CriticalValueNotified {
+            notified_by: actor("tech.1"),
+            notification: at(minutes_before),
+        }]
+    };
+    call(vec![recorded.clone(), corrected.clone()], 10).then_expect_error(ResultError::Invalid(
+        FieldError::new(
+            "notified_at",
+            "the call (2026-03-03T09:50:00Z) was made before this value replaced the earlier one (2026-03-03T10:00:00Z): it was about the earlier value; record the call made about this one",
+        )
+        .into(),
+    ));
     // A first value may have been phoned before it was entered (downtime): it counts.
-    ResultTester::with(lab.clone().services())
-        .given(vec![recorded_k(7.1, vec![Flag::HH])])
-        .when(ResultCommand::RecordCriticalNotification {
-            by: actor("tech.1"),
-            notification: at(10),
-        })
-        .then_expect_events(vec![ResultEvent::CriticalValueNotified {
-            notified_by: actor("tech.1"),
-            notification: at(10),
-        }]);
+    call(vec![recorded.clone()], 10).then_expect_events(notified(10));
     // Within the clock skew of the store's clock, it counts.
-    ResultTester::with(lab.services())
-        .given(vec![recorded_k(7.1, vec![Flag::HH]), corrected])
-        .when(ResultCommand::RecordCriticalNotification {
-            by: actor("tech.1"),
-            notification: at(4),
-        })
-        .then_expect_events(vec![ResultEvent::CriticalValueNotified {
-            notified_by: actor("tech.1"),
-            notification: at(4),
-        }]);
+    call(vec![recorded, corrected], 4).then_expect_events(notified(4));
 }
 
 #[test]
